@@ -1,0 +1,46 @@
+# The two commands README.md promises on a fresh machine: `make run` and `make test`.
+# Both do all set-up first: a virtual environment with the pinned torch, the package
+# with its dev extras, and the npm packages when package.json exists.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+
+.PHONY: run test setup lint format clean bench
+
+setup: $(VENV)/.installed $(if $(wildcard package.json),node_modules/.installed)
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlitb needs Python >= 3.11; set PYTHON=python3.11")'
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+# The main job. Until the master server exists this checks the demo MNIST model.
+run: setup
+	$(BIN)/mlitb model check mnist
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup
+	$(BIN)/python benchmarks/model_bench.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache *.egg-info

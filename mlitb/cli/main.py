@@ -1,0 +1,39 @@
+"""`mlitb` entry point: one sub-command group per module, registered in COMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mlitb import __version__
+
+from . import model_cmd
+
+# name -> module with `register(subparsers)`; each sets `func` on its parsers.
+COMMANDS = {"model": model_cmd}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlitb",
+        description="Machine learning in the browser: distributed training across browsers "
+        "and native workers.",
+    )
+    parser.add_argument("--version", action="version", version=f"mlitb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS.values():
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

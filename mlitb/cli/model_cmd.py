@@ -1,0 +1,109 @@
+"""`mlitb model ...`: check a spec, convert model files, initialise a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from mlitb.model import Model, ModelError
+from mlitb.model.layers import Layer
+
+EXAMPLES = ("mnist",)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model", help="check, convert and initialise models")
+    msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+
+    c = msub.add_parser(
+        "check",
+        help="validate a spec or model file; print its expanded layers, shapes and parameters",
+    )
+    c.add_argument("spec", help="a JSON file (layer definitions or any model file), or the "
+                   f"name of a built-in example: {', '.join(EXAMPLES)}")  # fmt: skip
+    c.add_argument("--json", action="store_true", help="print the expanded spec as JSON")
+    c.set_defaults(func=cmd_check)
+
+    v = msub.add_parser("convert", help="convert a model file to another format")
+    v.add_argument("input", help="mlitb, ConvNetJS or MLitB-prototype JSON (or a spec)")
+    v.add_argument("output", help="file to write")
+    v.add_argument("--to", choices=("convnetjs", "mlitb", "onnx"), default="convnetjs")
+    v.set_defaults(func=cmd_convert)
+
+    i = msub.add_parser("init", help="a new model from a spec, with seeded initial weights")
+    i.add_argument("spec")
+    i.add_argument("output")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--to", choices=("convnetjs", "mlitb", "onnx"), default="mlitb")
+    i.set_defaults(func=cmd_init)
+
+
+def _load(name: str) -> Model:
+    if name in EXAMPLES and not Path(name).exists():
+        text = resources.files("mlitb.examples").joinpath(f"{name}.json").read_text()
+        return Model.from_json(json.loads(text))
+    return Model.load(name)
+
+
+def _fail(exc: Exception) -> int:
+    print(f"mlitb: error: {exc}", file=sys.stderr)
+    return 1
+
+
+def _details(layer: Layer) -> str:
+    j = layer.to_json()
+    skip = {"layer_type", "out_sx", "out_sy", "out_depth", "in_depth", "num_inputs"}
+    return " ".join(f"{k}={v}" for k, v in j.items() if k not in skip)
+
+
+def cmd_check(args) -> int:
+    try:
+        model = _load(args.spec)
+    except (ModelError, OSError) as e:
+        return _fail(e)
+    spec = model.spec
+    if args.json:
+        print(json.dumps({"layers": spec.to_json(), "num_params": spec.num_params}, indent=1))
+        return 0
+    print(f"{'#':>3}  {'layer':<10} {'output (HxWxD)':<16} {'params':>10}  details")
+    for i, layer in enumerate(spec.layers):
+        n = sum(_prod(s) for _, s in layer.param_shapes())
+        shape = "x".join(map(str, layer.out_shape))
+        print(f"{i:>3}  {layer.type:<10} {shape:<16} {n:>10}  {_details(layer)}")
+    h, w, d = spec.input_shape
+    print(f"input {h}x{w}x{d}, {spec.num_outputs} outputs ({spec.loss}), "
+          f"{spec.num_params} parameters ({spec.num_params * 4 / 1024:.1f} KiB as float32)")  # fmt: skip
+    if model.labels:
+        print("labels: " + ", ".join(model.labels))
+    return 0
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def cmd_convert(args) -> int:
+    try:
+        model = _load(args.input)
+        model.save(args.output, format=args.to)
+    except (ModelError, OSError) as e:
+        return _fail(e)
+    print(f"wrote {args.output} ({args.to}, {model.num_params} parameters)")
+    return 0
+
+
+def cmd_init(args) -> int:
+    try:
+        base = _load(args.spec)
+        model = Model.from_spec(base.spec, seed=args.seed, labels=base.labels)
+        model.save(args.output, format=args.to)
+    except (ModelError, OSError) as e:
+        return _fail(e)
+    print(f"wrote {args.output} ({args.to}, {model.num_params} parameters, seed {args.seed})")
+    return 0

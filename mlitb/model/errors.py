@@ -1,0 +1,52 @@
+"""Errors of the model core.
+
+Every error says what was expected, what arrived and, where we know it, how to
+fix it, because specs and model files come from users and remote clients:
+a bare "invalid spec" helps nobody.
+"""
+
+from __future__ import annotations
+
+
+class ModelError(ValueError):
+    """Base of every error raised by `mlitb.model` for bad input."""
+
+
+class SpecError(ModelError):
+    """A layer definition is invalid; names the layer index, its type and the field."""
+
+    def __init__(
+        self,
+        index: int | None,
+        layer_type: str | None,
+        field: str | None,
+        expected: str,
+        got: object = None,
+        fix: str | None = None,
+    ) -> None:
+        self.index = index
+        self.layer_type = layer_type
+        self.field = field
+        self.expected = expected
+        self.got = got
+        self.fix = fix
+        where = "spec"
+        if index is not None:
+            where = f"layer {index}" + (f" ({layer_type})" if layer_type else "")
+        if field:
+            where += f", field '{field}'"
+        msg = f"{where}: expected {expected}"
+        if got is not None:
+            msg += f", got {_short(got)}"
+        if fix:
+            msg += f"; fix: {fix}"
+        super().__init__(msg)
+
+
+class FormatError(ModelError):
+    """A model file is not in a supported format, or is inconsistent."""
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

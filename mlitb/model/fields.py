@@ -1,0 +1,81 @@
+"""Reading one layer definition's fields, with errors that name the field.
+
+Specs arrive as JSON from browsers, files and remote clients, so nothing here
+trusts a type: `True` is not an int, `5.5` is not a filter size, `NaN` is not a
+learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from .errors import SpecError
+
+_MISSING = object()
+
+
+class FieldReader:
+    """Typed access to one layer dict; remembers which keys were read."""
+
+    def __init__(self, raw: Mapping, index: int, layer_type: str) -> None:
+        self.raw = raw
+        self.index = index
+        self.layer_type = layer_type
+        self.used: set[str] = {"type", "layer_type"}
+
+    def error(self, field: str | None, expected: str, got: object = None, fix: str | None = None):
+        return SpecError(self.index, self.layer_type, field, expected, got, fix)
+
+    def has(self, name: str) -> bool:
+        return name in self.raw
+
+    def _get(self, name: str, default: object) -> object:
+        self.used.add(name)
+        if name in self.raw:
+            return self.raw[name]
+        if default is _MISSING:
+            raise self.error(name, "this field (it is required)", None, f"add '{name}'")
+        return default
+
+    def int(self, name: str, default: object = _MISSING, minimum: int = 1) -> int:
+        value = self._get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(name, f"an integer >= {minimum}", value)
+        if isinstance(value, float):
+            if not math.isfinite(value) or value != int(value):
+                raise self.error(name, f"an integer >= {minimum}", value)
+            value = int(value)
+        if value < minimum:
+            raise self.error(name, f"an integer >= {minimum}", value)
+        return value
+
+    def float(
+        self,
+        name: str,
+        default: object = _MISSING,
+        minimum: float | None = None,
+        below: float | None = None,
+    ) -> float:
+        value = self._get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(name, "a number", value)
+        value = float(value)
+        if not math.isfinite(value):
+            raise self.error(name, "a finite number", value)
+        if minimum is not None and value < minimum:
+            raise self.error(name, f"a number >= {minimum}", value)
+        if below is not None and value >= below:
+            raise self.error(name, f"a number < {below}", value)
+        return value
+
+    def check_unknown(self, allowed: set[str]) -> None:
+        """Refuse typos: a misspelt 'strid' would otherwise silently mean stride 1."""
+        for key in self.raw:
+            if key not in allowed and key not in self.used:
+                raise self.error(
+                    str(key),
+                    "one of the fields " + ", ".join(sorted(allowed - {"type", "layer_type"})),
+                    key,
+                    "remove or correct the field",
+                )

@@ -1,0 +1,213 @@
+"""The model spec: ConvNetJS `layer_defs`, desugared and validated into a `Spec`.
+
+Two input forms exist, told apart by their key:
+
+* definitions (`{"type": ...}`): what a user writes; sugar is expanded exactly as
+  ConvNetJS's `Net.makeLayers` does it (an fc before softmax/svm/regression,
+  `activation` and `drop_prob` appended as layers, `bias_pref` 0.1 before relu).
+* expanded layers (`{"layer_type": ...}`): ConvNetJS `net.toJSON()` layers, and our
+  own canonical form; nothing is inserted, derived sizes are checked.
+
+A `Spec` is immutable; its `layers` decide the parameter layout (`layout.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+from .errors import SpecError
+from .fields import FieldReader
+from .layers import LAYER_TYPES, Layer, Shape
+
+# A hostile or mistaken spec must not make the server allocate gigabytes.
+MAX_PARAMS = 50_000_000
+MAX_ACTIVATIONS = 20_000_000  # values in one layer's output, per example
+MAX_LAYERS = 256
+
+_ACTIVATIONS = ("relu", "sigmoid", "tanh", "maxout")
+_SUGAR = {"activation", "drop_prob", "group_size", "num_classes", "bias_pref", "tensor"}
+
+
+@dataclass(frozen=True)
+class Spec:
+    layers: tuple[Layer, ...]
+
+    @property
+    def input_shape(self) -> Shape:
+        return self.layers[0].out_shape
+
+    @property
+    def loss(self) -> str:
+        return self.layers[-1].type
+
+    @property
+    def num_outputs(self) -> int:
+        return self.layers[-1].out_shape[2]
+
+    @cached_property
+    def num_params(self) -> int:
+        total = 0
+        for layer in self.layers:
+            for _, shape in layer.param_shapes():
+                n = 1
+                for s in shape:
+                    n *= s
+                total += n
+        return total
+
+    def to_json(self) -> list[dict]:
+        """The expanded form; `Spec.from_json(spec.to_json()) == spec`."""
+        return [layer.to_json() for layer in self.layers]
+
+    @classmethod
+    def from_json(cls, layers: object, max_params: int = MAX_PARAMS) -> Spec:
+        """Build from either form (definitions or expanded), detected per list."""
+        items = _as_list(layers)
+        if all(isinstance(d, Mapping) and "layer_type" in d for d in items):
+            return from_expanded(items, max_params)
+        return expand(items, max_params)
+
+
+def expand(defs: object, max_params: int = MAX_PARAMS) -> Spec:
+    """Desugar and validate ConvNetJS `layer_defs`."""
+    items = _as_list(defs)
+    flat: list[tuple[int, dict]] = []  # (index of the user's definition, plain layer def)
+    for i, raw in enumerate(items):
+        if not isinstance(raw, Mapping):
+            raise SpecError(i, None, None, "a JSON object with a 'type'", raw)
+        t = raw.get("type")
+        if "layer_type" in raw and t is None:
+            raise SpecError(
+                i, raw.get("layer_type"), "type", "every layer in the same form", raw,
+                "mix of 'type' definitions and 'layer_type' (expanded) layers",
+            )  # fmt: skip
+        if t not in LAYER_TYPES:
+            raise SpecError(
+                i, None, "type", "one of " + ", ".join(LAYER_TYPES), t,
+                "quadtransform is not supported" if t == "quadtransform" else None,
+            )  # fmt: skip
+        if raw.get("tensor"):
+            raise SpecError(i, t, "tensor", "no 'tensor' (quadtransform is not supported)", True)
+        d = {k: v for k, v in raw.items() if k not in _SUGAR and k != "type"}
+        if t in ("softmax", "svm"):
+            if "num_classes" not in raw:
+                raise SpecError(i, t, "num_classes", "the number of classes (an integer >= 2)",
+                                None, "add 'num_classes'")  # fmt: skip
+            flat.append((i, {"type": "fc", "num_neurons": raw["num_classes"]}))
+        if t == "regression":
+            if "num_neurons" not in raw:
+                raise SpecError(i, t, "num_neurons", "the number of outputs (an integer >= 1)",
+                                None, "add 'num_neurons'")  # fmt: skip
+            flat.append((i, {"type": "fc", "num_neurons": raw["num_neurons"]}))
+            d.pop("num_neurons")
+        if t in ("fc", "conv"):
+            bias = raw.get("bias_pref")
+            d["bias_pref"] = bias if bias is not None else (
+                0.1 if raw.get("activation") == "relu" else 0.0)  # fmt: skip
+        elif "bias_pref" in raw:
+            raise SpecError(i, t, "bias_pref", "bias_pref only on fc and conv layers", raw["bias_pref"])
+        if t == "maxout" and "group_size" in raw:
+            d["group_size"] = raw["group_size"]
+        if t == "dropout" and "drop_prob" in raw:
+            d["drop_prob"] = raw["drop_prob"]
+        flat.append((i, {"type": t, **d}))
+        act = raw.get("activation")
+        if act is not None:
+            if act not in _ACTIVATIONS:
+                raise SpecError(i, t, "activation", "one of " + ", ".join(_ACTIVATIONS), act)
+            extra = {"group_size": raw["group_size"]} if act == "maxout" and "group_size" in raw else {}
+            flat.append((i, {"type": act, **extra}))
+        elif "group_size" in raw and t != "maxout":
+            raise SpecError(i, t, "group_size", "group_size only with activation 'maxout'", raw["group_size"])
+        if "drop_prob" in raw and t != "dropout":
+            flat.append((i, {"type": "dropout", "drop_prob": raw["drop_prob"]}))
+    return _build(flat, expanded=False, max_params=max_params)
+
+
+def from_expanded(layers: object, max_params: int = MAX_PARAMS) -> Spec:
+    """Validate expanded layers (ConvNetJS `toJSON()` form, weights ignored here)."""
+    items = _as_list(layers)
+    flat = []
+    for i, raw in enumerate(items):
+        if not isinstance(raw, Mapping):
+            raise SpecError(i, None, None, "a JSON object with a 'layer_type'", raw)
+        t = raw.get("layer_type")
+        if t not in LAYER_TYPES:
+            raise SpecError(i, None, "layer_type", "one of " + ", ".join(LAYER_TYPES), t)
+        # Weights ('filters' and 'biases' as Vols) are read by the file format, not here.
+        weights = ("filters", "biases")
+        flat.append(
+            (i, {k: v for k, v in raw.items() if k not in weights or not isinstance(v, list | Mapping)})
+        )
+    return _build(flat, expanded=True, max_params=max_params)
+
+
+def _as_list(defs: object) -> Sequence:
+    if isinstance(defs, Mapping) and "layers" in defs:
+        defs = defs["layers"]
+    if not isinstance(defs, list | tuple):
+        raise SpecError(None, None, None, "a list of layer definitions", defs)
+    if len(defs) < 2:
+        raise SpecError(None, None, None, "at least an input layer and a loss layer",
+                        f"{len(defs)} layer(s)")  # fmt: skip
+    if len(defs) > MAX_LAYERS:
+        raise SpecError(None, None, None, f"at most {MAX_LAYERS} layers", len(defs))
+    return defs
+
+
+def _build(flat: list[tuple[int, dict]], expanded: bool, max_params: int) -> Spec:
+    layers: list[Layer] = []
+    shape: Shape = (0, 0, 0)
+    last = len(flat) - 1
+    for pos, (i, d) in enumerate(flat):
+        t = d.get("layer_type", d.get("type"))
+        cls = LAYER_TYPES[t]
+        if pos == 0 and t != "input":
+            raise SpecError(i, t, "type", "the first layer to be 'input'", t)
+        if pos > 0 and t == "input":
+            raise SpecError(i, t, "type", "'input' only as the first layer", t)
+        if cls.is_loss and pos != last:
+            raise SpecError(i, t, "type", "a loss layer (softmax, svm, regression) only last", t)
+        if pos == last and not cls.is_loss:
+            fix = 'end the spec with e.g. {"type": "softmax", "num_classes": 10}'
+            raise SpecError(i, t, "type", "the last layer to be softmax, svm or regression", t, fix)
+        r = FieldReader(d, i, t)
+        layer = cls.parse(r, shape, expanded)
+        r.check_unknown(set(cls.fields))
+        if expanded:
+            _check_declared_shape(r, layer)
+        if min(layer.out_shape) < 1:
+            raise SpecError(i, t, None, "an output volume of at least 1x1x1",
+                            "x".join(map(str, layer.out_shape)))  # fmt: skip
+        h, w, c = layer.out_shape
+        if h * w * c > MAX_ACTIVATIONS:
+            raise SpecError(i, t, None, f"at most {MAX_ACTIVATIONS} output values", h * w * c)
+        layers.append(layer)
+        shape = layer.out_shape
+    spec = Spec(tuple(layers))
+    if spec.num_params > max_params:
+        raise SpecError(None, None, None, f"at most {max_params} parameters", spec.num_params,
+                        "use fewer or smaller layers")  # fmt: skip
+    return spec
+
+
+def _check_declared_shape(r: FieldReader, layer: Layer) -> None:
+    """An imported file's own out_sx/out_sy/out_depth must agree with our arithmetic."""
+    h, w, d = layer.out_shape
+    for name, ours in (("out_sx", w), ("out_sy", h), ("out_depth", d), ("in_depth", None)):
+        if name == "in_depth" and layer.type in ("conv", "pool") and r.has(name):
+            ours = layer.in_shape[2]
+        if ours is not None and r.has(name) and r.raw[name] != ours:
+            raise r.error(name, f"{ours} (computed from the layers below)", r.raw[name])
+
+
+def load_spec_file(path: str) -> Spec:
+    """A JSON file holding layer definitions, expanded layers, or a full model file."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if isinstance(data, Mapping) and "layer_defs" in data:
+        data = data["layer_defs"]
+    return Spec.from_json(data)
