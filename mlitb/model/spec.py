@@ -79,29 +79,34 @@ def expand(defs: object, max_params: int = MAX_PARAMS) -> Spec:
         if not isinstance(raw, Mapping):
             raise SpecError(i, None, None, "a JSON object with a 'type'", raw)
         t = raw.get("type")
-        if "layer_type" in raw and t is None:
+        if "layer_type" in raw:
+            lt = raw["layer_type"] if isinstance(raw["layer_type"], str) else None
             raise SpecError(
-                i, raw.get("layer_type"), "type", "every layer in the same form", raw,
-                "mix of 'type' definitions and 'layer_type' (expanded) layers",
+                i, lt, "type", "every layer in the same form", raw["layer_type"],
+                "do not mix 'type' definitions and 'layer_type' (expanded) layers",
             )  # fmt: skip
-        if t not in LAYER_TYPES:
+        if not isinstance(t, str) or t not in LAYER_TYPES:
             raise SpecError(
-                i, None, "type", "one of " + ", ".join(LAYER_TYPES), t,
+                i, None, "type", "one of " + ", ".join(LAYER_TYPES), t if t is not None else "nothing",
                 "quadtransform is not supported" if t == "quadtransform" else None,
             )  # fmt: skip
+        if i == 0 and t != "input":
+            raise SpecError(i, t, "type", "the first layer to be 'input'", t)
         if raw.get("tensor"):
             raise SpecError(i, t, "tensor", "no 'tensor' (quadtransform is not supported)", True)
         d = {k: v for k, v in raw.items() if k not in _SUGAR and k != "type"}
-        if t in ("softmax", "svm"):
+        if t in ("softmax", "svm"):  # checked here, so the error names the user's field
             if "num_classes" not in raw:
                 raise SpecError(i, t, "num_classes", "the number of classes (an integer >= 2)",
                                 None, "add 'num_classes'")  # fmt: skip
-            flat.append((i, {"type": "fc", "num_neurons": raw["num_classes"]}))
+            n = FieldReader(raw, i, t).int("num_classes", minimum=2)
+            flat.append((i, {"type": "fc", "num_neurons": n}))
         if t == "regression":
             if "num_neurons" not in raw:
                 raise SpecError(i, t, "num_neurons", "the number of outputs (an integer >= 1)",
                                 None, "add 'num_neurons'")  # fmt: skip
-            flat.append((i, {"type": "fc", "num_neurons": raw["num_neurons"]}))
+            n = FieldReader(raw, i, t).int("num_neurons", minimum=1)
+            flat.append((i, {"type": "fc", "num_neurons": n}))
             d.pop("num_neurons")
         if t in ("fc", "conv"):
             bias = raw.get("bias_pref")
@@ -120,7 +125,7 @@ def expand(defs: object, max_params: int = MAX_PARAMS) -> Spec:
                 raise SpecError(i, t, "activation", "one of " + ", ".join(_ACTIVATIONS), act)
             extra = {"group_size": raw["group_size"]} if act == "maxout" and "group_size" in raw else {}
             flat.append((i, {"type": act, **extra}))
-        elif "group_size" in raw and t != "maxout":
+        if "group_size" in raw and t != "maxout" and act != "maxout":
             raise SpecError(i, t, "group_size", "group_size only with activation 'maxout'", raw["group_size"])
         if "drop_prob" in raw and t != "dropout":
             flat.append((i, {"type": "dropout", "drop_prob": raw["drop_prob"]}))
@@ -159,6 +164,8 @@ def _as_list(defs: object) -> Sequence:
 
 
 def _build(flat: list[tuple[int, dict]], expanded: bool, max_params: int) -> Spec:
+    if len(flat) > MAX_LAYERS:
+        raise SpecError(None, None, None, f"at most {MAX_LAYERS} layers after expansion", len(flat))
     layers: list[Layer] = []
     shape: Shape = (0, 0, 0)
     last = len(flat) - 1
