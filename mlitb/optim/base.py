@@ -46,8 +46,7 @@ class Optimizer(ABC):
         self.schedule = schedule or LRSchedule()
         self.hyper = {**self.defaults, **{k: float(v) for k, v in hyper.items()}}
         for k, v in self.hyper.items():
-            if not np.isfinite(v) or v < 0:
-                raise OptimizerError(f"{self.name}: {k} must be a finite number >= 0, got {v}")
+            _check_hyper(self.name, k, v)
         self.t = 0  # steps taken
         self.state = {a: np.zeros(self.num_params, np.float32) for a in self.arrays}
 
@@ -63,9 +62,12 @@ class Optimizer(ABC):
                 f"{self.name}: expected float32 params and gradient of shape ({self.num_params},), "
                 f"got {params.dtype} {params.shape} and {grad.shape}"
             )
-        if not np.all(np.isfinite(grad)):
-            raise OptimizerError(f"{self.name}: gradient contains NaN or Inf; step refused")
-        g = np.asarray(grad, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            g = np.asarray(grad, dtype=np.float32)  # cast first: 1e300 is finite only in float64
+        if not np.all(np.isfinite(g)):
+            raise OptimizerError(
+                f"{self.name}: gradient contains NaN or Inf; step refused (beyond float32 counts as Inf)"
+            )
         self._update(params, g, np.float32(self.lr))
         self.t += 1
 
@@ -95,10 +97,35 @@ class Optimizer(ABC):
             raise OptimizerError(
                 f"state is for {header['num_params']} parameters, this model has {self.num_params}"
             )
-        self.schedule = LRSchedule(**header["schedule"])
-        self.hyper = {k: float(v) for k, v in header["hyper"].items()}
-        self.t = int(header["t"])
-        self.state = arrays
+        expected = [[a, self.num_params] for a in self.arrays]
+        if [list(x) for x in header["arrays"]] != expected:
+            raise OptimizerError(f"state arrays {header['arrays']} do not match {self.name}'s {expected}")
+        try:
+            schedule = LRSchedule(**header["schedule"])
+        except (TypeError, ValueError) as e:
+            raise OptimizerError(f"state has a bad learning-rate schedule: {e}") from None
+        hyper = {k: float(v) for k, v in header["hyper"].items()}
+        if set(hyper) != set(self.defaults):
+            raise OptimizerError(
+                f"state has hyperparameters {sorted(hyper)}, {self.name} takes {sorted(self.defaults)}"
+            )
+        for k, v in hyper.items():
+            _check_hyper(self.name, k, v)
+        # Everything checked: only now replace the state, so a refused load changes nothing.
+        self.schedule, self.hyper, self.t, self.state = schedule, hyper, int(header["t"]), arrays
+
+
+# Ranges outside which a rule divides by zero or its running means go negative (NaN).
+_UNIT_INTERVAL = ("momentum", "ro", "beta1", "beta2")  # must lie in [0, 1)
+
+
+def _check_hyper(optimizer: str, name: str, value: float) -> None:
+    if not np.isfinite(value) or value < 0:
+        raise OptimizerError(f"{optimizer}: {name} must be a finite number >= 0, got {value}")
+    if name in _UNIT_INTERVAL and value >= 1:
+        raise OptimizerError(f"{optimizer}: {name} must be in [0, 1), got {value}")
+    if name == "eps" and value == 0:
+        raise OptimizerError(f"{optimizer}: eps must be > 0 (it keeps the division finite), got 0")
 
 
 def parse_state(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
