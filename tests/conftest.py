@@ -14,22 +14,24 @@ ROOT = Path(__file__).resolve().parent.parent
 CONVNETJS_REF = ROOT / "tests" / "js" / "convnetjs_ref.js"
 
 
-def run_convnetjs(request: dict) -> dict:
-    """One request to tests/js/convnetjs_ref.js. Fails (never skips) without node or
-    the npm packages: `make test` installs both, so their absence is a real error."""
+def run_node(script: str | Path, request: object) -> object:
+    """Run a node script (a file, or code for `node -e`) with `request` as JSON on stdin
+    and return its JSON stdout. Fails (never skips) without node or the npm packages:
+    `make test` installs both, so their absence is a real error."""
     node = shutil.which("node")
     assert node, "node is not installed (make test needs Node.js for the ConvNetJS reference)"
     assert (ROOT / "node_modules" / "convnetjs").is_dir(), "run `npm ci` first (make test does)"
+    args = [node, str(script)] if isinstance(script, Path) else [node, "-e", script]
     proc = subprocess.run(
-        [node, str(CONVNETJS_REF)],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
+        args, input=json.dumps(request), capture_output=True, text=True, cwd=ROOT, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def run_convnetjs(request: dict) -> dict:
+    """One request to tests/js/convnetjs_ref.js (see its header for the tasks)."""
+    return run_node(CONVNETJS_REF, request)
 
 
 @pytest.fixture

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_node
 
 from mlitb.model import Segment, Spec, decay_multipliers, init_params, segments
 from mlitb.model.decay import decay_gradient, decay_loss, mean_gradient
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # input 6 wide x 5 high x 3 deep -> conv 3x2 (4 filters) -> 4x4x4 -> relu -> pool 2 -> 2x2x4
 # -> fc 7 -> fc 3 (inserted by softmax) -> softmax
@@ -237,18 +232,7 @@ process.stdout.write(JSON.stringify({ total: k, l1, l2, layers }));
 
 
 def test_layout_is_convnetjs_get_params_and_grads(conv_fc):
-    node = shutil.which("node")
-    assert node, "node is not installed (the tests need Node.js for the ConvNetJS reference)"
-    proc = subprocess.run(
-        [node, "-e", _NODE_SCRIPT],
-        input=json.dumps(CONV_FC),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    ref = json.loads(proc.stdout)
+    ref = run_node(_NODE_SCRIPT, CONV_FC)
     assert ref["total"] == conv_fc.num_params
     flat = np.arange(conv_fc.num_params, dtype=np.float64)
     for seg in segments(conv_fc):

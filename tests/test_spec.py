@@ -10,15 +10,11 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
+from conftest import SMALL_NET, run_node
 
 from mlitb.model import Spec, SpecError, expand, from_expanded
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def inp(sx: int, sy: int | None = None, depth: int = 1) -> dict:
@@ -520,15 +516,7 @@ process.stdout.write(JSON.stringify(out));
 """
 
 CONVNETJS_NETS = [
-    [
-        {"type": "input", "out_sx": 8, "out_sy": 7, "out_depth": 2},
-        {"type": "conv", "sx": 3, "filters": 4, "stride": 1, "pad": 1, "activation": "relu"},
-        {"type": "pool", "sx": 2, "stride": 2},
-        {"type": "conv", "sx": 2, "sy": 3, "filters": 3, "stride": 2, "pad": 1, "activation": "tanh"},
-        {"type": "fc", "num_neurons": 6, "activation": "sigmoid", "drop_prob": 0.3},
-        {"type": "fc", "num_neurons": 5, "activation": "tanh"},
-        {"type": "softmax", "num_classes": 4},
-    ],
+    SMALL_NET,
     [
         {"type": "input", "out_sx": 11, "out_sy": 9, "out_depth": 3},
         {
@@ -561,19 +549,7 @@ CONVNETJS_NETS = [
 
 
 def _convnetjs_build(nets: list) -> list:
-    node = shutil.which("node")
-    assert node, "node is not installed (the tests need Node.js for the ConvNetJS reference)"
-    assert (ROOT / "node_modules" / "convnetjs").is_dir(), "run `npm ci` first (make test does)"
-    proc = subprocess.run(
-        [node, "-e", _NODE_SCRIPT],
-        input=json.dumps(nets),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return run_node(_NODE_SCRIPT, nets)
 
 
 def test_matches_convnetjs():
