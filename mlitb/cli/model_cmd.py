@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from importlib import resources
 from pathlib import Path
@@ -70,7 +71,7 @@ def cmd_check(args) -> int:
         return 0
     print(f"{'#':>3}  {'layer':<10} {'output (HxWxD)':<16} {'params':>10}  details")
     for i, layer in enumerate(spec.layers):
-        n = sum(_prod(s) for _, s in layer.param_shapes())
+        n = sum(math.prod(s) for _, s in layer.param_shapes())
         shape = "x".join(map(str, layer.out_shape))
         print(f"{i:>3}  {layer.type:<10} {shape:<16} {n:>10}  {_details(layer)}")
     h, w, d = spec.input_shape
@@ -79,13 +80,6 @@ def cmd_check(args) -> int:
     if model.labels:
         print("labels: " + ", ".join(model.labels))
     return 0
-
-
-def _prod(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def cmd_convert(args) -> int:

@@ -14,6 +14,7 @@ A `Spec` is immutable; its `layers` decide the parameter layout (`layout.py`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -49,14 +50,7 @@ class Spec:
 
     @cached_property
     def num_params(self) -> int:
-        total = 0
-        for layer in self.layers:
-            for _, shape in layer.param_shapes():
-                n = 1
-                for s in shape:
-                    n *= s
-                total += n
-        return total
+        return sum(math.prod(shape) for layer in self.layers for _, shape in layer.param_shapes())
 
     def to_json(self) -> list[dict]:
         """The expanded form; `Spec.from_json(spec.to_json()) == spec`."""
