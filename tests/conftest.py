@@ -49,3 +49,87 @@ SMALL_NET = [
     {"type": "fc", "num_neurons": 5, "activation": "tanh"},
     {"type": "softmax", "num_classes": 4},
 ]
+
+
+# --------------------------------------------------------------------------- data server
+# A real data server (uvicorn on a free localhost port, real SQLite under tmp_path).
+
+
+def png_bytes(pixels: np.ndarray, mode: str | None = None, fmt: str = "PNG", **save) -> bytes:
+    """An image file's bytes from an (H, W) or (H, W, C) uint8 array."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def make_zip(path: Path, members: dict[str, bytes], compression: int | None = None) -> Path:
+    """A zip holding `members` (name -> bytes) in the given order."""
+    import zipfile
+
+    comp = zipfile.ZIP_DEFLATED if compression is None else compression
+    with zipfile.ZipFile(path, "w", comp) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def digit_zip(path: Path, per_label: int = 3, labels=("0", "1", "2"), shape=(28, 28), seed: int = 0) -> Path:
+    """A small random-image dataset zip: `root/<label>/<i>.png`."""
+    rng = np.random.default_rng(seed)
+    members = {}
+    for label in labels:
+        for i in range(per_label):
+            members[f"root/{label}/{i}.png"] = png_bytes(rng.integers(0, 256, shape, dtype=np.uint8))
+    return make_zip(path, members)
+
+
+class DataServerHandle:
+    """A data server on a free port; `restart()` starts a fresh process-equivalent on the same dir."""
+
+    def __init__(self, data_dir: Path, **app_kwargs) -> None:
+        self.data_dir = data_dir
+        self.app_kwargs = app_kwargs
+        self._start()
+
+    def _start(self) -> None:
+        from mlitb.data.app import create_app
+        from mlitb.data.client import DataClient
+        from mlitb.server_runner import BackgroundServer
+
+        self.app = create_app(self.data_dir, **self.app_kwargs)
+        self.server = BackgroundServer(self.app)
+        self.url = self.server.url
+        self.client = DataClient(self.url, token=self.app_kwargs.get("token"))
+
+    def restart(self) -> None:
+        self.stop()
+        self._start()
+
+    def stop(self) -> None:
+        self.client.close()
+        self.server.stop()
+        self.app.state.store.close()
+
+
+@pytest.fixture
+def data_server(tmp_path: Path):
+    handle = DataServerHandle(tmp_path / "data")
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def mnist_zips(tmp_path_factory) -> dict[str, Path]:
+    """Real MNIST slices (first 300 training, 100 test images) as upload zips."""
+    from mlitb.data import mnist
+
+    out = tmp_path_factory.mktemp("mnist")
+    zips = {}
+    for split, limit in (("train", 300), ("test", 100)):
+        images, labels = mnist.load(split, mnist.find_source(ROOT), limit)
+        zips[split] = mnist.write_zip(images, labels, out / f"mnist-{split}.zip", f"mnist-{split}")
+    return zips

