@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: run test setup lint format clean bench
+.PHONY: run test setup lint format clean bench bench-model bench-data
 
 setup: $(VENV)/.installed $(if $(wildcard package.json),node_modules/.installed)
 
@@ -39,8 +39,13 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: setup
+bench: bench-model bench-data
+
+bench-model: setup
 	$(BIN)/python benchmarks/model_bench.py
+
+bench-data: setup
+	$(BIN)/python benchmarks/data_bench.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache *.egg-info
