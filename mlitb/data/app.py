@@ -191,7 +191,7 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
                     async for event in run_in_thread_with_progress(work):
                         yield json.dumps(event) + "\n"
 
-            return StreamingResponse(events(), media_type="application/x-ndjson")
+            return StreamingResponse(events(), status_code=201, media_type="application/x-ndjson")
         async with ingest_slots:
             result = await run_in_threadpool(work, None)
         return JSONResponse(result, status_code=201)
@@ -252,7 +252,7 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
             raise bad_request(f"expected a JSON body: {exc}", "bad_json") from None
 
     def _items_response(arrays, selected, request: Request, gzip: bool):
-        accept = gzip and "gzip" in request.headers.get("accept-encoding", "")
+        accept = gzip and _accepts_gzip(request.headers.get("accept-encoding", ""))
         body, headers = item_response_parts(arrays, selected, accept)
         return StreamingResponse(body, headers=headers, media_type=headers["Content-Type"])
 
@@ -274,3 +274,18 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
         return store.sources(ds_id, selected)
 
     return app
+
+
+def _accepts_gzip(header: str) -> bool:
+    """'gzip' listed without q=0 (RFC 9110 content negotiation; '*' counts too)."""
+    for part in header.lower().split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() in ("gzip", "*"):
+            q = params.strip()
+            if q.startswith("q="):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False

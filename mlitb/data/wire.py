@@ -103,16 +103,18 @@ class BlockReader:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, chunk: bytes) -> Iterator[Block]:
+    def feed(self, chunk: bytes) -> list[Block]:
+        """Buffer `chunk` (always, whether or not the result is used); the blocks completed."""
         self._buf += chunk
+        out = []
         while len(self._buf) >= HEADER_SIZE:
             _, _, _, _, _, payload = _parse_header(self._buf)
             size = HEADER_SIZE + payload
             if len(self._buf) < size:
                 break
-            block = decode_block(bytes(self._buf[:size]))
+            out.append(decode_block(bytes(self._buf[:size])))
             del self._buf[:size]
-            yield block
+        return out
 
     def close(self) -> None:
         if self._buf:

@@ -92,7 +92,9 @@ def scan_zip(zf: zipfile.ZipFile, limits: Limits) -> Scan:
         scan.members.append(Member(info, path, parts[-2]))
     if not scan.members and not scan.skipped:
         raise unprocessable("zip with no files in label folders (only hidden/system files)", "no_images")
-    scan.members.sort(key=lambda m: (_natural_key(m.label), _natural_key(m.path)))
+    # Raw strings break ties of the natural keys ('img_7' vs 'img_07'): any member order
+    # of the same files gives the same ids.
+    scan.members.sort(key=lambda m: (_natural_key(m.label), m.label, _natural_key(m.path), m.path))
     return scan
 
 
