@@ -611,6 +611,18 @@ def test_gzip_on_mnist(shared, mnist_ds):
     # no Accept-Encoding: plain
     resp = raw_get(shared, f"/datasets/{ds}/items", params={"ids": "0:300"}, headers={"Accept-Encoding": ""})
     assert "content-encoding" not in resp.headers and len(resp.content) == raw
+    # gzip refused by q=0 (RFC 9110), or accepted through '*'
+    for header, gzipped in (
+        ("gzip;q=0", False),
+        ("identity, gzip;q=0.0", False),
+        ("*", True),
+        ("br, gzip;q=0.5", True),
+    ):
+        resp = raw_get(
+            shared, f"/datasets/{ds}/items", params={"ids": "0:300"}, headers={"Accept-Encoding": header}
+        )
+        assert (resp.headers.get("content-encoding") == "gzip") is gzipped, header
+        assert len(resp.content) == raw
 
 
 def test_random_noise_is_not_gzipped(shared, tmp_path):

@@ -248,8 +248,8 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
             chunks.append(chunk)
         try:
             return json.loads(b"".join(chunks))
-        except ValueError as exc:
-            raise bad_request(f"expected a JSON body: {exc}", "bad_json") from None
+        except (ValueError, RecursionError) as exc:
+            raise bad_request(f"expected a JSON body: {str(exc)[:200]}", "bad_json") from None
 
     def _items_response(arrays, selected, request: Request, gzip: bool):
         accept = gzip and _accepts_gzip(request.headers.get("accept-encoding", ""))

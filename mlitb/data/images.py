@@ -22,6 +22,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 FORMATS = ("PNG", "JPEG", "GIF")
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+)
 _GREY_MODES = {"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -49,6 +55,9 @@ def decode_image(data: bytes, shape: tuple[int, int, int], max_image_pixels: int
     except ImageSkip:
         raise
     except UnidentifiedImageError:
+        kind = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+        if kind:  # the right signature but Pillow could not open it: a damaged file
+            raise ImageSkip(f"unreadable image: a damaged {kind} file") from None
         raise ImageSkip("not an image (PNG, JPEG or GIF expected)") from None
     except Image.DecompressionBombError as exc:
         raise ImageSkip(f"image too large: {exc}") from None
