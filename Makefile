@@ -22,9 +22,10 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-# The main job. Until the master server exists this checks the demo MNIST model.
+# The main job: the master with the data server, the MNIST demo project, a local trainer
+# and a tracker; training is under way once it prints the dashboard URL. State in ./data.
 run: setup
-	$(BIN)/mlitb model check mnist
+	$(BIN)/mlitb serve --demo
 
 test: setup
 	$(BIN)/ruff check .

@@ -7,10 +7,17 @@ import sys
 
 from mlitb import __version__
 
-from . import data_cmd, data_server_cmd, model_cmd
+from . import data_cmd, data_server_cmd, model_cmd, project_cmd, serve_cmd, worker_cmd
 
 # name -> module with `register(subparsers)`; each sets `func` on its parsers.
-COMMANDS = {"model": model_cmd, "data": data_cmd, "data-server": data_server_cmd}
+COMMANDS = {
+    "serve": serve_cmd,
+    "project": project_cmd,
+    "worker": worker_cmd,
+    "data": data_cmd,
+    "data-server": data_server_cmd,
+    "model": model_cmd,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,249 @@
+"""`mlitb project ...`: create, list, show, control and tune projects on a master."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from . import tokens
+
+DEFAULT_SERVER = os.environ.get("MLITB_SERVER", "http://127.0.0.1:8000")
+ACTIONS = ("start", "pause", "restart", "reboot")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("project", help="projects on a master: create, list, show, start, pause, ...")
+    psub = p.add_subparsers(dest="project_command", metavar="ACTION", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--server", default=DEFAULT_SERVER, help=f"master URL (default {DEFAULT_SERVER})")
+        q.add_argument("--json", action="store_true", help="print JSON")
+
+    q = psub.add_parser("create", help="create a project (the owner token is saved locally)")
+    common(q)
+    q.add_argument("--spec", required=True, help="spec or model file (JSON), or a built-in example: mnist")
+    q.add_argument(
+        "--train", type=int, action="append", default=[], metavar="DATASET", help="training set id"
+    )
+    q.add_argument("--test", type=int, action="append", default=[], metavar="DATASET", help="test set id")
+    q.add_argument("--name", help="project name (default: the spec file's name)")
+    q.add_argument("--description", default="")
+    q.add_argument("--labels", help="comma-separated label names (default: the training set's)")
+    q.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter, repeatable"
+    )
+    q.add_argument("--join-key", default="", help="workers need this key to join (default: open)")
+    q.add_argument("--data-url", help="data server URL workers fetch from (default: the master's /data)")
+    q.add_argument("--start", action="store_true", help="start training at once")
+    q.set_defaults(func=create)
+
+    q = psub.add_parser("list", help="list projects")
+    common(q)
+    q.set_defaults(func=list_cmd)
+
+    q = psub.add_parser("show", help="one project: state, iteration, workers, data, errors, clients")
+    q.add_argument("name")
+    common(q)
+    q.set_defaults(func=show)
+
+    for action in ACTIONS:
+        q = psub.add_parser(action, help=f"{action} a project (owner)")
+        q.add_argument("name")
+        common(q)
+        q.set_defaults(func=control, action=action)
+
+    q = psub.add_parser("set", help="change hyperparameters while it runs (owner)")
+    q.add_argument("name")
+    q.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    common(q)
+    q.set_defaults(func=set_hyper)
+
+    q = psub.add_parser("attach", help="attach datasets (owner)")
+    q.add_argument("name")
+    q.add_argument("--train", type=int, action="append", default=[])
+    q.add_argument("--test", type=int, action="append", default=[])
+    common(q)
+    q.set_defaults(func=attach)
+
+    q = psub.add_parser("delete", help="delete a project (owner)")
+    q.add_argument("name")
+    common(q)
+    q.set_defaults(func=delete)
+
+    q = psub.add_parser("model", help="download the current model")
+    q.add_argument("name")
+    q.add_argument("-o", "--out", type=Path, required=True)
+    q.add_argument("--format", choices=("convnetjs", "mlitb"), default="mlitb")
+    common(q)
+    q.set_defaults(func=model)
+
+
+def _spec(text: str) -> dict | list:
+    path = Path(text)
+    if not path.exists() and not text.endswith(".json"):
+        try:
+            return json.loads(resources.files("mlitb.examples").joinpath(f"{text}.json").read_text())
+        except FileNotFoundError:
+            pass
+    return json.loads(path.read_text())
+
+
+def _request(args, method: str, path: str, body: dict | None = None, owner: str | None = None):
+    import httpx
+
+    headers = {}
+    if owner:
+        token = tokens.get_token(args.server, owner)
+        if not token:
+            raise SystemExit(
+                f"mlitb: no owner token for project {owner!r} on {args.server} in {tokens.config_path()}; "
+                "only the creator (or MLITB_TOKEN) can do this"
+            )
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        resp = httpx.request(
+            method, f"{args.server.rstrip('/')}{path}", json=body, headers=headers, timeout=60
+        )
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"mlitb: master {args.server} unreachable: {exc}") from None
+    if resp.status_code >= 400:
+        try:
+            detail = resp.json().get("detail", resp.text)
+        except ValueError:
+            detail = resp.text
+        raise SystemExit(f"mlitb: the master refused it ({resp.status_code}): {detail}")
+    return resp
+
+
+def create(args) -> int:
+    from mlitb.master.config import parse_set
+
+    try:
+        spec = _spec(args.spec)
+        hyper = parse_set(args.set)
+    except (OSError, ValueError) as exc:
+        print(f"mlitb: {exc}", file=sys.stderr)
+        return 1
+    name = args.name or Path(args.spec).stem
+    body = {
+        "name": name,
+        "description": args.description,
+        "spec": spec,
+        "hyper": hyper,
+        "train": args.train,
+        "test": args.test,
+        "join_key": args.join_key,
+        "start": args.start,
+    }
+    if args.labels:
+        body["labels"] = [s.strip() for s in args.labels.split(",") if s.strip()]
+    if args.data_url:
+        body["data_url"] = args.data_url
+    out = _request(args, "POST", "/api/projects", body).json()
+    path = tokens.save_token(args.server, name, out["owner_token"])
+    for w in out["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(out["project"]))
+    else:
+        p = out["project"]
+        print(
+            f"project {p['name']} created: {p['num_params']} parameters, {len(p['labels'])} labels, "
+            f"{p['data_size']} training items; state {p['state']}"
+        )
+        print(f"owner token saved in {path}")
+    return 0
+
+
+def list_cmd(args) -> int:
+    rows = _request(args, "GET", "/api/projects").json()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no projects")
+    for r in rows:
+        err = "-" if r["test_error"] is None else f"{r['test_error']:.4f}"
+        print(
+            f"{r['name']:<20} {r['state']:<8} it {r['iteration']:>6}  workers {r['workers']:>4}  "
+            f"test error {err:>7}  power {r['power']:>9.0f} vec/s  data {r['data_size']}"
+        )
+    return 0
+
+
+def show(args) -> int:
+    p = _request(args, "GET", f"/api/projects/{args.name}").json()
+    if args.json:
+        print(json.dumps(p))
+        return 0
+    err = "-" if p["test_error"] is None else f"{p['test_error']:.4f}"
+    print(
+        f"{p['name']}: {p['state']}, iteration {p['iteration']}, test error {err}, "
+        f"train loss {p['train_loss'] if p['train_loss'] is not None else '-'}"
+    )
+    print(
+        f"workers {p['workers']} (assigned {p['workers_assigned']}), trackers {p['trackers']}, "
+        f"power {p['power']:.0f} vectors/s, {p['vectors_processed']} vectors processed"
+    )
+    print(f"data {p['data_size']}: allocated {p['data_allocated']}, unallocated {p['data_unallocated']}")
+    print(f"hyper: {json.dumps(p['hyper'])}")
+    for c in p["clients"]:
+        lag = "-" if c["lag_ms"] is None else f"{c['lag_ms']:.0f} ms"
+        print(
+            f"  {c['id']} {c['kind']:<7} {c['role']:<8} {c['backend']:<12} {c['vectors_per_s']:>9.0f} vec/s "
+            f"alloc {c['data_allocated']:>6} cached {c['data_cached']:>6} lag {lag}"
+        )
+    return 0
+
+
+def control(args) -> int:
+    out = _request(args, "POST", f"/api/projects/{args.name}/{args.action}", {}, owner=args.name).json()
+    print(
+        json.dumps(out["project"])
+        if args.json
+        else f"{args.name}: {args.action} done ({out['project']['state']})"
+    )
+    return 0
+
+
+def set_hyper(args) -> int:
+    from mlitb.master.config import parse_set
+
+    try:
+        changes = parse_set(args.pairs)
+    except ValueError as exc:
+        print(f"mlitb: {exc}", file=sys.stderr)
+        return 1
+    out = _request(args, "PATCH", f"/api/projects/{args.name}/hyper", changes, owner=args.name).json()
+    print(json.dumps(out) if args.json else f"{args.name}: {json.dumps(out['hyper'])}")
+    return 0
+
+
+def attach(args) -> int:
+    body = {"train": args.train, "test": args.test}
+    out = _request(args, "POST", f"/api/projects/{args.name}/datasets", body, owner=args.name).json()
+    for w in out["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print(
+        json.dumps(out["project"])
+        if args.json
+        else f"{args.name}: {out['project']['data_size']} training items"
+    )
+    return 0
+
+
+def delete(args) -> int:
+    _request(args, "DELETE", f"/api/projects/{args.name}", owner=args.name)
+    print(json.dumps({"deleted": args.name}) if args.json else f"{args.name} deleted")
+    return 0
+
+
+def model(args) -> int:
+    resp = _request(args, "GET", f"/api/projects/{args.name}/model?format={args.format}")
+    args.out.write_bytes(resp.content)
+    print(f"{args.name} -> {args.out}")
+    return 0

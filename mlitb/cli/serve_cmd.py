@@ -1,0 +1,54 @@
+"""`mlitb serve`: the master with the data server mounted at /data; `--demo` also sets up
+the MNIST project and starts one local trainer and one tracker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the master server (and the data server at /data)")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; 0.0.0.0 for a LAN)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument(
+        "--dir", default="data", help="state directory: SQLite files and datasets (default ./data)"
+    )
+    p.add_argument("--data-server", help="use this external data server instead of the built-in one")
+    p.add_argument(
+        "--data-token",
+        default=os.environ.get("MLITB_DATA_TOKEN"),
+        help="write token of the built-in data server",
+    )
+    p.add_argument(
+        "--max-frame-mb", type=int, default=256, help="largest WebSocket message, MiB (default 256)"
+    )
+    p.add_argument("--demo", action="store_true", help="MNIST demo: data, project, a trainer and a tracker")
+    p.add_argument("--demo-workers", type=int, default=1, help="local trainers the demo starts (default 1)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mlitb.server_runner import bind, make_config, url_of
+    from mlitb.serving import build_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    sock = bind(args.host, args.port)
+    url = url_of(sock)
+    local = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+    app = build_app(
+        args.dir, local, args.data_server, args.data_token, demo=args.demo, demo_workers=args.demo_workers
+    )
+    data_url = args.data_server or f"{url}/data"
+    print(f"mlitb master listening on {url}", flush=True)
+    print(f"  dashboard:   {url}/", flush=True)
+    print(f"  data server: {data_url}", flush=True)
+    print(f"  workers:     mlitb worker {url} --project NAME", flush=True)
+    uvicorn.Server(make_config(app, args.log_level, args.max_frame_mb << 20)).run(sockets=[sock])
+    return 0

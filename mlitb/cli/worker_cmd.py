@@ -1,0 +1,78 @@
+"""`mlitb worker URL --project NAME`: a native PyTorch worker (trainer or tracker)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="join a project as a native PyTorch worker (trainer or tracker)")
+    p.add_argument("url", help="the master's URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--project", required=True)
+    p.add_argument("--role", choices=("trainer", "tracker"), default="trainer")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--capacity", type=int, default=3000, help="most data ids to hold (default 3000)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--name", default="", help="a name shown in the master's client list")
+    p.add_argument("--join-key", default="")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from mlitb.worker.session import FatalError, Worker
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("mlitb: --device cuda but no CUDA device is available here", file=sys.stderr)
+        return 1
+    bar = tqdm(total=None, bar_format="{desc}", disable=args.quiet or not sys.stderr.isatty())
+
+    def show(s) -> None:
+        extra = (
+            f"test error {s.test_error:.4f}" if s.test_error is not None else f"{s.vectors_per_s:,.0f} vec/s"
+        )
+        bar.set_description_str(
+            f"{args.role} {s.client_id or '-'} | {s.state} | project {s.project_state or '-'} | "
+            f"iteration {s.iteration} | cached {s.cached} | {s.vectors_processed:,} vectors | {extra}"
+        )
+
+    worker = Worker(
+        args.url,
+        args.project,
+        args.role,
+        args.device,
+        args.capacity,
+        args.name,
+        args.join_key,
+        args.batch_size,
+        on_update=show,
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    try:
+        asyncio.run(main())
+    except FatalError as exc:
+        bar.close()
+        print(f"mlitb: {exc}", file=sys.stderr)
+        return 2
+    bar.close()
+    return 0

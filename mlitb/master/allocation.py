@@ -1,0 +1,157 @@
+"""Which trainer holds which data ids: balanced shares, capacities, the pie-cutter.
+
+A data id is a 64-bit key, dataset << 32 | item id. Invariant (`check`): every
+registered key is held by exactly one trainer or sits in the pool; shares differ by
+at most one id between trainers that are below their capacity.
+
+`rebalance` computes each trainer's target share by water-filling (equal shares, no
+one above its capacity) and then moves only the excess: trainers above target give
+ids back, trainers below take from the pool. When a trainer joins and the pool is
+empty this is the paper's pie-cutter (an equal slice from every other trainer); when
+one leaves, its ids return to the pool and go to trainers with room.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def make_key(dataset: int, item: int) -> int:
+    return (dataset << 32) | item
+
+
+def split_key(key: int) -> tuple[int, int]:
+    return key >> 32, key & 0xFFFFFFFF
+
+
+@dataclass
+class Move:
+    added: list[int]
+    removed: list[int]
+
+
+class AllocationError(RuntimeError):
+    """The allocation invariant is broken: a bug, never a client's fault."""
+
+
+class Allocator:
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = np.random.default_rng(seed)
+        self.pool: deque[int] = deque()  # unallocated, in the order they will be handed out
+        self.held: dict[str, set[int]] = {}
+        self.capacity: dict[str, int] = {}
+        self.registered = 0
+
+    # -------------------------------------------------------------- data and trainers
+    def register(self, keys: np.ndarray | list[int]) -> None:
+        """New data ids (a new or appended dataset), shuffled into the pool's end so that
+        shares mix labels (datasets are stored sorted by label)."""
+        keys = np.asarray(keys, dtype=np.int64)
+        self._rng.shuffle(keys)
+        self.pool.extend(keys.tolist())
+        self.registered += len(keys)
+
+    def unregister_dataset(self, dataset: int) -> dict[str, list[int]]:
+        """Forget every key of `dataset` (it was detached); returns what each trainer lost."""
+        lost: dict[str, list[int]] = {}
+        for cid, keys in self.held.items():
+            gone = [k for k in keys if k >> 32 == dataset]
+            if gone:
+                keys.difference_update(gone)
+                lost[cid] = gone
+        before = len(self.pool)
+        self.pool = deque(k for k in self.pool if k >> 32 != dataset)
+        self.registered -= sum(len(v) for v in lost.values()) + before - len(self.pool)
+        return lost
+
+    def add_trainer(self, cid: str, capacity: int) -> None:
+        if cid in self.held:
+            raise AllocationError(f"trainer {cid} is already allocated")
+        self.held[cid] = set()
+        self.capacity[cid] = max(0, int(capacity))
+
+    def set_capacity(self, cid: str, capacity: int) -> None:
+        self.capacity[cid] = max(0, int(capacity))
+
+    def remove_trainer(self, cid: str) -> list[int]:
+        """A lost trainer's ids go to the front of the pool: they are handed out first."""
+        keys = self.held.pop(cid, set())
+        self.capacity.pop(cid, None)
+        self.pool.extendleft(sorted(keys, reverse=True))
+        return sorted(keys)
+
+    # -------------------------------------------------------------- balancing
+    def targets(self) -> dict[str, int]:
+        """Water-filling: equal shares of all registered ids, capped by capacity."""
+        total = self.registered
+        ids = sorted(self.held, key=lambda c: self.capacity[c])
+        out: dict[str, int] = {}
+        left = len(ids)
+        for i, cid in enumerate(ids):
+            share = total // left
+            if self.capacity[cid] <= share:
+                out[cid] = self.capacity[cid]
+                total -= out[cid]
+                left -= 1
+                continue
+            # Everyone from here on can take the equal share; spread the remainder on
+            # those already holding most (fewest moves).
+            rest = ids[i:]
+            base, extra = divmod(total, len(rest))
+            for j, c in enumerate(sorted(rest, key=lambda c: -len(self.held[c]))):
+                out[c] = base + (1 if j < extra else 0)
+            break
+        return out
+
+    def rebalance(self) -> dict[str, Move]:
+        """Move the fewest ids so every trainer holds its target; returns the moves."""
+        targets = self.targets()
+        moves: dict[str, Move] = {}
+        for cid, target in targets.items():
+            keys = self.held[cid]
+            if len(keys) > target:
+                give = sorted(keys) if target == 0 else self._pick(keys, len(keys) - target)
+                keys.difference_update(give)
+                self.pool.extend(give)
+                moves[cid] = Move([], give)
+        for cid, target in targets.items():
+            keys = self.held[cid]
+            want = target - len(keys)
+            if want > 0:
+                take = [self.pool.popleft() for _ in range(min(want, len(self.pool)))]
+                keys.update(take)
+                moves.setdefault(cid, Move([], [])).added.extend(take)
+        return {c: m for c, m in moves.items() if m.added or m.removed}
+
+    def _pick(self, keys: set[int], n: int) -> list[int]:
+        chosen = self._rng.choice(np.fromiter(keys, np.int64, len(keys)), n, replace=False)
+        return sorted(int(k) for k in chosen)
+
+    # -------------------------------------------------------------- checks and stats
+    @property
+    def allocated(self) -> int:
+        return sum(len(k) for k in self.held.values())
+
+    def check(self, settled: bool = False) -> None:
+        """Raise AllocationError if the invariant does not hold. `settled`: also right after
+        a rebalance, no trainer has room while ids wait in the pool."""
+        seen: set[int] = set()
+        for cid, keys in self.held.items():
+            if seen & keys:
+                raise AllocationError(f"trainer {cid} holds ids another trainer holds")
+            seen |= keys
+        pool = set(self.pool)
+        if len(pool) != len(self.pool):
+            raise AllocationError("the pool holds an id twice")
+        if seen & pool:
+            raise AllocationError("an id is both allocated and in the pool")
+        if len(seen) + len(pool) != self.registered:
+            raise AllocationError(f"{len(seen) + len(pool)} ids accounted for, {self.registered} registered")
+        free = [len(k) for c, k in self.held.items() if len(k) < self.capacity[c]]
+        if free and max(len(k) for k in self.held.values()) - min(free) > 1:
+            raise AllocationError("shares of trainers below capacity differ by more than one id")
+        if settled and free and self.pool:
+            raise AllocationError("a trainer has room while ids sit in the pool")

@@ -1,0 +1,315 @@
+"""The master's HTTP and WebSocket API (FastAPI). Routes translate HTTP to
+ProjectManager calls; the worker socket handler only moves messages to the project's
+runner. `mlitb serve` mounts the data server at /data of the same app.
+
+REST (JSON; control needs `Authorization: Bearer OWNER_TOKEN`):
+    GET    /api                              service info
+    GET    /api/projects                     list (summaries)
+    POST   /api/projects                     create -> {project, owner_token, warnings}
+    GET    /api/projects/{name}              summary + spec, labels, hyper, datasets
+    PATCH  /api/projects/{name}/hyper        change hyperparameters (applied next iteration)
+    DELETE /api/projects/{name}
+    POST   /api/projects/{name}/{start|pause|restart|reboot}
+    POST   /api/projects/{name}/datasets     attach {"train": [ids], "test": [ids]}
+    DELETE /api/projects/{name}/datasets/{dataset}
+    GET    /api/projects/{name}/metrics?since=N   metrics history rows
+    GET    /api/projects/{name}/model?format=convnetjs|mlitb   the current model file
+    WS     /api/projects/{name}/stream       dashboard updates, one per iteration
+    GET    /metrics                          Prometheus text
+    WS     /ws                               workers (docs/protocol.md)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from pathlib import Path
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.middleware.cors import CORSMiddleware
+
+from mlitb import __version__
+from mlitb.protocol import PROTOCOL_VERSION
+from mlitb.protocol import messages as msg
+
+from . import metrics
+from .connection import Connection
+from .projects import ProjectError, ProjectManager
+from .runner import HEARTBEAT_MS
+from .status_page import render_status
+from .store import MasterStore, token_hash
+
+log = logging.getLogger("mlitb.master")
+JOIN_TIMEOUT_S = 10.0
+
+
+def create_master_app(
+    data_dir: Path | str,
+    data_internal_url: str,
+    data_public_url: str = "/data",
+    data_app=None,
+    background: list | None = None,
+) -> FastAPI:
+    """`data_internal_url`: how the master itself reaches the data server; `data_public_url`:
+    what workers are told (relative URLs resolve against the master's own address)."""
+    data_dir = Path(data_dir)
+    store = MasterStore(data_dir / "master.sqlite")
+    manager = ProjectManager(store, data_internal_url, data_public_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app_: FastAPI):
+        await manager.load_all()
+        # Background jobs (the demo) run beside the server and are cancelled at shutdown.
+        tasks = [asyncio.create_task(job(app_)) for job in background or []]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await manager.close()
+        store.close()
+        if data_app is not None:
+            data_app.state.store.close()
+
+    app = FastAPI(title="mlitb master", version=__version__, lifespan=lifespan)
+    app.state.manager = manager
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    if data_app is not None:
+        app.mount("/data", data_app)
+
+    @app.exception_handler(ProjectError)
+    async def project_error(request: Request, exc: ProjectError):
+        log.warning("%s %s -> %s %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
+        return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status)
+
+    def owner(request: Request, name: str):
+        runner = manager.get(name)
+        header = request.headers.get("authorization", "")
+        token = header[7:] if header.lower().startswith("bearer ") else None
+        manager.check_owner(runner, token)
+        return runner
+
+    async def json_body(request: Request) -> dict:
+        raw = await request.body()
+        if len(raw) > 256 << 20:
+            raise ProjectError(413, "request body over 256 MiB", "too_large")
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise ProjectError(400, f"expected a JSON body: {exc}", "bad_json") from None
+        if not isinstance(body, dict):
+            raise ProjectError(400, "expected a JSON object", "bad_json")
+        return body
+
+    def details(runner) -> dict:
+        e = runner.engine
+        return {
+            **e.summary(),
+            "description": getattr(e, "description", ""),
+            "created": getattr(e, "created", None),
+            "labels": e.labels,
+            "spec": e.spec.to_json(),
+            "num_params": e.spec.num_params,
+            "input_shape": list(e.spec.input_shape),
+            "hyper": e.hyper.model_dump(),
+            "learning_rate": e.optimizer.lr,
+            "data_url": e.data_url,
+            "join_key": bool(e.join_key_hash),
+            "datasets": [
+                {"dataset": s.dataset, "role": s.role, "items": s.items, "url": s.url, **s.info}
+                for s in e.sources.values()
+            ],
+        }
+
+    # ------------------------------------------------------------------ REST
+    @app.get("/api")
+    def api_info() -> dict:
+        return {
+            "service": "mlitb-master",
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "data_url": data_public_url,
+            "projects": len(manager.runners),
+        }
+
+    @app.get("/api/projects")
+    def list_projects() -> list[dict]:
+        return [r.engine.summary() for r in manager.runners.values()]
+
+    @app.post("/api/projects", status_code=201)
+    async def create_project(request: Request):
+        runner, token, warnings = await manager.create(await json_body(request))
+        return JSONResponse(
+            {"project": details(runner), "owner_token": token, "warnings": warnings}, status_code=201
+        )
+
+    @app.get("/api/projects/{name}")
+    def get_project(name: str) -> dict:
+        return details(manager.get(name))
+
+    @app.patch("/api/projects/{name}/hyper")
+    async def patch_hyper(name: str, request: Request) -> dict:
+        runner = owner(request, name)
+        hyper = manager.update_hyper(runner, await json_body(request))
+        await runner.checkpoint(force=True)
+        return {"hyper": hyper.model_dump()}
+
+    @app.delete("/api/projects/{name}")
+    async def delete_project(name: str, request: Request) -> dict:
+        await manager.delete(owner(request, name))
+        return {"deleted": name}
+
+    @app.post("/api/projects/{name}/{action}")
+    async def control(name: str, action: str, request: Request) -> dict:
+        if action not in ("start", "pause", "restart", "reboot", "datasets"):
+            raise ProjectError(
+                404, f"unknown action {action!r}; use start, pause, restart or reboot", "no_action"
+            )
+        runner = owner(request, name)
+        warnings: list[str] = []
+        if action == "start":
+            manager.set_state(runner, "running")
+        elif action == "pause":
+            manager.set_state(runner, "paused")
+        elif action == "restart":
+            manager.restart(runner)
+        elif action == "reboot":
+            runner.reboot()
+        else:
+            body = await json_body(request)
+            train, test = body.get("train", []), body.get("test", [])
+            if not (isinstance(train, list) and isinstance(test, list)) or not all(
+                type(d) is int for d in train + test
+            ):
+                raise ProjectError(
+                    400, 'expected {"train": [dataset ids], "test": [dataset ids]}', "bad_datasets"
+                )
+            warnings = await manager.attach(runner, train, test)
+        await runner.checkpoint(force=True)
+        return {"project": runner.engine.summary(), "warnings": warnings}
+
+    @app.delete("/api/projects/{name}/datasets/{dataset}")
+    async def detach(name: str, dataset: int, request: Request) -> dict:
+        runner = owner(request, name)
+        await manager.detach(runner, dataset)
+        return {"detached": dataset}
+
+    @app.get("/api/projects/{name}/metrics")
+    def project_metrics(name: str, since: int = 0) -> dict:
+        e = manager.get(name).engine
+        return {"project": name, "rows": [r for r in e.history if r["iteration"] >= since]}
+
+    @app.get("/api/projects/{name}/model")
+    def download_model(name: str, format: str = "convnetjs"):
+        if format not in ("convnetjs", "mlitb"):
+            raise ProjectError(400, f"format: expected convnetjs or mlitb, got {format!r}", "bad_format")
+        runner = manager.get(name)
+        body = json.dumps(manager.model(runner).to_json(format))
+        filename = f"{name}-{runner.engine.iteration}.{format}.json"
+        return Response(
+            body,
+            media_type="application/json",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
+    @app.get("/metrics")
+    def prometheus() -> PlainTextResponse:
+        body = metrics.render([r.engine.summary() for r in manager.runners.values()])
+        return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
+
+    @app.get("/", response_class=HTMLResponse)
+    def status_page() -> str:
+        return render_status([r.engine.summary() for r in manager.runners.values()], data_public_url)
+
+    # ------------------------------------------------------------------ sockets
+    @app.websocket("/api/projects/{name}/stream")
+    async def stream(ws: WebSocket, name: str) -> None:
+        await ws.accept()
+        runner = manager.runners.get(name)
+        if runner is None:
+            await ws.close(msg.CLOSE_UNKNOWN_PROJECT, f"no project {name!r}")
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+        runner.listeners.add(queue)
+        try:
+            await ws.send_text(msg.dumps({"type": "update", "summary": runner.engine.summary(), "row": None}))
+            receiver = asyncio.create_task(ws.receive())
+            while True:
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                if receiver in done:
+                    getter.cancel()
+                    break
+                await ws.send_text(msg.dumps(getter.result()))
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            runner.listeners.discard(queue)
+
+    @app.websocket("/ws")
+    async def worker_socket(ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            first = await asyncio.wait_for(ws.receive(), JOIN_TIMEOUT_S)
+        except (TimeoutError, WebSocketDisconnect):
+            with contextlib.suppress(Exception):
+                await ws.close(msg.CLOSE_ABUSE, "expected a join message first")
+            return
+        if first["type"] == "websocket.disconnect":
+            return
+        try:
+            join = msg.parse_client_message(first.get("text") or first.get("bytes") or b"")
+            if not isinstance(join, msg.Join):
+                raise msg.ProtocolError("join_first", f"expected a join message first, got {join.type}")
+        except msg.ProtocolError as exc:
+            await _refuse(ws, exc.code, exc.reason, msg.CLOSE_ABUSE)
+            return
+        if join.protocol != PROTOCOL_VERSION:
+            await _refuse(
+                ws,
+                "protocol",
+                f"protocol {join.protocol} not spoken here (this master: {PROTOCOL_VERSION})",
+                msg.CLOSE_VERSION,
+            )
+            return
+        runner = manager.runners.get(join.project)
+        if runner is None:
+            await _refuse(ws, "unknown_project", f"no project {join.project!r}", msg.CLOSE_UNKNOWN_PROJECT)
+            return
+        key_hash = runner.engine.join_key_hash
+        if key_hash and not secrets.compare_digest(token_hash(join.join_key), key_hash):
+            await _refuse(ws, "forbidden", "this project needs its join key to join", msg.CLOSE_FORBIDDEN)
+            return
+        cid = secrets.token_hex(4)
+        conn = Connection(ws, cid, join.role, join.kind)
+        runner.join(conn, join)
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if runner.conns.get(cid) is not conn:
+                    break  # dropped by the master (abuse, timeout, reboot)
+                if message.get("bytes") is not None:
+                    runner.on_bytes(conn, message["bytes"])
+                elif message.get("text") is not None:
+                    runner.on_text(conn, message["text"])
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            runner.leave(cid, "socket closed")
+            await conn.finish()
+
+    async def _refuse(ws: WebSocket, code: str, reason: str, close_code: int) -> None:
+        log.warning("worker refused: %s: %s", code, reason)
+        with contextlib.suppress(Exception):
+            await ws.send_text(msg.dumps(msg.error(code, reason)))
+            await ws.close(close_code, reason[:120])
+
+    app.state.heartbeat_ms = HEARTBEAT_MS
+    return app

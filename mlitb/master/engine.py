@@ -1,0 +1,501 @@
+"""One project's synchronized map-reduce loop as a sans-I/O state machine.
+
+The asyncio layer feeds it events (a client connected, a message, a result frame, the
+time) and sends what it leaves in `outbox`: (client id, JSON dict or bytes). Nothing
+here touches a socket or a clock, so tests drive it step by step.
+
+An iteration, the paper's five steps in order:
+  a) new data registered since the last boundary goes into the pool;
+  b) clients that joined since then are admitted; `Allocator.rebalance` gives trainers
+     balanced shares up to their capacity (the pie-cutter when the pool is empty) and
+     allocation messages go out;
+  c) every admitted trainer with cached data (and not benched for lag) gets a work
+     order with work time T - lag; their results are validated and summed as they
+     arrive; when all are in, or at the deadline, the weighted average is taken and the
+     optimizer steps;
+  d) each result updates its client's lag; missing results count as a full-T lag;
+  e) the new parameters are broadcast to every client, trainers and trackers.
+The next iteration starts no earlier than T after this one started.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlitb.model.decay import mean_gradient
+from mlitb.model.layout import decay_multipliers
+from mlitb.model.spec import Spec
+from mlitb.optim import Optimizer
+from mlitb.protocol import frames
+from mlitb.protocol import messages as msg
+from mlitb.protocol.idtext import ids_to_text
+
+from .allocation import Allocator, make_key
+from .config import Hyper
+from .latency import Latency
+from .reduce import Accumulator, Rejected, validate
+
+log = logging.getLogger("mlitb.master")
+
+GRACE_FRACTION = 0.5  # the reduce waits up to T * (1 + GRACE) for results
+MIN_GRACE_S = 1.0
+IDLE_POLL_S = 0.25  # how often an idle project looks again for trainers with data
+MAX_VECTORS_PER_RESULT = 100_000_000
+HISTORY_LIMIT = 100_000
+
+
+@dataclass
+class DataSource:
+    """A dataset attached to a project: where workers fetch it and how labels map."""
+
+    dataset: int
+    url: str
+    items: int  # registered so far
+    label_map: list[int]  # dataset label index -> project output index (-1: not used)
+    role: str = "train"  # or "test"
+    info: dict = field(default_factory=dict)  # name, shape, content hash, label names (for closures)
+
+
+@dataclass
+class Client:
+    id: str
+    role: str
+    kind: str
+    backend: str
+    name: str
+    capacity: int
+    joined: float
+    admitted: bool = False
+    latency: Latency = field(default_factory=Latency)
+    cached: set[int] = field(default_factory=set)
+    vectors_processed: int = 0
+    vectors_per_s: float = 0.0
+    results: int = 0
+    rejected: int = 0
+    late: int = 0
+    scheduled: int | None = None  # the iteration it is working on
+    sent_at: float = 0.0
+    work_ms: int = 0
+    allocation_version: int = 0
+
+    def summary(self, held: int) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "role": self.role,
+            "backend": self.backend,
+            "vectors_per_s": round(self.vectors_per_s, 1),
+            "vectors_processed": self.vectors_processed,
+            "data_allocated": held,
+            "data_cached": len(self.cached),
+            "lag_ms": None if self.latency.lag_ms is None else round(self.latency.lag_ms, 1),
+            "benched": self.latency.benched,
+            "working": self.scheduled is not None,
+            "results": self.results,
+            "rejected": self.rejected,
+            "late": self.late,
+            "admitted": self.admitted,
+        }
+
+
+class Engine:
+    def __init__(
+        self,
+        project_id: int,
+        name: str,
+        spec: Spec,
+        labels: list[str],
+        params: np.ndarray,
+        optimizer: Optimizer,
+        hyper: Hyper,
+        iteration: int = 0,
+        state: str = "created",
+        history: list[dict] | None = None,
+        totals: dict | None = None,
+    ) -> None:
+        self.project_id = project_id
+        self.name = name
+        self.spec = spec
+        self.labels = list(labels)
+        self.params = np.ascontiguousarray(params, dtype=np.float32)
+        self.optimizer = optimizer
+        self.hyper = hyper
+        self.iteration = iteration
+        self.state = state  # created | running | paused
+        self.l1_mul, self.l2_mul = decay_multipliers(spec)
+        self.allocator = Allocator(hyper.seed)
+        self.sources: dict[int, DataSource] = {}
+        self.clients: dict[str, Client] = {}
+        self.outbox: list[tuple[str, dict | bytes]] = []
+        self.history: list[dict] = history or []
+        totals = totals or {}
+        self.vectors_total = int(totals.get("vectors", 0))
+        self.rejected_total = int(totals.get("rejected", 0))
+        self.late_total = int(totals.get("late", 0))
+        self.contributors: dict[str, int] = dict(totals.get("contributors", {}))  # kind -> clients
+        self.acc = Accumulator(params.size)
+        self.working = False
+        self.iter_started = 0.0
+        self.deadline = 0.0
+        self.next_start = 0.0
+        self.dirty = False  # parameters changed since the last checkpoint
+        self.params_frame = frames.encode_parameters(project_id, iteration, self.params)
+
+    # ================================================================ membership
+    def connect(self, cid: str, join: msg.Join, now: float) -> None:
+        """A client joined: welcome it at once; it is admitted at the next boundary."""
+        capacity = min(join.capacity, self.hyper.capacity)
+        self.clients[cid] = Client(cid, join.role, join.kind, join.backend, join.name, capacity, joined=now)
+        self.send(
+            cid,
+            msg.welcome(
+                cid,
+                {"id": self.project_id, "name": self.name},
+                self.spec.to_json(),
+                self.labels,
+                self.spec.num_params,
+                self.iteration,
+                self.state,
+                self.hyper.iteration_ms,
+                0,
+                0,
+            ),
+        )
+        self.send(cid, self.params_frame)
+        log.info("project %s: %s %s (%s, %s) joined", self.name, join.kind, join.role, cid, join.backend)
+
+    def disconnect(self, cid: str, now: float, reason: str = "") -> None:
+        """Closed socket, heartbeat timeout or leave: its data goes back to the pool."""
+        client = self.clients.pop(cid, None)
+        if client is None:
+            return
+        returned = self.allocator.remove_trainer(cid) if client.admitted and client.role == "trainer" else []
+        log.info(
+            "project %s: client %s left (%s); %d ids back to the pool",
+            self.name,
+            cid,
+            reason or "closed",
+            len(returned),
+        )
+
+    def drop_all(self) -> list[str]:
+        """Reboot: forget every client (the I/O layer closes their sockets)."""
+        ids = list(self.clients)
+        for cid in ids:
+            self.disconnect(cid, 0.0, "reboot")
+        self.working = False
+        self.acc.reset()
+        return ids
+
+    # ================================================================ data
+    def attach(self, source: DataSource) -> None:
+        """Attach a dataset (or register its appended items): keys enter the pool at the
+        next boundary, via `register_pending`."""
+        old = self.sources.get(source.dataset)
+        start = old.items if old else 0
+        self.sources[source.dataset] = source
+        if source.role == "train" and source.items > start:
+            self.allocator.register(
+                np.array([make_key(source.dataset, i) for i in range(start, source.items)], np.int64)
+            )
+        if source.role == "test" and source.items > start:
+            for c in self.clients.values():
+                if c.admitted and c.role == "tracker":
+                    self._allocate_tracker(c)
+
+    def detach(self, dataset: int) -> None:
+        source = self.sources.pop(dataset, None)
+        if source is None:
+            return
+        lost = self.allocator.unregister_dataset(dataset) if source.role == "train" else {}
+        for cid, keys in lost.items():
+            client = self.clients.get(cid)
+            if client:
+                client.cached.difference_update(keys)
+                self._send_allocation(client, [], keys)
+        for c in self.clients.values():
+            if c.role == "tracker" and source.role == "test":
+                c.cached = {k for k in c.cached if k >> 32 != dataset}
+                self._send_allocation(c, [], [make_key(dataset, i) for i in range(source.items)])
+
+    def on_cached(self, cid: str, message: msg.Cached) -> None:
+        client = self.clients.get(cid)
+        if client is None:
+            return
+        held = self.allocator.held.get(cid)
+        keys = {make_key(message.dataset, i) for i in message.ids}
+        if client.role == "trainer":
+            keys &= held if held is not None else set()
+        client.cached |= keys
+
+    # ================================================================ state
+    def set_state(self, state: str, now: float) -> None:
+        self.state = state
+        if state != "running" and self.working:
+            self.working = False  # results of the interrupted iteration will be late
+            self.acc.reset()
+            for c in self.clients.values():
+                c.scheduled = None
+        self.next_start = now
+        for cid in self.clients:
+            self.send(cid, msg.state(state, self.iteration))
+
+    def restart(self, params: np.ndarray, optimizer: Optimizer, now: float) -> None:
+        """Re-initialised parameters and optimizer; iteration 0, history cleared."""
+        self.params = np.ascontiguousarray(params, dtype=np.float32)
+        self.optimizer = optimizer
+        self.iteration = 0
+        self.history = []
+        self.vectors_total = 0
+        self.working = False
+        self.acc.reset()
+        for c in self.clients.values():
+            c.scheduled = None
+        self._broadcast_params()
+        self.dirty = True
+        self.next_start = now
+
+    def update_hyper(self, hyper: Hyper) -> None:
+        old = self.hyper
+        self.hyper = hyper
+        if hyper.optimizer != old.optimizer or hyper.optimizer_params() != old.optimizer_params():
+            self.optimizer = hyper.make_optimizer(self.spec.num_params)
+        else:
+            self.optimizer.schedule = hyper.schedule()
+        for c in self.clients.values():
+            if c.id in self.allocator.capacity:
+                self.allocator.set_capacity(c.id, min(c.capacity, hyper.capacity))
+        self.dirty = True
+
+    # ================================================================ the loop
+    def poll(self, now: float) -> float | None:
+        """Advance the loop; returns seconds until it wants to be polled again (None: only
+        on the next event)."""
+        if self.state != "running":
+            return None
+        if self.working:
+            if now >= self.deadline or all(c.scheduled != self.iteration for c in self.clients.values()):
+                self._reduce(now)
+            else:
+                return self.deadline - now
+        if now < self.next_start:
+            return self.next_start - now
+        self._boundary(now)
+        if not self.working:
+            self.next_start = now + IDLE_POLL_S
+            return IDLE_POLL_S
+        return self.deadline - now
+
+    def _boundary(self, now: float) -> None:
+        # b) admit the clients that joined since the last boundary
+        for c in self.clients.values():
+            if not c.admitted:
+                c.admitted = True
+                self.contributors[c.kind] = self.contributors.get(c.kind, 0) + 1
+                if c.role == "trainer":
+                    self.allocator.add_trainer(c.id, c.capacity)
+                else:
+                    self._allocate_tracker(c)
+        # a + b) registered data and new trainers -> balanced shares
+        for cid, move in self.allocator.rebalance().items():
+            client = self.clients[cid]
+            client.cached.difference_update(move.removed)
+            self._send_allocation(client, move.added, move.removed)
+        # c) work orders
+        T = self.hyper.iteration_ms
+        scheduled = 0
+        for c in self.clients.values():
+            c.scheduled = None
+            if c.role != "trainer" or not c.cached or not c.latency.schedulable(self.iteration):
+                continue
+            c.scheduled = self.iteration
+            c.sent_at = now
+            c.work_ms = c.latency.work_ms(T)
+            self.send(c.id, msg.work(self.iteration, c.work_ms))
+            scheduled += 1
+        if scheduled:
+            self.working = True
+            self.acc.reset()
+            self.iter_started = now
+            self.deadline = now + self.hyper.iteration_time * (1 + GRACE_FRACTION) + MIN_GRACE_S
+
+    def on_result(self, cid: str, frame: frames.Frame, now: float) -> str | None:
+        """A gradient result; returns None if accepted, else the reason it was refused."""
+        client = self.clients.get(cid)
+        if client is None:
+            return "unknown_client"
+        try:
+            if frame.kind != frames.RESULT or frame.project != self.project_id:
+                raise Rejected("wrong_frame", "expected a result frame for this project")
+            if frame.iteration != self.iteration or client.scheduled != self.iteration or not self.working:
+                client.late += 1
+                self.late_total += 1
+                raise Rejected(
+                    "late",
+                    f"result for iteration {frame.iteration}, the master is at {self.iteration}"
+                    + ("" if client.scheduled == self.iteration else " (not scheduled: no work order)"),
+                )
+            validate(frame.values, frame.vectors, frame.loss, self.spec.num_params, MAX_VECTORS_PER_RESULT)
+        except Rejected as exc:
+            if exc.reason != "late":
+                client.rejected += 1
+                self.rejected_total += 1
+                if client.scheduled == self.iteration:
+                    client.scheduled = None  # it answered, badly: do not wait for it
+            log.warning("project %s: result from %s refused (%s): %s", self.name, cid, exc.reason, exc.detail)
+            self.send(cid, msg.error(exc.reason, exc.detail))
+            return exc.reason
+        self.acc.add(frame.values, frame.vectors, frame.loss)
+        client.scheduled = None
+        client.results += 1
+        client.vectors_processed += frame.vectors
+        client.vectors_per_s = frame.vectors_per_s or frame.vectors / max(frame.compute_ms / 1000, 1e-3)
+        lag = (now - client.sent_at) * 1000 - client.work_ms
+        client.latency.observe(lag, self.hyper.iteration_ms, self.iteration)
+        return None
+
+    def _reduce(self, now: float) -> None:
+        T = self.hyper.iteration_ms
+        missing = [c for c in self.clients.values() if c.scheduled == self.iteration]
+        for c in missing:
+            c.latency.missed(T, self.iteration)
+            c.scheduled = None
+        self.working = False
+        self.next_start = max(now, self.iter_started + self.hyper.iteration_time)
+        if self.acc.vectors == 0:
+            log.info("project %s: iteration %d had no results", self.name, self.iteration)
+            return
+        t0 = time.perf_counter()
+        grad = mean_gradient(
+            self.acc.total.astype(np.float32),
+            self.acc.vectors,
+            self.params,
+            self.hyper.l1_decay,
+            self.hyper.l2_decay,
+            self.l1_mul,
+            self.l2_mul,
+        )
+        self.optimizer.step(self.params, grad)
+        reduce_ms = (time.perf_counter() - t0) * 1000
+        seconds = max(now - self.iter_started, 1e-6)
+        lags = [c.latency.last_ms for c in self.clients.values() if c.latency.last_ms is not None]
+        trainers = [c for c in self.clients.values() if c.role == "trainer" and c.admitted]
+        row = {
+            "iteration": self.iteration,
+            "t": time.time(),
+            "seconds": round(seconds, 3),
+            "workers": len(trainers),
+            "workers_assigned": self.acc.results,
+            "missing": len(missing),
+            "vectors": self.acc.vectors,
+            "power": round(self.acc.vectors / seconds, 1),
+            "train_loss": self.acc.loss / self.acc.vectors,
+            "lag_ms_mean": round(float(np.mean(lags)), 1) if lags else None,
+            "lag_ms_max": round(float(np.max(lags)), 1) if lags else None,
+            "reduce_ms": round(reduce_ms, 3),
+            "data_size": self.allocator.registered,
+            "data_unallocated": len(self.allocator.pool),
+            "rejected": self.rejected_total,
+            "late": self.late_total,
+            "learning_rate": self.optimizer.schedule.at(self.optimizer.t - 1),
+            "test_error": None,
+        }
+        self.history.append(row)
+        if len(self.history) > HISTORY_LIMIT:
+            del self.history[: len(self.history) - HISTORY_LIMIT]
+        self.vectors_total += self.acc.vectors
+        self.iteration += 1
+        self.dirty = True
+        self._broadcast_params()
+
+    def on_test_result(self, cid: str, message: msg.TestResult) -> None:
+        """Parameters broadcast as iteration i came from the reduce recorded as row i - 1."""
+        for row in reversed(self.history):
+            if row["iteration"] == message.iteration - 1:
+                row.update(test_error=message.error, test_loss=message.loss, test_count=message.count)
+                self.dirty = True
+                return
+
+    # ================================================================ output
+    def send(self, cid: str, payload: dict | bytes) -> None:
+        self.outbox.append((cid, payload))
+
+    def drain(self) -> list[tuple[str, dict | bytes]]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def _broadcast_params(self) -> None:
+        self.params_frame = frames.encode_parameters(self.project_id, self.iteration, self.params)
+        for cid in self.clients:
+            self.send(cid, self.params_frame)
+
+    def _send_allocation(self, client: Client, added: list[int], removed: list[int]) -> None:
+        client.allocation_version += 1
+        self.send(
+            client.id,
+            msg.allocation(
+                client.allocation_version, self._groups(added, True), self._groups(removed, False)
+            ),
+        )
+
+    def _groups(self, keys: list[int], with_source: bool) -> list[dict]:
+        by_ds: dict[int, list[int]] = {}
+        for k in keys:
+            by_ds.setdefault(k >> 32, []).append(k & 0xFFFFFFFF)
+        out = []
+        for ds, ids in sorted(by_ds.items()):
+            entry = {"dataset": ds, "ids": ids_to_text(sorted(ids))}
+            source = self.sources.get(ds)
+            if with_source and source is not None:
+                entry.update(url=source.url, label_map=source.label_map, role=source.role)
+            out.append(entry)
+        return out
+
+    def _allocate_tracker(self, client: Client) -> None:
+        keys = [
+            make_key(s.dataset, i)
+            for s in self.sources.values()
+            if s.role == "test"
+            for i in range(s.items)
+            if make_key(s.dataset, i) not in client.cached
+        ]
+        if keys:
+            self._send_allocation(client, keys, [])
+
+    # ================================================================ views
+    def summary(self) -> dict:
+        last = self.history[-1] if self.history else {}
+        test = next(
+            (r["test_error"] for r in reversed(self.history) if r.get("test_error") is not None), None
+        )
+        test_items = sum(s.items for s in self.sources.values() if s.role == "test")
+        clients = [
+            c.summary(len(self.allocator.held.get(c.id, ())) if c.role == "trainer" else test_items)
+            for c in self.clients.values()
+        ]
+        return {
+            "id": self.project_id,
+            "name": self.name,
+            "state": self.state,
+            "iteration": self.iteration,
+            "workers": sum(1 for c in self.clients.values() if c.role == "trainer"),
+            "trackers": sum(1 for c in self.clients.values() if c.role == "tracker"),
+            "workers_assigned": last.get("workers_assigned", 0),
+            "data_size": self.allocator.registered,
+            "data_allocated": self.allocator.allocated,
+            "data_unallocated": len(self.allocator.pool),
+            "vectors_processed": self.vectors_total,
+            "power": last.get("power", 0.0),
+            "iteration_seconds": last.get("seconds"),
+            "test_error": test,
+            "train_loss": last.get("train_loss"),
+            "rejected": self.rejected_total,
+            "late": self.late_total,
+            "contributors": dict(self.contributors),
+            "clients": clients,
+        }

@@ -1,0 +1,44 @@
+"""Prometheus text exposition (format 0.0.4) of every project's live numbers."""
+
+from __future__ import annotations
+
+GAUGES = [
+    # (metric, summary key, help)
+    ("mlitb_project_iteration", "iteration", "Iterations completed (optimizer steps)."),
+    ("mlitb_project_workers", "workers", "Connected trainers."),
+    ("mlitb_project_trackers", "trackers", "Connected trackers."),
+    ("mlitb_project_workers_assigned", "workers_assigned", "Trainers whose results entered the last reduce."),
+    (
+        "mlitb_project_power_vectors_per_second",
+        "power",
+        "Vectors processed per second in the last iteration.",
+    ),
+    ("mlitb_project_vectors_processed_total", "vectors_processed", "Vectors processed since (re)start."),
+    ("mlitb_project_test_error", "test_error", "Latest test error reported by a tracker."),
+    ("mlitb_project_train_loss", "train_loss", "Mean training loss of the last iteration."),
+    ("mlitb_project_data_size", "data_size", "Training items registered."),
+    ("mlitb_project_data_unallocated", "data_unallocated", "Training items allocated to no trainer."),
+    ("mlitb_project_results_rejected_total", "rejected", "Results refused (size, NaN/Inf, ...)."),
+    ("mlitb_project_results_late_total", "late", "Results that arrived after their iteration's reduce."),
+]
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(summaries: list[dict]) -> str:
+    lines = []
+    for metric, key, help_text in GAUGES:
+        kind = "counter" if metric.endswith("_total") else "gauge"
+        lines.append(f"# HELP {metric} {help_text}")
+        lines.append(f"# TYPE {metric} {kind}")
+        for s in summaries:
+            value = s.get(key)
+            if value is None:
+                continue
+            lines.append(f'{metric}{{project="{_label(s["name"])}"}} {float(value):.6g}')
+    lines.append("# HELP mlitb_projects Projects hosted.")
+    lines.append("# TYPE mlitb_projects gauge")
+    lines.append(f"mlitb_projects {len(summaries)}")
+    return "\n".join(lines) + "\n"

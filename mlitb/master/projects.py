@@ -1,0 +1,313 @@
+"""All projects of one master: creation (spec or model file, labels, datasets),
+loading after a restart, attaching datasets from the data server, deletion.
+
+Everything from outside is checked here before an Engine exists, so a spec or a
+dataset that cannot work is refused at creation with the reason, never mid-training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from typing import Annotated, Any
+
+import httpx
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlitb.model import Model
+from mlitb.model.errors import ModelError
+from mlitb.model.spec import Spec
+from mlitb.optim import optimizer_from_bytes
+
+from .config import Hyper, hyper_error
+from .engine import DataSource, Engine
+from .runner import ProjectRunner
+from .store import MasterStore, token_hash
+
+log = logging.getLogger("mlitb.master")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ProjectError(Exception):
+    def __init__(self, status: int, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+class CreateProject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: Annotated[str, Field(max_length=2000)] = ""
+    spec: list | dict  # layer definitions, {"layer_defs": [...]}, or a model file (ConvNetJS / mlitb)
+    labels: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = None
+    hyper: dict[str, Any] = Field(default_factory=dict)
+    train: list[int] = Field(default_factory=list)
+    test: list[int] = Field(default_factory=list)
+    data_url: str | None = None  # where workers fetch items; default: this master's /data
+    join_key: Annotated[str, Field(max_length=200)] = ""
+    start: bool = False
+
+
+def _validation_message(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "body"
+    return f"{where}: {err['msg']}"
+
+
+class ProjectManager:
+    def __init__(self, store: MasterStore, data_internal_url: str, data_public_url: str) -> None:
+        self.store = store
+        self.data_internal_url = data_internal_url.rstrip("/")
+        self.data_public_url = data_public_url.rstrip("/")
+        self.runners: dict[str, ProjectRunner] = {}
+        self.http = httpx.AsyncClient(timeout=30)
+
+    # ----------------------------------------------------------------- lifecycle
+    async def load_all(self) -> None:
+        for pid in await asyncio.to_thread(self.store.ids):
+            rec = await asyncio.to_thread(self.store.load, pid)
+            hyper = Hyper.model_validate(rec.hyper)
+            optimizer = optimizer_from_bytes(rec.optimizer)
+            optimizer.schedule = hyper.schedule()
+            engine = Engine(
+                rec.id,
+                rec.name,
+                Spec.from_json(rec.spec),
+                rec.labels,
+                rec.params,
+                optimizer,
+                hyper,
+                rec.iteration,
+                rec.state,
+                rec.history,
+                rec.totals,
+            )
+            engine.created = rec.created
+            engine.description = rec.description
+            engine.owner_hash, engine.join_key_hash, engine.data_url = (
+                rec.owner_hash,
+                rec.join_key_hash,
+                rec.data_url,
+            )
+            for s in rec.sources:
+                engine.attach(
+                    DataSource(s["dataset"], s["url"], s["items"], s["label_map"], s["role"], s["info"])
+                )
+            self._start(engine)
+            log.info("project %s resumed at iteration %d (%s)", rec.name, rec.iteration, rec.state)
+
+    def _start(self, engine: Engine) -> ProjectRunner:
+        runner = ProjectRunner(engine, self.store, self._lookup_items)
+        self.runners[engine.name] = runner
+        runner.start()
+        return runner
+
+    async def close(self) -> None:
+        for runner in list(self.runners.values()):
+            await runner.stop()
+        await self.http.aclose()
+
+    def get(self, name: str) -> ProjectRunner:
+        runner = self.runners.get(name)
+        if runner is None:
+            known = ", ".join(sorted(self.runners)) or "none yet"
+            raise ProjectError(404, f"no project {name!r} (projects: {known})", "unknown_project")
+        return runner
+
+    def check_owner(self, runner: ProjectRunner, token: str | None) -> None:
+        if not token or not secrets.compare_digest(token_hash(token), runner.engine.owner_hash):
+            raise ProjectError(
+                403,
+                f"project {runner.name!r}: this needs the owner token given at creation "
+                "(header 'Authorization: Bearer TOKEN')",
+                "forbidden",
+            )
+
+    # ----------------------------------------------------------------- creation
+    async def create(self, body: dict) -> tuple[ProjectRunner, str, list[str]]:
+        try:
+            req = CreateProject.model_validate(body)
+        except ValidationError as exc:
+            raise ProjectError(400, _validation_message(exc)) from None
+        if not NAME_RE.match(req.name):
+            raise ProjectError(
+                400,
+                f"name: expected letters, digits, '_', '.', '-' (1-64, starting with a letter or digit), "
+                f"got {req.name!r}",
+                "bad_name",
+            )
+        if req.name in self.runners:
+            raise ProjectError(409, f"a project named {req.name!r} exists; pick another name", "exists")
+        try:
+            hyper = Hyper.model_validate(req.hyper)
+        except ValidationError as exc:
+            raise ProjectError(400, f"hyper: {hyper_error(exc)}", "bad_hyper") from None
+        model = self._model(req.spec, hyper.seed)
+        data_url = (req.data_url or self.data_public_url).rstrip("/")
+        infos = [await self._dataset(data_url, d, "train") for d in req.train]
+        infos += [await self._dataset(data_url, d, "test") for d in req.test]
+        labels = list(req.labels or model.labels or (infos[0]["label_names"] if infos else []))
+        warnings: list[str] = []
+        if not labels:
+            raise ProjectError(
+                400,
+                "labels: none given and no training dataset to take them from; pass labels or train",
+                "no_labels",
+            )
+        if len(set(labels)) != len(labels):
+            raise ProjectError(400, f"labels: names must be unique, got {labels}", "bad_labels")
+        if model.spec.num_outputs != len(labels):
+            raise ProjectError(
+                400,
+                f"the model has {model.spec.num_outputs} outputs but there are {len(labels)} labels "
+                f"({', '.join(labels[:12])}); fix: set num_classes to {len(labels)} in the last layer, "
+                "or give matching labels",
+                "label_mismatch",
+            )
+        sources = [self._source(model.spec, labels, info, data_url, warnings) for info in infos]
+        token = secrets.token_urlsafe(24)
+        optimizer = hyper.make_optimizer(model.spec.num_params)
+        pid = await asyncio.to_thread(
+            self.store.create,
+            req.name,
+            req.description,
+            model.spec.to_json(),
+            labels,
+            hyper.model_dump(),
+            token,
+            req.join_key,
+            data_url,
+            model.params,
+            optimizer.state_bytes(),
+        )
+        engine = Engine(pid, req.name, model.spec, labels, model.params, optimizer, hyper)
+        engine.description = req.description
+        engine.created = __import__("time").time()
+        engine.owner_hash, engine.join_key_hash, engine.data_url = (
+            token_hash(token),
+            token_hash(req.join_key),
+            data_url,
+        )
+        for source in sources:
+            engine.attach(source)
+            await asyncio.to_thread(self.store.save_source, pid, source.__dict__)
+        runner = self._start(engine)
+        if req.start:
+            self.set_state(runner, "running")
+        log.info("project %s created (%d parameters)", req.name, model.spec.num_params)
+        return runner, token, warnings
+
+    def _model(self, spec: list | dict, seed: int) -> Model:
+        try:
+            if isinstance(spec, list) or "layer_defs" in spec:
+                return Model.from_spec(spec["layer_defs"] if isinstance(spec, dict) else spec, seed=seed)
+            return Model.from_json(spec)
+        except ModelError as exc:
+            raise ProjectError(400, f"spec: {exc}", "bad_spec") from None
+
+    async def _dataset(self, data_url: str, dataset: int, role: str) -> dict:
+        base = self._internal(data_url)
+        try:
+            resp = await self.http.get(f"{base}/datasets/{dataset}")
+        except httpx.HTTPError as exc:
+            raise ProjectError(502, f"data server {base} unreachable: {exc}", "data_server") from None
+        if resp.status_code == 404:
+            raise ProjectError(
+                400, f"{role}: no dataset {dataset} on the data server {data_url}", "no_dataset"
+            )
+        if resp.status_code >= 400:
+            raise ProjectError(
+                502, f"data server {base}: {resp.status_code} {resp.text[:200]}", "data_server"
+            )
+        return {**resp.json(), "role": role}
+
+    def _source(
+        self, spec: Spec, labels: list[str], info: dict, data_url: str, warnings: list[str]
+    ) -> DataSource:
+        shape = tuple(info["shape"])
+        if shape != tuple(spec.input_shape):
+            raise ProjectError(
+                400,
+                f"dataset {info['dataset']} holds {info['shape_text']} items, the model's input is "
+                f"{'x'.join(map(str, spec.input_shape))}; fix: upload the data with the model's shape",
+                "shape_mismatch",
+            )
+        index = {n: i for i, n in enumerate(labels)}
+        label_map = [index.get(n, -1) for n in info["label_names"]]
+        unknown = [n for n in info["label_names"] if n not in index]
+        if unknown:
+            warnings.append(
+                f"dataset {info['dataset']}: labels {unknown[:10]} are not project labels; "
+                "their items are skipped"
+            )
+        meta = {k: info[k] for k in ("name", "shape", "content_hash", "label_names", "labels", "kind")}
+        return DataSource(info["dataset"], data_url, info["items"], label_map, info["role"], meta)
+
+    def _internal(self, data_url: str) -> str:
+        return (
+            self.data_internal_url
+            if data_url == self.data_public_url or data_url.startswith("/")
+            else data_url
+        )
+
+    async def _lookup_items(self, source: DataSource) -> int | None:
+        resp = await self.http.get(f"{self._internal(source.url)}/datasets/{source.dataset}")
+        return resp.json()["items"] if resp.status_code == 200 else None
+
+    async def attach(self, runner: ProjectRunner, train: list[int], test: list[int]) -> list[str]:
+        e = runner.engine
+        warnings: list[str] = []
+        infos = [await self._dataset(e.data_url, d, "train") for d in train]
+        infos += [await self._dataset(e.data_url, d, "test") for d in test]
+        sources = [self._source(e.spec, e.labels, info, e.data_url, warnings) for info in infos]
+        for source in sources:
+            e.attach(source)
+            await asyncio.to_thread(self.store.save_source, e.project_id, source.__dict__)
+        runner.wake.set()
+        return warnings
+
+    async def detach(self, runner: ProjectRunner, dataset: int) -> None:
+        runner.engine.detach(dataset)
+        await asyncio.to_thread(self.store.delete_source, runner.engine.project_id, dataset)
+        runner._flush()
+
+    # ----------------------------------------------------------------- control
+    def set_state(self, runner: ProjectRunner, state: str) -> None:
+        runner.engine.set_state(state, __import__("time").monotonic())
+        runner.engine.dirty = True
+        runner._flush()
+        runner.wake.set()
+
+    def restart(self, runner: ProjectRunner) -> None:
+        e = runner.engine
+        model = Model.from_spec(e.spec, seed=e.hyper.seed)
+        e.restart(model.params, e.hyper.make_optimizer(e.spec.num_params), __import__("time").monotonic())
+        runner.clear_history = True
+        runner._flush()
+        runner.wake.set()
+
+    def update_hyper(self, runner: ProjectRunner, changes: dict) -> Hyper:
+        try:
+            hyper = runner.engine.hyper.updated(changes)
+        except ValidationError as exc:
+            raise ProjectError(400, f"hyper: {hyper_error(exc)}", "bad_hyper") from None
+        runner.engine.update_hyper(hyper)
+        runner.wake.set()
+        return hyper
+
+    async def delete(self, runner: ProjectRunner) -> None:
+        from mlitb.protocol import messages as msg
+
+        self.runners.pop(runner.name, None)
+        await runner.stop(msg.CLOSE_DELETED, "project deleted")
+        await asyncio.to_thread(self.store.delete, runner.engine.project_id)
+
+    def model(self, runner: ProjectRunner) -> Model:
+        e = runner.engine
+        return Model(e.spec, np.array(e.params, copy=True), e.labels)

@@ -1,0 +1,62 @@
+"""The reduce step as plain functions: validate a worker's summed gradient, accumulate
+it, and turn the sum into the mean gradient the optimizer steps with.
+
+The paper: each worker sends its total gradient and its number of gradients; the
+master's weighted average is sum(total_i) / sum(count_i). Accumulating as results
+arrive keeps one vector of memory per project whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class Rejected(ValueError):
+    """A result that must not be applied; `reason` is counted and sent back."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def validate(values: np.ndarray, vectors: int, loss: float, num_params: int, max_vectors: int) -> None:
+    if values.size != num_params:
+        raise Rejected("wrong_size", f"gradient has {values.size} values, the model has {num_params}")
+    if vectors < 1:
+        raise Rejected("no_vectors", "result with 0 vectors: send results only for work done")
+    if vectors > max_vectors:
+        raise Rejected("implausible", f"{vectors} vectors in one result, more than the limit {max_vectors}")
+    if not math.isfinite(loss):
+        raise Rejected("not_finite", "summed loss is NaN or Inf")
+    if not np.isfinite(values).all():
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        raise Rejected("not_finite", f"gradient has {bad} NaN or Inf values")
+
+
+class Accumulator:
+    """Running sum of the accepted results of one iteration (float64 for exactness)."""
+
+    def __init__(self, num_params: int) -> None:
+        self.total = np.zeros(num_params, np.float64)
+        self.vectors = 0
+        self.loss = 0.0
+        self.results = 0
+
+    def add(self, values: np.ndarray, vectors: int, loss: float) -> None:
+        np.add(self.total, values, out=self.total)
+        self.vectors += vectors
+        self.loss += loss
+        self.results += 1
+
+    def mean(self) -> np.ndarray:
+        """Weighted average of the workers' mean gradients = sum of sums / sum of counts."""
+        return (self.total / max(self.vectors, 1)).astype(np.float32)
+
+    def reset(self) -> None:
+        self.total.fill(0.0)
+        self.vectors = 0
+        self.loss = 0.0
+        self.results = 0

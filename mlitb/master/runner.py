@@ -1,0 +1,218 @@
+"""The asyncio side of one project: moves bytes between sockets and its Engine, runs
+the loop on time, checkpoints to SQLite, notices silent clients and new data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+
+from mlitb.protocol import frames
+from mlitb.protocol import messages as msg
+
+from .connection import Connection
+from .engine import Engine
+from .store import MasterStore
+
+log = logging.getLogger("mlitb.master")
+
+HEARTBEAT_MS = 5_000  # workers send a heartbeat this often ...
+HEARTBEAT_TIMEOUT_S = 20.0  # ... and are dropped after this much silence
+DATA_POLL_S = 5.0  # how often attached datasets are checked for appended items
+
+
+class ProjectRunner:
+    def __init__(self, engine: Engine, store: MasterStore, data_lookup) -> None:
+        self.engine = engine
+        self.store = store
+        self.data_lookup = data_lookup  # async (source) -> current item count or None
+        self.conns: dict[str, Connection] = {}
+        self.wake = asyncio.Event()
+        self.last_save = 0.0
+        self.saved_iteration = engine.iteration
+        self.clear_history = False
+        self.listeners: set[asyncio.Queue] = set()  # dashboard streams
+        self._tasks: list[asyncio.Task] = []
+        self._reported_iteration = engine.iteration
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._loop(), name=f"project-{self.name}"),
+            asyncio.create_task(self._watch_data(), name=f"data-{self.name}"),
+        ]
+
+    async def stop(self, code: int = msg.CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
+        for conn in list(self.conns.values()):
+            conn.close_soon(code, reason)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.checkpoint(force=True)
+
+    # ----------------------------------------------------------------- events
+    def join(self, conn: Connection, join: msg.Join) -> None:
+        self.conns[conn.id] = conn
+        self.engine.connect(conn.id, join, time.monotonic())
+        self._flush()
+        self.wake.set()
+
+    def leave(self, cid: str, reason: str = "") -> None:
+        if self.conns.pop(cid, None) is not None:
+            self.engine.disconnect(cid, time.monotonic(), reason)
+            self.wake.set()
+
+    def on_text(self, conn: Connection, text: str) -> None:
+        conn.last_seen = time.monotonic()
+        try:
+            message = msg.parse_client_message(text)
+            if isinstance(message, msg.Join):
+                raise msg.ProtocolError("already_joined", "join was already accepted on this socket")
+        except msg.ProtocolError as exc:
+            self._refuse(conn, exc.code, exc.reason)
+            return
+        if isinstance(message, msg.Cached):
+            self.engine.on_cached(conn.id, message)
+        elif isinstance(message, msg.TestResult):
+            if conn.role != "tracker":
+                self._refuse(
+                    conn, "not_a_tracker", "test_result is for trackers; this client joined as a trainer"
+                )
+                return
+            self.engine.on_test_result(conn.id, message)
+            self.notify()
+        elif isinstance(message, msg.Heartbeat):
+            conn.send(msg.heartbeat(message.t))
+        elif isinstance(message, msg.Leave):
+            conn.close_soon(msg.CLOSE_NORMAL, "goodbye")
+            self.leave(conn.id, message.reason or "left")
+        self._flush()
+        self.wake.set()
+
+    def on_bytes(self, conn: Connection, data: bytes) -> None:
+        conn.last_seen = time.monotonic()
+        try:
+            frame = frames.decode(data, max_count=self.engine.spec.num_params)
+        except frames.FrameError as exc:
+            self._refuse(conn, "bad_frame", str(exc))
+            return
+        reason = self.engine.on_result(conn.id, frame, time.monotonic())
+        if reason not in (None, "late") and conn.strike():
+            conn.close_soon(msg.CLOSE_ABUSE, "too many refused results")
+            self.leave(conn.id, "abuse")
+        self._flush()
+        self.wake.set()
+
+    def _refuse(self, conn: Connection, code: str, reason: str) -> None:
+        log.warning("project %s: client %s: %s: %s", self.name, conn.id, code, reason)
+        conn.send(msg.error(code, reason))
+        if conn.strike():
+            conn.close_soon(msg.CLOSE_ABUSE, "too many malformed messages")
+            self.leave(conn.id, "abuse")
+
+    def reboot(self) -> None:
+        for conn in list(self.conns.values()):
+            conn.close_soon(msg.CLOSE_REBOOT, "project rebooted: join again")
+        self.conns.clear()
+        self.engine.drop_all()
+        self.wake.set()
+
+    # ----------------------------------------------------------------- the loop
+    def _flush(self) -> None:
+        for cid, payload in self.engine.drain():
+            conn = self.conns.get(cid)
+            if conn is not None:
+                conn.send(payload)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                delay = self.engine.poll(time.monotonic())
+                self._flush()
+                if self.engine.iteration != self._reported_iteration:
+                    self._reported_iteration = self.engine.iteration
+                    self.notify()
+                await self.checkpoint()
+                self._check_heartbeats()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not kill the project: log it, keep going
+                log.exception("project %s: loop error", self.name)
+                delay = 1.0
+            timeout = 1.0 if delay is None else max(0.0, min(delay, 1.0))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            self.wake.clear()
+
+    def _check_heartbeats(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.conns.values()):
+            if now - conn.last_seen > HEARTBEAT_TIMEOUT_S:
+                conn.close_soon(msg.CLOSE_TIMEOUT, f"no message for {HEARTBEAT_TIMEOUT_S:.0f} s")
+                self.leave(conn.id, "heartbeat timeout")
+
+    async def checkpoint(self, force: bool = False) -> None:
+        e = self.engine
+        now = time.monotonic()
+        if not e.dirty or (not force and now - self.last_save < e.hyper.save_period):
+            return
+        e.dirty = False
+        self.last_save = now
+        first = max(0, self.saved_iteration - 5)  # recent rows: trackers fill test_error late
+        rows = [r for r in e.history if r["iteration"] >= first]
+        snapshot = dict(
+            pid=e.project_id,
+            iteration=e.iteration,
+            state=e.state,
+            hyper=e.hyper.model_dump(),
+            totals=self.totals(),
+            params=e.params.copy(),
+            optimizer=e.optimizer.state_bytes(),
+            rows=rows,
+            clear_history=self.clear_history,
+        )
+        self.clear_history = False
+        self.saved_iteration = e.iteration
+        await asyncio.to_thread(self.store.checkpoint, **snapshot)
+
+    def totals(self) -> dict:
+        e = self.engine
+        return {
+            "vectors": e.vectors_total,
+            "rejected": e.rejected_total,
+            "late": e.late_total,
+            "contributors": e.contributors,
+        }
+
+    async def _watch_data(self) -> None:
+        while True:
+            await asyncio.sleep(DATA_POLL_S)
+            for source in list(self.engine.sources.values()):
+                with contextlib.suppress(Exception):
+                    items = await self.data_lookup(source)
+                    if items is not None and items > source.items:
+                        grown = dataclasses.replace(source, items=items)
+                        self.engine.attach(grown)
+                        await asyncio.to_thread(
+                            self.store.save_source, self.engine.project_id, dataclasses.asdict(grown)
+                        )
+                        log.info("project %s: dataset %s grew to %d items", self.name, source.dataset, items)
+                        self.wake.set()
+
+    # ----------------------------------------------------------------- dashboards
+    def notify(self) -> None:
+        if not self.listeners:
+            return
+        summary = self.engine.summary()
+        row = self.engine.history[-1] if self.engine.history else None
+        for q in list(self.listeners):
+            if q.qsize() < 100:
+                q.put_nowait({"type": "update", "summary": summary, "row": row})

@@ -1,0 +1,170 @@
+"""Typed JSON control messages, both directions, schema-checked before any logic sees them.
+
+Every text WebSocket message is one JSON object with a `type`. Worker -> master types
+are parsed strictly (unknown fields and types refused with a reason); master ->
+worker messages are built here so both sides share one definition. docs/protocol.md
+documents every field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from . import PROTOCOL_VERSION
+
+MAX_TEXT_BYTES = 1 << 20  # a control message is small; ids lists are the largest
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the protocol; `code` is machine-readable, the text says the fix."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+# ---------------------------------------------------------------- worker -> master
+class Join(_Msg):
+    type: Literal["join"]
+    protocol: int = PROTOCOL_VERSION
+    project: Name
+    role: Literal["trainer", "tracker"] = "trainer"
+    kind: Literal["native", "browser"] = "native"
+    backend: Annotated[str, Field(max_length=40)] = "unknown"
+    capacity: Annotated[int, Field(ge=0, le=10_000_000)] = 3000
+    name: Annotated[str, Field(max_length=100)] = ""
+    join_key: Annotated[str, Field(max_length=200)] = ""
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+
+
+class Cached(_Msg):
+    """Items now in the worker's cache (newly cached since the last message)."""
+
+    type: Literal["cached"]
+    dataset: Annotated[int, Field(ge=0)]
+    ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1_000_000)]
+
+
+class Heartbeat(_Msg):
+    type: Literal["heartbeat"]
+    t: float = 0.0
+
+
+class TestResult(_Msg):
+    """A tracker's evaluation of the parameters of `iteration` on the project's test set."""
+
+    type: Literal["test_result"]
+    iteration: Annotated[int, Field(ge=0)]
+    error: Annotated[float, Field(ge=0.0, le=1.0)]
+    loss: float = 0.0
+    count: Annotated[int, Field(ge=1)]
+
+
+class Leave(_Msg):
+    type: Literal["leave"]
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
+ClientMessage = Annotated[Join | Cached | Heartbeat | TestResult | Leave, Field(discriminator="type")]
+_client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
+CLIENT_TYPES = ("join", "cached", "heartbeat", "test_result", "leave")
+
+
+def parse_client_message(text: str | bytes) -> Join | Cached | Heartbeat | TestResult | Leave:
+    if len(text) > MAX_TEXT_BYTES:
+        raise ProtocolError("too_large", f"text message of {len(text)} bytes, the limit is {MAX_TEXT_BYTES}")
+    try:
+        raw = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_json", f"expected a JSON object, got invalid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError("bad_message", f"expected a JSON object with a 'type', got {type(raw).__name__}")
+    kind = raw.get("type")
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError(
+            "unknown_type", f"unknown message type {kind!r}; expected one of {', '.join(CLIENT_TYPES)}"
+        )
+    try:
+        return _client_adapter.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or "message"
+        raise ProtocolError("bad_message", f"{kind}: {where}: {first['msg']}") from None
+
+
+# ---------------------------------------------------------------- master -> worker
+def dumps(msg: dict) -> str:
+    return json.dumps(msg, separators=(",", ":"))
+
+
+def welcome(
+    client_id: str,
+    project: dict,
+    spec_layers: list,
+    labels: list[str],
+    num_params: int,
+    iteration: int,
+    state: str,
+    iteration_ms: int,
+    heartbeat_ms: int,
+    max_frame_bytes: int,
+) -> dict:
+    return {
+        "type": "welcome",
+        "protocol": PROTOCOL_VERSION,
+        "client_id": client_id,
+        "project": project,
+        "spec": spec_layers,
+        "labels": labels,
+        "num_params": num_params,
+        "iteration": iteration,
+        "state": state,
+        "iteration_ms": iteration_ms,
+        "heartbeat_ms": heartbeat_ms,
+        "max_frame_bytes": max_frame_bytes,
+    }
+
+
+def allocation(version: int, add: list[dict], remove: list[dict]) -> dict:
+    """add: [{dataset, url, ids, label_map}], remove: [{dataset, ids}]."""
+    return {"type": "allocation", "version": version, "add": add, "remove": remove}
+
+
+def work(iteration: int, work_ms: int) -> dict:
+    return {"type": "work", "iteration": iteration, "work_ms": work_ms}
+
+
+def error(code: str, reason: str) -> dict:
+    return {"type": "error", "code": code, "reason": reason}
+
+
+def state(project_state: str, iteration: int, reason: str = "") -> dict:
+    return {"type": "state", "state": project_state, "iteration": iteration, "reason": reason}
+
+
+def heartbeat(t: float) -> dict:
+    return {"type": "heartbeat", "t": t}
+
+
+# WebSocket close codes (4000-4999 are ours); the reason text says the fix.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_ABUSE = 4400  # too many malformed messages
+CLOSE_FORBIDDEN = 4403  # wrong join key
+CLOSE_UNKNOWN_PROJECT = 4404
+CLOSE_TIMEOUT = 4408  # no heartbeat
+CLOSE_VERSION = 4409  # protocol version mismatch
+CLOSE_DELETED = 4410  # project deleted
+CLOSE_REBOOT = 4412  # project rebooted: rejoin
+CLOSE_TOO_LARGE = 1009

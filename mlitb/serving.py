@@ -1,0 +1,38 @@
+"""Assembling what `mlitb serve` runs: the master app, the data server mounted at /data
+(unless an external one is named), and optionally the MNIST demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+
+def build_app(
+    data_dir: str | Path,
+    local_url: str,
+    external_data_url: str | None = None,
+    data_token: str | None = None,
+    demo: bool = False,
+    demo_workers: int = 1,
+) -> FastAPI:
+    """`local_url`: how this process reaches itself (http://127.0.0.1:PORT)."""
+    from mlitb.data.app import create_app as create_data_app
+    from mlitb.master.app import create_master_app
+
+    data_dir = Path(data_dir)
+    if external_data_url:
+        data_app = None
+        internal = public = external_data_url.rstrip("/")
+    else:
+        data_app = create_data_app(data_dir, token=data_token)
+        internal, public = f"{local_url}/data", "/data"
+    hooks = []
+    if demo:
+        from mlitb.demo import run_demo
+
+        async def demo_hook(app: FastAPI) -> None:
+            await run_demo(app, local_url, internal, data_dir, demo_workers, data_token)
+
+        hooks.append(demo_hook)
+    return create_master_app(data_dir, internal, public, data_app, hooks)

@@ -1,0 +1,79 @@
+"""The worker's data cache: the items allocated to it, fetched from the data server.
+
+Items are kept as uint8 (N, H, W, C) plus the project's class index per item, in
+growing arrays; removal swaps the last item in, so arrays stay dense for sampling.
+Input scaling is the protocol's: x = pixel / 255 (float32 in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ItemCache:
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        self.shape = shape
+        self._pixels = np.zeros((0, *shape), np.uint8)
+        self._labels = np.zeros(0, np.int64)
+        self._keys = np.zeros(0, np.int64)
+        self._index: dict[int, int] = {}  # key -> row
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._index
+
+    def _grow(self, need: int) -> None:
+        if need <= len(self._pixels):
+            return
+        size = max(need, 2 * len(self._pixels), 256)
+        for name in ("_pixels", "_labels", "_keys"):
+            old = getattr(self, name)
+            new = np.zeros((size, *old.shape[1:]), old.dtype)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
+
+    def add(self, keys: np.ndarray, pixels: np.ndarray, labels: np.ndarray) -> list[int]:
+        """Add items (skipping keys already cached and labels < 0); returns keys added."""
+        added = []
+        self._grow(self.n + len(keys))
+        for key, px, label in zip(keys.tolist(), pixels, labels.tolist(), strict=True):
+            if key in self._index or label < 0:
+                continue
+            row = self.n
+            self._pixels[row] = px
+            self._labels[row] = label
+            self._keys[row] = key
+            self._index[key] = row
+            self.n += 1
+            added.append(key)
+        return added
+
+    def remove(self, keys: list[int]) -> None:
+        for key in keys:
+            row = self._index.pop(key, None)
+            if row is None:
+                continue
+            last = self.n - 1
+            if row != last:
+                moved = int(self._keys[last])
+                self._pixels[row] = self._pixels[last]
+                self._labels[row] = self._labels[last]
+                self._keys[row] = moved
+                self._index[moved] = row
+            self.n -= 1
+
+    def clear(self) -> None:
+        self._index.clear()
+        self.n = 0
+
+    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(x float32 (B, H, W, C) in [0, 1], y int64 (B,)) for the given rows."""
+        x = self._pixels[rows].astype(np.float32)
+        x *= np.float32(1 / 255)
+        return x, self._labels[rows]
+
+    def all(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.batch(np.arange(self.n))

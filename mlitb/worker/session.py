@@ -1,0 +1,337 @@
+"""A native worker's life: connect, join, follow the master's orders, reconnect.
+
+One WebSocket (permessage-deflate off). The master sends welcome + parameters, then
+allocations (which ids to fetch, from which data server) and, each iteration, new
+parameters and a work order. A trainer trains on its cache for the work time and
+returns a binary result frame; a tracker evaluates the test set on every new
+parameter vector and reports test error. On a network drop or a master restart the
+worker reconnects with exponential backoff (0.5 s doubling to 30 s, with jitter) and
+joins again; refusals that cannot heal (unknown project, wrong join key, protocol
+version) end it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlparse
+
+import httpx
+import numpy as np
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from mlitb.data.wire import BlockReader
+from mlitb.model.spec import Spec
+from mlitb.model.torch_executor import TorchNet
+from mlitb.protocol import PROTOCOL_VERSION, frames
+from mlitb.protocol import messages as msg
+from mlitb.protocol.idtext import text_to_ids
+
+from .cache import ItemCache
+from .compute import Sampler, evaluate, train_for
+
+log = logging.getLogger("mlitb.worker")
+
+FATAL_CLOSE = {msg.CLOSE_FORBIDDEN, msg.CLOSE_UNKNOWN_PROJECT, msg.CLOSE_VERSION, msg.CLOSE_DELETED}
+FETCH_CHUNK = 4096  # ids per data-server request
+MAX_FRAME = 1 << 30
+
+
+class FatalError(RuntimeError):
+    """The master refused us for a reason retrying cannot fix."""
+
+
+@dataclass
+class WorkerStats:
+    state: str = "connecting"
+    project_state: str = ""
+    iteration: int = 0
+    cached: int = 0
+    allocated: int = 0
+    vectors_processed: int = 0
+    vectors_per_s: float = 0.0
+    test_error: float | None = None
+    results: int = 0
+    errors: list[str] = field(default_factory=list)
+    connects: int = 0
+    client_id: str = ""
+
+
+def ws_url(url: str) -> str:
+    """http(s)://host[:port][/path] -> ws(s)://host[:port]/ws (or the URL as given if ws)."""
+    parts = urlparse(url if "://" in url else f"http://{url}")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/ws"):
+        path += "/ws"
+    return f"{scheme}://{parts.netloc}{path}"
+
+
+def http_base(url: str) -> str:
+    parts = urlparse(url if "://" in url else f"http://{url}")
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return f"{scheme}://{parts.netloc}/"
+
+
+class Worker:
+    def __init__(
+        self,
+        url: str,
+        project: str,
+        role: str = "trainer",
+        device: str = "cpu",
+        capacity: int = 3000,
+        name: str = "",
+        join_key: str = "",
+        batch_size: int | None = None,
+        seed: int | None = None,
+        on_update: Callable[[WorkerStats], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.project = project
+        self.role = role
+        self.device = device
+        self.capacity = capacity
+        self.name = name
+        self.join_key = join_key
+        self.batch_size = batch_size
+        self.stats = WorkerStats()
+        self.on_update = on_update or (lambda s: None)
+        self._rng_seed = seed if seed is not None else random.randrange(2**31)
+        self._stop = asyncio.Event()
+        self._compute = asyncio.Lock()  # one computation at a time owns the net
+        self.net: TorchNet | None = None
+        self.cache: ItemCache | None = None
+        self.iteration = 0
+        self.params: np.ndarray | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ----------------------------------------------------------------- reconnecting
+    async def run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                await self._session()
+                backoff = 0.5
+            except FatalError:
+                raise
+            except (TimeoutError, OSError, ConnectionClosed, InvalidHandshake) as exc:
+                self._set_state(f"disconnected ({type(exc).__name__})")
+                log.info("connection lost (%s); retrying in %.1f s", exc, backoff)
+            if self._stop.is_set():
+                break
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff * (0.75 + 0.5 * random.random()))
+            backoff = min(backoff * 2, 30.0)
+
+    def _set_state(self, state: str) -> None:
+        self.stats.state = state
+        self.on_update(self.stats)
+
+    async def _session(self) -> None:
+        try:
+            ws_cm = connect(ws_url(self.url), compression=None, max_size=MAX_FRAME, open_timeout=10)
+        except InvalidURI as exc:
+            raise FatalError(f"bad master URL {self.url!r}: {exc}") from None
+        async with ws_cm as ws, httpx.AsyncClient(timeout=60) as http:
+            self.stats.connects += 1
+            await ws.send(
+                msg.dumps(
+                    {
+                        "type": "join",
+                        "protocol": PROTOCOL_VERSION,
+                        "project": self.project,
+                        "role": self.role,
+                        "kind": "native",
+                        "backend": f"torch-{self.device}",
+                        "capacity": self.capacity,
+                        "name": self.name,
+                        "join_key": self.join_key,
+                    }
+                )
+            )
+            self._set_state("joining")
+            tasks: set[asyncio.Task] = set()
+            beat = asyncio.create_task(self._heartbeat(ws))
+            stopper = asyncio.create_task(self._stop.wait())
+            try:
+                while True:
+                    recv = asyncio.create_task(ws.recv())
+                    done, _ = await asyncio.wait({recv, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if stopper in done:
+                        recv.cancel()
+                        with contextlib.suppress(Exception):
+                            await ws.send(msg.dumps({"type": "leave", "reason": "worker stopped"}))
+                            await ws.close()
+                        return
+                    data = recv.result()
+                    if isinstance(data, bytes):
+                        self._on_params(data)
+                        if self.role == "tracker":
+                            self._spawn(tasks, self._evaluate(ws))
+                    else:
+                        await self._on_text(ws, http, json.loads(data), tasks)
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+                reason = exc.rcvd.reason if exc.rcvd else ""
+                if code in FATAL_CLOSE:
+                    raise FatalError(f"the master refused this worker ({code}): {reason}") from None
+                raise
+            finally:
+                beat.cancel()
+                stopper.cancel()
+                for t in tasks:
+                    t.cancel()
+
+    def _spawn(self, tasks: set, coro) -> None:
+        task = asyncio.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        task.add_done_callback(self._report_crash)
+
+    @staticmethod
+    def _report_crash(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if not isinstance(exc, ConnectionClosed):
+                log.error("worker task failed: %r", exc)
+
+    async def _heartbeat(self, ws) -> None:
+        while True:
+            await asyncio.sleep(5)
+            await ws.send(msg.dumps(msg.heartbeat(time.time())))
+
+    # ----------------------------------------------------------------- messages
+    async def _on_text(self, ws, http: httpx.AsyncClient, m: dict, tasks: set) -> None:
+        kind = m.get("type")
+        if kind == "welcome":
+            spec = Spec.from_json(m["spec"])
+            self.stats.client_id = m["client_id"]
+            self._project_id = int(m["project"]["id"])
+            self.stats.project_state = m["state"]
+            self.net = None
+            self._spec = spec
+            self.cache = ItemCache(tuple(spec.input_shape))
+            self.stats.cached = self.stats.allocated = 0
+            self._set_state("joined")
+        elif kind == "allocation":
+            self._spawn(tasks, self._allocation(ws, http, m))
+        elif kind == "work":
+            self._spawn(tasks, self._work(ws, m["iteration"], m["work_ms"]))
+        elif kind == "state":
+            self.stats.project_state = m["state"]
+            self.on_update(self.stats)
+        elif kind == "error":
+            self.stats.errors = ([*self.stats.errors, f"{m.get('code')}: {m.get('reason')}"])[-10:]
+            log.warning("master says %s: %s", m.get("code"), m.get("reason"))
+        # heartbeat echoes and unknown types are ignored (forward compatible)
+
+    def _on_params(self, data: bytes) -> None:
+        frame = frames.decode(data)
+        if frame.kind != frames.PARAMETERS:
+            return
+        self.iteration = frame.iteration
+        self.params = np.array(frame.values, dtype=np.float32)
+        self.stats.iteration = frame.iteration
+        if self.net is None and getattr(self, "_spec", None) is not None:
+            self.net = TorchNet(self._spec, self.params, device=self.device, seed=self._rng_seed)
+            self.sampler = Sampler(self._rng_seed)
+        # The net itself is only touched under the compute lock (see _work / _evaluate).
+        self.on_update(self.stats)
+
+    async def _allocation(self, ws, http: httpx.AsyncClient, m: dict) -> None:
+        cache = self.cache
+        for group in m.get("remove", []):
+            ds = group["dataset"]
+            ids = text_to_ids(group["ids"])
+            self.stats.allocated -= len(ids)
+            cache.remove([(ds << 32) | i for i in ids])
+        for group in m.get("add", []):
+            ids = text_to_ids(group["ids"])
+            self.stats.allocated += len(ids)
+            base = urljoin(http_base(self.url), group["url"])  # relative URLs: the master's host
+            label_map = np.array([*group["label_map"], -1], np.int64)  # last: for unknown indices
+            for start in range(0, len(ids), FETCH_CHUNK):
+                chunk = ids[start : start + FETCH_CHUNK]
+                await self._fetch(ws, http, base, group["dataset"], chunk, label_map)
+        self.stats.cached = len(cache)
+        self.on_update(self.stats)
+
+    async def _fetch(self, ws, http, base: str, dataset: int, ids: list[int], label_map: np.ndarray) -> None:
+        reader = BlockReader()
+        async with http.stream(
+            "POST", f"{base.rstrip('/')}/datasets/{dataset}/fetch", json={"ids": ids}
+        ) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise RuntimeError(f"data server: {resp.status_code} {resp.text[:200]}")
+            async for chunk in resp.aiter_bytes():
+                for block in reader.feed(chunk):
+                    keys = (np.int64(dataset) << 32) | block.ids.astype(np.int64)
+                    labels = label_map[np.minimum(block.labels.astype(np.int64), len(label_map) - 1)]
+                    self.cache.add(keys, block.pixels, labels)
+                    self.stats.cached = len(self.cache)
+                    # Every fetched id is reported (also those skipped for an unknown label).
+                    await ws.send(
+                        msg.dumps({"type": "cached", "dataset": dataset, "ids": block.ids.tolist()})
+                    )
+        reader.close()
+
+    def _load_params(self) -> None:
+        self.net.set_params(self.params)
+
+    async def _work(self, ws, iteration: int, work_ms: int) -> None:
+        if self.net is None or iteration != self.iteration:
+            return
+        batch = self.batch_size or 32
+        started = time.monotonic()
+        async with self._compute:
+            if iteration != self.iteration:
+                return  # newer parameters arrived while an older computation held the lock
+            work_ms = max(1, work_ms - int((time.monotonic() - started) * 1000))
+            self._load_params()
+            result = await asyncio.to_thread(train_for, self.net, self.cache, self.sampler, work_ms, batch)
+        if result is None:
+            return
+        await ws.send(
+            frames.encode_result(
+                self._project_id,
+                iteration,
+                result.grad,
+                result.vectors,
+                result.loss,
+                result.vectors_per_s,
+                result.compute_ms,
+            )
+        )
+        self.stats.results += 1
+        self.stats.vectors_processed += result.vectors
+        self.stats.vectors_per_s = result.vectors_per_s
+        self._set_state("training")
+
+    async def _evaluate(self, ws) -> None:
+        if self.net is None or self.cache is None or len(self.cache) == 0 or self._compute.locked():
+            return  # still evaluating older parameters: this vector is skipped, the next one counts
+        async with self._compute:
+            iteration = self.iteration
+            self._load_params()
+            out = await asyncio.to_thread(evaluate, self.net, self.cache)
+        if out is None:
+            return
+        error, loss, count = out
+        self.stats.test_error = error
+        await ws.send(
+            msg.dumps(
+                {"type": "test_result", "iteration": iteration, "error": error, "loss": loss, "count": count}
+            )
+        )
+        self._set_state("tracking")
