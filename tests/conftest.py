@@ -133,3 +133,40 @@ def mnist_zips(tmp_path_factory) -> dict[str, Path]:
         images, labels = mnist.load(split, mnist.find_source(ROOT), limit)
         zips[split] = mnist.write_zip(images, labels, out / f"mnist-{split}.zip", f"mnist-{split}")
     return zips
+
+
+# --------------------------------------------------------------------------- master server
+# A real master (with the data server mounted at /data) on a free localhost port.
+
+
+class MasterHandle:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._start()
+
+    def _start(self) -> None:
+        from mlitb.data.client import DataClient
+        from mlitb.server_runner import BackgroundServer
+        from mlitb.serving import build_app
+
+        self.server = BackgroundServer(factory=lambda url: build_app(self.state_dir, url))
+        self.url = self.server.url
+        self.app = self.server.app
+        self.manager = self.app.state.manager
+        self.data = DataClient(f"{self.url}/data")
+
+    def restart(self) -> None:
+        self.stop()
+        self._start()
+
+    def stop(self) -> None:
+        self.data.close()
+        self.server.stop()
+
+
+@pytest.fixture
+def master(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("MLITB_CONFIG", str(tmp_path / "tokens.json"))
+    handle = MasterHandle(tmp_path / "state")
+    yield handle
+    handle.stop()

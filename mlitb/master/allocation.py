@@ -1,8 +1,11 @@
 """Which trainer holds which data ids: balanced shares, capacities, the pie-cutter.
 
-A data id is a 64-bit key, dataset << 32 | item id. Invariant (`check`): every
-registered key is held by exactly one trainer or sits in the pool; shares differ by
-at most one id between trainers that are below their capacity.
+A data id is a 64-bit key, dataset << 32 | item id. Invariant, always (`check()`):
+every registered key is held by exactly one trainer or sits in the pool. Right after a
+rebalance (`check(settled=True)`) also: shares differ by at most one id between
+trainers below their capacity, and no trainer has room while ids wait in the pool.
+(The engine adds trainers and rebalances in one step, and a leave or new data keeps
+the remaining shares balanced, so the balance holds after every engine event.)
 
 `rebalance` computes each trainer's target share by water-filling (equal shares, no
 one above its capacity) and then moves only the excess: trainers above target give
@@ -150,8 +153,10 @@ class Allocator:
             raise AllocationError("an id is both allocated and in the pool")
         if len(seen) + len(pool) != self.registered:
             raise AllocationError(f"{len(seen) + len(pool)} ids accounted for, {self.registered} registered")
+        if not settled:
+            return
         free = [len(k) for c, k in self.held.items() if len(k) < self.capacity[c]]
         if free and max(len(k) for k in self.held.values()) - min(free) > 1:
             raise AllocationError("shares of trainers below capacity differ by more than one id")
-        if settled and free and self.pool:
+        if free and self.pool:
             raise AllocationError("a trainer has room while ids sit in the pool")

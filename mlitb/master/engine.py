@@ -149,8 +149,10 @@ class Engine:
     # ================================================================ membership
     def connect(self, cid: str, join: msg.Join, now: float) -> None:
         """A client joined: welcome it at once; it is admitted at the next boundary."""
-        capacity = min(join.capacity, self.hyper.capacity)
-        self.clients[cid] = Client(cid, join.role, join.kind, join.backend, join.name, capacity, joined=now)
+        # capacity: what the client asked for; the project's cap applies on top (may change).
+        self.clients[cid] = Client(
+            cid, join.role, join.kind, join.backend, join.name, join.capacity, joined=now
+        )
         self.send(
             cid,
             msg.welcome(
@@ -298,7 +300,7 @@ class Engine:
                 c.admitted = True
                 self.contributors[c.kind] = self.contributors.get(c.kind, 0) + 1
                 if c.role == "trainer":
-                    self.allocator.add_trainer(c.id, c.capacity)
+                    self.allocator.add_trainer(c.id, min(c.capacity, self.hyper.capacity))
                 else:
                     self._allocate_tracker(c)
         # a + b) registered data and new trainers -> balanced shares
@@ -309,10 +311,13 @@ class Engine:
         # c) work orders
         T = self.hyper.iteration_ms
         scheduled = 0
+        ready = [c for c in self.clients.values() if c.role == "trainer" and c.cached]
+        chosen = [c for c in ready if c.latency.schedulable(self.iteration)]
+        if not chosen:
+            chosen = ready  # only benched trainers have data: probe them rather than stall
         for c in self.clients.values():
             c.scheduled = None
-            if c.role != "trainer" or not c.cached or not c.latency.schedulable(self.iteration):
-                continue
+        for c in chosen:
             c.scheduled = self.iteration
             c.sent_at = now
             c.work_ms = c.latency.work_ms(T)

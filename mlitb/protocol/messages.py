@@ -32,6 +32,7 @@ class _Msg(BaseModel):
 
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # JSON's NaN/Infinity tokens are refused
 
 
 # ---------------------------------------------------------------- worker -> master
@@ -58,7 +59,7 @@ class Cached(_Msg):
 
 class Heartbeat(_Msg):
     type: Literal["heartbeat"]
-    t: float = 0.0
+    t: Finite = 0.0
 
 
 class TestResult(_Msg):
@@ -66,8 +67,8 @@ class TestResult(_Msg):
 
     type: Literal["test_result"]
     iteration: Annotated[int, Field(ge=0)]
-    error: Annotated[float, Field(ge=0.0, le=1.0)]
-    loss: float = 0.0
+    error: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+    loss: Finite = 0.0
     count: Annotated[int, Field(ge=1)]
 
 
@@ -82,12 +83,15 @@ CLIENT_TYPES = ("join", "cached", "heartbeat", "test_result", "leave")
 
 
 def parse_client_message(text: str | bytes) -> Join | Cached | Heartbeat | TestResult | Leave:
-    if len(text) > MAX_TEXT_BYTES:
-        raise ProtocolError("too_large", f"text message of {len(text)} bytes, the limit is {MAX_TEXT_BYTES}")
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_TEXT_BYTES:
+        raise ProtocolError("too_large", f"text message of {size} bytes, the limit is {MAX_TEXT_BYTES}")
     try:
         raw = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("bad_json", f"expected a JSON object, got invalid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(
+            "bad_json", f"expected a JSON object, got invalid JSON ({str(exc)[:200]})"
+        ) from None
     if not isinstance(raw, dict):
         raise ProtocolError("bad_message", f"expected a JSON object with a 'type', got {type(raw).__name__}")
     kind = raw.get("type")
