@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: run test setup lint format clean bench bench-model bench-data
+.PHONY: run test setup lint format clean bench bench-model bench-data bench-reduce bench-scaling
 
 setup: $(VENV)/.installed $(if $(wildcard package.json),node_modules/.installed)
 
@@ -40,13 +40,19 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-model bench-data
+bench: bench-model bench-data bench-reduce bench-scaling
 
 bench-model: setup
 	$(BIN)/python benchmarks/model_bench.py
 
 bench-data: setup
 	$(BIN)/python benchmarks/data_bench.py
+
+bench-reduce: setup
+	$(BIN)/python benchmarks/reduce_bench.py
+
+bench-scaling: setup
+	$(BIN)/python benchmarks/scaling_bench.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache *.egg-info

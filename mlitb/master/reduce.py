@@ -37,7 +37,10 @@ def validate(values: np.ndarray, vectors: int, loss: float, num_params: int, max
 
 
 class Accumulator:
-    """Running sum of the accepted results of one iteration (float64 for exactness)."""
+    """Running sum of the accepted results of one iteration. float64, so that the sum
+    rounded to float32 does not depend on the order results arrived in: a resumed or
+    replayed iteration gives the same step (costs ~4x a float32 add; see
+    docs/performance.md)."""
 
     def __init__(self, num_params: int) -> None:
         self.total = np.zeros(num_params, np.float64)
