@@ -140,6 +140,7 @@ class Engine:
         self.contributors: dict[str, int] = dict(totals.get("contributors", {}))  # kind -> clients
         self.acc = Accumulator(params.size)
         self.working = False
+        self.outstanding = 0  # scheduled trainers that have not answered yet
         self.iter_started = 0.0
         self.deadline = 0.0
         self.next_start = 0.0
@@ -176,6 +177,8 @@ class Engine:
         client = self.clients.pop(cid, None)
         if client is None:
             return
+        if self.working and client.scheduled == self.iteration:
+            self.outstanding -= 1  # nothing more to wait for from it
         returned = self.allocator.remove_trainer(cid) if client.admitted and client.role == "trainer" else []
         log.info(
             "project %s: client %s left (%s); %d ids back to the pool",
@@ -191,6 +194,7 @@ class Engine:
         for cid in ids:
             self.disconnect(cid, 0.0, "reboot")
         self.working = False
+        self.outstanding = 0
         self.acc.reset()
         return ids
 
@@ -240,6 +244,7 @@ class Engine:
         self.state = state
         if state != "running" and self.working:
             self.working = False  # results of the interrupted iteration will be late
+            self.outstanding = 0
             self.acc.reset()
             for c in self.clients.values():
                 c.scheduled = None
@@ -255,6 +260,7 @@ class Engine:
         self.history = []
         self.vectors_total = 0
         self.working = False
+        self.outstanding = 0
         self.acc.reset()
         for c in self.clients.values():
             c.scheduled = None
@@ -281,7 +287,7 @@ class Engine:
         if self.state != "running":
             return None
         if self.working:
-            if now >= self.deadline or all(c.scheduled != self.iteration for c in self.clients.values()):
+            if now >= self.deadline or self.outstanding == 0:
                 self._reduce(now)
             else:
                 return self.deadline - now
@@ -323,6 +329,7 @@ class Engine:
             c.work_ms = c.latency.work_ms(T)
             self.send(c.id, msg.work(self.iteration, c.work_ms))
             scheduled += 1
+        self.outstanding = scheduled  # results still awaited this iteration
         if scheduled:
             self.working = True
             self.acc.reset()
@@ -350,13 +357,15 @@ class Engine:
             if exc.reason != "late":
                 client.rejected += 1
                 self.rejected_total += 1
-                if client.scheduled == self.iteration:
+                if client.scheduled == self.iteration and self.working:
                     client.scheduled = None  # it answered, badly: do not wait for it
+                    self.outstanding -= 1
             log.warning("project %s: result from %s refused (%s): %s", self.name, cid, exc.reason, exc.detail)
             self.send(cid, msg.error(exc.reason, exc.detail))
             return exc.reason
         self.acc.add(frame.values, frame.vectors, frame.loss)
         client.scheduled = None
+        self.outstanding -= 1
         client.results += 1
         client.vectors_processed += frame.vectors
         client.vectors_per_s = frame.vectors_per_s or frame.vectors / max(frame.compute_ms / 1000, 1e-3)
@@ -371,6 +380,7 @@ class Engine:
             c.latency.missed(T, self.iteration)
             c.scheduled = None
         self.working = False
+        self.outstanding = 0
         self.next_start = max(now, self.iter_started + self.hyper.iteration_time)
         if self.acc.vectors == 0:
             log.info("project %s: iteration %d had no results", self.name, self.iteration)
@@ -402,6 +412,15 @@ class Engine:
             "train_loss": self.acc.loss / self.acc.vectors,
             "lag_ms_mean": round(float(np.mean(lags)), 1) if lags else None,
             "lag_ms_max": round(float(np.max(lags)), 1) if lags else None,
+            "lag_ms_p90": round(float(np.percentile(lags, 90)), 1) if lags else None,
+            # per client while few enough to keep rows small (the summary always has them)
+            "lags_ms": {
+                c.id: round(c.latency.last_ms, 1)
+                for c in self.clients.values()
+                if c.latency.last_ms is not None
+            }
+            if len(lags) <= 64
+            else None,
             "reduce_ms": round(reduce_ms, 3),
             "data_size": self.allocator.registered,
             "data_unallocated": len(self.allocator.pool),
