@@ -33,6 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.middleware.cors import CORSMiddleware
 
 from mlitb import __version__
+from mlitb.model.jsonfloats import dumps as dumps_model
 from mlitb.protocol import PROTOCOL_VERSION
 from mlitb.protocol import messages as msg
 
@@ -128,7 +129,7 @@ def create_master_app(
 
     # ------------------------------------------------------------------ REST
     @app.get("/api")
-    def api_info() -> dict:
+    async def api_info() -> dict:
         return {
             "service": "mlitb-master",
             "version": __version__,
@@ -137,8 +138,10 @@ def create_master_app(
             "projects": len(manager.runners),
         }
 
+    # Reads are `async def`: they run on the event loop, between engine updates, so a
+    # summary or a model file is always one consistent snapshot.
     @app.get("/api/projects")
-    def list_projects() -> list[dict]:
+    async def list_projects() -> list[dict]:
         return [r.engine.summary() for r in manager.runners.values()]
 
     @app.post("/api/projects", status_code=201)
@@ -149,7 +152,7 @@ def create_master_app(
         )
 
     @app.get("/api/projects/{name}")
-    def get_project(name: str) -> dict:
+    async def get_project(name: str) -> dict:
         return details(manager.get(name))
 
     @app.patch("/api/projects/{name}/hyper")
@@ -200,16 +203,16 @@ def create_master_app(
         return {"detached": dataset}
 
     @app.get("/api/projects/{name}/metrics")
-    def project_metrics(name: str, since: int = 0) -> dict:
+    async def project_metrics(name: str, since: int = 0) -> dict:
         e = manager.get(name).engine
         return {"project": name, "rows": [r for r in e.history if r["iteration"] >= since]}
 
     @app.get("/api/projects/{name}/model")
-    def download_model(name: str, format: str = "convnetjs"):
+    async def download_model(name: str, format: str = "convnetjs"):
         if format not in ("convnetjs", "mlitb"):
             raise ProjectError(400, f"format: expected convnetjs or mlitb, got {format!r}", "bad_format")
         runner = manager.get(name)
-        body = json.dumps(manager.model(runner).to_json(format))
+        body = dumps_model(manager.model(runner).to_json(format))  # exact float32 text
         filename = f"{name}-{runner.engine.iteration}.{format}.json"
         return Response(
             body,
@@ -218,12 +221,12 @@ def create_master_app(
         )
 
     @app.get("/metrics")
-    def prometheus() -> PlainTextResponse:
+    async def prometheus() -> PlainTextResponse:
         body = metrics.render([r.engine.summary() for r in manager.runners.values()])
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
     @app.get("/", response_class=HTMLResponse)
-    def status_page() -> str:
+    async def status_page() -> str:
         return render_status([r.engine.summary() for r in manager.runners.values()], data_public_url)
 
     # ------------------------------------------------------------------ sockets
@@ -245,7 +248,12 @@ def create_master_app(
                 if receiver in done:
                     getter.cancel()
                     break
-                await ws.send_text(msg.dumps(getter.result()))
+                update = getter.result()
+                if update is None:  # the project was deleted
+                    receiver.cancel()
+                    await ws.close(msg.CLOSE_DELETED, f"project {name!r} deleted")
+                    break
+                await ws.send_text(msg.dumps(update))
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:

@@ -51,6 +51,8 @@ class ProjectRunner:
     async def stop(self, code: int = msg.CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
         for conn in list(self.conns.values()):
             conn.close_soon(code, reason)
+        for queue in list(self.listeners):
+            queue.put_nowait(None)  # dashboard streams close too
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
