@@ -1,0 +1,183 @@
+"""One model, two executors: the browser engine (TF.js) against the PyTorch executor.
+
+Golden vectors - spec, parameters, a batch, the expected summed loss, flat gradient and
+predictions - come from `TorchNet` for every layer type and several strides and
+paddings; the browser engine (mlitb/web/static/engine/tfjs_engine.js) recomputes them
+in node with TensorFlow.js' cpu backend and must agree to 1e-4 relative.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_node
+
+from mlitb.model.layout import init_params
+from mlitb.model.spec import Spec
+from mlitb.model.torch_executor import TorchNet
+
+pytestmark = pytest.mark.node
+SCRIPT = ROOT / "tests" / "js" / "tfjs_golden.js"
+RTOL = 1e-4
+
+
+def inp(w: int, h: int, d: int) -> dict:
+    return {"type": "input", "out_sx": w, "out_sy": h, "out_depth": d}
+
+
+HEADS = {
+    "softmax": {"type": "softmax", "num_classes": 4},
+    "svm": {"type": "svm", "num_classes": 4},
+    "regression": {"type": "regression", "num_neurons": 3},
+}
+
+CASES: dict[str, list[dict]] = {
+    # conv: strides, paddings, non-square filters and inputs
+    **{
+        f"conv sx{sx} sy{sy} s{st} p{pad}": [
+            inp(9, 8, 2),
+            {"type": "conv", "sx": sx, "sy": sy, "filters": 3, "stride": st, "pad": pad},
+            HEADS["softmax"],
+        ]
+        for sx, sy, st, pad in [
+            (3, 3, 1, 0),
+            (3, 3, 1, 1),
+            (5, 5, 1, 2),
+            (3, 3, 2, 1),
+            (2, 3, 2, 0),
+            (4, 4, 3, 2),
+            (1, 1, 1, 0),
+        ]
+    },
+    # pool: windows, strides, padding (padded cells never win the max)
+    **{
+        f"pool sx{sx} s{st} p{pad}": [
+            inp(9, 9, 2),
+            {"type": "conv", "sx": 3, "filters": 2, "stride": 1, "pad": 1, "activation": "tanh"},
+            {"type": "pool", "sx": sx, "stride": st, "pad": pad},
+            HEADS["softmax"],
+        ]
+        for sx, st, pad in [(2, 2, 0), (3, 3, 0), (3, 2, 1), (2, 1, 0), (3, 1, 1)]
+    },
+    **{
+        f"activation {act}": [
+            inp(4, 3, 2),
+            {"type": "fc", "num_neurons": 6, "activation": act},
+            HEADS["softmax"],
+        ]
+        for act in ("relu", "sigmoid", "tanh")
+    },
+    **{
+        f"maxout g{g}": [
+            inp(3, 3, 2),
+            {"type": "fc", "num_neurons": n, "activation": "maxout", "group_size": g},
+            HEADS["softmax"],
+        ]
+        for g, n in [(2, 8), (3, 9), (2, 7)]
+    },
+    "maxout conv volume": [
+        inp(5, 5, 1),
+        {"type": "conv", "sx": 3, "filters": 6, "pad": 1, "activation": "maxout", "group_size": 3},
+        HEADS["svm"],
+    ],
+    **{
+        f"lrn n{n}": [
+            inp(5, 4, 1),
+            {"type": "conv", "sx": 3, "filters": 6, "pad": 1, "activation": "relu"},
+            {"type": "lrn", "k": 1.0, "n": n, "alpha": 0.5, "beta": 0.75},
+            HEADS["softmax"],
+        ]
+        for n in (3, 5)
+    },
+    "dropout (test mode)": [
+        inp(4, 4, 1),
+        {"type": "fc", "num_neurons": 8, "activation": "relu", "drop_prob": 0.3},
+        HEADS["softmax"],
+    ],
+    **{
+        f"head {k}": [inp(3, 2, 3), {"type": "fc", "num_neurons": 5, "activation": "tanh"}, v]
+        for k, v in HEADS.items()
+    },
+    "paper MNIST net": [
+        inp(28, 28, 1),
+        {"type": "conv", "sx": 5, "filters": 8, "stride": 1, "pad": 2, "activation": "relu"},
+        {"type": "pool", "sx": 2, "stride": 2},
+        {"type": "conv", "sx": 5, "filters": 16, "stride": 1, "pad": 2, "activation": "relu"},
+        {"type": "pool", "sx": 3, "stride": 3},
+        {"type": "softmax", "num_classes": 10},
+    ],
+    "deep mixed": [
+        inp(12, 10, 3),
+        {"type": "conv", "sx": 3, "filters": 4, "stride": 2, "pad": 1, "activation": "relu"},
+        {"type": "pool", "sx": 2, "stride": 2, "pad": 1},
+        {"type": "lrn", "k": 2.0, "n": 3, "alpha": 1e-2, "beta": 0.75},
+        {"type": "fc", "num_neurons": 6, "activation": "maxout", "group_size": 2},
+        {"type": "fc", "num_neurons": 5, "activation": "sigmoid"},
+        HEADS["svm"],
+    ],
+}
+
+
+def b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, "<f4").tobytes()).decode()
+
+
+def f32(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), "<f4")
+
+
+def make_case(name: str, defs: list[dict], seed: int) -> tuple[dict, dict]:
+    spec = Spec.from_json(defs)
+    rng = np.random.default_rng(seed)
+    params = init_params(spec, seed)
+    params += rng.normal(0, 0.05, params.shape).astype(np.float32)  # non-zero biases too
+    n = 5
+    x = rng.random((n, *spec.input_shape), dtype=np.float32)
+    if spec.loss == "regression":
+        y = rng.normal(size=(n, spec.num_outputs)).astype(np.float32)
+        y_json = y.ravel().tolist()
+    else:
+        y = rng.integers(0, spec.num_outputs, n)
+        y_json = y.tolist()
+    net = TorchNet(spec, params)
+    grad, _, loss = net.gradient(x, y, train=False)
+    expected = {"loss": loss, "grad": grad, "predict": net.predict(x).ravel()}
+    case = {"layers": spec.to_json(), "params": b64(params), "x": b64(x), "y": y_json, "n": n, "train": False}
+    return case, expected
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, tuple[dict, dict]]:
+    made = {name: make_case(name, defs, i) for i, (name, defs) in enumerate(CASES.items())}
+    out = run_node(SCRIPT, {"cases": [c for c, _ in made.values()]})["results"]
+    return {name: (expected, got) for (name, (_, expected)), got in zip(made.items(), out, strict=True)}
+
+
+def close(got: np.ndarray, want: np.ndarray) -> float:
+    """Largest error relative to the largest magnitude of `want`."""
+    scale = max(float(np.abs(want).max()), 1e-6)
+    return float(np.abs(got - want).max()) / scale
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_tfjs_engine_matches_pytorch(results, name):
+    expected, got = results[name]
+    assert "error" not in got, got.get("error")
+    assert abs(got["loss"] - expected["loss"]) <= RTOL * max(1.0, abs(expected["loss"])), (
+        got["loss"],
+        expected["loss"],
+    )
+    grad = f32(got["grad"])
+    assert grad.shape == expected["grad"].shape
+    assert close(grad, expected["grad"]) <= RTOL, close(grad, expected["grad"])
+    assert close(f32(got["predict"]), expected["predict"]) <= RTOL
+    assert got["tensors"] <= 1, "the engine leaks tensors"
+
+
+def test_unsupported_layer_is_refused_with_its_index():
+    layers = [{"layer_type": "input", "out_sx": 1, "out_sy": 1, "out_depth": 1}, {"layer_type": "quux"}]
+    case = {"layers": layers, "params": "", "x": "", "y": [], "n": 0, "train": False}
+    out = run_node(SCRIPT, {"cases": [case]})["results"][0]
+    assert "layer 1" in out["error"] and "quux" in out["error"]
