@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -129,8 +130,11 @@ def start_master(state: Path) -> tuple[subprocess.Popen, str]:
         "--log-level",
         "warning",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    log = open(state.parent / "master.log", "w")  # noqa: SIM115 (lives as long as the master)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
     line = proc.stdout.readline()
+    # Keep draining stdout: a full pipe would block the master.
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
     if "listening on" not in line:
         proc.kill()
         raise RuntimeError(f"master did not start: {line!r}")
@@ -254,6 +258,7 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=4, help="client processes")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--keep", action="store_true", help="keep the master's state and log")
     ap.add_argument("--client-process", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ws", help=argparse.SUPPRESS)
     ap.add_argument("--project", help=argparse.SUPPRESS)
@@ -299,7 +304,10 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(20)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"state and master log kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     print()
     print(

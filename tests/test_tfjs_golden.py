@@ -148,10 +148,11 @@ def make_case(name: str, defs: list[dict], seed: int) -> tuple[dict, dict]:
     return case, expected
 
 
-@pytest.fixture(scope="module")
-def results() -> dict[str, tuple[dict, dict]]:
+@pytest.fixture(scope="module", params=["cpu", "wasm"])
+def results(request) -> dict[str, tuple[dict, dict]]:
+    """cpu: TF.js' reference kernels; wasm: with mlitb's composed conv gradient kernels."""
     made = {name: make_case(name, defs, i) for i, (name, defs) in enumerate(CASES.items())}
-    out = run_node(SCRIPT, {"cases": [c for c, _ in made.values()]})["results"]
+    out = run_node(SCRIPT, {"backend": request.param, "cases": [c for c, _ in made.values()]})["results"]
     return {name: (expected, got) for (name, (_, expected)), got in zip(made.items(), out, strict=True)}
 
 

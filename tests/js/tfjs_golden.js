@@ -1,6 +1,6 @@
 // Runs the browser engine (mlitb/web/static/engine/tfjs_engine.js) in node with
 // TensorFlow.js' cpu backend on golden cases from the PyTorch executor.
-// stdin: {"cases": [{"layers", "params" (b64 f32), "x" (b64 f32), "y" (list), "n", "train"}]}
+// stdin: {"backend": "cpu" | "wasm", "cases": [{"layers", "params" (b64 f32), "x" (b64 f32), "y", "n", "train"}]}
 // stdout: {"results": [{"loss", "grad" (b64 f32), "predict" (b64 f32)} | {"error"}]}
 const tf = require("@tensorflow/tfjs");
 const Engine = require("../../mlitb/web/static/engine/tfjs_engine.js");
@@ -12,10 +12,14 @@ const f32 = (b64) => {
 const b64 = (arr) => Buffer.from(arr.buffer, arr.byteOffset, arr.byteLength).toString("base64");
 
 (async () => {
-  await tf.setBackend("cpu");
   let input = "";
   for await (const chunk of process.stdin) input += chunk;
-  const { cases } = JSON.parse(input);
+  const { cases, backend = "cpu" } = JSON.parse(input);
+  if (backend === "wasm") {
+    require("@tensorflow/tfjs-backend-wasm");
+    require("../../mlitb/web/static/engine/wasm_kernels.js")(tf);
+  }
+  if (!(await tf.setBackend(backend)) || tf.getBackend() !== backend) throw new Error(`no ${backend} backend`);
   const results = cases.map((c) => {
     try {
       const engine = Engine(tf, c.layers);
