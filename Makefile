@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 
 .PHONY: run test setup lint format clean bench bench-model bench-data bench-reduce bench-scaling
 
-setup: $(VENV)/.installed $(if $(wildcard package.json),node_modules/.installed)
+setup: $(VENV)/.installed $(if $(wildcard package.json),node_modules/.installed mlitb/web/static/vendor/versions.json)
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlitb needs Python >= 3.11; set PYTHON=python3.11")'
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
+
+# The page's vendor files (TF.js, uPlot, ...) are copied from node_modules, never committed.
+mlitb/web/static/vendor/versions.json: node_modules/.installed $(VENV)/.installed mlitb/web/build.py
+	$(BIN)/python -m mlitb.web.build
 
 # The main job: the master with the data server, the MNIST demo project, a local trainer
 # and a tracker; training is under way once it prints the dashboard URL. State in ./data.

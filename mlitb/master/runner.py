@@ -37,6 +37,7 @@ class ProjectRunner:
         self.listeners: set[asyncio.Queue] = set()  # dashboard streams
         self._tasks: list[asyncio.Task] = []
         self._reported_iteration = engine.iteration
+        self._stopping = False
 
     @property
     def name(self) -> str:
@@ -53,11 +54,11 @@ class ProjectRunner:
             conn.close_soon(code, reason)
         for queue in list(self.listeners):
             queue.put_nowait(None)  # dashboard streams close too
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:  # bounded: a task that ignores cancellation must not hang a delete
+            await asyncio.wait(self._tasks, timeout=5)
         await self.checkpoint(force=True)
 
     # ----------------------------------------------------------------- events
@@ -135,7 +136,7 @@ class ProjectRunner:
                 conn.send(payload)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 delay = self.engine.poll(time.monotonic())
                 self._flush()
@@ -150,8 +151,13 @@ class ProjectRunner:
                 log.exception("project %s: loop error", self.name)
                 delay = 1.0
             timeout = 1.0 if delay is None else max(0.0, min(delay, 1.0))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+            # cancellation that races with the event, and stop() would wait forever.
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
+            except TimeoutError:
+                pass
             self.wake.clear()
 
     def _check_heartbeats(self) -> None:

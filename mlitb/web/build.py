@@ -15,13 +15,14 @@ from pathlib import Path
 from . import STATIC
 
 VENDOR = STATIC / "vendor"
+WASM = "@tensorflow/tfjs-backend-wasm/dist/"
 # node_modules path -> file name under static/vendor
 FILES = {
     "@tensorflow/tfjs/dist/tf.min.js": "tf.min.js",
-    "@tensorflow/tfjs-backend-wasm/dist/tf-backend-wasm.min.js": "tf-backend-wasm.min.js",
-    "@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm.wasm": "tfjs-backend-wasm.wasm",
-    "@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-simd.wasm": "tfjs-backend-wasm-simd.wasm",
-    "@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-threaded-simd.wasm": "tfjs-backend-wasm-threaded-simd.wasm",
+    WASM + "tf-backend-wasm.min.js": "tf-backend-wasm.min.js",
+    WASM + "tfjs-backend-wasm.wasm": "tfjs-backend-wasm.wasm",
+    WASM + "tfjs-backend-wasm-simd.wasm": "tfjs-backend-wasm-simd.wasm",
+    WASM + "tfjs-backend-wasm-threaded-simd.wasm": "tfjs-backend-wasm-threaded-simd.wasm",
     "@tensorflow/tfjs-backend-webgpu/dist/tf-backend-webgpu.min.js": "tf-backend-webgpu.min.js",
     "uplot/dist/uPlot.iife.min.js": "uPlot.iife.min.js",
     "uplot/dist/uPlot.min.css": "uPlot.min.css",

@@ -129,8 +129,9 @@ class Worker:
                 log.info("connection lost (%s); retrying in %.1f s", exc, backoff)
             if self._stop.is_set():
                 break
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), backoff * (0.75 + 0.5 * random.random()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff * (0.75 + 0.5 * random.random())):
+                    await self._stop.wait()
             backoff = min(backoff * 2, 30.0)
 
     def _set_state(self, state: str) -> None:
