@@ -170,3 +170,42 @@ def master(tmp_path: Path, monkeypatch):
     handle = MasterHandle(tmp_path / "state")
     yield handle
     handle.stop()
+
+
+# --------------------------------------------------------------------------- browser
+# Debian's chromium driven by Python playwright (DEVELOPERS.md: `playwright install`
+# cannot work here; the executable and flags are fixed).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian chromium is missing: apt-get install -y chromium (.ci/run does)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium):
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.console_lines = []
+    page.on("console", lambda m: page.console_lines.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: page.console_lines.append(f"pageerror: {e}"))
+    yield page
+    context.close()

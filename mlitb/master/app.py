@@ -31,11 +31,13 @@ from pathlib import Path
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
 
 from mlitb import __version__
 from mlitb.model.jsonfloats import dumps as dumps_model
 from mlitb.protocol import PROTOCOL_VERSION
 from mlitb.protocol import messages as msg
+from mlitb.web import STATIC
 
 from . import metrics
 from .connection import Connection
@@ -82,6 +84,17 @@ def create_master_app(
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     if data_app is not None:
         app.mount("/data", data_app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def isolation(request: Request, call_next):
+        # Cross-origin isolation for the page and its workers (WebAssembly threads need
+        # SharedArrayBuffer); workers load only same-origin scripts, the data server
+        # answers with Cross-Origin-Resource-Policy: cross-origin.
+        response = await call_next(request)
+        response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        response.headers.setdefault("Cross-Origin-Embedder-Policy", "require-corp")
+        return response
 
     @app.exception_handler(ProjectError)
     async def project_error(request: Request, exc: ProjectError):
@@ -225,9 +238,18 @@ def create_master_app(
         body = metrics.render([r.engine.summary() for r in manager.runners.values()])
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/status", response_class=HTMLResponse)
     async def status_page() -> str:
         return render_status([r.engine.summary() for r in manager.runners.values()], data_public_url)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text())
+
+    @app.get("/join/{name}", response_class=HTMLResponse)
+    async def volunteer(name: str) -> HTMLResponse:
+        manager.get(name)  # 404 with the project list if unknown
+        return HTMLResponse((STATIC / "join.html").read_text())
 
     # ------------------------------------------------------------------ sockets
     @app.websocket("/api/projects/{name}/stream")

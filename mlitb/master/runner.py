@@ -92,6 +92,10 @@ class ProjectRunner:
                 return
             self.engine.on_test_result(conn.id, message)
             self.notify()
+        elif isinstance(message, msg.Status):
+            client = self.engine.clients.get(conn.id)
+            if client is not None:
+                client.backend = message.backend
         elif isinstance(message, msg.Heartbeat):
             conn.send(msg.heartbeat(message.t))
         elif isinstance(message, msg.Leave):

@@ -72,17 +72,26 @@ class TestResult(_Msg):
     count: Annotated[int, Field(ge=1)]
 
 
+class Status(_Msg):
+    """What a worker learned after joining (a browser picks its TF.js backend then)."""
+
+    type: Literal["status"]
+    backend: Annotated[str, Field(max_length=40)]
+
+
 class Leave(_Msg):
     type: Literal["leave"]
     reason: Annotated[str, Field(max_length=200)] = ""
 
 
-ClientMessage = Annotated[Join | Cached | Heartbeat | TestResult | Leave, Field(discriminator="type")]
+ClientMessage = Annotated[
+    Join | Cached | Heartbeat | TestResult | Status | Leave, Field(discriminator="type")
+]
 _client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
-CLIENT_TYPES = ("join", "cached", "heartbeat", "test_result", "leave")
+CLIENT_TYPES = ("join", "cached", "heartbeat", "test_result", "status", "leave")
 
 
-def parse_client_message(text: str | bytes) -> Join | Cached | Heartbeat | TestResult | Leave:
+def parse_client_message(text: str | bytes) -> Join | Cached | Heartbeat | TestResult | Status | Leave:
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_TEXT_BYTES:
         raise ProtocolError("too_large", f"text message of {size} bytes, the limit is {MAX_TEXT_BYTES}")

@@ -1,0 +1,34 @@
+// Starting browser workers (trainer or tracker) from a page: each is a Web Worker
+// running worker/worker.js; this module only relays commands and status.
+
+export function wsUrl(path = "/ws") {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${proto}//${location.host}${path}`;
+}
+
+let counter = 0;
+
+export function startWorker({ project, role = "trainer", backend = "auto", capacity = 3000, name = "", joinKey = "",
+  batchSize = 32, onStatus = () => {}, onLog = () => {}, onTest = () => {} }) {
+  const worker = new Worker("/static/worker/worker.js");
+  const id = ++counter;
+  const pending = new Map();
+  const handle = { id, role, worker, status: { state: "starting", role } };
+  worker.onmessage = (e) => {
+    const m = e.data;
+    if (m.type === "status") { handle.status = m; onStatus(m, handle); }
+    else if (m.type === "log") onLog(m, handle);
+    else if (m.type === "test") onTest(m, handle);
+    else if (m.type === "prediction" && pending.has(m.id)) { pending.get(m.id)(m); pending.delete(m.id); }
+  };
+  worker.onerror = (e) => onLog({ level: "error", text: `worker failed: ${e.message}` }, handle);
+  worker.postMessage({ cmd: "start", wsUrl: wsUrl(), httpBase: location.origin + "/", project, role, backend,
+    capacity, name, joinKey, batchSize });
+  handle.stop = () => { worker.postMessage({ cmd: "stop" }); setTimeout(() => worker.terminate(), 500); };
+  handle.classify = (pixels, shape) => new Promise((resolve) => {
+    const rid = Math.random();
+    pending.set(rid, resolve);
+    worker.postMessage({ cmd: "classify", id: rid, pixels, shape });
+  });
+  return handle;
+}

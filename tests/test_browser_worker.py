@@ -1,0 +1,70 @@
+"""A browser tab trains: the volunteer page (URL/join/PROJECT) in real Chromium starts a
+TF.js trainer in a Web Worker whose gradients reach the master."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from conftest import ARTIFACTS, ROOT
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def create_project(master, train: int, test: int, name: str = "mnist", **hyper) -> str:
+    spec = json.loads((ROOT / "mlitb" / "examples" / "mnist.json").read_text())
+    body = {
+        "name": name,
+        "spec": spec,
+        "train": [train],
+        "test": [test],
+        "hyper": {"iteration_time": 1.0, "optimizer": "adam", "learning_rate": 0.01, **hyper},
+        "start": True,
+    }
+    resp = httpx.post(f"{master.url}/api/projects", json=body, timeout=30)
+    assert resp.status_code == 201, resp.text
+    return resp.json()["owner_token"]
+
+
+def wait_for(fn, timeout: float, what: str, page=None):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.3)
+    logs = "\n".join(page.console_lines[-30:]) if page is not None else ""
+    raise AssertionError(f"timed out waiting for {what}; last: {last}\n{logs}")
+
+
+def test_volunteer_page_trains_in_a_web_worker(master, mnist_zips, page):
+    train = master.data.upload(mnist_zips["train"], "28x28x1", "train")["dataset"]
+    test = master.data.upload(mnist_zips["test"], "28x28x1", "test", kind="test")["dataset"]
+    create_project(master, train, test)
+    page.goto(f"{master.url}/join/mnist")
+
+    def browser_results():
+        s = httpx.get(f"{master.url}/api/projects/mnist").json()
+        clients = [c for c in s["clients"] if c["kind"] == "browser"]
+        return clients if clients and clients[0]["results"] >= 2 else None
+
+    clients = wait_for(browser_results, 90, "results from the browser trainer", page)
+    c = clients[0]
+    assert c["role"] == "trainer" and c["backend"] == "wasm", c  # software WebGL is skipped for wasm
+    assert c["data_cached"] == c["data_allocated"] == 300
+    assert c["vectors_per_s"] > 0 and c["rejected"] == 0
+    s = httpx.get(f"{master.url}/api/projects/mnist").json()
+    assert s["iteration"] >= 2 and s["vectors_processed"] > 0
+    assert page.locator("#backend").inner_text() == "wasm"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "volunteer-page.png"))
+    # closing the tab removes the worker cleanly
+    page.close()
+    wait_for(
+        lambda: not [c for c in httpx.get(f"{master.url}/api/projects/mnist").json()["clients"]],
+        30,
+        "the browser client to leave",
+    )
