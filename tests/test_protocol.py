@@ -173,6 +173,7 @@ VALID = {
     "cached": {"type": "cached", "dataset": 1, "ids": [0, 1, 5]},
     "heartbeat": {"type": "heartbeat", "t": 12.5},
     "test_result": {"type": "test_result", "iteration": 3, "error": 0.25, "loss": 0.5, "count": 100},
+    "status": {"type": "status", "backend": "wasm"},
     "leave": {"type": "leave", "reason": "bye"},
 }
 
@@ -256,7 +257,7 @@ def test_not_an_object(text):
 )
 def test_unknown_type(raw):
     reason = _refused(json.dumps(raw), "unknown_type")
-    assert "unknown message type" in reason and "join, cached, heartbeat, test_result, leave" in reason
+    assert "unknown message type" in reason and "join, cached, heartbeat, test_result, status, leave" in reason
 
 
 def test_too_large():
