@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: run test setup lint format clean bench bench-model bench-data bench-reduce bench-scaling
+.PHONY: run test setup lint format clean bench bench-model bench-data bench-reduce bench-scaling bench-browser
 
 setup: $(VENV)/.installed $(if $(wildcard package.json),node_modules/.installed mlitb/web/static/vendor/versions.json)
 
@@ -44,7 +44,7 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-model bench-data bench-reduce bench-scaling
+bench: bench-model bench-data bench-reduce bench-scaling bench-browser
 
 bench-model: setup
 	$(BIN)/python benchmarks/model_bench.py
@@ -57,6 +57,9 @@ bench-reduce: setup
 
 bench-scaling: setup
 	$(BIN)/python benchmarks/scaling_bench.py
+
+bench-browser: setup
+	$(BIN)/python benchmarks/browser_bench.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache *.egg-info

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,19 +150,24 @@ class MasterHandle:
         from mlitb.server_runner import BackgroundServer
         from mlitb.serving import build_app
 
-        self.server = BackgroundServer(factory=lambda url: build_app(self.state_dir, url))
+        port = int(self.url.rsplit(":", 1)[1]) if getattr(self, "url", None) else 0
+        self.server = BackgroundServer(port=port, factory=lambda url: build_app(self.state_dir, url))
         self.url = self.server.url
         self.app = self.server.app
         self.manager = self.app.state.manager
         self.data = DataClient(f"{self.url}/data")
 
-    def restart(self) -> None:
+    def restart(self, pause: float = 0.0) -> None:
+        """Stop and start again on the same directory and port (clients may reconnect)."""
         self.stop()
+        time.sleep(pause)
         self._start()
 
     def stop(self) -> None:
-        self.data.close()
-        self.server.stop()
+        if self.server is not None:
+            self.data.close()
+            self.server.stop()
+            self.server = None
 
 
 @pytest.fixture
@@ -189,8 +195,10 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "test-artifacts"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    """Module-scoped: playwright's sync API keeps an event loop running in this thread
+    while it is open, which would break later tests that call asyncio.run()."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "Debian chromium is missing: apt-get install -y chromium (.ci/run does)"

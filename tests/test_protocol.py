@@ -257,7 +257,9 @@ def test_not_an_object(text):
 )
 def test_unknown_type(raw):
     reason = _refused(json.dumps(raw), "unknown_type")
-    assert "unknown message type" in reason and "join, cached, heartbeat, test_result, status, leave" in reason
+    assert (
+        "unknown message type" in reason and "join, cached, heartbeat, test_result, status, leave" in reason
+    )
 
 
 def test_too_large():

@@ -11,6 +11,8 @@ REST (JSON; control needs `Authorization: Bearer OWNER_TOKEN`):
     DELETE /api/projects/{name}
     POST   /api/projects/{name}/{start|pause|restart|reboot}
     POST   /api/projects/{name}/datasets     attach {"train": [ids], "test": [ids]}
+    POST   /api/projects/{name}/labels       add a label {"label": "cat"}: the output layer grows
+    POST   /api/spec/check                   expanded layers, shapes, parameter counts (layer editor)
     DELETE /api/projects/{name}/datasets/{dataset}
     GET    /api/projects/{name}/metrics?since=N   metrics history rows
     GET    /api/projects/{name}/model?format=convnetjs|mlitb   the current model file
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
 from mlitb import __version__
+from mlitb.model.browser import browser_problems
 from mlitb.model.jsonfloats import dumps as dumps_model
 from mlitb.protocol import PROTOCOL_VERSION
 from mlitb.protocol import messages as msg
@@ -182,6 +186,12 @@ def create_master_app(
 
     @app.post("/api/projects/{name}/{action}")
     async def control(name: str, action: str, request: Request) -> dict:
+        if action == "labels":  # the tracker's "add a new label": one more output neuron
+            runner = owner(request, name)
+            body = await json_body(request)
+            await manager.add_label(runner, str(body.get("label", "")))
+            e = runner.engine
+            return {"labels": e.labels, "num_params": e.spec.num_params, "num_outputs": e.spec.num_outputs}
         if action not in ("start", "pause", "restart", "reboot", "datasets"):
             raise ProjectError(
                 404, f"unknown action {action!r}; use start, pause, restart or reboot", "no_action"
@@ -208,6 +218,36 @@ def create_master_app(
             warnings = await manager.attach(runner, train, test)
         await runner.checkpoint(force=True)
         return {"project": runner.engine.summary(), "warnings": warnings}
+
+    @app.post("/api/spec/check")
+    async def check_spec(request: Request) -> dict:
+        """The layer editor's live view: expanded layers with shapes and parameter counts,
+        from the model core's own rules (so the page never disagrees with the master)."""
+        body = await json_body(request)
+        spec_in = body.get("spec", body)
+        try:
+            model = manager._model(spec_in, 0)
+        except ProjectError as exc:
+            return JSONResponse(
+                {"ok": False, "detail": exc.message, "layer": getattr(exc, "layer", None)}, status_code=400
+            )
+        spec = model.spec
+        layers = []
+        for i, (layer, j) in enumerate(zip(spec.layers, spec.to_json(), strict=True)):
+            n = sum(math.prod(shape) for _, shape in layer.param_shapes())
+            layers.append(
+                {"index": i, "type": layer.type, "out_shape": list(layer.out_shape), "params": n, "json": j}
+            )
+        return {
+            "ok": True,
+            "layers": layers,
+            "num_params": spec.num_params,
+            "input_shape": list(spec.input_shape),
+            "num_outputs": spec.num_outputs,
+            "loss": spec.loss,
+            "labels": model.labels,
+            "browser_problems": browser_problems(spec),
+        }
 
     @app.delete("/api/projects/{name}/datasets/{dataset}")
     async def detach(name: str, dataset: int, request: Request) -> dict:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlitb.model.decay import mean_gradient
+from mlitb.model.grow import grow_outputs
 from mlitb.model.layout import decay_multipliers
 from mlitb.model.spec import Spec
 from mlitb.optim import Optimizer
@@ -46,6 +47,12 @@ MIN_GRACE_S = 1.0
 IDLE_POLL_S = 0.25  # how often an idle project looks again for trainers with data
 MAX_VECTORS_PER_RESULT = 100_000_000
 HISTORY_LIMIT = 100_000
+
+
+def label_map_for(labels: list[str], dataset_labels: list[str]) -> list[int]:
+    """Dataset label index -> project output index, -1 for labels the project lacks."""
+    index = {n: i for i, n in enumerate(labels)}
+    return [index.get(n, -1) for n in dataset_labels]
 
 
 @dataclass
@@ -279,6 +286,30 @@ class Engine:
             if c.id in self.allocator.capacity:
                 self.allocator.set_capacity(c.id, min(c.capacity, hyper.capacity))
         self.dirty = True
+
+    def grow_label(self, label: str, now: float) -> None:
+        """Add a class: one more output neuron (old weights kept, the new row initialised
+        as ConvNetJS does), optimizer state grown alike, every client gets the new model."""
+        spec, params, insert = grow_outputs(self.spec, self.params, seed=self.hyper.seed + len(self.labels))
+        optimizer = self.hyper.make_optimizer(spec.num_params)
+        optimizer.t = self.optimizer.t
+        for name, array in self.optimizer.state.items():
+            optimizer.state[name] = insert(array)
+        self.spec, self.params, self.optimizer = spec, params, optimizer
+        self.labels.append(label)
+        self.l1_mul, self.l2_mul = decay_multipliers(spec)
+        self.acc = Accumulator(spec.num_params)
+        self.working = False  # results for the old shape would not fit: start the iteration over
+        self.outstanding = 0
+        for c in self.clients.values():
+            c.scheduled = None
+        for source in self.sources.values():
+            source.label_map = label_map_for(self.labels, source.info.get("label_names", []))
+        self.next_start = now
+        self.dirty = True
+        for cid in self.clients:
+            self.send(cid, msg.model(spec.to_json(), self.labels, spec.num_params, self.iteration))
+        self._broadcast_params()
 
     # ================================================================ the loop
     def poll(self, now: float) -> float | None:

@@ -8,9 +8,12 @@ dataset that cannot work is refused at creation with the reason, never mid-train
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import re
 import secrets
+import time
 from typing import Annotated, Any
 
 import httpx
@@ -18,12 +21,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlitb.model import Model
+from mlitb.model.browser import browser_problems
 from mlitb.model.errors import ModelError
 from mlitb.model.spec import Spec
 from mlitb.optim import optimizer_from_bytes
 
 from .config import Hyper, hyper_error
-from .engine import DataSource, Engine
+from .engine import DataSource, Engine, label_map_for
 from .runner import ProjectRunner
 from .store import MasterStore, token_hash
 
@@ -52,6 +56,7 @@ class CreateProject(BaseModel):
     data_url: str | None = None  # where workers fetch items; default: this master's /data
     join_key: Annotated[str, Field(max_length=200)] = ""
     start: bool = False
+    drop_last_layer: bool = False  # transfer learning: a model file's output layer replaced for `labels`
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -149,6 +154,13 @@ class ProjectManager:
         except ValidationError as exc:
             raise ProjectError(400, f"hyper: {hyper_error(exc)}", "bad_hyper") from None
         model = self._model(req.spec, hyper.seed)
+        if req.drop_last_layer:
+            if not req.labels:
+                raise ProjectError(400, "drop_last_layer needs the new labels", "no_labels")
+            model = self._drop_last(model, len(req.labels), hyper.seed)
+        problems = browser_problems(model.spec)
+        if problems:
+            raise ProjectError(400, "spec: " + "; ".join(problems), "not_for_browsers")
         data_url = (req.data_url or self.data_public_url).rstrip("/")
         infos = [await self._dataset(data_url, d, "train") for d in req.train]
         infos += [await self._dataset(data_url, d, "test") for d in req.test]
@@ -188,7 +200,7 @@ class ProjectManager:
         )
         engine = Engine(pid, req.name, model.spec, labels, model.params, optimizer, hyper)
         engine.description = req.description
-        engine.created = __import__("time").time()
+        engine.created = time.time()
         engine.owner_hash, engine.join_key_hash, engine.data_url = (
             token_hash(token),
             token_hash(req.join_key),
@@ -209,7 +221,35 @@ class ProjectManager:
                 return Model.from_spec(spec["layer_defs"] if isinstance(spec, dict) else spec, seed=seed)
             return Model.from_json(spec)
         except ModelError as exc:
-            raise ProjectError(400, f"spec: {exc}", "bad_spec") from None
+            err = ProjectError(400, f"spec: {exc}", "bad_spec")
+            err.layer = getattr(exc, "index", None)  # the layer editor highlights it
+            raise err from None
+
+    def _drop_last(self, model: Model, classes: int, seed: int) -> Model:
+        """Keep every layer but the output fc + loss (their parameters are a prefix of the
+        flat vector), then a fresh fc + softmax for `classes` labels (paper 6.1)."""
+        layers = model.spec.to_json()
+        if len(layers) < 3 or layers[-2]["layer_type"] != "fc":
+            raise ProjectError(400, "drop_last_layer: the model does not end in fc + loss", "bad_spec")
+        kept = layers[:-2]
+        h, w, d = (kept[-1]["out_sy"], kept[-1]["out_sx"], kept[-1]["out_depth"])
+        fc = {"layer_type": "fc", "out_sx": 1, "out_sy": 1, "out_depth": classes, "num_inputs": h * w * d,
+              "l1_decay_mul": 0.0, "l2_decay_mul": 1.0, "bias_pref": 0.0}  # fmt: skip
+        loss = {
+            "layer_type": "softmax",
+            "out_sx": 1,
+            "out_sy": 1,
+            "out_depth": classes,
+            "num_inputs": classes,
+        }
+        try:
+            spec = Spec.from_json([*kept, fc, loss])
+        except ModelError as exc:
+            raise ProjectError(400, f"drop_last_layer: {exc}", "bad_spec") from None
+        fresh = Model.from_spec(spec, seed=seed).params
+        prefix = model.spec.num_params - sum(math.prod(sh) for _, sh in model.spec.layers[-2].param_shapes())
+        params = np.concatenate([model.params[:prefix], fresh[prefix:]]).astype(np.float32)
+        return Model(spec, params)
 
     async def _dataset(self, data_url: str, dataset: int, role: str) -> dict:
         base = self._internal(data_url)
@@ -238,9 +278,8 @@ class ProjectManager:
                 f"{'x'.join(map(str, spec.input_shape))}; fix: upload the data with the model's shape",
                 "shape_mismatch",
             )
-        index = {n: i for i, n in enumerate(labels)}
-        label_map = [index.get(n, -1) for n in info["label_names"]]
-        unknown = [n for n in info["label_names"] if n not in index]
+        label_map = label_map_for(labels, info["label_names"])
+        unknown = [n for n, i in zip(info["label_names"], label_map, strict=True) if i < 0]
         if unknown:
             warnings.append(
                 f"dataset {info['dataset']}: labels {unknown[:10]} are not project labels; "
@@ -256,9 +295,28 @@ class ProjectManager:
             else data_url
         )
 
-    async def _lookup_items(self, source: DataSource) -> int | None:
+    async def _lookup_items(self, source: DataSource) -> dict | None:
         resp = await self.http.get(f"{self._internal(source.url)}/datasets/{source.dataset}")
-        return resp.json()["items"] if resp.status_code == 200 else None
+        return resp.json() if resp.status_code == 200 else None
+
+    async def add_label(self, runner: ProjectRunner, label: str) -> None:
+        e = runner.engine
+        label = (label or "").strip()
+        if not label or len(label) > 100:
+            raise ProjectError(400, f"label: expected 1-100 characters, got {label!r}", "bad_label")
+        if label in e.labels:
+            raise ProjectError(409, f"label {label!r} exists already", "label_exists")
+        try:
+            e.grow_label(label, time.monotonic())
+        except ModelError as exc:
+            raise ProjectError(400, f"cannot add a label to this model: {exc}", "bad_spec") from None
+        await asyncio.to_thread(self.store.save_model, e.project_id, e.spec.to_json(), e.labels)
+        for source in e.sources.values():
+            await asyncio.to_thread(self.store.save_source, e.project_id, dataclasses.asdict(source))
+        runner.clear_history = False
+        await runner.checkpoint(force=True)
+        runner._flush()
+        runner.wake.set()
 
     async def attach(self, runner: ProjectRunner, train: list[int], test: list[int]) -> list[str]:
         e = runner.engine
@@ -279,7 +337,7 @@ class ProjectManager:
 
     # ----------------------------------------------------------------- control
     def set_state(self, runner: ProjectRunner, state: str) -> None:
-        runner.engine.set_state(state, __import__("time").monotonic())
+        runner.engine.set_state(state, time.monotonic())
         runner.engine.dirty = True
         runner._flush()
         runner.wake.set()
@@ -287,7 +345,7 @@ class ProjectManager:
     def restart(self, runner: ProjectRunner) -> None:
         e = runner.engine
         model = Model.from_spec(e.spec, seed=e.hyper.seed)
-        e.restart(model.params, e.hyper.make_optimizer(e.spec.num_params), __import__("time").monotonic())
+        e.restart(model.params, e.hyper.make_optimizer(e.spec.num_params), time.monotonic())
         runner.clear_history = True
         runner._flush()
         runner.wake.set()

@@ -14,7 +14,7 @@ from mlitb.protocol import frames
 from mlitb.protocol import messages as msg
 
 from .connection import Connection
-from .engine import Engine
+from .engine import Engine, label_map_for
 from .store import MasterStore
 
 log = logging.getLogger("mlitb.master")
@@ -209,8 +209,18 @@ class ProjectRunner:
             await asyncio.sleep(DATA_POLL_S)
             for source in list(self.engine.sources.values()):
                 with contextlib.suppress(Exception):
-                    items = await self.data_lookup(source)
-                    if items is not None and items > source.items:
+                    info = await self.data_lookup(source)
+                    if info is None:
+                        continue
+                    names = info["label_names"]
+                    if names != source.info.get("label_names"):  # a photo with a new label arrived
+                        source.info = {**source.info, "label_names": names, "labels": info["labels"]}
+                        source.label_map = label_map_for(self.engine.labels, names)
+                        await asyncio.to_thread(
+                            self.store.save_source, self.engine.project_id, dataclasses.asdict(source)
+                        )
+                    items = info["items"]
+                    if items > source.items:
                         grown = dataclasses.replace(source, items=items)
                         self.engine.attach(grown)
                         await asyncio.to_thread(

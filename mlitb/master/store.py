@@ -196,6 +196,15 @@ class MasterStore:
 
         self._tx(tx)
 
+    def save_model(self, pid: int, spec: list, labels: list[str]) -> None:
+        """The model's shape changed (a label was added); parameters follow at the checkpoint."""
+        self._tx(
+            lambda db: db.execute(
+                "UPDATE projects SET spec=?, labels=?, updated=? WHERE id=?",
+                (json.dumps(spec), json.dumps(labels), time.time(), pid),
+            )
+        )
+
     def save_state(self, pid: int, state: str) -> None:
         self._tx(
             lambda db: db.execute(

@@ -154,6 +154,17 @@ def allocation(version: int, add: list[dict], remove: list[dict]) -> dict:
     return {"type": "allocation", "version": version, "add": add, "remove": remove}
 
 
+def model(spec_layers: list, labels: list[str], num_params: int, iteration: int) -> dict:
+    """The model changed shape (a label was added): rebuild; a parameters frame follows."""
+    return {
+        "type": "model",
+        "spec": spec_layers,
+        "labels": labels,
+        "num_params": num_params,
+        "iteration": iteration,
+    }
+
+
 def work(iteration: int, work_ms: int) -> dict:
     return {"type": "work", "iteration": iteration, "work_ms": work_ms}
 

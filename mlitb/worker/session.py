@@ -224,6 +224,10 @@ class Worker:
             self.cache = ItemCache(tuple(spec.input_shape))
             self.stats.cached = self.stats.allocated = 0
             self._set_state("joined")
+        elif kind == "model":  # the model grew (a label was added); parameters follow
+            self._spec = Spec.from_json(m["spec"])
+            self.net = None
+            self._set_state("model changed")
         elif kind == "allocation":
             self._spawn(tasks, self._allocation(ws, http, m))
         elif kind == "work":

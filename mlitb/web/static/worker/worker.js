@@ -80,6 +80,9 @@ function start(cfg) {
   connect();
 }
 
+let inbox = Promise.resolve();
+let allocations = Promise.resolve(); // allocations apply in order, beside the inbox
+
 function connect() {
   if (S.stopped) return;
   S.state = "connecting";
@@ -95,9 +98,12 @@ function connect() {
     }));
     S.state = "joining";
   };
+  // Messages are handled in arrival order: the welcome's backend start-up is awaited
+  // before the allocation and parameters that follow it (long jobs - fetching data,
+  // training - are started, not awaited, so the queue never stalls on them).
   ws.onmessage = (ev) => {
-    if (typeof ev.data === "string") onText(JSON.parse(ev.data));
-    else onParams(ev.data);
+    inbox = inbox.then(() => (typeof ev.data === "string" ? onText(JSON.parse(ev.data)) : onParams(ev.data)))
+      .catch((e) => log(`message failed: ${e.message || e}`, "error"));
   };
   ws.onclose = (ev) => {
     S.ws = null;
@@ -141,7 +147,16 @@ async function onText(m) {
       S.state = "joined";
       break;
     }
-    case "allocation": await allocation(m); break;
+    case "model": // a label was added: same data, one more output; parameters follow
+      if (S.engine) S.engine.dispose();
+      S.spec = m.spec;
+      S.labels = m.labels;
+      S.engine = MlitbTfjsEngine(tf, m.spec);
+      log(`the model grew to ${m.labels.length} labels`);
+      break;
+    case "allocation":
+      allocations = allocations.then(() => allocation(m)).catch((e) => log(`data: ${e.message || e}`, "error"));
+      break;
     case "work": work(m.iteration, m.work_ms); break;
     case "state": S.projectState = m.state; break;
     case "error":

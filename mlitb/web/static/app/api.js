@@ -1,0 +1,71 @@
+// REST calls to the master, owner tokens kept in this browser for the projects it created.
+const KEY = "mlitb.tokens";
+
+export const tokens = {
+  all: () => JSON.parse(localStorage.getItem(KEY) || "{}"),
+  get: (project) => tokens.all()[project],
+  set(project, token) { const t = tokens.all(); t[project] = token; localStorage.setItem(KEY, JSON.stringify(t)); },
+  drop(project) { const t = tokens.all(); delete t[project]; localStorage.setItem(KEY, JSON.stringify(t)); },
+};
+
+export class ApiError extends Error {
+  constructor(status, detail) { super(detail); this.status = status; }
+}
+
+export async function api(method, path, body, owner) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (owner && tokens.get(owner)) headers.Authorization = `Bearer ${tokens.get(owner)}`;
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    throw new ApiError(0, `the master is unreachable (${e.message}); retrying automatically`);
+  }
+  const text = await resp.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (e) { data = { detail: text }; }
+  if (!resp.ok) {
+    let detail = data && data.detail !== undefined ? data.detail : resp.statusText;
+    if (typeof detail !== "string") detail = JSON.stringify(detail);
+    throw new ApiError(resp.status, detail);
+  }
+  return data;
+}
+
+// Upload a zip (or an image) to the data server with upload progress (fetch has none).
+export function upload(url, file, contentType, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", url);
+    xhr.setRequestHeader("Content-Type", contentType);
+    xhr.upload.onprogress = (e) => e.lengthComputable && onProgress && onProgress(e.loaded / e.total);
+    xhr.onload = () => {
+      let data = null;
+      try { data = JSON.parse(xhr.responseText); } catch (e) { data = { detail: xhr.responseText }; }
+      if (xhr.status >= 400) reject(new ApiError(xhr.status, data.detail || xhr.statusText));
+      else resolve(data);
+    };
+    xhr.onerror = () => reject(new ApiError(0, "upload failed: the data server is unreachable"));
+    xhr.send(file);
+  });
+}
+
+export const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v === true) node.setAttribute(k, "");
+    else if (v !== false && v !== null && v !== undefined) node.setAttribute(k, v);
+  }
+  for (const c of children.flat()) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+};
+
+export function banner(text, kind = "error") {
+  const b = document.getElementById("banner");
+  b.replaceChildren(text ? el("div", { class: `banner ${kind}`, role: "alert" }, text) : "");
+}
+
+export const fmt = (v, digits = 4) => (v === null || v === undefined ? "-" :
+  typeof v === "number" ? (Number.isInteger(v) ? v.toLocaleString() : v.toPrecision(digits)) : String(v));

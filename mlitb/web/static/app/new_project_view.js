@@ -1,0 +1,150 @@
+// New project: a layer editor (add, remove, reorder; every field with its default) with
+// live shapes and parameter counts from the master's own rules (POST /api/spec/check),
+// or a model file (ConvNetJS JSON, MLitB JSON, mlitb format) with "drop last layer".
+import { api, banner, el, fmt, tokens } from "./api.js";
+
+const ACTIVATIONS = ["", "relu", "sigmoid", "tanh", "maxout"];
+export const LAYER_FIELDS = {
+  input: { out_sx: 28, out_sy: 28, out_depth: 1 },
+  conv: { sx: 5, filters: 8, stride: 1, pad: 2, activation: "relu" },
+  pool: { sx: 2, stride: 2, pad: 0 },
+  fc: { num_neurons: 10, activation: "", drop_prob: "" },
+  relu: {}, sigmoid: {}, tanh: {},
+  maxout: { group_size: 2 },
+  dropout: { drop_prob: 0.5 },
+  lrn: { k: 1, n: 5, alpha: 0.0001, beta: 0.75 },
+  softmax: { num_classes: 10 },
+  svm: { num_classes: 10 },
+  regression: { num_neurons: 1 },
+};
+const PAPER_NET = [
+  { type: "input", out_sx: 28, out_sy: 28, out_depth: 1 },
+  { type: "conv", sx: 5, filters: 8, stride: 1, pad: 2, activation: "relu" },
+  { type: "pool", sx: 2, stride: 2, pad: 0 },
+  { type: "conv", sx: 5, filters: 16, stride: 1, pad: 2, activation: "relu" },
+  { type: "pool", sx: 3, stride: 3, pad: 0 },
+  { type: "softmax", num_classes: 10 },
+];
+
+function cleanDefs(layers) {
+  return layers.map((l) => {
+    const out = { type: l.type };
+    for (const [k, v] of Object.entries(l)) {
+      if (k === "type" || v === "" || v === null || v === undefined) continue;
+      out[k] = k === "activation" ? v : Number(v);
+    }
+    return out;
+  });
+}
+
+export async function newProjectView(root) {
+  let layers = PAPER_NET.map((l) => ({ ...l }));
+  let modelFile = null;
+  const list = el("div", { id: "layers" });
+  const expanded = el("div", { id: "expanded" });
+  const status = el("p", { id: "spec-status" });
+  const addType = el("select", { id: "add-type" }, Object.keys(LAYER_FIELDS).map((t) => el("option", { value: t }, t)));
+  const fileInput = el("input", { type: "file", id: "model-file", accept: ".json,application/json" });
+  const dropLast = el("input", { type: "checkbox", id: "drop-last" });
+  const name = el("input", { id: "name", value: "mnist", required: true });
+  const labels = el("input", { id: "labels", placeholder: "from the training set", size: 40 });
+  const T = el("input", { id: "iteration-time", type: "number", value: 4, min: 1, max: 30, step: 0.5 });
+  const optimizer = el("select", { id: "optimizer" }, ["adagrad", "adam", "sgd", "nesterov", "adadelta", "windowgrad"]
+    .map((o) => el("option", { value: o }, o)));
+  const lr = el("input", { id: "learning-rate", type: "number", value: 0.01, step: "any" });
+  const l2 = el("input", { id: "l2-decay", type: "number", value: 0.001, step: "any" });
+  const capacity = el("input", { id: "capacity", type: "number", value: 3000, min: 1 });
+  const train = el("select", { id: "train-dataset" });
+  const test = el("select", { id: "test-dataset" });
+  const create = el("button", { class: "primary", id: "create" }, "Create project");
+
+  let timer = null;
+  const spec = () => (modelFile ? modelFile : { layer_defs: cleanDefs(layers) });
+  async function check() {
+    try {
+      const out = await fetch("/api/spec/check", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ spec: spec() }) }).then((r) => r.json());
+      if (!out.ok) {
+        status.className = "error";
+        status.textContent = out.detail;
+        expanded.replaceChildren();
+        return;
+      }
+      status.className = "ok";
+      status.textContent = `${fmt(out.num_params)} parameters, input ${out.input_shape.join("x")}, ` +
+        `${out.num_outputs} outputs (${out.loss})` + (out.browser_problems.length ? ` - ${out.browser_problems.join("; ")}` : "");
+      expanded.replaceChildren(el("table", { class: "expanded" },
+        el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "layer"), el("th", {}, "output (h x w x d)"), el("th", {}, "parameters"))),
+        el("tbody", {}, out.layers.map((l) => el("tr", {}, el("td", {}, l.index), el("td", {}, l.type),
+          el("td", {}, l.out_shape.join(" x ")), el("td", {}, fmt(l.params)))))));
+    } catch (e) { status.textContent = e.message; }
+  }
+  const changed = () => { clearTimeout(timer); timer = setTimeout(check, 200); };
+
+  function render() {
+    list.replaceChildren(...layers.map((layer, i) => {
+      const fields = Object.keys(LAYER_FIELDS[layer.type]).map((k) => {
+        const input = k === "activation"
+          ? el("select", { "data-field": k }, ACTIVATIONS.map((a) => el("option", { value: a, selected: (layer[k] || "") === a }, a || "none")))
+          : el("input", { "data-field": k, value: layer[k] ?? "", size: 6, placeholder: "default" });
+        input.addEventListener("change", () => { layer[k] = input.value; changed(); });
+        return el("label", {}, `${k} `, input);
+      });
+      const move = (d) => () => { const j = i + d; if (j < 0 || j >= layers.length) return; [layers[i], layers[j]] = [layers[j], layers[i]]; render(); changed(); };
+      return el("div", { class: "layer", "data-index": i },
+        el("strong", {}, `${i}. ${layer.type}`), ...fields,
+        el("button", { onclick: move(-1), title: "up" }, "↑"), el("button", { onclick: move(1), title: "down" }, "↓"),
+        el("button", { onclick: () => { layers.splice(i, 1); render(); changed(); }, title: "remove", class: "remove" }, "✕"));
+    }));
+  }
+
+  fileInput.addEventListener("change", async () => {
+    const f = fileInput.files[0];
+    if (!f) { modelFile = null; changed(); return; }
+    try { modelFile = JSON.parse(await f.text()); list.replaceChildren(el("p", {}, `model file ${f.name}`)); changed(); }
+    catch (e) { banner(`${f.name} is not JSON: ${e.message}`); }
+  });
+
+  create.addEventListener("click", async () => {
+    const body = {
+      name: name.value.trim(), spec: spec(), start: true, drop_last_layer: Boolean(modelFile && dropLast.checked),
+      hyper: { iteration_time: Number(T.value), optimizer: optimizer.value, learning_rate: Number(lr.value),
+        l2_decay: Number(l2.value), capacity: Number(capacity.value) },
+      train: train.value ? [Number(train.value)] : [], test: test.value ? [Number(test.value)] : [],
+    };
+    if (labels.value.trim()) body.labels = labels.value.split(",").map((s) => s.trim()).filter(Boolean);
+    try {
+      const out = await api("POST", "/api/projects", body);
+      tokens.set(out.project.name, out.owner_token);
+      location.hash = `#/p/${encodeURIComponent(out.project.name)}`;
+      if (out.warnings.length) setTimeout(() => banner(out.warnings.join("; "), "ok"), 100);
+    } catch (e) { banner(e.message); }
+  });
+
+  const datasets = await api("GET", "/data/datasets").catch(() => []);
+  train.replaceChildren(el("option", { value: "" }, "none (add data later)"),
+    ...datasets.filter((d) => d.kind === "train").map((d) => el("option", { value: d.dataset }, `${d.dataset}: ${d.name} (${d.items}, ${d.shape_text})`)));
+  test.replaceChildren(el("option", { value: "" }, "none"),
+    ...datasets.filter((d) => d.kind === "test").map((d) => el("option", { value: d.dataset }, `${d.dataset}: ${d.name} (${d.items})`)));
+
+  root.append(
+    el("h1", {}, "New project"),
+    el("div", { class: "toolbar" }, el("label", {}, "name ", name), el("label", {}, "labels ", labels)),
+    el("h2", {}, "Model"),
+    el("p", {}, el("label", {}, "load a model file ", fileInput), " ", el("label", {}, dropLast, " drop last layer (transfer learning)")),
+    list,
+    el("div", { class: "toolbar" }, addType, el("button", { id: "add-layer", onclick: () => {
+      const t = addType.value; const L = { type: t, ...LAYER_FIELDS[t] };
+      layers.splice(Math.max(layers.length - 1, 1), 0, L); render(); changed();
+    } }, "Add layer")),
+    status, expanded,
+    el("h2", {}, "Data and hyperparameters"),
+    el("div", { class: "toolbar" }, el("label", {}, "training set ", train), el("label", {}, "test set ", test)),
+    el("div", { class: "toolbar" }, el("label", {}, "iteration time T (s) ", T), el("label", {}, "optimizer ", optimizer),
+      el("label", {}, "learning rate ", lr), el("label", {}, "l2 decay ", l2), el("label", {}, "capacity per client ", capacity)),
+    create,
+  );
+  render();
+  await check();
+  return () => clearTimeout(timer);
+}

@@ -1,0 +1,179 @@
+// A project: controls (owner), data upload, workers in this page (trainer / tracker),
+// live charts, the volunteer link with a QR code, and the tracker's classify panel.
+import { api, banner, el, fmt, tokens, upload } from "./api.js";
+import { startWorker, wsUrl } from "./workers.js";
+import { chart } from "./charts.js";
+import { trackerPanel } from "./tracker_panel.js";
+
+export async function projectView(root, name) {
+  let p = await api("GET", `/api/projects/${encodeURIComponent(name)}`);
+  const owner = Boolean(tokens.get(name));
+  const handles = [];
+  const logBox = el("pre", { class: "log", id: "log" });
+  const log = (text, level = "info") => {
+    logBox.textContent = (`${new Date().toLocaleTimeString()} ${level}: ${text}\n` + logBox.textContent).slice(0, 30000);
+  };
+  const summary = el("dl", { class: "facts", id: "summary" });
+  const workersBody = el("tbody", { id: "your-workers" });
+  const clientsBody = el("tbody", { id: "clients" });
+
+  const control = (action, label, confirmText) => el("button", { id: `btn-${action}`, disabled: !owner, onclick: async () => {
+    if (confirmText && !confirm(confirmText)) return;
+    try {
+      const out = await api(action === "delete" ? "DELETE" : "POST",
+        `/api/projects/${encodeURIComponent(name)}${action === "delete" ? "" : "/" + action}`, action === "delete" ? undefined : {}, name);
+      log(`${action} done`);
+      if (action === "delete") { tokens.drop(name); location.hash = "#/"; }
+      return out;
+    } catch (e) { banner(e.message); log(e.message, "error"); }
+  } }, label);
+
+  // ---- add data: zip upload with a progress bar, then attach to this project
+  const zipInput = el("input", { type: "file", id: "zip-input", accept: ".zip,application/zip" });
+  const kind = el("select", { id: "zip-kind" }, el("option", { value: "train" }, "training set"), el("option", { value: "test" }, "test set"));
+  const progress = el("progress", { id: "upload-progress", max: 1, value: 0 });
+  const uploadBtn = el("button", { id: "btn-upload", disabled: !owner, onclick: async () => {
+    const f = zipInput.files[0];
+    if (!f) { banner("choose a zip file first (one folder per label)"); return; }
+    const shape = p.input_shape.join("x");
+    try {
+      const r = await upload(`/data/datasets?shape=${shape}&name=${encodeURIComponent(f.name)}&kind=${kind.value}`,
+        f, "application/zip", (x) => { progress.value = x; });
+      log(`uploaded ${f.name}: dataset ${r.dataset}, ${r.items} items, labels ${Object.keys(r.labels).join(", ")}` +
+        (r.skipped_count ? `, ${r.skipped_count} files skipped` : ""));
+      for (const w of r.warnings) log(w, "warn");
+      const att = await api("POST", `/api/projects/${encodeURIComponent(name)}/datasets`,
+        kind.value === "train" ? { train: [r.dataset] } : { test: [r.dataset] }, name);
+      for (const w of att.warnings) log(w, "warn");
+      banner(`dataset ${r.dataset} added (${r.items} items)`, "ok");
+    } catch (e) { banner(e.message); log(e.message, "error"); }
+  } }, "Add data");
+
+  // ---- hyperparameters (live)
+  const hyperForm = el("div", { class: "toolbar", id: "hyper" });
+  function renderHyper() {
+    const keys = ["learning_rate", "l1_decay", "l2_decay", "iteration_time", "capacity", "batch_size", "optimizer"];
+    hyperForm.replaceChildren(...keys.map((k) => el("label", {}, `${k} `, el("input", { "data-key": k, value: p.hyper[k], size: 8, disabled: !owner }))),
+      el("button", { id: "btn-hyper", disabled: !owner, onclick: async () => {
+        const changes = {};
+        for (const input of hyperForm.querySelectorAll("input")) {
+          const v = input.value.trim(), k = input.dataset.key;
+          if (String(p.hyper[k]) !== v) changes[k] = k === "optimizer" ? v : Number(v);
+        }
+        try { const out = await api("PATCH", `/api/projects/${encodeURIComponent(name)}/hyper`, changes, name); p.hyper = out.hyper; log(`hyperparameters: ${JSON.stringify(changes)}`); }
+        catch (e) { banner(e.message); }
+      } }, "Apply"));
+  }
+
+  // ---- workers in this page
+  const backend = el("select", { id: "worker-backend" }, ["auto", "webgpu", "webgl", "wasm", "cpu"].map((b) => el("option", { value: b }, b)));
+  const charts = {
+    error: chart("test error", "error"), loss: chart("train loss", "loss"),
+    power: chart("power", "vectors/s"), lag: chart("latency", "ms"),
+  };
+  const trackerPoints = chart("this page's tracker: test error", "error");
+  let tracker = null;
+  const panel = trackerPanel(name, () => tracker, () => p, log, owner);
+  function addWorker(role) {
+    const h = startWorker({ project: name, role, backend: backend.value, name: `page-${role}`,
+      onLog: (m) => log(`${role} ${h.id}: ${m.text}`, m.level),
+      onTest: (m) => trackerPoints.push(m.iteration, m.error) });
+    handles.push(h);
+    if (role === "tracker") tracker = h;
+    log(`${role} ${h.id} started`);
+  }
+
+  const qr = el("div", { id: "qr" });
+  const joinUrl = `${location.origin}/join/${encodeURIComponent(name)}`;
+  try {
+    const q = qrcode(0, "M"); q.addData(joinUrl); q.make();
+    qr.innerHTML = q.createSvgTag({ cellSize: 3, margin: 2 });
+  } catch (e) { qr.textContent = ""; }
+
+  const downloads = el("span", {},
+    el("a", { id: "download-convnetjs", href: `/api/projects/${encodeURIComponent(name)}/model?format=convnetjs`, download: "" }, "ConvNetJS JSON"), " · ",
+    el("a", { id: "download-mlitb", href: `/api/projects/${encodeURIComponent(name)}/model?format=mlitb`, download: "" }, "mlitb JSON"));
+
+  root.append(
+    el("h1", {}, `Project ${name}`, owner ? "" : el("span", { class: "muted" }, " (you can join as a worker; control needs the owner's browser)")),
+    el("div", { class: "toolbar" },
+      control("start", "(Re)start"), control("pause", "Pause"), control("restart", "Restart", "Re-initialise all parameters?"),
+      control("reboot", "Reboot", "Drop all clients (they rejoin)?"), control("delete", "Delete", `Delete project ${name}?`)),
+    summary,
+    el("h2", {}, "Add worker"),
+    el("div", { class: "toolbar" }, el("button", { id: "btn-add-trainer", onclick: () => addWorker("trainer") }, "Add trainer"),
+      el("button", { id: "btn-add-tracker", onclick: () => addWorker("tracker") }, "Add tracker"), el("label", {}, "backend ", backend),
+      el("button", { id: "btn-leave", onclick: () => { handles.forEach((h) => h.stop()); handles.length = 0; tracker = null; log("left"); } }, "Leave")),
+    el("h2", {}, "Your workers"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["worker", "task", "status", "backend", "data allocated", "cached", "vectors/s", "vectors", "iteration"].map((t) => el("th", {}, t)))), workersBody),
+    el("h2", {}, "Charts"),
+    el("div", { class: "charts" }, charts.error.node, charts.loss.node, charts.power.node, charts.lag.node, trackerPoints.node),
+    el("h2", {}, "Tracker"), panel.node,
+    el("h2", {}, "Add data"),
+    el("div", { class: "toolbar" }, zipInput, kind, uploadBtn, progress),
+    el("h2", {}, "Hyperparameters"), hyperForm,
+    el("h2", {}, "Volunteers"),
+    el("p", {}, "Anyone who opens this link trains at once: ", el("a", { href: joinUrl, id: "join-link" }, joinUrl)), qr,
+    el("h2", {}, "All clients"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["id", "name", "kind", "role", "backend", "vectors/s", "vectors", "allocated", "cached", "lag ms"].map((t) => el("th", {}, t)))), clientsBody),
+    el("h2", {}, "Model"), el("p", {}, "Download: ", downloads),
+    el("h2", {}, "Log"), logBox,
+  );
+  renderHyper();
+
+  function renderSummary() {
+    const facts = [["state", p.state], ["iteration", p.iteration], ["workers", `${p.workers} (${p.workers_assigned} assigned)`],
+      ["trackers", p.trackers], ["test error", fmt(p.test_error)], ["train loss", fmt(p.train_loss)],
+      ["data", `${fmt(p.data_size)} (${fmt(p.data_unallocated)} unallocated)`], ["power", `${fmt(p.power)} vectors/s`],
+      ["vectors processed", fmt(p.vectors_processed)], ["labels", (p.labels || []).join(", ")], ["parameters", fmt(p.num_params)]];
+    summary.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-key": k.replace(/ /g, "-") }, String(v))]));
+    clientsBody.replaceChildren(...p.clients.map((c) => el("tr", { "data-kind": c.kind, "data-role": c.role },
+      [c.id, c.name, c.kind, c.role, c.backend, fmt(c.vectors_per_s), fmt(c.vectors_processed), fmt(c.data_allocated), fmt(c.data_cached), fmt(c.lag_ms)]
+        .map((v) => el("td", {}, v)))));
+    workersBody.replaceChildren(...handles.map((h) => {
+      const s = h.status;
+      return el("tr", { "data-role": h.role }, [h.id, h.role, s.state, s.backend || "-", fmt(s.allocated), fmt(s.cached), fmt(s.vectorsPerS), fmt(s.vectorsProcessed), fmt(s.iteration)].map((v) => el("td", {}, v)));
+    }));
+  }
+  function addRow(r) {
+    if (!r) return;
+    charts.loss.push(r.iteration, r.train_loss); charts.power.push(r.iteration, r.power);
+    charts.lag.push(r.iteration, r.lag_ms_mean);
+    if (r.test_error !== null && r.test_error !== undefined) charts.error.push(r.iteration, r.test_error);
+  }
+  const history = await api("GET", `/api/projects/${encodeURIComponent(name)}/metrics`);
+  history.rows.forEach(addRow);
+  renderSummary();
+
+  // live updates: the dashboard stream (one update per iteration), with reconnect
+  let stream = null, closed = false, retry = 1000;
+  function openStream() {
+    stream = new WebSocket(wsUrl(`/api/projects/${encodeURIComponent(name)}/stream`));
+    stream.onmessage = (e) => {
+      const m = JSON.parse(e.data);
+      Object.assign(p, m.summary);
+      addRow(m.row);
+      document.getElementById("conn").textContent = "live";
+      retry = 1000;
+    };
+    stream.onclose = (e) => {
+      if (closed) return;
+      if (e.code === 4410 || e.code === 4404) { banner(`project ${name} is gone (${e.reason})`); return; }
+      document.getElementById("conn").textContent = "reconnecting...";
+      banner("lost the connection to the master; reconnecting automatically");
+      setTimeout(() => { if (!closed) { openStream(); } }, retry);
+      retry = Math.min(retry * 2, 15000);
+    };
+    stream.onopen = () => banner("");
+  }
+  openStream();
+  const timer = setInterval(async () => {
+    try { p = { ...p, ...(await api("GET", `/api/projects/${encodeURIComponent(name)}`)) }; } catch (e) { /* the stream reports */ }
+    renderSummary();
+    panel.refresh();
+  }, 1000);
+  const leave = () => handles.forEach((h) => h.stop());
+  addEventListener("pagehide", leave);
+  window.mlitbPage = { handles, charts, trackerPoints, project: () => p };
+  return () => { closed = true; clearInterval(timer); if (stream) stream.close(); leave(); removeEventListener("pagehide", leave); };
+}

@@ -1,0 +1,100 @@
+// The tracker's execution mode: classify a photo from a file or the camera, show the
+// top labels; clicking one adds the photo to the project's data with that label, and a
+// new label grows the model's output layer (owner).
+import { api, banner, el, upload } from "./api.js";
+
+// The data server's policy (mlitb/data/images.py): centre crop to the target aspect,
+// then resize; grey = luma. The canvas' bilinear filter is close, not bit-identical.
+function toPixels(source, [h, w, c]) {
+  const sw = source.videoWidth || source.naturalWidth || source.width;
+  const sh = source.videoHeight || source.naturalHeight || source.height;
+  let bw = sw, bh = sh;
+  if (sw * h > sh * w) bw = sh * w / h; else bh = sw * h / w;
+  const canvas = document.createElement("canvas");
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(source, (sw - bw) / 2, (sh - bh) / 2, bw, bh, 0, 0, w, h);
+  const rgba = ctx.getImageData(0, 0, w, h).data;
+  const out = new Uint8Array(h * w * c);
+  for (let i = 0; i < h * w; i++) {
+    const a = rgba[4 * i + 3] / 255; // premultiplied: transparent is black
+    const r = rgba[4 * i] * a, g = rgba[4 * i + 1] * a, b = rgba[4 * i + 2] * a;
+    if (c === 1) out[i] = Math.round(0.299 * r + 0.587 * g + 0.114 * b);
+    else { out[3 * i] = Math.round(r); out[3 * i + 1] = Math.round(g); out[3 * i + 2] = Math.round(b); }
+  }
+  return { pixels: out, canvas };
+}
+
+export function trackerPanel(name, getTracker, getProject, log, owner) {
+  const file = el("input", { type: "file", id: "classify-file", accept: "image/*" });
+  const video = el("video", { id: "camera", autoplay: true, playsinline: true, width: 160, hidden: true });
+  const preview = el("div", { id: "preview" });
+  const results = el("ol", { class: "predictions", id: "predictions" });
+  const newLabel = el("input", { id: "new-label", placeholder: "a new label", disabled: !owner });
+  let last = null; // {blob, pixels}
+
+  async function classify(source, blob) {
+    const tracker = getTracker();
+    if (!tracker) { banner("add a tracker first (Add tracker)"); return; }
+    const p = getProject();
+    const { pixels, canvas } = toPixels(source, p.input_shape);
+    preview.replaceChildren(canvas);
+    const out = await tracker.classify(pixels, p.input_shape);
+    if (out.error) { banner(out.error); return; }
+    last = { blob, pixels };
+    const ranked = out.probs.map((v, i) => [v, out.labels[i]]).sort((a, b) => b[0] - a[0]).slice(0, 5);
+    results.replaceChildren(...ranked.map(([v, label]) => el("li", { "data-label": label, title: "add this photo with this label",
+      onclick: () => addPhoto(label) }, el("span", { class: "bar", style: `width:${Math.round(v * 200)}px` }), `${label} ${(100 * v).toFixed(1)}%`)));
+  }
+
+  async function addPhoto(label) {
+    if (!last) return;
+    const p = getProject();
+    const train = (p.datasets || []).find((d) => d.role === "train");
+    if (!train) { banner("the project has no training set to add the photo to"); return; }
+    try {
+      const r = await upload(`/data/datasets/${train.dataset}/items?label=${encodeURIComponent(label)}`, last.blob, last.blob.type || "image/png");
+      log(`photo added to dataset ${train.dataset} with label ${label} (item ${r.first_id})`);
+      banner(`photo added as '${label}'`, "ok");
+    } catch (e) { banner(e.message); }
+  }
+
+  file.addEventListener("change", async () => {
+    const f = file.files[0];
+    if (!f) return;
+    const img = new Image();
+    img.onload = () => classify(img, f);
+    img.onerror = () => banner(`${f.name} is not an image the browser can read`);
+    img.src = URL.createObjectURL(f);
+  });
+
+  const cameraBtn = el("button", { id: "btn-camera", onclick: async () => {
+    try {
+      video.srcObject = await navigator.mediaDevices.getUserMedia({ video: true });
+      video.hidden = false;
+    } catch (e) { banner(`camera unavailable: ${e.message}`); }
+  } }, "Camera");
+  const snapBtn = el("button", { id: "btn-snap", onclick: async () => {
+    if (!video.srcObject) { banner("start the camera first"); return; }
+    const c = document.createElement("canvas");
+    c.width = video.videoWidth; c.height = video.videoHeight;
+    c.getContext("2d").drawImage(video, 0, 0);
+    c.toBlob((blob) => classify(video, blob), "image/png");
+  } }, "Take picture");
+  const addLabelBtn = el("button", { id: "btn-add-label", disabled: !owner, onclick: async () => {
+    const label = newLabel.value.trim();
+    if (!label) return;
+    try {
+      const out = await api("POST", `/api/projects/${encodeURIComponent(name)}/labels`, { label }, name);
+      log(`label '${label}' added: ${out.num_outputs} outputs, ${out.num_params} parameters`);
+      newLabel.value = "";
+      await addPhoto(label);
+    } catch (e) { banner(e.message); }
+  } }, "Add label");
+
+  const node = el("div", { id: "tracker-panel" },
+    el("div", { class: "toolbar" }, el("label", {}, "classify an image ", file), cameraBtn, snapBtn),
+    video, preview, results,
+    el("div", { class: "toolbar" }, newLabel, addLabelBtn));
+  return { node, refresh() {} };
+}

@@ -1,0 +1,58 @@
+// Browser compute benchmark (benchmarks/browser_bench.py drives it): forward+backward
+// vectors/s of one net, same batch, per TF.js backend and for ConvNetJS, in a Web Worker.
+"use strict";
+importScripts("../vendor/tf.min.js", "../vendor/tf-backend-wasm.min.js", "../engine/tfjs_engine.js",
+  "../engine/wasm_kernels.js", "../vendor/convnet-min.js");
+
+function timeLoop(fn, seconds) {
+  fn(); fn(); // warm-up: shader compilation, wasm start-up
+  let n = 0;
+  const t0 = performance.now();
+  while (performance.now() - t0 < seconds * 1000) { fn(); n++; }
+  return { calls: n, seconds: (performance.now() - t0) / 1000 };
+}
+
+async function tfjs(backend, layers, batch, seconds) {
+  try {
+    if (backend === "webgpu") {
+      if (!self.navigator.gpu || !(await self.navigator.gpu.requestAdapter())) return { error: "no WebGPU adapter" };
+      importScripts("../vendor/tf-backend-webgpu.min.js");
+    }
+    if (backend === "wasm") tf.wasm.setWasmPaths(new URL("../vendor/", self.location.href).href);
+    if (!(await tf.setBackend(backend)) || tf.getBackend() !== backend) return { error: "backend did not start" };
+    await tf.ready();
+    if (backend === "wasm") registerMlitbWasmKernels(tf);
+    const engine = MlitbTfjsEngine(tf, layers);
+    engine.setParams(new Float32Array(engine.numParams).map(() => (Math.random() - 0.5) * 0.1));
+    const x = new Float32Array(batch * engine.inShape.reduce((a, b) => a * b)).map(() => Math.random());
+    const y = new Int32Array(batch).map(() => Math.floor(Math.random() * engine.numOutputs));
+    const r = timeLoop(() => engine.gradient(x, y, batch, true), seconds);
+    engine.dispose();
+    return { vectors_per_s: (r.calls * batch) / r.seconds, calls: r.calls };
+  } catch (e) {
+    return { error: String(e.message || e) };
+  }
+}
+
+function convnetjs(defs, batch, seconds) {
+  const net = new convnetjs.Net();
+  net.makeLayers(defs);
+  const trainer = new convnetjs.Trainer(net, { method: "sgd", learning_rate: 0.01, batch_size: batch, momentum: 0 });
+  const inp = defs[0];
+  const vols = Array.from({ length: batch }, () => {
+    const v = new convnetjs.Vol(inp.out_sx, inp.out_sy, inp.out_depth, 0);
+    for (let i = 0; i < v.w.length; i++) v.w[i] = Math.random();
+    return v;
+  });
+  const labels = vols.map(() => Math.floor(Math.random() * 10));
+  const r = timeLoop(() => { for (let i = 0; i < batch; i++) trainer.train(vols[i], labels[i]); }, seconds);
+  return { vectors_per_s: (r.calls * batch) / r.seconds, calls: r.calls };
+}
+
+self.onmessage = async (e) => {
+  const { layers, defs, batch, seconds, backends } = e.data;
+  const out = {};
+  for (const b of backends) out[`tfjs-${b}`] = await tfjs(b, layers, batch, seconds);
+  out.convnetjs = convnetjs(defs, batch, seconds);
+  self.postMessage(out);
+};
