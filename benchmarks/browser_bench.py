@@ -45,7 +45,8 @@ def main() -> int:
     errors: dict[str, str] = {}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        BackgroundServer(factory=lambda url: build_app(tmp, url)) as server,sync_playwright() as p
+        BackgroundServer(factory=lambda url: build_app(tmp, url)) as server,
+        sync_playwright() as p,
     ):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
