@@ -1,6 +1,7 @@
 // Browser compute benchmark (benchmarks/browser_bench.py drives it): forward+backward
 // vectors/s of one net, same batch, per TF.js backend and for ConvNetJS, in a Web Worker.
 "use strict";
+self.window = self; // convnet-min.js publishes itself as window.convnetjs
 importScripts("../vendor/tf.min.js", "../vendor/tf-backend-wasm.min.js", "../engine/tfjs_engine.js",
   "../engine/wasm_kernels.js", "../vendor/convnet-min.js");
 
@@ -15,7 +16,9 @@ function timeLoop(fn, seconds) {
 async function tfjs(backend, layers, batch, seconds) {
   try {
     if (backend === "webgpu") {
-      if (!self.navigator.gpu || !(await self.navigator.gpu.requestAdapter())) return { error: "no WebGPU adapter" };
+      const adapter = self.navigator.gpu &&
+        (await Promise.race([self.navigator.gpu.requestAdapter(), new Promise((r) => setTimeout(() => r(null), 3000))]));
+      if (!adapter) return { error: "no WebGPU adapter" };
       importScripts("../vendor/tf-backend-webgpu.min.js");
     }
     if (backend === "wasm") tf.wasm.setWasmPaths(new URL("../vendor/", self.location.href).href);
@@ -34,7 +37,7 @@ async function tfjs(backend, layers, batch, seconds) {
   }
 }
 
-function convnetjs(defs, batch, seconds) {
+function convnetjsRun(defs, batch, seconds) {
   const net = new convnetjs.Net();
   net.makeLayers(defs);
   const trainer = new convnetjs.Trainer(net, { method: "sgd", learning_rate: 0.01, batch_size: batch, momentum: 0 });
@@ -52,7 +55,10 @@ function convnetjs(defs, batch, seconds) {
 self.onmessage = async (e) => {
   const { layers, defs, batch, seconds, backends } = e.data;
   const out = {};
-  for (const b of backends) out[`tfjs-${b}`] = await tfjs(b, layers, batch, seconds);
-  out.convnetjs = convnetjs(defs, batch, seconds);
-  self.postMessage(out);
+  for (const b of backends) {
+    out[`tfjs-${b}`] = await tfjs(b, layers, batch, seconds);
+    self.postMessage({ progress: b, result: out[`tfjs-${b}`] });
+  }
+  out.convnetjs = convnetjsRun(defs, batch, seconds);
+  self.postMessage({ done: out });
 };

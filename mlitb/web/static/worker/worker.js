@@ -54,7 +54,10 @@ async function chooseBackend(preferred) {
   for (const b of order) {
     try {
       if (b === "webgpu") {
-        if (!self.navigator.gpu || !(await self.navigator.gpu.requestAdapter())) continue;
+        // requestAdapter can hang where GPUs are disabled: give it 3 s
+        const adapter = self.navigator.gpu &&
+          (await Promise.race([self.navigator.gpu.requestAdapter(), new Promise((r) => setTimeout(() => r(null), 3000))]));
+        if (!adapter) continue;
         if (!tf.findBackendFactory("webgpu")) importScripts("../vendor/tf-backend-webgpu.min.js");
       }
       if (b === "webgl" && preferred !== "webgl" && (await softwareWebGL())) continue;
