@@ -217,3 +217,17 @@ def page(chromium):
     page.on("pageerror", lambda e: page.console_lines.append(f"pageerror: {e}"))
     yield page
     context.close()
+
+
+def wait_for(fn, timeout: float, what: str, page=None):
+    """Poll fn until it returns something truthy; the assertion shows the last value and,
+    for browser tests, the page's last console lines."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.3)
+    logs = "\n".join(page.console_lines[-30:]) if page is not None else ""
+    raise AssertionError(f"timed out waiting for {what}; last: {str(last)[:500]}\n{logs}")

@@ -4,11 +4,10 @@ TF.js trainer in a Web Worker whose gradients reach the master."""
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
-from conftest import ARTIFACTS, ROOT
+from conftest import ARTIFACTS, ROOT, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -26,18 +25,6 @@ def create_project(master, train: int, test: int, name: str = "mnist", **hyper) 
     resp = httpx.post(f"{master.url}/api/projects", json=body, timeout=30)
     assert resp.status_code == 201, resp.text
     return resp.json()["owner_token"]
-
-
-def wait_for(fn, timeout: float, what: str, page=None):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.3)
-    logs = "\n".join(page.console_lines[-30:]) if page is not None else ""
-    raise AssertionError(f"timed out waiting for {what}; last: {last}\n{logs}")
 
 
 def test_volunteer_page_trains_in_a_web_worker(master, mnist_zips, page):

@@ -12,7 +12,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import ARTIFACTS, png_bytes
+from conftest import ARTIFACTS, png_bytes, wait_for
 from PIL import Image
 
 from mlitb.data import mnist
@@ -23,18 +23,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 def summary(master, name: str) -> dict:
     return httpx.get(f"{master.url}/api/projects/{name}", timeout=30).json()
-
-
-def wait_for(fn, timeout: float, what: str, page=None):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.3)
-    logs = "\n".join(page.console_lines[-30:]) if page is not None else ""
-    raise AssertionError(f"timed out waiting for {what}; last: {str(last)[:500]}\n{logs}")
 
 
 def start_native(master, project: str, role: str):
@@ -214,40 +202,3 @@ def test_dashboard_reconnects_after_the_master_restarts(master, page):
     page.wait_for_selector(".banner.error", timeout=20000)
     assert "reconnecting" in page.inner_text(".banner.error")
     page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=60000)
-
-
-def test_tracker_classifies_a_camera_picture_and_adds_it_with_a_label(master, mnist_zips):
-    """getUserMedia with Chromium's fake camera (two extra flags on top of the fixed ones)."""
-    from conftest import CHROMIUM, CHROMIUM_ARGS
-    from playwright.sync_api import sync_playwright
-
-    train = master.data.upload(mnist_zips["train"], "28x28x1", "train")["dataset"]
-    spec = json.loads((ARTIFACTS.parent / "mlitb" / "examples" / "mnist.json").read_text())
-    r = httpx.post(f"{master.url}/api/projects", json={"name": "cam", "spec": spec, "train": [train]})
-    assert r.status_code == 201, r.text
-    token = r.json()["owner_token"]
-    args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        context = browser.new_context()
-        context.grant_permissions(["camera"], origin=master.url)
-        page = context.new_page()
-        page.goto(master.url)
-        page.evaluate(f"localStorage.setItem('mlitb.tokens', JSON.stringify({{cam: {json.dumps(token)}}}))")
-        page.goto(f"{master.url}/#/p/cam")
-        page.wait_for_selector("#summary")
-        page.click("#btn-add-tracker")
-        page.wait_for_function("window.mlitbPage.handles[0].status.backend === 'wasm'", timeout=60000)
-        page.click("#btn-camera")
-        page.wait_for_function("document.getElementById('camera').videoWidth > 0", timeout=30000)
-        page.click("#btn-snap")
-        page.wait_for_selector("#predictions li", timeout=30000)
-        assert page.locator("#predictions li").count() == 5
-        items = master.data.info(train)["items"]
-        page.locator('#predictions li[data-label="3"]').click()
-        wait_for(lambda: master.data.info(train)["items"] == items + 1, 30, "the photo to be added")
-        sources = httpx.get(
-            f"{master.url}/data/datasets/{train}/sources", params={"ids": f"{items}:{items + 1}"}
-        ).json()
-        assert sources[0]["label"] == "3"
-        browser.close()
