@@ -17,6 +17,7 @@ REST (JSON; control needs `Authorization: Bearer OWNER_TOKEN`):
     GET    /api/projects/{name}/metrics?since=N   metrics history rows
     GET    /api/projects/{name}/model?format=convnetjs|mlitb   the current model file
     WS     /api/projects/{name}/stream       dashboard updates, one per iteration
+    ...                                      closures and the model zoo: closure_routes.py
     GET    /metrics                          Prometheus text
     WS     /ws                               workers (docs/protocol.md)
 """
@@ -44,11 +45,13 @@ from mlitb.protocol import messages as msg
 from mlitb.web import STATIC
 
 from . import metrics
+from .closure_routes import bearer_token, closure_router
 from .connection import Connection
 from .projects import ProjectError, ProjectManager
 from .runner import HEARTBEAT_MS
 from .status_page import render_status
 from .store import MasterStore, token_hash
+from .zoo import Zoo
 
 log = logging.getLogger("mlitb.master")
 JOIN_TIMEOUT_S = 10.0
@@ -66,6 +69,7 @@ def create_master_app(
     data_dir = Path(data_dir)
     store = MasterStore(data_dir / "master.sqlite")
     manager = ProjectManager(store, data_internal_url, data_public_url)
+    zoo = Zoo(data_dir / "zoo")
 
     @contextlib.asynccontextmanager
     async def lifespan(app_: FastAPI):
@@ -80,11 +84,13 @@ def create_master_app(
                 await task
         await manager.close()
         store.close()
+        zoo.close()
         if data_app is not None:
             data_app.state.store.close()
 
     app = FastAPI(title="mlitb master", version=__version__, lifespan=lifespan)
     app.state.manager = manager
+    app.state.zoo = zoo
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     if data_app is not None:
         app.mount("/data", data_app)
@@ -107,9 +113,7 @@ def create_master_app(
 
     def owner(request: Request, name: str):
         runner = manager.get(name)
-        header = request.headers.get("authorization", "")
-        token = header[7:] if header.lower().startswith("bearer ") else None
-        manager.check_owner(runner, token)
+        manager.check_owner(runner, bearer_token(request))
         return runner
 
     async def json_body(request: Request) -> dict:
@@ -145,6 +149,10 @@ def create_master_app(
         }
 
     # ------------------------------------------------------------------ REST
+    # Closures and the zoo first: their /api/projects/{name}/publish and /closure must
+    # not be taken for the generic control route below.
+    app.include_router(closure_router(manager, zoo, details))
+
     @app.get("/api")
     async def api_info() -> dict:
         return {

@@ -140,15 +140,7 @@ class ProjectManager:
             req = CreateProject.model_validate(body)
         except ValidationError as exc:
             raise ProjectError(400, _validation_message(exc)) from None
-        if not NAME_RE.match(req.name):
-            raise ProjectError(
-                400,
-                f"name: expected letters, digits, '_', '.', '-' (1-64, starting with a letter or digit), "
-                f"got {req.name!r}",
-                "bad_name",
-            )
-        if req.name in self.runners:
-            raise ProjectError(409, f"a project named {req.name!r} exists; pick another name", "exists")
+        self.check_name(req.name)
         try:
             hyper = Hyper.model_validate(req.hyper)
         except ValidationError as exc:
@@ -183,37 +175,95 @@ class ProjectManager:
                 "label_mismatch",
             )
         sources = [self._source(model.spec, labels, info, data_url, warnings) for info in infos]
-        token = secrets.token_urlsafe(24)
         optimizer = hyper.make_optimizer(model.spec.num_params)
+        runner, token = await self.register(
+            req.name, req.description, model, labels, hyper, optimizer, req.join_key, data_url, sources
+        )
+        if req.start:
+            self.set_state(runner, "running")
+        log.info("project %s created (%d parameters)", req.name, model.spec.num_params)
+        return runner, token, warnings
+
+    def check_name(self, name: str) -> None:
+        if not NAME_RE.match(name):
+            raise ProjectError(
+                400,
+                f"name: expected letters, digits, '_', '.', '-' (1-64, starting with a letter or digit), "
+                f"got {name!r}",
+                "bad_name",
+            )
+        if name in self.runners:
+            raise ProjectError(409, f"a project named {name!r} exists; pick another name", "exists")
+
+    async def register(
+        self,
+        name: str,
+        description: str,
+        model: Model,
+        labels: list[str],
+        hyper: Hyper,
+        optimizer,
+        join_key: str,
+        data_url: str,
+        sources: list[DataSource],
+        iteration: int = 0,
+        history: list[dict] | None = None,
+        totals: dict | None = None,
+    ) -> tuple[ProjectRunner, str]:
+        """Store and start a checked project (new, or resumed from a closure with its
+        iteration, metrics history and totals); returns its runner and owner token."""
+        self.check_name(name)
+        token = secrets.token_urlsafe(24)
         pid = await asyncio.to_thread(
             self.store.create,
-            req.name,
-            req.description,
+            name,
+            description,
             model.spec.to_json(),
             labels,
             hyper.model_dump(),
             token,
-            req.join_key,
+            join_key,
             data_url,
             model.params,
             optimizer.state_bytes(),
         )
-        engine = Engine(pid, req.name, model.spec, labels, model.params, optimizer, hyper)
-        engine.description = req.description
+        if iteration or history or totals:
+            totals = totals or {}
+            await asyncio.to_thread(
+                self.store.checkpoint,
+                pid,
+                iteration,
+                "created",
+                hyper.model_dump(),
+                totals,
+                model.params,
+                optimizer.state_bytes(),
+                history or [],
+            )
+        engine = Engine(
+            pid,
+            name,
+            model.spec,
+            labels,
+            model.params,
+            optimizer,
+            hyper,
+            iteration,
+            "created",
+            history,
+            totals,
+        )
+        engine.description = description
         engine.created = time.time()
         engine.owner_hash, engine.join_key_hash, engine.data_url = (
             token_hash(token),
-            token_hash(req.join_key),
+            token_hash(join_key),
             data_url,
         )
         for source in sources:
             engine.attach(source)
             await asyncio.to_thread(self.store.save_source, pid, source.__dict__)
-        runner = self._start(engine)
-        if req.start:
-            self.set_state(runner, "running")
-        log.info("project %s created (%d parameters)", req.name, model.spec.num_params)
-        return runner, token, warnings
+        return self._start(engine), token
 
     def _model(self, spec: list | dict, seed: int) -> Model:
         try:
