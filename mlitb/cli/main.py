@@ -7,7 +7,7 @@ import sys
 
 from mlitb import __version__
 
-from . import data_cmd, data_server_cmd, model_cmd, project_cmd, serve_cmd, worker_cmd
+from . import closure_cmd, data_cmd, data_server_cmd, model_cmd, project_cmd, serve_cmd, worker_cmd, zoo_cmd
 
 # name -> module with `register(subparsers)`; each sets `func` on its parsers.
 COMMANDS = {
@@ -17,6 +17,8 @@ COMMANDS = {
     "data": data_cmd,
     "data-server": data_server_cmd,
     "model": model_cmd,
+    "closure": closure_cmd,
+    "zoo": zoo_cmd,
 }
 
 

@@ -92,7 +92,17 @@ def _spec(text: str) -> dict | list:
     return json.loads(path.read_text())
 
 
-def _request(args, method: str, path: str, body: dict | None = None, owner: str | None = None):
+def _request(
+    args,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    owner: str | None = None,
+    content: bytes | None = None,
+    params: dict | None = None,
+    timeout: float = 60,
+):
+    """One call to the master; a refusal exits with the master's own message."""
     import httpx
 
     headers = {}
@@ -106,7 +116,13 @@ def _request(args, method: str, path: str, body: dict | None = None, owner: str 
         headers["Authorization"] = f"Bearer {token}"
     try:
         resp = httpx.request(
-            method, f"{args.server.rstrip('/')}{path}", json=body, headers=headers, timeout=60
+            method,
+            f"{args.server.rstrip('/')}{path}",
+            json=body,
+            content=content,
+            params=params,
+            headers=headers,
+            timeout=timeout,
         )
     except httpx.HTTPError as exc:
         raise SystemExit(f"mlitb: master {args.server} unreachable: {exc}") from None

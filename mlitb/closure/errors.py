@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from mlitb.model.errors import FormatError
 
-class ClosureError(Exception):
+
+class ClosureError(FormatError):
     """A closure that cannot be read: not a zip, a missing or oversized member, an
     unknown format version, arrays of the wrong size. `member` names the culprit."""
 

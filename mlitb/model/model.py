@@ -60,6 +60,13 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Model:
+        """A JSON model file, or the model inside a research closure (.mlitb)."""
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head == b"PK":
+            from mlitb.closure import Closure
+
+            return Closure.load(path).model()
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
