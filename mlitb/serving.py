@@ -15,6 +15,7 @@ def build_app(
     data_token: str | None = None,
     demo: bool = False,
     demo_workers: int = 1,
+    demo_target: float = 0.05,
 ) -> FastAPI:
     """`local_url`: how this process reaches itself (http://127.0.0.1:PORT)."""
     from mlitb.data.app import create_app as create_data_app
@@ -32,7 +33,7 @@ def build_app(
         from mlitb.demo import run_demo
 
         async def demo_hook(app: FastAPI) -> None:
-            await run_demo(app, local_url, internal, data_dir, demo_workers, data_token)
+            await run_demo(app, local_url, internal, data_dir, demo_workers, data_token, demo_target)
 
         hooks.append(demo_hook)
     return create_master_app(data_dir, internal, public, data_app, hooks)

@@ -1190,7 +1190,8 @@ def _alive_worker(pid: int) -> bool:
 @pytest.mark.slow
 def test_serve_demo_trains_and_stops_cleanly(tmp_path):
     env = {**os.environ, "MLITB_CONFIG": str(tmp_path / "config" / "tokens.json")}
-    proc, url = start_serve(tmp_path, tmp_path / "state", 0, env, "demo", "--demo")
+    # A target any model meets, so the demo publishes to the zoo within the test.
+    proc, url = start_serve(tmp_path, tmp_path / "state", 0, env, "demo", "--demo", "--demo-target", "1")
     workers: set[int] = set()
     try:
         started = time.monotonic()
@@ -1213,6 +1214,16 @@ def test_serve_demo_trains_and_stops_cleanly(tmp_path):
         assert len(workers) == 2, f"expected a trainer and a tracker subprocess, found {workers}"
         assert s["data_size"] == 60000 and s["data_unallocated"] == 60000 - 3000 * s["workers"], brief(s)
         assert f"{url}#mnist" in json.loads((tmp_path / "config" / "tokens.json").read_text())
+        zoo = []
+        while not zoo:  # seeded once the tracker reports a test error (<= 1 here)
+            zoo = httpx.get(f"{url}/api/zoo", timeout=HTTP_TIMEOUT).json()
+            assert time.monotonic() < started + 150, (
+                f"the demo did not publish: {tail(tmp_path / 'demo.err')}"
+            )
+            time.sleep(0.5)
+        assert zoo[0]["name"] == "mnist-demo" and zoo[0]["verification"] == "verified", zoo
+        entry = httpx.get(f"{url}/api/zoo/{zoo[0]['id']}", timeout=HTTP_TIMEOUT).json()
+        assert entry["project"] == "mnist" and entry["claim"]["count"] == 10000, entry["claim"]
 
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(30)

@@ -26,6 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--demo", action="store_true", help="MNIST demo: data, project, a trainer and a tracker")
     p.add_argument("--demo-workers", type=int, default=1, help="local trainers the demo starts (default 1)")
+    p.add_argument(
+        "--demo-target",
+        type=float,
+        default=0.05,
+        help="test error at which the demo publishes its model to the zoo (default 0.05)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -43,7 +49,13 @@ def run(args: argparse.Namespace) -> int:
     url = url_of(sock)
     local = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
     app = build_app(
-        args.dir, local, args.data_server, args.data_token, demo=args.demo, demo_workers=args.demo_workers
+        args.dir,
+        local,
+        args.data_server,
+        args.data_token,
+        demo=args.demo,
+        demo_workers=args.demo_workers,
+        demo_target=args.demo_target,
     )
     data_url = args.data_server or f"{url}/data"
     print(f"mlitb master listening on {url}", flush=True)

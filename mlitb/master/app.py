@@ -33,6 +33,7 @@ import secrets
 from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
@@ -105,6 +106,14 @@ def create_master_app(
         response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
         response.headers.setdefault("Cross-Origin-Embedder-Policy", "require-corp")
         return response
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError):
+        err = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in err.get("loc", ())) or "request"
+        detail = f"{where}: {err.get('msg', 'invalid')} (got {err.get('input')!r})"
+        log.warning("%s %s -> 400 bad_request: %s", request.method, request.url.path, detail)
+        return JSONResponse({"error": "bad_request", "detail": detail}, status_code=400)
 
     @app.exception_handler(ProjectError)
     async def project_error(request: Request, exc: ProjectError):

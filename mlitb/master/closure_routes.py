@@ -15,15 +15,17 @@ project routes, so /publish and /closure are not read as control actions).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from mlitb.closure import Closure, ClosureError, verify
+from mlitb.closure import Closure, ClosureError
 
 from .closures import export, find_datasets, resume
+from .closures import publish as publish_closure
 from .projects import ProjectError, ProjectManager
 from .store import token_hash
 from .zoo import Zoo
@@ -66,6 +68,19 @@ async def _read_closure(request: Request) -> tuple[Closure, bytes]:
         raise ProjectError(400, f"closure: {exc.message}", "bad_closure") from None
 
 
+async def _optional_json(request: Request) -> dict:
+    raw = await request.body()
+    if len(raw) > 1 << 20:
+        raise ProjectError(413, "request body over 1 MiB", "too_large")
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError as exc:
+        raise ProjectError(400, f"expected a JSON object (or no body): {exc}", "bad_json") from None
+    if not isinstance(body, dict):
+        raise ProjectError(400, "expected a JSON object", "bad_json")
+    return body
+
+
 def closure_router(manager: ProjectManager, zoo: Zoo, details) -> APIRouter:
     router = APIRouter()
 
@@ -99,22 +114,9 @@ def closure_router(manager: ProjectManager, zoo: Zoo, details) -> APIRouter:
     @router.post("/api/projects/{name}/publish", status_code=201)
     async def publish(name: str, request: Request):
         runner = owner(request, name)
-        raw = await request.body()
-        try:
-            body = (await request.json()) if raw.strip() else {}
-        except ValueError:
-            raise ProjectError(400, "expected a JSON body (or none)", "bad_json") from None
-        body = body if isinstance(body, dict) else {}
-        closure, data = await export(manager, runner, bool(body.get("embed_test", True)))
-        # Verify the bytes as any downloader would: parsed afresh, checksums, data, claim.
-        report = await asyncio.to_thread(verify, Closure.from_bytes(data))
-        status = ("verified" if closure.claim else "unverified") if report.ok else "failed"
-        detail = "; ".join(c.detail for c in report.checks if not c.ok) or report.checks[-1].detail
-        entry, created = await asyncio.to_thread(
-            zoo.add, closure, data, status, detail, runner.engine.owner_hash, str(body.get("name") or "")
-        )
-        log.info(
-            "zoo: %s entry %d from project %s (%s)", "new" if created else "existing", entry.id, name, status
+        body = await _optional_json(request)
+        entry, created = await publish_closure(
+            manager, zoo, runner, str(body.get("name") or ""), bool(body.get("embed_test", True))
         )
         return JSONResponse(
             {"entry": entry.to_json(), "created": created}, status_code=201 if created else 200
@@ -180,15 +182,10 @@ def closure_router(manager: ProjectManager, zoo: Zoo, details) -> APIRouter:
     @router.post("/api/zoo/{entry_id}/start", status_code=201)
     async def zoo_start(entry_id: int, request: Request):
         entry = entry_or_404(entry_id)
-        raw = await request.body()
-        try:
-            body = (await request.json()) if raw.strip() else {}
-        except ValueError:
-            raise ProjectError(400, "expected a JSON body", "bad_json") from None
-        if not isinstance(body, dict):
-            raise ProjectError(400, "expected a JSON object", "bad_json")
+        body = await _optional_json(request)
         closure = await asyncio.to_thread(Closure.load, zoo.path(entry))
         if body.get("continue"):
+            body.setdefault("name", f"{entry.name}-{secrets.token_hex(2)}")
             runner, token, warnings = await resume(manager, closure, body)
             return JSONResponse(
                 {"project": details(runner), "owner_token": token, "warnings": warnings}, status_code=201

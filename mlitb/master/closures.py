@@ -16,7 +16,7 @@ import logging
 import numpy as np
 from pydantic import ValidationError
 
-from mlitb.closure import Closure, ClosureError, ProjectState, TestSet, build_closure
+from mlitb.closure import Closure, ClosureError, ProjectState, TestSet, build_closure, verify
 from mlitb.data.wire import BlockReader, WireError
 from mlitb.model.browser import browser_problems
 from mlitb.optim import optimizer_from_bytes
@@ -24,6 +24,7 @@ from mlitb.optim import optimizer_from_bytes
 from .config import Hyper, hyper_error
 from .projects import ProjectError, ProjectManager
 from .runner import ProjectRunner
+from .zoo import Zoo, ZooEntry
 
 log = logging.getLogger("mlitb.master")
 CACHE_PER_PROJECT = 2  # closures kept per project (plain and with the test set embedded)
@@ -167,6 +168,9 @@ async def resume(
         raise ProjectError(400, "spec: " + "; ".join(problems), "not_for_browsers")
     warnings: list[str] = []
     train, test = options.get("train"), options.get("test")
+    for role, ids in (("train", train), ("test", test)):
+        if ids is not None and not (isinstance(ids, list) and all(type(d) is int for d in ids)):
+            raise ProjectError(400, f"{role}: expected a list of dataset ids, got {ids!r}", "bad_datasets")
     if train is None:
         train, missing = await find_datasets(manager, m["data"]["train"])
         warnings += missing
@@ -207,3 +211,25 @@ async def resume(
         "project %s resumed from closure %s at iteration %d", name, closure.id[:19], training["iteration"]
     )
     return runner, token, warnings
+
+
+async def publish(
+    manager: ProjectManager, zoo: Zoo, runner: ProjectRunner, name: str = "", embed_test: bool = True
+) -> tuple[ZooEntry, bool]:
+    """Export, verify the bytes as any downloader would (parsed afresh: checksums, data,
+    claim), and list in the zoo; returns (entry, newly created)."""
+    closure, data = await export(manager, runner, embed_test)
+    report = await asyncio.to_thread(verify, Closure.from_bytes(data))
+    status = ("verified" if closure.claim else "unverified") if report.ok else "failed"
+    detail = "; ".join(c.detail for c in report.checks if not c.ok) or report.checks[-1].detail
+    entry, created = await asyncio.to_thread(
+        zoo.add, closure, data, status, detail, runner.engine.owner_hash, name
+    )
+    log.info(
+        "zoo: %s entry %d from project %s (%s)",
+        "new" if created else "existing",
+        entry.id,
+        runner.name,
+        status,
+    )
+    return entry, created

@@ -9,7 +9,7 @@ export const tokens = {
 };
 
 export class ApiError extends Error {
-  constructor(status, detail) { super(detail); this.status = status; }
+  constructor(status, detail, code = "") { super(detail); this.status = status; this.code = code; }
 }
 
 export async function api(method, path, body, owner) {
@@ -28,7 +28,7 @@ export async function api(method, path, body, owner) {
   if (!resp.ok) {
     let detail = data && data.detail !== undefined ? data.detail : resp.statusText;
     if (typeof detail !== "string") detail = JSON.stringify(detail);
-    throw new ApiError(resp.status, detail);
+    throw new ApiError(resp.status, detail, (data && data.error) || "");
   }
   return data;
 }
@@ -66,6 +66,12 @@ export function banner(text, kind = "error") {
   const b = document.getElementById("banner");
   b.replaceChildren(text ? el("div", { class: `banner ${kind}`, role: "alert" }, text) : "");
 }
+
+// A banner for the next view (shown by the router once that view is built, so the
+// route change that follows does not wipe it).
+let pending = null;
+export function bannerAfterRoute(text, kind = "ok") { pending = text ? [text, kind] : null; }
+export function showPendingBanner() { if (pending) { banner(...pending); pending = null; } }
 
 export const fmt = (v, digits = 4) => (v === null || v === undefined ? "-" :
   typeof v === "number" ? (Number.isInteger(v) ? v.toLocaleString() : v.toPrecision(digits)) : String(v));

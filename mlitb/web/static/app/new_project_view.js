@@ -1,7 +1,7 @@
 // New project: a layer editor (add, remove, reorder; every field with its default) with
 // live shapes and parameter counts from the master's own rules (POST /api/spec/check),
 // or a model file (ConvNetJS JSON, MLitB JSON, mlitb format) with "drop last layer".
-import { api, banner, el, fmt, tokens } from "./api.js";
+import { api, banner, bannerAfterRoute, el, fmt, tokens } from "./api.js";
 
 const ACTIVATIONS = ["", "relu", "sigmoid", "tanh", "maxout"];
 export const LAYER_FIELDS = {
@@ -116,8 +116,8 @@ export async function newProjectView(root) {
     try {
       const out = await api("POST", "/api/projects", body);
       tokens.set(out.project.name, out.owner_token);
+      if (out.warnings.length) bannerAfterRoute(out.warnings.join("; "), "ok");
       location.hash = `#/p/${encodeURIComponent(out.project.name)}`;
-      if (out.warnings.length) setTimeout(() => banner(out.warnings.join("; "), "ok"), 100);
     } catch (e) { banner(e.message); }
   });
 

@@ -4,6 +4,7 @@ import { api, banner, el, fmt, tokens, upload } from "./api.js";
 import { startWorker, wsUrl } from "./workers.js";
 import { chart } from "./charts.js";
 import { trackerPanel } from "./tracker_panel.js";
+import { closurePanel } from "./closure_panel.js";
 
 export async function projectView(root, name) {
   let p = await api("GET", `/api/projects/${encodeURIComponent(name)}`);
@@ -116,7 +117,7 @@ export async function projectView(root, name) {
     el("p", {}, "Anyone who opens this link trains at once: ", el("a", { href: joinUrl, id: "join-link" }, joinUrl)), qr,
     el("h2", {}, "All clients"),
     el("table", {}, el("thead", {}, el("tr", {}, ["id", "name", "kind", "role", "backend", "vectors/s", "vectors", "allocated", "cached", "lag ms"].map((t) => el("th", {}, t)))), clientsBody),
-    el("h2", {}, "Model"), el("p", {}, "Download: ", downloads),
+    el("h2", {}, "Model"), el("p", {}, "Download: ", downloads), closurePanel(name, owner, log).node,
     el("h2", {}, "Log"), logBox,
   );
   renderHyper();
@@ -146,7 +147,7 @@ export async function projectView(root, name) {
   renderSummary();
 
   // live updates: the dashboard stream (one update per iteration), with reconnect
-  let stream = null, closed = false, retry = 1000;
+  let stream = null, closed = false, retry = 1000, lost = false;
   function openStream() {
     stream = new WebSocket(wsUrl(`/api/projects/${encodeURIComponent(name)}/stream`));
     stream.onmessage = (e) => {
@@ -161,10 +162,11 @@ export async function projectView(root, name) {
       if (e.code === 4410 || e.code === 4404) { banner(`project ${name} is gone (${e.reason})`); return; }
       document.getElementById("conn").textContent = "reconnecting...";
       banner("lost the connection to the master; reconnecting automatically");
+      lost = true;
       setTimeout(() => { if (!closed) { openStream(); } }, retry);
       retry = Math.min(retry * 2, 15000);
     };
-    stream.onopen = () => banner("");
+    stream.onopen = () => { if (lost) banner(""); lost = false; }; // keeps other messages (warnings)
   }
   openStream();
   const timer = setInterval(async () => {
