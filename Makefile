@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: run test setup lint format clean bench bench-model bench-data bench-reduce bench-scaling bench-browser
+.PHONY: run test setup lint format clean bench bench-model bench-data bench-reduce bench-scaling bench-browser bench-closure
 
 setup: $(VENV)/.installed $(if $(wildcard package.json),node_modules/.installed mlitb/web/static/vendor/versions.json)
 
@@ -44,7 +44,7 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-model bench-data bench-reduce bench-scaling bench-browser
+bench: bench-model bench-data bench-reduce bench-scaling bench-browser bench-closure
 
 bench-model: setup
 	$(BIN)/python benchmarks/model_bench.py
@@ -60,6 +60,9 @@ bench-scaling: setup
 
 bench-browser: setup
 	$(BIN)/python benchmarks/browser_bench.py
+
+bench-closure: setup
+	$(BIN)/python benchmarks/closure_bench.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache *.egg-info
