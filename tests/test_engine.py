@@ -809,7 +809,7 @@ def test_summary():
         0,
         None,
     )
-    assert s["contributors"] == {"native": 2}  # T is admitted at the next boundary
+    assert s["contributors"] == {"native": 2, "browser": 1}  # trackers are admitted as they join
 
 
 def test_detach_train_dataset():
@@ -1012,3 +1012,23 @@ def test_engine_resumes_from_a_checkpoint(tmp_path):
     for eng in (e, e2):
         eng.optimizer.step(eng.params, g)
     assert e2.params.tobytes() == e.params.tobytes()
+
+
+def test_tracker_gets_the_test_set_at_once_even_in_a_paused_project():
+    """Trackers use no training data, so they need no boundary: a tracker joining a
+    project that is not running gets its test items straight away (it can classify and
+    evaluate), and a test set attached later reaches it without a boundary either."""
+    e = make_engine(items=30, test_items=7, state="paused")
+    join(e, "T", 0.0, role="tracker", kind="browser")
+    out = e.drain()
+    alloc = of(out, "T", "allocation")
+    assert len(alloc) == 1 and alloc[0]["add"][0]["dataset"] == 2 and alloc[0]["add"][0]["ids"] == "0:7"
+    assert e.clients["T"].admitted and e.contributors == {"browser": 1}
+    assert e.poll(1.0) is None  # paused: no boundary ran
+    e.on_cached("T", msg.Cached(type="cached", dataset=2, ids=list(range(7))))
+    e.attach(DataSource(dataset=3, url="/data", items=4, label_map=[0, 1, 2], role="test"))
+    alloc = of(e.drain(), "T", "allocation")
+    assert [g["dataset"] for g in alloc[0]["add"]] == [3]
+    # A trainer in the same paused project still waits for a boundary.
+    join(e, "A", 1.0)
+    assert not of(e.drain(), "A", "allocation") and not e.clients["A"].admitted

@@ -17,6 +17,7 @@ import hashlib
 import io
 import re
 import zipfile
+import zlib
 
 from .errors import ClosureError
 
@@ -114,8 +115,12 @@ class Archive:
             )
         try:
             return self._zf.read(info)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as exc:
             raise ClosureError(f"member {name!r} is corrupt: {exc}", name) from None
+        except (RuntimeError, NotImplementedError) as exc:  # encrypted, or Deflate64 and the like
+            raise ClosureError(
+                f"member {name!r} cannot be read ({exc}); closures use plain deflate, no encryption", name
+            ) from None
 
     def checksum_problems(self) -> list[str]:
         """Every member against SHA256SUMS: changed, missing or unlisted members."""

@@ -84,6 +84,7 @@ def verify(
         f"claim made at iteration {claim.get('iteration')}, "
         f"parameters are from iteration {training['iteration']}",
     )
+    _check_totals(report, claim)
     tests = closure.manifest["data"]["test"]
     model = closure.model()
     zip_sets: dict[str, TestSet] = {}
@@ -159,4 +160,25 @@ def _find(
     raise ClosureError(
         f"test set {entry['name']!r} is not embedded in the file; fix: pass --server URL (a data server "
         "holding it) or --data ZIP"
+    )
+
+
+def _check_totals(report: Report, claim: dict) -> None:
+    """The headline (what `inspect` and the zoo show) must be the sum of the per-set claims,
+    which are the ones recomputed."""
+    sets = claim.get("test_sets", [])
+    try:
+        errors, count = sum(int(t["errors"]) for t in sets), sum(int(t["count"]) for t in sets)
+        value, h_errors, h_count = float(claim["value"]), int(claim["errors"]), int(claim["count"])
+    except (KeyError, TypeError, ValueError) as exc:
+        report.add("claim totals", False, f"the claim is malformed ({exc!r})")
+        return
+    ok = (h_errors, h_count) == (errors, count) and count > 0 and abs(value - errors / count) <= 1e-6
+    report.add(
+        "claim totals",
+        ok,
+        f"{h_errors}/{h_count} = {value:.4%} is the sum over {len(sets)} test set(s)"
+        if ok
+        else f"the headline claim says {h_errors}/{h_count} = {value:.4%}, the per-set claims add up to "
+        f"{errors}/{count}" + (f" = {errors / count:.4%}" if count else "") + ": the claim was changed",
     )

@@ -177,7 +177,19 @@ class Engine:
             ),
         )
         self.send(cid, self.params_frame)
+        if join.role == "tracker":
+            # Trackers touch no training data: admitted at once, so a paused or new
+            # project's tracker gets its test set (and can classify) before any boundary.
+            self._admit(self.clients[cid])
         log.info("project %s: %s %s (%s, %s) joined", self.name, join.kind, join.role, cid, join.backend)
+
+    def _admit(self, c: Client) -> None:
+        c.admitted = True
+        self.contributors[c.kind] = self.contributors.get(c.kind, 0) + 1
+        if c.role == "trainer":
+            self.allocator.add_trainer(c.id, min(c.capacity, self.hyper.capacity))
+        else:
+            self._allocate_tracker(c)
 
     def disconnect(self, cid: str, now: float, reason: str = "") -> None:
         """Closed socket, heartbeat timeout or leave: its data goes back to the pool."""
@@ -334,12 +346,7 @@ class Engine:
         # b) admit the clients that joined since the last boundary
         for c in self.clients.values():
             if not c.admitted:
-                c.admitted = True
-                self.contributors[c.kind] = self.contributors.get(c.kind, 0) + 1
-                if c.role == "trainer":
-                    self.allocator.add_trainer(c.id, min(c.capacity, self.hyper.capacity))
-                else:
-                    self._allocate_tracker(c)
+                self._admit(c)
         # a + b) registered data and new trainers -> balanced shares
         for cid, move in self.allocator.rebalance().items():
             client = self.clients[cid]

@@ -214,6 +214,7 @@ class ProjectManager:
         iteration, metrics history and totals); returns its runner and owner token."""
         self.check_name(name)
         token = secrets.token_urlsafe(24)
+        created = time.time()  # the same value in the store and the engine (closures record it)
         pid = await asyncio.to_thread(
             self.store.create,
             name,
@@ -226,6 +227,7 @@ class ProjectManager:
             data_url,
             model.params,
             optimizer.state_bytes(),
+            created,
         )
         if iteration or history or totals:
             totals = totals or {}
@@ -254,7 +256,7 @@ class ProjectManager:
             totals,
         )
         engine.description = description
-        engine.created = time.time()
+        engine.created = created
         engine.owner_hash, engine.join_key_hash, engine.data_url = (
             token_hash(token),
             token_hash(join_key),

@@ -133,8 +133,9 @@ class MasterStore:
         data_url: str,
         params: np.ndarray,
         optimizer: bytes,
+        created: float | None = None,
     ) -> int:
-        now = time.time()
+        now = created or time.time()
 
         def tx(db):
             cur = db.execute(
