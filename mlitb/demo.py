@@ -20,7 +20,7 @@ from fastapi import FastAPI
 log = logging.getLogger("mlitb.demo")
 
 PROJECT = "mnist"
-TARGET = 0.05  # tracked test error at which the demo model is published to the zoo
+TARGET = 0.07  # tracked test error at which the demo model is published to the zoo
 HYPER = {
     "optimizer": "adagrad",
     "learning_rate": 0.01,

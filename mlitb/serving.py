@@ -15,7 +15,7 @@ def build_app(
     data_token: str | None = None,
     demo: bool = False,
     demo_workers: int = 1,
-    demo_target: float = 0.05,
+    demo_target: float = 0.07,
 ) -> FastAPI:
     """`local_url`: how this process reaches itself (http://127.0.0.1:PORT)."""
     from mlitb.data.app import create_app as create_data_app
