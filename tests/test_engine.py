@@ -1025,10 +1025,14 @@ def test_tracker_gets_the_test_set_at_once_even_in_a_paused_project():
     assert len(alloc) == 1 and alloc[0]["add"][0]["dataset"] == 2 and alloc[0]["add"][0]["ids"] == "0:7"
     assert e.clients["T"].admitted and e.contributors == {"browser": 1}
     assert e.poll(1.0) is None  # paused: no boundary ran
-    e.on_cached("T", msg.Cached(type="cached", dataset=2, ids=list(range(7))))
+    # Not cached yet (still fetching): a new test set offers only its own items.
     e.attach(DataSource(dataset=3, url="/data", items=4, label_map=[0, 1, 2], role="test"))
     alloc = of(e.drain(), "T", "allocation")
     assert [g["dataset"] for g in alloc[0]["add"]] == [3]
+    e.detach(3)  # removed from the tracker, so attaching it again offers it again
+    assert of(e.drain(), "T", "allocation")[0]["remove"][0]["dataset"] == 3
+    e.attach(DataSource(dataset=3, url="/data", items=4, label_map=[0, 1, 2], role="test"))
+    assert [g["dataset"] for g in of(e.drain(), "T", "allocation")[0]["add"]] == [3]
     # A trainer in the same paused project still waits for a boundary.
     join(e, "A", 1.0)
     assert not of(e.drain(), "A", "allocation") and not e.clients["A"].admitted

@@ -226,7 +226,8 @@ def cmd_resume(args) -> int:
             params["train"] = ",".join(map(str, args.train))
         if args.test is not None:
             params["test"] = ",".join(map(str, args.test))
-        out = _request(args, "POST", "/api/closures", content=data, params=params, timeout=600).json()
+        out = _request(args, "POST", "/api/closures", content=_with_progress(data, args.file.name),
+                       params=params, timeout=600).json()  # fmt: skip
     else:
         try:
             spec = json.loads(data)
@@ -265,3 +266,14 @@ def cmd_export_model(args) -> int:
         raise SystemExit(f"mlitb: {exc}") from None
     print(f"wrote {args.output} ({args.to}, {closure.spec.num_params} parameters)")
     return 0
+
+
+def _with_progress(data: bytes, name: str, chunk: int = 1 << 20):
+    """The upload body in chunks behind a progress bar (closures can be hundreds of MB)."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(data), unit="B", unit_scale=True, desc=f"upload {name}", disable=None,
+              file=sys.stderr) as bar:  # fmt: skip
+        for start in range(0, len(data), chunk):
+            yield data[start : start + chunk]
+            bar.update(min(chunk, len(data) - start))

@@ -79,6 +79,7 @@ class Client:
     admitted: bool = False
     latency: Latency = field(default_factory=Latency)
     cached: set[int] = field(default_factory=set)
+    offered: set[int] = field(default_factory=set)  # trackers: test keys already sent to it
     vectors_processed: int = 0
     vectors_per_s: float = 0.0
     results: int = 0
@@ -246,6 +247,7 @@ class Engine:
         for c in self.clients.values():
             if c.role == "tracker" and source.role == "test":
                 c.cached = {k for k in c.cached if k >> 32 != dataset}
+                c.offered = {k for k in c.offered if k >> 32 != dataset}
                 self._send_allocation(c, [], [make_key(dataset, i) for i in range(source.items)])
 
     def on_cached(self, cid: str, message: msg.Cached) -> None:
@@ -519,14 +521,17 @@ class Engine:
         return out
 
     def _allocate_tracker(self, client: Client) -> None:
+        """Every test item the tracker has not been sent yet (it may still be fetching
+        earlier ones: offering them again would fetch them twice)."""
         keys = [
             make_key(s.dataset, i)
             for s in self.sources.values()
             if s.role == "test"
             for i in range(s.items)
-            if make_key(s.dataset, i) not in client.cached
+            if make_key(s.dataset, i) not in client.offered
         ]
         if keys:
+            client.offered.update(keys)
             self._send_allocation(client, keys, [])
 
     # ================================================================ views
