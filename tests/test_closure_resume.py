@@ -211,3 +211,30 @@ def test_closure_and_zoo_command_lines(master, mnist_zips, tmp_path):
     # Deleting needs the publishing project's owner token, which the CLI saved.
     run_cli("zoo", "delete", "1", "--server", master.url)
     assert json.loads(run_cli("zoo", "list", "--server", master.url, "--json").stdout) == []
+
+
+def test_export_follows_the_test_set_as_it_is_now(master, mnist_zips):
+    """The claim is made on the test set as the data server holds it at export: a photo
+    added later under a label the project lacks is skipped (and verification agrees), and
+    a test set deleted from the data server leaves a closure without a claim, not an error."""
+    from conftest import png_bytes
+
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "live", [train], [test], spec=FC_SPEC, hyper=HYPER, start=False)
+    master.data.add_image(test, png_bytes(np.full((28, 28), 200, np.uint8)), "not-a-digit")
+    data = httpx.get(f"{master.url}/api/projects/live/closure", params={"embed_test": 1}, timeout=120).content
+    closure = Closure.from_bytes(data)
+    entry = closure.manifest["data"]["test"][0]
+    assert entry["items"] == 101 and entry["label_names"][-1] == "not-a-digit"
+    assert entry["label_map"][-1] == -1 and closure.claim["count"] == 100
+    from mlitb.closure import verify
+
+    assert verify(closure).ok
+
+    assert httpx.delete(f"{master.url}/data/datasets/{test}", timeout=30).status_code == 200
+    data = httpx.get(f"{master.url}/api/projects/live/closure", params={"embed_test": 1}, timeout=120)
+    assert data.status_code == 200, data.text
+    closure = Closure.from_bytes(data.content)
+    assert closure.claim is None and closure.manifest["data"]["test"][0]["embedded"] is None
+    report = verify(closure)
+    assert report.ok and "no claim" in report.checks[-1].detail

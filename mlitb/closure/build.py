@@ -22,6 +22,7 @@ from mlitb.optim.base import parse_state
 
 from .closure import FORMAT, FORMAT_VERSION, PARAMS, Closure
 from .testset import TOLERANCE, TestSet, score, tolerance_items
+from .verify import label_map_for
 
 # The metric columns a closure keeps per iteration (the master's rows hold more).
 METRIC_COLUMNS = (
@@ -83,6 +84,8 @@ def build_closure(
                     content_hash=ts.content_hash(),
                     label_names=list(ts.label_names),
                     label_counts=ts.label_counts(),
+                    # from the names, as verify recomputes it (the set may have gained labels)
+                    label_map=label_map_for(state.labels, ts.label_names),
                 )
             k = len(test)
             if embed_test and ts is not None:
