@@ -16,9 +16,19 @@ export async function api(method, path, body, owner) {
   const headers = {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (owner && tokens.get(owner)) headers.Authorization = `Bearer ${tokens.get(owner)}`;
+  return send(method, path, headers, body === undefined ? undefined : JSON.stringify(body));
+}
+
+// A raw body (a File, Blob or ArrayBuffer, e.g. a closure zip) with its content type;
+// answers and errors are read as api() reads them.
+export function apiBytes(method, path, data, contentType) {
+  return send(method, path, { "Content-Type": contentType }, data);
+}
+
+async function send(method, path, headers, body) {
   let resp;
   try {
-    resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    resp = await fetch(path, { method, headers, body });
   } catch (e) {
     throw new ApiError(0, `the master is unreachable (${e.message}); retrying automatically`);
   }

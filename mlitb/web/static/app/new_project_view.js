@@ -1,7 +1,9 @@
 // New project: a layer editor (add, remove, reorder; every field with its default) with
 // live shapes and parameter counts from the master's own rules (POST /api/spec/check),
-// or a model file (ConvNetJS JSON, MLitB JSON, mlitb format) with "drop last layer".
+// or a model file (ConvNetJS JSON, MLitB JSON, mlitb format) with "drop last layer",
+// or a research closure (.mlitb) resumed as a new project (closure_import.js).
 import { api, banner, bannerAfterRoute, el, fmt, tokens } from "./api.js";
+import { closureForm, isClosureFile } from "./closure_import.js";
 
 const ACTIVATIONS = ["", "relu", "sigmoid", "tanh", "maxout"];
 export const LAYER_FIELDS = {
@@ -44,7 +46,7 @@ export async function newProjectView(root) {
   const expanded = el("div", { id: "expanded" });
   const status = el("p", { id: "spec-status" });
   const addType = el("select", { id: "add-type" }, Object.keys(LAYER_FIELDS).map((t) => el("option", { value: t }, t)));
-  const fileInput = el("input", { type: "file", id: "model-file", accept: ".json,application/json" });
+  const fileInput = el("input", { type: "file", id: "model-file", accept: ".json,application/json,.mlitb,application/zip" });
   const dropLast = el("input", { type: "checkbox", id: "drop-last" });
   const name = el("input", { id: "name", value: "mnist", required: true });
   const labels = el("input", { id: "labels", placeholder: "from the training set", size: 40 });
@@ -98,9 +100,24 @@ export async function newProjectView(root) {
     }));
   }
 
+  // A closure replaces the whole form with its own compact one (closure_import.js).
+  const closureSlot = el("div", { id: "closure-slot" });
+  const fields = el("div", { class: "toolbar", id: "project-fields" }, el("label", {}, "name ", name), el("label", {}, "labels ", labels));
+  const dropLastLabel = el("label", {}, dropLast, " drop last layer (transfer learning)");
+  const editor = el("div", { id: "editor" });
+  const showEditor = (on) => { for (const n of [fields, dropLastLabel, editor]) n.hidden = !on; };
+
   fileInput.addEventListener("change", async () => {
     const f = fileInput.files[0];
+    closureSlot.replaceChildren();
+    showEditor(true);
     if (!f) { modelFile = null; changed(); return; }
+    if (await isClosureFile(f)) {
+      if (modelFile) { modelFile = null; render(); }
+      showEditor(false);
+      closureSlot.replaceChildren(closureForm(f));
+      return;
+    }
     try { modelFile = JSON.parse(await f.text()); list.replaceChildren(el("p", {}, `model file ${f.name}`)); changed(); }
     catch (e) { banner(`${f.name} is not JSON: ${e.message}`); }
   });
@@ -127,11 +144,7 @@ export async function newProjectView(root) {
   test.replaceChildren(el("option", { value: "" }, "none"),
     ...datasets.filter((d) => d.kind === "test").map((d) => el("option", { value: d.dataset }, `${d.dataset}: ${d.name} (${d.items})`)));
 
-  root.append(
-    el("h1", {}, "New project"),
-    el("div", { class: "toolbar" }, el("label", {}, "name ", name), el("label", {}, "labels ", labels)),
-    el("h2", {}, "Model"),
-    el("p", {}, el("label", {}, "load a model file ", fileInput), " ", el("label", {}, dropLast, " drop last layer (transfer learning)")),
+  editor.append(
     list,
     el("div", { class: "toolbar" }, addType, el("button", { id: "add-layer", onclick: () => {
       const t = addType.value; const L = { type: t, ...LAYER_FIELDS[t] };
@@ -143,6 +156,14 @@ export async function newProjectView(root) {
     el("div", { class: "toolbar" }, el("label", {}, "iteration time T (s) ", T), el("label", {}, "optimizer ", optimizer),
       el("label", {}, "learning rate ", lr), el("label", {}, "l2 decay ", l2), el("label", {}, "capacity per client ", capacity)),
     create,
+  );
+  root.append(
+    el("h1", {}, "New project"),
+    fields,
+    el("h2", {}, "Model"),
+    el("p", {}, el("label", {}, "load a model file or a research closure (.mlitb) ", fileInput), " ", dropLastLabel),
+    closureSlot,
+    editor,
   );
   render();
   await check();

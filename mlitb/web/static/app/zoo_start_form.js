@@ -12,7 +12,7 @@ const MODES = [
 
 const splitList = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
 
-function datasetIds(text, what) {
+export function datasetIds(text, what) {
   const parts = splitList(text);
   if (!parts.length) return undefined; // omitted: found on the data server by content hash
   const ids = parts.map(Number);
