@@ -13,7 +13,7 @@ import zipfile
 import httpx
 import pytest
 from conftest import ARTIFACTS, wait_for
-from test_master_integration import FC_SPEC, ThreadWorker
+from test_master_integration import FC_SPEC, ThreadWorker, create_project, upload
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -47,19 +47,8 @@ def load_closure(master, page, path) -> None:
 
 
 def test_resume_a_closure_from_the_new_project_page(master, mnist_zips, page, tmp_path):
-    train = master.data.upload(mnist_zips["train"], "28x28x1", name="mnist-train", kind="train")["dataset"]
-    test = master.data.upload(mnist_zips["test"], "28x28x1", name="mnist-test", kind="test")["dataset"]
-    body = {
-        "name": "fc",
-        "spec": {"layer_defs": FC_SPEC},
-        "train": [train],
-        "test": [test],
-        "hyper": {"optimizer": "adam", "learning_rate": 0.01, "iteration_time": 1.0},
-        "start": True,
-    }
-    r = httpx.post(f"{master.url}/api/projects", json=body, timeout=30)
-    assert r.status_code == 201, r.text
-    token = r.json()["owner_token"]
+    train, test = upload(master.data, mnist_zips)
+    token = create_project(master.url, "fc", [train], [test], spec=FC_SPEC)  # adam, T = 1 s
     with ThreadWorker(master.url, "fc", "trainer", name="wt"):
         wait_for(lambda: details(master, "fc")["iteration"] >= 2, 60, "two iterations of fc")
     r = httpx.post(f"{master.url}/api/projects/fc/pause", headers={"Authorization": f"Bearer {token}"})

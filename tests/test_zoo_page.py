@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 from conftest import ARTIFACTS, wait_for
-from test_master_integration import FC_SPEC, ThreadWorker
+from test_master_integration import FC_SPEC, ThreadWorker, create_project, upload
 
 from mlitb.closure import Closure
 
@@ -25,19 +25,8 @@ def details(master, name: str) -> dict:
 
 
 def test_publish_to_zoo_and_start_a_transfer_project(master, mnist_zips, page, tmp_path):
-    train = master.data.upload(mnist_zips["train"], "28x28x1", name="mnist-train", kind="train")["dataset"]
-    test = master.data.upload(mnist_zips["test"], "28x28x1", name="mnist-test", kind="test")["dataset"]
-    body = {
-        "name": "fc",
-        "spec": {"layer_defs": FC_SPEC},
-        "train": [train],
-        "test": [test],
-        "hyper": {"optimizer": "adam", "learning_rate": 0.01, "iteration_time": 1.0},
-        "start": True,
-    }
-    r = httpx.post(f"{master.url}/api/projects", json=body, timeout=30)
-    assert r.status_code == 201, r.text
-    token = r.json()["owner_token"]
+    train, test = upload(master.data, mnist_zips)
+    token = create_project(master.url, "fc", [train], [test], spec=FC_SPEC)  # adam, T = 1 s
 
     # ---- a few iterations with a native trainer and tracker (test errors for the chart)
     with ThreadWorker(master.url, "fc", "trainer", name="wt"), ThreadWorker(master.url, "fc", "tracker"):
