@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import secrets
 
 from fastapi import APIRouter, Request
@@ -30,7 +29,6 @@ from .projects import ProjectError, ProjectManager
 from .store import token_hash
 from .zoo import Zoo
 
-log = logging.getLogger("mlitb.master")
 MAX_CLOSURE_BYTES = 2 << 30
 
 
