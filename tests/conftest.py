@@ -231,3 +231,10 @@ def wait_for(fn, timeout: float, what: str, page=None):
         time.sleep(0.3)
     logs = "\n".join(page.console_lines[-30:]) if page is not None else ""
     raise AssertionError(f"timed out waiting for {what}; last: {str(last)[:500]}\n{logs}")
+
+
+# What every project summary holds (REST, CLI --json, Engine.summary): the paper's columns and more.
+SUMMARY_KEYS = (
+    "iteration", "state", "workers", "workers_assigned", "data_size", "data_allocated",
+    "data_unallocated", "vectors_processed", "power", "test_error", "train_loss", "clients",
+)  # fmt: skip

@@ -14,6 +14,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+from conftest import SUMMARY_KEYS
 
 from mlitb.master.allocation import make_key
 from mlitb.master.config import Hyper
@@ -758,20 +759,7 @@ def test_summary():
     e.on_result("B", result(0, np.ones(N, np.float32), 5, loss=1.0), 0.6)
     e.poll(0.6)
     s = e.summary()
-    for key in (
-        "iteration",
-        "state",
-        "workers",
-        "workers_assigned",
-        "data_size",
-        "data_allocated",
-        "data_unallocated",
-        "vectors_processed",
-        "power",
-        "test_error",
-        "train_loss",
-        "clients",
-    ):
+    for key in SUMMARY_KEYS:
         assert key in s, key
     assert (s["iteration"], s["state"], s["workers"], s["trackers"], s["workers_assigned"]) == (
         1,

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, SUMMARY_KEYS
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -1002,20 +1002,7 @@ def test_project_cli(master, mnist_zips, tmp_path):
     listed = json.loads(cli("list", "--json").stdout)
     assert [p["name"] for p in listed] == ["mnist"]
     shown = json.loads(cli("show", "mnist", "--json").stdout)
-    for key in (
-        "iteration",
-        "state",
-        "workers",
-        "workers_assigned",
-        "data_size",
-        "data_allocated",
-        "data_unallocated",
-        "vectors_processed",
-        "power",
-        "test_error",
-        "train_loss",
-        "clients",
-    ):
+    for key in SUMMARY_KEYS:
         assert key in shown, key
     assert "mnist: created, iteration 0" in cli("show", "mnist").stdout
 
