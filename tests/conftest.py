@@ -124,6 +124,19 @@ def data_server(tmp_path: Path):
 
 
 @pytest.fixture(scope="session")
+def mnist_big(tmp_path_factory) -> dict[str, Path]:
+    """Real MNIST slices for training: the first 6,000 training and 1,000 test images."""
+    from mlitb.data import mnist
+
+    out = tmp_path_factory.mktemp("mnist-big")
+    zips = {}
+    for split, limit in (("train", 6000), ("test", 1000)):
+        images, labels = mnist.load(split, mnist.find_source(ROOT), limit)
+        zips[split] = mnist.write_zip(images, labels, out / f"mnist-{split}.zip", f"mnist-{split}")
+    return zips
+
+
+@pytest.fixture(scope="session")
 def mnist_zips(tmp_path_factory) -> dict[str, Path]:
     """Real MNIST slices (first 300 training, 100 test images) as upload zips."""
     from mlitb.data import mnist
@@ -237,4 +250,7 @@ def wait_for(fn, timeout: float, what: str, page=None):
 SUMMARY_KEYS = (
     "iteration", "state", "workers", "workers_assigned", "data_size", "data_allocated",
     "data_unallocated", "vectors_processed", "power", "test_error", "train_loss", "clients",
+    "algorithm", "compression", "bytes_in", "bytes_out", "stale", "late", "rejected",
 )  # fmt: skip
+# per client in a project summary (and `project show --json`)
+CLIENT_KEYS = ("bytes_in", "bytes_out", "compute_s", "connected_s", "computing", "protocol", "capacity")

@@ -1,5 +1,6 @@
 """A browser tab trains: the volunteer page (URL/join/PROJECT) in real Chromium starts a
-TF.js trainer in a Web Worker whose gradients reach the master."""
+TF.js trainer in a Web Worker whose gradients (sync_sgd) or parameter changes after
+inner Adam steps (local_sgd, int8-compressed both ways) reach the master."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import httpx
 import pytest
 from conftest import ARTIFACTS, ROOT, wait_for
+from test_master_integration import ThreadWorker
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -19,7 +21,13 @@ def create_project(master, train: int, test: int, name: str = "mnist", **hyper) 
         "spec": spec,
         "train": [train],
         "test": [test],
-        "hyper": {"iteration_time": 1.0, "optimizer": "adam", "learning_rate": 0.01, **hyper},
+        "hyper": {
+            "algorithm": "sync_sgd",
+            "iteration_time": 1.0,
+            "optimizer": "adam",
+            "learning_rate": 0.01,
+            **hyper,
+        },
         "start": True,
     }
     resp = httpx.post(f"{master.url}/api/projects", json=body, timeout=30)
@@ -55,3 +63,42 @@ def test_volunteer_page_trains_in_a_web_worker(master, mnist_zips, page):
         30,
         "the browser client to leave",
     )
+
+
+def test_a_browser_tab_trains_mnist_under_ten_percent_with_local_sgd_and_int8(master, mnist_big, page):
+    """The default algorithm in the browser: inner Adam steps in the Web Worker, its change
+    sent as int8 with error feedback, parameters back as int8 changes; a native tracker
+    scores all 1,000 test images."""
+    train = master.data.upload(mnist_big["train"], "28x28x1", "train")["dataset"]
+    test = master.data.upload(mnist_big["test"], "28x28x1", "test", kind="test")["dataset"]
+    spec = json.loads((ROOT / "mlitb" / "examples" / "mnist.json").read_text())
+    body = {
+        "name": "local",
+        "spec": spec,
+        "train": [train],
+        "test": [test],
+        "hyper": {"algorithm": "local_sgd", "compression": "int8", "iteration_time": 2.0, "batch_size": 20,
+                  "test_interval": 1, "test_sample": 0},
+        "start": True,
+    }  # fmt: skip
+    resp = httpx.post(f"{master.url}/api/projects", json=body, timeout=30)
+    assert resp.status_code == 201, resp.text
+    page.goto(f"{master.url}/join/local")
+    with ThreadWorker(master.url, "local", "tracker"):
+        s = wait_for(
+            lambda: (
+                (s := httpx.get(f"{master.url}/api/projects/local").json())["test_error"] is not None
+                and s["test_error"] < 0.10
+                and s
+            ),
+            240,
+            "test error under 10 % from the browser trainer",
+            page,
+        )
+    (c,) = [c for c in s["clients"] if c["kind"] == "browser"]
+    assert c["protocol"] == 2 and c["rejected"] == 0 and c["results"] >= 1, c
+    assert c["data_allocated"] == 6000, c  # its memory holds the whole training set
+    # int8 both ways: about a quarter of float32's bytes (31,786 parameters, 127 KB)
+    per_result = c["bytes_in"] / max(c["results"], 1)
+    assert per_result < 60_000, c
+    assert s["algorithm"] == "local_sgd" and s["compression"] == "int8"

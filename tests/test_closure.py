@@ -96,7 +96,7 @@ def project_state(model: Model, optimizer, test: ItemSet, label_map: list[int]) 
         labels=list(LABELS),
         params=model.params.copy(),
         optimizer=optimizer,
-        hyper={"optimizer": "adagrad", "learning_rate": 0.01, "seed": 0},
+        hyper={"algorithm": "sync_sgd", "optimizer": "adagrad", "learning_rate": 0.01, "seed": 0},
         iteration=2,
         totals={"vectors": 64, "rejected": 1, "late": 0, "contributors": {"trainer": 2}},
         sources=[
@@ -609,7 +609,7 @@ def test_non_embedded_test_set_comes_from_a_zip(tmp_path):
 
 # =========================================================================== 5. the master
 
-HYPER = {"optimizer": "adagrad", "learning_rate": 0.01, "iteration_time": 1.0}
+HYPER = {"algorithm": "sync_sgd", "optimizer": "adagrad", "learning_rate": 0.01, "iteration_time": 1.0}
 FC_PREFIX = 28 * 28 * 16 + 16  # parameters before the last fc of FC_SPEC
 
 

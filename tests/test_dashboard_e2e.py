@@ -66,7 +66,7 @@ def test_dashboard_end_to_end(master, mnist_zips, page, tmp_path):
     page.fill("#name", "e2e")
     page.fill("#labels", ",".join(str(i) for i in range(10)))
     page.fill("#iteration-time", "1")
-    page.select_option("#optimizer", "adam")
+    page.select_option("#algorithm", "local_sgd")  # the default: inner Adam steps in both executors
     page.click("#create")
     page.wait_for_url("**/#/p/e2e")
     page.wait_for_selector("#summary")

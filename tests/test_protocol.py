@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from mlitb.master.config import Hyper, hyper_error, parse_set
+from mlitb.master.config import DEFAULT_ALGORITHM, Hyper, hyper_error, parse_set
 from mlitb.optim import OPTIMIZERS
 from mlitb.protocol import PROTOCOL_VERSION, frames
 from mlitb.protocol import messages as msg
@@ -72,7 +72,7 @@ def test_header_layout_matches_the_docstring():
     data = frames.encode_result(0x01020304, 0x0A0B0C0D, values, 42, -1.25, 99.5, 1234)
     assert len(data) == 40 + 12
     assert data[0:4] == b"MLTF"  # magic
-    assert data[4] == 1 == PROTOCOL_VERSION  # version
+    assert data[4] == 2 == PROTOCOL_VERSION  # version
     assert data[5] == 2  # frame type: result
     assert data[6] == 1  # dtype: float32
     assert data[7] == 0  # flags
@@ -132,13 +132,13 @@ def _frame(**over) -> bytes:
         (b"", None, "shorter than the 40-byte header"),
         (_frame()[:39], None, "39 bytes is shorter"),
         (_frame(magic=b"MLTX"), None, "magic"),
-        (_frame(version=2), None, "protocol version 2"),
+        (_frame(version=3), None, "protocol version 3"),
         (_frame(version=0), None, "protocol version 0"),
-        (_frame(kind=3), None, "unknown frame type 3"),
+        (_frame(kind=3), None, "unknown frame type 3 for protocol 1"),
         (_frame(kind=0), None, "unknown frame type 0"),
-        (_frame(dtype=2), None, "dtype 2 is not supported"),
+        (_frame(dtype=2), None, "dtype 2 is not supported for protocol 1"),
         (_frame(count=5, payload=5), 4, "5 elements, the limit is 4"),
-        (_frame(count=3, payload=2), None, "header says 3 float32 values"),
+        (_frame(count=3, payload=2), None, "header says 3 values of dtype 1"),
         (_frame(count=2, payload=3), None, "the frame has 52 bytes"),
         (_frame(count=2**32 - 1, payload=2), None, "header says 4294967295"),
     ],
@@ -146,7 +146,7 @@ def _frame(**over) -> bytes:
         "empty",
         "short",
         "magic",
-        "version-2",
+        "version-3",
         "version-0",
         "type-3",
         "type-0",
@@ -174,6 +174,7 @@ VALID = {
     "heartbeat": {"type": "heartbeat", "t": 12.5},
     "test_result": {"type": "test_result", "iteration": 3, "error": 0.25, "loss": 0.5, "count": 100},
     "status": {"type": "status", "backend": "wasm"},
+    "resync": {"type": "resync", "iteration": 4},
     "leave": {"type": "leave", "reason": "bye"},
 }
 
@@ -191,7 +192,7 @@ def test_join_defaults_and_full_form():
     j = parse_client_message('{"type": "join", "project": "p"}')
     assert isinstance(j, msg.Join)
     assert (j.protocol, j.role, j.kind, j.backend, j.capacity, j.name, j.join_key, j.capabilities) == (
-        PROTOCOL_VERSION,
+        1,  # a join without a version is a version-1 client
         "trainer",
         "native",
         "unknown",
@@ -202,12 +203,13 @@ def test_join_defaults_and_full_form():
     )
     full = {
         "type": "join",
-        "protocol": 1,
+        "protocol": 2,
         "project": "p",
         "role": "tracker",
         "kind": "browser",
         "backend": "webgpu",
         "capacity": 0,
+        "memory_mb": 256,
         "name": "laptop",
         "join_key": "k",
         "capabilities": {"webgpu": True},
@@ -258,7 +260,8 @@ def test_not_an_object(text):
 def test_unknown_type(raw):
     reason = _refused(json.dumps(raw), "unknown_type")
     assert (
-        "unknown message type" in reason and "join, cached, heartbeat, test_result, status, leave" in reason
+        "unknown message type" in reason
+        and "join, cached, heartbeat, test_result, status, resync, leave" in reason
     )
 
 
@@ -395,13 +398,42 @@ def test_text_to_ids_tolerates_empty_parts():
 
 def test_hyper_defaults():
     h = Hyper()
-    assert h.optimizer == "adagrad"
-    assert (h.learning_rate, h.lr_decay, h.lr_decay_interval, h.lr_floor) == (0.01, 1.0, 1, 0.0)
+    assert h.algorithm == DEFAULT_ALGORITHM == "local_sgd"
+    # local_sgd's outer step: DiLoCo's Nesterov; its clients: Adam
+    assert (h.optimizer, h.learning_rate, h.momentum) == ("nesterov", 0.7, 0.9)
+    assert (h.inner_optimizer, h.inner_learning_rate, h.inner_momentum) == ("adam", 0.001, 0.9)
+    assert (h.lr_decay, h.lr_decay_interval, h.lr_floor) == (1.0, 1, 0.0)
     assert (h.l1_decay, h.l2_decay) == (0.0, 0.0)
-    assert (h.momentum, h.ro, h.eps, h.beta1, h.beta2) == (None,) * 5
+    assert (h.ro, h.eps, h.beta1, h.beta2) == (None,) * 4
     assert (h.iteration_time, h.iteration_ms) == (4.0, 4000)
-    assert (h.capacity, h.batch_size, h.seed, h.save_period) == (3000, 32, 0, 0.0)
+    assert (h.capacity, h.batch_size, h.seed, h.save_period) == (10_000_000, 32, 0, 0.0)
+    assert (h.work_vectors, h.max_staleness, h.compression) == (0, 2, "none")
+    assert (h.test_interval, h.test_sample) == (5.0, 2000)
     assert Hyper(iteration_time=2.5).iteration_ms == 2500
+    # the paper's loop: AdaGrad lr 0.01
+    s = Hyper(algorithm="sync_sgd")
+    assert (s.optimizer, s.learning_rate, s.momentum) == ("adagrad", 0.01, None)
+
+
+def test_hyper_algorithm_switch_takes_its_default_optimizer_unless_one_is_named():
+    h = Hyper(algorithm="sync_sgd", iteration_time=2)
+    local = h.updated({"algorithm": "local_sgd"})
+    assert (local.optimizer, local.learning_rate, local.momentum, local.iteration_time) == (
+        "nesterov",
+        0.7,
+        0.9,
+        2.0,
+    )
+    back = local.updated({"algorithm": "sync_sgd"})
+    assert (back.optimizer, back.learning_rate, back.momentum) == ("adagrad", 0.01, None)
+    named = h.updated({"algorithm": "local_sgd", "optimizer": "sgd", "learning_rate": 1.0})
+    assert (named.optimizer, named.learning_rate) == ("sgd", 1.0)
+    assert local.updated({"iteration_time": 3}).optimizer == "nesterov"  # no switch: kept
+    # saved before algorithms existed: the paper's loop with what was saved
+    old = Hyper.stored({"optimizer": "adagrad", "learning_rate": 0.02})
+    assert (old.algorithm, old.optimizer, old.learning_rate) == ("sync_sgd", "adagrad", 0.02)
+    with pytest.raises(ValidationError):
+        Hyper(algorithm="async_magic")
 
 
 @pytest.mark.parametrize(
@@ -453,7 +485,7 @@ def test_hyper_is_frozen():
 
 
 def test_hyper_updated():
-    h = Hyper(learning_rate=0.1)
+    h = Hyper(algorithm="sync_sgd", learning_rate=0.1)
     h2 = h.updated({"iteration_time": 2, "optimizer": "sgd"})
     assert (h2.iteration_time, h2.optimizer, h2.learning_rate) == (2.0, "sgd", 0.1)
     assert (h.iteration_time, h.optimizer) == (4.0, "adagrad")  # the original is unchanged
@@ -479,7 +511,7 @@ def test_hyper_updated():
     ],
 )
 def test_optimizer_params_picks_the_chosen_optimizers_keys(hyper, params):
-    h = Hyper(**hyper)
+    h = Hyper(**{"algorithm": "sync_sgd", **hyper})
     assert h.optimizer_params() == params
     opt = h.make_optimizer(11)
     assert type(opt) is OPTIMIZERS[h.optimizer]

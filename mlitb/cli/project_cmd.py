@@ -206,14 +206,29 @@ def show(args) -> int:
         f"power {p['power']:.0f} vectors/s, {p['vectors_processed']} vectors processed"
     )
     print(f"data {p['data_size']}: allocated {p['data_allocated']}, unallocated {p['data_unallocated']}")
+    print(
+        f"algorithm {p['algorithm']}, compression {p['compression']}, "
+        f"received {_bytes(p['bytes_in'])}, sent {_bytes(p['bytes_out'])}, "
+        f"stale results applied {p['stale']}, late {p['late']}, rejected {p['rejected']}"
+    )
     print(f"hyper: {json.dumps(p['hyper'])}")
     for c in p["clients"]:
         lag = "-" if c["lag_ms"] is None else f"{c['lag_ms']:.0f} ms"
+        busy = "" if c.get("computing") is None else f" computing {c['computing']:.0%}"
         print(
             f"  {c['id']} {c['kind']:<7} {c['role']:<8} {c['backend']:<12} {c['vectors_per_s']:>9.0f} vec/s "
-            f"alloc {c['data_allocated']:>6} cached {c['data_cached']:>6} lag {lag}"
+            f"alloc {c['data_allocated']:>6} cached {c['data_cached']:>6} lag {lag} "
+            f"in {_bytes(c['bytes_in'])} out {_bytes(c['bytes_out'])}{busy}"
         )
     return 0
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def control(args) -> int:

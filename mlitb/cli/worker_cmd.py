@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
 
@@ -15,8 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--project", required=True)
     p.add_argument("--role", choices=("trainer", "tracker"), default="trainer")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--capacity", type=int, default=3000, help="most data ids to hold (default 3000)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        help="most data ids to hold (default: what a quarter of the free memory holds, up to 4 GiB)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="vectors per batch (default: the project's batch_size)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--name", default="", help="a name shown in the master's client list")
     p.add_argument("--join-key", default="")
@@ -36,6 +45,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.role == "tracker":
+        # Scoring must not compete with training for the CPU: a tracker runs at a lower
+        # priority (and scores a sample on the master's schedule, docs/protocol.md).
+        with contextlib.suppress(OSError, AttributeError):
+            os.nice(10)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("mlitb: --device cuda but no CUDA device is available here", file=sys.stderr)
         return 1

@@ -41,7 +41,7 @@ from starlette.staticfiles import StaticFiles
 from mlitb import __version__
 from mlitb.model.browser import browser_problems
 from mlitb.model.jsonfloats import dumps as dumps_model
-from mlitb.protocol import PROTOCOL_VERSION
+from mlitb.protocol import PROTOCOL_VERSION, SUPPORTED_VERSIONS
 from mlitb.protocol import messages as msg
 from mlitb.web import STATIC
 
@@ -356,11 +356,12 @@ def create_master_app(
         except msg.ProtocolError as exc:
             await _refuse(ws, exc.code, exc.reason, msg.CLOSE_ABUSE)
             return
-        if join.protocol != PROTOCOL_VERSION:
+        if join.protocol not in SUPPORTED_VERSIONS:
             await _refuse(
                 ws,
                 "protocol",
-                f"protocol {join.protocol} not spoken here (this master: {PROTOCOL_VERSION})",
+                f"protocol {join.protocol} not spoken here (this master speaks "
+                f"{', '.join(map(str, SUPPORTED_VERSIONS))}; upgrade the worker)",
                 msg.CLOSE_VERSION,
             )
             return

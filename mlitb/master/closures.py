@@ -159,7 +159,7 @@ async def resume(
     name = str(options.get("name") or m["project"]["name"])
     manager.check_name(name)
     try:
-        hyper = Hyper.model_validate(m["training"]["hyper"])
+        hyper = Hyper.stored(m["training"]["hyper"])
     except ValidationError as exc:
         raise ProjectError(400, f"closure hyperparameters: {hyper_error(exc)}", "bad_closure") from None
     try:

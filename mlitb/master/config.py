@@ -7,17 +7,33 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlitb.optim import OPTIMIZERS, LRSchedule, Optimizer, make_optimizer
 
 OptimizerName = Literal["adagrad", "sgd", "nesterov", "adadelta", "windowgrad", "adam"]
 assert set(OptimizerName.__args__) == set(OPTIMIZERS)
+AlgorithmName = Literal["sync_sgd", "local_sgd"]  # mlitb.master.algorithms.ALGORITHMS
+
+DEFAULT_ALGORITHM = "local_sgd"  # learns fastest in benchmarks/learning_bench.py (docs/performance.md)
+# The master's optimizer when none is named: the paper's AdaGrad for gradients, DiLoCo's
+# outer Nesterov (lr 0.7, momentum 0.9) for the averaged parameter changes of local_sgd.
+OPTIMIZER_DEFAULTS: dict[str, dict] = {
+    "sync_sgd": {"optimizer": "adagrad", "learning_rate": 0.01},
+    "local_sgd": {"optimizer": "nesterov", "learning_rate": 0.7, "momentum": 0.9},
+}
+# Fields that describe the master's optimizer: reset to the new algorithm's defaults when
+# `algorithm` changes and none of them is given with it.
+OPTIMIZER_FIELDS = ("optimizer", "learning_rate", "momentum", "ro", "eps", "beta1", "beta2")
 
 
 class Hyper(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # The learning algorithm (what a work order asks, how results combine); `optimizer`
+    # and its fields are the master's: the step on the mean gradient (sync_sgd) or the
+    # outer step on the mean parameter change (local_sgd).
+    algorithm: AlgorithmName = DEFAULT_ALGORITHM
     optimizer: OptimizerName = "adagrad"
     learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.01
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 1.0  # lr *= lr_decay every lr_decay_interval steps
@@ -30,9 +46,20 @@ class Hyper(BaseModel):
     eps: Annotated[float, Field(gt=0, le=1)] | None = None
     beta1: Annotated[float, Field(ge=0, lt=1)] | None = None  # adam
     beta2: Annotated[float, Field(ge=0, lt=1)] | None = None
+    # local_sgd: the clients' inner optimizer (its state stays on the client across rounds)
+    inner_optimizer: Literal["adam", "sgd"] = "adam"
+    inner_learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.001
+    inner_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # inner sgd only
     iteration_time: Annotated[float, Field(ge=1, le=30)] = 4.0  # T, seconds
-    capacity: Annotated[int, Field(ge=1, le=10_000_000)] = 3000  # most ids one client holds
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 32  # a hint to workers
+    # Most ids one client holds; a client's own memory (join `memory_mb`) caps it further,
+    # so by default a small fleet holds all of a small dataset.
+    capacity: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000_000
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 32  # per gradient (sync) / inner step (local)
+    work_vectors: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # >0: fixed work per order, not time
+    max_staleness: Annotated[int, Field(ge=0, le=16)] = 2  # late results within s iterations count
+    compression: Literal["none", "float16", "int8"] = "none"  # results and parameter changes on the wire
+    test_interval: Annotated[float, Field(ge=0, le=3600)] = 5.0  # s between a tracker's evaluations
+    test_sample: Annotated[int, Field(ge=0, le=10_000_000)] = 2000  # test items a tracker scores; 0 = all
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     save_period: Annotated[float, Field(ge=0, le=10)] = 0.0  # s between checkpoints; 0 = every iteration
 
@@ -51,8 +78,29 @@ class Hyper(BaseModel):
     def make_optimizer(self, num_params: int) -> Optimizer:
         return make_optimizer(self.optimizer, num_params, self.schedule(), **self.optimizer_params())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _algorithm_defaults(cls, data):
+        """An unnamed optimizer is the algorithm's default one (see OPTIMIZER_DEFAULTS)."""
+        if isinstance(data, dict) and "optimizer" not in data:
+            algorithm = data.get("algorithm", DEFAULT_ALGORITHM)
+            defaults = OPTIMIZER_DEFAULTS.get(algorithm, {})
+            data = {**{k: v for k, v in defaults.items() if k not in data}, **data}
+        return data
+
+    @classmethod
+    def stored(cls, data: dict) -> Hyper:
+        """Hyperparameters saved before algorithms existed ran the paper's loop."""
+        return cls.model_validate({"algorithm": "sync_sgd", **data})
+
     def updated(self, changes: dict) -> Hyper:
-        return Hyper.model_validate({**self.model_dump(), **changes})
+        current = self.model_dump()
+        if changes.get("algorithm", self.algorithm) != self.algorithm and not (
+            set(changes) & set(OPTIMIZER_FIELDS)
+        ):
+            for k in OPTIMIZER_FIELDS:  # switching algorithm: its own default optimizer
+                current.pop(k, None)
+        return Hyper.model_validate({**current, **changes})
 
 
 def hyper_error(exc: ValidationError) -> str:

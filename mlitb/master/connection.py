@@ -35,16 +35,18 @@ class Connection:
         self.closed = False
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{cid}")
 
-    def send(self, payload: dict | str | bytes) -> None:
+    def send(self, payload: dict | str | bytes) -> int:
+        """Queue a message; returns its size (0 if not sent: closed or overflowing)."""
         if self.closed:
-            return
+            return 0
         data = msg.dumps(payload) if isinstance(payload, dict) else payload
         self._queued += len(data)
         if self._queued > MAX_QUEUED_BYTES:
             log.warning("client %s is %d bytes behind; closing it", self.id, self._queued)
             self.close_soon(msg.CLOSE_GOING_AWAY, "too slow: the send queue overflowed")
-            return
+            return 0
         self._queue.put_nowait(data)
+        return len(data)
 
     async def _write_loop(self) -> None:
         try:

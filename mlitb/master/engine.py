@@ -10,11 +10,15 @@ An iteration, the paper's five steps in order:
      balanced shares up to their capacity (the pie-cutter when the pool is empty) and
      allocation messages go out;
   c) every admitted trainer with cached data (and not benched for lag) gets a work
-     order with work time T - lag; their results are validated and summed as they
-     arrive; when all are in, or at the deadline, the weighted average is taken and the
-     optimizer steps;
+     order with work time T - lag, whose content the learning algorithm decides
+     (`algorithms.ALGORITHMS`: a gradient, or local steps); results are validated and
+     accumulated as they arrive (a late one within `max_staleness` iterations with a
+     smaller weight); when all are in, or at the deadline, the algorithm steps;
   d) each result updates its client's lag; missing results count as a full-T lag;
-  e) the new parameters are broadcast to every client, trainers and trackers.
+  e) the new parameters are broadcast to every client, trainers and trackers: whole
+     (float32), or with `compression` as a quantised change that every protocol-2
+     client applies to the same view (`codecs.ParamView`); version-1 clients always
+     get whole float32 frames.
 The next iteration starts no earlier than T after this one started.
 """
 
@@ -26,15 +30,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlitb.model.decay import mean_gradient
 from mlitb.model.grow import grow_outputs
 from mlitb.model.layout import decay_multipliers
 from mlitb.model.spec import Spec
 from mlitb.optim import Optimizer
-from mlitb.protocol import frames
+from mlitb.protocol import codecs, frames
 from mlitb.protocol import messages as msg
 from mlitb.protocol.idtext import ids_to_text
 
+from .algorithms import make_algorithm, staleness_weight
 from .allocation import Allocator, make_key
 from .config import Hyper
 from .latency import Latency
@@ -47,6 +51,16 @@ MIN_GRACE_S = 1.0
 IDLE_POLL_S = 0.25  # how often an idle project looks again for trainers with data
 MAX_VECTORS_PER_RESULT = 100_000_000
 HISTORY_LIMIT = 100_000
+FULL_EVERY = 50  # with compression, whole parameters every this many iterations
+ITEM_OVERHEAD_BYTES = 64  # per cached item besides its pixels (label, key, index)
+
+
+def memory_capacity(memory_mb: int | None, input_shape: tuple[int, ...]) -> int | None:
+    """Items that fit in `memory_mb` of cache (uint8 pixels + overhead), None: no limit."""
+    if memory_mb is None:
+        return None
+    item = int(np.prod(input_shape)) + ITEM_OVERHEAD_BYTES
+    return max(1, (memory_mb << 20) // item)
 
 
 def label_map_for(labels: list[str], dataset_labels: list[str]) -> list[int]:
@@ -76,6 +90,8 @@ class Client:
     name: str
     capacity: int
     joined: float
+    protocol: int = 1
+    memory_mb: int | None = None
     admitted: bool = False
     latency: Latency = field(default_factory=Latency)
     cached: set[int] = field(default_factory=set)
@@ -85,12 +101,18 @@ class Client:
     results: int = 0
     rejected: int = 0
     late: int = 0
+    stale: int = 0  # late results applied with a staleness weight
     scheduled: int | None = None  # the iteration it is working on
+    pending: dict[int, float] = field(default_factory=dict)  # iterations ordered, not answered -> sent at
+    bytes_in: int = 0  # WebSocket payload bytes, both kinds (counted by the I/O layer)
+    bytes_out: int = 0
+    compute_ms: int = 0  # sum of the compute times its results report
+    limit: int = 0  # the ids it may hold: min(its capacity, the project's, its memory's)
     sent_at: float = 0.0
     work_ms: int = 0
     allocation_version: int = 0
 
-    def summary(self, held: int) -> dict:
+    def summary(self, held: int, now: float) -> dict:
         return {
             "id": self.id,
             "name": self.name,
@@ -107,7 +129,18 @@ class Client:
             "results": self.results,
             "rejected": self.rejected,
             "late": self.late,
+            "stale": self.stale,
             "admitted": self.admitted,
+            "protocol": self.protocol,
+            "capacity": self.limit or self.capacity,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "compute_s": round(self.compute_ms / 1000, 3),
+            "connected_s": round(max(now - self.joined, 0.0), 3),
+            # share of its connected time a trainer spent computing (the rest: waiting)
+            "computing": round(min(self.compute_ms / 1000 / max(now - self.joined, 1e-3), 1.0), 3)
+            if self.role == "trainer"
+            else None,
         }
 
 
@@ -145,6 +178,9 @@ class Engine:
         self.vectors_total = int(totals.get("vectors", 0))
         self.rejected_total = int(totals.get("rejected", 0))
         self.late_total = int(totals.get("late", 0))
+        self.stale_total = int(totals.get("stale", 0))
+        self.bytes_in = int(totals.get("bytes_in", 0))  # since creation, all clients
+        self.bytes_out = int(totals.get("bytes_out", 0))
         self.contributors: dict[str, int] = dict(totals.get("contributors", {}))  # kind -> clients
         self.acc = Accumulator(params.size)
         self.working = False
@@ -153,15 +189,28 @@ class Engine:
         self.deadline = 0.0
         self.next_start = 0.0
         self.dirty = False  # parameters changed since the last checkpoint
-        self.params_frame = frames.encode_parameters(project_id, iteration, self.params)
+        self.algorithm = make_algorithm(hyper, self.l1_mul, self.l2_mul)
+        self.view = codecs.ParamView()  # what protocol-2 clients hold when compressing
+        self.view_dtype = codecs.FLOAT32
+        self._new_view()
 
     # ================================================================ membership
     def connect(self, cid: str, join: msg.Join, now: float) -> None:
         """A client joined: welcome it at once; it is admitted at the next boundary."""
         # capacity: what the client asked for; the project's cap applies on top (may change).
-        self.clients[cid] = Client(
-            cid, join.role, join.kind, join.backend, join.name, join.capacity, joined=now
+        protocol = min(join.protocol, 2)
+        client = Client(
+            cid,
+            join.role,
+            join.kind,
+            join.backend,
+            join.name,
+            join.capacity,
+            joined=now,
+            protocol=protocol,
+            memory_mb=join.memory_mb,
         )
+        self.clients[cid] = client
         self.send(
             cid,
             msg.welcome(
@@ -175,20 +224,40 @@ class Engine:
                 self.hyper.iteration_ms,
                 0,
                 0,
+                protocol=protocol,
+                extra=self._welcome_extra(client) if protocol >= 2 else None,
             ),
         )
-        self.send(cid, self.params_frame)
+        self._send_params(client)
         if join.role == "tracker":
             # Trackers touch no training data: admitted at once, so a paused or new
             # project's tracker gets its test set (and can classify) before any boundary.
             self._admit(self.clients[cid])
         log.info("project %s: %s %s (%s, %s) joined", self.name, join.kind, join.role, cid, join.backend)
 
+    def _welcome_extra(self, c: Client) -> dict:
+        return {
+            "algorithm": self.hyper.algorithm,
+            "compression": self.hyper.compression,
+            "capacity": self._capacity(c),
+            "tracker": {
+                "period_ms": round(self.hyper.test_interval * 1000),
+                "sample": self.hyper.test_sample,
+            },
+        }
+
+    def _capacity(self, c: Client) -> int:
+        """Most ids this trainer holds: its own limit, the project's, its memory's."""
+        cap = min(c.capacity, self.hyper.capacity)
+        mem = memory_capacity(c.memory_mb, tuple(self.spec.input_shape))
+        return cap if mem is None else min(cap, mem)
+
     def _admit(self, c: Client) -> None:
         c.admitted = True
         self.contributors[c.kind] = self.contributors.get(c.kind, 0) + 1
         if c.role == "trainer":
-            self.allocator.add_trainer(c.id, min(c.capacity, self.hyper.capacity))
+            c.limit = self._capacity(c)
+            self.allocator.add_trainer(c.id, c.limit)
         else:
             self._allocate_tracker(c)
 
@@ -269,6 +338,7 @@ class Engine:
             self.acc.reset()
             for c in self.clients.values():
                 c.scheduled = None
+                c.pending.clear()
         self.next_start = now
         for cid in self.clients:
             self.send(cid, msg.state(state, self.iteration))
@@ -285,7 +355,9 @@ class Engine:
         self.acc.reset()
         for c in self.clients.values():
             c.scheduled = None
-        self._broadcast_params()
+            c.pending.clear()
+        self._new_view()
+        self._broadcast_params(full=True)
         self.dirty = True
         self.next_start = now
 
@@ -296,9 +368,18 @@ class Engine:
             self.optimizer = hyper.make_optimizer(self.spec.num_params)
         else:
             self.optimizer.schedule = hyper.schedule()
+        self.algorithm = make_algorithm(hyper, self.l1_mul, self.l2_mul)
+        if hyper.algorithm != old.algorithm:
+            self.acc.reset()  # results of the other algorithm do not mix with this one's
+            for c in self.clients.values():
+                c.pending.clear()
+        if hyper.compression != old.compression:
+            self._new_view()
+            self._broadcast_params(full=True)
         for c in self.clients.values():
             if c.id in self.allocator.capacity:
-                self.allocator.set_capacity(c.id, min(c.capacity, hyper.capacity))
+                c.limit = self._capacity(c)
+                self.allocator.set_capacity(c.id, c.limit)
         self.dirty = True
 
     def grow_label(self, label: str, now: float) -> None:
@@ -312,18 +393,21 @@ class Engine:
         self.spec, self.params, self.optimizer = spec, params, optimizer
         self.labels.append(label)
         self.l1_mul, self.l2_mul = decay_multipliers(spec)
+        self.algorithm = make_algorithm(self.hyper, self.l1_mul, self.l2_mul)
         self.acc = Accumulator(spec.num_params)
         self.working = False  # results for the old shape would not fit: start the iteration over
         self.outstanding = 0
         for c in self.clients.values():
             c.scheduled = None
+            c.pending.clear()
+        self._new_view()
         for source in self.sources.values():
             source.label_map = label_map_for(self.labels, source.info.get("label_names", []))
         self.next_start = now
         self.dirty = True
         for cid in self.clients:
             self.send(cid, msg.model(spec.to_json(), self.labels, spec.num_params, self.iteration))
-        self._broadcast_params()
+        self._broadcast_params(full=True)
 
     # ================================================================ the loop
     def poll(self, now: float) -> float | None:
@@ -361,55 +445,83 @@ class Engine:
         chosen = [c for c in ready if c.latency.schedulable(self.iteration)]
         if not chosen:
             chosen = ready  # only benched trainers have data: probe them rather than stall
+        oldest = self.iteration - self.hyper.max_staleness
         for c in self.clients.values():
             c.scheduled = None
+            for it in [it for it in c.pending if it < oldest]:
+                del c.pending[it]  # beyond max_staleness: its result would be discarded
+        fields = self.algorithm.work_fields()
         for c in chosen:
             c.scheduled = self.iteration
+            c.pending[self.iteration] = now
             c.sent_at = now
             c.work_ms = c.latency.work_ms(T)
-            self.send(c.id, msg.work(self.iteration, c.work_ms))
+            self.send(c.id, msg.work(self.iteration, c.work_ms, fields))
             scheduled += 1
         self.outstanding = scheduled  # results still awaited this iteration
         if scheduled:
             self.working = True
-            self.acc.reset()
             self.iter_started = now
             self.deadline = now + self.hyper.iteration_time * (1 + GRACE_FRACTION) + MIN_GRACE_S
 
     def on_result(self, cid: str, frame: frames.Frame, now: float) -> str | None:
-        """A gradient result; returns None if accepted, else the reason it was refused."""
+        """A result (gradient or change); returns None if accepted, else why it was refused.
+
+        On time: the current iteration's order. Stale: an order of one of the last
+        `max_staleness` iterations, answered once, applied with `staleness_weight`.
+        Anything else is `late` and discarded."""
         client = self.clients.get(cid)
         if client is None:
             return "unknown_client"
+        staleness = self.iteration - frame.iteration
         try:
-            if frame.kind != frames.RESULT or frame.project != self.project_id:
-                raise Rejected("wrong_frame", "expected a result frame for this project")
-            if frame.iteration != self.iteration or client.scheduled != self.iteration or not self.working:
+            if frame.kind not in (frames.RESULT, frames.DELTA) or frame.project != self.project_id:
+                raise Rejected("wrong_frame", "expected a result or delta frame for this project")
+            on_time = staleness == 0 and client.scheduled == self.iteration and self.working
+            stale_ok = (
+                0 < staleness <= self.hyper.max_staleness
+                and frame.iteration in client.pending
+                and self.state == "running"
+            )
+            if not (on_time or stale_ok):
                 client.late += 1
                 self.late_total += 1
+                client.pending.pop(frame.iteration, None)
                 raise Rejected(
                     "late",
                     f"result for iteration {frame.iteration}, the master is at {self.iteration}"
-                    + ("" if client.scheduled == self.iteration else " (not scheduled: no work order)"),
+                    + (
+                        f" (more than max_staleness={self.hyper.max_staleness} behind)"
+                        if staleness > self.hyper.max_staleness
+                        else " (no open work order for it)"
+                    ),
                 )
+            self.algorithm.check(frame)
             validate(frame.values, frame.vectors, frame.loss, self.spec.num_params, MAX_VECTORS_PER_RESULT)
         except Rejected as exc:
             if exc.reason != "late":
                 client.rejected += 1
                 self.rejected_total += 1
-                if client.scheduled == self.iteration and self.working:
+                client.pending.pop(frame.iteration, None)
+                if client.scheduled == self.iteration and self.working and staleness == 0:
                     client.scheduled = None  # it answered, badly: do not wait for it
                     self.outstanding -= 1
             log.warning("project %s: result from %s refused (%s): %s", self.name, cid, exc.reason, exc.detail)
             self.send(cid, msg.error(exc.reason, exc.detail))
             return exc.reason
-        self.acc.add(frame.values, frame.vectors, frame.loss)
-        client.scheduled = None
-        self.outstanding -= 1
+        sent_at = client.pending.pop(frame.iteration, client.sent_at)
+        self.algorithm.accumulate(self.acc, frame, staleness_weight(staleness))
         client.results += 1
         client.vectors_processed += frame.vectors
+        client.compute_ms += frame.compute_ms
         client.vectors_per_s = frame.vectors_per_s or frame.vectors / max(frame.compute_ms / 1000, 1e-3)
-        lag = (now - client.sent_at) * 1000 - client.work_ms
+        if staleness:
+            client.stale += 1
+            self.stale_total += 1
+            return None
+        client.scheduled = None
+        self.outstanding -= 1
+        lag = (now - sent_at) * 1000 - client.work_ms
         client.latency.observe(lag, self.hyper.iteration_ms, self.iteration)
         return None
 
@@ -422,20 +534,11 @@ class Engine:
         self.working = False
         self.outstanding = 0
         self.next_start = max(now, self.iter_started + self.hyper.iteration_time)
-        if self.acc.vectors == 0:
+        if self.acc.weight <= 0:
             log.info("project %s: iteration %d had no results", self.name, self.iteration)
             return
         t0 = time.perf_counter()
-        grad = mean_gradient(
-            self.acc.total.astype(np.float32),
-            self.acc.vectors,
-            self.params,
-            self.hyper.l1_decay,
-            self.hyper.l2_decay,
-            self.l1_mul,
-            self.l2_mul,
-        )
-        self.optimizer.step(self.params, grad)
+        self.algorithm.step(self.acc, self.params, self.optimizer)
         reduce_ms = (time.perf_counter() - t0) * 1000
         seconds = max(now - self.iter_started, 1e-6)
         lags = [c.latency.last_ms for c in self.clients.values() if c.latency.last_ms is not None]
@@ -466,6 +569,9 @@ class Engine:
             "data_unallocated": len(self.allocator.pool),
             "rejected": self.rejected_total,
             "late": self.late_total,
+            "stale": self.stale_total,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
             "learning_rate": self.optimizer.schedule.at(self.optimizer.t - 1),
             "test_error": None,
         }
@@ -473,6 +579,7 @@ class Engine:
         if len(self.history) > HISTORY_LIMIT:
             del self.history[: len(self.history) - HISTORY_LIMIT]
         self.vectors_total += self.acc.vectors
+        self.acc.reset()  # stale results arriving from now on count towards the next step
         self.iteration += 1
         self.dirty = True
         self._broadcast_params()
@@ -493,10 +600,50 @@ class Engine:
         out, self.outbox = self.outbox, []
         return out
 
-    def _broadcast_params(self) -> None:
-        self.params_frame = frames.encode_parameters(self.project_id, self.iteration, self.params)
-        for cid in self.clients:
-            self.send(cid, self.params_frame)
+    def _new_view(self) -> None:
+        """Whole parameters from now on (start, restart, new shape, compression changed)."""
+        self.view_dtype = codecs.DTYPES[self.hyper.compression]
+        view = self.view.full(self.params, self.iteration)
+        self.params_frame = frames.encode_parameters(self.project_id, self.iteration, self.params, 1)
+        # protocol 2 gets the view: with compression it is what in-sync clients hold
+        self.view_frame = frames.encode_parameters(self.project_id, self.iteration, view, 2)
+
+    def _send_params(self, c: Client) -> None:
+        """Whole parameters to one client (join, resync)."""
+        self.send(c.id, self.params_frame if c.protocol == 1 else self.view_frame)
+
+    def _broadcast_params(self, full: bool = False) -> None:
+        """After a step: float32 to version-1 clients; to version-2 clients the view,
+        advanced by a quantised change when compressing (whole every FULL_EVERY)."""
+        delta = None
+        if full or self.view_dtype == codecs.FLOAT32 or self.iteration % FULL_EVERY == 0:
+            self._new_view()
+        else:
+            base, payload = self.view.delta(self.params, self.iteration, self.view_dtype)
+            delta = frames.encode_param_delta(
+                self.project_id, base, self.iteration, payload, self.spec.num_params, self.view_dtype
+            )
+            self.params_frame = frames.encode_parameters(self.project_id, self.iteration, self.params, 1)
+            self.view_frame = frames.encode_parameters(self.project_id, self.iteration, self.view.view, 2)
+        for c in self.clients.values():
+            if c.protocol == 1:
+                self.send(c.id, self.params_frame)
+            else:
+                self.send(c.id, delta if delta is not None else self.view_frame)
+
+    def resync(self, cid: str) -> None:
+        client = self.clients.get(cid)
+        if client is not None:
+            self._send_params(client)
+
+    def count_bytes(self, cid: str, received: int = 0, sent: int = 0) -> None:
+        """The I/O layer's byte counts (WebSocket payloads) per client and in total."""
+        self.bytes_in += received
+        self.bytes_out += sent
+        client = self.clients.get(cid)
+        if client is not None:
+            client.bytes_in += received
+            client.bytes_out += sent
 
     def _send_allocation(self, client: Client, added: list[int], removed: list[int]) -> None:
         client.allocation_version += 1
@@ -535,14 +682,15 @@ class Engine:
             self._send_allocation(client, keys, [])
 
     # ================================================================ views
-    def summary(self) -> dict:
+    def summary(self, now: float | None = None) -> dict:
+        now = time.monotonic() if now is None else now
         last = self.history[-1] if self.history else {}
         test = next(
             (r["test_error"] for r in reversed(self.history) if r.get("test_error") is not None), None
         )
         test_items = sum(s.items for s in self.sources.values() if s.role == "test")
         clients = [
-            c.summary(len(self.allocator.held.get(c.id, ())) if c.role == "trainer" else test_items)
+            c.summary(len(self.allocator.held.get(c.id, ())) if c.role == "trainer" else test_items, now)
             for c in self.clients.values()
         ]
         return {
@@ -563,6 +711,11 @@ class Engine:
             "train_loss": last.get("train_loss"),
             "rejected": self.rejected_total,
             "late": self.late_total,
+            "stale": self.stale_total,
+            "algorithm": self.hyper.algorithm,
+            "compression": self.hyper.compression,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
             "contributors": dict(self.contributors),
             "clients": clients,
         }

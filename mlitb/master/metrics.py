@@ -19,7 +19,18 @@ GAUGES = [
     ("mlitb_project_data_size", "data_size", "Training items registered."),
     ("mlitb_project_data_unallocated", "data_unallocated", "Training items allocated to no trainer."),
     ("mlitb_project_results_rejected_total", "rejected", "Results refused (size, NaN/Inf, ...)."),
-    ("mlitb_project_results_late_total", "late", "Results that arrived after their iteration's reduce."),
+    ("mlitb_project_results_late_total", "late", "Results discarded: later than max_staleness iterations."),
+    ("mlitb_project_results_stale_total", "stale", "Late results applied with a staleness weight."),
+    ("mlitb_project_received_bytes_total", "bytes_in", "WebSocket bytes from workers since creation."),
+    ("mlitb_project_sent_bytes_total", "bytes_out", "WebSocket bytes sent to workers since creation."),
+]
+# per client (label client=ID): (metric, client summary key, help)
+CLIENT_GAUGES = [
+    ("mlitb_client_received_bytes_total", "bytes_in", "WebSocket bytes received from this client."),
+    ("mlitb_client_sent_bytes_total", "bytes_out", "WebSocket bytes sent to this client."),
+    ("mlitb_client_compute_seconds_total", "compute_s", "Seconds this client reported computing."),
+    ("mlitb_client_connected_seconds", "connected_s", "Seconds since this client joined."),
+    ("mlitb_client_computing_ratio", "computing", "Share of its connected time a trainer computed."),
 ]
 
 
@@ -38,6 +49,17 @@ def render(summaries: list[dict]) -> str:
             if value is None:
                 continue
             lines.append(f'{metric}{{project="{_label(s["name"])}"}} {float(value):.6g}')
+    for metric, key, help_text in CLIENT_GAUGES:
+        kind = "counter" if metric.endswith("_total") else "gauge"
+        lines.append(f"# HELP {metric} {help_text}")
+        lines.append(f"# TYPE {metric} {kind}")
+        for s in summaries:
+            for c in s.get("clients", []):
+                value = c.get(key)
+                if value is None:
+                    continue
+                labels = f'project="{_label(s["name"])}",client="{_label(c["id"])}",role="{c["role"]}"'
+                lines.append(f"{metric}{{{labels}}} {float(value):.6g}")
     lines.append("# HELP mlitb_projects Projects hosted.")
     lines.append("# TYPE mlitb_projects gauge")
     lines.append(f"mlitb_projects {len(summaries)}")

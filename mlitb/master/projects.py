@@ -77,7 +77,7 @@ class ProjectManager:
     async def load_all(self) -> None:
         for pid in await asyncio.to_thread(self.store.ids):
             rec = await asyncio.to_thread(self.store.load, pid)
-            hyper = Hyper.model_validate(rec.hyper)
+            hyper = Hyper.stored(rec.hyper)
             optimizer = optimizer_from_bytes(rec.optimizer)
             optimizer.schedule = hyper.schedule()
             engine = Engine(

@@ -37,29 +37,41 @@ def validate(values: np.ndarray, vectors: int, loss: float, num_params: int, max
 
 
 class Accumulator:
-    """Running sum of the accepted results of one iteration. float64, so that the sum
+    """Running sums of the accepted results of one iteration. float64, so that the sum
     rounded to float32 does not depend on the order results arrived in: a resumed or
     replayed iteration gives the same step (costs ~4x a float32 add; see
-    docs/performance.md)."""
+    docs/performance.md).
+
+    `total` = sum of scale_i * values_i and `weight` = sum of weight_i, both chosen by
+    the learning algorithm (mlitb.master.algorithms); `vectors` and `loss` are the plain
+    counts for the metrics."""
 
     def __init__(self, num_params: int) -> None:
         self.total = np.zeros(num_params, np.float64)
+        self.weight = 0.0
         self.vectors = 0
         self.loss = 0.0
         self.results = 0
 
-    def add(self, values: np.ndarray, vectors: int, loss: float) -> None:
-        np.add(self.total, values, out=self.total)
+    def add(
+        self, values: np.ndarray, vectors: int, loss: float, scale: float = 1.0, weight: float | None = None
+    ) -> None:
+        if scale == 1.0:
+            np.add(self.total, values, out=self.total)
+        else:
+            np.add(self.total, values.astype(np.float64) * scale, out=self.total)
+        self.weight += vectors if weight is None else weight
         self.vectors += vectors
         self.loss += loss
         self.results += 1
 
     def mean(self) -> np.ndarray:
-        """Weighted average of the workers' mean gradients = sum of sums / sum of counts."""
-        return (self.total / max(self.vectors, 1)).astype(np.float32)
+        """Weighted average = sum of scaled values / sum of weights."""
+        return (self.total / max(self.weight, 1e-300)).astype(np.float32)
 
     def reset(self) -> None:
         self.total.fill(0.0)
+        self.weight = 0.0
         self.vectors = 0
         self.loss = 0.0
         self.results = 0

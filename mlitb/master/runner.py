@@ -75,6 +75,7 @@ class ProjectRunner:
 
     def on_text(self, conn: Connection, text: str) -> None:
         conn.last_seen = time.monotonic()
+        self.engine.count_bytes(conn.id, received=len(text))
         try:
             message = msg.parse_client_message(text)
             if isinstance(message, msg.Join):
@@ -96,6 +97,8 @@ class ProjectRunner:
             client = self.engine.clients.get(conn.id)
             if client is not None:
                 client.backend = message.backend
+        elif isinstance(message, msg.Resync):
+            self.engine.resync(conn.id)
         elif isinstance(message, msg.Heartbeat):
             conn.send(msg.heartbeat(message.t))
         elif isinstance(message, msg.Leave):
@@ -106,6 +109,7 @@ class ProjectRunner:
 
     def on_bytes(self, conn: Connection, data: bytes) -> None:
         conn.last_seen = time.monotonic()
+        self.engine.count_bytes(conn.id, received=len(data))
         try:
             frame = frames.decode(data, max_count=self.engine.spec.num_params)
         except frames.FrameError as exc:
@@ -137,7 +141,7 @@ class ProjectRunner:
         for cid, payload in self.engine.drain():
             conn = self.conns.get(cid)
             if conn is not None:
-                conn.send(payload)
+                self.engine.count_bytes(cid, sent=conn.send(payload))
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -201,6 +205,9 @@ class ProjectRunner:
             "vectors": e.vectors_total,
             "rejected": e.rejected_total,
             "late": e.late_total,
+            "stale": e.stale_total,
+            "bytes_in": e.bytes_in,
+            "bytes_out": e.bytes_out,
             "contributors": e.contributors,
         }
 

@@ -38,12 +38,15 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]  # JSON's NaN/Infinity tok
 # ---------------------------------------------------------------- worker -> master
 class Join(_Msg):
     type: Literal["join"]
-    protocol: int = PROTOCOL_VERSION
+    protocol: int = 1  # a join without it is a version-1 client
     project: Name
     role: Literal["trainer", "tracker"] = "trainer"
     kind: Literal["native", "browser"] = "native"
     backend: Annotated[str, Field(max_length=40)] = "unknown"
     capacity: Annotated[int, Field(ge=0, le=10_000_000)] = 3000
+    # v2: memory the worker offers for its data cache; the master turns it into an item
+    # cap from the model's input size (absent: only `capacity` limits it)
+    memory_mb: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     name: Annotated[str, Field(max_length=100)] = ""
     join_key: Annotated[str, Field(max_length=200)] = ""
     capabilities: dict[str, Any] = Field(default_factory=dict)
@@ -79,19 +82,29 @@ class Status(_Msg):
     backend: Annotated[str, Field(max_length=40)]
 
 
+class Resync(_Msg):
+    """v2: a parameter delta arrived for a base this worker does not hold: send the
+    full parameters (the worker holds `iteration`'s)."""
+
+    type: Literal["resync"]
+    iteration: Annotated[int, Field(ge=0)] = 0
+
+
 class Leave(_Msg):
     type: Literal["leave"]
     reason: Annotated[str, Field(max_length=200)] = ""
 
 
 ClientMessage = Annotated[
-    Join | Cached | Heartbeat | TestResult | Status | Leave, Field(discriminator="type")
+    Join | Cached | Heartbeat | TestResult | Status | Resync | Leave, Field(discriminator="type")
 ]
 _client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
-CLIENT_TYPES = ("join", "cached", "heartbeat", "test_result", "status", "leave")
+CLIENT_TYPES = ("join", "cached", "heartbeat", "test_result", "status", "resync", "leave")
 
 
-def parse_client_message(text: str | bytes) -> Join | Cached | Heartbeat | TestResult | Status | Leave:
+def parse_client_message(
+    text: str | bytes,
+) -> Join | Cached | Heartbeat | TestResult | Status | Resync | Leave:
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_TEXT_BYTES:
         raise ProtocolError("too_large", f"text message of {size} bytes, the limit is {MAX_TEXT_BYTES}")
@@ -132,10 +145,13 @@ def welcome(
     iteration_ms: int,
     heartbeat_ms: int,
     max_frame_bytes: int,
+    protocol: int = PROTOCOL_VERSION,
+    extra: dict | None = None,
 ) -> dict:
+    """`extra` (v2): algorithm, compression, capacity, tracker schedule."""
     return {
         "type": "welcome",
-        "protocol": PROTOCOL_VERSION,
+        "protocol": protocol,
         "client_id": client_id,
         "project": project,
         "spec": spec_layers,
@@ -146,6 +162,7 @@ def welcome(
         "iteration_ms": iteration_ms,
         "heartbeat_ms": heartbeat_ms,
         "max_frame_bytes": max_frame_bytes,
+        **(extra or {}),
     }
 
 
@@ -165,8 +182,10 @@ def model(spec_layers: list, labels: list[str], num_params: int, iteration: int)
     }
 
 
-def work(iteration: int, work_ms: int) -> dict:
-    return {"type": "work", "iteration": iteration, "work_ms": work_ms}
+def work(iteration: int, work_ms: int, fields: dict | None = None) -> dict:
+    """`fields` (v2, from the learning algorithm): mode, inner, batch_size, compression,
+    vectors; version-1 workers ignore them and send gradients."""
+    return {"type": "work", "iteration": iteration, "work_ms": work_ms, **(fields or {})}
 
 
 def error(code: str, reason: str) -> dict:

@@ -1,8 +1,10 @@
 """The map step of a native worker: as many vectors as fit in the work time.
 
 Mini-batches are drawn from the cache in a shuffled cycle (every cached item once
-before any twice); gradients accumulate on the device and leave it once. The loop
-stops when another batch would overrun the work time.
+before any twice). `train_for` (sync_sgd) accumulates gradients on the device and
+sends their sum; `local_for` (local_sgd) takes an inner optimizer step per batch and
+sends the parameter change. Both stop when another batch would overrun the work
+time, or, in fixed-work mode, after exactly `max_vectors` vectors.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import torch
 from mlitb.model.torch_executor import TorchNet
 
 from .cache import ItemCache
+from .inner import InnerOptimizer
 
 
 @dataclass
 class WorkResult:
-    grad: np.ndarray  # summed gradient, float32, flat layout
+    grad: np.ndarray  # summed gradient (or the change start - end), float32, flat layout
     vectors: int
     loss: float  # summed loss
     compute_ms: int
@@ -45,10 +48,23 @@ class Sampler:
         return rows
 
 
+def _rows(sampler: Sampler, n_items: int, batch: int, vectors: int, max_vectors: int) -> np.ndarray:
+    rows = sampler.next(n_items, batch)
+    if max_vectors:
+        rows = rows[: max_vectors - vectors]  # fixed work: the last batch is trimmed
+    return rows
+
+
+def _done(start: float, last: float, budget: float, vectors: int, max_vectors: int) -> bool:
+    if max_vectors:
+        return vectors >= max_vectors
+    return time.perf_counter() - start + last > budget
+
+
 def train_for(
-    net: TorchNet, cache: ItemCache, sampler: Sampler, work_ms: int, batch: int
+    net: TorchNet, cache: ItemCache, sampler: Sampler, work_ms: int, batch: int, max_vectors: int = 0
 ) -> WorkResult | None:
-    """Run until work_ms; None if the cache is empty."""
+    """Summed gradient until work_ms (or max_vectors); None if the cache is empty."""
     if len(cache) == 0:
         return None
     start = time.perf_counter()
@@ -59,13 +75,13 @@ def train_for(
     losses = []
     while True:
         t0 = time.perf_counter()
-        x, y = cache.batch(sampler.next(len(cache), batch))
+        x, y = cache.batch(_rows(sampler, len(cache), batch, vectors, max_vectors))
         loss = net.loss(x, y)
         loss.backward()
         losses.append(loss.detach())
         vectors += len(y)
         last = time.perf_counter() - t0
-        if time.perf_counter() - start + last > budget:
+        if _done(start, last, budget, vectors, max_vectors):
             break
     net.train(False)
     loss_sum = float(torch.stack(losses).sum())
@@ -74,12 +90,53 @@ def train_for(
     return WorkResult(grad, vectors, loss_sum, int((time.perf_counter() - start) * 1000))
 
 
-@torch.no_grad()
-def evaluate(net: TorchNet, cache: ItemCache) -> tuple[float, float, int] | None:
-    """(classification error, mean loss, count) over every cached item; None if empty."""
+def local_for(
+    net: TorchNet,
+    cache: ItemCache,
+    sampler: Sampler,
+    work_ms: int,
+    batch: int,
+    opt: InnerOptimizer,
+    max_vectors: int = 0,
+) -> WorkResult | None:
+    """Inner steps from the net's parameters until work_ms (or max_vectors); the
+    result holds start - end. None if the cache is empty."""
     if len(cache) == 0:
         return None
-    x, y = cache.all()
+    start = time.perf_counter()
+    budget = work_ms / 1000
+    p0 = net.flat.detach().clone()
+    net.train(True)
+    vectors, last = 0, 0.0
+    losses = []
+    while True:
+        t0 = time.perf_counter()
+        x, y = cache.batch(_rows(sampler, len(cache), batch, vectors, max_vectors))
+        net.flat.grad = None
+        loss = net.loss(x, y)
+        loss.backward()
+        opt.step(net.flat.data, net.flat.grad, len(y))
+        losses.append(loss.detach())
+        vectors += len(y)
+        last = time.perf_counter() - t0
+        if _done(start, last, budget, vectors, max_vectors):
+            break
+    net.train(False)
+    net.flat.grad = None
+    delta = (p0 - net.flat.detach()).cpu().numpy().astype(np.float32)
+    loss_sum = float(torch.stack(losses).sum())
+    return WorkResult(delta, vectors, loss_sum, int((time.perf_counter() - start) * 1000))
+
+
+@torch.no_grad()
+def evaluate(
+    net: TorchNet, cache: ItemCache, rows: np.ndarray | None = None
+) -> tuple[float, float, int] | None:
+    """(classification error, mean loss, count) over the cached items `rows` (default
+    all); None if empty."""
+    if len(cache) == 0:
+        return None
+    x, y = cache.all() if rows is None else cache.batch(rows)
     probs = net.predict(x)
     error = float(np.mean(np.argmax(probs, axis=1) != y))
     if net.spec.loss != "softmax":  # scores, not probabilities: no log-loss to report

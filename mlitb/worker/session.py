@@ -3,8 +3,11 @@
 One WebSocket (permessage-deflate off). The master sends welcome + parameters, then
 allocations (which ids to fetch, from which data server) and, each iteration, new
 parameters and a work order. A trainer trains on its cache for the work time and
-returns a binary result frame; a tracker evaluates the test set on every new
-parameter vector and reports test error. On a network drop or a master restart the
+returns a binary result frame: a summed gradient (sync_sgd) or, after inner optimizer
+steps, its parameter change (local_sgd), compressed with error feedback when the work
+order asks; parameters arrive whole or as a quantised change to the ones it holds. A
+tracker scores a fixed sample of the test set on the master's schedule (at most once
+per period, and at most ~5 % of its time) and reports test error. On a network drop or a master restart the
 worker reconnects with exponential backoff (0.5 s doubling to 30 s, with jitter) and
 joins again; refusals that cannot heal (unknown project, wrong join key, protocol
 version) end it.
@@ -16,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -28,20 +32,33 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from mlitb.data.wire import BlockReader
+from mlitb.model.layout import decay_multipliers
 from mlitb.model.spec import Spec
 from mlitb.model.torch_executor import TorchNet
-from mlitb.protocol import PROTOCOL_VERSION, frames
+from mlitb.protocol import PROTOCOL_VERSION, codecs, frames
 from mlitb.protocol import messages as msg
 from mlitb.protocol.idtext import text_to_ids
 
 from .cache import ItemCache
-from .compute import Sampler, evaluate, train_for
+from .compute import Sampler, evaluate, local_for, train_for
+from .inner import InnerOptimizer
 
 log = logging.getLogger("mlitb.worker")
 
 FATAL_CLOSE = {msg.CLOSE_FORBIDDEN, msg.CLOSE_UNKNOWN_PROJECT, msg.CLOSE_VERSION, msg.CLOSE_DELETED}
 FETCH_CHUNK = 4096  # ids per data-server request
 MAX_FRAME = 1 << 30
+MAX_CAPACITY = 10_000_000
+EVAL_SHARE = 0.05  # a tracker spends at most this share of its time evaluating
+
+
+def default_memory_mb() -> int | None:
+    """Cache memory to offer: a quarter of the memory available now, at most 4 GiB."""
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return max(64, min(4096, free // 4 >> 20))
 
 
 class FatalError(RuntimeError):
@@ -87,7 +104,7 @@ class Worker:
         project: str,
         role: str = "trainer",
         device: str = "cpu",
-        capacity: int = 3000,
+        capacity: int | None = None,
         name: str = "",
         join_key: str = "",
         batch_size: int | None = None,
@@ -98,7 +115,9 @@ class Worker:
         self.project = project
         self.role = role
         self.device = device
-        self.capacity = capacity
+        # None: as many items as its memory holds (the master turns memory_mb into a cap)
+        self.capacity = MAX_CAPACITY if capacity is None else capacity
+        self.memory_mb = default_memory_mb() if capacity is None else None
         self.name = name
         self.join_key = join_key
         self.batch_size = batch_size
@@ -111,6 +130,13 @@ class Worker:
         self.cache: ItemCache | None = None
         self.iteration = 0
         self.params: np.ndarray | None = None
+        self._inner: InnerOptimizer | None = None  # local_sgd state, kept across rounds
+        self._feedback: codecs.ErrorFeedback | None = None  # residual of compressed results
+        self._tracker: dict = {}  # the master's schedule for trackers (period_ms, sample)
+        self._next_eval = 0.0
+        self._eval_waiting = False
+        self._sample: np.ndarray | None = None
+        self._sample_of = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -155,6 +181,7 @@ class Worker:
                         "kind": "native",
                         "backend": f"torch-{self.device}",
                         "capacity": self.capacity,
+                        **({"memory_mb": self.memory_mb} if self.memory_mb else {}),
                         "name": self.name,
                         "join_key": self.join_key,
                     }
@@ -176,8 +203,9 @@ class Worker:
                         return
                     data = recv.result()
                     if isinstance(data, bytes):
-                        self._on_params(data)
-                        if self.role == "tracker":
+                        if not self._on_params(data):
+                            await ws.send(msg.dumps({"type": "resync", "iteration": self.iteration}))
+                        elif self.role == "tracker":
                             self._spawn(tasks, self._evaluate(ws))
                     else:
                         await self._on_text(ws, http, json.loads(data), tasks)
@@ -221,17 +249,21 @@ class Worker:
             self.stats.project_state = m["state"]
             self.net = None
             self._spec = spec
+            self._reset_state()
+            self._tracker = m.get("tracker") or {}
+            self._next_eval = 0.0
             self.cache = ItemCache(tuple(spec.input_shape))
             self.stats.cached = self.stats.allocated = 0
             self._set_state("joined")
         elif kind == "model":  # the model grew (a label was added); parameters follow
             self._spec = Spec.from_json(m["spec"])
             self.net = None
+            self._reset_state()
             self._set_state("model changed")
         elif kind == "allocation":
             self._spawn(tasks, self._allocation(ws, http, m))
         elif kind == "work":
-            self._spawn(tasks, self._work(ws, m["iteration"], m["work_ms"]))
+            self._spawn(tasks, self._work(ws, m))
         elif kind == "state":
             self.stats.project_state = m["state"]
             self.on_update(self.stats)
@@ -240,18 +272,32 @@ class Worker:
             log.warning("master says %s: %s", m.get("code"), m.get("reason"))
         # heartbeat echoes and unknown types are ignored (forward compatible)
 
-    def _on_params(self, data: bytes) -> None:
+    def _reset_state(self) -> None:
+        self._inner = None
+        self._feedback = None
+        self._sample = None
+
+    def _on_params(self, data: bytes) -> bool:
+        """Whole parameters, or a change to the ones held; False: a change to parameters
+        this worker does not hold (it asks for whole ones)."""
         frame = frames.decode(data)
-        if frame.kind != frames.PARAMETERS:
-            return
+        if frame.kind == frames.PARAM_DELTA:
+            if self.params is None or frame.base != self.iteration:
+                return False
+            self.params = self.params + frame.values  # float32 adds, as the master's view
+        elif frame.kind == frames.PARAMETERS:
+            self.params = np.array(frame.values, dtype=np.float32)
+        else:
+            return True
         self.iteration = frame.iteration
-        self.params = np.array(frame.values, dtype=np.float32)
         self.stats.iteration = frame.iteration
         if self.net is None and getattr(self, "_spec", None) is not None:
-            self.net = TorchNet(self._spec, self.params, device=self.device, seed=self._rng_seed)
+            # a copy: the net steps its own parameters in place (local_sgd), never the held ones
+            self.net = TorchNet(self._spec, self.params.copy(), device=self.device, seed=self._rng_seed)
             self.sampler = Sampler(self._rng_seed)
         # The net itself is only touched under the compute lock (see _work / _evaluate).
         self.on_update(self.stats)
+        return True
 
     async def _allocation(self, ws, http: httpx.AsyncClient, m: dict) -> None:
         cache = self.cache
@@ -294,19 +340,48 @@ class Worker:
     def _load_params(self) -> None:
         self.net.set_params(self.params)
 
-    async def _work(self, ws, iteration: int, work_ms: int) -> None:
+    def _inner_for(self, cfg: dict) -> InnerOptimizer:
+        if self._inner is None or not self._inner.same(cfg):
+            l1_mul, l2_mul = decay_multipliers(self._spec)
+            self._inner = InnerOptimizer(cfg, self._spec.num_params, l1_mul, l2_mul, self.net.device_)
+        return self._inner
+
+    def _encode(self, values: np.ndarray, compression: str) -> tuple[int, bytes | None]:
+        """(dtype, payload): compressed with error feedback, or float32 (payload None)."""
+        dtype = codecs.DTYPES.get(compression, codecs.FLOAT32)
+        if dtype == codecs.FLOAT32:
+            return dtype, None
+        if self._feedback is None or self._feedback.dtype != dtype or self._feedback.n != values.size:
+            self._feedback = codecs.ErrorFeedback(values.size, dtype)
+        return dtype, self._feedback.encode(values)
+
+    async def _work(self, ws, m: dict) -> None:
+        iteration, work_ms = m["iteration"], m["work_ms"]
         if self.net is None or iteration != self.iteration:
             return
-        batch = self.batch_size or 32
+        batch = self.batch_size or int(m.get("batch_size") or 32)
+        local = m.get("mode") == "local"
+        max_vectors = int(m.get("vectors") or 0)
         started = time.monotonic()
         async with self._compute:
             if iteration != self.iteration:
                 return  # newer parameters arrived while an older computation held the lock
             work_ms = max(1, work_ms - int((time.monotonic() - started) * 1000))
             self._load_params()
-            result = await asyncio.to_thread(train_for, self.net, self.cache, self.sampler, work_ms, batch)
+            if local:
+                inner = m.get("inner") or {}
+                opt = self._inner_for(inner)
+                batch = self.batch_size or int(inner.get("batch_size") or batch)
+                result = await asyncio.to_thread(
+                    local_for, self.net, self.cache, self.sampler, work_ms, batch, opt, max_vectors
+                )
+            else:
+                result = await asyncio.to_thread(
+                    train_for, self.net, self.cache, self.sampler, work_ms, batch, max_vectors
+                )
         if result is None:
             return
+        dtype, payload = self._encode(result.grad, m.get("compression", "none"))
         await ws.send(
             frames.encode_result(
                 self._project_id,
@@ -316,6 +391,9 @@ class Worker:
                 result.loss,
                 result.vectors_per_s,
                 result.compute_ms,
+                kind=frames.DELTA if local else frames.RESULT,
+                dtype=dtype,
+                payload=payload,
             )
         )
         self.stats.results += 1
@@ -323,13 +401,42 @@ class Worker:
         self.stats.vectors_per_s = result.vectors_per_s
         self._set_state("training")
 
+    def _eval_rows(self) -> np.ndarray | None:
+        """A fixed random sample of the cached test items (the master's `sample`; None:
+        all), drawn again only when the cache changed size."""
+        want = int(self._tracker.get("sample") or 0)
+        n = len(self.cache)
+        if not want or want >= n:
+            return None
+        if self._sample is None or self._sample_of != n:
+            rng = np.random.default_rng(self._rng_seed)
+            self._sample = np.sort(rng.choice(n, want, replace=False))
+            self._sample_of = n
+        return self._sample
+
     async def _evaluate(self, ws) -> None:
         if self.net is None or self.cache is None or len(self.cache) == 0 or self._compute.locked():
             return  # still evaluating older parameters: this vector is skipped, the next one counts
+        wait = self._next_eval - time.monotonic()
+        if wait > 0:  # the master's schedule: the newest parameters are scored then
+            if not self._eval_waiting:
+                self._eval_waiting = True
+                try:
+                    await asyncio.sleep(wait)
+                finally:
+                    self._eval_waiting = False
+                await self._evaluate(ws)
+            return
         async with self._compute:
             iteration = self.iteration
             self._load_params()
-            out = await asyncio.to_thread(evaluate, self.net, self.cache)
+            cpu0 = time.process_time()  # CPU, not wall time: a tracker at low priority on a
+            out = await asyncio.to_thread(evaluate, self.net, self.cache, self._eval_rows())
+            took = time.process_time() - cpu0  # busy machine takes long without using much
+        # next: after the master's period, and after enough idle time that evaluating
+        # takes at most EVAL_SHARE of this worker's time
+        period = int(self._tracker.get("period_ms") or 0) / 1000
+        self._next_eval = time.monotonic() + max(period, took * (1 / EVAL_SHARE - 1) if period else 0.0)
         if out is None:
             return
         error, loss, count = out

@@ -51,11 +51,17 @@ export async function newProjectView(root) {
   const name = el("input", { id: "name", value: "mnist", required: true });
   const labels = el("input", { id: "labels", placeholder: "from the training set", size: 40 });
   const T = el("input", { id: "iteration-time", type: "number", value: 4, min: 1, max: 30, step: 0.5 });
-  const optimizer = el("select", { id: "optimizer" }, ["adagrad", "adam", "sgd", "nesterov", "adadelta", "windowgrad"]
-    .map((o) => el("option", { value: o }, o)));
-  const lr = el("input", { id: "learning-rate", type: "number", value: 0.01, step: "any" });
+  // local_sgd (DiLoCo: inner Adam steps on each client, outer Nesterov on the master)
+  // learns fastest (benchmarks/learning_bench.py); sync_sgd is the paper's loop.
+  const algorithm = el("select", { id: "algorithm" }, [["local_sgd", "local_sgd (local steps)"],
+    ["sync_sgd", "sync_sgd (the paper's loop)"]].map(([v, t]) => el("option", { value: v }, t)));
+  const optimizer = el("select", { id: "optimizer" }, ["", "adagrad", "adam", "sgd", "nesterov", "adadelta", "windowgrad"]
+    .map((o) => el("option", { value: o }, o || "the algorithm's default")));
+  const lr = el("input", { id: "learning-rate", type: "number", placeholder: "default", step: "any" });
+  const innerLr = el("input", { id: "inner-learning-rate", type: "number", value: 0.001, step: "any" });
+  const compression = el("select", { id: "compression" }, ["none", "float16", "int8"].map((o) => el("option", { value: o }, o)));
   const l2 = el("input", { id: "l2-decay", type: "number", value: 0.001, step: "any" });
-  const capacity = el("input", { id: "capacity", type: "number", value: 3000, min: 1 });
+  const capacity = el("input", { id: "capacity", type: "number", placeholder: "what memory holds", min: 1 });
   const train = el("select", { id: "train-dataset" });
   const test = el("select", { id: "test-dataset" });
   const create = el("button", { class: "primary", id: "create" }, "Create project");
@@ -125,8 +131,12 @@ export async function newProjectView(root) {
   create.addEventListener("click", async () => {
     const body = {
       name: name.value.trim(), spec: spec(), start: true, drop_last_layer: Boolean(modelFile && dropLast.checked),
-      hyper: { iteration_time: Number(T.value), optimizer: optimizer.value, learning_rate: Number(lr.value),
-        l2_decay: Number(l2.value), capacity: Number(capacity.value) },
+      hyper: { algorithm: algorithm.value, iteration_time: Number(T.value), l2_decay: Number(l2.value),
+        compression: compression.value,
+        ...(algorithm.value === "local_sgd" ? { inner_learning_rate: Number(innerLr.value) } : {}),
+        ...(optimizer.value ? { optimizer: optimizer.value } : {}),
+        ...(lr.value ? { learning_rate: Number(lr.value) } : {}),
+        ...(capacity.value ? { capacity: Number(capacity.value) } : {}) },
       train: train.value ? [Number(train.value)] : [], test: test.value ? [Number(test.value)] : [],
     };
     if (labels.value.trim()) body.labels = labels.value.split(",").map((s) => s.trim()).filter(Boolean);
@@ -153,8 +163,10 @@ export async function newProjectView(root) {
     status, expanded,
     el("h2", {}, "Data and hyperparameters"),
     el("div", { class: "toolbar" }, el("label", {}, "training set ", train), el("label", {}, "test set ", test)),
-    el("div", { class: "toolbar" }, el("label", {}, "iteration time T (s) ", T), el("label", {}, "optimizer ", optimizer),
-      el("label", {}, "learning rate ", lr), el("label", {}, "l2 decay ", l2), el("label", {}, "capacity per client ", capacity)),
+    el("div", { class: "toolbar" }, el("label", {}, "algorithm ", algorithm), el("label", {}, "iteration time T (s) ", T),
+      el("label", {}, "master's optimizer ", optimizer), el("label", {}, "learning rate ", lr),
+      el("label", {}, "inner learning rate ", innerLr), el("label", {}, "compression ", compression),
+      el("label", {}, "l2 decay ", l2), el("label", {}, "capacity per client ", capacity)),
     create,
   );
   root.append(

@@ -53,13 +53,15 @@ export async function projectView(root, name) {
   // ---- hyperparameters (live)
   const hyperForm = el("div", { class: "toolbar", id: "hyper" });
   function renderHyper() {
-    const keys = ["learning_rate", "l1_decay", "l2_decay", "iteration_time", "capacity", "batch_size", "optimizer"];
+    const keys = ["algorithm", "optimizer", "learning_rate", "inner_optimizer", "inner_learning_rate", "compression",
+      "max_staleness", "l1_decay", "l2_decay", "iteration_time", "capacity", "batch_size"];
+    const words = new Set(["algorithm", "optimizer", "inner_optimizer", "compression"]); // the rest are numbers
     hyperForm.replaceChildren(...keys.map((k) => el("label", {}, `${k} `, el("input", { "data-key": k, value: p.hyper[k], size: 8, disabled: !owner }))),
       el("button", { id: "btn-hyper", disabled: !owner, onclick: async () => {
         const changes = {};
         for (const input of hyperForm.querySelectorAll("input")) {
           const v = input.value.trim(), k = input.dataset.key;
-          if (String(p.hyper[k]) !== v) changes[k] = k === "optimizer" ? v : Number(v);
+          if (String(p.hyper[k]) !== v) changes[k] = words.has(k) ? v : Number(v);
         }
         try { const out = await api("PATCH", `/api/projects/${encodeURIComponent(name)}/hyper`, changes, name); p.hyper = out.hyper; log(`hyperparameters: ${JSON.stringify(changes)}`); }
         catch (e) { banner(e.message); }
@@ -116,20 +118,30 @@ export async function projectView(root, name) {
     el("h2", {}, "Volunteers"),
     el("p", {}, "Anyone who opens this link trains at once: ", el("a", { href: joinUrl, id: "join-link" }, joinUrl)), qr,
     el("h2", {}, "All clients"),
-    el("table", {}, el("thead", {}, el("tr", {}, ["id", "name", "kind", "role", "backend", "vectors/s", "vectors", "allocated", "cached", "lag ms"].map((t) => el("th", {}, t)))), clientsBody),
+    el("table", {}, el("thead", {}, el("tr", {}, ["id", "name", "kind", "role", "backend", "vectors/s", "vectors", "allocated", "cached", "lag ms", "in", "out", "computing"].map((t) => el("th", {}, t)))), clientsBody),
     el("h2", {}, "Model"), el("p", {}, "Download: ", downloads), closurePanel(name, owner, log).node,
     el("h2", {}, "Log"), logBox,
   );
   renderHyper();
 
+  function bytes(n) {
+    if (n == null) return "-";
+    const units = ["B", "KB", "MB", "GB", "TB"];
+    let i = 0;
+    while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+    return `${i ? n.toFixed(1) : n} ${units[i]}`;
+  }
   function renderSummary() {
     const facts = [["state", p.state], ["iteration", p.iteration], ["workers", `${p.workers} (${p.workers_assigned} assigned)`],
       ["trackers", p.trackers], ["test error", fmt(p.test_error)], ["train loss", fmt(p.train_loss)],
       ["data", `${fmt(p.data_size)} (${fmt(p.data_unallocated)} unallocated)`], ["power", `${fmt(p.power)} vectors/s`],
-      ["vectors processed", fmt(p.vectors_processed)], ["labels", (p.labels || []).join(", ")], ["parameters", fmt(p.num_params)]];
+      ["vectors processed", fmt(p.vectors_processed)], ["labels", (p.labels || []).join(", ")], ["parameters", fmt(p.num_params)],
+      ["algorithm", `${p.algorithm}, compression ${p.compression}`], ["traffic", `${bytes(p.bytes_in)} in, ${bytes(p.bytes_out)} out`],
+      ["late results", `${fmt(p.stale)} applied, ${fmt(p.late)} discarded`]];
     summary.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-key": k.replace(/ /g, "-") }, String(v))]));
     clientsBody.replaceChildren(...p.clients.map((c) => el("tr", { "data-kind": c.kind, "data-role": c.role },
-      [c.id, c.name, c.kind, c.role, c.backend, fmt(c.vectors_per_s), fmt(c.vectors_processed), fmt(c.data_allocated), fmt(c.data_cached), fmt(c.lag_ms)]
+      [c.id, c.name, c.kind, c.role, c.backend, fmt(c.vectors_per_s), fmt(c.vectors_processed), fmt(c.data_allocated), fmt(c.data_cached), fmt(c.lag_ms),
+        bytes(c.bytes_in), bytes(c.bytes_out), c.computing == null ? "-" : `${Math.round(100 * c.computing)} %`]
         .map((v) => el("td", {}, v)))));
     workersBody.replaceChildren(...handles.map((h) => {
       const s = h.status;

@@ -8,8 +8,8 @@ export function wsUrl(path = "/ws") {
 
 let counter = 0;
 
-export function startWorker({ project, role = "trainer", backend = "auto", capacity = 3000, name = "", joinKey = "",
-  batchSize = 32, onStatus = () => {}, onLog = () => {}, onTest = () => {} }) {
+export function startWorker({ project, role = "trainer", backend = "auto", capacity = undefined, name = "", joinKey = "",
+  batchSize = undefined, onStatus = () => {}, onLog = () => {}, onTest = () => {} }) {
   const worker = new Worker("/static/worker/worker.js");
   const id = ++counter;
   const pending = new Map();

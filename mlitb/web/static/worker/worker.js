@@ -8,17 +8,38 @@
  *                  joinKey, batchSize} | {cmd: "stop"} | {cmd: "classify", id, pixels, shape}
  * worker -> page: {type: "status", ...} | {type: "log", level, text} | {type: "test",
  *                  iteration, error} | {type: "prediction", id, probs, labels} | {type: "stopped"}
+ *
+ * Protocol 2 (when engine/wire.js speaks it): work orders of mode "gradient" (the summed
+ * gradient, frame type 2) or "local" (local SGD: inner optimizer steps from the broadcast
+ * parameters, engine/inner.js; the parameter change goes back as frame type 3), results
+ * compressed as the order says (engine/codecs.js, error feedback kept across orders),
+ * parameter-delta frames (type 4) applied to the current parameters, and a tracker that
+ * evaluates a sample of the test set at most once per period. Without a `capacity` from
+ * the page the join offers memory instead (memory_mb, ~1/8 of the device's, <= 400 MB).
  */
 "use strict";
 importScripts("../vendor/tf.min.js", "../vendor/tf-backend-wasm.min.js",
-  "../engine/tfjs_engine.js", "../engine/wasm_kernels.js", "../engine/wire.js");
+  "../engine/tfjs_engine.js", "../engine/wasm_kernels.js", "../engine/wire.js", "../engine/inner.js");
+try {
+  importScripts("../engine/codecs.js"); // optional: without it results go uncompressed
+} catch (e) { /* absent: see feedback() */ }
 const Wire = self.MlitbWire;
+const Inner = self.MlitbInner;
+// wire.js with protocol 2 frames (delta results, parameter deltas, compressed dtypes)?
+const V2 = Wire.DELTA !== undefined;
+const PROTOCOL = V2 ? 2 : 1;
+const DTYPES = { none: 1, float16: 2, int8: 3 }; // work order's compression -> frame dtype
 
 const S = {
   cfg: null, ws: null, engine: null, spec: null, labels: [], projectId: 0, clientId: "",
   params: null, iteration: 0, projectState: "", backend: "", state: "starting",
   vectorsProcessed: 0, vectorsPerS: 0, results: 0, testError: null, allocated: 0,
   stopped: false, backoff: 500, busy: false, lastErrors: [],
+  // local SGD: the inner optimizer (kept across work orders with the same inner settings)
+  // and the spec's decay multipliers; error feedback per (frame kind, dtype) of results
+  inner: null, decayMul: null, feedback: new Map(), resyncAt: 0, nextWork: null,
+  // tracker schedule (welcome's `tracker`): {periodMs, sample} or null = every parameters frame
+  tracker: null, lastEvalEnd: -Infinity, lastEvalMs: 0, evalTimer: null, sample: null,
 };
 // the cache: dense arrays of the items allocated to this worker
 const C = { pixels: new Uint8Array(0), labels: new Int32Array(0), keys: [], index: new Map(), n: 0, item: 0 };
@@ -94,11 +115,18 @@ function connect() {
   S.ws = ws;
   ws.onopen = () => {
     S.backoff = 500;
-    ws.send(JSON.stringify({
-      type: "join", protocol: 1, project: S.cfg.project, role: S.cfg.role, kind: "browser",
-      backend: S.backend || "starting", capacity: S.cfg.capacity || 3000, name: S.cfg.name || "",
+    const join = {
+      type: "join", protocol: PROTOCOL, project: S.cfg.project, role: S.cfg.role, kind: "browser",
+      backend: S.backend || "starting", capacity: 3000, name: S.cfg.name || "",
       join_key: S.cfg.joinKey || "", capabilities: { userAgent: self.navigator.userAgent },
-    }));
+    };
+    if (Number(S.cfg.capacity) > 0) join.capacity = Math.floor(Number(S.cfg.capacity));
+    else if (V2) {
+      // memory-based: the master turns memory_mb into an item cap once it knows the item size
+      join.capacity = 10000000;
+      join.memory_mb = memoryMb();
+    }
+    ws.send(JSON.stringify(join));
     S.state = "joining";
   };
   // Messages are handled in arrival order: the welcome's backend start-up is awaited
@@ -127,6 +155,19 @@ setInterval(() => {
 
 const send = (obj) => { if (S.ws && S.ws.readyState === 1) S.ws.send(JSON.stringify(obj)); };
 
+/** The cache's memory budget: ~1/8 of the device's memory, at most 400 MB. */
+function memoryMb() {
+  const gb = Number(self.navigator.deviceMemory) || 2;
+  return Math.max(1, Math.floor(Math.min(400, (gb * 1024) / 8)));
+}
+
+/** Forget learner state bound to a model: inner optimizer, decay multipliers, error feedback. */
+function resetLearner() {
+  S.inner = null;
+  S.decayMul = null;
+  S.feedback.clear();
+}
+
 async function onText(m) {
   switch (m.type) {
     case "welcome": {
@@ -135,6 +176,10 @@ async function onText(m) {
       S.labels = m.labels;
       S.projectState = m.state;
       S.iteration = m.iteration;
+      S.params = null; // the parameters frame follows
+      S.resyncAt = 0;
+      resetLearner();
+      setTracker(m.tracker);
       if (!S.backend) {
         S.backend = await chooseBackend(S.cfg.backend);
         log(`computing with TF.js ${S.backend}`);
@@ -155,12 +200,13 @@ async function onText(m) {
       S.spec = m.spec;
       S.labels = m.labels;
       S.engine = MlitbTfjsEngine(tf, m.spec);
+      resetLearner();
       log(`the model grew to ${m.labels.length} labels`);
       break;
     case "allocation":
       allocations = allocations.then(() => allocation(m)).catch((e) => log(`data: ${e.message || e}`, "error"));
       break;
-    case "work": work(m.iteration, m.work_ms); break;
+    case "work": work(m); break;
     case "state": S.projectState = m.state; break;
     case "error":
       log(`master: ${m.code}: ${m.reason}`, "warn");
@@ -171,10 +217,31 @@ async function onText(m) {
 
 function onParams(buffer) {
   const f = Wire.decodeFrame(buffer);
-  if (f.kind !== Wire.PARAMETERS) return;
-  S.params = f.values;
-  S.iteration = f.iteration;
-  if (S.cfg.role === "tracker") evaluate();
+  if (f.kind === Wire.PARAMETERS) {
+    S.params = f.values;
+    S.iteration = f.iteration;
+    S.resyncAt = 0;
+  } else if (V2 && f.kind === Wire.PARAM_DELTA) {
+    // new parameters = ours + delta, valid only on the parameters of iteration f.base
+    if (!S.params || f.base !== S.iteration || f.values.length !== S.params.length) {
+      // out of step: ask for a full parameters frame (again after 5 s if none came)
+      if (!S.resyncAt || performance.now() - S.resyncAt > 5000) {
+        send({ type: "resync", iteration: S.iteration });
+        S.resyncAt = performance.now();
+      }
+      return;
+    }
+    const next = new Float32Array(S.params.length); // a new array: a running round keeps its start
+    for (let i = 0; i < next.length; i++) next[i] = Math.fround(S.params[i] + f.values[i]);
+    S.params = next;
+    S.iteration = f.iteration;
+  } else {
+    return;
+  }
+  if (S.cfg.role === "tracker") {
+    if (S.tracker) scheduleEvaluation();
+    else evaluate();
+  }
 }
 
 // ---------------------------------------------------------------- data
@@ -271,53 +338,188 @@ function nextRows(b) {
   return rows;
 }
 
-async function work(it, workMs) {
-  if (!S.engine || !S.params || it !== S.iteration || C.n === 0 || S.busy) return;
+/**
+ * A work order: {iteration, work_ms} and, in protocol 2, mode ("gradient" | "local"),
+ * inner (local SGD's inner optimizer settings), batch_size, compression ("none" |
+ * "float16" | "int8") and vectors (> 0: stop after exactly that many vectors, or
+ * earlier if work_ms runs out).
+ */
+async function work(m) {
+  const it = m.iteration, workMs = m.work_ms;
+  if (S.busy) { S.nextWork = m; return; } // the round in progress stops at the next batch: this one follows
+  if (!S.engine || !S.params || it !== S.iteration || C.n === 0) return;
+  const mode = m.mode || "gradient";
+  if (mode !== "gradient" && mode !== "local") { log(`work order of unknown mode '${mode}' ignored`, "warn"); return; }
+  if (mode === "local" && !V2) { log("a local work order needs protocol 2 frames (engine/wire.js)", "error"); return; }
+  const dtype = DTYPES[m.compression || "none"];
+  if (dtype === undefined) { log(`work order with unknown compression '${m.compression}' ignored`, "warn"); return; }
+  const target = Number(m.vectors) > 0 ? Math.floor(Number(m.vectors)) : 0;
   S.busy = true;
   S.state = "training";
   try {
-    S.engine.setParams(S.params);
-    const total = new Float32Array(S.engine.numParams);
-    const t0 = performance.now();
-    let vectors = 0, loss = 0, lastBatch = 0, lastYield = t0;
-    const B = S.cfg.batchSize || 32;
-    for (;;) {
-      const tb = performance.now();
-      const [x, y] = batch(nextRows(B));
-      const r = S.engine.gradient(x, y, y.length, true);
-      for (let i = 0; i < total.length; i++) total[i] += r.grad[i];
-      vectors += y.length;
-      loss += r.loss;
-      lastBatch = performance.now() - tb;
-      if (performance.now() - t0 + lastBatch > workMs || it !== S.iteration) break;
-      if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
-    }
-    const ms = performance.now() - t0;
-    if (it !== S.iteration) return; // newer parameters arrived: this result would be late
-    S.vectorsPerS = vectors / (ms / 1000);
-    S.vectorsProcessed += vectors;
+    const r = mode === "local" ? await localRound(it, workMs, target, m) : await gradientRound(it, workMs, target, m);
+    // newer parameters arrived meanwhile: protocol 2 sends the (partial) result anyway, the
+    // master applies it with a staleness weight if it is at most max_staleness late
+    if (it !== S.iteration && !V2) return;
+    S.vectorsPerS = r.vectors / (r.ms / 1000);
+    S.vectorsProcessed += r.vectors;
     S.results++;
     if (S.ws && S.ws.readyState === 1) {
-      S.ws.send(Wire.encodeResult(S.projectId, it, total, vectors, loss, S.vectorsPerS, ms));
+      S.ws.send(encodeResult(it, r, mode === "local" ? Wire.DELTA : Wire.RESULT, dtype));
     }
   } catch (e) {
+    if (mode === "local") S.inner = null; // start the next round afresh
     log(`training failed: ${e.message || e}`, "error");
   } finally {
     S.busy = false;
     S.state = "waiting";
+    const next = S.nextWork;
+    S.nextWork = null;
+    if (next && next.iteration === S.iteration) work(next);
   }
+}
+
+// Batches until the next one would overrun workMs, or (target > 0) exactly target vectors.
+const batchSize = (B, target, done) => (target ? Math.min(B, target - done) : B);
+const stop = (it, t0, workMs, lastBatch, target, done) =>
+  (target > 0 && done >= target) || performance.now() - t0 + lastBatch > workMs || it !== S.iteration;
+
+/** Mode "gradient": the gradient summed over every vector, at the parameters of `it`. */
+async function gradientRound(it, workMs, target, m) {
+  S.engine.setParams(S.params);
+  const total = new Float32Array(S.engine.numParams);
+  const t0 = performance.now();
+  let vectors = 0, loss = 0, lastBatch = 0, lastYield = t0;
+  const B = S.cfg.batchSize || m.batch_size || 32; // the page's choice first, as in protocol 1
+  for (;;) {
+    const tb = performance.now();
+    const [x, y] = batch(nextRows(batchSize(B, target, vectors)));
+    const r = S.engine.gradient(x, y, y.length, true);
+    for (let i = 0; i < total.length; i++) total[i] += r.grad[i];
+    vectors += y.length;
+    loss += r.loss;
+    lastBatch = performance.now() - tb;
+    if (stop(it, t0, workMs, lastBatch, target, vectors)) break;
+    if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
+  }
+  return { values: total, vectors, loss, ms: performance.now() - t0 };
+}
+
+/**
+ * Mode "local" (local SGD): inner optimizer steps on cached data from the parameters of
+ * `it`, one per batch of inner.batch_size; the result is start - end (float32). The inner
+ * optimizer's state carries over to the next order with the same inner settings.
+ */
+async function localRound(it, workMs, target, m) {
+  const cfg = m.inner || {};
+  const n = S.engine.numParams;
+  if (!S.inner || S.inner.numParams !== n || !S.inner.sameConfig(cfg)) {
+    S.inner = new Inner.InnerOptimizer(cfg, n);
+  }
+  const opt = S.inner;
+  let mul = null;
+  if (opt.config.l1_decay || opt.config.l2_decay) {
+    if (!S.decayMul || S.decayMul.l1.length !== n) S.decayMul = Inner.decayMultipliers(S.spec);
+    mul = S.decayMul;
+  }
+  const round = new Inner.LocalRound(S.engine, opt, S.params, mul); // S.params is never changed in place
+  const t0 = performance.now();
+  let lastBatch = 0, lastYield = t0;
+  const B = opt.batchSize || m.batch_size || S.cfg.batchSize || 32; // inner steps: the algorithm's batch size
+  for (;;) {
+    const tb = performance.now();
+    const [x, y] = batch(nextRows(batchSize(B, target, round.vectors)));
+    round.batch(x, y, y.length, true); // setParams(p), gradient, inner step
+    lastBatch = performance.now() - tb;
+    if (stop(it, t0, workMs, lastBatch, target, round.vectors)) break;
+    if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
+  }
+  return { values: round.delta(), vectors: round.vectors, loss: round.loss, ms: performance.now() - t0 };
+}
+
+/** The result frame: protocol 1 as before; protocol 2 with its kind and, if asked, compressed. */
+function encodeResult(it, r, kind, dtype) {
+  if (!V2) return Wire.encodeResult(S.projectId, it, r.values, r.vectors, r.loss, S.vectorsPerS, r.ms);
+  let payload = r.values, dt = 1;
+  if (dtype !== 1) {
+    const fb = feedback(kind, dtype, r.values.length);
+    if (fb) { payload = fb.encode(r.values); dt = dtype; }
+  }
+  return Wire.encodeResult(S.projectId, it, payload, r.vectors, r.loss, S.vectorsPerS, r.ms,
+    { kind, dtype: dt, protocol: 2, count: r.values.length });
+}
+
+/** The error-feedback encoder for (frame kind, dtype), kept across work orders; null without codecs.js. */
+let warnedNoCodecs = false;
+function feedback(kind, dtype, n) {
+  const codecs = self.MlitbCodecs;
+  if (!codecs || !codecs.ErrorFeedback) {
+    if (!warnedNoCodecs) log("engine/codecs.js is missing: results go uncompressed", "warn");
+    warnedNoCodecs = true;
+    return null;
+  }
+  const key = `${kind}:${dtype}`;
+  let e = S.feedback.get(key);
+  if (!e || e.n !== n) {
+    const F = codecs.ErrorFeedback; // a class or a factory
+    e = { n, fb: F.prototype ? new F(n, dtype) : F(n, dtype) };
+    S.feedback.set(key, e);
+  }
+  return e.fb;
+}
+
+/** The welcome's tracker schedule: {period_ms, sample}, or none (evaluate every parameters frame). */
+function setTracker(t) {
+  if (S.evalTimer) clearTimeout(S.evalTimer);
+  S.evalTimer = null;
+  S.tracker = t && typeof t === "object"
+    ? { periodMs: Math.max(0, Number(t.period_ms) || 0), sample: Math.max(0, Math.floor(Number(t.sample) || 0)) }
+    : null;
+  S.lastEvalEnd = -Infinity;
+  S.lastEvalMs = 0;
+  S.sample = null;
+}
+
+/**
+ * With a tracker schedule: evaluate the newest parameters at most once per period_ms
+ * after the end of the last evaluation, and no sooner than 19x its duration (so
+ * evaluating takes <= 5 % of the time). One timer at most; it evaluates whatever
+ * parameters are newest when it fires.
+ */
+function scheduleEvaluation() {
+  if (!S.tracker || S.evalTimer || S.busy) return; // busy: evaluate() reschedules when done
+  const wait = S.lastEvalEnd + Math.max(S.tracker.periodMs, 19 * S.lastEvalMs) - performance.now();
+  if (wait <= 0) { evaluate(); return; }
+  S.evalTimer = setTimeout(() => { S.evalTimer = null; evaluate(); }, wait);
+}
+
+/** The rows to evaluate: all (null), or a fixed random sample, redrawn only when the cache changes size. */
+function testRows() {
+  const k = S.tracker && S.tracker.sample > 0 ? Math.min(S.tracker.sample, C.n) : C.n;
+  if (k >= C.n) { S.sample = null; return null; }
+  if (!S.sample || S.sample.n !== C.n || S.sample.rows.length !== k) {
+    const idx = new Uint32Array(C.n).map((_, i) => i);
+    for (let i = 0; i < k; i++) { // partial Fisher-Yates: the first k are a uniform sample
+      const j = i + Math.floor(Math.random() * (C.n - i));
+      const t = idx[i]; idx[i] = idx[j]; idx[j] = t;
+    }
+    S.sample = { n: C.n, rows: idx.slice(0, k).sort() };
+  }
+  return S.sample.rows;
 }
 
 async function evaluate() {
   if (!S.engine || !S.params || C.n === 0 || S.busy) return;
   S.busy = true;
+  const it = S.iteration, t0 = performance.now();
   try {
-    const it = S.iteration;
     S.engine.setParams(S.params);
     let wrong = 0, lossSum = 0;
     const K = S.engine.numOutputs;
-    for (let s = 0; s < C.n; s += 256) {
-      const rows = new Uint32Array(Math.min(256, C.n - s)).map((_, i) => s + i);
+    const sample = testRows();
+    const count = sample ? sample.length : C.n;
+    for (let s = 0; s < count; s += 256) {
+      const rows = sample ? sample.subarray(s, s + 256) : new Uint32Array(Math.min(256, C.n - s)).map((_, i) => s + i);
       const [x, y] = batch(rows);
       const p = S.engine.predict(x, y.length);
       for (let i = 0; i < y.length; i++) {
@@ -328,12 +530,15 @@ async function evaluate() {
       }
       await yieldNow();
     }
-    S.testError = wrong / C.n;
-    send({ type: "test_result", iteration: it, error: S.testError, loss: lossSum / C.n, count: C.n });
+    S.testError = wrong / count;
+    send({ type: "test_result", iteration: it, error: S.testError, loss: lossSum / count, count });
     post({ type: "test", iteration: it, error: S.testError });
     S.state = "tracking";
   } finally {
     S.busy = false;
+    S.lastEvalEnd = performance.now();
+    S.lastEvalMs = S.lastEvalEnd - t0;
+    if (S.tracker && S.iteration !== it) scheduleEvaluation(); // newer parameters came meanwhile
   }
 }
 

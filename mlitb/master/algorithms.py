@@ -1,0 +1,138 @@
+"""Learning algorithms as plug-ins: what a work order asks of a trainer, and how the
+master turns the answers into a step. Flower's `Strategy` in miniature; the Engine
+looks an algorithm up by name in `ALGORITHMS` and never knows which one runs.
+
+An iteration's results go through one `Accumulator` (float64 running sums):
+`accumulate` adds one result with its weight, `step` turns the sums into a new
+parameter vector in place. The weight of a result is its vector count times its
+staleness weight (1 for a result of the current iteration, 1 / (1 + s) for one that is
+s iterations late: see `staleness_weight`), so the mean is a weighted average.
+
+Built-ins:
+- `sync_sgd`: the paper's loop. A trainer sends the gradient summed over the vectors it
+  processed in its work time (frame type RESULT); the master averages by count, adds
+  the L1/L2 decay as ConvNetJS does, and steps its optimizer (AdaGrad by default).
+- `local_sgd` (DiLoCo, Douillard et al. 2023): a trainer runs inner optimizer steps
+  (Adam or SGD with momentum, state kept on the client between rounds) on its own
+  share for its work time, starting from the broadcast parameters, and sends the
+  change start - end (frame type DELTA) and the vectors it used. The master averages
+  the changes weighted by vectors and takes an outer step with its optimizer, by
+  default Nesterov with lr 0.7 and momentum 0.9. Decay is applied in the inner steps.
+  A protocol-1 trainer, which only knows gradients, still counts: its mean gradient
+  is read as one inner SGD step, change = inner_learning_rate x mean gradient.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from mlitb.model.decay import mean_gradient
+from mlitb.optim import Optimizer
+from mlitb.protocol import frames
+
+from .config import Hyper
+from .reduce import Accumulator, Rejected
+
+
+def staleness_weight(staleness: int) -> float:
+    """Weight of a result computed on parameters `staleness` iterations old: 1 / (1 + s)
+    (staleness-aware SGD, Zhang et al. 2016, divides the step by the staleness)."""
+    return 1.0 / (1.0 + staleness)
+
+
+class Algorithm(ABC):
+    name: ClassVar[str]
+    result_kinds: ClassVar[tuple[int, ...]]  # frame types a trainer may answer with
+
+    def __init__(self, hyper: Hyper, l1_mul: np.ndarray, l2_mul: np.ndarray) -> None:
+        self.hyper = hyper
+        self.l1_mul, self.l2_mul = l1_mul, l2_mul
+
+    def work_fields(self) -> dict:
+        """Fields the work order carries besides iteration and work time."""
+        fields = {"batch_size": self.hyper.batch_size, "compression": self.hyper.compression}
+        if self.hyper.work_vectors:
+            fields["vectors"] = self.hyper.work_vectors
+        return fields
+
+    def check(self, frame: frames.Frame) -> None:
+        if frame.kind not in self.result_kinds:
+            wanted = " or ".join(frames.FRAME_TYPES[k] for k in self.result_kinds)
+            raise Rejected(
+                "wrong_frame",
+                f"this project runs {self.name}, which takes {wanted} frames, "
+                f"got a {frames.FRAME_TYPES.get(frame.kind, frame.kind)} frame",
+            )
+
+    @abstractmethod
+    def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float) -> None:
+        """Add one checked result; `weight` is its staleness weight (1 if on time)."""
+
+    @abstractmethod
+    def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:
+        """The iteration's results (acc.weight > 0) -> params updated in place."""
+
+
+class SyncSGD(Algorithm):
+    name = "sync_sgd"
+    result_kinds = (frames.RESULT,)
+
+    def work_fields(self) -> dict:
+        return {"mode": "gradient", **super().work_fields()}
+
+    def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float) -> None:
+        acc.add(frame.values, frame.vectors, frame.loss, scale=weight, weight=weight * frame.vectors)
+
+    def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:
+        grad = mean_gradient(
+            acc.total.astype(np.float32),
+            acc.weight,
+            params,
+            self.hyper.l1_decay,
+            self.hyper.l2_decay,
+            self.l1_mul,
+            self.l2_mul,
+        )
+        optimizer.step(params, grad)
+
+
+class LocalSGD(Algorithm):
+    name = "local_sgd"
+    result_kinds = (frames.DELTA, frames.RESULT)
+
+    def work_fields(self) -> dict:
+        h = self.hyper
+        inner: dict = {
+            "optimizer": h.inner_optimizer,
+            "learning_rate": h.inner_learning_rate,
+            "batch_size": h.batch_size,
+            "l1_decay": h.l1_decay,
+            "l2_decay": h.l2_decay,
+        }
+        if h.inner_optimizer == "sgd":
+            inner["momentum"] = h.inner_momentum
+        else:
+            inner.update(beta1=0.9, beta2=0.999, eps=1e-8)
+        return {"mode": "local", "inner": inner, **super().work_fields()}
+
+    def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float) -> None:
+        w = weight * frame.vectors
+        if frame.kind == frames.DELTA:  # a change: weighted by the vectors that made it
+            acc.add(frame.values, frame.vectors, frame.loss, scale=w, weight=w)
+        else:  # a protocol-1 gradient sum: inner_lr * sum / n, weighted by n
+            lr = self.hyper.inner_learning_rate
+            acc.add(frame.values, frame.vectors, frame.loss, scale=weight * lr, weight=w)
+
+    def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:
+        mean_change = (acc.total / acc.weight).astype(np.float32)
+        optimizer.step(params, mean_change)  # the outer step: the change acts as a gradient
+
+
+ALGORITHMS: dict[str, type[Algorithm]] = {a.name: a for a in (SyncSGD, LocalSGD)}
+
+
+def make_algorithm(hyper: Hyper, l1_mul: np.ndarray, l2_mul: np.ndarray) -> Algorithm:
+    return ALGORITHMS[hyper.algorithm](hyper, l1_mul, l2_mul)

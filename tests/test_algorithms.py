@@ -1,0 +1,337 @@
+"""Learning algorithms, stragglers, compressed parameters and counters in the Engine,
+driven step by step without sockets (the Engine is sans-I/O).
+
+- local_sgd: the master averages parameter changes weighted by vectors and takes the
+  outer step; a protocol-1 gradient counts as one inner SGD step.
+- max_staleness: a result for iteration i arriving within s iterations is applied with
+  weight 1 / (1 + staleness), once; beyond s it is `late`.
+- compression: protocol-2 clients get quantised changes that land exactly on the
+  master's view, within the documented bound of the exact parameters; protocol-1
+  clients always get the exact float32 parameters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlitb.master.algorithms import ALGORITHMS, staleness_weight
+from mlitb.master.allocation import make_key
+from mlitb.master.config import Hyper
+from mlitb.master.engine import FULL_EVERY, IDLE_POLL_S, DataSource, Engine, memory_capacity
+from mlitb.model.model import Model
+from mlitb.optim import make_optimizer
+from mlitb.optim.schedule import LRSchedule
+from mlitb.protocol import codecs, frames
+from mlitb.protocol import messages as msg
+from mlitb.protocol.idtext import text_to_ids
+
+SPEC = [{"type": "input", "out_sx": 4, "out_sy": 4, "out_depth": 1}, {"type": "softmax", "num_classes": 3}]
+MODEL = Model.from_spec(SPEC, seed=0)
+N = MODEL.spec.num_params
+PID = 3
+
+
+def engine(items: int = 30, **hyper) -> Engine:
+    h = Hyper(**{"iteration_time": 1.0, **hyper})
+    e = Engine(
+        PID, "p", MODEL.spec, ["a", "b", "c"], MODEL.params.copy(), h.make_optimizer(N), h, state="running"
+    )
+    e.attach(DataSource(dataset=1, url="/data", items=items, label_map=[0, 1, 2], role="train"))
+    return e
+
+
+def join(e: Engine, cid: str, protocol: int = 2, role: str = "trainer", **kw) -> None:
+    e.connect(cid, msg.Join(type="join", project="p", role=role, protocol=protocol, **kw), 0.0)
+
+
+def start(e: Engine, cids=("A", "B"), now: float = 0.0) -> list:
+    """Join, admit, cache everything, first boundary: returns that boundary's output."""
+    for cid in cids:
+        join(e, cid)
+    e.drain()
+    e.poll(now)
+    for cid, p in e.drain():
+        if isinstance(p, dict) and p["type"] == "allocation":
+            for g in p["add"]:
+                e.on_cached(cid, msg.Cached(type="cached", dataset=g["dataset"], ids=text_to_ids(g["ids"])))
+    e.next_start = now
+    e.poll(now)
+    return e.drain()
+
+
+def frame(
+    kind: int, iteration: int, values: np.ndarray, vectors: int, dtype: int = codecs.FLOAT32
+) -> frames.Frame:
+    data = frames.encode(kind, PID, iteration, values, vectors, 1.0, 10.0, 5, dtype=dtype)
+    return frames.decode(data)
+
+
+def works(out) -> dict[str, dict]:
+    return {c: p for c, p in out if isinstance(p, dict) and p["type"] == "work"}
+
+
+# ----------------------------------------------------------------------------- plug-ins
+def test_the_table_names_every_algorithm():
+    assert set(ALGORITHMS) == {"sync_sgd", "local_sgd"}
+    assert set(Hyper.model_fields["algorithm"].annotation.__args__) == set(ALGORITHMS)
+
+
+def test_local_sgd_work_order_carries_the_inner_optimizer():
+    e = engine(algorithm="local_sgd", batch_size=20, l2_decay=0.001)
+    w = works(start(e))["A"]
+    assert w["mode"] == "local" and w["batch_size"] == 20 and w["compression"] == "none"
+    assert w["inner"] == {
+        "optimizer": "adam",
+        "learning_rate": 0.001,
+        "batch_size": 20,
+        "l1_decay": 0.0,
+        "l2_decay": 0.001,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "eps": 1e-8,
+    }
+    e2 = engine(algorithm="local_sgd", inner_optimizer="sgd", inner_momentum=0.5, work_vectors=64)
+    w2 = works(start(e2))["A"]
+    assert w2["inner"]["optimizer"] == "sgd" and w2["inner"]["momentum"] == 0.5 and w2["vectors"] == 64
+    assert works(start(engine(algorithm="sync_sgd")))["A"]["mode"] == "gradient"
+
+
+def test_local_sgd_averages_changes_by_vectors_then_takes_the_outer_nesterov_step():
+    e = engine(algorithm="local_sgd")
+    start(e)
+    p0 = e.params.copy()
+    rng = np.random.default_rng(0)
+    da, db = (rng.standard_normal(N).astype(np.float32) * 0.01 for _ in range(2))
+    assert e.on_result("A", frame(frames.DELTA, 0, da, 30), 0.5) is None
+    assert e.on_result("B", frame(frames.DELTA, 0, db, 10), 0.6) is None
+    e.poll(0.6)
+    mean = ((da.astype(np.float64) * 30 + db.astype(np.float64) * 10) / 40).astype(np.float32)
+    outer = make_optimizer("nesterov", N, LRSchedule(0.7), momentum=0.9)
+    expect = p0.copy()
+    outer.step(expect, mean)
+    assert e.iteration == 1 and np.array_equal(e.params, expect)
+    assert e.history[-1]["vectors"] == 40
+
+
+def test_local_sgd_reads_a_protocol_1_gradient_as_one_inner_sgd_step():
+    e = engine(
+        algorithm="local_sgd", inner_learning_rate=0.01, optimizer="sgd", learning_rate=1.0, momentum=0.0
+    )
+    start(e, ("A",))
+    p0 = e.params.copy()
+    g = np.linspace(-1, 1, N, dtype=np.float32)  # summed over 4 vectors
+    assert e.on_result("A", frame(frames.RESULT, 0, g, 4), 0.5) is None
+    e.poll(0.5)
+    # change = 0.01 * g / 4; outer plain SGD with lr 1 applies it as is
+    np.testing.assert_allclose(e.params, p0 - 0.01 * g / 4, rtol=1e-6, atol=1e-7)
+
+
+def test_sync_sgd_refuses_a_delta_frame():
+    e = engine(algorithm="sync_sgd")
+    start(e, ("A",))
+    assert e.on_result("A", frame(frames.DELTA, 0, np.zeros(N, np.float32), 4), 0.5) == "wrong_frame"
+    (err,) = [p for _, p in e.drain() if isinstance(p, dict) and p["type"] == "error"]
+    assert "sync_sgd" in err["reason"] and "delta" in err["reason"]
+    assert e.clients["A"].rejected == 1
+
+
+# ----------------------------------------------------------------------------- stragglers
+def test_a_result_within_max_staleness_is_applied_with_a_decayed_weight():
+    e = engine(algorithm="sync_sgd", optimizer="sgd", learning_rate=1.0, momentum=0.0, max_staleness=2)
+    start(e)
+    ga = np.full(N, 2.0, np.float32)
+    gb = np.full(N, 1.0, np.float32)
+    assert e.on_result("B", frame(frames.RESULT, 0, gb, 10), 0.5) is None
+    e.poll(10.0)  # the deadline: reduced without A
+    assert e.iteration == 1 and e.history[-1]["missing"] == 1
+    p1 = e.params.copy()
+    e.next_start = 10.0
+    e.poll(10.0)  # boundary of iteration 1: both get work again
+    e.drain()
+    # A's answer for iteration 0 arrives during iteration 1: staleness 1, weight 1/2
+    assert e.on_result("A", frame(frames.RESULT, 0, ga, 10), 10.2) is None
+    assert e.clients["A"].stale == 1 and e.stale_total == 1
+    # the same iteration again: refused, it was answered
+    assert e.on_result("A", frame(frames.RESULT, 0, ga, 10), 10.3) == "late"
+    assert e.on_result("A", frame(frames.RESULT, 1, gb, 10), 10.4) is None
+    assert e.on_result("B", frame(frames.RESULT, 1, gb, 10), 10.5) is None
+    e.poll(10.5)
+    assert e.iteration == 2
+    w = staleness_weight(1)
+    assert w == 0.5
+    mean = (w * ga.astype(np.float64) * 1 + 2 * gb) / (w * 10 + 20)  # values are sums
+    mean = (w * ga.astype(np.float64) + 2 * gb.astype(np.float64)) / (w * 10 + 20)
+    np.testing.assert_allclose(e.params, p1 - mean.astype(np.float32), rtol=1e-6)
+    assert e.history[-1]["vectors"] == 30 and e.history[-1]["stale"] == 1
+
+
+def test_a_result_beyond_max_staleness_is_late():
+    e = engine(algorithm="sync_sgd", max_staleness=1)
+    start(e)
+    g = np.ones(N, np.float32)
+    t = 0.0
+    for _ in range(2):  # two iterations pass with only B answering
+        e.on_result("B", frame(frames.RESULT, e.iteration, g, 5), t + 0.1)
+        t += 10
+        e.poll(t)
+        e.next_start = t
+        e.poll(t)
+        e.drain()
+    assert e.iteration == 2
+    p = e.params.copy()
+    assert e.on_result("A", frame(frames.RESULT, 0, g, 5), t) == "late"
+    (err,) = [p for _, p in e.drain() if isinstance(p, dict) and p["type"] == "error"]
+    assert "max_staleness=1" in err["reason"]
+    assert e.clients["A"].late == 1 and np.array_equal(e.params, p)
+
+
+def test_no_staleness_when_max_staleness_is_zero():
+    e = engine(algorithm="sync_sgd", max_staleness=0)
+    start(e)
+    e.on_result("B", frame(frames.RESULT, 0, np.ones(N, np.float32), 5), 0.1)
+    e.poll(10.0)
+    assert e.on_result("A", frame(frames.RESULT, 0, np.ones(N, np.float32), 5), 10.1) == "late"
+
+
+def test_a_result_for_an_iteration_never_ordered_is_late():
+    e = engine(algorithm="sync_sgd", max_staleness=4)
+    start(e, ("A",))
+    e.on_result("A", frame(frames.RESULT, 0, np.ones(N, np.float32), 5), 0.1)
+    e.poll(0.1)
+    # A was never asked for iteration 0 again, nor for a made-up one
+    assert e.on_result("A", frame(frames.RESULT, 0, np.ones(N, np.float32), 5), 0.2) == "late"
+    assert e.on_result("A", frame(frames.RESULT, 7, np.ones(N, np.float32), 5), 0.2) == "late"
+
+
+# ----------------------------------------------------------------------------- compression
+def _apply(params: np.ndarray | None, f: frames.Frame) -> np.ndarray:
+    if f.kind == frames.PARAMETERS:
+        return np.array(f.values, np.float32)
+    assert f.kind == frames.PARAM_DELTA
+    return params + f.values
+
+
+@pytest.mark.parametrize("compression", ["float16", "int8"])
+def test_compressed_parameters_keep_every_client_on_the_view_within_the_bound(compression):
+    e = engine(algorithm="local_sgd", compression=compression, max_staleness=0)
+    start(e, ("A",))
+    join(e, "old", protocol=1, role="tracker")
+    join(e, "new", protocol=2, role="tracker")
+    held: dict[str, np.ndarray | None] = {"old": None, "new": None}
+    held_it: dict[str, int] = {}
+    rng = np.random.default_rng(1)
+    t = 0.0
+    kinds = set()
+    for _ in range(FULL_EVERY + 3):
+        out = e.drain()
+        for cid in held:
+            for p in (p for c, p in out if c == cid and isinstance(p, bytes)):
+                f = frames.decode(p)
+                kinds.add((cid, f.kind, f.version, f.dtype))
+                if f.kind == frames.PARAM_DELTA:
+                    assert f.base == held_it[cid], "a change for the parameters the client holds"
+                held[cid] = _apply(held[cid], f)
+                held_it[cid] = f.iteration
+        assert np.array_equal(held["old"], e.params)  # protocol 1: exact float32
+        assert np.array_equal(held["new"], e.view.view)  # protocol 2: the view, bit for bit
+        d = (rng.standard_normal(N) * 0.01).astype(np.float32)
+        before = e.view.view
+        e.on_result("A", frame(frames.DELTA, e.iteration, d, 8), t + 0.1)
+        t += 2
+        e.poll(t)
+        e.next_start = t
+        e.poll(t)
+        if e.iteration % FULL_EVERY:  # the bound (docs/protocol.md) against the change sent
+            change = e.params - before
+            gap = np.abs(e.view.view - e.params)
+            ulp = np.spacing(np.abs(e.params)) / 2
+            if compression == "int8":
+                pad = (-N) % codecs.BLOCK
+                blocks = np.abs(np.concatenate([change, np.zeros(pad, np.float32)])).reshape(-1, codecs.BLOCK)
+                half_step = np.repeat(blocks.max(axis=1) / 254, codecs.BLOCK)[:N]
+                assert np.all(gap <= half_step * (1 + 1e-4) + ulp)
+            else:
+                assert np.all(gap <= 2**-11 * np.abs(change) * (1 + 1e-4) + 2**-25 + ulp)
+    assert ("old", frames.PARAMETERS, 1, codecs.FLOAT32) in kinds
+    assert ("new", frames.PARAM_DELTA, 2, codecs.DTYPES[compression]) in kinds
+    assert ("new", frames.PARAMETERS, 2, codecs.FLOAT32) in kinds  # at join and every FULL_EVERY
+
+
+def test_resync_sends_whole_parameters_of_the_view():
+    e = engine(algorithm="local_sgd", compression="int8")
+    start(e, ("A",))
+    e.on_result("A", frame(frames.DELTA, 0, np.full(N, 0.01, np.float32), 8), 0.1)
+    e.poll(0.1)
+    e.drain()
+    e.resync("A")
+    ((cid, data),) = e.drain()
+    f = frames.decode(data)
+    assert cid == "A" and f.kind == frames.PARAMETERS and f.iteration == 1
+    assert np.array_equal(f.values, e.view.view)
+
+
+def test_compressed_results_are_decoded_and_applied():
+    e = engine(algorithm="local_sgd", optimizer="sgd", learning_rate=1.0, momentum=0.0)
+    start(e, ("A",))
+    p0 = e.params.copy()
+    d = np.linspace(-0.01, 0.01, N, dtype=np.float32)
+    f = frame(frames.DELTA, 0, d, 8, dtype=codecs.INT8)
+    assert f.wire_bytes == frames.HEADER_SIZE + codecs.payload_size(codecs.INT8, N)
+    assert e.on_result("A", f, 0.1) is None
+    e.poll(0.1)
+    np.testing.assert_allclose(e.params, p0 - d, atol=0.01 / 254 * 1.01)
+
+
+# ----------------------------------------------------------------------------- capacity, counters
+def test_capacity_comes_from_the_clients_memory_and_a_small_fleet_holds_a_small_dataset():
+    assert memory_capacity(None, (28, 28, 1)) is None
+    assert memory_capacity(100, (28, 28, 1)) == (100 << 20) // (784 + 64)
+    e = engine(items=500)
+    join(e, "A", memory_mb=1, capacity=10_000_000)  # 1 MiB of 4x4x1 items: 13,107 of them
+    e.drain()
+    e.poll(0.0)
+    assert len(e.allocator.held["A"]) == 500 and e.clients["A"].summary(500, 1.0)["capacity"] == 13_107
+    e2 = engine(items=500, capacity=200)
+    join(e2, "A", memory_mb=1)
+    e2.drain()
+    e2.poll(0.0)
+    assert len(e2.allocator.held["A"]) == 200  # the project's cap still applies
+
+
+def test_welcome_tells_protocol_2_clients_the_schedule_and_algorithm():
+    e = engine(algorithm="local_sgd", compression="int8", test_interval=7, test_sample=123)
+    join(e, "T", role="tracker")
+    join(e, "V1", protocol=1, role="tracker")
+    out = e.drain()
+    (w2,) = [p for c, p in out if c == "T" and isinstance(p, dict)]
+    (w1,) = [p for c, p in out if c == "V1" and isinstance(p, dict) and p["type"] == "welcome"]
+    assert w2["protocol"] == 2 and w2["algorithm"] == "local_sgd" and w2["compression"] == "int8"
+    assert w2["tracker"] == {"period_ms": 7000, "sample": 123}
+    assert w1["protocol"] == 1 and "tracker" not in w1
+
+
+def test_bytes_and_compute_time_are_counted_per_client_and_in_total():
+    e = engine(algorithm="local_sgd")
+    start(e, ("A",))
+    e.count_bytes("A", received=100, sent=40)
+    e.count_bytes("A", sent=2)
+    e.count_bytes("gone", received=5)  # a client that left still counts for the project
+    e.on_result("A", frame(frames.DELTA, 0, np.zeros(N, np.float32) + 1e-3, 8), 0.1)
+    s = e.summary(now=10.0)
+    assert (s["bytes_in"], s["bytes_out"]) == (105, 42)
+    (c,) = s["clients"]
+    assert (c["bytes_in"], c["bytes_out"], c["compute_s"]) == (100, 42, 0.005)
+    assert c["connected_s"] == 10.0 and c["computing"] == pytest.approx(0.0005, abs=1e-3)
+    assert s["algorithm"] == "local_sgd" and s["compression"] == "none"
+
+
+def test_switching_algorithm_drops_the_open_results():
+    e = engine(algorithm="sync_sgd")
+    start(e, ("A", "B"))
+    assert e.on_result("A", frame(frames.RESULT, 0, np.ones(N, np.float32), 4), 0.1) is None
+    e.update_hyper(e.hyper.updated({"algorithm": "local_sgd"}))
+    assert e.acc.results == 0 and e.optimizer.name == "nesterov"
+    assert e.on_result("B", frame(frames.DELTA, 0, np.ones(N, np.float32) * 1e-3, 4), 0.2) is None
+    assert not [k for k in (make_key(1, 0),) if k not in e.allocator.held["A"] | e.allocator.held["B"]]
+    assert IDLE_POLL_S > 0
