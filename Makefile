@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: run test setup lint format clean bench bench-model bench-data bench-reduce bench-scaling bench-browser bench-closure
+.PHONY: run test setup lint format clean bench bench-model bench-data bench-reduce bench-scaling bench-browser bench-closure bench-communication bench-learning
 
 setup: $(VENV)/.installed $(if $(wildcard package.json),node_modules/.installed mlitb/web/static/vendor/versions.json)
 
@@ -44,7 +44,7 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-model bench-data bench-reduce bench-scaling bench-browser bench-closure
+bench: bench-model bench-data bench-reduce bench-scaling bench-browser bench-closure bench-communication bench-learning
 
 bench-model: setup
 	$(BIN)/python benchmarks/model_bench.py
@@ -63,6 +63,12 @@ bench-browser: setup
 
 bench-closure: setup
 	$(BIN)/python benchmarks/closure_bench.py
+
+bench-communication: setup
+	$(BIN)/python benchmarks/communication_bench.py
+
+bench-learning: setup
+	$(BIN)/python benchmarks/learning_bench.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache *.egg-info

@@ -47,11 +47,13 @@ FC_SPEC = [
 
 @pytest.mark.slow
 def test_local_sgd_native_workers_train_mnist_under_five_percent(master, mnist_big, tmp_path):
-    """The default algorithm (inner Adam steps, outer Nesterov), 2 trainers + a tracker
-    scoring all 1,000 test images; the trainers hold all 6,000 items between them."""
+    """The default algorithm (inner Adam steps, outer Nesterov) with int8 compression both
+    ways, 2 trainers + a tracker scoring all 1,000 test images; the trainers hold all
+    6,000 items between them."""
     train, test = upload(master.data, mnist_big)
     hyper = {
         "algorithm": "local_sgd",
+        "compression": "int8",  # results and parameters as int8 changes, both ways
         "iteration_time": 2.0,
         "batch_size": 20,
         "test_interval": 1,
@@ -73,7 +75,7 @@ def test_local_sgd_native_workers_train_mnist_under_five_percent(master, mnist_b
         assert [p.poll() for p in procs] == [None] * 3, "a worker exited"
     finally:
         kill_all(procs)
-    assert s["algorithm"] == "local_sgd" and s["data_unallocated"] == 0, brief(s)
+    assert s["algorithm"] == "local_sgd" and s["data_unallocated"] == 0 and s["rejected"] == 0, brief(s)
     trainers = [c for c in s["clients"] if c["role"] == "trainer"]
     assert sorted(c["data_allocated"] for c in trainers) == [3000, 3000]
     assert all(c["bytes_in"] > 0 and c["bytes_out"] > 0 and c["computing"] > 0 for c in trainers), trainers

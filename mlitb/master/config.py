@@ -50,7 +50,9 @@ class Hyper(BaseModel):
     inner_optimizer: Literal["adam", "sgd"] = "adam"
     inner_learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.001
     inner_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # inner sgd only
-    iteration_time: Annotated[float, Field(ge=1, le=30)] = 4.0  # T, seconds
+    # T, seconds: the paper's 1-30 s; local_sgd's rounds may be longer (DiLoCo: hundreds of
+    # inner steps per round), trading fewer bytes per vector for fewer outer steps
+    iteration_time: Annotated[float, Field(ge=1, le=300)] = 4.0
     # Most ids one client holds; a client's own memory (join `memory_mb`) caps it further,
     # so by default a small fleet holds all of a small dataset.
     capacity: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000_000

@@ -108,6 +108,7 @@ class Client:
     bytes_out: int = 0
     compute_ms: int = 0  # sum of the compute times its results report
     limit: int = 0  # the ids it may hold: min(its capacity, the project's, its memory's)
+    first_work: float | None = None  # when it got its first work order (data fetched by then)
     sent_at: float = 0.0
     work_ms: int = 0
     allocation_version: int = 0
@@ -137,9 +138,10 @@ class Client:
             "bytes_out": self.bytes_out,
             "compute_s": round(self.compute_ms / 1000, 3),
             "connected_s": round(max(now - self.joined, 0.0), 3),
-            # share of its connected time a trainer spent computing (the rest: waiting)
-            "computing": round(min(self.compute_ms / 1000 / max(now - self.joined, 1e-3), 1.0), 3)
-            if self.role == "trainer"
+            # share of a trainer's time computing since its first work order (before it: data
+            # fetch, waiting to be admitted); the rest is waiting for orders and parameters
+            "computing": round(min(self.compute_ms / 1000 / max(now - self.first_work, 1e-3), 1.0), 3)
+            if self.role == "trainer" and self.first_work is not None
             else None,
         }
 
@@ -455,6 +457,8 @@ class Engine:
             c.scheduled = self.iteration
             c.pending[self.iteration] = now
             c.sent_at = now
+            if c.first_work is None:
+                c.first_work = now
             c.work_ms = c.latency.work_ms(T)
             self.send(c.id, msg.work(self.iteration, c.work_ms, fields))
             scheduled += 1
@@ -603,14 +607,23 @@ class Engine:
     def _new_view(self) -> None:
         """Whole parameters from now on (start, restart, new shape, compression changed)."""
         self.view_dtype = codecs.DTYPES[self.hyper.compression]
-        view = self.view.full(self.params, self.iteration)
-        self.params_frame = frames.encode_parameters(self.project_id, self.iteration, self.params, 1)
-        # protocol 2 gets the view: with compression it is what in-sync clients hold
-        self.view_frame = frames.encode_parameters(self.project_id, self.iteration, view, 2)
+        self.view.full(self.params, self.iteration)
+        self._frames: dict[int, bytes] = {}  # protocol -> whole-parameters frame, built on demand
+
+    def _whole(self, protocol: int) -> bytes:
+        """Whole parameters: the exact ones for protocol 1, the view (= what in-sync
+        clients hold; the exact ones unless compressing) for protocol 2."""
+        frame = self._frames.get(protocol)
+        if frame is None:
+            values = self.params if protocol == 1 else self.view.view
+            frame = self._frames[protocol] = frames.encode_parameters(
+                self.project_id, self.iteration, values, protocol
+            )
+        return frame
 
     def _send_params(self, c: Client) -> None:
         """Whole parameters to one client (join, resync)."""
-        self.send(c.id, self.params_frame if c.protocol == 1 else self.view_frame)
+        self.send(c.id, self._whole(c.protocol))
 
     def _broadcast_params(self, full: bool = False) -> None:
         """After a step: float32 to version-1 clients; to version-2 clients the view,
@@ -623,13 +636,9 @@ class Engine:
             delta = frames.encode_param_delta(
                 self.project_id, base, self.iteration, payload, self.spec.num_params, self.view_dtype
             )
-            self.params_frame = frames.encode_parameters(self.project_id, self.iteration, self.params, 1)
-            self.view_frame = frames.encode_parameters(self.project_id, self.iteration, self.view.view, 2)
+            self._frames = {}
         for c in self.clients.values():
-            if c.protocol == 1:
-                self.send(c.id, self.params_frame)
-            else:
-                self.send(c.id, delta if delta is not None else self.view_frame)
+            self.send(c.id, delta if delta is not None and c.protocol >= 2 else self._whole(c.protocol))
 
     def resync(self, cid: str) -> None:
         client = self.clients.get(cid)

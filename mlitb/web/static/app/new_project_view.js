@@ -50,7 +50,7 @@ export async function newProjectView(root) {
   const dropLast = el("input", { type: "checkbox", id: "drop-last" });
   const name = el("input", { id: "name", value: "mnist", required: true });
   const labels = el("input", { id: "labels", placeholder: "from the training set", size: 40 });
-  const T = el("input", { id: "iteration-time", type: "number", value: 4, min: 1, max: 30, step: 0.5 });
+  const T = el("input", { id: "iteration-time", type: "number", value: 4, min: 1, max: 300, step: 0.5 });
   // local_sgd (DiLoCo: inner Adam steps on each client, outer Nesterov on the master)
   // learns fastest (benchmarks/learning_bench.py); sync_sgd is the paper's loop.
   const algorithm = el("select", { id: "algorithm" }, [["local_sgd", "local_sgd (local steps)"],
