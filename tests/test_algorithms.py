@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 
 from mlitb.master.algorithms import ALGORITHMS, staleness_weight
-from mlitb.master.allocation import make_key
 from mlitb.master.config import Hyper
-from mlitb.master.engine import FULL_EVERY, IDLE_POLL_S, DataSource, Engine, memory_capacity
+from mlitb.master.engine import FULL_EVERY, DataSource, Engine, memory_capacity
 from mlitb.model.model import Model
 from mlitb.optim import make_optimizer
 from mlitb.optim.schedule import LRSchedule
@@ -286,12 +285,13 @@ def test_compressed_results_are_decoded_and_applied():
 # ----------------------------------------------------------------------------- capacity, counters
 def test_capacity_comes_from_the_clients_memory_and_a_small_fleet_holds_a_small_dataset():
     assert memory_capacity(None, (28, 28, 1)) is None
-    assert memory_capacity(100, (28, 28, 1)) == (100 << 20) // (784 + 64)
+    assert memory_capacity(100, (28, 28, 1)) == (100 << 20) // (784 + 160)
     e = engine(items=500)
-    join(e, "A", memory_mb=1, capacity=10_000_000)  # 1 MiB of 4x4x1 items: 13,107 of them
+    join(e, "A", memory_mb=1, capacity=10_000_000)  # 1 MiB of 4x4x1 items: 5,957 of them
     e.drain()
     e.poll(0.0)
-    assert len(e.allocator.held["A"]) == 500 and e.clients["A"].summary(500, 1.0)["capacity"] == 13_107
+    assert len(e.allocator.held["A"]) == 500
+    assert e.clients["A"].summary(500, 1.0)["capacity"] == (1 << 20) // (16 + 160)
     e2 = engine(items=500, capacity=200)
     join(e2, "A", memory_mb=1)
     e2.drain()
@@ -326,12 +326,66 @@ def test_bytes_and_compute_time_are_counted_per_client_and_in_total():
     assert s["algorithm"] == "local_sgd" and s["compression"] == "none"
 
 
-def test_switching_algorithm_drops_the_open_results():
+def test_switching_algorithm_voids_the_orders_in_flight_without_strikes():
     e = engine(algorithm="sync_sgd")
     start(e, ("A", "B"))
     assert e.on_result("A", frame(frames.RESULT, 0, np.ones(N, np.float32), 4), 0.1) is None
     e.update_hyper(e.hyper.updated({"algorithm": "local_sgd"}))
-    assert e.acc.results == 0 and e.optimizer.name == "nesterov"
-    assert e.on_result("B", frame(frames.DELTA, 0, np.ones(N, np.float32) * 1e-3, 4), 0.2) is None
-    assert not [k for k in (make_key(1, 0),) if k not in e.allocator.held["A"] | e.allocator.held["B"]]
-    assert IDLE_POLL_S > 0
+    assert e.acc.results == 0 and e.optimizer.name == "nesterov" and not e.working
+    # B answers the old order: late (no strike), not wrong_frame
+    assert e.on_result("B", frame(frames.RESULT, 0, np.ones(N, np.float32), 4), 0.2) == "late"
+    assert e.clients["B"].rejected == 0
+    e.next_start = 0.2
+    e.poll(0.2)
+    orders = works(e.drain())
+    assert set(orders) == {"A", "B"} and all(w["mode"] == "local" for w in orders.values())
+
+
+@pytest.mark.parametrize("algorithm", ["sync_sgd", "local_sgd"])
+@pytest.mark.parametrize("compression", ["none", "int8"])
+def test_a_step_beyond_float32_is_undone_and_the_loop_goes_on(algorithm, compression):
+    """Finite but huge results (the trust layer will screen them): the step that would
+    overflow is refused, parameters and optimizer state stay as they were, nothing
+    non-finite is broadcast, and the next iteration works."""
+    e = engine(algorithm=algorithm, compression=compression, max_staleness=0)
+    start(e, ("A", "B"))
+    p0 = e.params.copy()
+    kind = frames.DELTA if algorithm == "local_sgd" else frames.RESULT
+    huge = np.full(N, 3e38, np.float32)
+    assert e.on_result("A", frame(kind, 0, huge, 100_000_000), 0.1) is None
+    assert e.on_result("B", frame(kind, 0, huge, 100_000_000), 0.2) is None
+    e.poll(0.2)
+    assert e.iteration == 0 and e.refused_steps == 1 and np.array_equal(e.params, p0)
+    assert all(np.isfinite(v).all() for v in e.optimizer.state.values()) and e.optimizer.t == 0
+    assert not [p for _, p in e.drain() if isinstance(p, bytes)]  # nothing broadcast
+    assert e.summary()["refused_steps"] == 1
+    e.next_start = 0.3
+    e.poll(0.3)
+    e.drain()
+    small = np.full(N, 1e-3, np.float32)
+    e.on_result("A", frame(kind, 0, small, 10), 0.4)
+    e.on_result("B", frame(kind, 0, small, 10), 0.5)
+    e.poll(0.5)
+    assert e.iteration == 1 and np.isfinite(e.params).all() and not np.array_equal(e.params, p0)
+    sent = [frames.decode(p) for _, p in e.drain() if isinstance(p, bytes)]
+    assert sent and all(np.isfinite(f.values).all() for f in sent)
+
+
+def test_an_implausible_speed_is_not_shown():
+    e = engine(algorithm="sync_sgd")
+    start(e, ("A",))
+    data = frames.encode(frames.RESULT, PID, 0, np.ones(N, np.float32), 10, 1.0, float("nan"), 100)
+    assert e.on_result("A", frames.decode(data), 0.1) is None
+    assert e.clients["A"].vectors_per_s == pytest.approx(100.0)  # 10 vectors in 0.1 s
+    json_safe = e.summary()["clients"][0]["vectors_per_s"]
+    assert json_safe == 100.0
+
+
+def test_resync_is_for_protocol_2_and_once_per_iteration():
+    e = engine(algorithm="local_sgd", compression="int8")
+    start(e, ("A",))
+    join(e, "old", protocol=1, role="tracker")
+    e.drain()
+    assert e.resync("A") is None and len(e.drain()) == 1
+    assert "already resynced" in e.resync("A") and e.drain() == []
+    assert "protocol 2" in e.resync("old")

@@ -428,6 +428,8 @@ def test_hyper_algorithm_switch_takes_its_default_optimizer_unless_one_is_named(
     assert (back.optimizer, back.learning_rate, back.momentum) == ("adagrad", 0.01, None)
     named = h.updated({"algorithm": "local_sgd", "optimizer": "sgd", "learning_rate": 1.0})
     assert (named.optimizer, named.learning_rate) == ("sgd", 1.0)
+    tuned = h.updated({"algorithm": "local_sgd", "learning_rate": 0.5})  # the default optimizer, its lr
+    assert (tuned.optimizer, tuned.learning_rate, tuned.momentum) == ("nesterov", 0.5, 0.9)
     assert local.updated({"iteration_time": 3}).optimizer == "nesterov"  # no switch: kept
     # saved before algorithms existed: the paper's loop with what was saved
     old = Hyper.stored({"optimizer": "adagrad", "learning_rate": 0.02})

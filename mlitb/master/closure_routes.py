@@ -194,7 +194,8 @@ def closure_router(manager: ProjectManager, zoo: Zoo, details) -> APIRouter:
             "name": body.get("name") or f"{entry.name}-{secrets.token_hex(2)}",
             "description": body.get("description") or f"from zoo entry {entry.id} ({entry.name})",
             "spec": closure.model().to_json("mlitb"),
-            "hyper": {**m["training"]["hyper"], **(body.get("hyper") or {})},
+            # a closure from before algorithms existed ran the paper's loop (Hyper.stored)
+            "hyper": {"algorithm": "sync_sgd", **m["training"]["hyper"], **(body.get("hyper") or {})},
             "drop_last_layer": bool(body.get("drop_last_layer")),
             "start": bool(body.get("start")),
         }

@@ -97,11 +97,9 @@ class Hyper(BaseModel):
 
     def updated(self, changes: dict) -> Hyper:
         current = self.model_dump()
-        if changes.get("algorithm", self.algorithm) != self.algorithm and not (
-            set(changes) & set(OPTIMIZER_FIELDS)
-        ):
-            for k in OPTIMIZER_FIELDS:  # switching algorithm: its own default optimizer
-                current.pop(k, None)
+        if changes.get("algorithm", self.algorithm) != self.algorithm and "optimizer" not in changes:
+            for k in OPTIMIZER_FIELDS:  # switching algorithm: its own default optimizer,
+                current.pop(k, None)  # with whatever of its settings are given
         return Hyper.model_validate({**current, **changes})
 
 

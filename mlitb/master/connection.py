@@ -46,7 +46,7 @@ class Connection:
             self.close_soon(msg.CLOSE_GOING_AWAY, "too slow: the send queue overflowed")
             return 0
         self._queue.put_nowait(data)
-        return len(data)
+        return len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
 
     async def _write_loop(self) -> None:
         try:

@@ -25,6 +25,7 @@ The next iteration starts no earlier than T after this one started.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -52,7 +53,9 @@ IDLE_POLL_S = 0.25  # how often an idle project looks again for trainers with da
 MAX_VECTORS_PER_RESULT = 100_000_000
 HISTORY_LIMIT = 100_000
 FULL_EVERY = 50  # with compression, whole parameters every this many iterations
-ITEM_OVERHEAD_BYTES = 64  # per cached item besides its pixels (label, key, index)
+# per cached item besides its pixels: label, key and index entry (~150 B in the native
+# cache); caches grow by doubling, so a worker should offer about half of what it can spare
+ITEM_OVERHEAD_BYTES = 160
 
 
 def memory_capacity(memory_mb: int | None, input_shape: tuple[int, ...]) -> int | None:
@@ -109,6 +112,7 @@ class Client:
     compute_ms: int = 0  # sum of the compute times its results report
     limit: int = 0  # the ids it may hold: min(its capacity, the project's, its memory's)
     first_work: float | None = None  # when it got its first work order (data fetched by then)
+    resynced: int = -1  # the iteration of its last resync
     sent_at: float = 0.0
     work_ms: int = 0
     allocation_version: int = 0
@@ -181,6 +185,7 @@ class Engine:
         self.rejected_total = int(totals.get("rejected", 0))
         self.late_total = int(totals.get("late", 0))
         self.stale_total = int(totals.get("stale", 0))
+        self.refused_steps = int(totals.get("refused_steps", 0))
         self.bytes_in = int(totals.get("bytes_in", 0))  # since creation, all clients
         self.bytes_out = int(totals.get("bytes_out", 0))
         self.contributors: dict[str, int] = dict(totals.get("contributors", {}))  # kind -> clients
@@ -372,8 +377,13 @@ class Engine:
             self.optimizer.schedule = hyper.schedule()
         self.algorithm = make_algorithm(hyper, self.l1_mul, self.l2_mul)
         if hyper.algorithm != old.algorithm:
-            self.acc.reset()  # results of the other algorithm do not mix with this one's
+            # Orders in flight asked for the other algorithm's results: void them (their
+            # answers are `late`, no strike) and order again at the next boundary.
+            self.working = False
+            self.outstanding = 0
+            self.acc.reset()
             for c in self.clients.values():
+                c.scheduled = None
                 c.pending.clear()
         if hyper.compression != old.compression:
             self._new_view()
@@ -518,7 +528,9 @@ class Engine:
         client.results += 1
         client.vectors_processed += frame.vectors
         client.compute_ms += frame.compute_ms
-        client.vectors_per_s = frame.vectors_per_s or frame.vectors / max(frame.compute_ms / 1000, 1e-3)
+        measured = frame.vectors / max(frame.compute_ms / 1000, 1e-3)
+        vps = frame.vectors_per_s  # the sender's word: shown only if plausible
+        client.vectors_per_s = vps if math.isfinite(vps) and 0 < vps <= 10 * measured + 1 else measured
         if staleness:
             client.stale += 1
             self.stale_total += 1
@@ -542,7 +554,8 @@ class Engine:
             log.info("project %s: iteration %d had no results", self.name, self.iteration)
             return
         t0 = time.perf_counter()
-        self.algorithm.step(self.acc, self.params, self.optimizer)
+        if not self._safe_step():
+            return
         reduce_ms = (time.perf_counter() - t0) * 1000
         seconds = max(now - self.iter_started, 1e-6)
         lags = [c.latency.last_ms for c in self.clients.values() if c.latency.last_ms is not None]
@@ -588,6 +601,39 @@ class Engine:
         self.dirty = True
         self._broadcast_params()
 
+    def _safe_step(self) -> bool:
+        """The algorithm's step, or nothing: a step that fails (a mean or an optimizer
+        state beyond float32) or leaves a parameter non-finite is undone (parameters and
+        optimizer state), its results are dropped and the iteration is asked for again,
+        so the loop never stalls on them and no NaN/Inf is ever broadcast or saved.
+        (Screening the results that cause it is the trust layer's job.)"""
+        params = self.params.copy()
+        state = {k: v.copy() for k, v in self.optimizer.state.items()}
+        t = self.optimizer.t
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                self.algorithm.step(self.acc, self.params, self.optimizer)
+            problem = None if np.isfinite(self.params).all() else "a parameter became NaN or Inf"
+            if problem is None and not all(np.isfinite(v).all() for v in self.optimizer.state.values()):
+                problem = "the optimizer state became NaN or Inf"
+        except (ValueError, ArithmeticError) as exc:  # OptimizerError is a ValueError
+            problem = str(exc)
+        if problem is None:
+            return True
+        self.params[...] = params
+        self.optimizer.state.update(state)
+        self.optimizer.t = t
+        self.refused_steps += 1
+        log.warning(
+            "project %s: step of iteration %d refused (%s); its %d results are dropped",
+            self.name,
+            self.iteration,
+            problem,
+            self.acc.results,
+        )
+        self.acc.reset()
+        return False
+
     def on_test_result(self, cid: str, message: msg.TestResult) -> None:
         """Parameters broadcast as iteration i came from the reduce recorded as row i - 1."""
         for row in reversed(self.history):
@@ -632,18 +678,32 @@ class Engine:
         if full or self.view_dtype == codecs.FLOAT32 or self.iteration % FULL_EVERY == 0:
             self._new_view()
         else:
-            base, payload = self.view.delta(self.params, self.iteration, self.view_dtype)
-            delta = frames.encode_param_delta(
-                self.project_id, base, self.iteration, payload, self.spec.num_params, self.view_dtype
-            )
-            self._frames = {}
+            try:
+                base, payload = self.view.delta(self.params, self.iteration, self.view_dtype)
+            except codecs.CodecError as exc:  # cannot happen for finite parameters: whole ones then
+                log.warning("project %s: parameter delta not encodable (%s); whole frames", self.name, exc)
+                self._new_view()
+            else:
+                delta = frames.encode_param_delta(
+                    self.project_id, base, self.iteration, payload, self.spec.num_params, self.view_dtype
+                )
+                self._frames = {}
         for c in self.clients.values():
             self.send(c.id, delta if delta is not None and c.protocol >= 2 else self._whole(c.protocol))
 
-    def resync(self, cid: str) -> None:
+    def resync(self, cid: str) -> str | None:
+        """Whole parameters again, at most once per client and iteration (a resync costs
+        the master a whole frame: 40 MB for a 10M-parameter model). None if sent, else why not."""
         client = self.clients.get(cid)
-        if client is not None:
-            self._send_params(client)
+        if client is None:
+            return "unknown_client"
+        if client.protocol < 2:
+            return "resync is protocol 2 (version-1 clients always get whole parameters)"
+        if client.resynced == self.iteration:
+            return f"already resynced at iteration {self.iteration}; wait for the next parameters"
+        client.resynced = self.iteration
+        self._send_params(client)
+        return None
 
     def count_bytes(self, cid: str, received: int = 0, sent: int = 0) -> None:
         """The I/O layer's byte counts (WebSocket payloads) per client and in total."""
@@ -721,6 +781,7 @@ class Engine:
             "rejected": self.rejected_total,
             "late": self.late_total,
             "stale": self.stale_total,
+            "refused_steps": self.refused_steps,
             "algorithm": self.hyper.algorithm,
             "compression": self.hyper.compression,
             "bytes_in": self.bytes_in,

@@ -75,7 +75,7 @@ class ProjectRunner:
 
     def on_text(self, conn: Connection, text: str) -> None:
         conn.last_seen = time.monotonic()
-        self.engine.count_bytes(conn.id, received=len(text))
+        self.engine.count_bytes(conn.id, received=len(text.encode("utf-8", "surrogatepass")))
         try:
             message = msg.parse_client_message(text)
             if isinstance(message, msg.Join):
@@ -98,9 +98,12 @@ class ProjectRunner:
             if client is not None:
                 client.backend = message.backend
         elif isinstance(message, msg.Resync):
-            self.engine.resync(conn.id)
+            refused = self.engine.resync(conn.id)
+            if refused is not None:
+                self._refuse(conn, "resync_refused", refused)
+                return
         elif isinstance(message, msg.Heartbeat):
-            conn.send(msg.heartbeat(message.t))
+            self.engine.count_bytes(conn.id, sent=conn.send(msg.heartbeat(message.t)))
         elif isinstance(message, msg.Leave):
             conn.close_soon(msg.CLOSE_NORMAL, "goodbye")
             self.leave(conn.id, message.reason or "left")
@@ -206,6 +209,7 @@ class ProjectRunner:
             "rejected": e.rejected_total,
             "late": e.late_total,
             "stale": e.stale_total,
+            "refused_steps": e.refused_steps,
             "bytes_in": e.bytes_in,
             "bytes_out": e.bytes_out,
             "contributors": e.contributors,

@@ -173,7 +173,9 @@ class ErrorFeedback:
             return encode(x, FLOAT32)
         y = x + self.residual  # float32
         payload = encode(y, self.dtype)
-        self.residual = y - decode(payload, self.dtype, self.n)  # float32
+        residual = y - decode(payload, self.dtype, self.n)  # float32
+        # never carry a NaN/Inf (one bad input, a clipped float16) into every later payload
+        self.residual = residual if np.isfinite(residual).all() else np.zeros(self.n, np.float32)
         return payload
 
     def reset(self) -> None:

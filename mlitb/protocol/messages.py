@@ -46,7 +46,7 @@ class Join(_Msg):
     capacity: Annotated[int, Field(ge=0, le=10_000_000)] = 3000
     # v2: memory the worker offers for its data cache; the master turns it into an item
     # cap from the model's input size (absent: only `capacity` limits it)
-    memory_mb: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    memory_mb: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     name: Annotated[str, Field(max_length=100)] = ""
     join_key: Annotated[str, Field(max_length=200)] = ""
     capabilities: dict[str, Any] = Field(default_factory=dict)

@@ -47,7 +47,10 @@ class InnerOptimizer:
 
     @torch.no_grad()
     def step(self, p: torch.Tensor, summed_grad: torch.Tensor, n: int) -> None:
-        """p (flat float32, in place) takes one step on a batch of n vectors."""
+        """p (flat float32, in place) takes one step on a batch of n vectors. A NaN/Inf
+        gradient is refused (ValueError) before it touches p or the state."""
+        if not torch.isfinite(summed_grad).all():
+            raise ValueError("inner step refused: the batch gradient has NaN or Inf values")
         g = summed_grad.clone()
         if self.l1 or self.l2:  # the decay term first, then added: mean_gradient's rounding
             decay = torch.zeros_like(p)

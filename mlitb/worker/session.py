@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 import numpy as np
+import torch
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -52,13 +52,21 @@ MAX_CAPACITY = 10_000_000
 EVAL_SHARE = 0.05  # a tracker spends at most this share of its time evaluating
 
 
-def default_memory_mb() -> int | None:
-    """Cache memory to offer: a quarter of the memory available now, at most 4 GiB."""
+def default_memory_mb() -> int:
+    """Cache memory to offer: a quarter of the memory available now (Linux MemAvailable,
+    which counts reclaimable page cache), at most 4 GiB; 512 MiB where it cannot be read."""
+    available = None
     try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-    return max(64, min(4096, free // 4 >> 20))
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if available is None:
+        return 512
+    return max(64, min(4096, available // 4 >> 20))
 
 
 class FatalError(RuntimeError):
@@ -132,6 +140,7 @@ class Worker:
         self.params: np.ndarray | None = None
         self._inner: InnerOptimizer | None = None  # local_sgd state, kept across rounds
         self._feedback: codecs.ErrorFeedback | None = None  # residual of compressed results
+        self._feedback_key: tuple | None = None
         self._tracker: dict = {}  # the master's schedule for trackers (period_ms, sample)
         self._next_eval = 0.0
         self._eval_waiting = False
@@ -275,6 +284,7 @@ class Worker:
     def _reset_state(self) -> None:
         self._inner = None
         self._feedback = None
+        self._feedback_key = None
         self._sample = None
 
     def _on_params(self, data: bytes) -> bool:
@@ -346,13 +356,17 @@ class Worker:
             self._inner = InnerOptimizer(cfg, self._spec.num_params, l1_mul, l2_mul, self.net.device_)
         return self._inner
 
-    def _encode(self, values: np.ndarray, compression: str) -> tuple[int, bytes | None]:
-        """(dtype, payload): compressed with error feedback, or float32 (payload None)."""
+    def _encode(self, values: np.ndarray, kind: int, compression: str) -> tuple[int, bytes | None]:
+        """(dtype, payload): compressed with error feedback, or float32 (payload None). The
+        residual belongs to one (result kind, dtype, size): any change starts it over, so a
+        gradient's rounding error never enters a parameter change, nor an old one a new run."""
         dtype = codecs.DTYPES.get(compression, codecs.FLOAT32)
-        if dtype == codecs.FLOAT32:
+        key = (kind, dtype, values.size)
+        if self._feedback is None or self._feedback_key != key:
+            self._feedback = codecs.ErrorFeedback(values.size, dtype) if dtype != codecs.FLOAT32 else None
+            self._feedback_key = key
+        if self._feedback is None:
             return dtype, None
-        if self._feedback is None or self._feedback.dtype != dtype or self._feedback.n != values.size:
-            self._feedback = codecs.ErrorFeedback(values.size, dtype)
         return dtype, self._feedback.encode(values)
 
     async def _work(self, ws, m: dict) -> None:
@@ -368,20 +382,30 @@ class Worker:
                 return  # newer parameters arrived while an older computation held the lock
             work_ms = max(1, work_ms - int((time.monotonic() - started) * 1000))
             self._load_params()
-            if local:
-                inner = m.get("inner") or {}
-                opt = self._inner_for(inner)
-                batch = self.batch_size or int(inner.get("batch_size") or batch)
-                result = await asyncio.to_thread(
-                    local_for, self.net, self.cache, self.sampler, work_ms, batch, opt, max_vectors
-                )
-            else:
-                result = await asyncio.to_thread(
-                    train_for, self.net, self.cache, self.sampler, work_ms, batch, max_vectors
-                )
+            try:
+                if local:
+                    inner = m.get("inner") or {}
+                    opt = self._inner_for(inner)
+                    batch = self.batch_size or int(inner.get("batch_size") or batch)
+                    result = await asyncio.to_thread(
+                        local_for, self.net, self.cache, self.sampler, work_ms, batch, opt, max_vectors
+                    )
+                else:
+                    result = await asyncio.to_thread(
+                        train_for, self.net, self.cache, self.sampler, work_ms, batch, max_vectors
+                    )
+            except ValueError as exc:  # a NaN/Inf batch: start the next round afresh
+                log.warning("round for iteration %d failed: %s", iteration, exc)
+                self._reset_state()
+                return
         if result is None:
             return
-        dtype, payload = self._encode(result.grad, m.get("compression", "none"))
+        kind = frames.DELTA if local else frames.RESULT
+        if not np.isfinite(result.grad).all():
+            log.warning("round for iteration %d gave NaN/Inf values; not sent", iteration)
+            self._reset_state()
+            return
+        dtype, payload = self._encode(result.grad, kind, m.get("compression", "none"))
         await ws.send(
             frames.encode_result(
                 self._project_id,
@@ -391,7 +415,7 @@ class Worker:
                 result.loss,
                 result.vectors_per_s,
                 result.compute_ms,
-                kind=frames.DELTA if local else frames.RESULT,
+                kind=kind,
                 dtype=dtype,
                 payload=payload,
             )
@@ -430,13 +454,15 @@ class Worker:
         async with self._compute:
             iteration = self.iteration
             self._load_params()
-            cpu0 = time.process_time()  # CPU, not wall time: a tracker at low priority on a
+            # CPU time per torch thread, not wall time: a low-priority tracker on a busy
+            # machine takes long without using much
+            cpu0 = time.process_time()
             out = await asyncio.to_thread(evaluate, self.net, self.cache, self._eval_rows())
-            took = time.process_time() - cpu0  # busy machine takes long without using much
+            took = (time.process_time() - cpu0) / max(torch.get_num_threads(), 1)
         # next: after the master's period, and after enough idle time that evaluating
-        # takes at most EVAL_SHARE of this worker's time
+        # takes at most EVAL_SHARE of this worker's time (with or without a period)
         period = int(self._tracker.get("period_ms") or 0) / 1000
-        self._next_eval = time.monotonic() + max(period, took * (1 / EVAL_SHARE - 1) if period else 0.0)
+        self._next_eval = time.monotonic() + max(period, took * (1 / EVAL_SHARE - 1))
         if out is None:
             return
         error, loss, count = out
@@ -447,3 +473,5 @@ class Worker:
             )
         )
         self._set_state("tracking")
+        if self.iteration != iteration:  # newer parameters came while scoring: their turn
+            await self._evaluate(ws)

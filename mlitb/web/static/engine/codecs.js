@@ -196,7 +196,9 @@
         for (let i = 0; i < n; i++) y[i] = x[i] + residual[i]; // stored as float32: one rounding
         const p = encode(y, dtype);
         const d = decode(p, dtype, n);
-        for (let i = 0; i < n; i++) residual[i] = y[i] - d[i];
+        let finite = true;
+        for (let i = 0; i < n; i++) { residual[i] = y[i] - d[i]; if (!Number.isFinite(residual[i])) finite = false; }
+        if (!finite) residual = new Float32Array(n); // never carry a NaN/Inf into every later payload
         return p;
       },
       reset() {

@@ -37,7 +37,7 @@ const S = {
   stopped: false, backoff: 500, busy: false, lastErrors: [],
   // local SGD: the inner optimizer (kept across work orders with the same inner settings)
   // and the spec's decay multipliers; error feedback per (frame kind, dtype) of results
-  inner: null, decayMul: null, feedback: new Map(), resyncAt: 0, nextWork: null,
+  inner: null, decayMul: null, feedback: new Map(), feedbackKey: "", resyncAt: 0, nextWork: null,
   // tracker schedule (welcome's `tracker`): {periodMs, sample} or null = every parameters frame
   tracker: null, lastEvalEnd: -Infinity, lastEvalMs: 0, evalTimer: null, sample: null,
 };
@@ -342,7 +342,7 @@ function nextRows(b) {
  * A work order: {iteration, work_ms} and, in protocol 2, mode ("gradient" | "local"),
  * inner (local SGD's inner optimizer settings), batch_size, compression ("none" |
  * "float16" | "int8") and vectors (> 0: stop after exactly that many vectors, or
- * earlier if work_ms runs out).
+ * new parameters arrive first; work_ms does not limit it).
  */
 async function work(m) {
   const it = m.iteration, workMs = m.work_ms;
@@ -381,8 +381,9 @@ async function work(m) {
 
 // Batches until the next one would overrun workMs, or (target > 0) exactly target vectors.
 const batchSize = (B, target, done) => (target ? Math.min(B, target - done) : B);
+// Fixed work (target > 0) is exactly `target` vectors, whatever the time, as on native workers.
 const stop = (it, t0, workMs, lastBatch, target, done) =>
-  (target > 0 && done >= target) || performance.now() - t0 + lastBatch > workMs || it !== S.iteration;
+  (target > 0 ? done >= target : performance.now() - t0 + lastBatch > workMs) || it !== S.iteration;
 
 /** Mode "gradient": the gradient summed over every vector, at the parameters of `it`. */
 async function gradientRound(it, workMs, target, m) {
@@ -441,6 +442,7 @@ async function localRound(it, workMs, target, m) {
 function encodeResult(it, r, kind, dtype) {
   if (!V2) return Wire.encodeResult(S.projectId, it, r.values, r.vectors, r.loss, S.vectorsPerS, r.ms);
   let payload = r.values, dt = 1;
+  if (dtype === 1) { S.feedback.clear(); S.feedbackKey = ""; } // uncompressed: no residual to carry on
   if (dtype !== 1) {
     const fb = feedback(kind, dtype, r.values.length);
     if (fb) { payload = fb.encode(r.values); dt = dtype; }
@@ -459,6 +461,8 @@ function feedback(kind, dtype, n) {
     return null;
   }
   const key = `${kind}:${dtype}`;
+  if (S.feedbackKey !== key) S.feedback.clear(); // a residual belongs to one kind and dtype in a row
+  S.feedbackKey = key;
   let e = S.feedback.get(key);
   if (!e || e.n !== n) {
     const F = codecs.ErrorFeedback; // a class or a factory
