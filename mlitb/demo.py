@@ -27,6 +27,7 @@ HYPER = {
     # momentum 0.9); the fastest to a low test error in benchmarks/learning_bench.py
     "algorithm": "local_sgd",
     "inner_learning_rate": 0.001,
+    "l2_decay": 0.001,  # ConvNetJS's per-batch decay, in the inner steps (as the paper's demo)
     "iteration_time": 2.0,
     "batch_size": 20,
 }

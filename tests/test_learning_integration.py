@@ -17,6 +17,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from conftest import CLIENT_KEYS
 from test_master_integration import (
     HTTP_TIMEOUT,
     bearer,
@@ -76,6 +77,8 @@ def test_local_sgd_native_workers_train_mnist_under_five_percent(master, mnist_b
     finally:
         kill_all(procs)
     assert s["algorithm"] == "local_sgd" and s["data_unallocated"] == 0 and s["rejected"] == 0, brief(s)
+    for c in s["clients"]:
+        assert set(CLIENT_KEYS) <= set(c), sorted(set(CLIENT_KEYS) - set(c))
     trainers = [c for c in s["clients"] if c["role"] == "trainer"]
     assert sorted(c["data_allocated"] for c in trainers) == [3000, 3000]
     assert all(c["bytes_in"] > 0 and c["bytes_out"] > 0 and c["computing"] > 0 for c in trainers), trainers
