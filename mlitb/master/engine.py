@@ -337,15 +337,20 @@ class Engine:
         client.cached |= keys
 
     # ================================================================ state
+    def _void_orders(self) -> None:
+        """Forget the open iteration: results of orders already sent become `late` (no
+        strike), and the next boundary orders again."""
+        self.working = False
+        self.outstanding = 0
+        self.acc.reset()
+        for c in self.clients.values():
+            c.scheduled = None
+            c.pending.clear()
+
     def set_state(self, state: str, now: float) -> None:
         self.state = state
         if state != "running" and self.working:
-            self.working = False  # results of the interrupted iteration will be late
-            self.outstanding = 0
-            self.acc.reset()
-            for c in self.clients.values():
-                c.scheduled = None
-                c.pending.clear()
+            self._void_orders()  # results of the interrupted iteration will be late
         self.next_start = now
         for cid in self.clients:
             self.send(cid, msg.state(state, self.iteration))
@@ -357,12 +362,7 @@ class Engine:
         self.iteration = 0
         self.history = []
         self.vectors_total = 0
-        self.working = False
-        self.outstanding = 0
-        self.acc.reset()
-        for c in self.clients.values():
-            c.scheduled = None
-            c.pending.clear()
+        self._void_orders()
         self._new_view()
         self._broadcast_params(full=True)
         self.dirty = True
@@ -377,14 +377,8 @@ class Engine:
             self.optimizer.schedule = hyper.schedule()
         self.algorithm = make_algorithm(hyper, self.l1_mul, self.l2_mul)
         if hyper.algorithm != old.algorithm:
-            # Orders in flight asked for the other algorithm's results: void them (their
-            # answers are `late`, no strike) and order again at the next boundary.
-            self.working = False
-            self.outstanding = 0
-            self.acc.reset()
-            for c in self.clients.values():
-                c.scheduled = None
-                c.pending.clear()
+            # Orders in flight asked for the other algorithm's results: void them.
+            self._void_orders()
         if hyper.compression != old.compression:
             self._new_view()
             self._broadcast_params(full=True)
@@ -407,11 +401,7 @@ class Engine:
         self.l1_mul, self.l2_mul = decay_multipliers(spec)
         self.algorithm = make_algorithm(self.hyper, self.l1_mul, self.l2_mul)
         self.acc = Accumulator(spec.num_params)
-        self.working = False  # results for the old shape would not fit: start the iteration over
-        self.outstanding = 0
-        for c in self.clients.values():
-            c.scheduled = None
-            c.pending.clear()
+        self._void_orders()  # results for the old shape would not fit: start the iteration over
         self._new_view()
         for source in self.sources.values():
             source.label_map = label_map_for(self.labels, source.info.get("label_names", []))
