@@ -102,3 +102,36 @@ def test_a_browser_tab_trains_mnist_under_ten_percent_with_local_sgd_and_int8(ma
     per_result = c["bytes_in"] / max(c["results"], 1)
     assert per_result < 60_000, c
     assert s["algorithm"] == "local_sgd" and s["compression"] == "int8"
+
+
+def test_a_browser_tab_keeps_computing_over_a_slow_link_with_overlap(master, mnist_zips, page):
+    """local_sgd's overlap in the Web Worker: the page and its WebSocket go through a link
+    with 0.3 s of delay each way (>= 0.6 s of lag per 2 s round), yet the tab computes
+    nearly all the time, because it keeps stepping while its result and the next
+    parameters travel and counts those steps in its next result."""
+    import time
+    from urllib.parse import urlparse
+
+    from delay_proxy import DelayProxy
+
+    train = master.data.upload(mnist_zips["train"], "28x28x1", "train")["dataset"]
+    test = master.data.upload(mnist_zips["test"], "28x28x1", "test", kind="test")["dataset"]
+    create_project(master, train, test, name="slow", algorithm="local_sgd", optimizer="nesterov",
+                   learning_rate=0.7, momentum=0.9, iteration_time=2.0, max_staleness=0)  # fmt: skip
+    proxy = DelayProxy(urlparse(master.url).port, 0.3)
+    summary = lambda: httpx.get(f"{master.url}/api/projects/slow").json()  # noqa: E731
+    browser = lambda s: [c for c in s["clients"] if c["kind"] == "browser"]  # noqa: E731
+    try:
+        page.goto(f"http://127.0.0.1:{proxy.port}/join/slow")
+        first = wait_for(lambda: (s := summary()) and browser(s) and browser(s)[0]["results"] >= 3 and s,
+                         180, "3 results from the tab", page)  # fmt: skip
+        t0, c0, it0 = time.monotonic(), browser(first)[0]["compute_s"], first["iteration"]
+        more = lambda: (s := summary())["iteration"] >= it0 + 6 and s  # noqa: E731
+        last = wait_for(more, 120, "6 more iterations", page)
+        share = (browser(last)[0]["compute_s"] - c0) / (time.monotonic() - t0)
+    finally:
+        page.close()
+        proxy.close()
+    (c,) = browser(last)
+    assert c["protocol"] == 2 and c["rejected"] == 0, c
+    assert share >= 0.85, (share, c)  # without overlap: about 0.7 (see test_learning_integration)

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import CLIENT_KEYS
+from delay_proxy import DelayProxy
 from test_master_integration import (
     HTTP_TIMEOUT,
     bearer,
@@ -274,3 +275,45 @@ def test_a_late_result_within_max_staleness_counts_and_a_later_one_is_refused(ma
     assert s["stale"] == 1 and s["late"] >= 1 and s["rejected"] == 0, brief(s)
     rows = httpx.get(f"{master.url}/api/projects/late/metrics", timeout=HTTP_TIMEOUT).json()["rows"]
     assert any(r["stale"] == 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_overlap_keeps_a_worker_computing_over_a_slow_link(master, mnist_zips, tmp_path):
+    """local_sgd with `overlap`: a worker behind a link with 0.3 s of delay each way keeps
+    stepping while its result and the next parameters travel, so it computes nearly all
+    the time; with overlap off it idles for the lag every round (the master shortens its
+    work time by the lag)."""
+    from urllib.parse import urlparse
+
+    train, test = upload(master.data, mnist_zips)
+    hyper = {"algorithm": "local_sgd", "iteration_time": 2.0, "max_staleness": 0}
+    token = create_project(master.url, "slowlink", [train], [test], spec=FC_SPEC, hyper=hyper)
+    proxy = DelayProxy(urlparse(master.url).port, 0.3)
+    procs = [spawn_worker(f"http://127.0.0.1:{proxy.port}", "slowlink", "trainer", tmp_path / "w.log")]
+
+    def share_over(iterations: int) -> tuple[float, dict]:
+        """Share of wall time the trainer reported computing over the next iterations."""
+        first = wait_for(master.url, "slowlink", lambda s: s["clients"] and s["clients"][0]["compute_s"] > 0,
+                         120, "the trainer computing")  # fmt: skip
+        t0, c0, i0 = time.monotonic(), first["clients"][0]["compute_s"], first["iteration"]
+        last = wait_for(master.url, "slowlink", lambda s: s["iteration"] >= i0 + iterations, 120,
+                        f"{iterations} more iterations")  # fmt: skip
+        return (last["clients"][0]["compute_s"] - c0) / (time.monotonic() - t0), last
+
+    try:
+        wait_for(master.url, "slowlink", lambda s: s["iteration"] >= 3, 120, "3 iterations")
+        on, s_on = share_over(6)
+        resp = httpx.patch(f"{master.url}/api/projects/slowlink/hyper", json={"overlap": False},
+                           headers=bearer(token), timeout=HTTP_TIMEOUT)  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        wait_for(master.url, "slowlink", lambda s: s["iteration"] >= s_on["iteration"] + 3, 120, "3 more")
+        off, s_off = share_over(6)
+    finally:
+        kill_all(procs)
+        proxy.close()
+    print(f"computing share over a 0.3 s link: overlap {on:.3f}, without {off:.3f}")
+    # the lag is >= 0.6 s of every 2 s round: about 70 % without overlap
+    assert on >= 0.85, (on, off, brief(s_on))
+    assert off <= 0.8, (on, off, brief(s_off))
+    assert s_off["rejected"] == 0 and s_off["late"] == 0, brief(s_off)
+    assert s_off["train_loss"] is None or np.isfinite(s_off["train_loss"])

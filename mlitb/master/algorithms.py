@@ -18,6 +18,10 @@ Built-ins:
   change start - end (frame type DELTA) and the vectors it used. The master averages
   the changes weighted by vectors and takes an outer step with its optimizer, by
   default Nesterov with lr 0.7 and momentum 0.9. Decay is applied in the inner steps.
+  With `overlap` (the default), a trainer does not wait for the next order after
+  sending: it keeps stepping from where it is, and when the next parameters arrive
+  moves that progress onto them (new + (now - sent)), so its next change and vector
+  count include it. Links that take seconds per round then cost no compute.
   A protocol-1 trainer, which only knows gradients, still counts: its mean gradient
   is read as one inner SGD step, change = inner_learning_rate x mean gradient.
 """
@@ -116,7 +120,10 @@ class LocalSGD(Algorithm):
             inner["momentum"] = h.inner_momentum
         else:
             inner.update(beta1=0.9, beta2=0.999, eps=1e-8)
-        return {"mode": "local", "inner": inner, **super().work_fields()}
+        fields = {"mode": "local", "inner": inner, **super().work_fields()}
+        if h.overlap and not h.work_vectors:  # fixed work must stay fixed
+            fields["overlap"] = True
+        return fields
 
     def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float) -> None:
         w = weight * frame.vectors

@@ -50,6 +50,9 @@ class Hyper(BaseModel):
     inner_optimizer: Literal["adam", "sgd"] = "adam"
     inner_learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.001
     inner_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # inner sgd only
+    # local_sgd: a client keeps taking inner steps while its result travels up and the next
+    # parameters travel down, and folds that work into its next result (never idle)
+    overlap: bool = True
     # T, seconds: the paper's 1-30 s; local_sgd's rounds may be longer (DiLoCo: hundreds of
     # inner steps per round), trading fewer bytes per vector for fewer outer steps
     iteration_time: Annotated[float, Field(ge=1, le=300)] = 4.0

@@ -9,6 +9,7 @@ time, or, in fixed-work mode, after exactly `max_vectors` vectors.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -98,9 +99,11 @@ def local_for(
     batch: int,
     opt: InnerOptimizer,
     max_vectors: int = 0,
+    stop: threading.Event | None = None,
 ) -> WorkResult | None:
-    """Inner steps from the net's parameters until work_ms (or max_vectors); the
-    result holds start - end. None if the cache is empty."""
+    """Inner steps from the net's parameters until work_ms (or max_vectors, or `stop` is
+    set: the overlap of a round with the next order's arrival); the result holds start -
+    end (zeros and 0 vectors if stopped before the first batch). None if the cache is empty."""
     if len(cache) == 0:
         return None
     start = time.perf_counter()
@@ -108,8 +111,8 @@ def local_for(
     p0 = net.flat.detach().clone()
     net.train(True)
     vectors, last = 0, 0.0
-    losses = []
-    while True:
+    losses = [torch.zeros((), device=p0.device)]
+    while stop is None or not stop.is_set():
         t0 = time.perf_counter()
         x, y = cache.batch(_rows(sampler, len(cache), batch, vectors, max_vectors))
         net.flat.grad = None

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from mlitb.protocol import messages as msg
 from mlitb.protocol.idtext import text_to_ids
 
 from .cache import ItemCache
-from .compute import Sampler, evaluate, local_for, train_for
+from .compute import Sampler, WorkResult, evaluate, local_for, train_for
 from .inner import InnerOptimizer
 
 log = logging.getLogger("mlitb.worker")
@@ -146,6 +147,11 @@ class Worker:
         self._eval_waiting = False
         self._sample: np.ndarray | None = None
         self._sample_of = 0
+        # local_sgd overlap: steps taken after a result was sent, folded into the next one
+        self._carry: WorkResult | None = None
+        self._orders = 0  # work orders seen; an overlap yields to any newer one
+        self._resets = 0  # model or inner state started over: a carry from before is void
+        self._overlap_stop = threading.Event()
 
     def stop(self) -> None:
         self._stop.set()
@@ -282,6 +288,9 @@ class Worker:
         # heartbeat echoes and unknown types are ignored (forward compatible)
 
     def _reset_state(self) -> None:
+        self._resets += 1
+        self._overlap_stop.set()
+        self._carry = None
         self._inner = None
         self._feedback = None
         self._feedback_key = None
@@ -371,6 +380,8 @@ class Worker:
 
     async def _work(self, ws, m: dict) -> None:
         iteration, work_ms = m["iteration"], m["work_ms"]
+        self._orders += 1
+        self._overlap_stop.set()  # an overlap in progress ends now; its steps are carried
         if self.net is None or iteration != self.iteration:
             return
         batch = self.batch_size or int(m.get("batch_size") or 32)
@@ -382,15 +393,23 @@ class Worker:
                 return  # newer parameters arrived while an older computation held the lock
             work_ms = max(1, work_ms - int((time.monotonic() - started) * 1000))
             self._load_params()
+            carry, self._carry = self._carry, None
             try:
                 if local:
                     inner = m.get("inner") or {}
+                    held = self._inner
                     opt = self._inner_for(inner)
                     batch = self.batch_size or int(inner.get("batch_size") or batch)
+                    if carry is not None and not max_vectors and opt is held:
+                        # the overlap's steps, moved onto the new parameters: new + (now - sent)
+                        self.net.flat.data -= torch.from_numpy(carry.grad).to(self.net.flat.device)
+                    else:
+                        carry = None
                     result = await asyncio.to_thread(
                         local_for, self.net, self.cache, self.sampler, work_ms, batch, opt, max_vectors
                     )
                 else:
+                    carry = None
                     result = await asyncio.to_thread(
                         train_for, self.net, self.cache, self.sampler, work_ms, batch, max_vectors
                     )
@@ -400,6 +419,13 @@ class Worker:
                 return
         if result is None:
             return
+        if carry is not None:  # one result: the change from the new parameters, all its vectors
+            result = WorkResult(
+                result.grad + carry.grad,
+                result.vectors + carry.vectors,
+                result.loss + carry.loss,
+                result.compute_ms + carry.compute_ms,
+            )
         kind = frames.DELTA if local else frames.RESULT
         if not np.isfinite(result.grad).all():
             log.warning("round for iteration %d gave NaN/Inf values; not sent", iteration)
@@ -424,6 +450,33 @@ class Worker:
         self.stats.vectors_processed += result.vectors
         self.stats.vectors_per_s = result.vectors_per_s
         self._set_state("training")
+        if local and m.get("overlap") and not max_vectors:
+            await self._overlap(m, work_ms)
+
+    async def _overlap(self, m: dict, work_ms: int) -> None:
+        """Keep stepping from where the round ended until the next order arrives (at most
+        one more work time, so a paused project does not keep a worker busy); the steps
+        are carried into the next result. Yields to any order that came meanwhile."""
+        orders, resets = self._orders, self._resets
+        async with self._compute:
+            if orders != self._orders or self.net is None or self._inner is None:
+                return
+            self._overlap_stop.clear()
+            inner = m.get("inner") or {}
+            batch = self.batch_size or int(inner.get("batch_size") or m.get("batch_size") or 32)
+            try:
+                carry = await asyncio.to_thread(
+                    local_for, self.net, self.cache, self.sampler, work_ms, batch, self._inner, 0,
+                    self._overlap_stop,
+                )  # fmt: skip
+            except ValueError as exc:
+                log.warning("overlap after iteration %d failed: %s", m["iteration"], exc)
+                self._reset_state()
+                return
+            if carry is None or not carry.vectors or resets != self._resets:
+                return
+            if np.isfinite(carry.grad).all():
+                self._carry = carry
 
     def _eval_rows(self) -> np.ndarray | None:
         """A fixed random sample of the cached test items (the master's `sample`; None:

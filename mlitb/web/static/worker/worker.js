@@ -14,7 +14,10 @@
  * parameters, engine/inner.js; the parameter change goes back as frame type 3), results
  * compressed as the order says (engine/codecs.js, error feedback kept across orders),
  * parameter-delta frames (type 4) applied to the current parameters, and a tracker that
- * evaluates a sample of the test set at most once per period. Without a `capacity` from
+ * evaluates a sample of the test set at most once per period. A local order with
+ * `overlap` keeps the worker stepping after it sent its result, until the next order
+ * comes (at most one more work time); those steps are moved onto the next parameters
+ * (new + (now - sent)) and counted in the next result. Without a `capacity` from
  * the page the join offers memory instead (memory_mb, ~1/8 of the device's, <= 400 MB).
  */
 "use strict";
@@ -38,6 +41,7 @@ const S = {
   // local SGD: the inner optimizer (kept across work orders with the same inner settings)
   // and the spec's decay multipliers; error feedback per (frame kind, dtype) of results
   inner: null, decayMul: null, feedback: new Map(), feedbackKey: "", resyncAt: 0, nextWork: null,
+  carry: null, // overlap: {delta, vectors, loss, ms, opt} not yet sent, for the next local order
   // tracker schedule (welcome's `tracker`): {periodMs, sample} or null = every parameters frame
   tracker: null, lastEvalEnd: -Infinity, lastEvalMs: 0, evalTimer: null, sample: null,
 };
@@ -164,6 +168,7 @@ function memoryMb() {
 /** Forget learner state bound to a model: inner optimizer, decay multipliers, error feedback. */
 function resetLearner() {
   S.inner = null;
+  S.carry = null;
   S.decayMul = null;
   S.feedback.clear();
 }
@@ -367,6 +372,7 @@ async function work(m) {
     if (S.ws && S.ws.readyState === 1) {
       S.ws.send(encodeResult(it, r, mode === "local" ? Wire.DELTA : Wire.RESULT, dtype));
     }
+    if (mode === "local" && m.overlap && !target && r.end) await overlapRound(workMs, r.end);
   } catch (e) {
     if (mode === "local") S.inner = null; // start the next round afresh
     log(`training failed: ${e.message || e}`, "error");
@@ -424,6 +430,11 @@ async function localRound(it, workMs, target, m) {
     mul = S.decayMul;
   }
   const round = new Inner.LocalRound(S.engine, opt, S.params, mul); // S.params is never changed in place
+  const carry = S.carry;
+  S.carry = null;
+  const carried = carry && carry.opt === opt && carry.delta.length === n && !target;
+  // the overlap's steps, moved onto the new parameters: start - (sent - now)
+  if (carried) for (let i = 0; i < n; i++) round.params[i] = round.start[i] - carry.delta[i];
   const t0 = performance.now();
   let lastBatch = 0, lastYield = t0;
   const B = opt.batchSize || m.batch_size || S.cfg.batchSize || 32; // inner steps: the algorithm's batch size
@@ -435,7 +446,36 @@ async function localRound(it, workMs, target, m) {
     if (stop(it, t0, workMs, lastBatch, target, round.vectors)) break;
     if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
   }
-  return { values: round.delta(), vectors: round.vectors, loss: round.loss, ms: performance.now() - t0 };
+  const ms = performance.now() - t0;
+  if (!carried) return { values: round.delta(), vectors: round.vectors, loss: round.loss, ms, end: round.params };
+  return { values: round.delta(), vectors: round.vectors + carry.vectors, loss: round.loss + carry.loss,
+    ms: ms + carry.ms, end: round.params };
+}
+
+/**
+ * Overlap (local SGD): after a result went out, keep stepping from where the round ended
+ * (`end`) until the next work order or new parameters arrive, at most workMs; the change
+ * is kept in S.carry for the next local round, which moves it onto the new parameters.
+ */
+async function overlapRound(workMs, end) {
+  const opt = S.inner;
+  if (!opt || S.nextWork || C.n === 0) return;
+  const it = S.iteration;
+  const mul = opt.config.l1_decay || opt.config.l2_decay ? S.decayMul : null;
+  const round = new Inner.LocalRound(S.engine, opt, end, mul);
+  const t0 = performance.now();
+  let lastBatch = 0, lastYield = t0;
+  const B = opt.batchSize || S.cfg.batchSize || 32;
+  while (!S.nextWork && it === S.iteration && performance.now() - t0 + lastBatch <= workMs) {
+    const tb = performance.now();
+    const [x, y] = batch(nextRows(B));
+    round.batch(x, y, y.length, true);
+    lastBatch = performance.now() - tb;
+    if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
+  }
+  if (round.vectors > 0 && S.inner === opt) {
+    S.carry = { delta: round.delta(), vectors: round.vectors, loss: round.loss, ms: performance.now() - t0, opt };
+  }
 }
 
 /** The result frame: protocol 1 as before; protocol 2 with its kind and, if asked, compressed. */
