@@ -71,6 +71,7 @@ import platform
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -94,6 +95,7 @@ PAPER_NET = [
 LINEAR_OK = 0.90  # "scales": power at least this share of linear
 BUSY = 0.90  # a resource at least this busy is named as the limit
 BURST_S = 0.05  # idle credit a token bucket keeps
+RCVBUF = 256 * 1024  # kernel receive buffer per simulated client socket (bytes)
 
 
 def spec_for(target: int) -> list[dict]:
@@ -159,16 +161,32 @@ async def sim_client(
     from mlitb.protocol import messages as msg
     from mlitb.protocol.idtext import text_to_ids
 
-    async with connect(url, compression=None, max_size=1 << 30, open_timeout=120, ping_interval=None) as ws:
+    # max_queue 1: at most one received message waits per socket while the download bucket
+    # throttles, and a small kernel receive buffer pushes back on the master's sends like a
+    # real link would, instead of 4,096 sockets each buffering megabytes in this process
+    async with connect(
+        url, compression=None, max_size=1 << 30, open_timeout=300, ping_interval=None, max_queue=1
+    ) as ws:
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         join = {"type": "join", "protocol": 2, "project": project, "role": "trainer", "kind": "native",
                 "backend": "sim", "memory_mb": args.memory_mb}  # fmt: skip
         await ws.send(msg.dumps(join))
         project_id, n_params = 0, 0
         pending: set[asyncio.Task] = set()
+        last = {"done": None}  # when the previous round's compute ended
 
         async def answer(m: dict) -> None:
             work_ms = m["work_ms"]
+            # overlap (local_sgd): a real worker kept stepping from the end of its previous
+            # round until this order arrived, at most overlap_ms more, and counts it here
+            extra_ms = 0
+            if m.get("overlap_ms") and last["done"] is not None:
+                extra_ms = min((time.monotonic() - last["done"]) * 1000, m["overlap_ms"])
             await asyncio.sleep(work_ms / 1000)
+            last["done"] = time.monotonic()
+            work_ms = round(work_ms + extra_ms)
             vectors = max(1, round(args.rate * work_ms / 1000))
             kind = frames.DELTA if m.get("mode") == "local" else frames.RESULT
             dtype = codecs.DTYPES.get(m.get("compression") or "none", codecs.FLOAT32)

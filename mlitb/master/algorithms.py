@@ -122,7 +122,7 @@ class LocalSGD(Algorithm):
             inner.update(beta1=0.9, beta2=0.999, eps=1e-8)
         fields = {"mode": "local", "inner": inner, **super().work_fields()}
         if h.overlap and not h.work_vectors:  # fixed work must stay fixed
-            fields["overlap"] = True
+            fields["overlap_ms"] = h.iteration_ms  # the longest a trainer keeps stepping unasked
         return fields
 
     def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float) -> None:

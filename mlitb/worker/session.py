@@ -450,13 +450,13 @@ class Worker:
         self.stats.vectors_processed += result.vectors
         self.stats.vectors_per_s = result.vectors_per_s
         self._set_state("training")
-        if local and m.get("overlap") and not max_vectors:
-            await self._overlap(m, work_ms)
+        if local and int(m.get("overlap_ms") or 0) > 0 and not max_vectors:
+            await self._overlap(m, int(m["overlap_ms"]))
 
-    async def _overlap(self, m: dict, work_ms: int) -> None:
+    async def _overlap(self, m: dict, most_ms: int) -> None:
         """Keep stepping from where the round ended until the next order arrives (at most
-        one more work time, so a paused project does not keep a worker busy); the steps
-        are carried into the next result. Yields to any order that came meanwhile."""
+        `overlap_ms`, one iteration, so a paused project does not keep a worker busy); the
+        steps are carried into the next result. Yields to any order that came meanwhile."""
         orders, resets = self._orders, self._resets
         async with self._compute:
             if orders != self._orders or self.net is None or self._inner is None:
@@ -466,7 +466,7 @@ class Worker:
             batch = self.batch_size or int(inner.get("batch_size") or m.get("batch_size") or 32)
             try:
                 carry = await asyncio.to_thread(
-                    local_for, self.net, self.cache, self.sampler, work_ms, batch, self._inner, 0,
+                    local_for, self.net, self.cache, self.sampler, most_ms, batch, self._inner, 0,
                     self._overlap_stop,
                 )  # fmt: skip
             except ValueError as exc:

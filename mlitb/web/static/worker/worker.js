@@ -15,8 +15,8 @@
  * compressed as the order says (engine/codecs.js, error feedback kept across orders),
  * parameter-delta frames (type 4) applied to the current parameters, and a tracker that
  * evaluates a sample of the test set at most once per period. A local order with
- * `overlap` keeps the worker stepping after it sent its result, until the next order
- * comes (at most one more work time); those steps are moved onto the next parameters
+ * `overlap_ms` keeps the worker stepping after it sent its result, until the next order
+ * comes (at most overlap_ms); those steps are moved onto the next parameters
  * (new + (now - sent)) and counted in the next result. Without a `capacity` from
  * the page the join offers memory instead (memory_mb, ~1/8 of the device's, <= 400 MB).
  */
@@ -372,7 +372,7 @@ async function work(m) {
     if (S.ws && S.ws.readyState === 1) {
       S.ws.send(encodeResult(it, r, mode === "local" ? Wire.DELTA : Wire.RESULT, dtype));
     }
-    if (mode === "local" && m.overlap && !target && r.end) await overlapRound(workMs, r.end);
+    if (mode === "local" && m.overlap_ms > 0 && !target && r.end) await overlapRound(m.overlap_ms, r.end);
   } catch (e) {
     if (mode === "local") S.inner = null; // start the next round afresh
     log(`training failed: ${e.message || e}`, "error");
@@ -454,10 +454,10 @@ async function localRound(it, workMs, target, m) {
 
 /**
  * Overlap (local SGD): after a result went out, keep stepping from where the round ended
- * (`end`) until the next work order or new parameters arrive, at most workMs; the change
+ * (`end`) until the next work order or new parameters arrive, at most mostMs; the change
  * is kept in S.carry for the next local round, which moves it onto the new parameters.
  */
-async function overlapRound(workMs, end) {
+async function overlapRound(mostMs, end) {
   const opt = S.inner;
   if (!opt || S.nextWork || C.n === 0) return;
   const it = S.iteration;
@@ -466,7 +466,7 @@ async function overlapRound(workMs, end) {
   const t0 = performance.now();
   let lastBatch = 0, lastYield = t0;
   const B = opt.batchSize || S.cfg.batchSize || 32;
-  while (!S.nextWork && it === S.iteration && performance.now() - t0 + lastBatch <= workMs) {
+  while (!S.nextWork && it === S.iteration && performance.now() - t0 + lastBatch <= mostMs) {
     const tb = performance.now();
     const [x, y] = batch(nextRows(B));
     round.batch(x, y, y.length, true);
