@@ -29,9 +29,11 @@ Bandwidth budget (--bandwidth-gbit, default 1.0 Gbit/s once --params, --algorith
 clients, not the master. Every client process has one token bucket per direction of
 budget / K bytes per second (K = the client processes of the run, so the sum is the
 budget): a client waits before sending a binary frame until its process's upload
-bucket has the bytes, and after receiving one accounts its size against the download
-bucket, sleeping as needed before it reads its next message (text messages are not
-throttled; an idle bucket keeps at most 50 ms of credit). This approximates a master
+bucket has the bytes; it reads every message at once (so it answers the master's pings
+and holds no frames), accounts binary frames against the download bucket, and hands
+each text message to its simulated client only when the link would have delivered
+everything before it (text messages cost no budget; an idle bucket keeps at most 50 ms
+of credit). This approximates a master
 whose link has that capacity in each direction; the master itself is not throttled,
 and loopback TCP between the processes is not either.
 
@@ -71,7 +73,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -95,7 +96,7 @@ PAPER_NET = [
 LINEAR_OK = 0.90  # "scales": power at least this share of linear
 BUSY = 0.90  # a resource at least this busy is named as the limit
 BURST_S = 0.05  # idle credit a token bucket keeps
-RCVBUF = 256 * 1024  # kernel receive buffer per simulated client socket (bytes)
+JOIN_SLOTS = 32  # clients per client process joining at the same time
 
 
 def spec_for(target: int) -> list[dict]:
@@ -125,14 +126,18 @@ class Bucket:
         self.free_at = 0.0
         self.waited = 0.0  # seconds clients slept on this bucket, in all
 
-    async def take(self, n: int) -> None:
-        if self.rate <= 0:
-            return
+    def reserve(self, n: int) -> float:
+        """The monotonic time at which n more bytes are through the link."""
         now = time.monotonic()
+        if self.rate <= 0:
+            return now
         self.free_at = max(now - BURST_S, self.free_at) + n / self.rate
-        wait = self.free_at - now
+        self.waited += max(0.0, self.free_at - now)
+        return self.free_at
+
+    async def take(self, n: int) -> None:
+        wait = self.reserve(n) - time.monotonic()
         if wait > 0:
-            self.waited += wait
             await asyncio.sleep(wait)
 
 
@@ -153,7 +158,15 @@ class Payloads:
 
 
 async def sim_client(
-    url: str, project: str, args, stats: dict, stop: asyncio.Event, up: Bucket, down: Bucket, pay: Payloads
+    url: str,
+    project: str,
+    args,
+    stats: dict,
+    stop: asyncio.Event,
+    up: Bucket,
+    down: Bucket,
+    pay: Payloads,
+    joined: asyncio.Event,
 ) -> None:
     from websockets.asyncio.client import connect
 
@@ -161,15 +174,7 @@ async def sim_client(
     from mlitb.protocol import messages as msg
     from mlitb.protocol.idtext import text_to_ids
 
-    # max_queue 1: at most one received message waits per socket while the download bucket
-    # throttles, and a small kernel receive buffer pushes back on the master's sends like a
-    # real link would, instead of 4,096 sockets each buffering megabytes in this process
-    async with connect(
-        url, compression=None, max_size=1 << 30, open_timeout=300, ping_interval=None, max_queue=1
-    ) as ws:
-        sock = ws.transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    async with connect(url, compression=None, max_size=1 << 30, open_timeout=300, ping_interval=None) as ws:
         join = {"type": "join", "protocol": 2, "project": project, "role": "trainer", "kind": "native",
                 "backend": "sim", "memory_mb": args.memory_mb}  # fmt: skip
         await ws.send(msg.dumps(join))
@@ -205,36 +210,53 @@ async def sim_client(
                 await asyncio.sleep(5)
                 await ws.send(msg.dumps(msg.heartbeat(time.time())))
 
+        async def handle(m: dict) -> None:
+            nonlocal project_id, n_params
+            if m["type"] == "welcome":
+                project_id, n_params = m["project"]["id"], m["num_params"]
+            elif m["type"] == "allocation":
+                for g in m["add"]:
+                    ids = text_to_ids(g["ids"])
+                    await ws.send(msg.dumps({"type": "cached", "dataset": g["dataset"], "ids": ids}))
+            elif m["type"] == "work":
+                t = asyncio.create_task(answer(m))
+                pending.add(t)
+                t.add_done_callback(pending.discard)
+            elif m["type"] == "error":
+                stats["errors"][m.get("code", "?")] = stats["errors"].get(m.get("code", "?"), 0) + 1
+
+        # Messages are read at once (so pings are answered and frames not held) and handed
+        # to the simulated client, in order, when the link would have delivered them.
+        inbox: asyncio.Queue = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                at, m = await inbox.get()
+                if (wait := at - time.monotonic()) > 0:
+                    await asyncio.sleep(wait)
+                await handle(m)
+
         beater = asyncio.create_task(beat())
+        deliverer = asyncio.create_task(deliver())
+        through = 0.0  # when the link has delivered everything received so far
         try:
             while not stop.is_set():
                 try:
                     data = await asyncio.wait_for(ws.recv(), 0.5)
                 except TimeoutError:
                     continue
+                stats["bytes_down"] += len(data)
                 if isinstance(data, bytes):
                     kind = data[5] if len(data) > 5 else 0
                     key = {1: "parameters", 4: "param_deltas"}.get(kind, "other_frames")
                     stats[key] += 1
-                    stats["bytes_down"] += len(data)
-                    await down.take(len(data))  # the link delivers it before the next message
-                    continue  # a real worker would load (or add) them; a simulated one need not
-                stats["bytes_down"] += len(data)
-                m = json.loads(data)
-                if m["type"] == "welcome":
-                    project_id, n_params = m["project"]["id"], m["num_params"]
-                elif m["type"] == "allocation":
-                    for g in m["add"]:
-                        ids = text_to_ids(g["ids"])
-                        await ws.send(msg.dumps({"type": "cached", "dataset": g["dataset"], "ids": ids}))
-                elif m["type"] == "work":
-                    t = asyncio.create_task(answer(m))
-                    pending.add(t)
-                    t.add_done_callback(pending.discard)
-                elif m["type"] == "error":
-                    stats["errors"][m.get("code", "?")] = stats["errors"].get(m.get("code", "?"), 0) + 1
+                    joined.set()  # welcome and whole parameters are in: the next client may join
+                    through = down.reserve(len(data))  # a real worker would load (or add) them
+                    continue
+                inbox.put_nowait((through, json.loads(data)))
         finally:
             beater.cancel()
+            deliverer.cancel()
             for t in pending:
                 t.cancel()
 
@@ -261,11 +283,20 @@ async def run_clients(args) -> dict:
 
     loop.add_signal_handler(signal.SIGUSR1, snapshot)
 
+    # At most JOIN_SLOTS clients per process are between connect and their first (whole)
+    # parameters frame: 4,096 joins at once would hold 4,096 x 4 MB frames in flight.
+    slots = asyncio.Semaphore(JOIN_SLOTS)
+
     async def one(i: int) -> None:
         await asyncio.sleep(i * 0.002)  # do not open hundreds of sockets in the same ms
+        joined = asyncio.Event()
+        await slots.acquire()
+        release = asyncio.create_task(joined.wait())
+        release.add_done_callback(lambda _: slots.release())
         try:
-            await sim_client(args.ws, args.project, args, stats, stop, up, down, pay)
+            await sim_client(args.ws, args.project, args, stats, stop, up, down, pay, joined)
         except Exception as exc:
+            joined.set()
             stats["failed"] += 1
             if len(stats["failures"]) < 5:
                 stats["failures"].append(repr(exc)[:200])
