@@ -7,6 +7,7 @@
 * `start_master`: `mlitb serve --port 0` with a fresh state dir; waits for its URL.
 * `wait_until`: poll a condition with a deadline (no fixed sleeps).
 * `mnist_zip` / `upload_zip`: the real MNIST upload zips, built once and cached.
+* `data_auth`: the header that lets a benchmark write to the data server it started.
 * `one_thread_env`: the environment that keeps a subprocess at one BLAS/OpenMP thread.
 """
 
@@ -196,13 +197,24 @@ def mnist_zip(split: str) -> Path:
     return path
 
 
+def data_auth(base: str) -> dict[str, str]:
+    """`Authorization` for writes to the data server at `base` (e.g. MASTER/data): the write
+    token `mlitb serve` / `mlitb data-server` stored for that URL before printing it."""
+    from mlitb.cli import tokens
+
+    token = tokens.get_data_token(base)
+    if not token:
+        raise RuntimeError(f"no write token stored for the data server {base} (see README, 'who may write')")
+    return {"Authorization": f"Bearer {token}"}
+
+
 def upload_zip(http: httpx.Client, base: str, path: Path, name: str, kind: str) -> dict:
     """POST the zip to the data server at `base` (e.g. MASTER/data); returns the upload report."""
     resp = http.post(
         f"{base}/datasets",
         params={"shape": "28x28x1", "name": name, "kind": kind},
         content=path.read_bytes(),
-        headers={"Content-Type": "application/zip"},
+        headers={"Content-Type": "application/zip", **data_auth(base)},
         timeout=600,
     )
     if resp.status_code >= 400:

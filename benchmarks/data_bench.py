@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
+from mlitb.cli import tokens
 from mlitb.data import mnist
 from mlitb.data.client import DataClient
 from mlitb.data.wire import BlockReader
@@ -127,7 +128,7 @@ def main() -> int:
     try:
         hwm_idle = vm_hwm_mib(proc.pid)
         with (
-            DataClient(url) as client,
+            DataClient(url, token=tokens.get_data_token(url)) as client,
             tqdm(total=zip_path.stat().st_size, unit="B", unit_scale=True, desc="ingest MNIST train") as bar,
         ):
             start = time.perf_counter()

@@ -352,6 +352,11 @@ def start_master(state: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
     return proc, line.split("listening on ")[1].strip()
 
 
+def data_auth(state: Path) -> dict[str, str]:
+    """The write token of the master's data server (kept in its state directory): uploads need it."""
+    return {"Authorization": f"Bearer {(state / 'data-token').read_text().strip()}"}
+
+
 def vm_hwm_mib(pid: int) -> float:
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -832,7 +837,7 @@ def main(argv=None) -> int:
                     f"{url}/data/datasets",
                     params={"shape": "28x28x1", "name": "mnist-train"},
                     content=zip_path.read_bytes(),
-                    headers={"Content-Type": "application/zip"},
+                    headers={"Content-Type": "application/zip", **data_auth(tmp / "state")},
                 )
                 .raise_for_status()
                 .json()

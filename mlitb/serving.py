@@ -7,6 +7,8 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from mlitb.data.limits import DEFAULT_LIMITS, Limits
+
 
 def build_app(
     data_dir: str | Path,
@@ -16,8 +18,13 @@ def build_app(
     demo: bool = False,
     demo_workers: int = 1,
     demo_target: float = 0.07,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> FastAPI:
-    """`local_url`: how this process reaches itself (http://127.0.0.1:PORT)."""
+    """`local_url`: how this process reaches itself (http://127.0.0.1:PORT). `data_token`:
+    the built-in data server's write token (None: the one kept in `data_dir`, created on
+    the first start), or an external data server's token. The master uses it to place
+    holds on its projects' datasets and the demo to upload MNIST; `app.state.data_token`
+    tells the caller (serve prints it and stores it for the CLI)."""
     from mlitb.data.app import create_app as create_data_app
     from mlitb.master.app import create_master_app
 
@@ -26,7 +33,8 @@ def build_app(
         data_app = None
         internal = public = external_data_url.rstrip("/")
     else:
-        data_app = create_data_app(data_dir, token=data_token)
+        data_app = create_data_app(data_dir, limits, token=data_token)
+        data_token = data_app.state.write_token
         internal, public = f"{local_url}/data", "/data"
     hooks = []
     if demo:
@@ -36,4 +44,6 @@ def build_app(
             await run_demo(app, local_url, internal, data_dir, demo_workers, data_token, demo_target)
 
         hooks.append(demo_hook)
-    return create_master_app(data_dir, internal, public, data_app, hooks)
+    app = create_master_app(data_dir, internal, public, data_app, hooks, data_token=data_token)
+    app.state.data_token = data_token
+    return app

@@ -89,7 +89,9 @@ def digit_zip(path: Path, per_label: int = 3, labels=("0", "1", "2"), shape=(28,
 
 
 class DataServerHandle:
-    """A data server on a free port; `restart()` starts a fresh process-equivalent on the same dir."""
+    """A data server on a free port; `restart()` starts a fresh process-equivalent on the same dir.
+    `client` sends its write token (the one it was given, else the one it generated); `auth`
+    is the header for raw requests."""
 
     def __init__(self, data_dir: Path, **app_kwargs) -> None:
         self.data_dir = data_dir
@@ -102,9 +104,11 @@ class DataServerHandle:
         from mlitb.server_runner import BackgroundServer
 
         self.app = create_app(self.data_dir, **self.app_kwargs)
+        self.token = self.app.state.write_token
+        self.auth = {"Authorization": f"Bearer {self.token}"}
         self.server = BackgroundServer(self.app)
         self.url = self.server.url
-        self.client = DataClient(self.url, token=self.app_kwargs.get("token"))
+        self.client = DataClient(self.url, token=self.token)
 
     def restart(self) -> None:
         self.stop()
@@ -168,7 +172,8 @@ class MasterHandle:
         self.url = self.server.url
         self.app = self.server.app
         self.manager = self.app.state.manager
-        self.data = DataClient(f"{self.url}/data")
+        self.data_token = self.app.state.data_token
+        self.data = DataClient(f"{self.url}/data", token=self.data_token)
 
     def restart(self, pause: float = 0.0) -> None:
         """Stop and start again on the same directory and port (clients may reconnect)."""

@@ -30,6 +30,7 @@ def test_tracker_classifies_a_camera_picture_and_adds_it_with_a_label(master, mn
         page = context.new_page()
         page.goto(master.url)
         page.evaluate(f"localStorage.setItem('mlitb.tokens', JSON.stringify({{cam: {json.dumps(token)}}}))")
+        page.evaluate(f"localStorage.setItem('mlitb.dataToken', {json.dumps(master.data_token)})")
         page.goto(f"{master.url}/#/p/cam")
         page.wait_for_selector("#summary")
         page.click("#btn-add-tracker")

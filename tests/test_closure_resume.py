@@ -214,6 +214,10 @@ def test_closure_and_zoo_command_lines(master, mnist_zips, tmp_path):
     assert json.loads(run_cli("zoo", "list", "--server", master.url, "--json").stdout) == []
 
 
+def auth(master) -> dict:
+    return {"Authorization": f"Bearer {master.data_token}"}
+
+
 def test_export_follows_the_test_set_as_it_is_now(master, mnist_zips):
     """The claim is made on the test set as the data server holds it at export: a photo
     added later under a label the project lacks is skipped (and verification agrees), and
@@ -232,7 +236,13 @@ def test_export_follows_the_test_set_as_it_is_now(master, mnist_zips):
 
     assert verify(closure).ok
 
-    assert httpx.delete(f"{master.url}/data/datasets/{test}", timeout=30).status_code == 200
+    # The project holds its test set: the data server refuses to delete it until the hold is
+    # released (as an operator would release a hold by hand).
+    gone = httpx.delete(f"{master.url}/data/datasets/{test}", headers=auth(master), timeout=30)
+    assert gone.status_code == 409 and gone.json()["holders"] == ["project:live"], gone.text
+    master.data.release(test, "project:live")
+    gone = httpx.delete(f"{master.url}/data/datasets/{test}", headers=auth(master), timeout=30)
+    assert gone.status_code == 200, gone.text
     data = httpx.get(f"{master.url}/api/projects/live/closure", params={"embed_test": 1}, timeout=120)
     assert data.status_code == 200, data.text
     closure = Closure.from_bytes(data.content)

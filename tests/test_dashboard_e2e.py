@@ -72,13 +72,23 @@ def test_dashboard_end_to_end(master, mnist_zips, page, tmp_path):
     page.wait_for_selector("#summary")
     assert summary(master, "e2e")["state"] == "running"
 
-    # ---- add data in the page: a bad zip is refused with a readable message
+    # ---- add data in the page: without the data write token the upload is refused and the
+    # banner says where the token goes; a wrong one is refused as wrong
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"this is not a zip")
     page.set_input_files("#zip-input", str(bad))
     page.click("#btn-upload")
     page.wait_for_selector(".banner.error")
-    assert "not a zip" in page.inner_text(".banner.error")
+    assert "'data write token'" in page.inner_text(".banner.error")
+    page.fill("#data-token", "not-the-token")
+    page.click("#btn-upload")
+    page.wait_for_function("document.querySelector('.banner.error').innerText.includes('is wrong')")
+    # the right token (printed by `mlitb serve`), kept in this browser for later visits
+    page.fill("#data-token", master.data_token)
+    assert page.evaluate("localStorage.getItem('mlitb.dataToken')") == master.data_token
+    # a bad zip is refused with a readable message
+    page.click("#btn-upload")
+    page.wait_for_function("document.querySelector('.banner.error').innerText.includes('not a zip')")
     page.set_input_files("#zip-input", str(mnist_zips["train"]))
     page.click("#btn-upload")
     wait_for(lambda: summary(master, "e2e")["data_size"] == 300, 30, "the training set to be attached", page)

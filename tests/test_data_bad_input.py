@@ -42,8 +42,9 @@ TIGHT = Limits(
 
 # --------------------------------------------------------------------------- helpers
 
-# Raw requests, without a token. A fresh connection per request: on a reused one each request
-# waits ~40 ms for a delayed ACK (Nagle), which would make this file several times slower.
+# Raw requests (the helpers below add the server's write token). A fresh connection per request:
+# on a reused one each request waits ~40 ms for a delayed ACK (Nagle), which would make this file
+# several times slower.
 HTTP = httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
 
 
@@ -152,8 +153,12 @@ def check_refused(h: DataServerHandle, send: Callable[[], httpx.Response], statu
     return body
 
 
-def post(h: DataServerHandle, path: str, body, headers: dict | None = None, **params) -> httpx.Response:
-    return HTTP.post(f"{h.url}{path}", params=params, content=body, headers=headers or {})
+def post(
+    h: DataServerHandle, path: str, body, headers: dict | None = None, auth: bool = True, **params
+) -> httpx.Response:
+    """A POST with the server's write token (auth=False: only `headers`)."""
+    sent = {**(h.auth if auth else {}), **(headers or {})}
+    return HTTP.post(f"{h.url}{path}", params=params, content=body, headers=sent)
 
 
 def upload(h: DataServerHandle, body, **params) -> httpx.Response:
@@ -169,7 +174,7 @@ def item_bytes(h: DataServerHandle, ds: int, ids: str = "0:9") -> bytes:
 
 
 def delete(h: DataServerHandle, ds: int) -> None:
-    assert HTTP.delete(f"{h.url}/datasets/{ds}").json() == {"deleted": ds}
+    assert HTTP.delete(f"{h.url}/datasets/{ds}", headers=h.auth).json() == {"deleted": ds}
 
 
 def fetch(h: DataServerHandle, ds: int, body) -> httpx.Response:
@@ -598,7 +603,10 @@ def test_fetch_body_over_max_request_json_bytes_is_refused(tight):
 def test_unknown_dataset_is_404(plain, method, path):
     body = {"ids": [0]} if method == "POST" else None
     check_refused(
-        plain.h, lambda: HTTP.request(method, plain.h.url + path, json=body), 404, "no dataset 999999"
+        plain.h,
+        lambda: HTTP.request(method, plain.h.url + path, json=body, headers=plain.h.auth),
+        404,
+        "no dataset 999999",
     )
 
 
@@ -607,30 +615,45 @@ def test_unknown_dataset_is_404(plain, method, path):
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
-    """A data server that needs 'Authorization: Bearer s3cret' to write."""
-    h, ds = _serve(tmp_path_factory.mktemp("guarded") / "data", token="s3cret")
+    """A data server given the write token GUARD (the operator's, not a generated one)."""
+    h, ds = _serve(tmp_path_factory.mktemp("guarded") / "data", token=GUARD)
     yield Server(h, ds)
     h.stop()
 
 
-@pytest.mark.parametrize("auth", [None, "Bearer nope", "s3cret", "Bearer s3cret2", "Bearer"])
-@pytest.mark.parametrize("action", ["create", "append", "append image", "delete"])
+GUARD = "s3cret-s3cret-s3cret"
+NO_TOKEN = [None, GUARD, "Bearer", "Basic czNjcmV0"]  # 401: no bearer token at all
+WRONG_TOKEN = ["Bearer nope", f"Bearer {GUARD}2", f"Bearer {GUARD[:-1]}", f"Bearer  {GUARD}x"]  # 403
+
+
+@pytest.mark.parametrize("auth", NO_TOKEN + WRONG_TOKEN)
+@pytest.mark.parametrize("action", ["create", "append", "append image", "delete", "hold", "release"])
 def test_writes_need_the_token(guarded, auth, action):
     h, ds = guarded.h, guarded.ds
     headers = {"Authorization": auth} if auth else {}
     requests = {
-        "create": lambda: post(h, "/datasets", GOOD_ZIP, headers, shape=SHAPE),
-        "append": lambda: post(h, f"/datasets/{ds}/items", GOOD_ZIP, headers),
+        "create": lambda: post(h, "/datasets", GOOD_ZIP, headers, auth=False, shape=SHAPE),
+        "append": lambda: post(h, f"/datasets/{ds}/items", GOOD_ZIP, headers, auth=False),
         "append image": lambda: post(
             h,
             f"/datasets/{ds}/items",
             png_bytes(np.zeros((28, 28), np.uint8)),
             {**headers, **IMAGE},
+            auth=False,
             label="0",
         ),
         "delete": lambda: HTTP.delete(f"{h.url}/datasets/{ds}", headers=headers),
+        "hold": lambda: HTTP.put(f"{h.url}/datasets/{ds}/holds/project:x", headers=headers),
+        "release": lambda: HTTP.delete(f"{h.url}/datasets/{ds}/holds/project:x", headers=headers),
     }
-    check_refused(h, requests[action], 401, "Authorization: Bearer <token>")
+    if auth in NO_TOKEN:
+        words = ("Authorization: Bearer <token>", "data-token", "--token")
+        body = check_refused(h, requests[action], 401, *words)
+        assert body["error"] == "unauthorized"
+    else:
+        body = check_refused(h, requests[action], 403, "not this data server's", "data-token")
+        assert body["error"] == "forbidden"
+    assert HTTP.get(f"{h.url}/datasets/{ds}/holds").json() == []
 
 
 def test_reads_stay_open_and_the_token_allows_writes(guarded):
@@ -646,7 +669,7 @@ def test_reads_stay_open_and_the_token_allows_writes(guarded):
     # h.client sends the right token
     added = h.client.add_image(ds, png_bytes(np.zeros((28, 28), np.uint8)), "0")
     assert added["items"] == items + 1
-    created = post(h, "/datasets", GOOD_ZIP, {"Authorization": "Bearer s3cret"}, shape=SHAPE)
+    created = post(h, "/datasets", GOOD_ZIP, {"Authorization": f"Bearer {GUARD}"}, auth=False, shape=SHAPE)
     assert created.status_code == 201, created.text
     assert h.client.delete(created.json()["dataset"]) == {"deleted": created.json()["dataset"]}
 
@@ -757,7 +780,8 @@ def test_cli_upload_of_bad_input_fails_with_the_server_message(
 ):
     path = tmp_path / "bad.zip"
     path.write_bytes(body)
-    code = main(["data", "upload", str(path), "--server", data_server.url, "--shape", shape])
+    token = ["--token", data_server.token]
+    code = main(["data", "upload", str(path), "--server", data_server.url, "--shape", shape, *token])
     err = capsys.readouterr().err
     assert code == 1
     assert expected in err
@@ -780,6 +804,8 @@ def test_cli_console_script_exits_non_zero(data_server, tmp_path):
             SHAPE,
             "--server",
             data_server.url,
+            "--token",
+            data_server.token,
         ],
         capture_output=True,
         text=True,

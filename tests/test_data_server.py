@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import socket
 import subprocess
 import time
@@ -268,7 +269,7 @@ def test_append_one_image_with_a_label(data_server, tmp_path, rng):
         f"{data_server.url}/datasets/{ds}/items",
         params={"label": " cat "},
         content=jpeg,
-        headers={"Content-Type": "image/jpeg", "X-Mlitb-Filename": "phone.jpg"},
+        headers={"Content-Type": "image/jpeg", "X-Mlitb-Filename": "phone.jpg", **data_server.auth},
     )
     assert resp.status_code == 201, resp.text
     assert resp.json()["labels"] == {"dog": 1, "cat": 2}
@@ -746,7 +747,7 @@ def test_progress_mode_streams_ndjson(shared, mnist_zips, mnist_ds):
         f"{shared.url}/datasets",
         params={"shape": "28x28x1", "name": "progress", "progress": "true"},
         content=body,
-        headers={"Content-Type": "application/zip"},
+        headers={"Content-Type": "application/zip", **shared.auth},
         timeout=60,
     ) as resp:
         assert resp.status_code < 300
@@ -766,7 +767,7 @@ def test_progress_mode_streams_ndjson(shared, mnist_zips, mnist_ds):
         f"{shared.url}/datasets",
         params={"shape": "28x28x1", "name": "plain"},
         content=body,
-        headers={"Content-Type": "application/zip"},
+        headers={"Content-Type": "application/zip", **shared.auth},
         timeout=60,
     )
     assert resp.status_code == 201
@@ -779,6 +780,7 @@ def test_progress_mode_streams_ndjson(shared, mnist_zips, mnist_ds):
         f"{shared.url}/datasets/{plain['dataset']}/items",
         params={"progress": "true"},
         content=body,
+        headers=shared.auth,
         timeout=60,
     ) as resp:
         events = [json.loads(line) for line in resp.iter_lines() if line.strip()]
@@ -795,7 +797,20 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_cli_upload_list_info_get_delete(data_server, mnist_zips, mnist_train, tmp_path, capsys):
+@pytest.fixture
+def cli_token_store(data_server, tmp_path, monkeypatch):
+    """The data server's token in a CLI token store of this test's own, as `mlitb data-server`
+    stores it: `mlitb data` commands find it by URL, with no --token."""
+    from mlitb.cli import tokens
+
+    monkeypatch.setenv("MLITB_CONFIG", str(tmp_path / "tokens.json"))
+    monkeypatch.delenv("MLITB_DATA_TOKEN", raising=False)
+    tokens.save_data_token([data_server.url], data_server.token)
+
+
+def test_cli_upload_list_info_get_delete(
+    data_server, cli_token_store, mnist_zips, mnist_train, tmp_path, capsys
+):
     url = data_server.url
     code, out, _ = _run(
         capsys, "data", "upload", mnist_zips["train"], "--server", url, "--shape", "28x28x1", "--json"
@@ -872,7 +887,7 @@ def test_cli_upload_list_info_get_delete(data_server, mnist_zips, mnist_train, t
     assert code == 1 and "(404)" in err
 
 
-def test_cli_fetch_mnist_and_upload(data_server, mnist_train, tmp_path, capsys):
+def test_cli_fetch_mnist_and_upload(data_server, cli_token_store, mnist_train, tmp_path, capsys):
     out_dir = tmp_path / "zips"
     code, out, _ = _run(
         capsys,
@@ -923,17 +938,22 @@ def _wait_connectable(port: int, timeout: float = 10.0) -> None:
 
 def test_cli_data_server_subprocess(tmp_path):
     exe = ROOT / ".venv" / "bin" / "mlitb"
+    env = {k: v for k, v in os.environ.items() if k != "MLITB_DATA_TOKEN"}
+    env["MLITB_CONFIG"] = str(tmp_path / "tokens.json")
     proc = subprocess.Popen(
         [str(exe), "data-server", "--port", "0", "--dir", str(tmp_path / "d"), "--log-level", "warning"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        env=env,
     )
     try:
         line = proc.stdout.readline().strip()
         assert line.startswith("mlitb data server listening on http://127.0.0.1:"), line
         url = line.rsplit(" ", 1)[1]
+        token = (tmp_path / "d" / "data-token").read_text().strip()
+        assert f"write token: {token} " in proc.stdout.readline()
         _wait_connectable(int(url.rsplit(":", 1)[1]))
         assert httpx.get(f"{url}/health").json() == {"ok": True}
         assert httpx.get(f"{url}/datasets").json() == []

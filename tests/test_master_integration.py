@@ -887,7 +887,7 @@ def test_master_killed_and_restarted_resumes(tmp_path, mnist_big):
         serve, url = start_serve(tmp_path, state, 0, env, "serve1")
         procs.append(serve)
         port = int(url.rsplit(":", 1)[1])
-        with DataClient(f"{url}/data") as data:
+        with DataClient(f"{url}/data", token=(state / "data-token").read_text().strip()) as data:
             train, test = upload(data, mnist_big)
         create_project(url, "resume", [train], [test], hyper=TRAIN_HYPER)
         trainer = spawn_worker(url, "resume", "trainer", tmp_path / "trainer.log", "t0")

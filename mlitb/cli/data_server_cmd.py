@@ -1,10 +1,14 @@
-"""`mlitb data-server`: the data server on its own (`mlitb serve` also mounts it at /data)."""
+"""`mlitb data-server`: the data server on its own (`mlitb serve` also mounts it at /data).
+
+Writes need its write token: generated on the first start and kept in DIR/data-token,
+printed at start-up and stored for the mlitb CLI on this machine (cli/tokens.py)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 from dataclasses import replace
 
 
@@ -15,25 +19,67 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dir", default="data", help="data directory (SQLite + arrays; default ./data)")
     p.add_argument(
         "--token",
-        default=os.environ.get("MLITB_DATA_TOKEN"),
-        help="if set, uploads and deletes need 'Authorization: Bearer TOKEN' (env MLITB_DATA_TOKEN)",
+        help="write token: uploads, deletes and holds need 'Authorization: Bearer TOKEN' (default: "
+        "MLITB_DATA_TOKEN, else one generated on the first start and kept in DIR/data-token)",
     )
-    p.add_argument("--max-upload-mb", type=int, default=None, help="largest zip accepted, MiB (default 2048)")
+    add_limit_args(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from mlitb.data.app import create_app
+def add_limit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-upload-mb", type=int, default=None, help="largest zip accepted, MiB (default 2048)")
+    p.add_argument(
+        "--max-members", type=int, default=None, help="most members (files and folders) in one zip (200000)"
+    )
+
+
+def limits_from(args: argparse.Namespace):
     from mlitb.data.limits import DEFAULT_LIMITS, MiB
-    from mlitb.server_runner import serve_blocking
+
+    limits = DEFAULT_LIMITS
+    if args.max_upload_mb:
+        limits = replace(limits, max_upload_bytes=args.max_upload_mb * MiB)
+    if args.max_members:
+        limits = replace(limits, max_members=args.max_members)
+    return limits
+
+
+def store_token(token: str, urls: list[str], where: str) -> str:
+    """Store the write token for the CLI under each URL, before the URL is printed (so a
+    script that waits for the URL finds it stored), and return the line that shows it.
+    Best effort: a server whose home directory is read-only still starts."""
+    from mlitb.cli import tokens
+
+    try:
+        saved = f"; saved for the mlitb CLI in {tokens.save_data_token(urls, token)}"
+    except OSError as exc:
+        saved = f"; not saved for the CLI ({exc})"
+    return f"  write token: {token} (uploads and deletes; {where}{saved})"
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mlitb.data.app import create_app
+    from mlitb.data.auth import token_path
+    from mlitb.server_runner import bind, make_config, url_of
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    limits = DEFAULT_LIMITS
-    if args.max_upload_mb:
-        limits = replace(limits, max_upload_bytes=args.max_upload_mb * MiB)
-    app = create_app(args.dir, limits, token=args.token)
-    serve_blocking(app, args.host, args.port, args.log_level, name="mlitb data server")
+    given = args.token or os.environ.get("MLITB_DATA_TOKEN")
+    try:
+        app = create_app(args.dir, limits_from(args), token=given)
+    except ValueError as exc:
+        print(f"mlitb: {exc}", file=sys.stderr)
+        return 2
+    sock = bind(args.host, args.port)
+    url = url_of(sock)
+    local = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+    where = "given by --token / MLITB_DATA_TOKEN" if given else f"kept in {token_path(args.dir)}"
+    token_line = store_token(app.state.write_token, sorted({url, local}), where)
+    print(f"mlitb data server listening on {url}", flush=True)
+    print(token_line, flush=True)
+    uvicorn.Server(make_config(app, args.log_level)).run(sockets=[sock])
     return 0

@@ -1,6 +1,8 @@
-"""Owner tokens kept in a local config file, so `mlitb project start NAME` works after
-`mlitb project create` without pasting tokens. File: $MLITB_CONFIG or
-~/.config/mlitb/tokens.json, mode 0600; keyed by server URL and project name.
+"""Tokens kept in a local config file, so the CLI works without pasting them: owner tokens
+(`mlitb project start NAME` after `mlitb project create`), keyed by server URL and project
+name, and data server write tokens (`mlitb data upload` against the data server that
+`mlitb serve` or `mlitb data-server` started here), keyed by data server URL.
+File: $MLITB_CONFIG or ~/.config/mlitb/tokens.json, mode 0600.
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
+DATA_PREFIX = "data-server "
 
 
 def config_path() -> Path:
@@ -22,6 +26,17 @@ def _key(server: str, project: str) -> str:
     return f"{server.rstrip('/')}#{project}"
 
 
+def _data_keys(url: str) -> list[str]:
+    """The keys a data server URL is looked up under: as given, then with localhost and
+    127.0.0.1 swapped (the URL printed at start-up says 127.0.0.1, people type localhost)."""
+    url = url.rstrip("/")
+    keys = [DATA_PREFIX + url]
+    for a, b in (("://localhost:", "://127.0.0.1:"), ("://127.0.0.1:", "://localhost:")):
+        if a in url:
+            keys.append(DATA_PREFIX + url.replace(a, b, 1))
+    return keys
+
+
 def load_all() -> dict:
     path = config_path()
     try:
@@ -30,17 +45,37 @@ def load_all() -> dict:
         return {}
 
 
-def save_token(server: str, project: str, token: str) -> Path:
+def _save(entries: dict[str, str]) -> Path:
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     data = load_all()
-    data[_key(server, project)] = token
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    data.update(entries)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=1))
     os.chmod(tmp, 0o600)
     tmp.replace(path)
     return path
 
 
+def save_token(server: str, project: str, token: str) -> Path:
+    return _save({_key(server, project): token})
+
+
 def get_token(server: str, project: str) -> str | None:
     return os.environ.get("MLITB_TOKEN") or load_all().get(_key(server, project))
+
+
+def save_data_token(urls: list[str], token: str) -> Path:
+    """The write token of the data server reachable at each of `urls`."""
+    return _save({DATA_PREFIX + u.rstrip("/"): token for u in urls})
+
+
+def get_data_token(url: str) -> str | None:
+    """MLITB_DATA_TOKEN, else the token stored for this data server URL, else None."""
+    env = os.environ.get("MLITB_DATA_TOKEN")
+    if env:
+        return env
+    stored = load_all()
+    return next((stored[k] for k in _data_keys(url) if k in stored), None)

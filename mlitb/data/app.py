@@ -12,6 +12,11 @@ checks live in zipscan/images/ids, storage in store. Mountable under a prefix
     POST   /datasets/{id}/fetch       the same for a JSON body {"ids": [...], "ranges": [[a, b]]}
     GET    /datasets/{id}/items/{n}.png   one item as a PNG (dashboards, debugging)
     GET    /datasets/{id}/sources?ids=    per item: label, source file name, sha256
+    GET    /datasets/{id}/holds           who uses the dataset (a dataset with holds cannot be deleted)
+    PUT    /datasets/{id}/holds/{holder}  place a hold ('project:NAME'); DELETE releases it
+
+Reads are open (workers fetch items without credentials); every write (upload, append,
+delete, holds) needs the write token (auth.py): 401 without one, 403 with a wrong one.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import contextlib
 import io
 import json
 import logging
-import secrets
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -32,11 +36,13 @@ from starlette.middleware.cors import CORSMiddleware
 
 from mlitb import __version__
 
+from .auth import check_bearer, check_token_text, load_or_create_token
 from .errors import DataError, bad_request, too_large
 from .ids import parse_id_text, select_ids
 from .limits import DEFAULT_LIMITS, Limits
 from .serve_items import item_response_parts
 from .shape import parse_shape
+from .spool import SpoolGate
 from .store import DataStore
 from .upload import Upload, receive_body, result_json, run_in_thread_with_progress
 
@@ -44,9 +50,29 @@ log = logging.getLogger("mlitb.data")
 EXPOSED = ["X-Mlitb-Items", "X-Mlitb-Blocks", "X-Mlitb-Shape", "X-Mlitb-Raw-Bytes", "X-Mlitb-Content-Hash"]
 
 
+class _StreamingWithCleanup(StreamingResponse):
+    """A streaming answer that runs `on_close` however it ends, also when the client left
+    before the body generator ever started (its own `finally` would then never run)."""
+
+    def __init__(self, *args, on_close, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
 def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str | None = None) -> FastAPI:
+    """The data server on `data_dir`. `token`: the write token; None loads the one kept in
+    the data directory or creates it there on the first start (auth.py), so a data server
+    is never open to writes by default. `app.state.write_token` tells the caller which."""
+    token = check_token_text(token) if token is not None else load_or_create_token(data_dir)
     store = DataStore(data_dir)
     ingest_slots = asyncio.Semaphore(limits.max_parallel_ingests)
+    gate = SpoolGate(limits, store.tmp)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -56,10 +82,12 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
     app = FastAPI(title="mlitb data server", version=__version__, lifespan=lifespan)
     app.state.store = store
     app.state.limits = limits
+    app.state.write_token = token
+    app.state.spool = gate
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],
-        allow_methods=["GET", "POST", "DELETE"],
+        allow_methods=["GET", "POST", "PUT", "DELETE"],
         allow_headers=["*"],
         expose_headers=EXPOSED,
     )
@@ -75,16 +103,10 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
     @app.exception_handler(DataError)
     async def data_error(request: Request, exc: DataError):
         log.warning("%s %s -> %s %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
-        return JSONResponse(exc.to_json(), status_code=exc.status)
+        return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers)
 
     def check_writer(request: Request) -> None:
-        if token is None:
-            return
-        sent = request.headers.get("authorization", "")
-        if not secrets.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-            raise DataError(
-                401, "this data server needs 'Authorization: Bearer <token>' to write", "unauthorized"
-            )
+        check_bearer(request.headers.get("authorization", ""), token)
 
     @app.get("/")
     def service() -> dict:
@@ -93,9 +115,12 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
             "version": __version__,
             "datasets": len(store.list()),
             "item_format": "application/vnd.mlitb.items (see README, 'Data format')",
+            "writes": "need 'Authorization: Bearer <write token>'; reads are open",
             "limits": {
                 "max_upload_bytes": limits.max_upload_bytes,
                 "max_uncompressed_bytes": limits.max_uncompressed_bytes,
+                "max_members": limits.max_members,
+                "max_parallel_uploads": limits.max_parallel_uploads,
                 "max_ids_per_request": limits.max_ids_per_request,
             },
         }
@@ -118,6 +143,25 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
         store.delete(ds_id)
         log.info("dataset %s deleted", ds_id)
         return {"deleted": ds_id}
+
+    @app.get("/datasets/{ds_id}/holds")
+    def list_holds(ds_id: int) -> list[dict]:
+        return store.holds(ds_id)
+
+    @app.put("/datasets/{ds_id}/holds/{holder}")
+    def place_hold(ds_id: int, holder: str, request: Request) -> dict:
+        check_writer(request)
+        if store.hold(ds_id, holder):
+            log.info("dataset %s held by %s", ds_id, holder)
+        return {"dataset": ds_id, "holder": holder, "holders": [h["holder"] for h in store.holds(ds_id)]}
+
+    @app.delete("/datasets/{ds_id}/holds/{holder}")
+    def release_hold(ds_id: int, holder: str, request: Request) -> dict:
+        check_writer(request)
+        released = store.release(ds_id, holder)
+        if released:
+            log.info("dataset %s released by %s", ds_id, holder)
+        return {"dataset": ds_id, "released": released, "holders": [h["holder"] for h in store.holds(ds_id)]}
 
     @app.post("/datasets", status_code=201)
     async def create_dataset(
@@ -159,9 +203,10 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
                 f"upload of {declared} bytes is larger than the limit of {limits.max_upload_bytes} bytes",
                 "upload_too_large",
             )
-        upload = Upload(store, limits, store.tmp_path(".upload"))
+        room = gate.enter(int(declared) if declared and declared.isdigit() else None)  # or 503
+        upload = Upload(store, limits, store.tmp_path(".upload"), room)
         try:
-            await receive_body(request.stream(), upload.body_path, limits.max_upload_bytes)
+            await receive_body(request.stream(), upload.body_path, limits.max_upload_bytes, room)
         except BaseException:
             upload.cleanup()
             raise
@@ -176,12 +221,20 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
             raise
 
         def work(report) -> dict:
+            upload.started = True
             try:
                 decoded = upload.decode(zf, scan, dims, report)
                 info, first = commit(decoded)
                 log.info("dataset %s: +%s items in %.2fs", info.id, decoded.count, decoded.seconds)
                 return result_json(info, first, decoded, created)
             finally:
+                upload.cleanup()
+
+        def abandoned() -> None:
+            # The client left (or the server stops) before decoding began: nothing else
+            # would delete the spooled body or give its room back.
+            if not upload.started:
+                zf.close()
                 upload.cleanup()
 
         if progress:
@@ -191,9 +244,14 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
                     async for event in run_in_thread_with_progress(work):
                         yield json.dumps(event) + "\n"
 
-            return StreamingResponse(events(), status_code=201, media_type="application/x-ndjson")
-        async with ingest_slots:
-            result = await run_in_threadpool(work, None)
+            return _StreamingWithCleanup(
+                events(), status_code=201, media_type="application/x-ndjson", on_close=abandoned
+            )
+        try:
+            async with ingest_slots:
+                result = await run_in_threadpool(work, None)
+        finally:
+            abandoned()
         return JSONResponse(result, status_code=201)
 
     async def _ingest_image(request: Request, dims, label: str, ds_id: int):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -69,6 +70,22 @@ class DataClient:
 
     def delete(self, dataset: int) -> dict:
         resp = self.http.delete(f"/datasets/{dataset}")
+        _raise_for(resp)
+        return resp.json()
+
+    def holds(self, dataset: int) -> list[dict]:
+        resp = self.http.get(f"/datasets/{dataset}/holds")
+        _raise_for(resp)
+        return resp.json()
+
+    def hold(self, dataset: int, holder: str) -> dict:
+        """Mark the dataset as used by `holder` ('project:NAME'): it cannot be deleted meanwhile."""
+        resp = self.http.put(f"/datasets/{dataset}/holds/{quote(holder, safe='')}")
+        _raise_for(resp)
+        return resp.json()
+
+    def release(self, dataset: int, holder: str) -> dict:
+        resp = self.http.delete(f"/datasets/{dataset}/holds/{quote(holder, safe='')}")
         _raise_for(resp)
         return resp.json()
 

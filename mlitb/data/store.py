@@ -5,6 +5,11 @@ Layout under the data directory:
     datasets/<id>/pixels.u8      N x H x W x C uint8, item-major (memory-mapped to serve)
     datasets/<id>/labels.u16     N label indices, uint16 little-endian
     tmp/                         uploads and decoded pixels in flight
+    data-token                   the write token (auth.py), mode 0600
+
+Holds: a dataset in use (a master's project trains on it) carries one hold per user,
+e.g. `project:mnist`; it cannot be deleted while any hold is on it, because a project
+whose data vanished is broken without a word (its workers get 404s mid-training).
 
 Invariant: SQLite is the truth. A dataset's files are written (and fsynced) before
 the transaction that counts their items commits; bytes past `items` are leftovers of
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -59,7 +65,15 @@ CREATE TABLE IF NOT EXISTS items (
     id INTEGER NOT NULL, label INTEGER NOT NULL, source TEXT NOT NULL, sha256 BLOB NOT NULL,
     PRIMARY KEY (dataset, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS holds (
+    dataset INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+    holder TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (dataset, holder)
+) WITHOUT ROWID;
 """
+# A holder names who uses the dataset: 'project:mnist'; short, printable, no spaces.
+HOLDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -335,14 +349,63 @@ class DataStore:
                 with open(path, "r+b") as f:
                     f.truncate(size)
 
-    def delete(self, ds_id: int) -> None:
+    # ----------------------------------------------------------------- holds
+    def holds(self, ds_id: int) -> list[dict]:
         with self._lock:
             self.info(ds_id)  # 404 if unknown
+            rows = self._db.execute(
+                "SELECT holder, created FROM holds WHERE dataset=? ORDER BY created, holder", (ds_id,)
+            ).fetchall()
+        return [{"dataset": ds_id, "holder": h, "created": c} for h, c in rows]
+
+    def hold(self, ds_id: int, holder: str) -> bool:
+        """Place a hold (idempotent); True if it is new."""
+        holder = _check_holder(holder)
+        with self._lock:
+            self.info(ds_id)
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO holds (dataset, holder, created) VALUES (?, ?, ?)",
+                (ds_id, holder, time.time()),
+            )
+            return cur.rowcount == 1
+
+    def release(self, ds_id: int, holder: str) -> bool:
+        """Remove a hold (idempotent); True if there was one."""
+        holder = _check_holder(holder)
+        with self._lock:
+            self.info(ds_id)
+            cur = self._db.execute("DELETE FROM holds WHERE dataset=? AND holder=?", (ds_id, holder))
+            return cur.rowcount == 1
+
+    def delete(self, ds_id: int) -> None:
+        """Delete a dataset and its files; refused (409) while anything holds it."""
+        with self._lock:
+            holders = [h["holder"] for h in self.holds(ds_id)]  # 404 if unknown
+            if holders:
+                raise DataError(
+                    409,
+                    f"dataset {ds_id} is in use by {', '.join(holders)}; fix: delete those projects or "
+                    f"detach the dataset from them first (the master then releases its hold), or "
+                    f"release a stale hold with DELETE /datasets/{ds_id}/holds/HOLDER "
+                    f"(`mlitb data release {ds_id} HOLDER`)",
+                    "in_use",
+                    extra={"holders": holders},
+                )
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM datasets WHERE id=?", (ds_id,))
             self._db.execute("COMMIT")
             self._arrays.pop(ds_id, None)
             shutil.rmtree(self._folder(ds_id), ignore_errors=True)
+
+
+def _check_holder(holder: str) -> str:
+    if not isinstance(holder, str) or not HOLDER_RE.match(holder):
+        raise bad_request(
+            f"holder: expected 1-128 letters, digits or '_.:@+-' starting with a letter or digit "
+            f"(e.g. 'project:mnist'), got {holder!r}",
+            "bad_holder",
+        )
+    return holder
 
 
 def _check_name(name: str) -> str:

@@ -1,8 +1,10 @@
 """One upload, from request body to stored items: receive, check, decode, store, report.
 
-The body streams to a file under the store's tmp/ (never held whole in memory), is
-checked as a zip before any decoding, and is decoded in a worker thread so the
-server keeps serving items meanwhile. Whatever happens, the temporary files go.
+The body streams to a file under the store's tmp/ (never held whole in memory) within
+the room the spool gate grants (spool.py), is checked as a zip before any decoding
+(the member count from the zip's end records first), and is decoded in a worker
+thread so the server keeps serving items meanwhile. Whatever happens, the temporary
+files go and the room is given back.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ from pathlib import Path
 from .errors import DataError, too_large
 from .ingest import Decoded, decode_single, decode_zip
 from .limits import Limits
+from .spool import Reservation
 from .store import DatasetInfo, DataStore
-from .zipscan import open_zip, scan_zip
+from .zipscan import check_central_directory, open_zip, scan_zip
 
 log = logging.getLogger("mlitb.data")
 
 
-async def receive_body(stream: AsyncIterator[bytes], path: Path, limit: int) -> int:
-    """Write the request body to `path`, refusing it past `limit` bytes."""
+async def receive_body(
+    stream: AsyncIterator[bytes], path: Path, limit: int, room: Reservation | None = None
+) -> int:
+    """Write the request body to `path`, refusing it past `limit` bytes or past the room
+    the spool grants (503); the receiving slot is given back when the body is complete."""
     size = 0
     with open(path, "wb") as f:
         async for chunk in stream:
@@ -34,21 +40,31 @@ async def receive_body(stream: AsyncIterator[bytes], path: Path, limit: int) -> 
                     "several zips and append them, or raise --max-upload-mb",
                     "upload_too_large",
                 )
+            if room is not None:
+                room.wrote(len(chunk))
             f.write(chunk)
+    if room is not None:
+        room.received()
     return size
 
 
 class Upload:
     """A received body on disk, ready to be decoded into a new or existing dataset."""
 
-    def __init__(self, store: DataStore, limits: Limits, body_path: Path) -> None:
+    def __init__(
+        self, store: DataStore, limits: Limits, body_path: Path, room: Reservation | None = None
+    ) -> None:
         self.store = store
         self.limits = limits
         self.body_path = body_path
         self.pixels_path = store.tmp_path(".pixels")
+        self.room = room
+        self.started = False  # decoding began: its own `finally` cleans up
 
     def check_zip(self):
-        """Fast structural checks (all the 4xx a hostile zip earns) before decoding starts."""
+        """Fast structural checks (all the 4xx a hostile zip earns) before decoding starts;
+        the member count and central directory size before zipfile parses any of it."""
+        check_central_directory(self.body_path, self.limits)
         zf = open_zip(self.body_path)
         try:
             return zf, scan_zip(zf, self.limits)
@@ -64,9 +80,12 @@ class Upload:
         return decode_single(self.body_path.read_bytes(), label, source, shape, self.limits, self.pixels_path)
 
     def cleanup(self) -> None:
+        """Delete the temporary files and give the spool room back (safe to call twice)."""
         for path in (self.body_path, self.pixels_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if self.room is not None:
+            self.room.close()
 
 
 def result_json(info: DatasetInfo, first_id: int, decoded: Decoded, created: bool) -> dict:

@@ -1,10 +1,11 @@
 """Checking an uploaded zip before anything is decoded: the hostile-archive guard.
 
 Refuses the whole upload (nothing is stored) for: not a zip or truncated, empty,
-too many members, absolute paths or '..', symlinks, duplicate names, declared sizes
-over the limits or compression ratios of a zip bomb. Then it maps each remaining
-member to a label: the name of the folder that holds the file
-(`mnist/7/img_1.png` -> `7`). Members whose path has a part starting with '.' or '_'
+too many members (counted from the zip's end records and central directory before
+zipfile parses a single member, see `check_central_directory`), absolute paths or
+'..', symlinks, duplicate names, declared sizes over the limits or compression ratios
+of a zip bomb. Then it maps each remaining member to a label: the name of the folder
+that holds the file (`mnist/7/img_1.png` -> `7`). Members whose path has a part starting with '.' or '_'
 (which covers `__MACOSX`) are ignored; files not inside a folder are skipped.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import re
 import stat
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,99 @@ def _natural_key(text: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
+EOCD = b"PK\x05\x06"  # end of central directory record (22 bytes + comment)
+EOCD64 = b"PK\x06\x06"  # ZIP64 end of central directory record (56 bytes)
+EOCD64_LOCATOR = b"PK\x06\x07"  # ZIP64 end of central directory locator (20 bytes), before EOCD
+CENTRAL = b"PK\x01\x02"  # one central directory entry (46 bytes + name, extra, comment)
+WALK_CHUNK = 1 << 20
+
+
+def _too_many(count: int, limits: Limits, how: str) -> Exception:
+    return too_large(
+        f"zip has {count} members{how}, the limit is {limits.max_members} (max_members); fix: split "
+        f"the dataset into zips of at most {limits.max_members} files and append them, or raise the "
+        "limit with --max-members on `mlitb serve` / `mlitb data-server`",
+        "zip_limit",
+    )
+
+
+def check_central_directory(path: Path, limits: Limits) -> int | None:
+    """Refuse a zip with too many members or an oversized central directory from its end
+    records alone, before zipfile parses anything; returns the entries counted.
+
+    zipfile.ZipFile reads the whole central directory into memory and builds a ZipInfo per
+    member on open; a zip of 1,000,000 empty members took minutes and close to 1 GiB there.
+    This reads the 22-byte end record (and the ZIP64 one) from the end of the file and
+    refuses on the declared count and size; then it walks the central directory's entry
+    headers in 1 MiB reads, counting without keeping anything, so an end record that
+    understates the count is caught after at most max_members + 1 entries. Returns None
+    for a file without an end record: open_zip then explains what is wrong with it.
+    """
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        tail_start = max(0, size - (22 + 0xFFFF))
+        f.seek(tail_start)
+        tail = f.read()
+        at = tail.rfind(EOCD)
+        if at < 0 or len(tail) - at < 22:
+            return None
+        eocd_pos = tail_start + at
+        _, _, _, on_disk, total, cd_size, _ = struct.unpack_from("<4sHHHHII", tail, at)
+        start = eocd_pos - cd_size  # where zipfile looks for it (data prepended to the zip moves it)
+        loc = at - 20
+        if loc >= 0 and tail[loc : loc + 4] == EOCD64_LOCATOR:
+            rec = eocd_pos - 20 - 56
+            if rec >= 0:
+                f.seek(rec)
+                record = f.read(56)
+                if record[:4] == EOCD64:
+                    on_disk, total, cd_size = struct.unpack_from("<QQQ", record, 24)
+                    start = rec - cd_size
+        declared = max(on_disk, total)
+        if declared > limits.max_members:
+            raise _too_many(declared, limits, " (its end record says so)")
+        if cd_size > limits.max_central_directory_bytes:
+            raise too_large(
+                f"the zip's central directory (its list of members) is {cd_size} bytes, the limit is "
+                f"{limits.max_central_directory_bytes} (max_central_directory_bytes); fix: split the "
+                "dataset into several zips and append them",
+                "zip_limit",
+            )
+        if start < 0 or start + cd_size > size:
+            return None  # truncated or not a zip: zipfile says which
+        count = _count_entries(f, start, cd_size, limits.max_members)
+        if count > limits.max_members:
+            raise _too_many(count, limits, f" (at least; its end record says {declared})")
+        return count
+
+
+def _count_entries(f, start: int, size: int, limit: int) -> int:
+    """Central directory entries from `start`, stopping past `limit`; nothing is kept."""
+    f.seek(start)
+    remaining, buf, pos, count = size, b"", 0, 0
+    while True:
+        while len(buf) - pos < 46 and remaining > 0:
+            chunk = f.read(min(WALK_CHUNK, remaining))
+            if not chunk:
+                remaining = 0
+                break
+            remaining -= len(chunk)
+            buf, pos = buf[pos:] + chunk, 0
+        if len(buf) - pos < 46 or buf[pos : pos + 4] != CENTRAL:
+            return count  # the end, or damage zipfile will report
+        name, extra, comment = struct.unpack_from("<HHH", buf, pos + 28)
+        pos += 46 + name + extra + comment
+        count += 1
+        if count > limit:
+            return count
+        if pos > len(buf):  # the entry's name/extra/comment run past this read: skip them
+            skip = min(pos - len(buf), remaining)
+            f.seek(skip, 1)
+            remaining -= skip
+            buf, pos = b"", 0
+
+
 def open_zip(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
@@ -57,8 +152,8 @@ def scan_zip(zf: zipfile.ZipFile, limits: Limits) -> Scan:
     infos = zf.infolist()
     if not infos:
         raise bad_request("empty zip: it has no members; expected one folder per label", "empty_zip")
-    if len(infos) > limits.max_members:
-        raise too_large(f"zip has {len(infos)} members, the limit is {limits.max_members}", "zip_limit")
+    if len(infos) > limits.max_members:  # check_central_directory ran first; this is a second guard
+        raise _too_many(len(infos), limits, "")
     seen: set[str] = set()
     total = 0
     scan = Scan(members=[])

@@ -64,12 +64,14 @@ def create_master_app(
     data_public_url: str = "/data",
     data_app=None,
     background: list | None = None,
+    data_token: str | None = None,
 ) -> FastAPI:
     """`data_internal_url`: how the master itself reaches the data server; `data_public_url`:
-    what workers are told (relative URLs resolve against the master's own address)."""
+    what workers are told (relative URLs resolve against the master's own address);
+    `data_token`: the data server's write token, for the holds on the projects' datasets."""
     data_dir = Path(data_dir)
     store = MasterStore(data_dir / "master.sqlite")
-    manager = ProjectManager(store, data_internal_url, data_public_url)
+    manager = ProjectManager(store, data_internal_url, data_public_url, data_token)
     zoo = Zoo(data_dir / "zoo")
 
     @contextlib.asynccontextmanager

@@ -3,6 +3,12 @@ loading after a restart, attaching datasets from the data server, deletion.
 
 Everything from outside is checked here before an Engine exists, so a spec or a
 dataset that cannot work is refused at creation with the reason, never mid-training.
+
+Holds: each dataset a project uses on the master's data server carries the hold
+`project:NAME` there (placed at creation and attach, re-placed at every start, released
+at detach and deletion), so the data server refuses to delete it. Placing a hold is best
+effort: a data server that is down or refuses logs a warning and the project is created
+all the same (its data was just checked to exist); the next start places it again.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -59,6 +67,10 @@ class CreateProject(BaseModel):
     drop_last_layer: bool = False  # transfer learning: a model file's output layer replaced for `labels`
 
 
+def _verb(place: bool) -> str:
+    return "placed" if place else "released"
+
+
 def _validation_message(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "body"
@@ -66,12 +78,21 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 class ProjectManager:
-    def __init__(self, store: MasterStore, data_internal_url: str, data_public_url: str) -> None:
+    def __init__(
+        self,
+        store: MasterStore,
+        data_internal_url: str,
+        data_public_url: str,
+        data_token: str | None = None,
+    ) -> None:
+        """`data_token`: the write token of the master's data server (for holds)."""
         self.store = store
         self.data_internal_url = data_internal_url.rstrip("/")
         self.data_public_url = data_public_url.rstrip("/")
+        self.data_token = data_token
         self.runners: dict[str, ProjectRunner] = {}
         self.http = httpx.AsyncClient(timeout=30)
+        self._background: set[asyncio.Task] = set()
 
     # ----------------------------------------------------------------- lifecycle
     async def load_all(self) -> None:
@@ -106,6 +127,11 @@ class ProjectManager:
                 )
             self._start(engine)
             log.info("project %s resumed at iteration %d (%s)", rec.name, rec.iteration, rec.state)
+        if self.runners:
+            # In the background: during start-up the mounted data server does not answer yet.
+            task = asyncio.create_task(self._hold_all())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _start(self, engine: Engine) -> ProjectRunner:
         runner = ProjectRunner(engine, self.store, self._lookup_items)
@@ -114,9 +140,59 @@ class ProjectManager:
         return runner
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         for runner in list(self.runners.values()):
             await runner.stop()
         await self.http.aclose()
+
+    # ----------------------------------------------------------------- holds
+    async def _holds(self, name: str, sources: Iterable[DataSource], place: bool) -> bool:
+        """Place (or release) the hold `project:NAME` on each source's dataset on the master's
+        own data server; False if the data server could not be reached. Never raises."""
+        own = [s.dataset for s in sources if self._is_own(s.url)]
+        if not own:
+            return True
+        if not self.data_token:
+            log.warning(
+                "project %s: no hold on datasets %s: the master has no write token for its data server "
+                "(mlitb serve --data-token); they can be deleted under the project",
+                name,
+                own,
+            )
+            return True
+        holder = quote(f"project:{name}", safe="")
+        headers = {"Authorization": f"Bearer {self.data_token}"}
+        for ds in own:
+            url = f"{self.data_internal_url}/datasets/{ds}/holds/{holder}"
+            try:
+                resp = await self.http.request("PUT" if place else "DELETE", url, headers=headers)
+            except httpx.HTTPError as exc:
+                log.warning("project %s: hold on dataset %s not %s: %s", name, ds, _verb(place), exc)
+                return False
+            if resp.status_code >= 400 and not (resp.status_code == 404 and not place):
+                log.warning(
+                    "project %s: hold on dataset %s not %s: %s %s",
+                    name,
+                    ds,
+                    _verb(place),
+                    resp.status_code,
+                    resp.text[:300],
+                )
+        return True
+
+    async def _hold_all(self, attempts: int = 150, every: float = 2.0) -> None:
+        """At start-up: (re)place every project's holds, retrying while the data server is
+        not up yet (the mounted one answers once start-up is over; an external one may lag)."""
+        for _ in range(attempts):
+            runners = list(self.runners.values())
+            if all([await self._holds(r.name, list(r.engine.sources.values()), True) for r in runners]):
+                return
+            await asyncio.sleep(every)
+        log.warning("holds not placed: the data server %s did not answer", self.data_internal_url)
+
+    def _is_own(self, data_url: str) -> bool:
+        return data_url == self.data_public_url or data_url.startswith("/")
 
     def get(self, name: str) -> ProjectRunner:
         runner = self.runners.get(name)
@@ -265,6 +341,7 @@ class ProjectManager:
         for source in sources:
             engine.attach(source)
             await asyncio.to_thread(self.store.save_source, pid, source.__dict__)
+        await self._holds(name, sources, True)
         return self._start(engine), token
 
     def _model(self, spec: list | dict, seed: int) -> Model:
@@ -379,13 +456,17 @@ class ProjectManager:
         for source in sources:
             e.attach(source)
             await asyncio.to_thread(self.store.save_source, e.project_id, source.__dict__)
+        await self._holds(runner.name, sources, True)
         runner.wake.set()
         return warnings
 
     async def detach(self, runner: ProjectRunner, dataset: int) -> None:
+        source = runner.engine.sources.get(dataset)
         runner.engine.detach(dataset)
         await asyncio.to_thread(self.store.delete_source, runner.engine.project_id, dataset)
         runner._flush()
+        if source is not None:
+            await self._holds(runner.name, [source], False)
 
     # ----------------------------------------------------------------- control
     def set_state(self, runner: ProjectRunner, state: str) -> None:
@@ -417,6 +498,7 @@ class ProjectManager:
         self.runners.pop(runner.name, None)
         await runner.stop(msg.CLOSE_DELETED, "project deleted")
         await asyncio.to_thread(self.store.delete, runner.engine.project_id)
+        await self._holds(runner.name, list(runner.engine.sources.values()), False)
 
     def model(self, runner: ProjectRunner) -> Model:
         e = runner.engine

@@ -8,6 +8,23 @@ export const tokens = {
   drop(project) { const t = tokens.all(); delete t[project]; localStorage.setItem(KEY, JSON.stringify(t)); },
 };
 
+// The data server's write token (printed by `mlitb serve`, kept in its data directory as
+// data-token): uploads need it, reads do not. Pasted once into a "data write token" field
+// and kept in this browser; there is no sign-in that could hand it out yet.
+const DATA_KEY = "mlitb.dataToken";
+export const dataToken = {
+  get: () => localStorage.getItem(DATA_KEY) || "",
+  set(token) { if (token) localStorage.setItem(DATA_KEY, token); else localStorage.removeItem(DATA_KEY); },
+};
+
+// A field for the data write token, prefilled from this browser and saved as it is typed.
+export function dataTokenField(id = "data-token") {
+  return el("label", { class: "data-token", title: "printed by `mlitb serve` next to the data server URL; " +
+      "also in the server's data directory, file data-token" }, "data write token ",
+    el("input", { id, type: "password", autocomplete: "off", size: 24, value: dataToken.get(),
+      placeholder: "needed to upload", oninput: (e) => dataToken.set(e.target.value.trim()) }));
+}
+
 export class ApiError extends Error {
   constructor(status, detail, code = "") { super(detail); this.status = status; this.code = code; }
 }
@@ -43,17 +60,23 @@ async function send(method, path, headers, body) {
   return data;
 }
 
-// Upload a zip (or an image) to the data server with upload progress (fetch has none).
+// Upload a zip (or an image) to the data server with upload progress (fetch has none),
+// with the data write token kept in this browser.
 export function upload(url, file, contentType, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", url);
     xhr.setRequestHeader("Content-Type", contentType);
+    if (dataToken.get()) xhr.setRequestHeader("Authorization", `Bearer ${dataToken.get()}`);
     xhr.upload.onprogress = (e) => e.lengthComputable && onProgress && onProgress(e.loaded / e.total);
     xhr.onload = () => {
       let data = null;
       try { data = JSON.parse(xhr.responseText); } catch (e) { data = { detail: xhr.responseText }; }
-      if (xhr.status >= 400) reject(new ApiError(xhr.status, data.detail || xhr.statusText));
+      let detail = data.detail || xhr.statusText;
+      if (xhr.status === 401) detail = `upload refused: the data server needs its write token; paste it into 'data write token' (${detail})`;
+      else if (xhr.status === 403) detail = `upload refused: the data write token is wrong; paste the one \`mlitb serve\` printed (${detail})`;
+      else if (xhr.status === 503) detail = `the data server is busy: ${detail}`;
+      if (xhr.status >= 400) reject(new ApiError(xhr.status, detail, data.error || ""));
       else resolve(data);
     };
     xhr.onerror = () => reject(new ApiError(0, "upload failed: the data server is unreachable"));

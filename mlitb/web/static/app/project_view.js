@@ -1,6 +1,6 @@
 // A project: controls (owner), data upload, workers in this page (trainer / tracker),
 // live charts, the volunteer link with a QR code, and the tracker's classify panel.
-import { api, banner, el, fmt, tokens, upload } from "./api.js";
+import { api, banner, dataTokenField, el, fmt, tokens, upload } from "./api.js";
 import { startWorker, wsUrl } from "./workers.js";
 import { chart } from "./charts.js";
 import { trackerPanel } from "./tracker_panel.js";
@@ -113,7 +113,7 @@ export async function projectView(root, name) {
     el("div", { class: "charts" }, charts.error.node, charts.loss.node, charts.power.node, charts.lag.node, trackerPoints.node),
     el("h2", {}, "Tracker"), panel.node,
     el("h2", {}, "Add data"),
-    el("div", { class: "toolbar" }, zipInput, kind, uploadBtn, progress),
+    el("div", { class: "toolbar" }, zipInput, kind, dataTokenField(), uploadBtn, progress),
     el("h2", {}, "Hyperparameters"), hyperForm,
     el("h2", {}, "Volunteers"),
     el("p", {}, "Anyone who opens this link trains at once: ", el("a", { href: joinUrl, id: "join-link" }, joinUrl)), qr,
