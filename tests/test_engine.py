@@ -262,7 +262,8 @@ def test_reduce_is_the_weighted_mean_of_the_results(hyper):
 
 def test_reduce_by_hand_with_plain_sgd():
     """The same, against the paper's formula written out: p - lr * sum(g_i) / sum(n_i)."""
-    e, _ = started(("A", "B", "C"), items=30, optimizer="sgd", momentum=0.0, learning_rate=0.5)
+    hyper = {"optimizer": "sgd", "momentum": 0.0, "learning_rate": 0.5, "aggregation": "mean"}
+    e, _ = started(("A", "B", "C"), items=30, **hyper)
     p0 = e.params.astype(np.float64)
     g = [np.full(N, 1.0, np.float32), np.full(N, 2.0, np.float32), np.linspace(-1, 1, N, dtype=np.float32)]
     n = [1, 3, 4]
@@ -733,7 +734,8 @@ def test_tracker_gets_the_whole_test_set_and_no_work():
     assert text_to_ids(g["ids"]) == list(range(12))
     assert "T" not in e.allocator.held and len(e.allocator.held["A"]) == 30
     cache_all(e, out)
-    assert len(e.clients["T"].cached) == 12
+    assert {c["id"]: c["data_cached"] for c in e.summary()["clients"]}["T"] == 12
+    assert e.clients["T"].offered == {2: 12} and not e.clients["T"].cached  # a count, not a set
     e.poll(0.25)
     out = e.drain()
     assert of(out, "A", "work") and not of(out, "T", "work")
@@ -743,18 +745,22 @@ def test_tracker_gets_the_whole_test_set_and_no_work():
     assert added_ids(more, 2) == [12, 13, 14]
 
 
-def test_test_result_fills_the_row_of_the_previous_iteration():
+def test_the_masters_test_error_fills_the_row_and_a_trackers_is_only_its_own():
     e, _ = started(("A",), test_items=10)
     join(e, "T", 0.1, role="tracker")
     e.on_result("A", result(0, np.ones(N, np.float32), 2, loss=1.5), 0.5)
     e.poll(0.5)
     e.dirty = False
-    e.on_test_result("T", msg.TestResult(type="test_result", iteration=1, error=0.25, loss=0.7, count=10))
+    e.on_master_test(1, 0.25, 0.7, 10)
     row = e.history[0]
     assert (row["test_error"], row["test_loss"], row["test_count"]) == (0.25, 0.7, 10) and e.dirty
+    # a tracker's word: its client row and tracker_error, never the project's figure
+    e.on_test_result("T", msg.TestResult(type="test_result", iteration=1, error=0.0, loss=0.0, count=10))
+    assert row["test_error"] == 0.25 and row["tracker_error"] == 0.0
+    assert {c["id"]: c["test_error"] for c in e.summary()["clients"]}["T"] == 0.0
     # parameters of iteration 0 (the initial ones) have no row; an unknown iteration changes nothing
-    e.on_test_result("T", msg.TestResult(type="test_result", iteration=0, error=0.9, count=10))
-    e.on_test_result("T", msg.TestResult(type="test_result", iteration=50, error=0.9, count=10))
+    e.on_master_test(0, 0.9, 0.0, 10)
+    e.on_master_test(50, 0.9, 0.0, 10)
     assert e.history[0]["test_error"] == 0.25 and len(e.history) == 1
     assert e.summary()["test_error"] == 0.25
 
@@ -1031,3 +1037,38 @@ def test_tracker_gets_the_test_set_at_once_even_in_a_paused_project():
     # A trainer in the same paused project still waits for a boundary.
     join(e, "A", 1.0)
     assert not of(e.drain(), "A", "allocation") and not e.clients["A"].admitted
+
+
+def test_data_goes_to_trainers_that_work_and_idle_shares_are_reclaimed():
+    """A trainer holds PROBATION_ITEMS until its first accepted result, then its share;
+    after RECLAIM_AFTER unanswered orders in a row its share shrinks back to probation
+    and the ids go to trainers that work (idle sockets cannot soak up the data)."""
+    from mlitb.master.engine import PROBATION_ITEMS, RECLAIM_AFTER
+
+    e, _ = started(("A", "B"), items=1000)
+    held = lambda cid: len(e.allocator.held[cid])  # noqa: E731
+    assert held("A") == held("B") == PROBATION_ITEMS
+    g = np.ones(N, np.float32)
+    for cid in "AB":
+        assert e.on_result(cid, result(0, g, 4), 0.5) is None
+    e.poll(0.5)
+    now = T
+    e.poll(now)  # the boundary: both showed work, the water-filling gives each half
+    cache_all(e, e.drain())
+    e.allocator.check()
+    assert held("A") == held("B") == 500
+    for _ in range(RECLAIM_AFTER):  # B goes silent
+        assert e.on_result("A", result(e.iteration, g, 4), now + 0.5) is None
+        now += DEADLINE
+        e.poll(now)  # the deadline: B missed
+        e.poll(now)  # the next boundary
+        cache_all(e, e.drain())
+        e.allocator.check()
+    assert e.clients["B"].missed_streak == RECLAIM_AFTER
+    assert held("B") == PROBATION_ITEMS and held("A") == 1000 - PROBATION_ITEMS
+    # B answers again: its share comes back at the next boundary
+    assert e.on_result("B", result(e.iteration, g, 4), now + 0.5) is None
+    assert e.on_result("A", result(e.iteration, g, 4), now + 0.5) is None
+    e.poll(now + 0.5)
+    e.poll(now + T)
+    assert held("A") == held("B") == 500

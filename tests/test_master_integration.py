@@ -33,6 +33,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from mlitb.data.client import DataClient
+from mlitb.master.engine import PROBATION_ITEMS
 from mlitb.model import Model
 from mlitb.protocol import PROTOCOL_VERSION, frames
 from mlitb.protocol.idtext import text_to_ids
@@ -145,22 +146,34 @@ def params_of(model: dict) -> np.ndarray:
     return np.frombuffer(raw, "<f4")
 
 
-def trainer_shares(summary: dict) -> list[int]:
-    return [c["data_allocated"] for c in summary["clients"] if c["role"] == "trainer" and c["admitted"]]
+def trainer_shares(summary: dict, probation: bool = False) -> list[int]:
+    """Admitted trainers' shares: those that showed work, or (probation=True) those that
+    have not (yet), capped at PROBATION_ITEMS."""
+    return [
+        c["data_allocated"]
+        for c in summary["clients"]
+        if c["role"] == "trainer" and c["admitted"] and c.get("probation", False) == probation
+    ]
 
 
 def allocation_problems(summary: dict) -> list[str]:
     """The allocation invariant as the summary shows it (trainers' capacities are not
-    reached in these tests, so every admitted trainer's share is within one of the others)."""
+    reached in these tests, so every admitted trainer's share is within one of the others,
+    except that a trainer on probation holds at most PROBATION_ITEMS)."""
     out = []
     if summary["data_allocated"] + summary["data_unallocated"] != summary["data_size"]:
         out.append(
             f"allocated {summary['data_allocated']} + unallocated {summary['data_unallocated']} "
             f"!= data_size {summary['data_size']}"
         )
-    shares = trainer_shares(summary)
+    shares, waiting = trainer_shares(summary), trainer_shares(summary, probation=True)
     if shares and max(shares) - min(shares) > 1:
         out.append(f"trainer shares {shares} differ by more than 1")
+    if waiting and max(waiting) > PROBATION_ITEMS:
+        out.append(f"trainers on probation hold {waiting}, more than {PROBATION_ITEMS}")
+    if waiting and shares and min(waiting) + 1 < min(PROBATION_ITEMS, min(shares)):
+        out.append(f"trainers on probation hold {waiting}, less than their share ({shares})")
+    shares = shares + waiting
     if sum(shares) != summary["data_allocated"]:
         out.append(f"trainer shares {shares} do not sum to data_allocated {summary['data_allocated']}")
     return out
@@ -1094,7 +1107,9 @@ def test_metrics_and_dashboard_stream(master, mnist_zips):
     for r in rows:
         for key in ("iteration", "workers", "vectors", "power", "train_loss", "reduce_ms", "data_size"):
             assert r[key] is not None, (key, r)
-        assert r["workers"] == 1 and r["data_size"] == 300 and r["data_unallocated"] == 0
+        # iteration 0: the trainer is on probation (256 items) until its first result
+        unallocated = 300 - PROBATION_ITEMS if r["iteration"] == 0 else 0
+        assert r["workers"] == 1 and r["data_size"] == 300 and r["data_unallocated"] == unallocated
         assert r["vectors"] > 0 and r["power"] > 0 and r["reduce_ms"] >= 0
     since = httpx.get(f"{master.url}/api/projects/watched/metrics?since=2", timeout=HTTP_TIMEOUT).json()
     assert since["project"] == "watched" and [r["iteration"] for r in since["rows"]][:1] == [2]

@@ -2,9 +2,10 @@
 master turns the answers into a step. Flower's `Strategy` in miniature; the Engine
 looks an algorithm up by name in `ALGORITHMS` and never knows which one runs.
 
-An iteration's results go through one `Accumulator` (float64 running sums):
-`accumulate` adds one result with its weight, `step` turns the sums into a new
-parameter vector in place. The weight of a result is its vector count times its
+An iteration's results go through one `Accumulator` (float64 running sums in buckets,
+combined by the project's aggregation rule, mlitb.master.aggregation): `accumulate`
+adds one result with its weight, `step` turns the combined mean into a new parameter
+vector in place. The weight of a result is its vector count times its
 staleness weight (1 for a result of the current iteration, 1 / (1 + s) for one that is
 s iterations late: see `staleness_weight`), so the mean is a weighted average.
 
@@ -72,8 +73,8 @@ class Algorithm(ABC):
             )
 
     @abstractmethod
-    def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float) -> None:
-        """Add one checked result; `weight` is its staleness weight (1 if on time)."""
+    def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float, client: str = "") -> None:
+        """Add one checked result from `client`; `weight` is its staleness weight (1 if on time)."""
 
     @abstractmethod
     def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:
@@ -87,13 +88,15 @@ class SyncSGD(Algorithm):
     def work_fields(self) -> dict:
         return {"mode": "gradient", **super().work_fields()}
 
-    def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float) -> None:
-        acc.add(frame.values, frame.vectors, frame.loss, scale=weight, weight=weight * frame.vectors)
+    def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float, client: str = "") -> None:
+        w = weight * frame.vectors
+        acc.add(frame.values, frame.vectors, frame.loss, scale=weight, weight=w, client=client)
 
     def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:
+        total, weight = acc.sum_and_weight()
         grad = mean_gradient(
-            acc.total.astype(np.float32),
-            acc.weight,
+            total.astype(np.float32),
+            weight,
             params,
             self.hyper.l1_decay,
             self.hyper.l2_decay,
@@ -125,16 +128,17 @@ class LocalSGD(Algorithm):
             fields["overlap_ms"] = h.iteration_ms  # the longest a trainer keeps stepping unasked
         return fields
 
-    def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float) -> None:
+    def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float, client: str = "") -> None:
         w = weight * frame.vectors
         if frame.kind == frames.DELTA:  # a change: weighted by the vectors that made it
-            acc.add(frame.values, frame.vectors, frame.loss, scale=w, weight=w)
+            acc.add(frame.values, frame.vectors, frame.loss, scale=w, weight=w, client=client)
         else:  # a protocol-1 gradient sum: inner_lr * sum / n, weighted by n
             lr = self.hyper.inner_learning_rate
-            acc.add(frame.values, frame.vectors, frame.loss, scale=weight * lr, weight=w)
+            acc.add(frame.values, frame.vectors, frame.loss, scale=weight * lr, weight=w, client=client)
 
     def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:
-        mean_change = (acc.total / acc.weight).astype(np.float32)
+        total, weight = acc.sum_and_weight()
+        mean_change = (total / weight).astype(np.float32)
         optimizer.step(params, mean_change)  # the outer step: the change acts as a gradient
 
 

@@ -52,6 +52,7 @@ from .projects import ProjectError, ProjectManager
 from .runner import HEARTBEAT_MS
 from .status_page import render_status
 from .store import MasterStore, token_hash
+from .ws_limits import NOT_SET, PRE_JOIN_BYTES, limit_message_size
 from .zoo import Zoo
 
 log = logging.getLogger("mlitb.master")
@@ -342,6 +343,7 @@ def create_master_app(
 
     @app.websocket("/ws")
     async def worker_socket(ws: WebSocket) -> None:
+        server_limit = limit_message_size(ws, PRE_JOIN_BYTES)  # anonymous until joined
         await ws.accept()
         try:
             first = await asyncio.wait_for(ws.receive(), JOIN_TIMEOUT_S)
@@ -375,8 +377,15 @@ def create_master_app(
         if key_hash and not secrets.compare_digest(token_hash(join.join_key), key_hash):
             await _refuse(ws, "forbidden", "this project needs its join key to join", msg.CLOSE_FORBIDDEN)
             return
+        address = ws.client.host if ws.client else ""
+        full = _full(runner, address)
+        if full:
+            await _refuse(ws, "full", full, msg.CLOSE_FULL)
+            return
+        if server_limit is not NOT_SET:
+            limit_message_size(ws, server_limit)
         cid = secrets.token_hex(4)
-        conn = Connection(ws, cid, join.role, join.kind)
+        conn = Connection(ws, cid, join.role, join.kind, address)
         runner.join(conn, join)
         try:
             while True:
@@ -394,6 +403,17 @@ def create_master_app(
         finally:
             runner.leave(cid, "socket closed")
             await conn.finish()
+
+    def _full(runner, address: str) -> str:
+        """Why a new client may not join (the project's caps), or ""."""
+        h = runner.engine.hyper
+        if len(runner.conns) >= h.max_clients:
+            return f"project {runner.name} has its maximum of {h.max_clients} clients (max_clients)"
+        same = sum(1 for c in runner.conns.values() if c.address == address)
+        if address and same >= h.max_clients_per_address:
+            return (f"{same} clients from {address} already: the project allows "
+                    f"{h.max_clients_per_address} per address (max_clients_per_address)")  # fmt: skip
+        return ""
 
     async def _refuse(ws: WebSocket, code: str, reason: str, close_code: int) -> None:
         log.warning("worker refused: %s: %s", code, reason)

@@ -23,9 +23,10 @@ STRIKE_WINDOW_S = 60.0  # ... within this window close the socket (code 4400)
 
 
 class Connection:
-    def __init__(self, ws: WebSocket, cid: str, role: str, kind: str) -> None:
+    def __init__(self, ws: WebSocket, cid: str, role: str, kind: str, address: str = "") -> None:
         self.ws = ws
         self.id = cid
+        self.address = address  # the peer's IP, for the per-address cap
         self.role = role
         self.kind = kind
         self.last_seen = time.monotonic()

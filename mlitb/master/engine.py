@@ -24,6 +24,7 @@ The next iteration starts no earlier than T after this one started.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -39,11 +40,13 @@ from mlitb.protocol import codecs, frames
 from mlitb.protocol import messages as msg
 from mlitb.protocol.idtext import ids_to_text
 
+from .aggregation import make_aggregator
 from .algorithms import make_algorithm, staleness_weight
 from .allocation import Allocator, make_key
 from .config import Hyper
 from .latency import Latency
 from .reduce import Accumulator, Rejected, validate
+from .screening import NormScreen, check_count
 
 log = logging.getLogger("mlitb.master")
 
@@ -56,6 +59,11 @@ FULL_EVERY = 50  # with compression, whole parameters every this many iterations
 # per cached item besides its pixels: label, key and index entry (~150 B in the native
 # cache); caches grow by doubling, so a worker should offer about half of what it can spare
 ITEM_OVERHEAD_BYTES = 160
+# Data only to trainers that work: a trainer holds at most PROBATION_ITEMS until its first
+# accepted result, and falls back to it after RECLAIM_AFTER orders in a row without one
+# (idle sockets cannot soak up a project's data; docs/security.md).
+PROBATION_ITEMS = 256
+RECLAIM_AFTER = 3
 
 
 def memory_capacity(memory_mb: int | None, input_shape: tuple[int, ...]) -> int | None:
@@ -98,13 +106,20 @@ class Client:
     admitted: bool = False
     latency: Latency = field(default_factory=Latency)
     cached: set[int] = field(default_factory=set)
-    offered: set[int] = field(default_factory=set)  # trackers: test keys already sent to it
+    # trackers: per test dataset, how many of its items were offered (sources only grow,
+    # so items 0..n-1 were sent): an int per dataset, not a set of 10,000 keys per tracker
+    offered: dict[int, int] = field(default_factory=dict)
+    tracked: dict[int, int] = field(default_factory=dict)  # trackers: items reported cached, per dataset
     vectors_processed: int = 0
     vectors_per_s: float = 0.0
     results: int = 0
     rejected: int = 0
+    clipped: int = 0  # results scaled down by the norm screen (mlitb.master.screening)
     late: int = 0
     stale: int = 0  # late results applied with a staleness weight
+    test_error: float | None = None  # trackers: the last error it reported (its word only)
+    missed_streak: int = 0  # orders in a row it did not answer by the deadline
+    probation: bool = True  # trainers: capped at PROBATION_ITEMS at the last boundary
     scheduled: int | None = None  # the iteration it is working on
     pending: dict[int, float] = field(default_factory=dict)  # iterations ordered, not answered -> sent at
     bytes_in: int = 0  # WebSocket payload bytes, both kinds (counted by the I/O layer)
@@ -127,12 +142,15 @@ class Client:
             "vectors_per_s": round(self.vectors_per_s, 1),
             "vectors_processed": self.vectors_processed,
             "data_allocated": held,
-            "data_cached": len(self.cached),
+            "data_cached": len(self.cached) if self.role == "trainer" else sum(self.tracked.values()),
             "lag_ms": None if self.latency.lag_ms is None else round(self.latency.lag_ms, 1),
             "benched": self.latency.benched,
             "working": self.scheduled is not None,
             "results": self.results,
             "rejected": self.rejected,
+            "clipped": self.clipped,
+            "probation": self.probation if self.role == "trainer" else None,
+            "test_error": self.test_error,
             "late": self.late,
             "stale": self.stale,
             "admitted": self.admitted,
@@ -186,10 +204,13 @@ class Engine:
         self.late_total = int(totals.get("late", 0))
         self.stale_total = int(totals.get("stale", 0))
         self.refused_steps = int(totals.get("refused_steps", 0))
+        self.clipped_total = int(totals.get("clipped", 0))
+        self.screen = NormScreen()
+        self._norms: list[tuple] = []  # accepted results of the open step, for the screen
         self.bytes_in = int(totals.get("bytes_in", 0))  # since creation, all clients
         self.bytes_out = int(totals.get("bytes_out", 0))
         self.contributors: dict[str, int] = dict(totals.get("contributors", {}))  # kind -> clients
-        self.acc = Accumulator(params.size)
+        self.acc = self._accumulator(params.size)
         self.working = False
         self.outstanding = 0  # scheduled trainers that have not answered yet
         self.iter_started = 0.0
@@ -259,12 +280,18 @@ class Engine:
         mem = memory_capacity(c.memory_mb, tuple(self.spec.input_shape))
         return cap if mem is None else min(cap, mem)
 
+    def _allowed(self, c: Client) -> int:
+        """The ids a trainer may hold now: its limit once it shows work, else probation."""
+        if c.results > 0 and c.missed_streak < RECLAIM_AFTER:
+            return c.limit
+        return min(c.limit, PROBATION_ITEMS)
+
     def _admit(self, c: Client) -> None:
         c.admitted = True
         self.contributors[c.kind] = self.contributors.get(c.kind, 0) + 1
         if c.role == "trainer":
             c.limit = self._capacity(c)
-            self.allocator.add_trainer(c.id, c.limit)
+            self.allocator.add_trainer(c.id, self._allowed(c))
         else:
             self._allocate_tracker(c)
 
@@ -292,6 +319,7 @@ class Engine:
         self.working = False
         self.outstanding = 0
         self.acc.reset()
+        self._norms = []
         return ids
 
     # ================================================================ data
@@ -322,19 +350,22 @@ class Engine:
                 self._send_allocation(client, [], keys)
         for c in self.clients.values():
             if c.role == "tracker" and source.role == "test":
-                c.cached = {k for k in c.cached if k >> 32 != dataset}
-                c.offered = {k for k in c.offered if k >> 32 != dataset}
+                c.offered.pop(dataset, None)
+                c.tracked.pop(dataset, None)
                 self._send_allocation(c, [], [make_key(dataset, i) for i in range(source.items)])
 
     def on_cached(self, cid: str, message: msg.Cached) -> None:
         client = self.clients.get(cid)
         if client is None:
             return
+        if client.role == "tracker":  # a count, capped by what it was offered (display only)
+            offered = client.offered.get(message.dataset, 0)
+            new = sum(1 for i in message.ids if 0 <= i < offered)
+            client.tracked[message.dataset] = min(offered, client.tracked.get(message.dataset, 0) + new)
+            return
         held = self.allocator.held.get(cid)
         keys = {make_key(message.dataset, i) for i in message.ids}
-        if client.role == "trainer":
-            keys &= held if held is not None else set()
-        client.cached |= keys
+        client.cached |= keys & (held if held is not None else set())
 
     # ================================================================ state
     def _void_orders(self) -> None:
@@ -343,6 +374,7 @@ class Engine:
         self.working = False
         self.outstanding = 0
         self.acc.reset()
+        self._norms = []
         for c in self.clients.values():
             c.scheduled = None
             c.pending.clear()
@@ -368,6 +400,10 @@ class Engine:
         self.dirty = True
         self.next_start = now
 
+    def _accumulator(self, num_params: int) -> Accumulator:
+        h = self.hyper
+        return Accumulator(num_params, make_aggregator(h.aggregation, h.trim), h.bucket_size)
+
     def update_hyper(self, hyper: Hyper) -> None:
         old = self.hyper
         self.hyper = hyper
@@ -376,6 +412,16 @@ class Engine:
         else:
             self.optimizer.schedule = hyper.schedule()
         self.algorithm = make_algorithm(hyper, self.l1_mul, self.l2_mul)
+        # the rule applies from this iteration's step, the bucket size from the next plan
+        self.acc.aggregator = make_aggregator(hyper.aggregation, hyper.trim)
+        self.acc.bucket_size = hyper.bucket_size
+        if (hyper.algorithm, hyper.inner_optimizer, hyper.inner_learning_rate, hyper.batch_size) != (
+            old.algorithm,
+            old.inner_optimizer,
+            old.inner_learning_rate,
+            old.batch_size,
+        ):
+            self.screen.reset()  # results of other settings have other norms
         if hyper.algorithm != old.algorithm:
             # Orders in flight asked for the other algorithm's results: void them.
             self._void_orders()
@@ -385,7 +431,7 @@ class Engine:
         for c in self.clients.values():
             if c.id in self.allocator.capacity:
                 c.limit = self._capacity(c)
-                self.allocator.set_capacity(c.id, c.limit)
+                self.allocator.set_capacity(c.id, self._allowed(c))
         self.dirty = True
 
     def grow_label(self, label: str, now: float) -> None:
@@ -400,7 +446,8 @@ class Engine:
         self.labels.append(label)
         self.l1_mul, self.l2_mul = decay_multipliers(spec)
         self.algorithm = make_algorithm(self.hyper, self.l1_mul, self.l2_mul)
-        self.acc = Accumulator(spec.num_params)
+        self.acc = self._accumulator(spec.num_params)
+        self.screen.reset()
         self._void_orders()  # results for the old shape would not fit: start the iteration over
         self._new_view()
         for source in self.sources.values():
@@ -435,7 +482,13 @@ class Engine:
         for c in self.clients.values():
             if not c.admitted:
                 self._admit(c)
-        # a + b) registered data and new trainers -> balanced shares
+        # a + b) registered data and new trainers -> balanced shares; a trainer that has not
+        # shown work (yet, or lately) is capped at PROBATION_ITEMS
+        for c in self.clients.values():
+            if c.role == "trainer" and c.id in self.allocator.capacity:
+                allowed = self._allowed(c)
+                c.probation = allowed < c.limit
+                self.allocator.set_capacity(c.id, allowed)
         for cid, move in self.allocator.rebalance().items():
             client = self.clients[cid]
             client.cached.difference_update(move.removed)
@@ -463,6 +516,7 @@ class Engine:
             self.send(c.id, msg.work(self.iteration, c.work_ms, fields))
             scheduled += 1
         self.outstanding = scheduled  # results still awaited this iteration
+        self.acc.plan(scheduled)
         if scheduled:
             self.working = True
             self.iter_started = now
@@ -502,6 +556,10 @@ class Engine:
                 )
             self.algorithm.check(frame)
             validate(frame.values, frame.vectors, frame.loss, self.spec.num_params, MAX_VECTORS_PER_RESULT)
+            ordered_at = client.pending.get(frame.iteration, client.sent_at)
+            carried = self.hyper.iteration_time if self.hyper.overlap and frame.kind == frames.DELTA else 0.0
+            check_count(frame.vectors, now - ordered_at + carried, self.hyper.max_vectors_per_s)
+            verdict = self.screen.judge(frame.kind, frame.values, frame.vectors)
         except Rejected as exc:
             if exc.reason != "late":
                 client.rejected += 1
@@ -514,7 +572,16 @@ class Engine:
             self.send(cid, msg.error(exc.reason, exc.detail))
             return exc.reason
         sent_at = client.pending.pop(frame.iteration, client.sent_at)
-        self.algorithm.accumulate(self.acc, frame, staleness_weight(staleness))
+        if verdict.factor < 1.0:
+            frame = dataclasses.replace(frame, values=frame.values * np.float32(verdict.factor))
+            client.clipped += 1
+            self.clipped_total += 1
+            log.warning("project %s: result from %s clipped: %s", self.name, cid, verdict.detail)
+            self.send(cid, msg.error("clipped", verdict.detail))
+        # its norm joins the screen's reference once the step it enters succeeds
+        self._norms.append((frame.kind, cid, frame.iteration, verdict, frame.vectors))
+        self.algorithm.accumulate(self.acc, frame, staleness_weight(staleness), cid)
+        client.missed_streak = 0  # it works: its full share from the next boundary
         client.results += 1
         client.vectors_processed += frame.vectors
         client.compute_ms += frame.compute_ms
@@ -537,6 +604,9 @@ class Engine:
         for c in missing:
             c.latency.missed(T, self.iteration)
             c.scheduled = None
+            c.missed_streak += 1
+            if c.missed_streak == RECLAIM_AFTER:  # back to probation at the next boundary
+                log.info("project %s: %s missed %d orders: share reclaimed", self.name, c.id, RECLAIM_AFTER)
         self.working = False
         self.outstanding = 0
         self.next_start = max(now, self.iter_started + self.hyper.iteration_time)
@@ -587,50 +657,85 @@ class Engine:
             del self.history[: len(self.history) - HISTORY_LIMIT]
         self.vectors_total += self.acc.vectors
         self.acc.reset()  # stale results arriving from now on count towards the next step
+        self._norms = []
         self.iteration += 1
         self.dirty = True
         self._broadcast_params()
 
     def _safe_step(self) -> bool:
-        """The algorithm's step, or nothing: a step that fails (a mean or an optimizer
-        state beyond float32) or leaves a parameter non-finite is undone (parameters and
-        optimizer state), its results are dropped and the iteration is asked for again,
-        so the loop never stalls on them and no NaN/Inf is ever broadcast or saved.
-        (Screening the results that cause it is the trust layer's job.)"""
+        """The algorithm's step, never a non-finite one: a step that fails (a mean or an
+        optimizer state beyond float32) or leaves a parameter or the optimizer state
+        non-finite is undone and pinned on the results that caused it: the bucket whose
+        vote lies farthest from the others is dropped (its senders get a `refused_step`
+        error and a rejected count) and the step is tried again with the rest. Only when
+        no result is left is the iteration asked for again. No NaN/Inf is ever broadcast
+        or saved, and the loop never stalls."""
         params = self.params.copy()
         state = {k: v.copy() for k, v in self.optimizer.state.items()}
         t = self.optimizer.t
-        try:
-            with np.errstate(over="ignore", invalid="ignore"):
-                self.algorithm.step(self.acc, self.params, self.optimizer)
-            problem = None if np.isfinite(self.params).all() else "a parameter became NaN or Inf"
-            if problem is None and not all(np.isfinite(v).all() for v in self.optimizer.state.values()):
-                problem = "the optimizer state became NaN or Inf"
-        except (ValueError, ArithmeticError) as exc:  # OptimizerError is a ValueError
-            problem = str(exc)
-        if problem is None:
-            return True
-        self.params[...] = params
-        self.optimizer.state.update(state)
-        self.optimizer.t = t
-        self.refused_steps += 1
-        log.warning(
-            "project %s: step of iteration %d refused (%s); its %d results are dropped",
-            self.name,
-            self.iteration,
-            problem,
-            self.acc.results,
-        )
+        dropped: set[str] = set()
+        while self.acc.weight > 0:
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    self.algorithm.step(self.acc, self.params, self.optimizer)
+                problem = None if np.isfinite(self.params).all() else "a parameter became NaN or Inf"
+                if problem is None and not all(np.isfinite(v).all() for v in self.optimizer.state.values()):
+                    problem = "the optimizer state became NaN or Inf"
+            except (ValueError, ArithmeticError) as exc:  # OptimizerError is a ValueError
+                problem = str(exc)
+            if problem is None:
+                for kind, cid, it, verdict, vectors in self._norms:  # the step's results, minus the dropped
+                    if cid not in dropped:
+                        self.screen.record(kind, cid, it, verdict, vectors)
+                self._norms = []
+                return True
+            self.params[...] = params
+            self.optimizer.state.update({k: v.copy() for k, v in state.items()})  # fresh: steps work in place
+            self.optimizer.t = t
+            self.refused_steps += 1
+            worst = self.acc.worst_bucket()
+            culprits = self.acc.drop_bucket(worst) if worst is not None else []
+            dropped.update(culprits)
+            log.warning("project %s: step of iteration %d refused (%s); dropped the results of %s",
+                        self.name, self.iteration, problem, ", ".join(culprits) or "nobody")  # fmt: skip
+            for cid in culprits:
+                client = self.clients.get(cid)
+                if client is not None:
+                    client.rejected += 1
+                    self.rejected_total += 1
+                    reason = f"your result made the step non-finite ({problem})"
+                    self.send(cid, msg.error("refused_step", reason))
+            if worst is None:
+                break
         self.acc.reset()
+        self._norms = []
         return False
 
     def on_test_result(self, cid: str, message: msg.TestResult) -> None:
+        """A tracker's report: anyone may join as a tracker, so it is only that tracker's
+        figure (its client row, `tracker_error` of the history row); the project's test
+        error is the master's own (`on_master_test`)."""
+        client = self.clients.get(cid)
+        if client is not None:
+            client.test_error = message.error
+        row = self._row_of(message.iteration)
+        if row is not None:
+            row.update(tracker_error=message.error)
+            self.dirty = True
+
+    def on_master_test(self, iteration: int, error: float, loss: float, count: int) -> None:
+        """The master's score of the parameters of `iteration`: the project's test error."""
+        row = self._row_of(iteration)
+        if row is not None:
+            row.update(test_error=error, test_loss=loss, test_count=count)
+            self.dirty = True
+
+    def _row_of(self, iteration: int) -> dict | None:
         """Parameters broadcast as iteration i came from the reduce recorded as row i - 1."""
         for row in reversed(self.history):
-            if row["iteration"] == message.iteration - 1:
-                row.update(test_error=message.error, test_loss=message.loss, test_count=message.count)
-                self.dirty = True
-                return
+            if row["iteration"] == iteration - 1:
+                return row
+        return None
 
     # ================================================================ output
     def send(self, cid: str, payload: dict | bytes) -> None:
@@ -729,15 +834,12 @@ class Engine:
     def _allocate_tracker(self, client: Client) -> None:
         """Every test item the tracker has not been sent yet (it may still be fetching
         earlier ones: offering them again would fetch them twice)."""
-        keys = [
-            make_key(s.dataset, i)
-            for s in self.sources.values()
-            if s.role == "test"
-            for i in range(s.items)
-            if make_key(s.dataset, i) not in client.offered
-        ]
+        keys = []
+        for s in self.sources.values():
+            if s.role == "test" and s.items > client.offered.get(s.dataset, 0):
+                keys += [make_key(s.dataset, i) for i in range(client.offered.get(s.dataset, 0), s.items)]
+                client.offered[s.dataset] = s.items
         if keys:
-            client.offered.update(keys)
             self._send_allocation(client, keys, [])
 
     # ================================================================ views
@@ -772,6 +874,8 @@ class Engine:
             "late": self.late_total,
             "stale": self.stale_total,
             "refused_steps": self.refused_steps,
+            "clipped": self.clipped_total,
+            "aggregation": self.hyper.aggregation,
             "algorithm": self.hyper.algorithm,
             "compression": self.hyper.compression,
             "bytes_in": self.bytes_in,

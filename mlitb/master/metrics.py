@@ -14,7 +14,7 @@ GAUGES = [
         "Vectors processed per second in the last iteration.",
     ),
     ("mlitb_project_vectors_processed_total", "vectors_processed", "Vectors processed since (re)start."),
-    ("mlitb_project_test_error", "test_error", "Latest test error reported by a tracker."),
+    ("mlitb_project_test_error", "test_error", "Latest test error measured by the master."),
     ("mlitb_project_train_loss", "train_loss", "Mean training loss of the last iteration."),
     ("mlitb_project_data_size", "data_size", "Training items registered."),
     ("mlitb_project_data_unallocated", "data_unallocated", "Training items allocated to no trainer."),

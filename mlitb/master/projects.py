@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mlitb.data.wire import BlockReader
 from mlitb.model import Model
 from mlitb.model.browser import browser_problems
 from mlitb.model.errors import ModelError
@@ -134,7 +135,7 @@ class ProjectManager:
             task.add_done_callback(self._background.discard)
 
     def _start(self, engine: Engine) -> ProjectRunner:
-        runner = ProjectRunner(engine, self.store, self._lookup_items)
+        runner = ProjectRunner(engine, self.store, self._lookup_items, self._fetch_items)
         self.runners[engine.name] = runner
         runner.start()
         return runner
@@ -423,6 +424,19 @@ class ProjectManager:
             if data_url == self.data_public_url or data_url.startswith("/")
             else data_url
         )
+
+    async def _fetch_items(self, source: DataSource, ids: list[int]) -> list:
+        """Items of a dataset as decoded blocks (the master's own test sample)."""
+        reader, blocks = BlockReader(), []
+        url = f"{self._internal(source.url)}/datasets/{source.dataset}/fetch"
+        async with self.http.stream("POST", url, json={"ids": ids}) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise RuntimeError(f"data server: {resp.status_code} {resp.text[:200]}")
+            async for chunk in resp.aiter_bytes():
+                blocks += reader.feed(chunk)
+        reader.close()
+        return blocks
 
     async def _lookup_items(self, source: DataSource) -> dict | None:
         resp = await self.http.get(f"{self._internal(source.url)}/datasets/{source.dataset}")

@@ -1,16 +1,20 @@
-"""The reduce step as plain functions: validate a worker's summed gradient, accumulate
-it, and turn the sum into the mean gradient the optimizer steps with.
+"""The reduce step: validate a worker's result, accumulate it, and turn the sums into
+the mean the learning algorithm steps with.
 
 The paper: each worker sends its total gradient and its number of gradients; the
 master's weighted average is sum(total_i) / sum(count_i). Accumulating as results
-arrive keeps one vector of memory per project whatever the number of workers.
+arrive keeps B vectors of memory per project (B buckets, see mlitb.master.aggregation)
+whatever the number of workers.
 """
 
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
+
+from .aggregation import Aggregator, Mean
 
 
 class Rejected(ValueError):
@@ -36,42 +40,119 @@ def validate(values: np.ndarray, vectors: int, loss: float, num_params: int, max
         raise Rejected("not_finite", f"gradient has {bad} NaN or Inf values")
 
 
+MAX_BUCKET_BYTES = 256 << 20  # float64 bucket sums per project: B <= this / (8 x params)
+
+
 class Accumulator:
-    """Running sums of the accepted results of one iteration. float64, so that the sum
-    rounded to float32 does not depend on the order results arrived in: a resumed or
-    replayed iteration gives the same step (costs ~4x a float32 add; see
-    docs/performance.md).
+    """Running sums of the accepted results of one iteration, in buckets (see
+    mlitb.master.aggregation): B float64 sums, so that a bucket's sum rounded to float32
+    does not depend on the order results arrived in (costs ~4x a float32 add; see
+    docs/performance.md), combined by the project's aggregation rule at the step.
 
-    `total` = sum of scale_i * values_i and `weight` = sum of weight_i, both chosen by
-    the learning algorithm (mlitb.master.algorithms); `vectors` and `loss` are the plain
-    counts for the metrics."""
+    A result adds scale_i * values_i to its bucket's sum and weight_i to its weight, both
+    chosen by the learning algorithm (mlitb.master.algorithms); `vectors` and `loss` are
+    the plain counts for the metrics. `plan(n)` sizes the next iteration's buckets from
+    the number of results expected; a result from a client not yet in a bucket this
+    iteration joins the least-filled one (ties at random)."""
 
-    def __init__(self, num_params: int) -> None:
-        self.total = np.zeros(num_params, np.float64)
-        self.weight = 0.0
-        self.vectors = 0
-        self.loss = 0.0
-        self.results = 0
+    def __init__(self, num_params: int, aggregator: Aggregator | None = None, bucket_size: int = 2,
+                 rng: random.Random | None = None) -> None:  # fmt: skip
+        self.num_params = num_params
+        self.aggregator = aggregator or Mean()
+        self.bucket_size = max(1, bucket_size)
+        self.rng = rng or random.SystemRandom()  # unpredictable to clients
+        self.max_buckets = max(1, MAX_BUCKET_BYTES // (8 * max(num_params, 1)))
+        self.planned = 1
+        self.reset()
 
-    def add(
-        self, values: np.ndarray, vectors: int, loss: float, scale: float = 1.0, weight: float | None = None
-    ) -> None:
+    def plan(self, expected: int) -> None:
+        """Buckets for `expected` results; applies now if nothing was added yet."""
+        self.planned = max(1, min(self.max_buckets, -(-max(expected, 1) // self.bucket_size)))
+        if self.results == 0:
+            self._resize(self.planned)
+
+    def _resize(self, b: int) -> None:
+        self.sums: list[np.ndarray | None] = [None] * b
+        self.weights = [0.0] * b
+        self.members: list[list[str]] = [[] for _ in range(b)]
+
+    def _bucket(self, client: str) -> int:
+        where = self.where.get(client)
+        if where is None:
+            sizes = [len(m) for m in self.members]
+            fewest = min(sizes)
+            where = self.rng.choice([i for i, n in enumerate(sizes) if n == fewest])
+            self.where[client] = where
+        return where
+
+    def add(self, values: np.ndarray, vectors: int, loss: float, scale: float = 1.0,
+            weight: float | None = None, client: str = "") -> None:  # fmt: skip
+        b = self._bucket(client or f"anonymous-{self.results}")
+        if self.sums[b] is None:
+            self.sums[b] = np.zeros(self.num_params, np.float64)
+        total = self.sums[b]
         if scale == 1.0:
-            np.add(self.total, values, out=self.total)
+            np.add(total, values, out=total)
         else:
-            np.add(self.total, values.astype(np.float64) * scale, out=self.total)
+            np.add(total, values.astype(np.float64) * scale, out=total)
+        self.weights[b] += vectors if weight is None else weight
+        self.members[b].append(client)
         self.weight += vectors if weight is None else weight
         self.vectors += vectors
         self.loss += loss
         self.results += 1
 
+    def votes(self) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(B', P) means of the non-empty buckets, their weights and bucket indices."""
+        used = [i for i, s in enumerate(self.sums) if s is not None and self.weights[i] > 0]
+        means = np.empty((len(used), self.num_params), np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: inf, caught at the step
+            for row, i in enumerate(used):
+                np.divide(self.sums[i], self.weights[i], out=means[row], casting="unsafe")
+        return means, np.array([self.weights[i] for i in used]), used
+
+    def sum_and_weight(self) -> tuple[np.ndarray, float]:
+        """(sum, weight) whose ratio is the aggregated mean: the plain weighted sums for
+        `mean` (exact), else the rule's combination of the bucket means times the weight."""
+        used = [i for i, s in enumerate(self.sums) if s is not None and self.weights[i] > 0]
+        if len(used) == 1 or not self.aggregator.robust:
+            total = self.sums[used[0]].copy()
+            for i in used[1:]:
+                np.add(total, self.sums[i], out=total)
+            return total, self.weight
+        votes, weights, _ = self.votes()
+        with np.errstate(over="ignore", invalid="ignore"):
+            combined = self.aggregator.combine(votes, weights).astype(np.float64)
+        return combined * self.weight, self.weight
+
+    def drop_bucket(self, b: int) -> list[str]:
+        """Remove one bucket's results (a step they made non-finite); returns its clients."""
+        clients = self.members[b]
+        self.weight -= self.weights[b]
+        self.results -= len(clients)
+        self.sums[b], self.weights[b], self.members[b] = None, 0.0, []
+        return clients
+
+    def worst_bucket(self) -> int | None:
+        """The non-empty bucket with the largest mean (float64 norm): the first suspect of
+        a step that overflowed. Not the one farthest from the others: when huge results
+        fill most buckets, the honest one is the outlier."""
+        used = [i for i, s in enumerate(self.sums) if s is not None and self.weights[i] > 0]
+        if not used:
+            return None
+        with np.errstate(all="ignore"):
+            norms = [float(np.linalg.norm(self.sums[i] / self.weights[i])) for i in used]
+        return used[int(np.argmax(np.nan_to_num(norms, nan=np.inf)))]
+
     def mean(self) -> np.ndarray:
-        """Weighted average = sum of scaled values / sum of weights."""
-        return (self.total / max(self.weight, 1e-300)).astype(np.float32)
+        """The aggregated mean, float32."""
+        total, weight = self.sum_and_weight()
+        return (total / max(weight, 1e-300)).astype(np.float32)
 
     def reset(self) -> None:
-        self.total.fill(0.0)
         self.weight = 0.0
         self.vectors = 0
         self.loss = 0.0
         self.results = 0
+        self.where: dict[str, int] = {}
+        self._resize(self.planned)

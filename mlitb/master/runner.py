@@ -15,6 +15,7 @@ from mlitb.protocol import messages as msg
 
 from .connection import Connection
 from .engine import Engine, label_map_for
+from .evaluation import MasterEvaluator
 from .store import MasterStore
 
 log = logging.getLogger("mlitb.master")
@@ -25,8 +26,10 @@ DATA_POLL_S = 5.0  # how often attached datasets are checked for appended items
 
 
 class ProjectRunner:
-    def __init__(self, engine: Engine, store: MasterStore, data_lookup) -> None:
+    def __init__(self, engine: Engine, store: MasterStore, data_lookup, fetch_items=None) -> None:
         self.engine = engine
+        # the project's test error, measured by the master itself (never a tracker's word)
+        self.evaluator = MasterEvaluator(engine, fetch_items, self.notify) if fetch_items else None
         self.store = store
         self.data_lookup = data_lookup  # async (source) -> current item count or None
         self.conns: dict[str, Connection] = {}
@@ -48,6 +51,8 @@ class ProjectRunner:
             asyncio.create_task(self._loop(), name=f"project-{self.name}"),
             asyncio.create_task(self._watch_data(), name=f"data-{self.name}"),
         ]
+        if self.evaluator is not None:
+            self._tasks.append(asyncio.create_task(self.evaluator.run(), name=f"test-{self.name}"))
 
     async def stop(self, code: int = msg.CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
         for conn in list(self.conns.values()):
@@ -210,6 +215,7 @@ class ProjectRunner:
             "late": e.late_total,
             "stale": e.stale_total,
             "refused_steps": e.refused_steps,
+            "clipped": e.clipped_total,
             "bytes_in": e.bytes_in,
             "bytes_out": e.bytes_out,
             "contributors": e.contributors,

@@ -210,4 +210,5 @@ CLOSE_TIMEOUT = 4408  # no heartbeat
 CLOSE_VERSION = 4409  # protocol version mismatch
 CLOSE_DELETED = 4410  # project deleted
 CLOSE_REBOOT = 4412  # project rebooted: rejoin
+CLOSE_FULL = 4429  # the project's client caps (per project, per address) are reached
 CLOSE_TOO_LARGE = 1009

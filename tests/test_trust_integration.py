@@ -1,0 +1,188 @@
+"""Trust against a real master over real WebSockets (docs/security.md): hostile results
+from one socket among honest workers, and a forged tracker.
+
+- the project's test error is the master's own measurement: a tracker that reports
+  0.0 is shown as that tracker's figure only, and a project with a test set but no
+  tracker has a test error;
+- a result of float32-max values from two sockets does not stall the loop: the step it
+  would make non-finite is pinned on its bucket, honest results are applied and the
+  loop goes on;
+- a count at the 1e8 limit is refused as implausible for the time the client had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import httpx
+import numpy as np
+from test_learning_integration import FC_SPEC, Raw, join
+from test_master_integration import (
+    brief,
+    create_project,
+    details,
+    is_type,
+    kill_all,
+    spawn_worker,
+    upload,
+    wait_for,
+    ws_base,
+)
+from websockets.asyncio.client import connect
+
+from mlitb.protocol import frames
+
+HYPER = {"algorithm": "sync_sgd", "optimizer": "adam", "learning_rate": 0.01, "iteration_time": 1.0,
+         "test_interval": 1, "max_staleness": 0}  # fmt: skip
+
+
+def test_the_test_error_is_the_masters_and_a_forged_tracker_fools_nobody(master, mnist_zips, tmp_path):
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "forged", [train], [test], spec=FC_SPEC, hyper=HYPER)
+    procs = [spawn_worker(master.url, "forged", "trainer", tmp_path / "w.log")]
+
+    async def forge() -> dict:
+        async with connect(f"{ws_base(master.url)}/ws", compression=None, max_size=1 << 26) as ws:
+            liar = Raw(ws, 2)
+            await ws.send(join("forged", 2, role="tracker", backend="liar"))
+            await liar.until(is_type("welcome"))
+            deadline = asyncio.get_running_loop().time() + 120
+            while asyncio.get_running_loop().time() < deadline:
+                await liar.until(lambda m: isinstance(m, bytes))
+                await ws.send(json.dumps({"type": "test_result", "iteration": liar.iteration, "error": 0.0,
+                                          "loss": 0.0, "count": 100}))  # fmt: skip
+                s = details(master.url, "forged")
+                if s["iteration"] >= 6 and s["test_error"] is not None:
+                    return s
+            raise AssertionError("no test error from the master within 120 s")
+
+    try:
+        s = asyncio.run(forge())
+    finally:
+        kill_all(procs)
+    assert 0.0 < s["test_error"] <= 1.0, brief(s)  # 100 test images, an fc net after a few iterations
+    (liar,) = [c for c in s["clients"] if c["role"] == "tracker"]
+    assert liar["test_error"] == 0.0  # shown as its own word
+    metrics = httpx.get(f"{master.url}/api/projects/forged/metrics", params={"since": 0}, timeout=30)
+    rows = metrics.json()["rows"]
+    scored = [r for r in rows if r.get("test_error") is not None]
+    assert scored and all(r["test_error"] > 0 for r in scored), rows[-3:]
+    assert any(r.get("tracker_error") == 0.0 for r in rows)
+
+
+def test_no_tracker_still_gives_a_test_error(master, mnist_zips, tmp_path):
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "alone", [train], [test], spec=FC_SPEC, hyper=HYPER)
+    procs = [spawn_worker(master.url, "alone", "trainer", tmp_path / "w.log")]
+    try:
+        s = wait_for(master.url, "alone", lambda s: s["test_error"] is not None, 120, "a test error")
+    finally:
+        kill_all(procs)
+    assert s["trackers"] == 0 and 0.0 < s["test_error"] <= 1.0, brief(s)
+
+
+def test_float32_max_from_two_sockets_and_an_inflated_count_do_not_stall_the_loop(
+    master, mnist_zips, tmp_path
+):
+    train, test = upload(master.data, mnist_zips)
+    hyper = {**HYPER, "aggregation": "mean", "bucket_size": 1}  # the rule most exposed to it
+    create_project(master.url, "huge", [train], [test], spec=FC_SPEC, hyper=hyper)
+    n = details(master.url, "huge")["num_params"]
+    pid = details(master.url, "huge")["id"]
+    procs = [spawn_worker(master.url, "huge", "trainer", tmp_path / "w.log")]
+
+    async def attack() -> tuple[list, list, list]:
+        url = f"{ws_base(master.url)}/ws"
+        async with (
+            connect(url, compression=None, max_size=1 << 26) as w1,
+            connect(url, compression=None, max_size=1 << 26) as w2,
+            connect(url, compression=None, max_size=1 << 26) as w3,
+        ):
+            bad = [Raw(w, 2) for w in (w1, w2, w3)]
+            for w, r in zip((w1, w2, w3), bad, strict=True):
+                await w.send(join("huge", 2, memory_mb=64, backend="attacker"))
+                await r.cache_allocation()
+            maxed = np.full(n, np.finfo(np.float32).max, np.float32)
+            for _ in range(3):  # three iterations of attacks
+                orders = [await r.until(is_type("work")) for r in bad]
+                it = orders[0]["iteration"]
+                for w in (w1, w2):
+                    await w.send(frames.encode_result(pid, it, maxed, 1, 1.0, 100.0, 50, version=2))
+                await w3.send(
+                    frames.encode_result(pid, it, maxed * 0, 100_000_000, 1.0, 100.0, 50, version=2)
+                )
+            await asyncio.sleep(3)
+            for r in bad:  # collect the errors sent meanwhile
+                with contextlib.suppress(AssertionError, TimeoutError):
+                    await r.until(lambda m: False, timeout=1)
+            return bad[0].errors + bad[1].errors, bad[2].errors, []
+
+    try:
+        start = details(master.url, "huge")["iteration"]
+        errs_max, errs_count, _ = asyncio.run(attack())
+        s = wait_for(master.url, "huge", lambda s: s["iteration"] >= start + 6, 120, "the loop to go on")
+    finally:
+        kill_all(procs)
+    codes = {e["code"] for e in errs_max}
+    assert codes & {"refused_step", "clipped", "implausible_norm"}, errs_max
+    assert "implausible_count" in {e["code"] for e in errs_count}, errs_count
+    assert s["train_loss"] is not None and np.isfinite(s["train_loss"])
+    honest = [c for c in s["clients"] if c["backend"] != "attacker" and c["role"] == "trainer"]
+    assert honest and all(c["rejected"] == 0 for c in honest), brief(s)
+
+
+def test_at_most_one_mib_before_join_then_the_servers_limit(master, mnist_zips):
+    """An anonymous socket cannot make the master buffer a large message: 2 MiB before
+    join is refused by the WebSocket layer with 1009; after join, messages up to the
+    server's limit (--max-frame-mb) are read again."""
+    from websockets.exceptions import ConnectionClosed
+
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "sizes", [train], [test], spec=FC_SPEC, hyper=HYPER)
+
+    async def run() -> tuple[int | None, list]:
+        url = f"{ws_base(master.url)}/ws"
+        async with connect(url, compression=None, max_size=1 << 26) as ws:
+            await ws.send(b"\0" * (2 << 20))
+            try:
+                await asyncio.wait_for(ws.recv(), 30)
+                code = None
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+        async with connect(url, compression=None, max_size=1 << 26) as ws:
+            r = Raw(ws, 2)
+            await ws.send(join("sizes", 2))
+            await r.until(is_type("welcome"))
+            await ws.send(b"\0" * (2 << 20))  # read, then refused as a frame: not a close
+            await r.until(is_type("error"))
+            return code, r.errors
+
+    code, errors = asyncio.run(run())
+    assert code == 1009, code
+    assert errors and errors[0]["code"] == "bad_frame", errors
+
+
+def test_clients_per_address_are_capped(master, mnist_zips):
+    """Sockets from one address beyond max_clients_per_address are refused with 4429."""
+    from websockets.exceptions import ConnectionClosed
+
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "capped", [train], [test], spec=FC_SPEC,
+                   hyper={**HYPER, "max_clients_per_address": 2})  # fmt: skip
+
+    async def run() -> tuple[int | None, int]:
+        url = f"{ws_base(master.url)}/ws"
+        async with connect(url) as a, connect(url) as b, connect(url) as c:
+            for ws in (a, b):
+                await ws.send(join("capped", 2))
+                await Raw(ws, 2).until(is_type("welcome"))
+            await c.send(join("capped", 2))
+            try:
+                while True:
+                    await asyncio.wait_for(c.recv(), 30)
+            except ConnectionClosed as exc:
+                return (exc.rcvd.code if exc.rcvd else None), len(details(master.url, "capped")["clients"])
+
+    assert asyncio.run(run()) == (4429, 2)
