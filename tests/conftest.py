@@ -256,6 +256,8 @@ SUMMARY_KEYS = (
     "iteration", "state", "workers", "workers_assigned", "data_size", "data_allocated",
     "data_unallocated", "vectors_processed", "power", "test_error", "train_loss", "clients",
     "algorithm", "compression", "bytes_in", "bytes_out", "stale", "late", "rejected",
+    "aggregation", "clipped", "refused_steps",
 )  # fmt: skip
 # per client in a project summary (and `project show --json`)
-CLIENT_KEYS = ("bytes_in", "bytes_out", "compute_s", "connected_s", "computing", "protocol", "capacity")
+CLIENT_KEYS = ("bytes_in", "bytes_out", "compute_s", "connected_s", "computing", "protocol", "capacity",
+               "rejected", "clipped", "probation", "test_error")  # fmt: skip

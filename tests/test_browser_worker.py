@@ -97,6 +97,8 @@ def test_a_browser_tab_trains_mnist_under_ten_percent_with_local_sgd_and_int8(ma
         )
     (c,) = [c for c in s["clients"] if c["kind"] == "browser"]
     assert c["protocol"] == 2 and c["rejected"] == 0 and c["results"] >= 1, c
+    # an honest browser trainer is never flagged by the screen (docs/security.md)
+    assert c["clipped"] == 0 and s["rejected"] == 0 and s["refused_steps"] == 0, c
     assert c["data_allocated"] == 6000, c  # its memory holds the whole training set
     # int8 both ways: about a quarter of float32's bytes (31,786 parameters, 127 KB)
     per_result = c["bytes_in"] / max(c["results"], 1)

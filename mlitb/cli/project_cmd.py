@@ -209,12 +209,22 @@ def show(args) -> int:
     print(
         f"algorithm {p['algorithm']}, compression {p['compression']}, "
         f"received {_bytes(p['bytes_in'])}, sent {_bytes(p['bytes_out'])}, "
-        f"stale results applied {p['stale']}, late {p['late']}, rejected {p['rejected']}"
+        f"stale results applied {p['stale']}, late {p['late']}"
+    )
+    print(
+        f"aggregation {p.get('aggregation', '-')}: results refused {p['rejected']}, "
+        f"clipped {p.get('clipped', 0)}, steps refused {p.get('refused_steps', 0)}"
     )
     print(f"hyper: {json.dumps(p['hyper'])}")
     for c in p["clients"]:
         lag = "-" if c["lag_ms"] is None else f"{c['lag_ms']:.0f} ms"
         busy = "" if c.get("computing") is None else f" computing {c['computing']:.0%}"
+        if c.get("rejected") or c.get("clipped"):
+            busy += f" refused {c.get('rejected', 0)} clipped {c.get('clipped', 0)}"
+        if c.get("probation"):
+            busy += " (probation)"
+        if c.get("test_error") is not None:
+            busy += f" its test error {c['test_error']:.4f}"
         print(
             f"  {c['id']} {c['kind']:<7} {c['role']:<8} {c['backend']:<12} {c['vectors_per_s']:>9.0f} vec/s "
             f"alloc {c['data_allocated']:>6} cached {c['data_cached']:>6} lag {lag} "

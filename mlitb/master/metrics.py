@@ -21,6 +21,8 @@ GAUGES = [
     ("mlitb_project_results_rejected_total", "rejected", "Results refused (size, NaN/Inf, ...)."),
     ("mlitb_project_results_late_total", "late", "Results discarded: later than max_staleness iterations."),
     ("mlitb_project_results_stale_total", "stale", "Late results applied with a staleness weight."),
+    ("mlitb_project_results_clipped_total", "clipped", "Results scaled down by the norm screen."),
+    ("mlitb_project_steps_refused_total", "refused_steps", "Steps undone: they would have been non-finite."),
     ("mlitb_project_received_bytes_total", "bytes_in", "WebSocket bytes from workers since creation."),
     ("mlitb_project_sent_bytes_total", "bytes_out", "WebSocket bytes sent to workers since creation."),
 ]
@@ -31,6 +33,8 @@ CLIENT_GAUGES = [
     ("mlitb_client_compute_seconds_total", "compute_s", "Seconds this client reported computing."),
     ("mlitb_client_connected_seconds", "connected_s", "Seconds since this client joined."),
     ("mlitb_client_computing_ratio", "computing", "Share of its connected time a trainer computed."),
+    ("mlitb_client_results_rejected_total", "rejected", "Results of this client refused."),
+    ("mlitb_client_results_clipped_total", "clipped", "Results of this client clipped by the norm screen."),
 ]
 
 

@@ -118,7 +118,7 @@ export async function projectView(root, name) {
     el("h2", {}, "Volunteers"),
     el("p", {}, "Anyone who opens this link trains at once: ", el("a", { href: joinUrl, id: "join-link" }, joinUrl)), qr,
     el("h2", {}, "All clients"),
-    el("table", {}, el("thead", {}, el("tr", {}, ["id", "name", "kind", "role", "backend", "vectors/s", "vectors", "allocated", "cached", "lag ms", "in", "out", "computing"].map((t) => el("th", {}, t)))), clientsBody),
+    el("table", {}, el("thead", {}, el("tr", {}, ["id", "name", "kind", "role", "backend", "vectors/s", "vectors", "allocated", "cached", "lag ms", "in", "out", "computing", "refused / clipped", "test error (its own)"].map((t) => el("th", {}, t)))), clientsBody),
     el("h2", {}, "Model"), el("p", {}, "Download: ", downloads), closurePanel(name, owner, log).node,
     el("h2", {}, "Log"), logBox,
   );
@@ -137,11 +137,15 @@ export async function projectView(root, name) {
       ["data", `${fmt(p.data_size)} (${fmt(p.data_unallocated)} unallocated)`], ["power", `${fmt(p.power)} vectors/s`],
       ["vectors processed", fmt(p.vectors_processed)], ["labels", (p.labels || []).join(", ")], ["parameters", fmt(p.num_params)],
       ["algorithm", `${p.algorithm}, compression ${p.compression}`], ["traffic", `${bytes(p.bytes_in)} in, ${bytes(p.bytes_out)} out`],
-      ["late results", `${fmt(p.stale)} applied, ${fmt(p.late)} discarded`]];
+      ["late results", `${fmt(p.stale)} applied, ${fmt(p.late)} discarded`],
+      ["aggregation", p.aggregation || "-"],
+      ["screened results", `${fmt(p.rejected)} refused, ${fmt(p.clipped || 0)} clipped, ${fmt(p.refused_steps || 0)} steps refused`]];
     summary.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-key": k.replace(/ /g, "-") }, String(v))]));
     clientsBody.replaceChildren(...p.clients.map((c) => el("tr", { "data-kind": c.kind, "data-role": c.role },
       [c.id, c.name, c.kind, c.role, c.backend, fmt(c.vectors_per_s), fmt(c.vectors_processed), fmt(c.data_allocated), fmt(c.data_cached), fmt(c.lag_ms),
-        bytes(c.bytes_in), bytes(c.bytes_out), c.computing == null ? "-" : `${Math.round(100 * c.computing)} %`]
+        bytes(c.bytes_in), bytes(c.bytes_out), c.computing == null ? "-" : `${Math.round(100 * c.computing)} %`,
+        `${fmt(c.rejected || 0)} / ${fmt(c.clipped || 0)}${c.probation ? " (probation)" : ""}`,
+        c.test_error == null ? "-" : fmt(c.test_error)]
         .map((v) => el("td", {}, v)))));
     workersBody.replaceChildren(...handles.map((h) => {
       const s = h.status;
