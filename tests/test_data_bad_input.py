@@ -128,7 +128,8 @@ def state(h: DataServerHandle) -> tuple[list[dict], dict[str, int]]:
     """What a refused request must not change: the dataset list and every dataset file's size."""
     root = h.data_dir / "datasets"
     files = {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
-    listing = HTTP.get(f"{h.url}/datasets")
+    # its own request: other test modules use this helper after this module closed HTTP
+    listing = httpx.get(f"{h.url}/datasets", timeout=30)
     assert listing.status_code == 200
     return listing.json(), files
 
