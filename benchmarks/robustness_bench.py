@@ -211,6 +211,8 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
             expected = honest + (attackers if attack in WORKER_ATTACKS else 0)
             wait_until(lambda: http.get(project_url).json()["workers"] >= expected, 180, "workers joined",
                        every=0.5, check=check)  # fmt: skip
+            owner = {"Authorization": f"Bearer {token}"}
+            http.post(f"{project_url}/start", headers=owner).raise_for_status()
             t0 = time.monotonic()
             deadline = t0 + args.iterations * args.T * 3 + 120
             first_refusal: dict[str, int] = {}
@@ -232,7 +234,7 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
             wait_until(scored_lately, 60, "a last test score")
             s = http.get(project_url).json()
             rows = http.get(f"{project_url}/metrics").json()["rows"]
-            http.post(f"{project_url}/pause", headers={"Authorization": f"Bearer {token}"})
+            http.post(f"{project_url}/pause", headers=owner)
     finally:
         procs.close()
         if not args.keep:

@@ -1040,35 +1040,35 @@ def test_tracker_gets_the_test_set_at_once_even_in_a_paused_project():
 
 
 def test_data_goes_to_trainers_that_work_and_idle_shares_are_reclaimed():
-    """A trainer holds PROBATION_ITEMS until its first accepted result, then its share;
-    after RECLAIM_AFTER unanswered orders in a row its share shrinks back to probation
-    and the ids go to trainers that work (idle sockets cannot soak up the data)."""
+    """A trainer that has not shown work (no accepted result yet, or none in its last
+    RECLAIM_AFTER orders) holds at most PROBATION_ITEMS of what trainers that work could
+    hold, and only ids nobody else has room for beyond that: idle sockets cannot soak up
+    the data, and a fresh project's first trainers get everything at once."""
     from mlitb.master.engine import PROBATION_ITEMS, RECLAIM_AFTER
 
     e, _ = started(("A", "B"), items=1000)
     held = lambda cid: len(e.allocator.held[cid])  # noqa: E731
-    assert held("A") == held("B") == PROBATION_ITEMS
+    assert held("A") == held("B") == 500  # nobody works yet: nobody is held back
     g = np.ones(N, np.float32)
-    for cid in "AB":
-        assert e.on_result(cid, result(0, g, 4), 0.5) is None
-    e.poll(0.5)
-    now = T
-    e.poll(now)  # the boundary: both showed work, the water-filling gives each half
-    cache_all(e, e.drain())
-    e.allocator.check()
-    assert held("A") == held("B") == 500
-    for _ in range(RECLAIM_AFTER):  # B goes silent
-        assert e.on_result("A", result(e.iteration, g, 4), now + 0.5) is None
+
+    def iteration(now: float, answering: str) -> float:
+        for cid in answering:
+            assert e.on_result(cid, result(e.iteration, g, 4), now + 0.5) is None
         now += DEADLINE
-        e.poll(now)  # the deadline: B missed
-        e.poll(now)  # the next boundary
+        e.poll(now)  # the deadline (or all answered)
+        e.poll(now)  # the next boundary: admissions, capacities, rebalance
         cache_all(e, e.drain())
-        e.allocator.check()
-    assert e.clients["B"].missed_streak == RECLAIM_AFTER
-    assert held("B") == PROBATION_ITEMS and held("A") == 1000 - PROBATION_ITEMS
-    # B answers again: its share comes back at the next boundary
-    assert e.on_result("B", result(e.iteration, g, 4), now + 0.5) is None
-    assert e.on_result("A", result(e.iteration, g, 4), now + 0.5) is None
-    e.poll(now + 0.5)
-    e.poll(now + T)
-    assert held("A") == held("B") == 500
+        e.allocator.check(settled=True)
+        return now
+
+    now = iteration(0.0, "AB")
+    join(e, "S", now)  # a socket that never computes
+    now = iteration(now, "AB")
+    assert e.clients["S"].probation and held("S") == PROBATION_ITEMS
+    assert held("A") == held("B") == (1000 - PROBATION_ITEMS) // 2
+    for _ in range(RECLAIM_AFTER):  # B goes silent
+        now = iteration(now, "A")
+    assert e.clients["B"].missed_streak >= RECLAIM_AFTER and e.clients["B"].probation
+    assert held("B") == held("S") == PROBATION_ITEMS and held("A") == 1000 - 2 * PROBATION_ITEMS
+    now = iteration(now, "AB")  # B answers again: its share comes back
+    assert not e.clients["B"].probation and held("A") == held("B") == (1000 - PROBATION_ITEMS) // 2

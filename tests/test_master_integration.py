@@ -169,8 +169,13 @@ def allocation_problems(summary: dict) -> list[str]:
     shares, waiting = trainer_shares(summary), trainer_shares(summary, probation=True)
     if shares and max(shares) - min(shares) > 1:
         out.append(f"trainer shares {shares} differ by more than 1")
-    if waiting and max(waiting) > PROBATION_ITEMS:
-        out.append(f"trainers on probation hold {waiting}, more than {PROBATION_ITEMS}")
+    room = [
+        c for c in summary["clients"]
+        if c["role"] == "trainer" and c["admitted"] and not c.get("probation")
+        and c["data_allocated"] < c["capacity"]
+    ]  # fmt: skip
+    if waiting and max(waiting) > PROBATION_ITEMS and room:
+        out.append(f"trainers on probation hold {waiting} (> {PROBATION_ITEMS}) while others have room")
     if waiting and shares and min(waiting) + 1 < min(PROBATION_ITEMS, min(shares)):
         out.append(f"trainers on probation hold {waiting}, less than their share ({shares})")
     shares = shares + waiting
@@ -1107,9 +1112,8 @@ def test_metrics_and_dashboard_stream(master, mnist_zips):
     for r in rows:
         for key in ("iteration", "workers", "vectors", "power", "train_loss", "reduce_ms", "data_size"):
             assert r[key] is not None, (key, r)
-        # iteration 0: the trainer is on probation (256 items) until its first result
-        unallocated = 300 - PROBATION_ITEMS if r["iteration"] == 0 else 0
-        assert r["workers"] == 1 and r["data_size"] == 300 and r["data_unallocated"] == unallocated
+        # alone, a trainer on probation still gets everything: no trainer that works needs it
+        assert r["workers"] == 1 and r["data_size"] == 300 and r["data_unallocated"] == 0
         assert r["vectors"] > 0 and r["power"] > 0 and r["reduce_ms"] >= 0
     since = httpx.get(f"{master.url}/api/projects/watched/metrics?since=2", timeout=HTTP_TIMEOUT).json()
     assert since["project"] == "watched" and [r["iteration"] for r in since["rows"]][:1] == [2]
@@ -1215,9 +1219,9 @@ def test_serve_demo_trains_and_stops_cleanly(tmp_path):
         assert s["data_size"] == 60000 and s["data_unallocated"] == 0, brief(s)
         assert f"{url}#mnist" in json.loads((tmp_path / "config" / "tokens.json").read_text())
         zoo = []
-        while not zoo:  # seeded once the tracker reports a test error (<= 1 here)
+        while not zoo:  # seeded once the master scores a test error (<= 1 here)
             zoo = httpx.get(f"{url}/api/zoo", timeout=HTTP_TIMEOUT).json()
-            assert time.monotonic() < started + 150, (
+            assert time.monotonic() < started + 300, (
                 f"the demo did not publish: {tail(tmp_path / 'demo.err')}"
             )
             time.sleep(0.5)

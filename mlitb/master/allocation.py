@@ -9,9 +9,13 @@ the remaining shares balanced, so the balance holds after every engine event.)
 
 `rebalance` computes each trainer's target share by water-filling (equal shares, no
 one above its capacity) and then moves only the excess: trainers above target give
-ids back, trainers below take from the pool. When a trainer joins and the pool is
-empty this is the paper's pie-cutter (an equal slice from every other trainer); when
-one leaves, its ids return to the pool and go to trainers with room.
+ids back, trainers below take from the pool. A trainer may also have a `spare`
+capacity above its capacity (a trainer on probation: its capacity is small, its spare
+what it could hold): ids that no trainer can take within its capacity are then
+water-filled over the spare room, so they are used, never taken from another's share.
+When a trainer joins and the pool is empty this is the paper's pie-cutter (an equal
+slice from every other trainer); when one leaves, its ids return to the pool and go to
+trainers with room.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Allocator:
         self.pool: deque[int] = deque()  # unallocated, in the order they will be handed out
         self.held: dict[str, set[int]] = {}
         self.capacity: dict[str, int] = {}
+        self.spare: dict[str, int] = {}  # room beyond capacity, for ids nobody else can hold
         self.registered = 0
 
     # -------------------------------------------------------------- data and trainers
@@ -76,27 +81,38 @@ class Allocator:
         self.held[cid] = set()
         self.capacity[cid] = max(0, int(capacity))
 
-    def set_capacity(self, cid: str, capacity: int) -> None:
+    def set_capacity(self, cid: str, capacity: int, spare: int = 0) -> None:
         self.capacity[cid] = max(0, int(capacity))
+        self.spare[cid] = max(0, int(spare))
 
     def remove_trainer(self, cid: str) -> list[int]:
         """A lost trainer's ids go to the front of the pool: they are handed out first."""
         keys = self.held.pop(cid, set())
         self.capacity.pop(cid, None)
+        self.spare.pop(cid, None)
         self.pool.extendleft(sorted(keys, reverse=True))
         return sorted(keys)
 
     # -------------------------------------------------------------- balancing
     def targets(self) -> dict[str, int]:
-        """Water-filling: equal shares of all registered ids, capped by capacity."""
-        total = self.registered
-        ids = sorted(self.held, key=lambda c: self.capacity[c])
-        out: dict[str, int] = {}
+        """Water-filling: equal shares of all registered ids, capped by capacity; what is
+        left when everyone is at capacity is water-filled over the spare room."""
+        out = self._fill(self.registered, self.capacity)
+        left = self.registered - sum(out.values())
+        spare = {c: s for c, s in self.spare.items() if s > 0 and c in self.held}
+        if left > 0 and spare:
+            for cid, extra in self._fill(left, spare).items():
+                out[cid] += extra
+        return out
+
+    def _fill(self, total: int, caps: dict[str, int]) -> dict[str, int]:
+        ids = sorted(caps, key=lambda c: caps[c])
+        out: dict[str, int] = {c: 0 for c in self.held}
         left = len(ids)
         for i, cid in enumerate(ids):
             share = total // left
-            if self.capacity[cid] <= share:
-                out[cid] = self.capacity[cid]
+            if caps[cid] <= share:
+                out[cid] = caps[cid]
                 total -= out[cid]
                 left -= 1
                 continue
@@ -158,5 +174,6 @@ class Allocator:
         free = [len(k) for c, k in self.held.items() if len(k) < self.capacity[c]]
         if free and max(len(k) for k in self.held.values()) - min(free) > 1:
             raise AllocationError("shares of trainers below capacity differ by more than one id")
-        if free and self.pool:
+        room = [c for c, k in self.held.items() if len(k) < self.capacity[c] + self.spare.get(c, 0)]
+        if room and self.pool:
             raise AllocationError("a trainer has room while ids sit in the pool")

@@ -61,7 +61,9 @@ FULL_EVERY = 50  # with compression, whole parameters every this many iterations
 ITEM_OVERHEAD_BYTES = 160
 # Data only to trainers that work: a trainer holds at most PROBATION_ITEMS until its first
 # accepted result, and falls back to it after RECLAIM_AFTER orders in a row without one
-# (idle sockets cannot soak up a project's data; docs/security.md).
+# (idle sockets cannot soak up a project's data; docs/security.md). Beyond that it only
+# gets ids that no trainer that works has room for (a fresh project's first trainer gets
+# everything at once).
 PROBATION_ITEMS = 256
 RECLAIM_AFTER = 3
 
@@ -292,6 +294,7 @@ class Engine:
         if c.role == "trainer":
             c.limit = self._capacity(c)
             self.allocator.add_trainer(c.id, self._allowed(c))
+            self.allocator.set_capacity(c.id, self._allowed(c), spare=c.limit - self._allowed(c))
         else:
             self._allocate_tracker(c)
 
@@ -431,7 +434,8 @@ class Engine:
         for c in self.clients.values():
             if c.id in self.allocator.capacity:
                 c.limit = self._capacity(c)
-                self.allocator.set_capacity(c.id, self._allowed(c))
+                allowed = self._allowed(c)
+                self.allocator.set_capacity(c.id, allowed, spare=c.limit - allowed)
         self.dirty = True
 
     def grow_label(self, label: str, now: float) -> None:
@@ -488,7 +492,8 @@ class Engine:
             if c.role == "trainer" and c.id in self.allocator.capacity:
                 allowed = self._allowed(c)
                 c.probation = allowed < c.limit
-                self.allocator.set_capacity(c.id, allowed)
+                # on probation: what no trainer that works can hold may still be used
+                self.allocator.set_capacity(c.id, allowed, spare=c.limit - allowed)
         for cid, move in self.allocator.rebalance().items():
             client = self.clients[cid]
             client.cached.difference_update(move.removed)
