@@ -32,7 +32,9 @@ PID = 3
 
 
 def engine(items: int = 30, **hyper) -> Engine:
-    h = Hyper(**{"iteration_time": 1.0, **hyper})
+    # the paper's weighted mean: these tests check the algorithms' maths (test_aggregation
+    # checks the robust rules)
+    h = Hyper(**{"iteration_time": 1.0, "aggregation": "mean", **hyper})
     e = Engine(
         PID, "p", MODEL.spec, ["a", "b", "c"], MODEL.params.copy(), h.make_optimizer(N), h, state="running"
     )

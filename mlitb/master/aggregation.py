@@ -1,7 +1,8 @@
 """Aggregation rules: how an iteration's results become one vector, as plug-ins.
 
 A result (a summed gradient or a parameter change, with its weight) first goes into a
-bucket: each iteration has B buckets, B = ceil(expected results / bucket_size), and a
+bucket: each iteration has B buckets, B = ceil(expected results / bucket_size) but at
+least 3 when 3 or more results are expected (two votes cannot outvote one), and a
 client's first result of the iteration goes to the least-filled bucket (ties broken at
 random), so attackers cannot choose whom they share a bucket with. A bucket keeps the
 weighted sum of its results (float64) and the sum of their weights; its mean is one

@@ -66,8 +66,11 @@ class Accumulator:
         self.reset()
 
     def plan(self, expected: int) -> None:
-        """Buckets for `expected` results; applies now if nothing was added yet."""
-        self.planned = max(1, min(self.max_buckets, -(-max(expected, 1) // self.bucket_size)))
+        """Buckets for `expected` results, at least 3 when 3 or more are expected (with two
+        votes no rule can tell which one is wrong); applies now if nothing was added yet."""
+        n = max(expected, 1)
+        b = max(-(-n // self.bucket_size), min(n, 3))
+        self.planned = max(1, min(self.max_buckets, b))
         if self.results == 0:
             self._resize(self.planned)
 
