@@ -282,19 +282,21 @@ class Engine:
         mem = memory_capacity(c.memory_mb, tuple(self.spec.input_shape))
         return cap if mem is None else min(cap, mem)
 
-    def _allowed(self, c: Client) -> int:
-        """The ids a trainer may hold now: its limit once it shows work, else probation."""
-        if c.results > 0 and c.missed_streak < RECLAIM_AFTER:
-            return c.limit
-        return min(c.limit, PROBATION_ITEMS)
+    def _set_share(self, c: Client) -> None:
+        """The allocator's capacity for a trainer: its limit once it shows work, else
+        PROBATION_ITEMS plus spare room that only takes ids no working trainer can hold."""
+        works = c.results > 0 and c.missed_streak < RECLAIM_AFTER
+        allowed = c.limit if works else min(c.limit, PROBATION_ITEMS)
+        c.probation = allowed < c.limit
+        self.allocator.set_capacity(c.id, allowed, spare=c.limit - allowed)
 
     def _admit(self, c: Client) -> None:
         c.admitted = True
         self.contributors[c.kind] = self.contributors.get(c.kind, 0) + 1
         if c.role == "trainer":
             c.limit = self._capacity(c)
-            self.allocator.add_trainer(c.id, self._allowed(c))
-            self.allocator.set_capacity(c.id, self._allowed(c), spare=c.limit - self._allowed(c))
+            self.allocator.add_trainer(c.id, 0)
+            self._set_share(c)
         else:
             self._allocate_tracker(c)
 
@@ -434,8 +436,7 @@ class Engine:
         for c in self.clients.values():
             if c.id in self.allocator.capacity:
                 c.limit = self._capacity(c)
-                allowed = self._allowed(c)
-                self.allocator.set_capacity(c.id, allowed, spare=c.limit - allowed)
+                self._set_share(c)
         self.dirty = True
 
     def grow_label(self, label: str, now: float) -> None:
@@ -490,10 +491,7 @@ class Engine:
         # shown work (yet, or lately) is capped at PROBATION_ITEMS
         for c in self.clients.values():
             if c.role == "trainer" and c.id in self.allocator.capacity:
-                allowed = self._allowed(c)
-                c.probation = allowed < c.limit
-                # on probation: what no trainer that works can hold may still be used
-                self.allocator.set_capacity(c.id, allowed, spare=c.limit - allowed)
+                self._set_share(c)
         for cid, move in self.allocator.rebalance().items():
             client = self.clients[cid]
             client.cached.difference_update(move.removed)
