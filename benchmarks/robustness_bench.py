@@ -25,11 +25,11 @@ in its result frame, or trains on flipped labels, or a raw socket:
 
 Measured per run: the project's test error (the master's own, median of its last 3
 scores), iterations, per attacker its refused and clipped results and the iteration of
-its first refusal, honest clients flagged (any refused result), and power. Goals
+its first refusal, when it was banned (iterations after its first result), honest
+clients flagged (a refused result or a ban), the master's audits, and power. Goals
 printed (and in the JSON): for every attack, final test error within 1 point of the
-clean run of its configuration; no honest client refused; every lying client banned
-within 10 iterations (bans need verification by recomputation, not built yet: reported,
-not met).
+clean run of its configuration; no honest client flagged; every lying client (the
+result attacks) banned within 10 iterations of its first result.
 
 Run: `benchmarks/robustness_bench.py` (about 30 minutes), or a subset:
 `--configs 1of4 --attacks sign_flip,scale --iterations 20`.
@@ -117,13 +117,13 @@ def attacker_main(args: argparse.Namespace) -> int:
     if args.attack == "label_flip":
         from mlitb.worker import cache
 
-        honest_batch = cache.ItemCache.batch
+        honest_batch = cache.ItemCache.batch_keys
 
         def flipped(self, rows):
-            x, y = honest_batch(self, rows)
-            return x, (9 - y) % 10
+            x, y, keys = honest_batch(self, rows)
+            return x, (9 - y) % 10, keys
 
-        cache.ItemCache.batch = flipped
+        cache.ItemCache.batch_keys = flipped
     import torch
 
     torch.set_num_threads(1)
@@ -144,7 +144,8 @@ async def socket_attacker(args: argparse.Namespace) -> int:
     async def one(i: int) -> None:
         async with connect(ws_url, compression=None, max_size=1 << 28) as ws:
             join = {"type": "join", "protocol": 2, "project": args.project, "role": role, "kind": "native",
-                    "backend": "attacker", "name": f"{args.name}-{i}", "memory_mb": 400}  # fmt: skip
+                    "backend": "attacker", "name": f"{args.name}-{i}", "memory_mb": 400,
+                    "capabilities": {"proofs": 1}}  # claims it all, computes nothing  # fmt: skip
             await ws.send(json.dumps(join))
             last_beat = time.monotonic()
             while True:
@@ -180,7 +181,8 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
 
     def check() -> None:
         for proc_name, code in procs.dead():
-            raise RuntimeError(f"{proc_name} exited ({code}):\n{procs.log_tail(proc_name)}")
+            if not proc_name.startswith("attacker"):  # a banned attacker stops: that is the point
+                raise RuntimeError(f"{proc_name} exited ({code}):\n{procs.log_tail(proc_name)}")
 
     try:
         _, url = start_master(procs, tmp / "state", env)
@@ -190,6 +192,8 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
                    for split in ("train", "test")}  # fmt: skip
             spec = json.loads((ROOT / "mlitb" / "examples" / "mnist.json").read_text())
             hyper = {"iteration_time": args.T, "test_interval": args.T, "test_sample": args.test, **args.sets}
+            if attack == "plain":  # the paper's weighted mean, nothing verified: the reference
+                hyper.update(aggregation="mean", verify=False)
             body = {
                 "name": name,
                 "spec": spec,
@@ -205,7 +209,7 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
                       "--threads", "1", "--quiet"]  # fmt: skip
             for i in range(honest):
                 procs.start(f"honest{i}", [*worker, "--name", f"honest-{i}"], env=env)
-            for i in range(attackers if attack else 0):
+            for i in range(attackers if attack not in (None, "plain") else 0):
                 cmd = [sys.executable, __file__, "--attacker", attack, "--url", url, "--project", name,
                        "--name", f"attacker-{i}", "--seed", str(i)]  # fmt: skip
                 procs.start(f"attacker{i}", cmd, env=env)
@@ -245,18 +249,27 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
     clients = s["clients"]
     honest_rows = [c for c in clients if c["name"].startswith("honest")]
     attacker_rows = [c for c in clients if c["name"].startswith("attacker")]
+    bans = {b.get("name", b["id"]): b for b in s.get("banned", [])}
+    # iterations from a liar's first result (accepted or refused) to its ban
+    banned_after = {n: b["iteration"] - b["first_result"] for n, b in bans.items()
+                    if n.startswith("attacker") and b.get("first_result") is not None}  # fmt: skip
     powers = [r["power"] for r in rows if r.get("power")]
     return {
         "attack": attack or "clean",
         "honest": honest,
-        "attackers": attackers if attack else 0,
+        "attackers": attackers if attack not in (None, "plain") else 0,
         "iterations": s["iteration"],
         "run_s": round(run_s, 1),
         "test_error": statistics.median(scored[-3:]) if scored else None,
         "tracker_error": next(
             (r.get("tracker_error") for r in reversed(rows) if r.get("tracker_error") is not None), None
         ),
-        "honest_flagged": sum(1 for c in honest_rows if c.get("rejected", 0) > 0),
+        "honest_flagged": sum(1 for c in honest_rows if c.get("rejected", 0) > 0)
+        + sum(1 for n in bans if n.startswith("honest")),
+        "banned_after": banned_after,
+        "liars": attackers if attack in WORKER_ATTACKS else 0,
+        "audits": [s.get("audits", 0), s.get("audits_passed", 0), s.get("audits_failed", 0)],
+        "honest_verified": [c.get("verified", 0) for c in honest_rows],
         "honest_clipped": sum(c.get("clipped", 0) for c in honest_rows),
         "honest_share": [c["data_allocated"] for c in honest_rows],
         "attacker_rejected": sum(c.get("rejected", 0) for c in attacker_rows),
@@ -275,42 +288,56 @@ def fmt(v, spec: str = ".3f") -> str:
 
 def goals(results: list[dict]) -> list[dict]:
     out = []
-    clean = {(r["honest"] + r["attackers"]): r for r in results if r["attack"] == "clean"}
+    clean = {r["honest"]: r for r in results if r["attack"] == "clean"}  # the same honest workers alone
     for r in results:
+        if r["attack"] == "plain":
+            ref = clean.get(r["honest"])
+            ok = ref is not None and ref["power_median"] and r["power_median"] and \
+                ref["power_median"] >= 0.9 * r["power_median"]  # fmt: skip
+            ratio = (
+                ref and ref["power_median"] and r["power_median"] and ref["power_median"] / r["power_median"]
+            )
+            defended, plain = fmt(ref and ref["power_median"], ",.0f"), fmt(r["power_median"], ",.0f")
+            goal = f"honest throughput with every defence >= 90 % of the plain mean ({r['honest']} workers)"
+            detail = f"{defended} vs {plain} vectors/s ({fmt(ratio, '.2f')}x)"
+            out.append({"goal": goal, "result": "PASS" if ok else "FAIL", "detail": detail})
+            continue
         if r["attack"] == "clean":
             continue
-        ref = clean.get(r["honest"] + r["attackers"])
+        ref = clean.get(r["honest"])
         ok = ref is not None and r["test_error"] is not None and ref["test_error"] is not None and \
             r["test_error"] <= ref["test_error"] + ERROR_MARGIN  # fmt: skip
         out.append({"goal": f"{r['attack']} ({r['attackers']} of {r['honest'] + r['attackers']}): test error "
                     f"within 1 point of clean", "result": "PASS" if ok else "FAIL",
                     "detail": f"{fmt(r['test_error'])} vs {fmt(ref and ref['test_error'])}"})  # fmt: skip
     flagged = sum(r["honest_flagged"] for r in results)
-    out.append({"goal": "no honest client refused", "result": "PASS" if flagged == 0 else "FAIL",
-                "detail": f"{flagged} honest clients with refused results"})  # fmt: skip
-    out.append(
-        {
-            "goal": f"every lying client banned within {BAN_WITHIN} iterations",
-            "result": "FAIL",
-            "detail": "no bans: verification by recomputation is not built yet (refusals are listed)",
-        }
-    )
+    out.append({"goal": "no honest client flagged", "result": "PASS" if flagged == 0 else "FAIL",
+                "detail": f"{flagged} honest clients refused or banned"})  # fmt: skip
+    liars = sum(r["liars"] for r in results)
+    late = [(r["attack"], n, k) for r in results for n, k in r["banned_after"].items() if k > BAN_WITHIN]
+    unbanned = sum(r["liars"] - len(r["banned_after"]) for r in results)
+    detail = f"{liars - unbanned} of {liars} banned; later than {BAN_WITHIN}: {late or 'none'}"
+    out.append({"goal": f"every lying client banned within {BAN_WITHIN} iterations of its first result",
+                "result": "PASS" if liars and not late and not unbanned else "FAIL",
+                "detail": detail})  # fmt: skip
     return out
 
 
 def print_table(results: list[dict]) -> None:
     print(
-        "\n| attack | attackers | test error | iterations | attackers refused / clipped | first refusal "
-        "(iteration) | honest refused / clipped | refused steps | power |"
+        "\n| attack | attackers | test error | iterations | banned after (iterations) | first refusal "
+        "(iteration) | honest flagged / clipped | refused steps | audits (passed / failed) | power |"
     )
-    print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
+    print("|---|---:|---:|---:|---|---|---:|---:|---|---:|")
     for r in results:
         first = ", ".join(f"{v}" for v in r["first_refusal"].values()) or "-"
+        banned = ", ".join(str(v) for v in r["banned_after"].values()) or "-"
         of = r["honest"] + r["attackers"]
+        audits = r["audits"]
         print(f"| {r['attack']} | {r['attackers']} of {of} | {fmt(r['test_error'])} | "
-              f"{r['iterations']} | {r['attacker_rejected']} / {r['attacker_clipped']} | {first} | "
+              f"{r['iterations']} | {banned} | {first} | "
               f"{r['honest_flagged']} / {r['honest_clipped']} | {r['refused_steps']} | "
-              f"{fmt(r['power_median'], ',.0f')} |")  # fmt: skip
+              f"{audits[0]} ({audits[1]} / {audits[2]}) | {fmt(r['power_median'], ',.0f')} |")  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -324,6 +351,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, default=RESULTS / "robustness_bench.json")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain-mean reference runs")
     ap.add_argument("--attacker", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--project", help=argparse.SUPPRESS)
@@ -358,6 +386,8 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mlitb-robust-data-"))
     zips = {"train": slice_zip("train", args.train, tmp), "test": slice_zip("test", args.test, tmp)}
     plan = [(None, a, n) for a, n in args.config_list]
+    if not args.no_plain:  # honest throughput with every defence vs the paper's plain mean
+        plan += [("plain", a, n) for a, n in args.config_list]
     plan += [(attack, a, n) for a, n in args.config_list for attack in args.attack_list]
     results = []
     with tqdm(plan, desc="runs", unit="run") as bar:

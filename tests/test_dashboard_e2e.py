@@ -125,7 +125,9 @@ def test_dashboard_end_to_end(master, mnist_zips, page, tmp_path):
         )  # fmt: skip
         errors = [r["test_error"] for r in httpx.get(f"{master.url}/api/projects/e2e/metrics").json()["rows"]
                   if r.get("test_error") is not None]  # fmt: skip
-        assert min(errors[-3:]) < errors[0], f"test error did not go down: {errors}"
+        # learning: far below chance (0.9) on 100 test images; the first score may already
+        # come after a few iterations of 300 images, so it is no fixed reference
+        assert min(errors[-3:]) < 0.5, f"test error did not go down: {errors}"
         assert rows
 
         # ---- a tracker in the page: its plot gets points

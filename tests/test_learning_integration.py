@@ -100,6 +100,7 @@ def join(project: str, protocol: int, **fields) -> str:
             "kind": "native",
             "backend": f"raw-v{protocol}",
             "capacity": 1000,
+            "capabilities": {"proofs": 1},  # audits go unanswered: strikes, harmless in a short test
             **fields,
         }
     )

@@ -489,6 +489,7 @@ def join_text(project: str, **fields) -> str:
             "kind": "native",
             "backend": "raw-test",
             "name": "raw",
+            "capabilities": {"proofs": 1},  # audits go unanswered: strikes, harmless in a short test
             **fields,
         }
     )
@@ -621,9 +622,8 @@ def test_malformed_and_hostile_messages(master, mnist_zips):
             bad = [
                 (np.zeros(n - 1, np.float32), 10, 1.0, pid, "wrong_size"),
                 (np.full(n, np.nan, np.float32), 10, 1.0, pid, "not_finite"),
-                (np.full(n, np.inf, np.float32), 10, 1.0, pid, "not_finite"),
-                (np.ones(n, np.float32), 10, float("nan"), pid, "not_finite"),
                 (np.ones(n, np.float32), 0, 1.0, pid, "no_vectors"),
+                (np.full(n, np.inf, np.float32), 10, 1.0, pid, "not_finite"),
                 (np.ones(n, np.float32), 10, 1.0, pid + 1000, "wrong_frame"),
             ]
             for values, vectors, loss, project, code in bad:
@@ -638,6 +638,14 @@ def test_malformed_and_hostile_messages(master, mnist_zips):
             await expect_error(ws, "late")
             await ws.send("x" * ((1 << 20) + 1))
             await expect_error(ws, "too_large", "limit")
+            # a third result no honest executor sends (NaN, Inf, an impossible count): banned
+            work = await recv_until(ws, is_type("work"))
+            await ws.send(result_frame(pid, work["iteration"], np.ones(n, np.float32), 10, float("nan")))
+            await expect_error(ws, "not_finite")
+            await expect_error(ws, "banned", "impossible")
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd.code == 4453
 
     async def strike_out() -> int:
         async with connect(f"{ws_base(master.url)}/ws", compression=None) as ws:

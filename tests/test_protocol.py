@@ -175,6 +175,7 @@ VALID = {
     "test_result": {"type": "test_result", "iteration": 3, "error": 0.25, "loss": 0.5, "count": 100},
     "status": {"type": "status", "backend": "wasm"},
     "resync": {"type": "resync", "iteration": 4},
+    "proof_missing": {"type": "proof_missing", "iteration": 4, "reason": "model changed"},
     "leave": {"type": "leave", "reason": "bye"},
 }
 
@@ -261,7 +262,7 @@ def test_unknown_type(raw):
     reason = _refused(json.dumps(raw), "unknown_type")
     assert (
         "unknown message type" in reason
-        and "join, cached, heartbeat, test_result, status, resync, leave" in reason
+        and "join, cached, heartbeat, test_result, status, resync, proof_missing, leave" in reason
     )
 
 

@@ -15,9 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from test_learning_integration import FC_SPEC, Raw, join
 from test_master_integration import (
     brief,
@@ -26,6 +30,7 @@ from test_master_integration import (
     is_type,
     kill_all,
     spawn_worker,
+    tail,
     upload,
     wait_for,
     ws_base,
@@ -188,3 +193,64 @@ def test_clients_per_address_are_capped(master, mnist_zips):
                 return (exc.rcvd.code if exc.rcvd else None), len(details(master.url, "capped")["clients"])
 
     assert asyncio.run(run()) == (4429, 2)
+
+
+# ----------------------------------------------------------------------------- verification
+LIAR = Path(__file__).resolve().parent / "liar_worker.py"
+VERIFY_HYPER = {"iteration_time": 1.0, "test_interval": 1, "batch_size": 10}  # local_sgd, overlap on
+
+
+@pytest.mark.parametrize("attack", ["sign_flip", "label_flip", "little"])
+def test_a_lying_worker_is_banned_and_honest_ones_are_verified(master, mnist_zips, tmp_path, attack):
+    """Two honest `mlitb worker`s and one real worker that lies (a forged result, or
+    flipped labels with a consistent proof): the liar is banned within 10 iterations of
+    its first result (close 4453, listed with a reason, its data back to the pool), the
+    honest ones pass their audits and are never flagged."""
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "audited", [train], [test], spec=FC_SPEC, hyper=VERIFY_HYPER)
+    procs = [
+        spawn_worker(master.url, "audited", "trainer", tmp_path / f"h{i}.log", f"honest{i}") for i in range(2)
+    ]
+    liar_log = tmp_path / "liar.log"
+    with open(liar_log, "wb") as out:
+        liar = subprocess.Popen([sys.executable, str(LIAR), master.url, "audited", attack, "liar"],
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    procs.append(liar)
+    try:
+        s = wait_for(master.url, "audited", lambda s: s["banned"], 120, "the liar banned")
+        first = s["iteration"]
+        s = wait_for(
+            master.url, "audited",
+            lambda s: s["iteration"] >= first + 4
+            and all(c["verified"] >= 3 for c in s["clients"] if c["role"] == "trainer"),
+            120, "honest trainers verified",
+        )  # fmt: skip
+        assert liar.wait(30) == 3, tail(liar_log)
+    finally:
+        kill_all(procs)
+    (ban,) = s["banned"]
+    assert ban["name"] == "liar" and ban["reason"], ban
+    assert "banned" in tail(liar_log) and "4453" in tail(liar_log), tail(liar_log)
+    trainers = [c for c in s["clients"] if c["role"] == "trainer"]
+    assert sorted(c["name"] for c in trainers) == ["honest0", "honest1"], brief(s)
+    assert all(c["rejected"] == 0 for c in trainers), brief(s)
+    assert s["audits_failed"] == 1 and s["audits_passed"] >= 6, brief(s)
+    assert s["data_unallocated"] == 0 and sum(c["data_allocated"] for c in trainers) == s["data_size"]
+    assert ban["iteration"] - ban["first_result"] <= 10, ban
+
+
+def test_a_trainer_that_cannot_answer_audits_is_refused(master, mnist_zips):
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "strict", [train], [test], spec=FC_SPEC, hyper=VERIFY_HYPER)
+
+    async def go() -> tuple[dict, int]:
+        async with connect(f"{ws_base(master.url)}/ws", compression=None) as ws:
+            await ws.send(json.dumps({"type": "join", "protocol": 2, "project": "strict", "role": "trainer"}))
+            error = json.loads(await ws.recv())
+            with contextlib.suppress(Exception):
+                await ws.recv()
+            return error, ws.close_code
+
+    error, code = asyncio.run(go())
+    assert (error["code"], code) == ("unverifiable", 4409), (error, code)
+    assert "verify=false" in error["reason"]

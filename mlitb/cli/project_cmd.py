@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = psub.add_parser("show", help="one project: state, iteration, workers, data, errors, clients")
     q.add_argument("name")
     common(q)
+    q.add_argument("--key", default=os.environ.get("MLITB_JOIN_KEY", ""), help=KEY_HELP)
     q.set_defaults(func=show)
 
     for action in ACTIONS:
@@ -79,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("-o", "--out", type=Path, required=True)
     q.add_argument("--format", choices=("convnetjs", "mlitb"), default="mlitb")
     common(q)
+    q.add_argument("--key", default=os.environ.get("MLITB_JOIN_KEY", ""), help=KEY_HELP)
     q.set_defaults(func=model)
 
 
@@ -92,6 +94,9 @@ def _spec(text: str) -> dict | list:
     return json.loads(path.read_text())
 
 
+KEY_HELP = "join key of a private project (or MLITB_JOIN_KEY); its owner needs none"
+
+
 def _request(
     args,
     method: str,
@@ -99,6 +104,7 @@ def _request(
     body: dict | None = None,
     owner: str | None = None,
     content: bytes | None = None,
+    reader: str | None = None,
     params: dict | None = None,
     timeout: float = 60,
 ):
@@ -106,6 +112,12 @@ def _request(
     import httpx
 
     headers = {}
+    if reader:  # a private project's reads: the owner token if this user has it, or --key
+        token = tokens.get_token(args.server, reader)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if getattr(args, "key", ""):
+            headers["X-Join-Key"] = args.key
     if owner:
         token = tokens.get_token(args.server, owner)
         if not token:
@@ -192,7 +204,7 @@ def list_cmd(args) -> int:
 
 
 def show(args) -> int:
-    p = _request(args, "GET", f"/api/projects/{args.name}").json()
+    p = _request(args, "GET", f"/api/projects/{args.name}", reader=args.name).json()
     if args.json:
         print(json.dumps(p))
         return 0
@@ -215,12 +227,26 @@ def show(args) -> int:
         f"aggregation {p.get('aggregation', '-')}: results refused {p['rejected']}, "
         f"clipped {p.get('clipped', 0)}, steps refused {p.get('refused_steps', 0)}"
     )
+    if p.get("verify") is False:
+        print("verification off (verify=false)")
+    else:
+        print(
+            f"verification: audits passed {p.get('audits_passed', 0)}, failed {p.get('audits_failed', 0)}, "
+            f"skipped {p.get('audits_skipped', 0)}, banned {len(p.get('banned', []))}"
+        )
+    for b in p.get("banned", []):
+        print(f"  BANNED {b['id']} {b.get('name') or '-'} ({b.get('address') or '-'}) at iteration "
+              f"{b['iteration']}: {b['reason']}")  # fmt: skip
     print(f"hyper: {json.dumps(p['hyper'])}")
     for c in p["clients"]:
         lag = "-" if c["lag_ms"] is None else f"{c['lag_ms']:.0f} ms"
         busy = "" if c.get("computing") is None else f" computing {c['computing']:.0%}"
         if c.get("rejected") or c.get("clipped"):
             busy += f" refused {c.get('rejected', 0)} clipped {c.get('clipped', 0)}"
+        if c.get("verified"):
+            busy += f" verified {c['verified']}"
+        if c.get("suspect"):
+            busy += " (suspect)"
         if c.get("probation"):
             busy += " (probation)"
         if c.get("test_error") is not None:
@@ -284,7 +310,7 @@ def delete(args) -> int:
 
 
 def model(args) -> int:
-    resp = _request(args, "GET", f"/api/projects/{args.name}/model?format={args.format}")
+    resp = _request(args, "GET", f"/api/projects/{args.name}/model?format={args.format}", reader=args.name)
     args.out.write_bytes(resp.content)
     print(f"{args.name} -> {args.out}")
     return 0

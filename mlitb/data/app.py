@@ -13,10 +13,13 @@ checks live in zipscan/images/ids, storage in store. Mountable under a prefix
     GET    /datasets/{id}/items/{n}.png   one item as a PNG (dashboards, debugging)
     GET    /datasets/{id}/sources?ids=    per item: label, source file name, sha256
     GET    /datasets/{id}/holds           who uses the dataset (a dataset with holds cannot be deleted)
-    PUT    /datasets/{id}/holds/{holder}  place a hold ('project:NAME'); DELETE releases it
+    PUT    /datasets/{id}/holds/{holder}  place a hold ('project:NAME'; ?private=true: a private
+                                   project's); DELETE releases it
 
-Reads are open (workers fetch items without credentials); every write (upload, append,
-delete, holds) needs the write token (auth.py): 401 without one, 403 with a wrong one.
+Reads are open (workers fetch items without credentials), except the items, PNGs and
+sources of a dataset a private project holds: they need its read grant (grants.py) or
+the write token. Every write (upload, append, delete, holds) needs the write token
+(auth.py): 401 without one, 403 with a wrong one.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from mlitb import __version__
 
 from .auth import check_bearer, check_token_text, load_or_create_token
 from .errors import DataError, bad_request, too_large
+from .grants import GRANT_HEADER, grant_ok
 from .ids import parse_id_text, select_ids
 from .limits import DEFAULT_LIMITS, Limits
 from .serve_items import item_response_parts
@@ -108,6 +112,25 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
     def check_writer(request: Request) -> None:
         check_bearer(request.headers.get("authorization", ""), token)
 
+    def check_reader(request: Request, ds_id: int) -> None:
+        """Items of a private dataset (held by a project with a join key) only with its read
+        grant or the write token (mlitb.data.grants); 401 without either, 403 if wrong."""
+        if not token or not store.private(ds_id):
+            return
+        grant = request.headers.get(GRANT_HEADER) or request.query_params.get("grant")
+        if grant_ok(token, ds_id, grant):
+            return
+        if request.headers.get("authorization"):
+            check_bearer(request.headers["authorization"], token)
+            return
+        status = 403 if grant else 401
+        raise DataError(
+            status,
+            f"dataset {ds_id} is private (a project with a join key holds it): send its read grant "
+            f"({GRANT_HEADER}); workers get it from the master when they join with the key",
+            "private",
+        )
+
     @app.get("/")
     def service() -> dict:
         return {
@@ -131,11 +154,11 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
 
     @app.get("/datasets")
     def list_datasets() -> list[dict]:
-        return [info.to_json() for info in store.list()]
+        return [{**info.to_json(), "private": store.private(info.id)} for info in store.list()]
 
     @app.get("/datasets/{ds_id}")
     def get_dataset(ds_id: int) -> dict:
-        return store.info(ds_id).to_json()
+        return {**store.info(ds_id).to_json(), "private": store.private(ds_id)}
 
     @app.delete("/datasets/{ds_id}")
     def delete_dataset(ds_id: int, request: Request) -> dict:
@@ -149,10 +172,10 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
         return store.holds(ds_id)
 
     @app.put("/datasets/{ds_id}/holds/{holder}")
-    def place_hold(ds_id: int, holder: str, request: Request) -> dict:
+    def place_hold(ds_id: int, holder: str, request: Request, private: bool = False) -> dict:
         check_writer(request)
-        if store.hold(ds_id, holder):
-            log.info("dataset %s held by %s", ds_id, holder)
+        if store.hold(ds_id, holder, private):
+            log.info("dataset %s held by %s%s", ds_id, holder, " (private)" if private else "")
         return {"dataset": ds_id, "holder": holder, "holders": [h["holder"] for h in store.holds(ds_id)]}
 
     @app.delete("/datasets/{ds_id}/holds/{holder}")
@@ -270,12 +293,14 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
 
     @app.get("/datasets/{ds_id}/items")
     def get_items(ds_id: int, ids: str, request: Request, gzip: bool = True):
+        check_reader(request, ds_id)
         arrays = store.arrays(ds_id)
         selected = select_ids(parse_id_text(ids), [], arrays.info.items, limits.max_ids_per_request)
         return _items_response(arrays, selected, request, gzip)
 
     @app.post("/datasets/{ds_id}/fetch")
     async def fetch_items(ds_id: int, request: Request, gzip: bool = True):
+        check_reader(request, ds_id)
         body = await _json_body(request)
         if not isinstance(body, dict) or not set(body) <= {"ids", "ranges"}:
             raise bad_request('fetch: expected a JSON object {"ids": [...], "ranges": [[start, stop]]}')
@@ -315,7 +340,8 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
         return StreamingResponse(body, headers=headers, media_type=headers["Content-Type"])
 
     @app.get("/datasets/{ds_id}/items/{item}.png")
-    def item_png(ds_id: int, item: int):
+    def item_png(ds_id: int, item: int, request: Request):
+        check_reader(request, ds_id)
         arrays = store.arrays(ds_id)
         (i,) = select_ids([], [item], arrays.info.items, 1)
         pixels = arrays.pixels[int(i)]
@@ -326,7 +352,8 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
         return Response(buf.getvalue(), media_type="image/png", headers={"X-Mlitb-Label": label})
 
     @app.get("/datasets/{ds_id}/sources")
-    def sources(ds_id: int, ids: str) -> list[dict]:
+    def sources(ds_id: int, ids: str, request: Request) -> list[dict]:
+        check_reader(request, ds_id)
         info = store.info(ds_id)
         selected = select_ids(parse_id_text(ids), [], info.items, 10_000)
         return store.sources(ds_id, selected)

@@ -1,7 +1,8 @@
 """The data server's write token: who may upload, append, delete and place holds.
 
-Reads stay open (workers on any device fetch items without credentials); every write
-needs `Authorization: Bearer TOKEN`. Unless one is given (`--token`, `--data-token`,
+Reads stay open (workers on any device fetch items without credentials) except a
+private project's datasets (grants.py); every write needs `Authorization: Bearer
+TOKEN`. Unless one is given (`--token`, `--data-token`,
 MLITB_DATA_TOKEN), the token is generated on the first start and kept in the data
 directory (file `data-token`, mode 0600), so it survives restarts and whoever can read
 the data directory can write to the data server anyway.

@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS holds (
     dataset INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
     holder TEXT NOT NULL,
     created REAL NOT NULL,
+    private INTEGER NOT NULL DEFAULT 0,  -- 1: the dataset's items need a read grant (grants.py)
     PRIMARY KEY (dataset, holder)
 ) WITHOUT ROWID;
 """
@@ -137,6 +138,7 @@ class DataStore:
         with self._lock:
             self._db.executescript(SCHEMA)
             self._check_schema()
+            self._add_columns()
             self._recover()
 
     # ----------------------------------------------------------------- opening
@@ -148,6 +150,12 @@ class DataStore:
             raise RuntimeError(
                 f"{self.root}/data.sqlite has schema {row[0]}, this mlitb reads {SCHEMA_VERSION}"
             )
+
+    def _add_columns(self) -> None:
+        """Columns added within schema 1 (older data directories get them, defaulted)."""
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(holds)")}
+        if "private" not in cols:
+            self._db.execute("ALTER TABLE holds ADD COLUMN private INTEGER NOT NULL DEFAULT 0")
 
     def _recover(self) -> None:
         """Cut files back to the committed item counts; drop folders of uncommitted datasets."""
@@ -354,20 +362,32 @@ class DataStore:
         with self._lock:
             self.info(ds_id)  # 404 if unknown
             rows = self._db.execute(
-                "SELECT holder, created FROM holds WHERE dataset=? ORDER BY created, holder", (ds_id,)
+                "SELECT holder, created, private FROM holds WHERE dataset=? ORDER BY created, holder",
+                (ds_id,),
             ).fetchall()
-        return [{"dataset": ds_id, "holder": h, "created": c} for h, c in rows]
+        return [{"dataset": ds_id, "holder": h, "created": c, "private": bool(p)} for h, c, p in rows]
 
-    def hold(self, ds_id: int, holder: str) -> bool:
-        """Place a hold (idempotent); True if it is new."""
+    def hold(self, ds_id: int, holder: str, private: bool = False) -> bool:
+        """Place a hold (idempotent; `private` is updated); True if it is new."""
         holder = _check_holder(holder)
         with self._lock:
             self.info(ds_id)
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO holds (dataset, holder, created) VALUES (?, ?, ?)",
-                (ds_id, holder, time.time()),
+            new = not self._db.execute(
+                "SELECT 1 FROM holds WHERE dataset=? AND holder=?", (ds_id, holder)
+            ).fetchone()
+            self._db.execute(
+                "INSERT INTO holds (dataset, holder, created, private) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (dataset, holder) DO UPDATE SET private=excluded.private",
+                (ds_id, holder, time.time(), int(private)),
             )
-            return cur.rowcount == 1
+            return new
+
+    def private(self, ds_id: int) -> bool:
+        """Held by a private project: its items need a read grant (mlitb.data.grants)."""
+        with self._lock:
+            return bool(
+                self._db.execute("SELECT 1 FROM holds WHERE dataset=? AND private=1", (ds_id,)).fetchone()
+            )
 
     def release(self, ds_id: int, holder: str) -> bool:
         """Remove a hold (idempotent); True if there was one."""

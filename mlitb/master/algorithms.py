@@ -73,8 +73,19 @@ class Algorithm(ABC):
             )
 
     @abstractmethod
+    def terms(self, frame: frames.Frame, weight: float) -> tuple[float, float]:
+        """(scale, weight) of one result in the accumulator; `weight` is its staleness
+        weight (1 if on time)."""
+
     def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float, client: str = "") -> None:
-        """Add one checked result from `client`; `weight` is its staleness weight (1 if on time)."""
+        """Add one checked result from `client`."""
+        scale, w = self.terms(frame, weight)
+        acc.add(frame.values, frame.vectors, frame.loss, scale=scale, weight=w, client=client)
+
+    def take_back(self, acc: Accumulator, frame: frames.Frame, weight: float, client: str) -> bool:
+        """Remove a result `accumulate`d this iteration (its sender was banned)."""
+        scale, w = self.terms(frame, weight)
+        return acc.remove(client, frame.values, frame.vectors, frame.loss, scale, w)
 
     @abstractmethod
     def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:
@@ -88,9 +99,8 @@ class SyncSGD(Algorithm):
     def work_fields(self) -> dict:
         return {"mode": "gradient", **super().work_fields()}
 
-    def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float, client: str = "") -> None:
-        w = weight * frame.vectors
-        acc.add(frame.values, frame.vectors, frame.loss, scale=weight, weight=w, client=client)
+    def terms(self, frame: frames.Frame, weight: float) -> tuple[float, float]:
+        return weight, weight * frame.vectors
 
     def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:
         total, weight = acc.sum_and_weight()
@@ -128,13 +138,11 @@ class LocalSGD(Algorithm):
             fields["overlap_ms"] = h.iteration_ms  # the longest a trainer keeps stepping unasked
         return fields
 
-    def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float, client: str = "") -> None:
+    def terms(self, frame: frames.Frame, weight: float) -> tuple[float, float]:
         w = weight * frame.vectors
         if frame.kind == frames.DELTA:  # a change: weighted by the vectors that made it
-            acc.add(frame.values, frame.vectors, frame.loss, scale=w, weight=w, client=client)
-        else:  # a protocol-1 gradient sum: inner_lr * sum / n, weighted by n
-            lr = self.hyper.inner_learning_rate
-            acc.add(frame.values, frame.vectors, frame.loss, scale=weight * lr, weight=w, client=client)
+            return w, w
+        return weight * self.hyper.inner_learning_rate, w  # a protocol-1 gradient sum: lr * sum / n
 
     def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:
         total, weight = acc.sum_and_weight()

@@ -128,6 +128,20 @@ def create_master_app(
         manager.check_owner(runner, bearer_token(request))
         return runner
 
+    def reader(request: Request, name: str):
+        """Anyone may read an open project; a private one (join key) needs the key or the owner."""
+        runner = manager.get(name)
+        key = request.headers.get("x-join-key") or request.query_params.get("key")
+        manager.check_reader(runner, bearer_token(request) or request.query_params.get("token"), key)
+        return runner
+
+    def listed(runner) -> dict:
+        """The projects list: a private project shows its name and that it is private."""
+        if runner.engine.join_key_hash:
+            e = runner.engine
+            return {"name": e.name, "id": e.project_id, "state": e.state, "private": True}
+        return {**runner.engine.summary(), "private": False}
+
     async def json_body(request: Request) -> dict:
         raw = await request.body()
         if len(raw) > 256 << 20:
@@ -179,7 +193,7 @@ def create_master_app(
     # summary or a model file is always one consistent snapshot.
     @app.get("/api/projects")
     async def list_projects() -> list[dict]:
-        return [r.engine.summary() for r in manager.runners.values()]
+        return [listed(r) for r in manager.runners.values()]
 
     @app.post("/api/projects", status_code=201)
     async def create_project(request: Request):
@@ -189,8 +203,8 @@ def create_master_app(
         )
 
     @app.get("/api/projects/{name}")
-    async def get_project(name: str) -> dict:
-        return details(manager.get(name))
+    async def get_project(name: str, request: Request) -> dict:
+        return details(reader(request, name))
 
     @app.patch("/api/projects/{name}/hyper")
     async def patch_hyper(name: str, request: Request) -> dict:
@@ -276,15 +290,15 @@ def create_master_app(
         return {"detached": dataset}
 
     @app.get("/api/projects/{name}/metrics")
-    async def project_metrics(name: str, since: int = 0) -> dict:
-        e = manager.get(name).engine
+    async def project_metrics(name: str, request: Request, since: int = 0) -> dict:
+        e = reader(request, name).engine
         return {"project": name, "rows": [r for r in e.history if r["iteration"] >= since]}
 
     @app.get("/api/projects/{name}/model")
-    async def download_model(name: str, format: str = "convnetjs"):
+    async def download_model(name: str, request: Request, format: str = "convnetjs"):
         if format not in ("convnetjs", "mlitb"):
             raise ProjectError(400, f"format: expected convnetjs or mlitb, got {format!r}", "bad_format")
-        runner = manager.get(name)
+        runner = reader(request, name)
         body = dumps_model(manager.model(runner).to_json(format))  # exact float32 text
         filename = f"{name}-{runner.engine.iteration}.{format}.json"
         return Response(
@@ -295,12 +309,14 @@ def create_master_app(
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
-        body = metrics.render([r.engine.summary() for r in manager.runners.values()])
+        open_ones = [r.engine.summary() for r in manager.runners.values() if not r.engine.join_key_hash]
+        body = metrics.render(open_ones)  # private projects (join key) are not exported
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
     @app.get("/status", response_class=HTMLResponse)
     async def status_page() -> str:
-        return render_status([r.engine.summary() for r in manager.runners.values()], data_public_url)
+        open_ones = [r.engine.summary() for r in manager.runners.values() if not r.engine.join_key_hash]
+        return render_status(open_ones, data_public_url)
 
     @app.get("/", response_class=HTMLResponse)
     async def dashboard() -> HTMLResponse:
@@ -318,6 +334,12 @@ def create_master_app(
         runner = manager.runners.get(name)
         if runner is None:
             await ws.close(msg.CLOSE_UNKNOWN_PROJECT, f"no project {name!r}")
+            return
+        try:
+            q = ws.query_params
+            manager.check_reader(runner, q.get("token"), q.get("key"))
+        except ProjectError as exc:
+            await ws.close(msg.CLOSE_FORBIDDEN, exc.message[:120])
             return
         queue: asyncio.Queue = asyncio.Queue()
         runner.listeners.add(queue)
@@ -381,6 +403,13 @@ def create_master_app(
         full = _full(runner, address)
         if full:
             await _refuse(ws, "full", full, msg.CLOSE_FULL)
+            return
+        if join.role == "trainer" and runner.engine.hyper.verify and not join.capabilities.get("proofs"):
+            reason = (
+                "this project verifies results (hyperparameter verify) and this trainer cannot answer "
+                "audits (join capabilities.proofs): update the worker, or the owner sets verify=false"
+            )
+            await _refuse(ws, "unverifiable", reason, msg.CLOSE_VERSION)
             return
         if server_limit is not NOT_SET:
             limit_message_size(ws, server_limit)

@@ -95,8 +95,10 @@ def closure_router(manager: ProjectManager, zoo: Zoo, details) -> APIRouter:
         return entry
 
     @router.get("/api/projects/{name}/closure")
-    async def project_closure(name: str, embed_test: str | None = None):
+    async def project_closure(name: str, request: Request, embed_test: str | None = None):
         runner = manager.get(name)
+        key = request.headers.get("x-join-key") or request.query_params.get("key")
+        manager.check_reader(runner, bearer_token(request) or request.query_params.get("token"), key)
         closure, data = await export(manager, runner, _flag(embed_test))
         filename = f"{name}-{closure.manifest['training']['iteration']}.mlitb"
         return Response(

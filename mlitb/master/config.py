@@ -74,6 +74,13 @@ class Hyper(BaseModel):
     # NAT is one address); more are refused with close code 4429
     max_clients: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     max_clients_per_address: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    # verification by recomputation (mlitb.master.verification): trainers must answer
+    # audits; each result is audited until the trainer passed `verify_trust` audits, then
+    # with probability max(verify_rate, verify_trust / (passed + 1)); a failed audit bans
+    verify: bool = True
+    verify_rate: Annotated[float, Field(ge=0, le=1)] = 0.25
+    verify_trust: Annotated[int, Field(ge=0, le=1000)] = 3
+    verify_tolerance: Annotated[float, Field(gt=0, le=1)] = 0.01  # relative error of a replayed segment
     compression: Literal["none", "float16", "int8"] = "none"  # results and parameter changes on the wire
     test_interval: Annotated[float, Field(ge=0, le=3600)] = 5.0  # s between a tracker's evaluations
     test_sample: Annotated[int, Field(ge=0, le=10_000_000)] = 2000  # test items a tracker scores; 0 = all

@@ -43,10 +43,12 @@ from mlitb.protocol.idtext import ids_to_text
 from .aggregation import make_aggregator
 from .algorithms import make_algorithm, staleness_weight
 from .allocation import Allocator, make_key
+from .audits import Auditor, strike
 from .config import Hyper
 from .latency import Latency
 from .reduce import Accumulator, Rejected, validate
 from .screening import NormScreen, check_count
+from .verification import AuditJob, Verdict
 
 log = logging.getLogger("mlitb.master")
 
@@ -66,6 +68,9 @@ ITEM_OVERHEAD_BYTES = 160
 # everything at once).
 PROBATION_ITEMS = 256
 RECLAIM_AFTER = 3
+# refusals no honest executor earns (docs/security.md); this many ban a client
+IMPOSSIBLE = {"implausible", "implausible_count", "implausible_norm", "not_finite"}
+IMPOSSIBLE_TO_BAN = 3
 
 
 def memory_capacity(memory_mb: int | None, input_shape: tuple[int, ...]) -> int | None:
@@ -133,6 +138,20 @@ class Client:
     sent_at: float = 0.0
     work_ms: int = 0
     allocation_version: int = 0
+    address: str = ""
+    # verification (mlitb.master.audits): it answers audits, its open audit, its record
+    proofs: bool = False
+    suspect: bool = False  # audited every time (joined from a banned client's address)
+    audit: AuditJob | None = None
+    audits_passed: int = 0
+    audit_error: float = 0.0  # largest relative error of a replayed segment it passed
+    audit_strikes: int = 0
+    impossible: int = 0  # results refused for reasons in IMPOSSIBLE
+    proof_bytes: int = 0  # of bytes_in: the proofs it sent for audits
+    last_norm: float = 0.0  # norm of its last accepted result (bounds an overlap's start)
+    first_result: int | None = None  # iteration of its first accepted result
+    # ids taken from it at the last few boundaries: a round in flight may still use them
+    removed: list[set[int]] = field(default_factory=list)
 
     def summary(self, held: int, now: float) -> dict:
         return {
@@ -151,6 +170,11 @@ class Client:
             "results": self.results,
             "rejected": self.rejected,
             "clipped": self.clipped,
+            "verified": self.audits_passed,
+            "proof_bytes": self.proof_bytes,
+            "audit_error": float(f"{self.audit_error:.3g}"),
+            "auditing": self.audit is not None,
+            "suspect": self.suspect,
             "probation": self.probation if self.role == "trainer" else None,
             "test_error": self.test_error,
             "late": self.late,
@@ -213,6 +237,10 @@ class Engine:
         self.bytes_out = int(totals.get("bytes_out", 0))
         self.contributors: dict[str, int] = dict(totals.get("contributors", {}))  # kind -> clients
         self.acc = self._accumulator(params.size)
+        self.auditor = Auditor(totals)
+        self._audit_from = iteration  # results of orders before this are not audited
+        self.closing: list[tuple[str, int, str]] = []  # sockets the I/O layer must close
+        self.read_grants: dict[int, str] = {}  # dataset -> read grant (private projects)
         self.working = False
         self.outstanding = 0  # scheduled trainers that have not answered yet
         self.iter_started = 0.0
@@ -223,9 +251,10 @@ class Engine:
         self.view = codecs.ParamView()  # what protocol-2 clients hold when compressing
         self.view_dtype = codecs.FLOAT32
         self._new_view()
+        self._remember()
 
     # ================================================================ membership
-    def connect(self, cid: str, join: msg.Join, now: float) -> None:
+    def connect(self, cid: str, join: msg.Join, now: float, address: str = "") -> None:
         """A client joined: welcome it at once; it is admitted at the next boundary."""
         # capacity: what the client asked for; the project's cap applies on top (may change).
         protocol = min(join.protocol, 2)
@@ -239,6 +268,9 @@ class Engine:
             joined=now,
             protocol=protocol,
             memory_mb=join.memory_mb,
+            address=address,
+            proofs=bool(join.capabilities.get("proofs")),
+            suspect=self.auditor.banned_address(address),
         )
         self.clients[cid] = client
         self.send(
@@ -325,6 +357,7 @@ class Engine:
         self.outstanding = 0
         self.acc.reset()
         self._norms = []
+        self.auditor.queue.clear()
         return ids
 
     # ================================================================ data
@@ -400,6 +433,7 @@ class Engine:
         self.history = []
         self.vectors_total = 0
         self._void_orders()
+        self._forget_audits(0)
         self._new_view()
         self._broadcast_params(full=True)
         self.dirty = True
@@ -430,6 +464,12 @@ class Engine:
         if hyper.algorithm != old.algorithm:
             # Orders in flight asked for the other algorithm's results: void them.
             self._void_orders()
+        if (
+            self.algorithm.work_fields().get("inner")
+            != make_algorithm(old, self.l1_mul, self.l2_mul).work_fields().get("inner")
+            or not hyper.verify
+        ):
+            self._forget_audits(self.iteration + 1)  # orders in flight ran the old settings
         if hyper.compression != old.compression:
             self._new_view()
             self._broadcast_params(full=True)
@@ -454,6 +494,7 @@ class Engine:
         self.acc = self._accumulator(spec.num_params)
         self.screen.reset()
         self._void_orders()  # results for the old shape would not fit: start the iteration over
+        self._forget_audits(self.iteration)
         self._new_view()
         for source in self.sources.values():
             source.label_map = label_map_for(self.labels, source.info.get("label_names", []))
@@ -467,6 +508,7 @@ class Engine:
     def poll(self, now: float) -> float | None:
         """Advance the loop; returns seconds until it wants to be polled again (None: only
         on the next event)."""
+        self._overdue_audits(now)
         if self.state != "running":
             return None
         if self.working:
@@ -492,7 +534,14 @@ class Engine:
         for c in self.clients.values():
             if c.role == "trainer" and c.id in self.allocator.capacity:
                 self._set_share(c)
-        for cid, move in self.allocator.rebalance().items():
+        moves = self.allocator.rebalance()
+        for c in self.clients.values():
+            if c.role == "trainer":
+                move = moves.get(c.id)
+                c.removed = [*c.removed, set(move.removed) if move else set()][
+                    -(self.hyper.max_staleness + 2) :
+                ]
+        for cid, move in moves.items():
             client = self.clients[cid]
             client.cached.difference_update(move.removed)
             self._send_allocation(client, move.added, move.removed)
@@ -573,8 +622,19 @@ class Engine:
                     self.outstanding -= 1
             log.warning("project %s: result from %s refused (%s): %s", self.name, cid, exc.reason, exc.detail)
             self.send(cid, msg.error(exc.reason, exc.detail))
+            if exc.reason in IMPOSSIBLE:  # no honest executor sends these: a lie, or a broken one
+                client.impossible += 1
+                if client.first_result is None:
+                    client.first_result = frame.iteration
+                if client.impossible >= IMPOSSIBLE_TO_BAN:
+                    self.ban(cid, f"{client.impossible} results refused as impossible (last: {exc.detail})")
             return exc.reason
         sent_at = client.pending.pop(frame.iteration, client.sent_at)
+        if client.first_result is None:
+            client.first_result = frame.iteration
+        self._maybe_audit(client, frame, staleness, verdict.factor, now)
+        with np.errstate(over="ignore"):  # float32-max values: an infinite norm, bounding nothing
+            client.last_norm = float(np.linalg.norm(frame.values))
         if verdict.factor < 1.0:
             frame = dataclasses.replace(frame, values=frame.values * np.float32(verdict.factor))
             client.clipped += 1
@@ -600,6 +660,93 @@ class Engine:
         lag = (now - sent_at) * 1000 - client.work_ms
         client.latency.observe(lag, self.hyper.iteration_ms, self.iteration)
         return None
+
+    # ================================================================ verification
+    def _maybe_audit(self, client: Client, frame: frames.Frame, staleness: int, factor: float,
+                     now: float) -> None:  # fmt: skip
+        """Ask for the proof of this result if the policy picks it (mlitb.master.audits)."""
+        if frame.iteration < self._audit_from or not self.auditor.wants(client, self.hyper, factor < 1.0):
+            return
+        mode = "local" if frame.kind == frames.DELTA else "gradient"
+        inner = self.algorithm.work_fields().get("inner", {})
+        job = self.auditor.job(client, frame, mode, inner, staleness, factor, now, self.iteration)
+        if job is not None:
+            owned = self.allocator.held.get(client.id, set()).union(*client.removed)
+            job.owned = np.sort(np.fromiter(owned, np.int64, len(owned)))  # what it may have used
+            client.audit = job
+            self.send(client.id, msg.audit(frame.iteration))
+
+    def on_proof(self, cid: str, data: bytes) -> None:
+        client = self.clients.get(cid)
+        if client is None:
+            return
+        job = client.audit
+        client.proof_bytes += len(data)
+        refused = self.auditor.on_proof(client, data, self.spec.num_params)
+        if refused == "unasked":
+            log.info("project %s: unasked proof from %s ignored", self.name, cid)
+        elif refused:
+            self.ban(cid, refused, job)
+
+    def on_proof_missing(self, cid: str, message: msg.ProofMissing) -> None:
+        client = self.clients.get(cid)
+        if client is None or client.audit is None:
+            return
+        if message.iteration is not None and message.iteration != client.audit.iteration:
+            return
+        log.info("project %s: %s has no proof for iteration %d: %s", self.name, cid, client.audit.iteration,
+                 message.reason)  # fmt: skip
+        strike(client, f"no proof: {message.reason}", lambda why: self.ban(cid, why))
+
+    def _overdue_audits(self, now: float) -> None:
+        for client in self.auditor.overdue(list(self.clients.values()), now):
+            strike(client, "no answer in time", lambda why, cid=client.id: self.ban(cid, why))
+
+    def finish_audit(self, job: AuditJob, verdict: Verdict) -> None:
+        """The replay's verdict on one proof (from the runner's audit thread)."""
+        client = self.clients.get(job.client)
+        self.auditor.record(client, verdict)
+        if verdict.ok:
+            log.info("project %s: audit of %s (iteration %d) passed: %s",
+                     self.name, job.client, job.iteration, verdict.detail)  # fmt: skip
+        else:
+            self.ban(job.client, verdict.detail, job)
+
+    def ban(self, cid: str, reason: str, job: AuditJob | None = None) -> None:
+        """A lying trainer: its result still in the open iteration is taken back, its data
+        returns to the pool, its socket is closed with CLOSE_BANNED, and the ban is listed
+        (with its address: later clients from there are audited every time)."""
+        client = self.clients.get(cid)
+        iteration = job.iteration if job is not None else self.iteration
+        self.auditor.queue = [j for j in self.auditor.queue if j.client != cid]
+        if any(b["id"] == cid for b in self.auditor.banned[-50:]):
+            return  # a verdict on another of its results, after the ban
+        log.warning("project %s: client %s banned: %s", self.name, cid, reason)
+        self.auditor.ban_entry(client, cid, iteration, reason, time.time())
+        self.dirty = True
+        if client is None:
+            return  # it left before the verdict: listed, nothing to close
+        if job is not None and job.frame is not None and job.accepted_in == self.iteration and self.working:
+            frame = job.frame
+            if job.factor < 1.0:
+                frame = dataclasses.replace(frame, values=frame.values * np.float32(job.factor))
+            if self.algorithm.take_back(self.acc, frame, staleness_weight(job.staleness), cid):
+                self._norms = [n for n in self._norms if n[1] != cid]
+        self.send(cid, msg.error("banned", f"banned from project {self.name}: {reason}"))
+        self.closing.append((cid, msg.CLOSE_BANNED, "banned: a result failed verification"))
+        self.disconnect(cid, 0.0, "banned")
+
+    def _forget_audits(self, audit_from: int) -> None:
+        self.auditor.forget()
+        self._audit_from = audit_from
+        for c in self.clients.values():
+            c.audit = None
+        self._remember()
+
+    def _remember(self) -> None:
+        """What clients hold now, for audits of results computed from it."""
+        if self.hyper.verify:
+            self.auditor.remember(self.iteration, self.view.view, self.hyper.max_staleness + 2)
 
     def _reduce(self, now: float) -> None:
         T = self.hyper.iteration_ms
@@ -788,6 +935,7 @@ class Engine:
                 self._frames = {}
         for c in self.clients.values():
             self.send(c.id, delta if delta is not None and c.protocol >= 2 else self._whole(c.protocol))
+        self._remember()
 
     def resync(self, cid: str) -> str | None:
         """Whole parameters again, at most once per client and iteration (a resync costs
@@ -831,6 +979,8 @@ class Engine:
             source = self.sources.get(ds)
             if with_source and source is not None:
                 entry.update(url=source.url, label_map=source.label_map, role=source.role)
+                if ds in self.read_grants:  # a private project's data (mlitb.data.grants)
+                    entry["grant"] = self.read_grants[ds]
             out.append(entry)
         return out
 
@@ -878,6 +1028,13 @@ class Engine:
             "stale": self.stale_total,
             "refused_steps": self.refused_steps,
             "clipped": self.clipped_total,
+            "verify": self.hyper.verify,
+            "audits": self.auditor.asked,
+            "audits_passed": self.auditor.passed,
+            "audits_failed": self.auditor.failed,
+            "audits_skipped": self.auditor.skipped,
+            "banned": self.auditor.banned[-20:],
+            "banned_count": len(self.auditor.banned),
             "aggregation": self.hyper.aggregation,
             "algorithm": self.hyper.algorithm,
             "compression": self.hyper.compression,

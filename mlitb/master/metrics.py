@@ -23,6 +23,10 @@ GAUGES = [
     ("mlitb_project_results_stale_total", "stale", "Late results applied with a staleness weight."),
     ("mlitb_project_results_clipped_total", "clipped", "Results scaled down by the norm screen."),
     ("mlitb_project_steps_refused_total", "refused_steps", "Steps undone: they would have been non-finite."),
+    ("mlitb_project_audits_passed_total", "audits_passed", "Audited results whose proof replayed."),
+    ("mlitb_project_audits_failed_total", "audits_failed", "Audits failed (each bans its client)."),
+    ("mlitb_project_audits_skipped_total", "audits_skipped", "Proofs not checked: the replay was behind."),
+    ("mlitb_project_banned_total", "banned_count", "Clients banned (remembered: the last 1,000)."),
     ("mlitb_project_received_bytes_total", "bytes_in", "WebSocket bytes from workers since creation."),
     ("mlitb_project_sent_bytes_total", "bytes_out", "WebSocket bytes sent to workers since creation."),
 ]
@@ -35,6 +39,7 @@ CLIENT_GAUGES = [
     ("mlitb_client_computing_ratio", "computing", "Share of its connected time a trainer computed."),
     ("mlitb_client_results_rejected_total", "rejected", "Results of this client refused."),
     ("mlitb_client_results_clipped_total", "clipped", "Results of this client clipped by the norm screen."),
+    ("mlitb_client_audits_passed_total", "verified", "Audits of this client's results that passed."),
 ]
 
 

@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mlitb.data.grants import read_grant
 from mlitb.data.wire import BlockReader
 from mlitb.model import Model
 from mlitb.model.browser import browser_problems
@@ -126,6 +127,7 @@ class ProjectManager:
                 engine.attach(
                     DataSource(s["dataset"], s["url"], s["items"], s["label_map"], s["role"], s["info"])
                 )
+            self._grants(engine)
             self._start(engine)
             log.info("project %s resumed at iteration %d (%s)", rec.name, rec.iteration, rec.state)
         if self.runners:
@@ -148,9 +150,22 @@ class ProjectManager:
         await self.http.aclose()
 
     # ----------------------------------------------------------------- holds
-    async def _holds(self, name: str, sources: Iterable[DataSource], place: bool) -> bool:
+    def _grants(self, engine: Engine) -> None:
+        """Workers get read grants for the project's datasets on the master's data server
+        (mlitb.data.grants) with their allocations: needed where a private project holds
+        the dataset; a dataset an open project uses is readable through it anyway."""
+        engine.read_grants = {
+            s.dataset: read_grant(self.data_token, s.dataset)
+            for s in engine.sources.values()
+            if self.data_token and self._is_own(s.url)
+        }
+
+    async def _holds(
+        self, name: str, sources: Iterable[DataSource], place: bool, private: bool = False
+    ) -> bool:
         """Place (or release) the hold `project:NAME` on each source's dataset on the master's
-        own data server; False if the data server could not be reached. Never raises."""
+        own data server (`private`: only read grants may fetch its items); False if the data
+        server could not be reached. Never raises."""
         own = [s.dataset for s in sources if self._is_own(s.url)]
         if not own:
             return True
@@ -165,7 +180,9 @@ class ProjectManager:
         holder = quote(f"project:{name}", safe="")
         headers = {"Authorization": f"Bearer {self.data_token}"}
         for ds in own:
-            url = f"{self.data_internal_url}/datasets/{ds}/holds/{holder}"
+            url = f"{self.data_internal_url}/datasets/{ds}/holds/{holder}" + (
+                "?private=true" if private else ""
+            )
             try:
                 resp = await self.http.request("PUT" if place else "DELETE", url, headers=headers)
             except httpx.HTTPError as exc:
@@ -187,7 +204,11 @@ class ProjectManager:
         not up yet (the mounted one answers once start-up is over; an external one may lag)."""
         for _ in range(attempts):
             runners = list(self.runners.values())
-            if all([await self._holds(r.name, list(r.engine.sources.values()), True) for r in runners]):
+            placed = [
+                await self._holds(r.name, list(r.engine.sources.values()), True, bool(r.engine.join_key_hash))
+                for r in runners
+            ]
+            if all(placed):
                 return
             await asyncio.sleep(every)
         log.warning("holds not placed: the data server %s did not answer", self.data_internal_url)
@@ -201,6 +222,23 @@ class ProjectManager:
             known = ", ".join(sorted(self.runners)) or "none yet"
             raise ProjectError(404, f"no project {name!r} (projects: {known})", "unknown_project")
         return runner
+
+    def check_reader(self, runner: ProjectRunner, token: str | None, key: str | None) -> None:
+        """A project with a join key is private: its details, metrics, model and closures
+        need the key or the owner token (docs/security.md)."""
+        e = runner.engine
+        if not e.join_key_hash:
+            return
+        if key and secrets.compare_digest(token_hash(key), e.join_key_hash):
+            return
+        if token and secrets.compare_digest(token_hash(token), e.owner_hash):
+            return
+        raise ProjectError(
+            403,
+            f"project {runner.name!r} is private (it has a join key): send the key (header "
+            "'X-Join-Key' or ?key=) or the owner token (header 'Authorization: Bearer TOKEN')",
+            "private",
+        )
 
     def check_owner(self, runner: ProjectRunner, token: str | None) -> None:
         if not token or not secrets.compare_digest(token_hash(token), runner.engine.owner_hash):
@@ -342,7 +380,8 @@ class ProjectManager:
         for source in sources:
             engine.attach(source)
             await asyncio.to_thread(self.store.save_source, pid, source.__dict__)
-        await self._holds(name, sources, True)
+        self._grants(engine)
+        await self._holds(name, sources, True, bool(engine.join_key_hash))
         return self._start(engine), token
 
     def _model(self, spec: list | dict, seed: int) -> Model:
@@ -429,7 +468,9 @@ class ProjectManager:
         """Items of a dataset as decoded blocks (the master's own test sample)."""
         reader, blocks = BlockReader(), []
         url = f"{self._internal(source.url)}/datasets/{source.dataset}/fetch"
-        async with self.http.stream("POST", url, json={"ids": ids}) as resp:
+        async with self.http.stream(
+            "POST", url, json={"ids": ids}, headers=self._read_headers(source)
+        ) as resp:
             if resp.status_code >= 400:
                 await resp.aread()
                 raise RuntimeError(f"data server: {resp.status_code} {resp.text[:200]}")
@@ -437,6 +478,12 @@ class ProjectManager:
                 blocks += reader.feed(chunk)
         reader.close()
         return blocks
+
+    def _read_headers(self, source: DataSource) -> dict:
+        """The master reads private datasets of its own data server with the write token."""
+        if self.data_token and self._is_own(source.url):
+            return {"Authorization": f"Bearer {self.data_token}"}
+        return {}
 
     async def _lookup_items(self, source: DataSource) -> dict | None:
         resp = await self.http.get(f"{self._internal(source.url)}/datasets/{source.dataset}")
@@ -470,7 +517,8 @@ class ProjectManager:
         for source in sources:
             e.attach(source)
             await asyncio.to_thread(self.store.save_source, e.project_id, source.__dict__)
-        await self._holds(runner.name, sources, True)
+        self._grants(e)
+        await self._holds(runner.name, sources, True, bool(e.join_key_hash))
         runner.wake.set()
         return warnings
 

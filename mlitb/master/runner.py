@@ -10,12 +10,13 @@ import dataclasses
 import logging
 import time
 
-from mlitb.protocol import frames
+from mlitb.protocol import frames, proofs
 from mlitb.protocol import messages as msg
 
 from .connection import Connection
 from .engine import Engine, label_map_for
 from .evaluation import MasterEvaluator
+from .replay import AuditRunner
 from .store import MasterStore
 
 log = logging.getLogger("mlitb.master")
@@ -30,6 +31,8 @@ class ProjectRunner:
         self.engine = engine
         # the project's test error, measured by the master itself (never a tracker's word)
         self.evaluator = MasterEvaluator(engine, fetch_items, self.notify) if fetch_items else None
+        # verification by recomputation: proofs replayed off the event loop
+        self.auditor = AuditRunner(engine, fetch_items, self._after_audit) if fetch_items else None
         self.store = store
         self.data_lookup = data_lookup  # async (source) -> current item count or None
         self.conns: dict[str, Connection] = {}
@@ -53,6 +56,8 @@ class ProjectRunner:
         ]
         if self.evaluator is not None:
             self._tasks.append(asyncio.create_task(self.evaluator.run(), name=f"test-{self.name}"))
+        if self.auditor is not None:
+            self._tasks.append(asyncio.create_task(self.auditor.run(), name=f"audit-{self.name}"))
 
     async def stop(self, code: int = msg.CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
         for conn in list(self.conns.values()):
@@ -69,7 +74,7 @@ class ProjectRunner:
     # ----------------------------------------------------------------- events
     def join(self, conn: Connection, join: msg.Join) -> None:
         self.conns[conn.id] = conn
-        self.engine.connect(conn.id, join, time.monotonic())
+        self.engine.connect(conn.id, join, time.monotonic(), conn.address)
         self._flush()
         self.wake.set()
 
@@ -109,6 +114,8 @@ class ProjectRunner:
                 return
         elif isinstance(message, msg.Heartbeat):
             self.engine.count_bytes(conn.id, sent=conn.send(msg.heartbeat(message.t)))
+        elif isinstance(message, msg.ProofMissing):
+            self.engine.on_proof_missing(conn.id, message)
         elif isinstance(message, msg.Leave):
             conn.close_soon(msg.CLOSE_NORMAL, "goodbye")
             self.leave(conn.id, message.reason or "left")
@@ -118,6 +125,12 @@ class ProjectRunner:
     def on_bytes(self, conn: Connection, data: bytes) -> None:
         conn.last_seen = time.monotonic()
         self.engine.count_bytes(conn.id, received=len(data))
+        if proofs.is_proof(data):  # the answer to an audit (mlitb.master.audits)
+            self.engine.on_proof(conn.id, data)
+            self._flush()
+            if self.auditor is not None:
+                self.auditor.wake.set()
+            return
         try:
             frame = frames.decode(data, max_count=self.engine.spec.num_params)
         except frames.FrameError as exc:
@@ -150,6 +163,15 @@ class ProjectRunner:
             conn = self.conns.get(cid)
             if conn is not None:
                 self.engine.count_bytes(cid, sent=conn.send(payload))
+        closing, self.engine.closing = self.engine.closing, []
+        for cid, code, reason in closing:  # banned: the engine already let it go
+            conn = self.conns.pop(cid, None)
+            if conn is not None:
+                conn.close_soon(code, reason)
+
+    def _after_audit(self) -> None:
+        self._flush()  # a ban's error and close; dashboards see it with the next iteration
+        self.wake.set()
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -219,6 +241,7 @@ class ProjectRunner:
             "bytes_in": e.bytes_in,
             "bytes_out": e.bytes_out,
             "contributors": e.contributors,
+            **e.auditor.totals(),
         }
 
     async def _watch_data(self) -> None:

@@ -90,21 +90,30 @@ class Resync(_Msg):
     iteration: Annotated[int, Field(ge=0)] = 0
 
 
+class ProofMissing(_Msg):
+    """The answer to an `audit` when the worker no longer holds the round's record."""
+
+    type: Literal["proof_missing"]
+    iteration: Annotated[int, Field(ge=0)] | None = None
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
 class Leave(_Msg):
     type: Literal["leave"]
     reason: Annotated[str, Field(max_length=200)] = ""
 
 
 ClientMessage = Annotated[
-    Join | Cached | Heartbeat | TestResult | Status | Resync | Leave, Field(discriminator="type")
+    Join | Cached | Heartbeat | TestResult | Status | Resync | ProofMissing | Leave,
+    Field(discriminator="type"),
 ]
 _client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
-CLIENT_TYPES = ("join", "cached", "heartbeat", "test_result", "status", "resync", "leave")
+CLIENT_TYPES = ("join", "cached", "heartbeat", "test_result", "status", "resync", "proof_missing", "leave")
 
 
 def parse_client_message(
     text: str | bytes,
-) -> Join | Cached | Heartbeat | TestResult | Status | Resync | Leave:
+) -> Join | Cached | Heartbeat | TestResult | Status | Resync | ProofMissing | Leave:
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_TEXT_BYTES:
         raise ProtocolError("too_large", f"text message of {size} bytes, the limit is {MAX_TEXT_BYTES}")
@@ -188,6 +197,12 @@ def work(iteration: int, work_ms: int, fields: dict | None = None) -> dict:
     return {"type": "work", "iteration": iteration, "work_ms": work_ms, **(fields or {})}
 
 
+def audit(iteration: int) -> dict:
+    """The master checks the result of `iteration`: answer with its proof frame
+    (mlitb.protocol.proofs) or `proof_missing`."""
+    return {"type": "audit", "iteration": iteration}
+
+
 def error(code: str, reason: str) -> dict:
     return {"type": "error", "code": code, "reason": reason}
 
@@ -210,5 +225,6 @@ CLOSE_TIMEOUT = 4408  # no heartbeat
 CLOSE_VERSION = 4409  # protocol version mismatch
 CLOSE_DELETED = 4410  # project deleted
 CLOSE_REBOOT = 4412  # project rebooted: rejoin
+CLOSE_BANNED = 4453  # a result failed verification: banned from the project
 CLOSE_FULL = 4429  # the project's client caps (per project, per address) are reached
 CLOSE_TOO_LARGE = 1009

@@ -7,6 +7,8 @@ Input scaling is the protocol's: x = pixel / 255 (float32 in [0, 1]).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 
@@ -18,6 +20,9 @@ class ItemCache:
         self._keys = np.zeros(0, np.int64)
         self._index: dict[int, int] = {}  # key -> row
         self.n = 0
+        # add/remove run on the event loop while a round reads batches in a thread: a
+        # removal swaps rows, so a batch and its keys are read under the same lock
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self.n
@@ -37,6 +42,10 @@ class ItemCache:
 
     def add(self, keys: np.ndarray, pixels: np.ndarray, labels: np.ndarray) -> list[int]:
         """Add items (skipping keys already cached and labels < 0); returns keys added."""
+        with self._lock:
+            return self._add(keys, pixels, labels)
+
+    def _add(self, keys: np.ndarray, pixels: np.ndarray, labels: np.ndarray) -> list[int]:
         added = []
         self._grow(self.n + len(keys))
         for key, px, label in zip(keys.tolist(), pixels, labels.tolist(), strict=True):
@@ -52,6 +61,10 @@ class ItemCache:
         return added
 
     def remove(self, keys: list[int]) -> None:
+        with self._lock:
+            self._remove(keys)
+
+    def _remove(self, keys: list[int]) -> None:
         for key in keys:
             row = self._index.pop(key, None)
             if row is None:
@@ -71,9 +84,18 @@ class ItemCache:
 
     def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(x float32 (B, H, W, C) in [0, 1], y int64 (B,)) for the given rows."""
-        x = self._pixels[rows].astype(np.float32)
+        x, y, _ = self.batch_keys(rows)
+        return x, y
+
+    def batch_keys(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The batch and its item keys ((dataset << 32) | id), read together. Rows beyond
+        the cache (it shrank since they were drawn) wrap around."""
+        with self._lock:
+            rows = rows % max(self.n, 1)
+            pixels, y, keys = self._pixels[rows], self._labels[rows], self._keys[rows]
+        x = pixels.astype(np.float32)
         x *= np.float32(1 / 255)
-        return x, self._labels[rows]
+        return x, y, keys
 
     def all(self) -> tuple[np.ndarray, np.ndarray]:
         return self.batch(np.arange(self.n))

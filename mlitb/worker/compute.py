@@ -20,6 +20,7 @@ from mlitb.model.torch_executor import TorchNet
 
 from .cache import ItemCache
 from .inner import InnerOptimizer
+from .proof import ProofRecorder
 
 
 @dataclass
@@ -28,6 +29,7 @@ class WorkResult:
     vectors: int
     loss: float  # summed loss
     compute_ms: int
+    proof: object = None  # the ProofRecorder of the round (overlap carries keep theirs)
 
     @property
     def vectors_per_s(self) -> float:
@@ -62,10 +64,33 @@ def _done(start: float, last: float, budget: float, vectors: int, max_vectors: i
     return time.perf_counter() - start + last > budget
 
 
+def gradient_proof(num_params: int) -> ProofRecorder:
+    return ProofRecorder("gradient", ("g",), num_params)
+
+
+def local_proof(opt: InnerOptimizer) -> ProofRecorder:
+    return ProofRecorder("local", local_arrays(opt), opt.l1_mul.numel())
+
+
+def local_arrays(opt: InnerOptimizer) -> tuple[str, ...]:
+    return ("p",) + (("m",) if opt.m is not None else ()) + (("v",) if opt.v is not None else ())
+
+
+def _local_state(net: TorchNet, opt: InnerOptimizer) -> list[torch.Tensor]:
+    return [net.flat.data] + [s for s in (opt.m, opt.v) if s is not None]
+
+
 def train_for(
-    net: TorchNet, cache: ItemCache, sampler: Sampler, work_ms: int, batch: int, max_vectors: int = 0
+    net: TorchNet,
+    cache: ItemCache,
+    sampler: Sampler,
+    work_ms: int,
+    batch: int,
+    max_vectors: int = 0,
+    proof: ProofRecorder | None = None,
 ) -> WorkResult | None:
-    """Summed gradient until work_ms (or max_vectors); None if the cache is empty."""
+    """Summed gradient until work_ms (or max_vectors); None if the cache is empty. With
+    `proof`, the batches' keys and running sums are recorded for an audit."""
     if len(cache) == 0:
         return None
     start = time.perf_counter()
@@ -74,16 +99,23 @@ def train_for(
     net.train(True)
     vectors, loss_sum, last = 0, 0.0, 0.0
     losses = []
+    running = lambda: [net.flat.grad if net.flat.grad is not None else torch.zeros_like(net.flat)]  # noqa: E731
+    if proof is not None:
+        proof.checkpoint(0, running(), forced=True)
     while True:
         t0 = time.perf_counter()
-        x, y = cache.batch(_rows(sampler, len(cache), batch, vectors, max_vectors))
+        x, y, keys = cache.batch_keys(_rows(sampler, len(cache), batch, vectors, max_vectors))
         loss = net.loss(x, y)
         loss.backward()
         losses.append(loss.detach())
         vectors += len(y)
+        if proof is not None:
+            proof.step(keys, 0, running)
         last = time.perf_counter() - t0
         if _done(start, last, budget, vectors, max_vectors):
             break
+    if proof is not None:
+        proof.checkpoint(0, running(), forced=True)
     net.train(False)
     loss_sum = float(torch.stack(losses).sum())
     grad = net.flat.grad.detach().cpu().numpy().astype(np.float32)
@@ -100,10 +132,12 @@ def local_for(
     opt: InnerOptimizer,
     max_vectors: int = 0,
     stop: threading.Event | None = None,
+    proof: ProofRecorder | None = None,
 ) -> WorkResult | None:
     """Inner steps from the net's parameters until work_ms (or max_vectors, or `stop` is
     set: the overlap of a round with the next order's arrival); the result holds start -
-    end (zeros and 0 vectors if stopped before the first batch). None if the cache is empty."""
+    end (zeros and 0 vectors if stopped before the first batch). None if the cache is empty.
+    With `proof`, the steps' keys and checkpoints of (p, m, v) are recorded for an audit."""
     if len(cache) == 0:
         return None
     start = time.perf_counter()
@@ -112,18 +146,25 @@ def local_for(
     net.train(True)
     vectors, last = 0, 0.0
     losses = [torch.zeros((), device=p0.device)]
+    state = lambda: _local_state(net, opt)  # noqa: E731
+    if proof is not None:
+        proof.checkpoint(opt.t, state(), forced=True)
     while stop is None or not stop.is_set():
         t0 = time.perf_counter()
-        x, y = cache.batch(_rows(sampler, len(cache), batch, vectors, max_vectors))
+        x, y, keys = cache.batch_keys(_rows(sampler, len(cache), batch, vectors, max_vectors))
         net.flat.grad = None
         loss = net.loss(x, y)
         loss.backward()
         opt.step(net.flat.data, net.flat.grad, len(y))
         losses.append(loss.detach())
         vectors += len(y)
+        if proof is not None:
+            proof.step(keys, opt.t, state)
         last = time.perf_counter() - t0
         if _done(start, last, budget, vectors, max_vectors):
             break
+    if proof is not None:
+        proof.checkpoint(opt.t, state(), forced=True)
     net.train(False)
     net.flat.grad = None
     delta = (p0 - net.flat.detach()).cpu().numpy().astype(np.float32)

@@ -41,12 +41,13 @@ from mlitb.protocol import messages as msg
 from mlitb.protocol.idtext import text_to_ids
 
 from .cache import ItemCache
-from .compute import Sampler, WorkResult, evaluate, local_for, train_for
+from .compute import Sampler, WorkResult, evaluate, gradient_proof, local_for, local_proof, train_for
 from .inner import InnerOptimizer
 
 log = logging.getLogger("mlitb.worker")
 
-FATAL_CLOSE = {msg.CLOSE_FORBIDDEN, msg.CLOSE_UNKNOWN_PROJECT, msg.CLOSE_VERSION, msg.CLOSE_DELETED}
+FATAL_CLOSE = {msg.CLOSE_FORBIDDEN, msg.CLOSE_UNKNOWN_PROJECT, msg.CLOSE_VERSION, msg.CLOSE_DELETED,
+               msg.CLOSE_BANNED}  # fmt: skip
 FETCH_CHUNK = 4096  # ids per data-server request
 MAX_FRAME = 1 << 30
 MAX_CAPACITY = 10_000_000
@@ -85,6 +86,7 @@ class WorkerStats:
     vectors_per_s: float = 0.0
     test_error: float | None = None
     results: int = 0
+    audits: int = 0  # proofs sent for the master's audits
     errors: list[str] = field(default_factory=list)
     connects: int = 0
     client_id: str = ""
@@ -152,6 +154,9 @@ class Worker:
         self._orders = 0  # work orders seen; an overlap yields to any newer one
         self._resets = 0  # model or inner state started over: a carry from before is void
         self._overlap_stop = threading.Event()
+        # records of the last rounds, for the master's audits: iteration -> ProofRecorder
+        self._proofs: dict[int, object] = {}
+        self._allocated: set[int] = set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -199,6 +204,7 @@ class Worker:
                         **({"memory_mb": self.memory_mb} if self.memory_mb else {}),
                         "name": self.name,
                         "join_key": self.join_key,
+                        "capabilities": {"proofs": 1},  # answers audits (mlitb.protocol.proofs)
                     }
                 )
             )
@@ -268,6 +274,7 @@ class Worker:
             self._tracker = m.get("tracker") or {}
             self._next_eval = 0.0
             self.cache = ItemCache(tuple(spec.input_shape))
+            self._allocated = set()  # keys allocated to this worker now
             self.stats.cached = self.stats.allocated = 0
             self._set_state("joined")
         elif kind == "model":  # the model grew (a label was added); parameters follow
@@ -279,6 +286,8 @@ class Worker:
             self._spawn(tasks, self._allocation(ws, http, m))
         elif kind == "work":
             self._spawn(tasks, self._work(ws, m))
+        elif kind == "audit":
+            self._spawn(tasks, self._answer_audit(ws, m))
         elif kind == "state":
             self.stats.project_state = m["state"]
             self.on_update(self.stats)
@@ -295,6 +304,7 @@ class Worker:
         self._feedback = None
         self._feedback_key = None
         self._sample = None
+        self._proofs = {}
 
     def _on_params(self, data: bytes) -> bool:
         """Whole parameters, or a change to the ones held; False: a change to parameters
@@ -319,27 +329,35 @@ class Worker:
         return True
 
     async def _allocation(self, ws, http: httpx.AsyncClient, m: dict) -> None:
+        """Removals apply at once; added ids are fetched. Allocations run concurrently, so a
+        fetch may deliver ids a later allocation took away: only ids still allocated enter
+        the cache (a round must not train on another trainer's data: the master's audits
+        check every key)."""
         cache = self.cache
         for group in m.get("remove", []):
             ds = group["dataset"]
-            ids = text_to_ids(group["ids"])
-            self.stats.allocated -= len(ids)
-            cache.remove([(ds << 32) | i for i in ids])
+            keys = [(ds << 32) | i for i in text_to_ids(group["ids"])]
+            self.stats.allocated -= len(keys)
+            self._allocated.difference_update(keys)
+            cache.remove(keys)
         for group in m.get("add", []):
             ids = text_to_ids(group["ids"])
             self.stats.allocated += len(ids)
+            self._allocated.update((group["dataset"] << 32) | i for i in ids)
             base = urljoin(http_base(self.url), group["url"])  # relative URLs: the master's host
             label_map = np.array([*group["label_map"], -1], np.int64)  # last: for unknown indices
+            headers = {"X-Read-Grant": group["grant"]} if group.get("grant") else {}  # private data
             for start in range(0, len(ids), FETCH_CHUNK):
                 chunk = ids[start : start + FETCH_CHUNK]
-                await self._fetch(ws, http, base, group["dataset"], chunk, label_map)
+                await self._fetch(ws, http, base, group["dataset"], chunk, label_map, headers)
         self.stats.cached = len(cache)
         self.on_update(self.stats)
 
-    async def _fetch(self, ws, http, base: str, dataset: int, ids: list[int], label_map: np.ndarray) -> None:
+    async def _fetch(self, ws, http, base: str, dataset: int, ids: list[int], label_map: np.ndarray,
+                     headers: dict | None = None) -> None:  # fmt: skip
         reader = BlockReader()
         async with http.stream(
-            "POST", f"{base.rstrip('/')}/datasets/{dataset}/fetch", json={"ids": ids}
+            "POST", f"{base.rstrip('/')}/datasets/{dataset}/fetch", json={"ids": ids}, headers=headers or {}
         ) as resp:
             if resp.status_code >= 400:
                 await resp.aread()
@@ -348,7 +366,8 @@ class Worker:
                 for block in reader.feed(chunk):
                     keys = (np.int64(dataset) << 32) | block.ids.astype(np.int64)
                     labels = label_map[np.minimum(block.labels.astype(np.int64), len(label_map) - 1)]
-                    self.cache.add(keys, block.pixels, labels)
+                    mine = np.fromiter((int(k) in self._allocated for k in keys), bool, len(keys))
+                    self.cache.add(keys[mine], block.pixels[mine], labels[mine])
                     self.stats.cached = len(self.cache)
                     # Every fetched id is reported (also those skipped for an unknown label).
                     await ws.send(
@@ -394,6 +413,7 @@ class Worker:
             work_ms = max(1, work_ms - int((time.monotonic() - started) * 1000))
             self._load_params()
             carry, self._carry = self._carry, None
+            proof = None
             try:
                 if local:
                     inner = m.get("inner") or {}
@@ -403,15 +423,20 @@ class Worker:
                     if carry is not None and not max_vectors and opt is held:
                         # the overlap's steps, moved onto the new parameters: new + (now - sent)
                         self.net.flat.data -= torch.from_numpy(carry.grad).to(self.net.flat.device)
+                        proof = carry.proof
+                        proof.shift()
                     else:
                         carry = None
+                        proof = local_proof(opt)
                     result = await asyncio.to_thread(
-                        local_for, self.net, self.cache, self.sampler, work_ms, batch, opt, max_vectors
-                    )
+                        local_for, self.net, self.cache, self.sampler, work_ms, batch, opt, max_vectors,
+                        None, proof,
+                    )  # fmt: skip
                 else:
                     carry = None
+                    proof = gradient_proof(self._spec.num_params)
                     result = await asyncio.to_thread(
-                        train_for, self.net, self.cache, self.sampler, work_ms, batch, max_vectors
+                        train_for, self.net, self.cache, self.sampler, work_ms, batch, max_vectors, proof
                     )
             except ValueError as exc:  # a NaN/Inf batch: start the next round afresh
                 log.warning("round for iteration %d failed: %s", iteration, exc)
@@ -446,6 +471,9 @@ class Worker:
                 payload=payload,
             )
         )
+        self._proofs[iteration] = proof
+        for old in [it for it in self._proofs if it < iteration - 2]:
+            del self._proofs[old]  # the master audits a result right after it arrives
         self.stats.results += 1
         self.stats.vectors_processed += result.vectors
         self.stats.vectors_per_s = result.vectors_per_s
@@ -464,10 +492,11 @@ class Worker:
             self._overlap_stop.clear()
             inner = m.get("inner") or {}
             batch = self.batch_size or int(inner.get("batch_size") or m.get("batch_size") or 32)
+            proof = local_proof(self._inner)
             try:
                 carry = await asyncio.to_thread(
                     local_for, self.net, self.cache, self.sampler, most_ms, batch, self._inner, 0,
-                    self._overlap_stop,
+                    self._overlap_stop, proof,
                 )  # fmt: skip
             except ValueError as exc:
                 log.warning("overlap after iteration %d failed: %s", m["iteration"], exc)
@@ -476,7 +505,21 @@ class Worker:
             if carry is None or not carry.vectors or resets != self._resets:
                 return
             if np.isfinite(carry.grad).all():
+                carry.proof = proof
                 self._carry = carry
+
+    async def _answer_audit(self, ws, m: dict) -> None:
+        """The master audits the result of `iteration`: send the round's proof
+        (mlitb.protocol.proofs), or say why it is gone."""
+        iteration = m.get("iteration")
+        proof = self._proofs.pop(iteration, None)
+        if proof is None:
+            reason = "no record of that round (the model or the inner state started over)"
+            await ws.send(msg.dumps({"type": "proof_missing", "iteration": iteration, "reason": reason}))
+            return
+        data = await asyncio.to_thread(proof.encode, self._project_id, iteration)
+        await ws.send(data)
+        self.stats.audits += 1
 
     def _eval_rows(self) -> np.ndarray | None:
         """A fixed random sample of the cached test items (the master's `sample`; None:

@@ -25,6 +25,29 @@ export function dataTokenField(id = "data-token") {
       placeholder: "needed to upload", oninput: (e) => dataToken.set(e.target.value.trim()) }));
 }
 
+// Join keys of private projects, kept in this browser: a page opened with ?key=K (the
+// volunteer link of a project with a join key) remembers K for that project; reads of a
+// private project send it (header X-Join-Key), as workers in this page do when they join.
+const JOIN_KEYS = "mlitb.joinKeys";
+export const joinKeys = {
+  all: () => JSON.parse(localStorage.getItem(JOIN_KEYS) || "{}"),
+  get: (project) => joinKeys.all()[project] || "",
+  set(project, key) { const k = joinKeys.all(); if (key) k[project] = key; else delete k[project]; localStorage.setItem(JOIN_KEYS, JSON.stringify(k)); },
+  /** ?key=... in the page's address (search or hash): remember it for `project`. */
+  fromAddress(project) {
+    const q = new URLSearchParams(location.search);
+    const h = new URLSearchParams((location.hash.split("?")[1] || ""));
+    const key = q.get("key") || h.get("key");
+    if (key) joinKeys.set(project, key);
+    return joinKeys.get(project);
+  },
+  /** Query string for links and sockets that cannot send headers: ?key= or ?token=. */
+  query(project) {
+    const key = joinKeys.get(project), token = tokens.get(project);
+    return key ? `key=${encodeURIComponent(key)}` : token ? `token=${encodeURIComponent(token)}` : "";
+  },
+};
+
 export class ApiError extends Error {
   constructor(status, detail, code = "") { super(detail); this.status = status; this.code = code; }
 }
@@ -33,6 +56,7 @@ export async function api(method, path, body, owner) {
   const headers = {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (owner && tokens.get(owner)) headers.Authorization = `Bearer ${tokens.get(owner)}`;
+  if (owner && joinKeys.get(owner)) headers["X-Join-Key"] = joinKeys.get(owner);
   return send(method, path, headers, body === undefined ? undefined : JSON.stringify(body));
 }
 

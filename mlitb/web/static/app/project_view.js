@@ -1,13 +1,16 @@
 // A project: controls (owner), data upload, workers in this page (trainer / tracker),
 // live charts, the volunteer link with a QR code, and the tracker's classify panel.
-import { api, banner, dataTokenField, el, fmt, tokens, upload } from "./api.js";
+import { api, banner, dataTokenField, el, fmt, joinKeys, tokens, upload } from "./api.js";
 import { startWorker, wsUrl } from "./workers.js";
 import { chart } from "./charts.js";
 import { trackerPanel } from "./tracker_panel.js";
 import { closurePanel } from "./closure_panel.js";
 
 export async function projectView(root, name) {
-  let p = await api("GET", `/api/projects/${encodeURIComponent(name)}`);
+  joinKeys.fromAddress(name); // a private project's key from the link, kept for later visits
+  const q = joinKeys.query(name); // for links and the stream, which cannot send headers
+  const withQuery = (path) => (q ? `${path}${path.includes("?") ? "&" : "?"}${q}` : path);
+  let p = await api("GET", `/api/projects/${encodeURIComponent(name)}`, undefined, name);
   const owner = Boolean(tokens.get(name));
   const handles = [];
   const logBox = el("pre", { class: "log", id: "log" });
@@ -17,6 +20,7 @@ export async function projectView(root, name) {
   const summary = el("dl", { class: "facts", id: "summary" });
   const workersBody = el("tbody", { id: "your-workers" });
   const clientsBody = el("tbody", { id: "clients" });
+  const bannedBody = el("tbody", { id: "banned-clients" });
 
   const control = (action, label, confirmText) => el("button", { id: `btn-${action}`, disabled: !owner, onclick: async () => {
     if (confirmText && !confirm(confirmText)) return;
@@ -87,15 +91,16 @@ export async function projectView(root, name) {
   }
 
   const qr = el("div", { id: "qr" });
-  const joinUrl = `${location.origin}/join/${encodeURIComponent(name)}`;
+  const key = joinKeys.get(name); // a private project's volunteers need its key: it goes in the link
+  const joinUrl = `${location.origin}/join/${encodeURIComponent(name)}${key ? `?key=${encodeURIComponent(key)}` : ""}`;
   try {
     const q = qrcode(0, "M"); q.addData(joinUrl); q.make();
     qr.innerHTML = q.createSvgTag({ cellSize: 3, margin: 2 });
   } catch (e) { qr.textContent = ""; }
 
   const downloads = el("span", {},
-    el("a", { id: "download-convnetjs", href: `/api/projects/${encodeURIComponent(name)}/model?format=convnetjs`, download: "" }, "ConvNetJS JSON"), " · ",
-    el("a", { id: "download-mlitb", href: `/api/projects/${encodeURIComponent(name)}/model?format=mlitb`, download: "" }, "mlitb JSON"));
+    el("a", { id: "download-convnetjs", href: withQuery(`/api/projects/${encodeURIComponent(name)}/model?format=convnetjs`), download: "" }, "ConvNetJS JSON"), " · ",
+    el("a", { id: "download-mlitb", href: withQuery(`/api/projects/${encodeURIComponent(name)}/model?format=mlitb`), download: "" }, "mlitb JSON"));
 
   root.append(
     el("h1", {}, `Project ${name}`, owner ? "" : el("span", { class: "muted" }, " (you can join as a worker; control needs the owner's browser)")),
@@ -118,7 +123,9 @@ export async function projectView(root, name) {
     el("h2", {}, "Volunteers"),
     el("p", {}, "Anyone who opens this link trains at once: ", el("a", { href: joinUrl, id: "join-link" }, joinUrl)), qr,
     el("h2", {}, "All clients"),
-    el("table", {}, el("thead", {}, el("tr", {}, ["id", "name", "kind", "role", "backend", "vectors/s", "vectors", "allocated", "cached", "lag ms", "in", "out", "computing", "refused / clipped", "test error (its own)"].map((t) => el("th", {}, t)))), clientsBody),
+    el("table", {}, el("thead", {}, el("tr", {}, ["id", "name", "kind", "role", "backend", "vectors/s", "vectors", "allocated", "cached", "lag ms", "in", "out", "computing", "refused / clipped / verified", "test error (its own)"].map((t) => el("th", {}, t)))), clientsBody),
+    el("h3", {}, "Banned"), el("p", { class: "hint" }, "Clients whose results failed verification by recomputation (docs/security.md)."),
+    el("table", { id: "banned" }, el("thead", {}, el("tr", {}, ["id", "name", "kind", "address", "iteration", "reason"].map((t) => el("th", {}, t)))), bannedBody),
     el("h2", {}, "Model"), el("p", {}, "Download: ", downloads), closurePanel(name, owner, log).node,
     el("h2", {}, "Log"), logBox,
   );
@@ -139,14 +146,17 @@ export async function projectView(root, name) {
       ["algorithm", `${p.algorithm}, compression ${p.compression}`], ["traffic", `${bytes(p.bytes_in)} in, ${bytes(p.bytes_out)} out`],
       ["late results", `${fmt(p.stale)} applied, ${fmt(p.late)} discarded`],
       ["aggregation", p.aggregation || "-"],
-      ["screened results", `${fmt(p.rejected)} refused, ${fmt(p.clipped || 0)} clipped, ${fmt(p.refused_steps || 0)} steps refused`]];
+      ["screened results", `${fmt(p.rejected)} refused, ${fmt(p.clipped || 0)} clipped, ${fmt(p.refused_steps || 0)} steps refused`],
+      ["verification", p.verify === false ? "off" : `${fmt(p.audits_passed || 0)} audits passed, ${fmt(p.audits_failed || 0)} failed, ${fmt((p.banned || []).length)} banned`]];
     summary.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-key": k.replace(/ /g, "-") }, String(v))]));
     clientsBody.replaceChildren(...p.clients.map((c) => el("tr", { "data-kind": c.kind, "data-role": c.role },
       [c.id, c.name, c.kind, c.role, c.backend, fmt(c.vectors_per_s), fmt(c.vectors_processed), fmt(c.data_allocated), fmt(c.data_cached), fmt(c.lag_ms),
         bytes(c.bytes_in), bytes(c.bytes_out), c.computing == null ? "-" : `${Math.round(100 * c.computing)} %`,
-        `${fmt(c.rejected || 0)} / ${fmt(c.clipped || 0)}${c.probation ? " (probation)" : ""}`,
+        `${fmt(c.rejected || 0)} / ${fmt(c.clipped || 0)} / ${fmt(c.verified || 0)}${c.probation ? " (probation)" : ""}${c.suspect ? " (suspect)" : ""}`,
         c.test_error == null ? "-" : fmt(c.test_error)]
         .map((v) => el("td", {}, v)))));
+    bannedBody.replaceChildren(...(p.banned || []).slice().reverse().map((b) => el("tr", { class: "banned" },
+      [b.id, b.name || "-", b.kind || "-", b.address || "-", fmt(b.iteration), b.reason].map((v) => el("td", {}, v)))));
     workersBody.replaceChildren(...handles.map((h) => {
       const s = h.status;
       return el("tr", { "data-role": h.role }, [h.id, h.role, s.state, s.backend || "-", fmt(s.allocated), fmt(s.cached), fmt(s.vectorsPerS), fmt(s.vectorsProcessed), fmt(s.iteration)].map((v) => el("td", {}, v)));
@@ -158,14 +168,14 @@ export async function projectView(root, name) {
     charts.lag.push(r.iteration, r.lag_ms_mean);
     if (r.test_error !== null && r.test_error !== undefined) charts.error.push(r.iteration, r.test_error);
   }
-  const history = await api("GET", `/api/projects/${encodeURIComponent(name)}/metrics`);
+  const history = await api("GET", `/api/projects/${encodeURIComponent(name)}/metrics`, undefined, name);
   history.rows.forEach(addRow);
   renderSummary();
 
   // live updates: the dashboard stream (one update per iteration), with reconnect
   let stream = null, closed = false, retry = 1000, lost = false;
   function openStream() {
-    stream = new WebSocket(wsUrl(`/api/projects/${encodeURIComponent(name)}/stream`));
+    stream = new WebSocket(wsUrl(withQuery(`/api/projects/${encodeURIComponent(name)}/stream`)));
     stream.onmessage = (e) => {
       const m = JSON.parse(e.data);
       Object.assign(p, m.summary);
@@ -186,7 +196,7 @@ export async function projectView(root, name) {
   }
   openStream();
   const timer = setInterval(async () => {
-    try { p = { ...p, ...(await api("GET", `/api/projects/${encodeURIComponent(name)}`)) }; } catch (e) { /* the stream reports */ }
+    try { p = { ...p, ...(await api("GET", `/api/projects/${encodeURIComponent(name)}`, undefined, name)) }; } catch (e) { /* the stream reports */ }
     renderSummary();
     panel.refresh();
   }, 1000);

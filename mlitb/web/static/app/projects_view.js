@@ -19,7 +19,8 @@ export async function projectsView(root) {
       const rows = await api("GET", "/api/projects");
       body.replaceChildren(...(rows.length ? rows.map((p) => el("tr", { "data-project": p.name },
         COLUMNS.map(([k]) => el("td", {}, k === "name"
-          ? el("a", { href: `#/p/${encodeURIComponent(p.name)}` }, p.name, tokens.get(p.name) ? " (yours)" : "")
+          ? el("a", { href: `#/p/${encodeURIComponent(p.name)}` }, p.name, tokens.get(p.name) ? " (yours)" : "",
+            p.private ? " (private: join key)" : "")
           : fmt(p[k])))))
         : [el("tr", {}, el("td", { colspan: COLUMNS.length }, "no projects yet"))]));
       banner("");

@@ -19,15 +19,20 @@
  * comes (at most overlap_ms); those steps are moved onto the next parameters
  * (new + (now - sent)) and counted in the next result. Without a `capacity` from
  * the page the join offers memory instead (memory_mb, ~1/8 of the device's, <= 400 MB).
+ * Every round is recorded (engine/proof.js: item keys per batch, state checkpoints) and
+ * the last ones kept, so that an `audit` from the master is answered with a proof frame
+ * (verification by recomputation, docs/security.md).
  */
 "use strict";
 importScripts("../vendor/tf.min.js", "../vendor/tf-backend-wasm.min.js",
-  "../engine/tfjs_engine.js", "../engine/wasm_kernels.js", "../engine/wire.js", "../engine/inner.js");
+  "../engine/tfjs_engine.js", "../engine/wasm_kernels.js", "../engine/wire.js", "../engine/inner.js",
+  "../engine/proof.js");
 try {
   importScripts("../engine/codecs.js"); // optional: without it results go uncompressed
 } catch (e) { /* absent: see feedback() */ }
 const Wire = self.MlitbWire;
 const Inner = self.MlitbInner;
+const Proof = self.MlitbProof;
 // wire.js with protocol 2 frames (delta results, parameter deltas, compressed dtypes)?
 const V2 = Wire.DELTA !== undefined;
 const PROTOCOL = V2 ? 2 : 1;
@@ -41,7 +46,8 @@ const S = {
   // local SGD: the inner optimizer (kept across work orders with the same inner settings)
   // and the spec's decay multipliers; error feedback per (frame kind, dtype) of results
   inner: null, decayMul: null, feedback: new Map(), feedbackKey: "", resyncAt: 0, nextWork: null,
-  carry: null, // overlap: {delta, vectors, loss, ms, opt} not yet sent, for the next local order
+  carry: null, // overlap: {delta, vectors, loss, ms, opt, proof} not yet sent, for the next local order
+  proofs: new Map(), // iteration -> ProofRecorder of its round, for the master's audits
   // tracker schedule (welcome's `tracker`): {periodMs, sample} or null = every parameters frame
   tracker: null, lastEvalEnd: -Infinity, lastEvalMs: 0, evalTimer: null, sample: null,
 };
@@ -122,7 +128,7 @@ function connect() {
     const join = {
       type: "join", protocol: PROTOCOL, project: S.cfg.project, role: S.cfg.role, kind: "browser",
       backend: S.backend || "starting", capacity: 3000, name: S.cfg.name || "",
-      join_key: S.cfg.joinKey || "", capabilities: { userAgent: self.navigator.userAgent },
+      join_key: S.cfg.joinKey || "", capabilities: { userAgent: self.navigator.userAgent, proofs: 1 },
     };
     if (Number(S.cfg.capacity) > 0) join.capacity = Math.floor(Number(S.cfg.capacity));
     else if (V2) {
@@ -143,7 +149,7 @@ function connect() {
   ws.onclose = (ev) => {
     S.ws = null;
     if (S.stopped) return;
-    const fatal = [4403, 4404, 4409, 4410].includes(ev.code);
+    const fatal = [4403, 4404, 4409, 4410, 4453].includes(ev.code);
     log(`connection closed (${ev.code}${ev.reason ? ": " + ev.reason : ""})${fatal ? "" : "; reconnecting"}`,
       fatal ? "error" : "warn");
     if (fatal) { S.state = "refused: " + (ev.reason || ev.code); S.stopped = true; return; }
@@ -171,6 +177,7 @@ function resetLearner() {
   S.carry = null;
   S.decayMul = null;
   S.feedback.clear();
+  S.proofs.clear();
 }
 
 async function onText(m) {
@@ -212,6 +219,7 @@ async function onText(m) {
       allocations = allocations.then(() => allocation(m)).catch((e) => log(`data: ${e.message || e}`, "error"));
       break;
     case "work": work(m); break;
+    case "audit": answerAudit(m); break;
     case "state": S.projectState = m.state; break;
     case "error":
       log(`master: ${m.code}: ${m.reason}`, "warn");
@@ -284,15 +292,15 @@ async function allocation(m) {
     S.allocated += ids.length;
     const base = new URL(g.url.replace(/\/?$/, "/"), S.cfg.httpBase).href;
     for (let s = 0; s < ids.length; s += 4096) {
-      await fetchItems(base, g.dataset, ids.slice(s, s + 4096), g.label_map);
+      await fetchItems(base, g.dataset, ids.slice(s, s + 4096), g.label_map, g.grant);
     }
   }
 }
 
-async function fetchItems(base, dataset, ids, labelMap) {
-  const resp = await fetch(`${base}datasets/${dataset}/fetch`, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ ids }),
-  });
+async function fetchItems(base, dataset, ids, labelMap, grant) {
+  const headers = { "Content-Type": "application/json" };
+  if (grant) headers["X-Read-Grant"] = grant; // a private project's data (given with the allocation)
+  const resp = await fetch(`${base}datasets/${dataset}/fetch`, { method: "POST", headers, body: JSON.stringify({ ids }) });
   if (!resp.ok) { log(`data server: ${resp.status} ${await resp.text()}`, "error"); return; }
   const reader = resp.body.getReader();
   const blocks = Wire.BlockReader();
@@ -323,13 +331,27 @@ let order = new Uint32Array(0), pos = 0;
 function batch(rows) {
   const x = new Float32Array(rows.length * C.item);
   const y = new Int32Array(rows.length);
+  const keys = new Array(rows.length); // item keys (dataset * 2^32 + id), for the round's proof
   for (let i = 0; i < rows.length; i++) {
     const r = rows[i];
     const px = C.pixels.subarray(r * C.item, (r + 1) * C.item);
     for (let j = 0; j < C.item; j++) x[i * C.item + j] = px[j] / 255;
     y[i] = C.labels[r];
+    keys[i] = C.keys[r];
   }
-  return [x, y];
+  return [x, y, keys];
+}
+
+/** The master audits the result of m.iteration: send that round's proof, or say why not. */
+function answerAudit(m) {
+  const proof = S.proofs.get(m.iteration);
+  S.proofs.delete(m.iteration);
+  if (!S.ws || S.ws.readyState !== 1) return;
+  if (!proof) {
+    send({ type: "proof_missing", iteration: m.iteration, reason: "no record of that round (the model or the inner state started over)" });
+    return;
+  }
+  S.ws.send(proof.encode(S.projectId, m.iteration));
 }
 
 function nextRows(b) {
@@ -371,6 +393,8 @@ async function work(m) {
     S.results++;
     if (S.ws && S.ws.readyState === 1) {
       S.ws.send(encodeResult(it, r, mode === "local" ? Wire.DELTA : Wire.RESULT, dtype));
+      S.proofs.set(it, r.proof);
+      for (const old of [...S.proofs.keys()]) if (old < it - 2) S.proofs.delete(old);
     }
     if (mode === "local" && m.overlap_ms > 0 && !target && r.end) await overlapRound(m.overlap_ms, r.end);
   } catch (e) {
@@ -395,21 +419,25 @@ const stop = (it, t0, workMs, lastBatch, target, done) =>
 async function gradientRound(it, workMs, target, m) {
   S.engine.setParams(S.params);
   const total = new Float32Array(S.engine.numParams);
+  const proof = new Proof.ProofRecorder("gradient", ["g"], total.length);
+  proof.checkpoint(0, [total], true);
   const t0 = performance.now();
   let vectors = 0, loss = 0, lastBatch = 0, lastYield = t0;
   const B = S.cfg.batchSize || m.batch_size || 32; // the page's choice first, as in protocol 1
   for (;;) {
     const tb = performance.now();
-    const [x, y] = batch(nextRows(batchSize(B, target, vectors)));
+    const [x, y, keys] = batch(nextRows(batchSize(B, target, vectors)));
     const r = S.engine.gradient(x, y, y.length, true);
     for (let i = 0; i < total.length; i++) total[i] += r.grad[i];
     vectors += y.length;
     loss += r.loss;
+    proof.step(keys, 0, () => [total]);
     lastBatch = performance.now() - tb;
     if (stop(it, t0, workMs, lastBatch, target, vectors)) break;
     if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
   }
-  return { values: total, vectors, loss, ms: performance.now() - t0 };
+  proof.checkpoint(0, [total], true);
+  return { values: total, vectors, loss, ms: performance.now() - t0, proof };
 }
 
 /**
@@ -435,21 +463,28 @@ async function localRound(it, workMs, target, m) {
   const carried = carry && carry.opt === opt && carry.delta.length === n && !target;
   // the overlap's steps, moved onto the new parameters: start - (sent - now)
   if (carried) for (let i = 0; i < n; i++) round.params[i] = round.start[i] - carry.delta[i];
+  // the round's record: the overlap's steps, the shift, then this round's steps
+  const proof = carried ? carry.proof : new Proof.ProofRecorder("local", Proof.localArrays(opt), n);
+  if (carried) proof.shift();
+  const state = () => Proof.localState(round.params, opt);
+  proof.checkpoint(opt.t, state(), true);
   const t0 = performance.now();
   let lastBatch = 0, lastYield = t0;
   const B = opt.batchSize || m.batch_size || S.cfg.batchSize || 32; // inner steps: the algorithm's batch size
   for (;;) {
     const tb = performance.now();
-    const [x, y] = batch(nextRows(batchSize(B, target, round.vectors)));
+    const [x, y, keys] = batch(nextRows(batchSize(B, target, round.vectors)));
     round.batch(x, y, y.length, true); // setParams(p), gradient, inner step
+    proof.step(keys, opt.t, state);
     lastBatch = performance.now() - tb;
     if (stop(it, t0, workMs, lastBatch, target, round.vectors)) break;
     if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
   }
+  proof.checkpoint(opt.t, state(), true);
   const ms = performance.now() - t0;
-  if (!carried) return { values: round.delta(), vectors: round.vectors, loss: round.loss, ms, end: round.params };
+  if (!carried) return { values: round.delta(), vectors: round.vectors, loss: round.loss, ms, end: round.params, proof };
   return { values: round.delta(), vectors: round.vectors + carry.vectors, loss: round.loss + carry.loss,
-    ms: ms + carry.ms, end: round.params };
+    ms: ms + carry.ms, end: round.params, proof };
 }
 
 /**
@@ -463,18 +498,23 @@ async function overlapRound(mostMs, end) {
   const it = S.iteration;
   const mul = opt.config.l1_decay || opt.config.l2_decay ? S.decayMul : null;
   const round = new Inner.LocalRound(S.engine, opt, end, mul);
+  const proof = new Proof.ProofRecorder("local", Proof.localArrays(opt), opt.numParams);
+  const state = () => Proof.localState(round.params, opt);
+  proof.checkpoint(opt.t, state(), true);
   const t0 = performance.now();
   let lastBatch = 0, lastYield = t0;
   const B = opt.batchSize || S.cfg.batchSize || 32;
   while (!S.nextWork && it === S.iteration && performance.now() - t0 + lastBatch <= mostMs) {
     const tb = performance.now();
-    const [x, y] = batch(nextRows(B));
+    const [x, y, keys] = batch(nextRows(B));
     round.batch(x, y, y.length, true);
+    proof.step(keys, opt.t, state);
     lastBatch = performance.now() - tb;
     if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
   }
   if (round.vectors > 0 && S.inner === opt) {
-    S.carry = { delta: round.delta(), vectors: round.vectors, loss: round.loss, ms: performance.now() - t0, opt };
+    proof.checkpoint(opt.t, state(), true);
+    S.carry = { delta: round.delta(), vectors: round.vectors, loss: round.loss, ms: performance.now() - t0, opt, proof };
   }
 }
 

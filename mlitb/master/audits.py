@@ -1,0 +1,153 @@
+"""Which results the master audits, and what follows (sans-I/O, part of the Engine).
+
+Adaptive replication as BOINC does it: a trainer's results are all audited until it
+passed `verify_trust` audits (and always while it is suspect: clipped results, or it
+joined from an address a banned client used), then with probability
+max(verify_rate, verify_trust / (passed + 1)), drawn with SystemRandom after the result
+arrived, so a trainer never knows whether the round it is computing will be checked.
+One audit per trainer is open at a time. A proof that fails the check bans its sender;
+so does a third audit left unanswered (`proof_missing`, or no answer within
+AUDIT_TIMEOUT_S). The checks themselves are mlitb.master.verification; the runner
+fetches the items and replays in a thread, at most AUDIT_SHARE of one core.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+import numpy as np
+
+from mlitb.protocol import frames, proofs
+
+from .verification import AuditJob, Verdict
+
+log = logging.getLogger("mlitb.master")
+
+SECURE = random.SystemRandom()
+AUDIT_TIMEOUT_S = 30.0  # an audit not answered by then is a strike
+STRIKES_TO_BAN = 3
+MAX_QUEUE = 64  # proofs waiting for the replay thread; beyond it trusted clients' are dropped
+MAX_BANNED = 1000  # bans remembered per project (persisted with the totals)
+
+
+class Auditor:
+    def __init__(self, totals: dict) -> None:
+        self.held: dict[int, np.ndarray] = {}  # iteration -> parameters clients started from
+        self.queue: list[AuditJob] = []  # proofs received, to check
+        self.banned: list[dict] = list(totals.get("banned", []))[-MAX_BANNED:]
+        self.passed = int(totals.get("audits_passed", 0))
+        self.failed = int(totals.get("audits_failed", 0))
+        self.skipped = int(totals.get("audits_skipped", 0))
+        self.asked = int(totals.get("audits", 0))
+
+    def totals(self) -> dict:
+        return {"banned": self.banned, "audits_passed": self.passed, "audits_failed": self.failed,
+                "audits_skipped": self.skipped, "audits": self.asked}  # fmt: skip
+
+    def banned_address(self, address: str) -> bool:
+        return bool(address) and any(b.get("address") == address for b in self.banned)
+
+    # -------------------------------------------------------------- parameters
+    def remember(self, iteration: int, held: np.ndarray, keep: int) -> None:
+        """What clients hold from `iteration` on; the last `keep` iterations are kept."""
+        self.held[iteration] = np.array(held, np.float32, copy=True)
+        for it in [it for it in self.held if it <= iteration - keep]:
+            del self.held[it]
+
+    def forget(self) -> None:
+        self.held.clear()
+        self.queue.clear()
+
+    # -------------------------------------------------------------- policy
+    def wants(self, client, hyper, clipped: bool) -> bool:
+        if not hyper.verify or not client.proofs or client.audit is not None:
+            return False
+        if client.audits_passed < hyper.verify_trust or client.suspect or clipped:
+            return True
+        rate = max(hyper.verify_rate, hyper.verify_trust / (client.audits_passed + 1))
+        return SECURE.random() < rate
+
+    def job(self, client, frame: frames.Frame, mode: str, inner: dict, staleness: int, factor: float,
+            now: float, accepted_in: int) -> AuditJob | None:  # fmt: skip
+        start = self.held.get(frame.iteration)
+        if start is None:
+            return None  # parameters no longer known (a restart): not auditable
+        job = AuditJob(
+            client=client.id,
+            iteration=frame.iteration,
+            mode=mode,
+            values=np.array(frame.values, np.float32),
+            vectors=frame.vectors,
+            dtype=frame.dtype,
+            start=start,
+            previous=self.held.get(frame.iteration - 1),
+            last_norm=client.last_norm,
+            inner=inner,
+            asked_at=now,
+            factor=factor,
+            staleness=staleness,
+            frame=frame,
+            accepted_in=accepted_in,
+            untrusted=client.audits_passed < 3 or client.suspect,
+        )
+        self.asked += 1
+        return job
+
+    def on_proof(self, client, data: bytes, num_params: int) -> str | None:
+        """A proof frame arrived: queue its job; returns why it is refused (ban), or None."""
+        job = client.audit
+        if job is None:
+            return "unasked"  # not an offence: a proof racing a timeout
+        try:
+            _project, iteration, header, values = proofs.decode(data, num_params)
+        except proofs.ProofError as exc:
+            return f"unreadable proof: {exc}"
+        if iteration != job.iteration:
+            return f"proof for iteration {iteration}, the audit asked for {job.iteration}"
+        job.proof = (header, values)
+        client.audit = None
+        self.queue.append(job)
+        if len(self.queue) > MAX_QUEUE:  # the replay thread is behind: drop a trusted client's
+            trusted = [j for j in self.queue if not j.untrusted] or self.queue
+            self.queue.remove(trusted[0])
+            self.skipped += 1
+        return None
+
+    def next_job(self) -> AuditJob | None:
+        """The next proof to check: untrusted clients' first, then the oldest."""
+        if not self.queue:
+            return None
+        job = min(self.queue, key=lambda j: (not j.untrusted, j.asked_at))
+        self.queue.remove(job)
+        return job
+
+    def overdue(self, clients, now: float) -> list:
+        return [c for c in clients if c.audit is not None and now - c.audit.asked_at > AUDIT_TIMEOUT_S]
+
+    def record(self, client, verdict: Verdict) -> None:
+        """`client` None: it left before its verdict."""
+        if verdict.ok:
+            self.passed += 1
+            if client is not None:
+                client.audits_passed += 1
+                client.audit_error = max(client.audit_error, verdict.error)
+        else:
+            self.failed += 1
+
+    def ban_entry(self, client, cid: str, iteration: int, reason: str, when: float) -> dict:
+        entry = {"id": cid, "iteration": iteration, "reason": reason[:300], "t": round(when, 3)}
+        if client is not None:
+            entry.update(name=client.name, address=client.address, kind=client.kind,
+                         first_result=client.first_result)  # fmt: skip
+        self.banned.append(entry)
+        del self.banned[:-MAX_BANNED]
+        return entry
+
+
+def strike(client, why: str, on_ban: Callable[[str], None]) -> None:
+    client.audit_strikes += 1
+    client.audit = None
+    if client.audit_strikes >= STRIKES_TO_BAN:
+        on_ban(f"{client.audit_strikes} audits unanswered (last: {why})")

@@ -1,0 +1,126 @@
+"""The asyncio side of verification: takes proofs the Engine queued (mlitb.master.audits),
+fetches the items their chosen segments used from the data server, replays them in a
+thread with the master's PyTorch executor (mlitb.master.verification), and hands the
+verdict back to the Engine.
+
+Cost is bounded: one replay at a time on one torch thread, and after each the task
+waits until replaying took at most AUDIT_SHARE of one core (CPU time, as the master's
+test evaluation). When proofs arrive faster, the Engine's queue drops trusted
+clients' first (counted as `audits_skipped`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+
+from .engine import Engine
+from .verification import AuditJob, Plan, Verdict, prepare, run_replay
+
+log = logging.getLogger("mlitb.master")
+
+AUDIT_SHARE = 0.25  # of one core, at most
+FETCH_CHUNK = 4096
+
+
+class AuditRunner:
+    def __init__(self, engine: Engine, fetch, on_verdict) -> None:
+        self.engine = engine
+        self.fetch = fetch  # async (source, ids) -> list of Blocks
+        self.on_verdict = on_verdict
+        self.wake = asyncio.Event()
+        self.net = None
+        self.net_spec = None
+        self.checked = 0
+
+    async def run(self) -> None:
+        while True:
+            job = self.engine.auditor.next_job()
+            if job is None:
+                self.wake.clear()
+                try:
+                    async with asyncio.timeout(1.0):
+                        await self.wake.wait()
+                except TimeoutError:
+                    pass
+                continue
+            took = 0.0
+            try:
+                took = await self.check(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the data server down, a dataset deleted: not the client's fault
+                log.warning("project %s: audit of %s not checked: %r", self.engine.name, job.client, exc)
+                self.engine.auditor.skipped += 1
+            await asyncio.sleep(took * (1 / AUDIT_SHARE - 1))
+
+    @staticmethod
+    def _foreign(job: AuditJob):
+        """keys -> those the client did not hold (now or lately) when its result came."""
+        owned = job.owned if job.owned is not None else np.zeros(0, np.int64)
+        return lambda keys: keys[~np.isin(keys, owned, assume_unique=True)]
+
+    async def check(self, job: AuditJob) -> float:
+        """Check one proof; returns CPU seconds spent replaying."""
+        e = self.engine
+        header, values = job.proof
+        replayable = not any(layer.get("type") == "dropout" for layer in e.spec.to_json())
+        plan = prepare(job, header, values, self._foreign(job), e.hyper.verify_tolerance, replayable)
+        took = 0.0
+        if isinstance(plan, Plan) and plan.chosen:
+            items = await self._items(plan.needed())
+            if isinstance(items, Verdict):
+                plan = items
+            else:
+                plan, took = await asyncio.to_thread(self._replay, job, plan, items)
+        verdict = plan if isinstance(plan, Verdict) else Verdict(True, "structure and ends only (no replay)")
+        self.checked += 1
+        e.finish_audit(job, verdict)
+        self.on_verdict()
+        return took
+
+    async def _items(self, keys: np.ndarray) -> dict | Verdict:
+        """key -> (pixels uint8 HWC, project label) for the keys, fetched like a worker."""
+        e = self.engine
+        out: dict[int, tuple[np.ndarray, int]] = {}
+        for dataset in np.unique(keys >> 32).tolist():
+            source = e.sources.get(dataset)
+            if source is None or source.role != "train":
+                return Verdict(False, f"the proof uses dataset {dataset}, not a training set of this project")
+            ids = (keys[(keys >> 32) == dataset] & 0xFFFFFFFF).tolist()
+            label_map = np.array([*source.label_map, -1], np.int64)
+            for start in range(0, len(ids), FETCH_CHUNK):
+                for block in await self.fetch(source, ids[start : start + FETCH_CHUNK]):
+                    mapped = label_map[np.minimum(block.labels.astype(np.int64), len(label_map) - 1)]
+                    for i, px, label in zip(block.ids.tolist(), block.pixels, mapped.tolist(), strict=True):
+                        out[(dataset << 32) | i] = (px, label)
+        missing = [k for k in keys.tolist() if k not in out or out[k][1] < 0]
+        if missing:
+            return Verdict(
+                False, f"{len(missing)} items of the proof are not training items with a project label"
+            )
+        return out
+
+    def _replay(self, job: AuditJob, plan: Plan, items: dict) -> tuple[Verdict, float]:
+        import torch
+
+        from mlitb.model.torch_executor import TorchNet
+
+        cpu0 = time.thread_time()
+        torch.set_num_threads(1)
+        e = self.engine
+        if self.net is None or self.net_spec is not e.spec:
+            self.net, self.net_spec = (
+                TorchNet(e.spec, job.start.copy(), device="cpu"),
+                e.spec,
+            )  # a copy: it shares memory
+
+        def batch(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            x = np.stack([items[k][0] for k in keys.tolist()]).astype(np.float32) * np.float32(1 / 255)
+            return x, np.array([items[k][1] for k in keys.tolist()], np.int64)
+
+        verdict = run_replay(job, plan, self.net, batch, e.l1_mul, e.l2_mul, e.hyper.verify_tolerance)
+        return verdict, time.thread_time() - cpu0

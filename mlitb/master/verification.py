@@ -1,0 +1,301 @@
+"""Verification by recomputation: the master checks a trainer's result by replaying part
+of the round that produced it (docs/security.md, "Verification").
+
+The master knows the parameters every order started from and the data every trainer
+holds, so it can check work, as BOINC checks volunteers and BTARD recomputes peers. A
+trainer keeps a record of its last rounds (mlitb.worker.proof; the browser's
+engine/proof.js): the item keys of every batch and checkpoints of its state every few
+steps. After accepting a result the master may `audit` it; the trainer answers with
+that record (mlitb.protocol.proofs) before it knows what will be checked. Then, as in
+Jia et al.'s proof of learning (2021):
+
+1. structure: counts add up to the result's vectors, every key is an item this trainer
+   holds (or held until the last boundary), checkpoints start at step 0 and end at the
+   last step;
+2. ends: the first checkpoint is where the order started (zero gradient sum, or the
+   parameters the trainer was sent; after an overlap shift, a point near the previous
+   parameters), the last one gives the result that was sent;
+3. segments: the segment between two checkpoints with the largest change, and one more
+   drawn at random, are replayed with the master's own PyTorch executor on the master's
+   copy of the items (true labels) and must land on the next checkpoint within
+   `tolerance` (relative to the segment's change).
+
+A lie anywhere shows: a forged result does not match its last checkpoint, forged
+checkpoints do not match a replay of the segment they bound (and the largest jump is
+always replayed), training on wrong labels or data does not replay. Work is pure
+functions of the job and the proof; the runner (mlitb.master.runner) does the I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlitb.protocol import frames
+
+MAX_STEPS = 1_000_000
+SECURE = random.SystemRandom()
+
+
+@dataclass
+class AuditJob:
+    """One audited result: everything needed to check its proof later."""
+
+    client: str
+    iteration: int
+    mode: str  # "gradient" or "local"
+    values: np.ndarray  # the result as received (decoded float32, before any clipping)
+    vectors: int
+    dtype: int  # the result's wire dtype: compressed results carry quantization error
+    start: np.ndarray  # parameters the order started from (what the client held)
+    previous: np.ndarray | None  # parameters of the iteration before (overlap shifts)
+    last_norm: float  # the client's previous accepted result's norm (0: none)
+    inner: dict  # local: the inner optimizer settings of the order
+    asked_at: float
+    factor: float = 1.0  # the clip factor the result was accumulated with
+    staleness: int = 0
+    frame: frames.Frame | None = None  # to take the result back if its sender is banned
+    proof: tuple | None = None  # (header, values) once it arrived
+    accepted_in: int = -1  # the engine's iteration when the result was accumulated
+    untrusted: bool = True  # audited because the client is new or suspect (checked first)
+    owned: np.ndarray | None = None  # sorted keys it held (or held lately) when the result came
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    detail: str
+    replayed: list[int] = field(default_factory=list)  # segment indices
+    error: float = 0.0  # largest relative error seen in a replay
+
+
+class ProofInvalid(ValueError):
+    pass
+
+
+def expected_arrays(job: AuditJob) -> list[str]:
+    if job.mode == "gradient":
+        return ["g"]
+    kind = job.inner.get("optimizer", "adam")
+    if kind == "adam":
+        return ["p", "m", "v"]
+    return ["p", "v"] if float(job.inner.get("momentum") or 0) else ["p"]
+
+
+def _int_list(value, name: str, limit: int) -> list[int]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise ProofInvalid(f"{name}: expected a list of at most {limit} integers")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise ProofInvalid(f"{name}: expected non-negative integers")
+    return value
+
+
+def check_structure(job: AuditJob, header: dict, foreign) -> tuple[list[int], np.ndarray, list[dict]]:
+    """-> (batches, keys, checkpoints), or ProofInvalid naming the first problem."""
+    if header.get("mode") != job.mode:
+        raise ProofInvalid(f"proof of a {header.get('mode')!r} round, the order was {job.mode!r}")
+    if header.get("arrays") != expected_arrays(job):
+        raise ProofInvalid(f"proof arrays {header.get('arrays')}, expected {expected_arrays(job)}")
+    batches = _int_list(header.get("batches"), "batches", MAX_STEPS)
+    keys = np.array(_int_list(header.get("keys"), "keys", 100_000_000), np.int64)
+    if sum(batches) != job.vectors or len(keys) != job.vectors:
+        raise ProofInvalid(
+            f"the proof has {sum(batches)} vectors in its batches and {len(keys)} keys, "
+            f"the result claimed {job.vectors}"
+        )
+    shifts = [i for i, b in enumerate(batches) if b == 0]
+    if (job.mode == "gradient" and shifts) or len(shifts) > 1:
+        raise ProofInvalid(f"{len(shifts)} empty steps; only one overlap shift (local) is allowed")
+    ckpts = header.get("checkpoints")
+    steps = [c.get("step") if isinstance(c, dict) else None for c in ckpts]
+    if not all(isinstance(s, int) for s in steps) or steps != sorted(set(steps)):
+        raise ProofInvalid("checkpoint steps must be increasing integers")
+    if steps[0] != 0 or steps[-1] != len(batches):
+        raise ProofInvalid(
+            f"checkpoints must start at step 0 and end at step {len(batches)}, got {steps[0]}..{steps[-1]}"
+        )
+    if not all(isinstance(c.get("t"), int) and 0 <= c["t"] < 2**40 for c in ckpts):
+        raise ProofInvalid("checkpoint t: expected a non-negative integer")
+    for s in shifts:  # the shift is bounded by checkpoints on both sides (forced)
+        if s not in steps or s + 1 not in steps:
+            raise ProofInvalid("the overlap shift must have a checkpoint before and after it")
+    unknown = foreign(np.unique(keys))  # keys (sorted, unique) -> those it was never given
+    if unknown.size:
+        raise ProofInvalid(f"{unknown.size} item keys this trainer was never given (e.g. {int(unknown[0])})")
+    return batches, keys, ckpts
+
+
+def _rel(a: np.ndarray, b: np.ndarray, scale: float) -> float:
+    diff = float(np.linalg.norm(a.astype(np.float64) - b.astype(np.float64)))
+    return diff / max(scale, 1e-30) if diff else 0.0
+
+
+def final_tolerance(job: AuditJob, tolerance: float) -> float:
+    """Compressed results differ from the exact change by the error feedback's residuals
+    (docs/security.md measures them): int8 up to ~6 %, float16 ~0.1 %."""
+    return {frames.codecs.INT8: 0.15, frames.codecs.FLOAT16: 0.01}.get(job.dtype, 0.0) + tolerance
+
+
+def check_ends(
+    job: AuditJob, batches: list[int], ckpts: list[dict], values: np.ndarray, tolerance: float
+) -> None:
+    """First and last checkpoints against what the master knows; ProofInvalid if off."""
+    first, last = values[0, 0], values[-1, 0]
+    if not np.isfinite(values).all():
+        raise ProofInvalid("a checkpoint has NaN or Inf values")
+    if job.mode == "gradient":
+        if np.any(first):
+            raise ProofInvalid("the first checkpoint of a gradient round must be a zero sum")
+        true = last
+    else:
+        if 0 not in batches:  # no overlap shift: it started from the parameters it was sent
+            err = _rel(first, job.start, float(np.linalg.norm(job.start)))
+            if err > 1e-5:
+                raise ProofInvalid(
+                    f"the round did not start from the parameters it was sent (relative distance {err:.2e})"
+                )
+        elif job.previous is not None:  # the overlap began where the last round ended
+            dist = float(np.linalg.norm(first.astype(np.float64) - job.previous))
+            bound = 2.0 * job.last_norm + 1e-4 * float(np.linalg.norm(job.previous)) + 1e-6
+            if dist > bound:
+                raise ProofInvalid(
+                    f"the overlap started {dist:.3g} away from the last parameters (at most {bound:.3g})"
+                )
+        true = job.start.astype(np.float64) - last
+    tol = final_tolerance(job, tolerance)
+    err = _rel(job.values, true, float(np.linalg.norm(true)))
+    if err > max(tol, 1e-5):
+        raise ProofInvalid(
+            f"the result sent is not the round's (relative difference {err:.3g}, tolerance {tol:g})"
+        )
+
+
+def segments(batches: list[int], ckpts: list[dict], values: np.ndarray, mode: str) -> list[int]:
+    """Segments to replay: the one with the largest change per vector, and one more at
+    random (unpredictable: SystemRandom). Shift-only segments need no replay."""
+    steps = [c["step"] for c in ckpts]
+    candidates = []
+    for j in range(len(steps) - 1):
+        n = sum(batches[steps[j] : steps[j + 1]])
+        if n == 0:
+            continue
+        change = float(np.linalg.norm(values[j + 1, 0].astype(np.float64) - values[j, 0]))
+        candidates.append((change / n, j))
+    if not candidates:
+        return []
+    largest = max(candidates)[1]
+    others = [j for _, j in candidates if j != largest]
+    return [largest] + ([SECURE.choice(others)] if others else [])
+
+
+def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts: list[dict],
+                   values: np.ndarray, j: int, items, l1_mul, l2_mul, tolerance: float) -> float:  # fmt: skip
+    """Replay segment j with the master's executor; returns its relative error, raises
+    ProofInvalid beyond `tolerance`. `items(keys) -> (x float32 NHWC, y int64)`."""
+    import torch
+
+    from mlitb.worker.inner import InnerOptimizer
+
+    steps = [c["step"] for c in ckpts]
+    a, b = steps[j], steps[j + 1]
+    offsets = np.concatenate([[0], np.cumsum(batches)])
+    start, claimed = values[j], values[j + 1]
+    if job.mode == "gradient":
+        net.set_params(job.start)
+        net.flat.grad = None
+        for s in range(a, b):
+            x, y = items(keys[offsets[s] : offsets[s + 1]])
+            net.loss(x, y).backward()
+        got = start[0].astype(np.float64) + net.flat.grad.detach().numpy()
+        net.flat.grad = None
+        err = _rel(got, claimed[0], float(np.linalg.norm(claimed[0].astype(np.float64) - start[0])))
+        if err > tolerance:
+            raise ProofInvalid(f"segment {j} (steps {a}-{b}) does not replay: relative error {err:.3g}")
+        return err
+    names = expected_arrays(job)
+    opt = InnerOptimizer(job.inner, net.flat.numel(), l1_mul, l2_mul, torch.device("cpu"))
+    opt.t = ckpts[j]["t"]
+    state = dict(zip(names, start, strict=True))
+    if opt.m is not None:
+        opt.m.copy_(torch.from_numpy(state["m"].copy()))
+    if opt.v is not None:
+        opt.v.copy_(torch.from_numpy(state["v"].copy()))
+    net.set_params(state["p"])
+    p0 = values[0, 0]
+    for s in range(a, b):
+        if batches[s] == 0:  # the overlap shift: onto the new parameters, new + (p - p0)
+            with torch.no_grad():
+                net.flat.data += torch.from_numpy((job.start - p0).astype(np.float32))
+            continue
+        x, y = items(keys[offsets[s] : offsets[s + 1]])
+        net.flat.grad = None
+        loss = net.loss(x, y)
+        loss.backward()
+        opt.step(net.flat.data, net.flat.grad, len(y))
+    net.flat.grad = None
+    if opt.t != ckpts[j + 1]["t"]:
+        raise ProofInvalid(
+            f"segment {j}: {opt.t} inner steps after replay, the checkpoint says {ckpts[j + 1]['t']}"
+        )
+    got = {"p": net.flat.detach().numpy(), "m": None if opt.m is None else opt.m.numpy(),
+           "v": None if opt.v is None else opt.v.numpy()}  # fmt: skip
+    worst = 0.0
+    for i, name in enumerate(names):
+        moved = float(np.linalg.norm(claimed[i].astype(np.float64) - start[i]))
+        scale = moved if name == "p" else max(moved, 1e-3 * float(np.linalg.norm(claimed[i])))
+        if name == "p" and 0 in batches[a:b]:
+            scale = max(scale, float(np.linalg.norm(job.start - p0)))
+        err = _rel(got[name], claimed[i], scale)
+        worst = max(worst, err)
+        if not math.isfinite(err) or err > tolerance:
+            raise ProofInvalid(
+                f"segment {j} (steps {a}-{b}) does not replay: {name} off by {err:.3g} (relative)"
+            )
+    return worst
+
+
+@dataclass
+class Plan:
+    """A proof that passed the cheap checks, and the segments to replay."""
+
+    batches: list[int]
+    keys: np.ndarray
+    ckpts: list[dict]
+    values: np.ndarray
+    chosen: list[int]
+
+    def needed(self) -> np.ndarray:
+        """Keys of the items the chosen segments use (to fetch before replaying)."""
+        offsets = np.concatenate([[0], np.cumsum(self.batches)]).astype(np.int64)
+        steps = [c["step"] for c in self.ckpts]
+        parts = [self.keys[offsets[steps[j]] : offsets[steps[j + 1]]] for j in self.chosen]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def prepare(job: AuditJob, header: dict, values: np.ndarray, foreign, tolerance: float,
+            replay: bool = True) -> Plan | Verdict:  # fmt: skip
+    """Structure and ends (no compute); a Verdict if that already fails, else the Plan.
+    `foreign(keys) -> keys` names the ones this trainer was never given."""
+    try:
+        batches, keys, ckpts = check_structure(job, header, foreign)
+        check_ends(job, batches, ckpts, values, tolerance)
+    except ProofInvalid as exc:
+        return Verdict(False, str(exc))
+    chosen = segments(batches, ckpts, values, job.mode) if replay else []
+    return Plan(batches, keys, ckpts, values, chosen)
+
+
+def run_replay(job: AuditJob, plan: Plan, net, items, l1_mul, l2_mul, tolerance: float) -> Verdict:
+    """Replay the plan's segments (CPU: run it in a thread); `items(keys) -> (x, y)`."""
+    worst = 0.0
+    try:
+        for j in plan.chosen:
+            worst = max(worst, replay_segment(job, net, plan.batches, plan.keys, plan.ckpts, plan.values, j,
+                                              items, l1_mul, l2_mul, tolerance))  # fmt: skip
+    except ProofInvalid as exc:
+        return Verdict(False, str(exc), plan.chosen)
+    return Verdict(True, f"replayed {len(plan.chosen)} segment(s), largest relative error {worst:.2e}",
+                   plan.chosen, worst)  # fmt: skip

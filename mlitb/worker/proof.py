@@ -1,0 +1,71 @@
+"""A trainer's record of one round, kept until the master may audit it (mlitb.protocol.
+proofs, docs/security.md): the keys of every batch, in order, and checkpoints of the
+state (the running gradient sum, or parameters + inner optimizer moments) every K steps.
+
+Memory is bounded: at most MAX_SPACED checkpoints every K steps are kept; when there
+would be more, every other one is dropped and K doubles. Checkpoints at the start, at
+the overlap shift and at the end are always kept. A snapshot is a copy of the state
+(torch tensors on the worker's device), taken only at kept step boundaries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mlitb.protocol import proofs
+
+MAX_SPACED = 8  # checkpoints every K steps; plus up to 4 forced ones (start, shift, end)
+MAX_PROOF_BYTES = 64 << 20  # fewer spaced checkpoints for large models (at least 2)
+
+
+class ProofRecorder:
+    def __init__(self, mode: str, arrays: tuple[str, ...], num_params: int) -> None:
+        self.mode = mode  # "gradient" or "local"
+        self.arrays = arrays  # ("g",) or ("p", "m", "v") / ("p",) / ("p", "v")
+        per_checkpoint = 4 * len(arrays) * max(num_params, 1)
+        self.max_spaced = max(2, min(MAX_SPACED, MAX_PROOF_BYTES // per_checkpoint - 4))
+        self.batches: list[int] = []
+        self.keys: list[np.ndarray] = []
+        self.every = 1  # K
+        self.points: dict[int, tuple[int, list[torch.Tensor], bool]] = {}  # step -> (t, arrays, forced)
+
+    @property
+    def steps(self) -> int:
+        return len(self.batches)
+
+    def checkpoint(self, t: int, state: list[torch.Tensor], forced: bool = False) -> None:
+        step = self.steps
+        old = self.points.get(step)
+        self.points[step] = (t, [s.detach().clone() for s in state], forced or bool(old and old[2]))
+        spaced = [s for s, (_, _, f) in self.points.items() if not f]
+        if len(spaced) > self.max_spaced:
+            self.every *= 2
+            for s in spaced:
+                if s % self.every:
+                    del self.points[s]
+
+    def step(self, keys: np.ndarray, t: int, state_fn) -> None:
+        """After a step on the items `keys`; state_fn() -> the state now (only called
+        when a checkpoint is due)."""
+        self.batches.append(len(keys))
+        self.keys.append(np.asarray(keys, np.int64))
+        if self.steps % self.every == 0:
+            self.checkpoint(t, state_fn())
+
+    def shift(self) -> None:
+        """local overlap: the parameters were moved onto the new ones here."""
+        self.batches.append(0)
+        self.keys.append(np.zeros(0, np.int64))
+
+    def encode(self, project: int, iteration: int) -> bytes:
+        steps = sorted(self.points)
+        header = {
+            "mode": self.mode,
+            "arrays": list(self.arrays),
+            "batches": self.batches,
+            "keys": np.concatenate(self.keys).tolist() if self.keys else [],
+            "checkpoints": [{"step": s, "t": self.points[s][0]} for s in steps],
+        }
+        checkpoints = [[a.cpu().numpy() for a in self.points[s][1]] for s in steps]
+        return proofs.encode(project, iteration, header, checkpoints)

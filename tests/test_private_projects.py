@@ -1,0 +1,92 @@
+"""A project with a join key is private (docs/security.md): its details, metrics, model,
+closures and dashboard stream need the key or the owner token, and the items of its
+datasets on the master's data server are served only with a read grant, which the master
+hands to the workers that joined with the key. Real master, real data server, a real
+native worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+from test_learning_integration import FC_SPEC
+from test_master_integration import ThreadWorker, create_project, upload, ws_base
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from mlitb.data.grants import read_grant
+
+HYPER = {"iteration_time": 1.0, "test_interval": 1, "batch_size": 10}
+KEY = "a-secret-join-key"
+
+
+def test_a_private_project_keeps_its_model_and_data_to_key_holders(master, mnist_zips):
+    train, test = upload(master.data, mnist_zips)
+    token = create_project(master.url, "secret", [train], [test], spec=FC_SPEC, hyper=HYPER, join_key=KEY)
+    base = f"{master.url}/api/projects/secret"
+
+    # ---- the master's API: nothing without the key or the owner token
+    for path in ("", "/metrics", "/model", "/closure"):
+        resp = httpx.get(base + path, timeout=60)
+        assert resp.status_code == 403 and resp.json()["error"] == "private", (path, resp.text)
+        assert "join key" in resp.json()["detail"]
+        assert httpx.get(base + path, headers={"X-Join-Key": "wrong"}, timeout=60).status_code == 403
+    assert httpx.get(base, headers={"X-Join-Key": KEY}, timeout=30).status_code == 200
+    assert httpx.get(base, params={"key": KEY}, timeout=30).status_code == 200
+    assert (
+        httpx.get(base + "/model", headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code
+        == 200
+    )
+    (listed,) = [
+        p for p in httpx.get(f"{master.url}/api/projects", timeout=30).json() if p["name"] == "secret"
+    ]
+    assert listed["private"] is True and "clients" not in listed and "test_error" not in listed
+    assert 'project="secret"' not in httpx.get(f"{master.url}/metrics", timeout=30).text
+
+    async def stream(query: str) -> int | None:
+        try:
+            async with connect(f"{ws_base(master.url)}/api/projects/secret/stream{query}") as ws:
+                await ws.recv()
+                return None
+        except ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else -1
+
+    assert asyncio.run(stream("")) == 4403
+    assert asyncio.run(stream(f"?key={KEY}")) is None
+
+    # ---- the data server: the datasets are private; items only with the read grant
+    data = f"{master.url}/data"
+    assert httpx.get(f"{data}/datasets/{train}", timeout=30).json()["private"] is True
+    fetch = f"{data}/datasets/{train}/fetch"
+    resp = httpx.post(fetch, json={"ids": [0, 1]}, timeout=30)
+    assert resp.status_code == 401 and resp.json()["error"] == "private", resp.text
+    assert (
+        httpx.post(fetch, json={"ids": [0]}, headers={"X-Read-Grant": "0" * 64}, timeout=30).status_code
+        == 403
+    )
+    assert httpx.get(f"{data}/datasets/{train}/items/0.png", timeout=30).status_code == 401
+    grant = read_grant(master.data_token, train)
+    assert (
+        httpx.post(fetch, json={"ids": [0, 1]}, headers={"X-Read-Grant": grant}, timeout=30).status_code
+        == 200
+    )
+
+    # ---- a worker with the key gets the grant with its allocation and trains; without the
+    # key it is refused (4403)
+    with ThreadWorker(master.url, "secret", "trainer", join_key=KEY):
+        deadline = time.monotonic() + 120
+        while (s := httpx.get(base, params={"key": KEY}, timeout=30).json())["vectors_processed"] == 0:
+            assert time.monotonic() < deadline, f"the keyed worker did not train on private data: {s}"
+            time.sleep(0.5)
+    trainers = [c for c in s["clients"] if c["role"] == "trainer"]
+    assert trainers and trainers[0]["data_cached"] > 0, s
+
+
+def test_open_projects_stay_open(master, mnist_zips):
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "open", [train], [test], spec=FC_SPEC, hyper=HYPER)
+    assert httpx.get(f"{master.url}/api/projects/open", timeout=30).status_code == 200
+    assert httpx.get(f"{master.url}/data/datasets/{train}", timeout=30).json()["private"] is False
+    resp = httpx.post(f"{master.url}/data/datasets/{train}/fetch", json={"ids": [0]}, timeout=30)
+    assert resp.status_code == 200

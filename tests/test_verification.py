@@ -1,0 +1,305 @@
+"""Verification by recomputation without sockets: a native worker's real rounds (the
+compute functions with their ProofRecorder) checked by mlitb.master.verification, and
+each kind of lie caught: a forged result, a forged checkpoint, a wrong label, an item
+it was never given, a bad count, a wrong start, an overlap shift.
+
+The socket-level tests (bans, close codes, the fleet) are in tests/test_trust_integration.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mlitb.master.verification import AuditJob, Plan, Verdict, prepare, run_replay
+from mlitb.model.layout import decay_multipliers
+from mlitb.model.model import Model
+from mlitb.model.torch_executor import TorchNet
+from mlitb.protocol import codecs, proofs
+from mlitb.worker.cache import ItemCache
+from mlitb.worker.compute import Sampler, gradient_proof, local_for, local_proof, train_for
+from mlitb.worker.inner import InnerOptimizer
+
+SPEC = [
+    {"type": "input", "out_sx": 8, "out_sy": 8, "out_depth": 1},
+    {"type": "conv", "sx": 3, "filters": 3, "stride": 1, "pad": 1, "activation": "relu"},
+    {"type": "pool", "sx": 2, "stride": 2},
+    {"type": "softmax", "num_classes": 4},
+]
+MODEL = Model.from_spec(SPEC, seed=3)
+N = MODEL.spec.num_params
+ADAM = {"optimizer": "adam", "learning_rate": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+        "l1_decay": 0.0, "l2_decay": 1e-3, "batch_size": 8}  # fmt: skip
+SGD = {"optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9, "l1_decay": 0.0, "l2_decay": 0.0}
+TOL = 0.01
+DATASET = 1
+
+
+def make_data(n: int = 120, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
+    labels = rng.integers(0, 4, n)
+    keys = (np.int64(DATASET) << 32) | np.arange(n, dtype=np.int64)
+    return keys, pixels, labels
+
+
+def cache_of(keys, pixels, labels) -> ItemCache:
+    cache = ItemCache((8, 8, 1))
+    cache.add(keys, pixels, labels)
+    return cache
+
+
+def items_fn(keys_all, pixels, labels):
+    index = {int(k): i for i, k in enumerate(keys_all)}
+
+    def items(keys: np.ndarray):
+        rows = [index[int(k)] for k in keys]
+        return pixels[rows].astype(np.float32) * np.float32(1 / 255), labels[rows].astype(np.int64)
+
+    return items
+
+
+def decode(data: bytes):
+    _, _, header, values = proofs.decode(data, N)
+    return header, values
+
+
+def job_for(mode, values, vectors, start, inner=None, previous=None, last_norm=0.0, owned=None) -> AuditJob:
+    return AuditJob(
+        client="c", iteration=5, mode=mode, values=np.asarray(values, np.float32), vectors=vectors,
+        dtype=codecs.FLOAT32, start=start, previous=previous, last_norm=last_norm, inner=inner or {},
+        asked_at=0.0, owned=owned,
+    )  # fmt: skip
+
+
+def check(job, data, keys_all, pixels, labels, every_segment=False) -> Verdict:
+    header, values = decode(data)
+    owned = job.owned if job.owned is not None else np.sort(keys_all)
+    plan = prepare(job, header, values, lambda k: k[~np.isin(k, owned)], TOL)
+    if isinstance(plan, Verdict):
+        return plan
+    if every_segment:  # tests replay every segment, not only the two an audit picks
+        plan = Plan(plan.batches, plan.keys, plan.ckpts, plan.values, list(range(len(plan.ckpts) - 1)))
+    net = TorchNet(MODEL.spec, job.start.copy(), device="cpu")  # TorchNet shares the array
+    l1, l2 = decay_multipliers(MODEL.spec)
+    return run_replay(job, plan, net, items_fn(keys_all, pixels, labels), l1, l2, TOL)
+
+
+def gradient_round(params, keys, pixels, labels, vectors=96):
+    net = TorchNet(MODEL.spec, params.copy(), device="cpu")
+    rec = gradient_proof(N)
+    result = train_for(net, cache_of(keys, pixels, labels), Sampler(1), 10_000, 8, vectors, rec)
+    return result, rec
+
+
+def local_round(params, keys, pixels, labels, inner=ADAM, vectors=160, opt=None, proof=None):
+    net = TorchNet(MODEL.spec, params.copy(), device="cpu")
+    l1, l2 = decay_multipliers(MODEL.spec)
+    opt = opt or InnerOptimizer(inner, N, l1, l2, torch.device("cpu"))
+    rec = proof or local_proof(opt)
+    result = local_for(net, cache_of(keys, pixels, labels), Sampler(2), 10_000, 8, opt, vectors, None, rec)
+    return result, rec, opt, net
+
+
+# ------------------------------------------------------------------------- honest rounds pass
+def test_honest_gradient_round_passes_every_segment():
+    keys, pixels, labels = make_data()
+    result, rec = gradient_round(MODEL.params, keys, pixels, labels)
+    job = job_for("gradient", result.grad, result.vectors, MODEL.params)
+    verdict = check(job, rec.encode(1, 5), keys, pixels, labels, every_segment=True)
+    assert verdict.ok, verdict.detail
+    assert verdict.error < 1e-4
+
+
+@pytest.mark.parametrize("inner", [ADAM, SGD], ids=["adam", "sgd-momentum"])
+def test_honest_local_round_passes_every_segment(inner):
+    keys, pixels, labels = make_data()
+    result, rec, _, _ = local_round(MODEL.params, keys, pixels, labels, inner)
+    job = job_for("local", result.grad, result.vectors, MODEL.params, inner)
+    verdict = check(job, rec.encode(1, 5), keys, pixels, labels, every_segment=True)
+    assert verdict.ok, verdict.detail
+    assert verdict.error < 1e-4
+
+
+def test_checkpoints_stay_bounded_on_a_long_round():
+    keys, pixels, labels = make_data(400)
+    result, rec, _, _ = local_round(MODEL.params, keys, pixels, labels, vectors=8 * 300)
+    header, _ = decode(rec.encode(1, 5))
+    assert len(header["batches"]) == 300 and len(header["checkpoints"]) <= 4 + 2
+    job = job_for("local", result.grad, result.vectors, MODEL.params, ADAM)
+    assert check(job, rec.encode(1, 5), keys, pixels, labels).ok
+
+
+def test_an_overlap_round_with_its_shift_passes_and_its_start_is_bounded():
+    """Round r-1 ends at p_a; the overlap steps on from there; the next parameters
+    arrive and the carry moves onto them (new + p - p_a); the round goes on."""
+    keys, pixels, labels = make_data()
+    first, _, opt, net = local_round(MODEL.params, keys, pixels, labels, vectors=80)
+    p_a = net.flat.detach().numpy().copy()
+    rec = local_proof(opt)
+    carry, rec, opt, net = local_round(p_a, keys, pixels, labels, vectors=40, opt=opt, proof=rec)
+    new = (MODEL.params - 0.7 * first.grad).astype(np.float32)  # the master's next parameters
+    rec.shift()
+    net2 = TorchNet(MODEL.spec, new - carry.grad, device="cpu")
+    result = local_for(net2, cache_of(keys, pixels, labels), Sampler(3), 10_000, 8, opt, 80, None, rec)
+    sent = result.grad + carry.grad
+    job = job_for(
+        "local", sent, 120, new, ADAM, previous=MODEL.params, last_norm=float(np.linalg.norm(first.grad))
+    )
+    verdict = check(job, rec.encode(1, 5), keys, pixels, labels, every_segment=True)
+    assert verdict.ok, verdict.detail
+    # an overlap that claims to start far from the last parameters is refused
+    far = job_for("local", sent, 120, new, ADAM, previous=MODEL.params + 5.0, last_norm=0.01)
+    assert not check(far, rec.encode(1, 5), keys, pixels, labels).ok
+
+
+# ------------------------------------------------------------------------- lies are caught
+@pytest.mark.parametrize("mode", ["gradient", "local"])
+@pytest.mark.parametrize("lie", ["sign_flip", "scale", "little", "zeros"])
+def test_a_forged_result_does_not_match_its_proof(mode, lie):
+    keys, pixels, labels = make_data()
+    if mode == "gradient":
+        result, rec = gradient_round(MODEL.params, keys, pixels, labels)
+    else:
+        result, rec, _, _ = local_round(MODEL.params, keys, pixels, labels)
+    sent = {"sign_flip": -100 * result.grad, "scale": 1e6 * result.grad, "little": 0.5 * result.grad,
+            "zeros": 0 * result.grad}[lie]  # fmt: skip
+    verdict = check(
+        job_for(mode, sent, result.vectors, MODEL.params, ADAM), rec.encode(1, 5), keys, pixels, labels
+    )
+    assert not verdict.ok and "not the round's" in verdict.detail
+
+
+def test_label_flipping_does_not_replay():
+    """Honest arithmetic on wrong labels: consistent proof, but the master's replay uses
+    the true labels."""
+    keys, pixels, labels = make_data()
+    flipped = 3 - labels
+    result, rec, _, _ = local_round(MODEL.params, keys, pixels, flipped)
+    job = job_for("local", result.grad, result.vectors, MODEL.params, ADAM)
+    verdict = check(job, rec.encode(1, 5), keys, pixels, labels)
+    assert not verdict.ok and "does not replay" in verdict.detail
+
+
+def test_a_forged_checkpoint_chain_is_caught_at_its_largest_jump():
+    """A liar that sends a forged result with a proof whose last checkpoint matches it:
+    the jump into the forged end is the largest change, which is always replayed."""
+    keys, pixels, labels = make_data()
+    result, rec, _, _ = local_round(MODEL.params, keys, pixels, labels)
+    header, values = decode(rec.encode(1, 5))
+    values = values.copy()
+    forged_end = MODEL.params + 100 * result.grad  # p_end = start - sent, sent = -100 x change
+    values[-1, 0] = forged_end
+    data = proofs.encode(1, 5, header, [list(c) for c in values])
+    job = job_for("local", -100 * result.grad, result.vectors, MODEL.params, ADAM)
+    verdict = check(job, data, keys, pixels, labels)
+    assert not verdict.ok and "does not replay" in verdict.detail
+
+
+def test_items_it_was_never_given_and_bad_counts_are_refused():
+    keys, pixels, labels = make_data()
+    result, rec = gradient_round(MODEL.params, keys, pixels, labels)
+    owned = np.sort(keys[:60])  # it only held half
+    job = job_for("gradient", result.grad, result.vectors, MODEL.params, owned=owned)
+    verdict = check(job, rec.encode(1, 5), keys, pixels, labels)
+    assert not verdict.ok and "never given" in verdict.detail
+    inflated = job_for("gradient", result.grad, result.vectors * 1000, MODEL.params)
+    verdict = check(inflated, rec.encode(1, 5), keys, pixels, labels)
+    assert not verdict.ok and "claimed" in verdict.detail
+
+
+def test_a_round_from_other_parameters_is_refused():
+    keys, pixels, labels = make_data()
+    result, rec, _, _ = local_round(MODEL.params + 0.01, keys, pixels, labels)
+    job = job_for("local", result.grad, result.vectors, MODEL.params, ADAM)
+    verdict = check(job, rec.encode(1, 5), keys, pixels, labels)
+    assert not verdict.ok and "did not start" in verdict.detail
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda h: h.update(mode="gradient"), "proof of a"),
+        (lambda h: h.update(arrays=["p"]), "arrays"),
+        (lambda h: h.update(batches=[h["batches"][0] + 1, *h["batches"][1:]]), "vectors"),
+        (lambda h: h.update(batches=[*h["batches"][:-1], 0, h["batches"][-1]]), "checkpoints must"),
+        (lambda h: h["checkpoints"].reverse(), "increasing"),
+        (lambda h: h["checkpoints"][0].update(t=-1), "t:"),
+        (lambda h: h.update(keys=h["keys"][:-1]), "keys"),
+    ],
+)
+def test_malformed_proofs_are_refused_with_a_reason(mutate, expected):
+    keys, pixels, labels = make_data()
+    result, rec, _, _ = local_round(MODEL.params, keys, pixels, labels)
+    header, values = decode(rec.encode(1, 5))
+    mutate(header)
+    data = proofs.encode(1, 5, header, [list(c) for c in values])
+    job = job_for("local", result.grad, result.vectors, MODEL.params, ADAM)
+    try:
+        verdict = check(job, data, keys, pixels, labels)
+    except proofs.ProofError as exc:
+        assert expected in str(exc) or "checkpoints" in str(exc)
+        return
+    assert not verdict.ok and expected in verdict.detail, verdict.detail
+
+
+def test_proof_frames_are_bounded():
+    with pytest.raises(proofs.ProofError, match="shorter"):
+        proofs.decode(b"MLTF", N)
+    keys, pixels, labels = make_data()
+    _, rec, _, _ = local_round(MODEL.params, keys, pixels, labels)
+    data = rec.encode(1, 5)
+    with pytest.raises(proofs.ProofError, match="the frame has"):
+        proofs.decode(data[:-4], N)
+    with pytest.raises(proofs.ProofError, match="parameters"):
+        proofs.decode(data, N + 1)
+
+
+def test_int8_checkpoint_changes_round_trip_within_one_percent():
+    """The compact form (delta "int8"): parameters and gradient sums as int8 changes from
+    the previous checkpoint as rebuilt, moments in float32."""
+    keys, pixels, labels = make_data()
+    _, rec, _, _ = local_round(MODEL.params, keys, pixels, labels)
+    header, values = decode(rec.encode(1, 5))
+    small = proofs.encode(1, 5, header, [list(c) for c in values], delta=True)
+    assert len(small) < 0.85 * len(rec.encode(1, 5))  # a tiny model: the keys dominate
+    _, _, header2, values2 = proofs.decode(small, N)
+    assert header2["delta"] == "int8"
+    np.testing.assert_array_equal(values2[:, 1:], values[:, 1:])  # m and v exact
+    for j in range(1, len(values)):
+        change = np.linalg.norm(values[j, 0] - values[j - 1, 0])
+        assert np.linalg.norm(values2[j, 0] - values[j, 0]) <= 0.01 * change + 1e-7
+
+
+# ------------------------------------------------------------------------- the browser's proofs
+@pytest.mark.node
+@pytest.mark.parametrize("mode", ["local", "gradient"])
+def test_a_browser_round_replays_on_the_masters_pytorch(mode):
+    """The browser's engine, inner optimizer and proof recorder (TF.js cpu, in node) make a
+    proof frame that the master reads and replays with PyTorch within 1e-4; the same
+    proof with a forged result fails."""
+    import base64
+
+    from conftest import ROOT, run_node
+
+    keys, pixels, labels = make_data(200)
+    rng = np.random.default_rng(5)
+    batches = []
+    for _ in range(40):
+        rows = rng.choice(len(keys), 8, replace=False)
+        x = pixels[rows].astype(np.float32) * np.float32(1 / 255)
+        batches.append({"x": base64.b64encode(x.tobytes()).decode(), "y": labels[rows].tolist(),
+                        "keys": keys[rows].tolist()})  # fmt: skip
+    params = base64.b64encode(MODEL.params.astype(np.float32).tobytes()).decode()
+    task = {"mode": mode, "layers": MODEL.spec.to_json(), "inner": ADAM, "params": params, "batches": batches}
+    (got,) = run_node(ROOT / "tests" / "js" / "proof_golden.js", {"tasks": [task]})["results"]
+    assert "error" not in got, got.get("error")
+    data = base64.b64decode(got["proof"])
+    values = np.frombuffer(base64.b64decode(got["values"]), np.float32)
+    job = job_for(mode, values, got["vectors"], MODEL.params, ADAM)
+    verdict = check(job, data, keys, pixels, labels, every_segment=True)
+    assert verdict.ok, verdict.detail
+    assert verdict.error < 1e-4, verdict.error
+    forged = job_for(mode, values * -100, got["vectors"], MODEL.params, ADAM)
+    assert not check(forged, data, keys, pixels, labels).ok
