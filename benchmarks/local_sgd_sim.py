@@ -5,7 +5,7 @@ Why: wall-clock benchmarks on a shared 2-core machine are noisy (where a wobblin
 curve first crosses 2 % moves by seconds between repeats). Counting rounds isolates the
 algorithm: each of K workers runs H inner Adam steps (lr 1e-3, batch 20, sampled with
 replacement from its own 1/K share of the 60,000 MNIST training images) from the same
-parameters with `mlitb.worker.inner.InnerOptimizer` (the native worker's own code); the
+parameters with `mlitb.model.inner.InnerOptimizer` (the native worker's own code); the
 changes are averaged (equal shares: equal weights) and the outer step is
 `mlitb.optim`'s (the master's own code). After every round the parameters are scored on
 all 10,000 test images. One round of H = 300 steps is about what one worker computes in
@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from mlitb.data import mnist
+from mlitb.model.inner import InnerOptimizer
 from mlitb.model.layout import decay_multipliers, init_params
 from mlitb.model.spec import Spec
 from mlitb.model.torch_executor import TorchNet
@@ -36,7 +37,6 @@ from mlitb.optim import make_optimizer
 from mlitb.optim.schedule import LRSchedule
 from mlitb.worker.cache import ItemCache
 from mlitb.worker.compute import evaluate
-from mlitb.worker.inner import InnerOptimizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = (0.07, 0.02, 0.015)

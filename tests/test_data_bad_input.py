@@ -230,7 +230,8 @@ BROKEN_ZIPS = {
                 ("__MACOSX/root/0/._a.png", b"x"),
                 (".DS_Store", b"x"),
                 ("root/.DS_Store", b"x"),
-                ("_x/0/a.png", png_bytes(np.zeros((28, 28), np.uint8))),
+                ("root/0/Thumbs.db", b"x"),
+                ("root/desktop.ini", b"x"),
             ]
         ),
         422,

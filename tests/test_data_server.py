@@ -534,8 +534,9 @@ def test_hidden_files_are_ignored_and_root_files_skipped(shared, tmp_path, rng):
         "top.png": img,
     }
     r = upload_members(shared.client, tmp_path, members)
-    assert r["items"] == 2 and r["label_names"] == ["0", "1"]
-    assert r["ignored"] == 6
+    # `_private/0/c.png` is data (camera files are `_DSC0001.JPG`): label 0
+    assert r["items"] == 3 and r["label_names"] == ["0", "1"]
+    assert r["ignored"] == 5
     assert r["skipped"] == [{"file": "top.png", "reason": "not inside a label folder"}]
     assert r["skipped_count"] == 1
     assert r["skipped_reasons"] == {"not inside a label folder": 1}

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from mlitb.master.verification import AuditJob, Plan, Verdict, prepare, run_replay
+from mlitb.model.inner import InnerOptimizer
 from mlitb.model.layout import decay_multipliers
 from mlitb.model.model import Model
 from mlitb.model.torch_executor import TorchNet
 from mlitb.protocol import codecs, proofs
 from mlitb.worker.cache import ItemCache
 from mlitb.worker.compute import Sampler, gradient_proof, local_for, local_proof, train_for
-from mlitb.worker.inner import InnerOptimizer
 
 SPEC = [
     {"type": "input", "out_sx": 8, "out_sy": 8, "out_depth": 1},

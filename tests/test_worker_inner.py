@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mlitb.model.decay import mean_gradient
+from mlitb.model.inner import InnerOptimizer
 from mlitb.model.layout import decay_multipliers
 from mlitb.model.model import Model
 from mlitb.model.torch_executor import TorchNet
@@ -19,7 +20,6 @@ from mlitb.optim import make_optimizer
 from mlitb.optim.schedule import LRSchedule
 from mlitb.worker.cache import ItemCache
 from mlitb.worker.compute import Sampler, local_for, train_for
-from mlitb.worker.inner import InnerOptimizer
 
 SPEC = [
     {"type": "input", "out_sx": 6, "out_sy": 6, "out_depth": 1},

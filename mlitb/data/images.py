@@ -1,7 +1,9 @@
 """Decoding one uploaded image to the dataset's input shape, deterministically.
 
 Policy (documented in README "Data format"):
-1. Formats PNG, JPEG and GIF (first frame); anything else is "not an image".
+1. Formats PNG, JPEG, GIF (first frame), WebP, BMP and TIFF (first page); anything else
+   is "not an image". A photo's EXIF orientation is applied (phones store portraits
+   sideways with an orientation tag).
 2. The header's size is checked before any pixel is decoded: more than
    `max_image_pixels` is refused (decompression-bomb guard), whatever Pillow allows.
 3. Colour: channels 1 -> 8-bit grey (ITU-R 601-2 luma, Pillow's "L"); channels 3 ->
@@ -19,15 +21,21 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-FORMATS = ("PNG", "JPEG", "GIF")
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
     (b"\xff\xd8\xff", "JPEG"),
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
+    (b"RIFF", "WebP"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
 )
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 _GREY_MODES = {"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -47,10 +55,14 @@ def decode_image(data: bytes, shape: tuple[int, int, int], max_image_pixels: int
                     f"image too large: {im.width}x{im.height} = {pixels} pixels, "
                     f"the limit is {max_image_pixels}"
                 )
-            if im.format == "JPEG":
-                im.draft("L" if channels == 1 else "RGB", (width, height))
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+            if im.format == "JPEG":  # the DCT scale for the target as it will stand after rotating
+                size = (height, width) if orientation in TRANSPOSED else (width, height)
+                im.draft("L" if channels == 1 else "RGB", size)
             im.seek(0)
             im.load()
+            if orientation != 1:
+                im = ImageOps.exif_transpose(im)
             return _to_array(im, shape)
     except ImageSkip:
         raise
@@ -58,7 +70,12 @@ def decode_image(data: bytes, shape: tuple[int, int, int], max_image_pixels: int
         kind = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
         if kind:  # the right signature but Pillow could not open it: a damaged file
             raise ImageSkip(f"unreadable image: a damaged {kind} file") from None
-        raise ImageSkip("not an image (PNG, JPEG or GIF expected)") from None
+        hint = (
+            "; HEIC photos: export them as JPEG"
+            if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1")
+            else ""
+        )
+        raise ImageSkip(f"not an image (PNG, JPEG, GIF, WebP, BMP or TIFF expected{hint})") from None
     except Image.DecompressionBombError as exc:
         raise ImageSkip(f"image too large: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

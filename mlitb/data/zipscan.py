@@ -5,15 +5,26 @@ too many members (counted from the zip's end records and central directory befor
 zipfile parses a single member, see `check_central_directory`), absolute paths or
 '..', symlinks, duplicate names, declared sizes over the limits or compression ratios
 of a zip bomb. Then it maps each remaining member to a label: the name of the folder
-that holds the file (`mnist/7/img_1.png` -> `7`). Members whose path has a part starting with '.' or '_'
-(which covers `__MACOSX`) are ignored; files not inside a folder are skipped.
+that holds the file (`mnist/7/img_1.png` -> `7`).
+
+Zips as people make them: names that macOS's Archive Utility and Linux `zip` store as
+UTF-8 without the UTF-8 flag are read as UTF-8 (zipfile would read them as cp437:
+`café` -> `cafe╠ü`); every name is put in Unicode NFC, so `café` spelled with a
+combining accent (macOS) and precomposed (Windows) is one label; folder entries are
+recognised by their trailing slash or, as Windows writes them, by the MS-DOS
+directory attribute. Hidden and system members are ignored: a path part starting with
+'.' (`.DS_Store`, `._img.jpg`, `.git`), `__MACOSX`, `Thumbs.db`, `desktop.ini`;
+`_DSC0001.JPG` and a `_background/` folder are data like any other. Files not inside a
+folder are skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import stat
 import struct
+import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,7 +169,7 @@ def scan_zip(zf: zipfile.ZipFile, limits: Limits) -> Scan:
     total = 0
     scan = Scan(members=[])
     for info in infos:
-        path = _check_name(info.filename)
+        path = _check_name(_member_name(info))
         if path in seen:
             raise bad_request(f"duplicate member name in zip: {info.filename!r}", "duplicate_name")
         seen.add(path)
@@ -175,10 +186,10 @@ def scan_zip(zf: zipfile.ZipFile, limits: Limits) -> Scan:
                 "zip_bomb",
             )
         parts = [p for p in path.split("/") if p]
-        if info.is_dir() or not parts:
+        if _is_dir(info) or not parts:
             scan.ignored += 1
             continue
-        if any(p.startswith((".", "_")) for p in parts):
+        if any(p.startswith(".") or p in SYSTEM_PARTS for p in parts):
             scan.ignored += 1
             continue
         if len(parts) < 2:
@@ -191,6 +202,31 @@ def scan_zip(zf: zipfile.ZipFile, limits: Limits) -> Scan:
     # of the same files gives the same ids.
     scan.members.sort(key=lambda m: (_natural_key(m.label), m.label, _natural_key(m.path), m.path))
     return scan
+
+
+SYSTEM_PARTS = {"__MACOSX", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN", "System Volume Information"}
+UTF8_FLAG = 0x800  # general purpose bit 11: the name is UTF-8
+DOS_DIRECTORY = 0x10  # MS-DOS attribute in the low byte of external_attr
+
+
+def _member_name(info: zipfile.ZipInfo) -> str:
+    """The member's name as its author wrote it, in NFC. Without the UTF-8 flag zipfile
+    decodes as cp437; bytes that are valid UTF-8 (what macOS and Linux tools write) are
+    read as UTF-8, anything else stays cp437 (old Windows tools)."""
+    name = info.filename
+    if not info.flag_bits & UTF8_FLAG:
+        with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+            name = name.encode("cp437").decode("utf-8")
+    return unicodedata.normalize("NFC", name)
+
+
+def _is_dir(info: zipfile.ZipInfo) -> bool:
+    """A folder entry: a trailing slash, or (Windows) the MS-DOS directory attribute."""
+    return (
+        info.is_dir()
+        or info.filename.endswith("\\")
+        or (bool(info.external_attr & DOS_DIRECTORY) and info.file_size == 0)
+    )
 
 
 def _check_name(name: str) -> str:

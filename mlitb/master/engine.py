@@ -674,7 +674,7 @@ class Engine:
             owned = self.allocator.held.get(client.id, set()).union(*client.removed)
             job.owned = np.sort(np.fromiter(owned, np.int64, len(owned)))  # what it may have used
             client.audit = job
-            self.send(client.id, msg.audit(frame.iteration))
+            self.send(client.id, msg.audit(frame.iteration, frame.vectors, frame.loss))
 
     def on_proof(self, cid: str, data: bytes) -> None:
         client = self.clients.get(cid)

@@ -197,7 +197,7 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
     ProofInvalid beyond `tolerance`. `items(keys) -> (x float32 NHWC, y int64)`."""
     import torch
 
-    from mlitb.worker.inner import InnerOptimizer
+    from mlitb.model.inner import InnerOptimizer
 
     steps = [c["step"] for c in ckpts]
     a, b = steps[j], steps[j + 1]

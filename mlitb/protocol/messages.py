@@ -197,10 +197,11 @@ def work(iteration: int, work_ms: int, fields: dict | None = None) -> dict:
     return {"type": "work", "iteration": iteration, "work_ms": work_ms, **(fields or {})}
 
 
-def audit(iteration: int) -> dict:
-    """The master checks the result of `iteration`: answer with its proof frame
-    (mlitb.protocol.proofs) or `proof_missing`."""
-    return {"type": "audit", "iteration": iteration}
+def audit(iteration: int, vectors: int, loss: float) -> dict:
+    """The master checks the result of `iteration` that had `vectors` and summed `loss`
+    (an iteration can be ordered twice when the first order got no result at all):
+    answer with its proof frame (mlitb.protocol.proofs) or `proof_missing`."""
+    return {"type": "audit", "iteration": iteration, "vectors": vectors, "loss": loss}
 
 
 def error(code: str, reason: str) -> dict:

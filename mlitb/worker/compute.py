@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mlitb.model.inner import InnerOptimizer
 from mlitb.model.torch_executor import TorchNet
 
 from .cache import ItemCache
-from .inner import InnerOptimizer
 from .proof import ProofRecorder
 
 

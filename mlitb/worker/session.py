@@ -33,6 +33,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from mlitb.data.wire import BlockReader
+from mlitb.model.inner import InnerOptimizer
 from mlitb.model.layout import decay_multipliers
 from mlitb.model.spec import Spec
 from mlitb.model.torch_executor import TorchNet
@@ -42,7 +43,6 @@ from mlitb.protocol.idtext import text_to_ids
 
 from .cache import ItemCache
 from .compute import Sampler, WorkResult, evaluate, gradient_proof, local_for, local_proof, train_for
-from .inner import InnerOptimizer
 
 log = logging.getLogger("mlitb.worker")
 
@@ -155,7 +155,9 @@ class Worker:
         self._resets = 0  # model or inner state started over: a carry from before is void
         self._overlap_stop = threading.Event()
         # records of the last rounds, for the master's audits: iteration -> ProofRecorder
-        self._proofs: dict[int, object] = {}
+        # records of the last rounds, for the master's audits: iteration -> [(vectors, loss,
+        # ProofRecorder)] (an iteration is ordered again when its first order got no result)
+        self._proofs: dict[int, list] = {}
         self._allocated: set[int] = set()
 
     def stop(self) -> None:
@@ -471,7 +473,7 @@ class Worker:
                 payload=payload,
             )
         )
-        self._proofs[iteration] = proof
+        self._proofs.setdefault(iteration, []).append((result.vectors, result.loss, proof))
         for old in [it for it in self._proofs if it < iteration - 2]:
             del self._proofs[old]  # the master audits a result right after it arrives
         self.stats.results += 1
@@ -512,7 +514,11 @@ class Worker:
         """The master audits the result of `iteration`: send the round's proof
         (mlitb.protocol.proofs), or say why it is gone."""
         iteration = m.get("iteration")
-        proof = self._proofs.pop(iteration, None)
+        rounds = self._proofs.get(iteration) or []
+        # the round that sent the audited result: same vectors and summed loss (the latest if
+        # the order was answered twice alike, or if an older master does not say)
+        same = [r for r in rounds if m.get("vectors") in (None, r[0]) and m.get("loss") in (None, r[1])]
+        proof = (same or [(0, 0.0, None)])[-1][2]
         if proof is None:
             reason = "no record of that round (the model or the inner state started over)"
             await ws.send(msg.dumps({"type": "proof_missing", "iteration": iteration, "reason": reason}))

@@ -19,7 +19,7 @@
  *   new MlitbInner.InnerOptimizer(cfg, numParams)      (`new` optional)
  *       cfg: a work order's `inner` object {optimizer: "sgd" | "adam", learning_rate,
  *       momentum, beta1, beta2, eps, batch_size, l1_decay, l2_decay}; absent fields
- *       take the native worker's defaults (mlitb/worker/inner.py: optimizer adam,
+ *       take the native worker's defaults (mlitb/model/inner.py: optimizer adam,
  *       momentum 0 = plain SGD, beta1 0.9, beta2 0.999, eps 1e-8; learning_rate 0.01,
  *       no decay). The master's work orders spell every field out.
  *     .step(params, summedGrad, n, mul)   one step, params changed in place; mul is

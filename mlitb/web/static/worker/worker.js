@@ -47,7 +47,7 @@ const S = {
   // and the spec's decay multipliers; error feedback per (frame kind, dtype) of results
   inner: null, decayMul: null, feedback: new Map(), feedbackKey: "", resyncAt: 0, nextWork: null,
   carry: null, // overlap: {delta, vectors, loss, ms, opt, proof} not yet sent, for the next local order
-  proofs: new Map(), // iteration -> ProofRecorder of its round, for the master's audits
+  proofs: new Map(), // iteration -> [{vectors, loss, proof}] of its rounds, for the master's audits
   // tracker schedule (welcome's `tracker`): {periodMs, sample} or null = every parameters frame
   tracker: null, lastEvalEnd: -Infinity, lastEvalMs: 0, evalTimer: null, sample: null,
 };
@@ -344,8 +344,11 @@ function batch(rows) {
 
 /** The master audits the result of m.iteration: send that round's proof, or say why not. */
 function answerAudit(m) {
-  const proof = S.proofs.get(m.iteration);
-  S.proofs.delete(m.iteration);
+  // the round that sent the audited result: same vectors and summed loss (an iteration is
+  // ordered again when its first order got no result at all)
+  const same = (S.proofs.get(m.iteration) || []).filter((r) =>
+    (m.vectors === undefined || r.vectors === m.vectors) && (m.loss === undefined || r.loss === m.loss));
+  const proof = same.length ? same[same.length - 1].proof : null;
   if (!S.ws || S.ws.readyState !== 1) return;
   if (!proof) {
     send({ type: "proof_missing", iteration: m.iteration, reason: "no record of that round (the model or the inner state started over)" });
@@ -393,7 +396,8 @@ async function work(m) {
     S.results++;
     if (S.ws && S.ws.readyState === 1) {
       S.ws.send(encodeResult(it, r, mode === "local" ? Wire.DELTA : Wire.RESULT, dtype));
-      S.proofs.set(it, r.proof);
+      if (!S.proofs.has(it)) S.proofs.set(it, []);
+      S.proofs.get(it).push({ vectors: r.vectors, loss: r.loss, proof: r.proof });
       for (const old of [...S.proofs.keys()]) if (old < it - 2) S.proofs.delete(old);
     }
     if (mode === "local" && m.overlap_ms > 0 && !target && r.end) await overlapRound(m.overlap_ms, r.end);

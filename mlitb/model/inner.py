@@ -1,5 +1,6 @@
 """The inner optimizer of `local_sgd`: steps a worker takes on its own share between two
-rounds with the master, in PyTorch on the worker's device.
+rounds with the master, in PyTorch on the worker's device (and the master's, when it
+replays a round to verify it: mlitb.master.verification).
 
 The formulas are mlitb.optim's (SGD in ConvNetJS's momentum form, Adam with Kingma &
 Ba's bias correction) on the flat float32 vector, and the gradient of a step is
