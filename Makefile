@@ -27,9 +27,12 @@ mlitb/web/static/vendor/versions.json: node_modules/.installed $(VENV)/.installe
 	$(BIN)/python -m mlitb.web.build
 
 # The main job: the master with the data server, the MNIST demo project, a local trainer
-# and a tracker; training is under way once it prints the dashboard URL. State in ./data.
+# and a tracker; it prints the URLs, then the links once training is under way. State in
+# ./data. Phones on the LAN: make run HOST=0.0.0.0 (another port: PORT=8080 make run).
+HOST ?= 127.0.0.1
+PORT ?= 8000
 run: setup
-	$(BIN)/mlitb serve --demo
+	$(BIN)/mlitb serve --demo --host $(HOST) --port $(PORT)
 
 test: setup
 	$(BIN)/ruff check .

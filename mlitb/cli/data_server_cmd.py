@@ -13,9 +13,21 @@ from dataclasses import replace
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data-server", help="run the data server (dataset uploads and item serving)")
+    p = sub.add_parser(
+        "data-server",
+        help="run the data server on its own (dataset uploads and item serving); `mlitb serve` "
+        "already has one at /data",
+        description="The data server on its own port (default 8001). Clients then name it: "
+        "mlitb data list --server http://HOST:8001 (mlitb data defaults to http://127.0.0.1:8000/data, "
+        "the data server inside `mlitb serve`), mlitb serve --data-server http://HOST:8001.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8001, help="port (default 8001; 0 picks a free one)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=8001,
+        help="port (default 8001; 0 picks a free one); clients use --server http://HOST:PORT",
+    )
     p.add_argument("--dir", default="data", help="data directory (SQLite + arrays; default ./data)")
     p.add_argument(
         "--token",
@@ -24,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_limit_args(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--access-log", action="store_true", help="log every HTTP request (off by default)")
     p.set_defaults(func=run)
 
 
@@ -63,23 +76,31 @@ def run(args: argparse.Namespace) -> int:
 
     from mlitb.data.app import create_app
     from mlitb.data.auth import token_path
-    from mlitb.server_runner import bind, make_config, url_of
+    from mlitb.lan import local_url
+    from mlitb.server_runner import BindError, bind, make_config, url_of
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     given = args.token or os.environ.get("MLITB_DATA_TOKEN")
     try:
-        app = create_app(args.dir, limits_from(args), token=given)
-    except ValueError as exc:
+        sock = bind(args.host, args.port)
+    except BindError as exc:
         print(f"mlitb: {exc}", file=sys.stderr)
         return 2
-    sock = bind(args.host, args.port)
+    try:
+        app = create_app(args.dir, limits_from(args), token=given)
+    except ValueError as exc:
+        sock.close()
+        print(f"mlitb: {exc}", file=sys.stderr)
+        return 2
     url = url_of(sock)
-    local = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+    local = local_url(url)
     where = "given by --token / MLITB_DATA_TOKEN" if given else f"kept in {token_path(args.dir)}"
     token_line = store_token(app.state.write_token, sorted({url, local}), where)
     print(f"mlitb data server listening on {url}", flush=True)
     print(token_line, flush=True)
-    uvicorn.Server(make_config(app, args.log_level)).run(sockets=[sock])
+    print(f"  clients:     mlitb data list --server {local}", flush=True)
+    config = make_config(app, args.log_level, sock=sock, access_log=args.access_log)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0

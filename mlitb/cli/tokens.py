@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 DATA_PREFIX = "data-server "
 
@@ -61,6 +62,12 @@ def _save(entries: dict[str, str]) -> Path:
 
 def save_token(server: str, project: str, token: str) -> Path:
     return _save({_key(server, project): token})
+
+
+def owner_link(public_url: str, project: str, token: str) -> str:
+    """The dashboard link that signs a browser in as the owner (`#/signin/PROJECT/TOKEN`):
+    what the CLI prints next to a new owner token, for the phone or laptop that owns it."""
+    return f"{public_url.rstrip('/')}/#/signin/{quote(project, safe='')}/{quote(token, safe='')}"
 
 
 def get_token(server: str, project: str) -> str | None:

@@ -66,10 +66,14 @@ def create_master_app(
     data_app=None,
     background: list | None = None,
     data_token: str | None = None,
+    public_url: str | None = None,
 ) -> FastAPI:
     """`data_internal_url`: how the master itself reaches the data server; `data_public_url`:
     what workers are told (relative URLs resolve against the master's own address);
-    `data_token`: the data server's write token, for the holds on the projects' datasets."""
+    `data_token`: the data server's write token, for the holds on the projects' datasets;
+    `public_url`: the address volunteers use (`mlitb serve --public-url`, or the LAN
+    address): GET /api tells the dashboard, whose QR codes and links would otherwise name
+    the address the page was opened at (127.0.0.1 is no use to a phone)."""
     data_dir = Path(data_dir)
     store = MasterStore(data_dir / "master.sqlite")
     manager = ProjectManager(store, data_internal_url, data_public_url, data_token)
@@ -186,6 +190,7 @@ def create_master_app(
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "data_url": data_public_url,
+            "public_url": public_url,
             "projects": len(manager.runners),
         }
 
