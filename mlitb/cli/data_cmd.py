@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_SERVER = os.environ.get("MLITB_DATA_SERVER", "http://127.0.0.1:8001")
+# What `make run` (mlitb serve) serves; a standalone `mlitb data-server` is on :8001 by default.
+DEFAULT_SERVER = os.environ.get("MLITB_DATA_SERVER", "http://127.0.0.1:8000/data")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     def server_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--server", default=DEFAULT_SERVER, help=f"data server URL (default {DEFAULT_SERVER})")
+        q.add_argument(
+            "--server",
+            default=DEFAULT_SERVER,
+            help=f"data server URL (default {DEFAULT_SERVER}, or MLITB_DATA_SERVER: the one inside "
+            "`mlitb serve`; a standalone `mlitb data-server`: http://HOST:8001)",
+        )
         q.add_argument(
             "--token",
             help="the data server's write token (default: MLITB_DATA_TOKEN, else the token stored "
@@ -86,10 +92,21 @@ def _client(args):
     return DataClient(args.server, token=args.token or tokens.get_data_token(args.server))
 
 
-def _fail(exc: Exception) -> int:
+def _fail(exc: Exception, server: str | None = None) -> int:
+    """One line (two with a hint) that says what the data server at `server` answered."""
+    import httpx
+
     from mlitb.data.client import DataServerError
 
     if isinstance(exc, DataServerError):
+        if exc.status == 404 and not exc.code and server:  # no such route: not a data server there
+            tried = exc.url or server
+            print(
+                f"mlitb: {tried} answered 404 Not Found: no data server there; is the data server mounted "
+                "at /data of the master? try --server http://HOST:8000/data",
+                file=sys.stderr,
+            )
+            return 1
         print(f"mlitb: the data server refused it ({exc.status}): {exc.detail}", file=sys.stderr)
         if exc.status == 401:
             print(
@@ -97,6 +114,12 @@ def _fail(exc: Exception) -> int:
                 "(the token is in the server's data directory, file data-token)",
                 file=sys.stderr,
             )
+    elif isinstance(exc, httpx.TransportError) and server:
+        print(
+            f"mlitb: cannot reach the data server at {server}: {exc or type(exc).__name__}; is the master "
+            "running (mlitb serve, or make run)? else name the data server with --server URL",
+            file=sys.stderr,
+        )
     else:
         print(f"mlitb: {exc}", file=sys.stderr)
     return 1
@@ -139,7 +162,7 @@ def upload(args: argparse.Namespace) -> int:
     except Exception as exc:
         if not isinstance(exc, (httpx.HTTPError, OSError)) and type(exc).__name__ != "DataServerError":
             raise
-        return _fail(exc)
+        return _fail(exc, args.server)
     if args.json:
         print(json.dumps(report))
     else:
@@ -167,7 +190,7 @@ def list_cmd(args: argparse.Namespace) -> int:
         with _client(args) as client:
             rows = client.list()
     except Exception as exc:
-        return _fail(exc)
+        return _fail(exc, args.server)
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -187,7 +210,7 @@ def info_cmd(args: argparse.Namespace) -> int:
             r = client.info(args.dataset)
             holds = client.holds(args.dataset)
     except Exception as exc:
-        return _fail(exc)
+        return _fail(exc, args.server)
     if args.json:
         print(json.dumps({**r, "holds": holds}))
         return 0
@@ -207,7 +230,7 @@ def get_cmd(args: argparse.Namespace) -> int:
             names = client.info(args.dataset)["label_names"]
             ids, labels, pixels = client.get_items(args.dataset, args.ids)
     except Exception as exc:
-        return _fail(exc)
+        return _fail(exc, args.server)
     np.savez(args.out, ids=ids, labels=labels, label_names=np.array(names), pixels=pixels)
     print(f"{len(ids)} items -> {args.out}")
     return 0
@@ -218,7 +241,7 @@ def delete_cmd(args: argparse.Namespace) -> int:
         with _client(args) as client:
             client.delete(args.dataset)
     except Exception as exc:
-        return _fail(exc)
+        return _fail(exc, args.server)
     print(f"dataset {args.dataset} deleted")
     return 0
 
@@ -228,7 +251,7 @@ def release_cmd(args: argparse.Namespace) -> int:
         with _client(args) as client:
             out = client.release(args.dataset, args.holder)
     except Exception as exc:
-        return _fail(exc)
+        return _fail(exc, args.server)
     state = "released" if out["released"] else "was not held by"
     left = ", ".join(out["holders"]) or "nobody"
     print(f"dataset {args.dataset} {state} {args.holder}; held by: {left}")
@@ -261,7 +284,7 @@ def fetch_mnist(args: argparse.Namespace) -> int:
                     report = _do_upload(client, path, "28x28x1", f"mnist-{split}", kind, None, args.json)
                     out[split] = {k: report[k] for k in ("dataset", "items", "labels", "content_hash")}
         except Exception as exc:
-            return _fail(exc)
+            return _fail(exc, args.server)
     if args.json:
         print(json.dumps(out))
     else:

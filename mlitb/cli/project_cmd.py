@@ -8,6 +8,7 @@ import os
 import sys
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 from . import tokens
 
@@ -119,6 +120,7 @@ def _request(
         if getattr(args, "key", ""):
             headers["X-Join-Key"] = args.key
     if owner:
+        _check_exists(args, owner)
         token = tokens.get_token(args.server, owner)
         if not token:
             raise SystemExit(
@@ -145,6 +147,42 @@ def _request(
             detail = resp.text
         raise SystemExit(f"mlitb: the master refused it ({resp.status_code}): {detail}")
     return resp
+
+
+def _check_exists(args, name: str) -> None:
+    """Before an owner action: a misspelt project name is the likelier mistake than a lost
+    owner token, so ask the master whether the project exists (403 means it does: private)."""
+    import httpx
+
+    server = args.server.rstrip("/")
+    try:
+        found = httpx.get(f"{server}/api/projects/{quote(name, safe='')}", timeout=30).status_code != 404
+        names = [] if found else [p["name"] for p in httpx.get(f"{server}/api/projects", timeout=30).json()]
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"mlitb: master {args.server} unreachable: {exc}") from None
+    except (ValueError, KeyError, TypeError):
+        return  # not an mlitb master's answer: the request itself will say what is wrong
+    if not found:
+        known = ", ".join(names) or "none"
+        raise SystemExit(f"mlitb: no project {name!r} on {args.server} (projects: {known})")
+
+
+def public_url(args) -> str:
+    """The address volunteers use, as the master names it (`mlitb serve --public-url`, or its
+    LAN address); the CLI's --server when the master does not say."""
+    import httpx
+
+    try:
+        given = httpx.get(f"{args.server.rstrip('/')}/api", timeout=10).json().get("public_url")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        given = None
+    return given or args.server.rstrip("/")
+
+
+def print_owner_link(args, name: str, token: str, saved: Path) -> None:
+    print(f"owner token saved in {saved}")
+    print(f"owner link: {tokens.owner_link(public_url(args), name, token)}")
+    print("  (opening it once signs that browser in as the owner: keep it as secret as the token)")
 
 
 def create(args) -> int:
@@ -183,7 +221,7 @@ def create(args) -> int:
             f"project {p['name']} created: {p['num_params']} parameters, {len(p['labels'])} labels, "
             f"{p['data_size']} training items; state {p['state']}"
         )
-        print(f"owner token saved in {path}")
+        print_owner_link(args, name, out["owner_token"], path)
     return 0
 
 
@@ -208,10 +246,9 @@ def show(args) -> int:
     if args.json:
         print(json.dumps(p))
         return 0
-    err = "-" if p["test_error"] is None else f"{p['test_error']:.4f}"
     print(
-        f"{p['name']}: {p['state']}, iteration {p['iteration']}, test error {err}, "
-        f"train loss {p['train_loss'] if p['train_loss'] is not None else '-'}"
+        f"{p['name']}: {p['state']}, iteration {p['iteration']}, test error {_num(p['test_error'], 4)}, "
+        f"train loss {_num(p['train_loss'], 4)}"
     )
     print(
         f"workers {p['workers']} (assigned {p['workers_assigned']}), trackers {p['trackers']}, "
@@ -237,7 +274,7 @@ def show(args) -> int:
     for b in p.get("banned", []):
         print(f"  BANNED {b['id']} {b.get('name') or '-'} ({b.get('address') or '-'}) at iteration "
               f"{b['iteration']}: {b['reason']}")  # fmt: skip
-    print(f"hyper: {json.dumps(p['hyper'])}")
+    print(f"hyper: {json.dumps(_rounded(p['hyper']))}")
     for c in p["clients"]:
         lag = "-" if c["lag_ms"] is None else f"{c['lag_ms']:.0f} ms"
         busy = "" if c.get("computing") is None else f" computing {c['computing']:.0%}"
@@ -257,6 +294,16 @@ def show(args) -> int:
             f"in {_bytes(c['bytes_in'])} out {_bytes(c['bytes_out'])}{busy}"
         )
     return 0
+
+
+def _num(value, decimals: int) -> str:
+    """A float for people: `decimals` places; '-' for none yet."""
+    return "-" if value is None else f"{value:.{decimals}f}"
+
+
+def _rounded(hyper: dict) -> dict:
+    """Six significant digits: 0.1 + 0.2 shows as 0.3, not 0.30000000000000004."""
+    return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in hyper.items()}
 
 
 def _bytes(n: int) -> str:

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--name", default="", help="a name shown in the master's client list")
     p.add_argument("--join-key", default="")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", action="store_true", help="no progress line and no status lines")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         print("mlitb: --device cuda but no CUDA device is available here", file=sys.stderr)
         return 1
     bar = tqdm(total=None, bar_format="{desc}", disable=args.quiet or not sys.stderr.isatty())
+    seen = {"state": None, "project": None, "failures": 0}
 
     def show(s) -> None:
         extra = (
@@ -63,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
             f"{args.role} {s.client_id or '-'} | {s.state} | project {s.project_state or '-'} | "
             f"iteration {s.iteration} | cached {s.cached} | {s.vectors_processed:,} vectors | {extra}"
         )
+        if not args.quiet:
+            for line, err in status_lines(args, s, seen):
+                tqdm.write(line, file=sys.stderr if err else sys.stdout)
 
     worker = Worker(
         args.url,
@@ -90,3 +94,32 @@ def run(args: argparse.Namespace) -> int:
         return 2
     bar.close()
     return 0
+
+
+def status_lines(args: argparse.Namespace, s, seen: dict) -> list[tuple[str, bool]]:
+    """One line per change of state (joined, training, disconnected and each retry), as
+    (text, is an error); `seen` remembers what was said last."""
+    lines: list[tuple[str, bool]] = []
+    if s.failures != seen["failures"]:  # a connection attempt failed (or one was lost)
+        seen["failures"] = s.failures
+        wait = f"{s.retry_in:.0f}" if s.retry_in >= 2 else f"{s.retry_in:.1f}"
+        what = "lost the connection to" if s.reached else "cannot reach"
+        lines.append((f"{what} {args.url}: {s.failure}; retrying in {wait} s", True))
+        if s.failures == 1 and not s.connects:
+            lines.append(("  is the master running? (mlitb serve, or make run; else check the URL)", True))
+    elif s.state != seen["state"]:
+        if s.state == "joined":
+            lines.append((f"joined project {args.project} as {args.role}, client id {s.client_id} "
+                          f"({args.url})", False))  # fmt: skip
+        elif s.state == "training":
+            lines.append((f"training (iteration {s.iteration})", False))
+        elif s.state == "tracking":
+            lines.append((f"tracking: scoring the test set (iteration {s.iteration})", False))
+        elif s.state == "model changed":
+            lines.append(("the model changed (a label was added); its new parameters follow", False))
+    seen["state"] = s.state
+    if s.project_state and s.project_state != seen["project"] and s.state not in ("joining", "disconnected"):
+        if seen["project"] is not None or s.project_state != "running":
+            lines.append((f"project {args.project} is {s.project_state}", False))
+        seen["project"] = s.project_state
+    return lines

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import tokens
-from .project_cmd import DEFAULT_SERVER, _request
+from .project_cmd import DEFAULT_SERVER, _request, print_owner_link
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -147,8 +147,9 @@ def cmd_start(args) -> int:
     else:
         print(
             f"project {p['name']} created from zoo entry {args.id}: iteration {p['iteration']}, "
-            f"{len(p['labels'])} labels, {p['data_size']} training items; owner token saved in {path}"
+            f"{len(p['labels'])} labels, {p['data_size']} training items"
         )
+        print_owner_link(args, args.name, out["owner_token"], path)
     return 0
 
 

@@ -20,13 +20,14 @@ UPLOAD_CHUNK = 1 << 20
 
 
 class DataServerError(Exception):
-    """The server refused a request; `status` and `detail` are what it said."""
+    """The server refused a request; `status` and `detail` are what it said, `url` what was asked."""
 
-    def __init__(self, status: int, detail: str, code: str = "") -> None:
+    def __init__(self, status: int, detail: str, code: str = "", url: str = "") -> None:
         super().__init__(f"{status}: {detail}")
         self.status = status
         self.detail = detail
         self.code = code
+        self.url = url
 
 
 def _raise_for(resp: httpx.Response) -> None:
@@ -39,7 +40,7 @@ def _raise_for(resp: httpx.Response) -> None:
             detail = json.dumps(detail)
     except ValueError:
         detail, code = resp.text or resp.reason_phrase, ""
-    raise DataServerError(resp.status_code, detail, code)
+    raise DataServerError(resp.status_code, detail, code, str(resp.request.url))
 
 
 class DataClient:

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import random
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +33,7 @@ import httpx
 import numpy as np
 import torch
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from mlitb.data.wire import BlockReader
 from mlitb.model.inner import InnerOptimizer
@@ -90,6 +93,41 @@ class WorkerStats:
     errors: list[str] = field(default_factory=list)
     connects: int = 0
     client_id: str = ""
+    # the last failed connection attempt: why, whether the WebSocket was open at all, the wait
+    failures: int = 0
+    failure: str = ""
+    reached: bool = False
+    retry_in: float = 0.0
+
+
+def describe(exc: BaseException) -> str:
+    """Why a connection failed, in words a person acts on (printed before each retry)."""
+    text = str(exc)
+    if isinstance(exc, ConnectionRefusedError) or (
+        text.startswith("Multiple exceptions") and f"[Errno {errno.ECONNREFUSED}]" in text
+    ):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"its TLS certificate is not trusted ({exc.verify_message}); a self-signed master's "
+            "certificate is DIR/tls/cert.pem: SSL_CERT_FILE=that file"
+        )
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, InvalidStatus):
+        return (
+            f"it answered HTTP {exc.response.status_code} to the WebSocket request at /ws "
+            "(is that the master's URL?)"
+        )
+    if isinstance(exc, ConnectionClosed):
+        if exc.rcvd is None:
+            return "the connection was lost"
+        return f"the master closed the connection ({exc.rcvd.code} {exc.rcvd.reason})".strip()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return text or type(exc).__name__
 
 
 def ws_url(url: str) -> str:
@@ -167,18 +205,25 @@ class Worker:
     async def run(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
+            connects = self.stats.connects
             try:
                 await self._session()
                 backoff = 0.5
             except FatalError:
                 raise
             except (TimeoutError, OSError, ConnectionClosed, InvalidHandshake) as exc:
-                self._set_state(f"disconnected ({type(exc).__name__})")
-                log.info("connection lost (%s); retrying in %.1f s", exc, backoff)
+                delay = backoff * (0.75 + 0.5 * random.random())
+                st = self.stats
+                st.failures, st.failure, st.retry_in = st.failures + 1, describe(exc), delay
+                st.reached = st.connects > connects
+                self._set_state("disconnected")
+                log.info("connection lost (%s); retrying in %.1f s", exc, delay)
+            else:
+                delay = backoff
             if self._stop.is_set():
                 break
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff * (0.75 + 0.5 * random.random())):
+                async with asyncio.timeout(delay):
                     await self._stop.wait()
             backoff = min(backoff * 2, 30.0)
 
