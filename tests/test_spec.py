@@ -830,6 +830,44 @@ def test_error_unknown_field_on_expanded_layer():
     check_error(err, index=1, layer_type="relu", field="group_size", expected="one of the fields")
 
 
+@pytest.mark.parametrize(
+    ("layer", "typo", "meant"),
+    [
+        ({"type": "conv", "sx": 3, "filtres": 2}, "filtres", "filters"),  # not "missing 'filters'"
+        ({"type": "fc", "num_nerons": 3}, "num_nerons", "num_neurons"),
+        ({"type": "conv", "sx": 3, "filters": 2, "activaton": "relu"}, "activaton", "activation"),
+        ({"type": "fc", "num_neurons": 3, "drop_porb": 0.5}, "drop_porb", "drop_prob"),
+    ],
+)
+def test_error_misspelt_field_is_unknown_with_the_closest_name(layer, typo, meant):
+    err = spec_error([inp(6, 6, 1), layer, SOFTMAX3])
+    msg = str(err)
+    assert msg.startswith(f"layer 1 ({layer['type']}): unknown field '{typo}' (did you mean '{meant}'?)"), msg
+    assert err.field == typo and "expected one of the fields" in msg
+
+
+def test_error_misspelt_num_classes_and_expanded_field():
+    err = spec_error([inp(6, 6, 1), {"type": "softmax", "num_clases": 3}])
+    assert "unknown field 'num_clases' (did you mean 'num_classes'?)" in str(err)
+    out = expand([inp(2, 2, 1), {"type": "fc", "num_neurons": 3}, SOFTMAX3]).to_json()
+    out[1]["out_dept"] = out[1].pop("out_depth")
+    err = spec_error(out)
+    assert str(err).startswith("layer 1 (fc): unknown field 'out_dept' (did you mean 'out_depth'?)"), err
+
+
+def test_error_missing_field_names_the_stray_key_too_short_to_match():
+    # 'sz' is as close to 'sx' as to 'sy': no guess, but the missing 'sx' names it
+    err = spec_error([inp(6, 6, 1), {"type": "pool", "sz": 2}, SOFTMAX3])
+    msg = check_error(err, index=1, layer_type="pool", field="sx", expected="this field (it is required)")
+    assert "add 'sx' (not 'sz': a field of no pool layer)" in msg
+
+
+def test_error_unknown_field_without_a_close_name_lists_the_fields():
+    err = spec_error([inp(6, 6, 1), {"type": "conv", "sx": 3, "filters": 2, "colour": "red"}, SOFTMAX3])
+    msg = check_error(err, index=1, layer_type="conv", field="colour", expected="one of the fields")
+    assert "did you mean" not in msg and "filters, in_depth" in msg
+
+
 def test_error_bias_pref_on_layer_without_biases():
     err = spec_error([inp(6, 6, 1), {"type": "pool", "sx": 2, "bias_pref": 0.1}, SOFTMAX3])
     check_error(err, index=1, layer_type="pool", field="bias_pref", expected="bias_pref only on fc and conv")

@@ -23,7 +23,10 @@ class SpecError(ModelError):
         expected: str,
         got: object = None,
         fix: str | None = None,
+        problem: str | None = None,
     ) -> None:
+        """`problem`: what is wrong, said first when `expected` alone would bury it (an
+        unknown field close to a known one: "unknown field 'filtres' (did you mean ...)")."""
         self.index = index
         self.layer_type = layer_type
         self.field = field
@@ -33,9 +36,9 @@ class SpecError(ModelError):
         where = "spec"
         if index is not None:
             where = f"layer {index}" + (f" ({layer_type})" if layer_type else "")
-        if field:
+        if field and not problem:
             where += f", field '{field}'"
-        msg = f"{where}: expected {expected}"
+        msg = f"{where}: {problem}; expected {expected}" if problem else f"{where}: expected {expected}"
         if got is not None:
             msg += f", got {_short(got)}"
         if fix:

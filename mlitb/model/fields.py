@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from difflib import get_close_matches
 
 from .errors import SpecError
 
@@ -23,6 +24,7 @@ class FieldReader:
         self.index = index
         self.layer_type = layer_type
         self.used: set[str] = {"type", "layer_type"}
+        self.allowed: set[str] = set()  # known once check_misspelt ran: names a stray key
 
     def error(self, field: str | None, expected: str, got: object = None, fix: str | None = None):
         return SpecError(self.index, self.layer_type, field, expected, got, fix)
@@ -35,7 +37,9 @@ class FieldReader:
         if name in self.raw:
             return self.raw[name]
         if default is _MISSING:
-            raise self.error(name, "this field (it is required)", None, f"add '{name}'")
+            strays = [repr(k) for k in self.raw if self.allowed and k not in self.allowed | self.used]
+            stray = f" (not {' or '.join(strays)}: a field of no {self.layer_type} layer)" if strays else ""
+            raise self.error(name, "this field (it is required)", None, f"add '{name}'{stray}")
         return default
 
     def int(self, name: str, default: object = _MISSING, minimum: int = 1) -> int:
@@ -73,9 +77,27 @@ class FieldReader:
         """Refuse typos: a misspelt 'strid' would otherwise silently mean stride 1."""
         for key in self.raw:
             if key not in allowed and key not in self.used:
-                raise self.error(
-                    str(key),
-                    "one of the fields " + ", ".join(sorted(allowed - {"type", "layer_type"})),
-                    key,
-                    "remove or correct the field",
-                )
+                raise self.unknown(key, allowed)
+
+    def check_misspelt(self, allowed: set[str]) -> None:
+        """Before any field is read: a key that is not a field but close to one is a typo, and
+        says so ('filtres': did you mean 'filters'?) instead of the required field it was
+        meant to be being reported missing."""
+        self.allowed = set(allowed)
+        for key in self.raw:
+            if (
+                isinstance(key, str)
+                and key not in allowed
+                and key not in self.used
+                and get_close_matches(key, sorted(allowed - self.used), n=1)
+            ):
+                raise self.unknown(key, allowed)
+
+    def unknown(self, key: object, allowed: set[str]) -> SpecError:
+        known = sorted(allowed - {"type", "layer_type"})
+        close = get_close_matches(str(key), known, n=1)
+        return SpecError(
+            self.index, self.layer_type, str(key), "one of the fields " + ", ".join(known), key,
+            "remove or correct the field",
+            f"unknown field {str(key)!r} (did you mean {close[0]!r}?)" if close else None,
+        )  # fmt: skip

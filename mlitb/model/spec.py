@@ -86,6 +86,7 @@ def expand(defs: object, max_params: int = MAX_PARAMS) -> Spec:
             )  # fmt: skip
         if i == 0 and t != "input":
             raise SpecError(i, t, "type", "the first layer to be 'input'", t)
+        FieldReader(raw, i, t).check_misspelt(_definition_fields(t))
         if raw.get("tensor"):
             raise SpecError(i, t, "tensor", "no 'tensor' (quadtransform is not supported)", True)
         d = {k: v for k, v in raw.items() if k not in _SUGAR and k != "type"}
@@ -124,6 +125,16 @@ def expand(defs: object, max_params: int = MAX_PARAMS) -> Spec:
         if "drop_prob" in raw and t != "dropout":
             flat.append((i, {"type": "dropout", "drop_prob": raw["drop_prob"]}))
     return _build(flat, expanded=False, max_params=max_params)
+
+
+def _definition_fields(t: str) -> set[str]:
+    """What a user's definition of type `t` may hold: the layer's fields and the sugar."""
+    known = set(LAYER_TYPES[t].fields) | {"activation", "drop_prob", "group_size", "bias_pref"}
+    if t in ("softmax", "svm"):
+        known.add("num_classes")
+    if t == "regression":
+        known.add("num_neurons")
+    return known
 
 
 def from_expanded(layers: object, max_params: int = MAX_PARAMS) -> Spec:
@@ -176,6 +187,7 @@ def _build(flat: list[tuple[int, dict]], expanded: bool, max_params: int) -> Spe
             fix = 'end the spec with e.g. {"type": "softmax", "num_classes": 10}'
             raise SpecError(i, t, "type", "the last layer to be softmax, svm or regression", t, fix)
         r = FieldReader(d, i, t)
+        r.check_misspelt(set(cls.fields))
         layer = cls.parse(r, shape, expanded)
         r.check_unknown(set(cls.fields))
         if expanded:
