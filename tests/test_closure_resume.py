@@ -41,6 +41,7 @@ pytestmark = pytest.mark.slow
 
 # A schedule and decay that the optimizer state must carry across for the update to match.
 HYPER = {
+    "verify": False,  # raw test clients answer no audits (verification: tests/test_verification.py)
     "algorithm": "sync_sgd",
     "optimizer": "adagrad",
     "learning_rate": 0.02,

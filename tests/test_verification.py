@@ -303,3 +303,47 @@ def test_a_browser_round_replays_on_the_masters_pytorch(mode):
     assert verdict.error < 1e-4, verdict.error
     forged = job_for(mode, values * -100, got["vectors"], MODEL.params, ADAM)
     assert not check(forged, data, keys, pixels, labels).ok
+
+
+# ------------------------------------------------------------------------- the engine waits for newcomers
+def _newcomer_with_a_forged_result(value: float = 1e30):
+    from test_engine import cache_all, make_engine, result
+
+    from mlitb.protocol import messages as msg
+
+    e = make_engine(items=30)
+    join = msg.Join(type="join", project="proj", role="trainer", capabilities={"proofs": 1})
+    e.connect("A", join, 0.0)
+    e.drain()
+    e.poll(0.0)
+    cache_all(e, e.drain())
+    e.next_start = 0.0
+    e.poll(0.0)
+    assert any(p["type"] == "work" for c, p in e.drain() if isinstance(p, dict))
+    before = e.params.copy()
+    forged = np.full(e.spec.num_params, value, np.float32)
+    assert e.on_result("A", result(0, forged, 1), 0.5) is None  # no reference yet: accepted
+    asked = [p for c, p in e.drain() if isinstance(p, dict) and p["type"] == "audit"]
+    assert asked == [{"type": "audit", "iteration": 0, "vectors": 1, "loss": 1.0}]
+    return e, before
+
+
+def test_a_newcomers_lone_forged_result_waits_for_its_audit_and_is_taken_back():
+    """Alone in its iteration no aggregation rule can outvote a result: the step waits
+    for the newcomer's audit, and the ban takes the result back before it is applied."""
+    e, before = _newcomer_with_a_forged_result()
+    assert e.poll(0.6) == pytest.approx(0.1)  # all results in, but the audit is open: no step yet
+    assert e.iteration == 0 and np.array_equal(e.params, before)
+    job = e.clients["A"].audit
+    e.finish_audit(job, Verdict(False, "the result sent is not the round's"))
+    assert "A" not in e.clients and len(e.auditor.banned) == 1
+    e.poll(0.7)
+    assert e.iteration == 0 and np.array_equal(e.params, before)  # nothing was applied
+
+
+def test_the_step_does_not_wait_forever_for_an_audit():
+    from mlitb.master.engine import AUDIT_HOLD_S
+
+    e, _ = _newcomer_with_a_forged_result(0.5)
+    e.poll(e.deadline + AUDIT_HOLD_S + 0.1)  # no verdict in time: the step goes on (screening, rules)
+    assert e.iteration == 1

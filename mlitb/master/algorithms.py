@@ -82,10 +82,10 @@ class Algorithm(ABC):
         scale, w = self.terms(frame, weight)
         acc.add(frame.values, frame.vectors, frame.loss, scale=scale, weight=w, client=client)
 
-    def take_back(self, acc: Accumulator, frame: frames.Frame, weight: float, client: str) -> bool:
-        """Remove a result `accumulate`d this iteration (its sender was banned)."""
-        scale, w = self.terms(frame, weight)
-        return acc.remove(client, frame.values, frame.vectors, frame.loss, scale, w)
+    def take_back(self, acc: Accumulator, client: str) -> list[str]:
+        """Remove a result `accumulate`d this iteration (its sender was banned), with its
+        bucket; returns the clients whose results went."""
+        return acc.remove(client)
 
     @abstractmethod
     def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:

@@ -71,6 +71,8 @@ RECLAIM_AFTER = 3
 # refusals no honest executor earns (docs/security.md); this many ban a client
 IMPOSSIBLE = {"implausible", "implausible_count", "implausible_norm", "not_finite"}
 IMPOSSIBLE_TO_BAN = 3
+AUDIT_HOLD_S = 15.0  # the step waits at most this long past its deadline for newcomers' audits
+AUDIT_POLL_S = 0.1
 
 
 def memory_capacity(memory_mb: int | None, input_shape: tuple[int, ...]) -> int | None:
@@ -513,6 +515,8 @@ class Engine:
             return None
         if self.working:
             if now >= self.deadline or self.outstanding == 0:
+                if self._audits_pending(now):
+                    return AUDIT_POLL_S  # a new client's result: its verdict before the step
                 self._reduce(now)
             else:
                 return self.deadline - now
@@ -698,6 +702,21 @@ class Engine:
                  message.reason)  # fmt: skip
         strike(client, f"no proof: {message.reason}", lambda why: self.ban(cid, why))
 
+    def _audits_pending(self, now: float) -> bool:
+        """Results of this iteration from clients not yet trusted whose audit is still open:
+        the step waits for their verdicts (at most AUDIT_HOLD_S past the deadline), so that a
+        newcomer's lie is taken back before it is applied. Alone, or among too few results for
+        the aggregation to outvote it, nothing else would stop a first forged result."""
+        if not self.hyper.verify or now > self.deadline + AUDIT_HOLD_S:
+            return False
+        trust = self.hyper.verify_trust
+        if any(j.accepted_in == self.iteration and j.untrusted for j in self.auditor.queue):
+            return True
+        return any(
+            c.audit is not None and c.audit.accepted_in == self.iteration and c.audits_passed < trust
+            for c in self.clients.values()
+        )
+
     def _overdue_audits(self, now: float) -> None:
         for client in self.auditor.overdue(list(self.clients.values()), now):
             strike(client, "no answer in time", lambda why, cid=client.id: self.ban(cid, why))
@@ -726,12 +745,12 @@ class Engine:
         self.dirty = True
         if client is None:
             return  # it left before the verdict: listed, nothing to close
-        if job is not None and job.frame is not None and job.accepted_in == self.iteration and self.working:
-            frame = job.frame
-            if job.factor < 1.0:
-                frame = dataclasses.replace(frame, values=frame.values * np.float32(job.factor))
-            if self.algorithm.take_back(self.acc, frame, staleness_weight(job.staleness), cid):
-                self._norms = [n for n in self._norms if n[1] != cid]
+        if job is not None and job.accepted_in == self.iteration and self.working:
+            gone = self.algorithm.take_back(self.acc, cid)  # with its bucket: honest mates lose this round
+            self._norms = [n for n in self._norms if n[1] not in gone]
+            if len(gone) > 1:
+                log.info("project %s: results of %s went with the banned one's bucket", self.name,
+                         ", ".join(c for c in gone if c != cid))  # fmt: skip
         self.send(cid, msg.error("banned", f"banned from project {self.name}: {reason}"))
         self.closing.append((cid, msg.CLOSE_BANNED, "banned: a result failed verification"))
         self.disconnect(cid, 0.0, "banned")

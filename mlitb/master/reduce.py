@@ -105,23 +105,14 @@ class Accumulator:
         self.loss += loss
         self.results += 1
 
-    def remove(self, client: str, values: np.ndarray, vectors: int, loss: float, scale: float,
-               weight: float) -> bool:  # fmt: skip
-        """Take back one result `add`ed this iteration (its sender was banned before the
-        step); False if the client has none here."""
+    def remove(self, client: str) -> list[str]:
+        """Take back the result of a client banned before the step: its whole bucket goes
+        (subtracting a forged 1e30 from a float64 sum would leave its bucket-mates' results
+        as rounding noise); returns the clients whose results went with it."""
         b = self.where.get(client)
         if b is None or client not in self.members[b] or self.sums[b] is None:
-            return False
-        np.subtract(self.sums[b], values.astype(np.float64) * scale, out=self.sums[b])
-        self.members[b].remove(client)
-        self.weights[b] -= weight
-        self.weight -= weight
-        self.vectors -= vectors
-        self.loss -= loss
-        self.results -= 1
-        if not self.members[b]:
-            self.sums[b], self.weights[b] = None, 0.0
-        return True
+            return []
+        return self.drop_bucket(b)
 
     def votes(self) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """(B', P) means of the non-empty buckets, their weights and bucket indices."""
