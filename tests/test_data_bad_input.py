@@ -782,7 +782,7 @@ def test_cli_upload_of_bad_input_fails_with_the_server_message(
 ):
     path = tmp_path / "bad.zip"
     path.write_bytes(body)
-    token = ["--token", data_server.token]
+    token = [f"--token={data_server.token}"]  # a token may start with '-' (argparse)
     code = main(["data", "upload", str(path), "--server", data_server.url, "--shape", shape, *token])
     err = capsys.readouterr().err
     assert code == 1
@@ -806,8 +806,7 @@ def test_cli_console_script_exits_non_zero(data_server, tmp_path):
             SHAPE,
             "--server",
             data_server.url,
-            "--token",
-            data_server.token,
+            f"--token={data_server.token}",
         ],
         capture_output=True,
         text=True,

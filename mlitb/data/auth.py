@@ -36,6 +36,8 @@ def load_or_create_token(data_dir: Path | str) -> str:
     if token:
         return token
     new = secrets.token_urlsafe(32)
+    while new.startswith("-"):  # `--token -abc...` would read as an option on the command line
+        new = secrets.token_urlsafe(32)
     tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -329,6 +329,8 @@ class ProjectManager:
         iteration, metrics history and totals); returns its runner and owner token."""
         self.check_name(name)
         token = secrets.token_urlsafe(24)
+        while token.startswith("-"):  # a command-line argument must not look like an option
+            token = secrets.token_urlsafe(24)
         created = time.time()  # the same value in the store and the engine (closures record it)
         pid = await asyncio.to_thread(
             self.store.create,
