@@ -34,6 +34,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
@@ -96,7 +97,8 @@ def create_master_app(
         if data_app is not None:
             data_app.state.store.close()
 
-    app = FastAPI(title="mlitb master", version=__version__, lifespan=lifespan)
+    # /docs is served below from the vendored Swagger UI, not a CDN: it works offline
+    app = FastAPI(title="mlitb master", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.manager = manager
     app.state.zoo = zoo
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
@@ -206,6 +208,13 @@ def create_master_app(
         return JSONResponse(
             {"project": details(runner), "owner_token": token, "warnings": warnings}, status_code=201
         )
+
+    @app.get("/api/projects/{name}/owner")
+    async def check_owner_token(name: str, request: Request) -> dict:
+        """200 if the bearer token is this project's owner token, else 403: the dashboard's
+        sign-in checks a token before it keeps it."""
+        owner(request, name)
+        return {"project": name, "owner": True}
 
     @app.get("/api/projects/{name}")
     async def get_project(name: str, request: Request) -> dict:
@@ -322,6 +331,20 @@ def create_master_app(
     async def status_page() -> str:
         open_ones = [r.engine.summary() for r in manager.runners.values() if not r.engine.join_key_hash]
         return render_status(open_ones, data_public_url)
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="mlitb master API",
+            swagger_js_url="/static/vendor/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response((STATIC / "favicon.svg").read_bytes(), media_type="image/svg+xml")
 
     @app.get("/", response_class=HTMLResponse)
     async def dashboard() -> HTMLResponse:

@@ -28,6 +28,9 @@ FILES = {
     "uplot/dist/uPlot.min.css": "uPlot.min.css",
     "qrcode-generator/dist/qrcode.js": "qrcode.js",
     "convnetjs/build/convnet-min.js": "convnet-min.js",
+    # the master's API docs at /docs, served from here rather than a CDN (works offline)
+    "swagger-ui-dist/swagger-ui-bundle.js": "swagger-ui-bundle.js",
+    "swagger-ui-dist/swagger-ui.css": "swagger-ui.css",
 }
 
 
@@ -53,7 +56,8 @@ def build(force: bool = False) -> Path:
         target = VENDOR / name
         if force or not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
             shutil.copy2(source, target)
-        package = src.split("/dist/")[0].split("/build/")[0]
+        parts = src.split("/")
+        package = "/".join(parts[:2] if src.startswith("@") else parts[:1])  # "@scope/name" or "name"
         manifest = nm / package / "package.json"
         versions[package] = json.loads(manifest.read_text())["version"]
     (VENDOR / "versions.json").write_text(json.dumps(versions, indent=1, sort_keys=True))

@@ -1,8 +1,10 @@
 // New project: a layer editor (add, remove, reorder; every field with its default) with
 // live shapes and parameter counts from the master's own rules (POST /api/spec/check),
 // or a model file (ConvNetJS JSON, MLitB JSON, mlitb format) with "drop last layer",
-// or a research closure (.mlitb) resumed as a new project (closure_import.js).
-import { api, banner, bannerAfterRoute, el, fmt, tokens } from "./api.js";
+// or a research closure (.mlitb) resumed as a new project (closure_import.js). Data: pick
+// datasets on the master's data server or upload training and test zips right here (with
+// progress); the labels come from the training set. Errors show next to what caused them.
+import { api, banner, bannerAfterRoute, dataTokenField, el, fmt, tokens, upload } from "./api.js";
 import { closureForm, isClosureFile } from "./closure_import.js";
 
 const ACTIVATIONS = ["", "relu", "sigmoid", "tanh", "maxout"];
@@ -65,13 +67,59 @@ export async function newProjectView(root) {
   const train = el("select", { id: "train-dataset" });
   const test = el("select", { id: "test-dataset" });
   const create = el("button", { class: "primary", id: "create" }, "Create project");
+  const createMsg = el("span", { id: "create-message", class: "error" }); // next to the button
+  const dataMsg = el("p", { id: "data-message", class: "muted" });
+  let datasets = [];
 
-  let timer = null;
+  // zips uploaded here become datasets and are picked at once
+  function zipUpload(kind, select) {
+    const input = el("input", { type: "file", id: `${kind}-zip`, accept: ".zip,application/zip" });
+    const bar = el("progress", { id: `${kind}-progress`, max: 1, value: 0, hidden: true });
+    const msg = el("span", { id: `${kind}-upload-message`, class: "small" });
+    input.addEventListener("change", async () => {
+      const f = input.files[0];
+      if (!f) return;
+      const shape = (lastCheck && lastCheck.input_shape) ? lastCheck.input_shape.join("x") : "28x28x1";
+      bar.hidden = false; bar.value = 0; msg.className = "small muted"; msg.textContent = `uploading ${f.name}...`;
+      try {
+        const r = await upload(`/data/datasets?shape=${shape}&name=${encodeURIComponent(f.name)}&kind=${kind}`,
+          f, "application/zip", (x) => { bar.value = x; });
+        datasets.push({ dataset: r.dataset, name: f.name, kind, items: r.items, shape_text: shape,
+          label_names: Object.keys(r.labels) });
+        fillDatasets();
+        select.value = String(r.dataset);
+        showLabels();
+        msg.className = "small ok";
+        msg.textContent = `dataset ${r.dataset}: ${fmt(r.items)} items` + (r.skipped_count ? `, ${r.skipped_count} files skipped` : "");
+      } catch (e) { msg.className = "small error"; msg.textContent = e.message; }
+      finally { bar.hidden = true; }
+    });
+    return el("span", { class: "upload" }, el("label", {}, `or upload a ${kind} zip `, input), bar, msg);
+  }
+  function fillDatasets() {
+    const keep = [train.value, test.value];
+    train.replaceChildren(el("option", { value: "" }, "none (add data later)"),
+      ...datasets.filter((d) => d.kind === "train").map((d) => el("option", { value: d.dataset }, `${d.dataset}: ${d.name} (${d.items}, ${d.shape_text})`)));
+    test.replaceChildren(el("option", { value: "" }, "none"),
+      ...datasets.filter((d) => d.kind === "test").map((d) => el("option", { value: d.dataset }, `${d.dataset}: ${d.name} (${d.items})`)));
+    [train.value, test.value] = keep;
+  }
+  function showLabels() { // the project's labels are the training set's, unless typed
+    const d = datasets.find((x) => String(x.dataset) === train.value);
+    labels.placeholder = d ? (d.label_names || []).join(", ") : "from the training set";
+    dataMsg.textContent = d ? `labels from dataset ${d.dataset}: ${(d.label_names || []).join(", ")}` : "";
+  }
+  train.addEventListener("change", showLabels);
+
+  let timer = null, checks = 0, lastCheck = null;
   const spec = () => (modelFile ? modelFile : { layer_defs: cleanDefs(layers) });
   async function check() {
+    const mine = ++checks; // answers can come back out of order: only the newest edit's counts
     try {
       const out = await fetch("/api/spec/check", { method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ spec: spec() }) }).then((r) => r.json());
+      if (mine !== checks) return;
+      lastCheck = out.ok ? out : null;
       if (!out.ok) {
         status.className = "error";
         status.textContent = out.detail;
@@ -140,19 +188,22 @@ export async function newProjectView(root) {
       train: train.value ? [Number(train.value)] : [], test: test.value ? [Number(test.value)] : [],
     };
     if (labels.value.trim()) body.labels = labels.value.split(",").map((s) => s.trim()).filter(Boolean);
+    createMsg.textContent = "";
+    if (!body.train.length && !body.labels) {
+      createMsg.textContent = "without a training set, type the labels (comma-separated), or pick or upload a training set";
+      labels.focus();
+      return;
+    }
     try {
       const out = await api("POST", "/api/projects", body);
       tokens.set(out.project.name, out.owner_token);
       if (out.warnings.length) bannerAfterRoute(out.warnings.join("; "), "ok");
       location.hash = `#/p/${encodeURIComponent(out.project.name)}`;
-    } catch (e) { banner(e.message); }
+    } catch (e) { createMsg.textContent = e.message; }
   });
 
-  const datasets = await api("GET", "/data/datasets").catch(() => []);
-  train.replaceChildren(el("option", { value: "" }, "none (add data later)"),
-    ...datasets.filter((d) => d.kind === "train").map((d) => el("option", { value: d.dataset }, `${d.dataset}: ${d.name} (${d.items}, ${d.shape_text})`)));
-  test.replaceChildren(el("option", { value: "" }, "none"),
-    ...datasets.filter((d) => d.kind === "test").map((d) => el("option", { value: d.dataset }, `${d.dataset}: ${d.name} (${d.items})`)));
+  datasets = await api("GET", "/data/datasets").catch(() => []);
+  fillDatasets();
 
   editor.append(
     list,
@@ -162,12 +213,14 @@ export async function newProjectView(root) {
     } }, "Add layer")),
     status, expanded,
     el("h2", {}, "Data and hyperparameters"),
-    el("div", { class: "toolbar" }, el("label", {}, "training set ", train), el("label", {}, "test set ", test)),
+    el("div", { class: "toolbar" }, el("label", {}, "training set ", train), zipUpload("train", train)),
+    el("div", { class: "toolbar" }, el("label", {}, "test set ", test), zipUpload("test", test)),
+    el("div", { class: "toolbar" }, dataTokenField("new-data-token")), dataMsg,
     el("div", { class: "toolbar" }, el("label", {}, "algorithm ", algorithm), el("label", {}, "iteration time T (s) ", T),
       el("label", {}, "master's optimizer ", optimizer), el("label", {}, "learning rate ", lr),
       el("label", {}, "inner learning rate ", innerLr), el("label", {}, "compression ", compression),
       el("label", {}, "l2 decay ", l2), el("label", {}, "capacity per client ", capacity)),
-    create,
+    el("div", { class: "toolbar" }, create, createMsg),
   );
   root.append(
     el("h1", {}, "New project"),

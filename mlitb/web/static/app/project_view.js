@@ -5,6 +5,7 @@ import { startWorker, wsUrl } from "./workers.js";
 import { chart } from "./charts.js";
 import { trackerPanel } from "./tracker_panel.js";
 import { closurePanel } from "./closure_panel.js";
+import { whoAmI } from "./signin_view.js";
 
 export async function projectView(root, name) {
   joinKeys.fromAddress(name); // a private project's key from the link, kept for later visits
@@ -75,7 +76,7 @@ export async function projectView(root, name) {
   // ---- workers in this page
   const backend = el("select", { id: "worker-backend" }, ["auto", "webgpu", "webgl", "wasm", "cpu"].map((b) => el("option", { value: b }, b)));
   const charts = {
-    error: chart("test error", "error"), loss: chart("train loss", "loss"),
+    error: chart("test error", "error", { log: true }), loss: chart("train loss", "loss", { log: true }),
     power: chart("power", "vectors/s"), lag: chart("latency", "ms"),
   };
   const trackerPoints = chart("this page's tracker: test error", "error");
@@ -92,7 +93,12 @@ export async function projectView(root, name) {
 
   const qr = el("div", { id: "qr" });
   const key = joinKeys.get(name); // a private project's volunteers need its key: it goes in the link
-  const joinUrl = `${location.origin}/join/${encodeURIComponent(name)}${key ? `?key=${encodeURIComponent(key)}` : ""}`;
+  // the address volunteers use (`mlitb serve --public-url`, or the LAN address with --host
+  // 0.0.0.0): a phone that scans the QR code cannot reach 127.0.0.1
+  const info = await api("GET", "/api").catch(() => ({}));
+  const base = (info.public_url || location.origin).replace(/\/$/, "");
+  const joinUrl = `${base}/join/${encodeURIComponent(name)}${key ? `?key=${encodeURIComponent(key)}` : ""}`;
+  const local = /^https?:\/\/(127\.|localhost|\[::1\])/.test(joinUrl);
   try {
     const q = qrcode(0, "M"); q.addData(joinUrl); q.make();
     qr.innerHTML = q.createSvgTag({ cellSize: 3, margin: 2 });
@@ -103,7 +109,8 @@ export async function projectView(root, name) {
     el("a", { id: "download-mlitb", href: withQuery(`/api/projects/${encodeURIComponent(name)}/model?format=mlitb`), download: "" }, "mlitb JSON"));
 
   root.append(
-    el("h1", {}, `Project ${name}`, owner ? "" : el("span", { class: "muted" }, " (you can join as a worker; control needs the owner's browser)")),
+    el("h1", {}, `Project ${name}`),
+    whoAmI(name, () => { location.reload(); }),
     el("div", { class: "toolbar" },
       control("start", "(Re)start"), control("pause", "Pause"), control("restart", "Restart", "Re-initialise all parameters?"),
       control("reboot", "Reboot", "Drop all clients (they rejoin)?"), control("delete", "Delete", `Delete project ${name}?`)),
@@ -122,6 +129,9 @@ export async function projectView(root, name) {
     el("h2", {}, "Hyperparameters"), hyperForm,
     el("h2", {}, "Volunteers"),
     el("p", {}, "Anyone who opens this link trains at once: ", el("a", { href: joinUrl, id: "join-link" }, joinUrl)), qr,
+    local ? el("p", { class: "muted", id: "lan-hint" }, "This link only works on this machine. For phones on the same network, "
+      + "start the server with `make run HOST=0.0.0.0` (or `mlitb serve --host 0.0.0.0`, `--public-url URL`); "
+      + "the camera needs https: add `--tls`.") : "",
     el("h2", {}, "All clients"),
     el("table", {}, el("thead", {}, el("tr", {}, ["id", "name", "kind", "role", "backend", "vectors/s", "vectors", "allocated", "cached", "lag ms", "in", "out", "computing", "refused / clipped / verified", "test error (its own)"].map((t) => el("th", {}, t)))), clientsBody),
     el("h3", {}, "Banned"), el("p", { class: "hint" }, "Clients whose results failed verification by recomputation (docs/security.md)."),
@@ -148,7 +158,8 @@ export async function projectView(root, name) {
       ["aggregation", p.aggregation || "-"],
       ["screened results", `${fmt(p.rejected)} refused, ${fmt(p.clipped || 0)} clipped, ${fmt(p.refused_steps || 0)} steps refused`],
       ["verification", p.verify === false ? "off" : `${fmt(p.audits_passed || 0)} audits passed, ${fmt(p.audits_failed || 0)} failed, ${fmt((p.banned || []).length)} banned`]];
-    summary.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-key": k.replace(/ /g, "-") }, String(v))]));
+    summary.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k),
+      el("dd", { "data-key": k.replace(/ /g, "-"), class: k === "state" ? `state-${v}` : "" }, String(v))]));
     clientsBody.replaceChildren(...p.clients.map((c) => el("tr", { "data-kind": c.kind, "data-role": c.role },
       [c.id, c.name, c.kind, c.role, c.backend, fmt(c.vectors_per_s), fmt(c.vectors_processed), fmt(c.data_allocated), fmt(c.data_cached), fmt(c.lag_ms),
         bytes(c.bytes_in), bytes(c.bytes_out), c.computing == null ? "-" : `${Math.round(100 * c.computing)} %`,

@@ -21,7 +21,7 @@ export async function projectsView(root) {
         COLUMNS.map(([k]) => el("td", {}, k === "name"
           ? el("a", { href: `#/p/${encodeURIComponent(p.name)}` }, p.name, tokens.get(p.name) ? " (yours)" : "",
             p.private ? " (private: join key)" : "")
-          : fmt(p[k])))))
+          : k === "state" ? el("span", { class: `state-${p.state}` }, p.state) : fmt(p[k])))))
         : [el("tr", {}, el("td", { colspan: COLUMNS.length }, "no projects yet"))]));
       banner("");
     } catch (e) { banner(e.message); }

@@ -1,0 +1,150 @@
+"""The owner in the browser and the dashboard on a phone (issue 13), in real Chromium
+against a real master:
+- an owner link `#/signin/PROJECT/TOKEN` signs the browser in (the token leaves the
+  address bar), the page says so and enables the controls; sign-out; a wrong token is
+  refused; the sign-in form does the same by hand;
+- at 390 px no page scrolls sideways (tables scroll in their own box);
+- the volunteer link says when it only works on this machine.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from conftest import wait_for
+from test_learning_integration import FC_SPEC
+from test_master_integration import create_project, upload
+
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture
+def phone(chromium):
+    context = chromium.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.console_lines = []
+    page.on("pageerror", lambda e: page.console_lines.append(f"pageerror: {e}"))
+    yield page
+    context.close()
+
+
+def test_an_owner_link_signs_the_browser_in_and_out(master, mnist_zips, page):
+    train, test = upload(master.data, mnist_zips)
+    token = create_project(master.url, "mine", [train], [test], spec=FC_SPEC, start=False)
+    page.goto(f"{master.url}/#/p/mine")
+    page.wait_for_selector("#who")
+    assert "volunteer view" in page.inner_text("#who")
+    assert page.is_disabled("#btn-start")
+
+    page.goto(f"{master.url}/#/signin/mine/{token}")
+    page.wait_for_selector("#who.owner")
+    assert token not in page.url and page.url.endswith("#/p/mine"), page.url
+    assert page.is_enabled("#btn-start")
+    page.click("#btn-start")
+    wait_for(
+        lambda: httpx.get(f"{master.url}/api/projects/mine").json()["state"] == "running", 30, "started", page
+    )
+
+    page.click("#signout")
+    page.wait_for_selector("#who:not(.owner)")
+    assert page.is_disabled("#btn-start")
+
+    # a wrong token is refused and not kept
+    page.goto(f"{master.url}/#/signin/mine/not-the-token")
+    page.wait_for_selector(".banner.error")
+    assert "refused" in page.inner_text(".banner.error")
+    assert page.evaluate("JSON.parse(localStorage.getItem('mlitb.tokens') || '{}')['mine']") is None
+
+    # the form: pick the project, paste the token
+    page.goto(f"{master.url}/#/signin?project=mine")
+    page.fill("#signin-token", token)
+    page.click("#signin-go")
+    page.wait_for_selector("#who.owner")
+
+
+def test_no_page_scrolls_sideways_on_a_phone(master, mnist_zips, phone):
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "a-project-with-a-rather-long-name", [train], [test], spec=FC_SPEC)
+    for path, ready in [
+        ("/#/", "[data-project]"),
+        ("/#/p/a-project-with-a-rather-long-name", "#summary"),
+        ("/#/new", "#create"),
+        ("/#/zoo", "main h1"),
+        ("/#/signin", "#signin-go"),
+        ("/join/a-project-with-a-rather-long-name", "body"),
+    ]:
+        phone.goto(master.url + path)
+        phone.wait_for_selector(ready)
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"{path}: the page is {width} px wide on a {PHONE['width']} px phone"
+    assert not [line for line in phone.console_lines if line.startswith("pageerror")], phone.console_lines
+
+
+def test_the_volunteer_link_says_when_it_only_works_here(master, mnist_zips, page):
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "lan", [train], [test], spec=FC_SPEC, start=False)
+    page.goto(f"{master.url}/#/p/lan")
+    page.wait_for_selector("#join-link")
+    assert "HOST=0.0.0.0" in page.inner_text("#lan-hint")
+
+
+def test_new_project_in_one_page_with_its_data_uploaded_there(master, mnist_zips, page):
+    page.goto(f"{master.url}/#/new")
+    page.wait_for_selector("#create")
+    # no data and no labels: the reason shows next to the button
+    page.fill("#name", "onepage")
+    page.click("#create")
+    page.wait_for_function("document.querySelector('#create-message').innerText.includes('labels')")
+    # quick edits: the preview ends on the last one (answers may arrive out of order)
+    for filters in (3, 4, 5, 6):
+        page.fill('.layer[data-index="1"] input[data-field="filters"]', str(filters))
+        page.dispatch_event('.layer[data-index="1"] input[data-field="filters"]', "change")
+    page.wait_for_function("document.querySelector('#spec-status').innerText.includes('parameters')")
+    spec = page.evaluate("""() => Array.from(document.querySelectorAll('.layer')).length""")
+    assert spec == 6
+    # upload the training and test zips here, with the data write token
+    page.fill("#new-data-token", master.data_token)
+    page.set_input_files("#train-zip", str(mnist_zips["train"]))
+    page.wait_for_function("document.querySelector('#train-upload-message').innerText.includes('items')")
+    assert page.eval_on_selector("#train-dataset", "s => s.value") != ""
+    assert "labels from dataset" in page.inner_text("#data-message")
+    page.set_input_files("#test-zip", str(mnist_zips["test"]))
+    page.wait_for_function("document.querySelector('#test-upload-message').innerText.includes('items')")
+    page.click("#create")
+    page.wait_for_url("**/#/p/onepage")
+    s = httpx.get(f"{master.url}/api/projects/onepage").json()
+    assert s["data_size"] == 300 and any(d["role"] == "test" for d in s["datasets"]), s
+    assert s["labels"] == [str(i) for i in range(10)]
+    conv = next(layer for layer in s["spec"] if layer["layer_type"] == "conv")
+    assert conv["out_depth"] == 6, conv  # the last edit: 6 filters
+
+
+def test_the_volunteer_page_shows_the_project_and_pauses_when_hidden(master, mnist_zips, phone):
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "vol", [train], [test], spec=FC_SPEC, description="digits for a class room")
+    phone.goto(f"{master.url}/join/vol")
+    phone.wait_for_function("document.querySelector('#description').innerText.includes('class room')")
+    wait_for(lambda: "%" in phone.inner_text("#project-error") and "%" in phone.inner_text("#share"),
+             90, "the project's test error and this device's share", phone)  # fmt: skip
+    assert phone.get_attribute("#dashboard-link", "href").endswith("#/p/vol")
+    hide = (
+        "v => { Object.defineProperty(document, 'hidden', {value: v, configurable: true}); "
+        "document.dispatchEvent(new Event('visibilitychange')); }"
+    )
+    phone.evaluate(hide, True)
+    phone.wait_for_function("document.querySelector('#state').innerText.includes('hidden')")
+    wait_for(lambda: not [c for c in httpx.get(f"{master.url}/api/projects/vol").json()["clients"]
+                          if c["kind"] == "browser"], 30, "the hidden tab to leave", phone)  # fmt: skip
+    phone.evaluate(hide, False)
+    wait_for(lambda: [c for c in httpx.get(f"{master.url}/api/projects/vol").json()["clients"]
+                      if c["kind"] == "browser"], 30, "the tab to join again", phone)  # fmt: skip
+
+
+def test_api_docs_and_favicon_work_offline(master, page):
+    """/docs is Swagger UI from the vendored package: no request leaves the master."""
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(master.url) else None)
+    page.goto(f"{master.url}/docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=30000)
+    assert not [u for u in outside if not u.startswith("data:")], outside
+    assert httpx.get(f"{master.url}/favicon.ico").headers["content-type"].startswith("image/svg")
