@@ -90,3 +90,24 @@ def test_open_projects_stay_open(master, mnist_zips):
     assert httpx.get(f"{master.url}/data/datasets/{train}", timeout=30).json()["private"] is False
     resp = httpx.post(f"{master.url}/data/datasets/{train}/fetch", json={"ids": [0]}, timeout=30)
     assert resp.status_code == 200
+
+
+def test_a_photo_with_a_new_label_moves_the_projects_content_hash(master, mnist_zips):
+    """Issue 13: after a tracker adds a photo (here: the data server's single-image
+    append), the dataset's content hash changes; the project must follow, or its closure
+    names data that no longer exists and 'start from zoo' finds none."""
+    import numpy as np
+    from conftest import png_bytes
+
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "grows", [train], [test], spec=FC_SPEC, hyper=HYPER, start=False)
+    master.data.add_image(train, png_bytes(np.zeros((28, 28), np.uint8)), "a new label")
+    want = master.data.info(train)["content_hash"]
+    deadline = time.monotonic() + 60
+    while True:
+        s = httpx.get(f"{master.url}/api/projects/grows", timeout=30).json()
+        have = next(d["content_hash"] for d in s["datasets"] if d["dataset"] == train)
+        if have == want:
+            break
+        assert time.monotonic() < deadline, f"the project kept {have}, the data server has {want}"
+        time.sleep(0.5)

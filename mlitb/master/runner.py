@@ -253,15 +253,20 @@ class ProjectRunner:
                     if info is None:
                         continue
                     names = info["label_names"]
-                    if names != source.info.get("label_names"):  # a photo with a new label arrived
-                        source.info = {**source.info, "label_names": names, "labels": info["labels"]}
+                    changed = names != source.info.get("label_names") or info.get(
+                        "content_hash"
+                    ) != source.info.get("content_hash")
+                    if changed:  # photos appended (maybe with a new label): the data's identity moved
+                        # on; closures name the dataset by its content hash, which must be today's
+                        source.info = {**source.info, "label_names": names, "labels": info["labels"],
+                                       "content_hash": info.get("content_hash")}  # fmt: skip
                         source.label_map = label_map_for(self.engine.labels, names)
                         await asyncio.to_thread(
                             self.store.save_source, self.engine.project_id, dataclasses.asdict(source)
                         )
                     items = info["items"]
                     if items > source.items:
-                        grown = dataclasses.replace(source, items=items)
+                        grown = dataclasses.replace(source, items=items, info=source.info)
                         self.engine.attach(grown)
                         await asyncio.to_thread(
                             self.store.save_source, self.engine.project_id, dataclasses.asdict(grown)
