@@ -69,8 +69,8 @@ class Auditor:
         rate = max(hyper.verify_rate, hyper.verify_trust / (client.audits_passed + 1))
         return SECURE.random() < rate
 
-    def job(self, client, frame: frames.Frame, mode: str, inner: dict, staleness: int, factor: float,
-            now: float, accepted_in: int) -> AuditJob | None:  # fmt: skip
+    def job(self, client, frame: frames.Frame, mode: str, inner: dict, now: float, accepted_in: int,
+            trust: int) -> AuditJob | None:  # fmt: skip
         start = self.held.get(frame.iteration)
         if start is None:
             return None  # parameters no longer known (a restart): not auditable
@@ -86,11 +86,8 @@ class Auditor:
             last_norm=client.last_norm,
             inner=inner,
             asked_at=now,
-            factor=factor,
-            staleness=staleness,
-            frame=frame,
             accepted_in=accepted_in,
-            untrusted=client.audits_passed < 3 or client.suspect,
+            untrusted=client.audits_passed < trust or client.suspect,
         )
         self.asked += 1
         return job

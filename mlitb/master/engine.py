@@ -636,7 +636,7 @@ class Engine:
         sent_at = client.pending.pop(frame.iteration, client.sent_at)
         if client.first_result is None:
             client.first_result = frame.iteration
-        self._maybe_audit(client, frame, staleness, verdict.factor, now)
+        self._maybe_audit(client, frame, verdict.factor, now)
         with np.errstate(over="ignore"):  # float32-max values: an infinite norm, bounding nothing
             client.last_norm = float(np.linalg.norm(frame.values))
         if verdict.factor < 1.0:
@@ -666,14 +666,13 @@ class Engine:
         return None
 
     # ================================================================ verification
-    def _maybe_audit(self, client: Client, frame: frames.Frame, staleness: int, factor: float,
-                     now: float) -> None:  # fmt: skip
+    def _maybe_audit(self, client: Client, frame: frames.Frame, factor: float, now: float) -> None:
         """Ask for the proof of this result if the policy picks it (mlitb.master.audits)."""
         if frame.iteration < self._audit_from or not self.auditor.wants(client, self.hyper, factor < 1.0):
             return
         mode = "local" if frame.kind == frames.DELTA else "gradient"
         inner = self.algorithm.work_fields().get("inner", {})
-        job = self.auditor.job(client, frame, mode, inner, staleness, factor, now, self.iteration)
+        job = self.auditor.job(client, frame, mode, inner, now, self.iteration, self.hyper.verify_trust)
         if job is not None:
             owned = self.allocator.held.get(client.id, set()).union(*client.removed)
             job.owned = np.sort(np.fromiter(owned, np.int64, len(owned)))  # what it may have used

@@ -55,9 +55,6 @@ class AuditJob:
     last_norm: float  # the client's previous accepted result's norm (0: none)
     inner: dict  # local: the inner optimizer settings of the order
     asked_at: float
-    factor: float = 1.0  # the clip factor the result was accumulated with
-    staleness: int = 0
-    frame: frames.Frame | None = None  # to take the result back if its sender is banned
     proof: tuple | None = None  # (header, values) once it arrived
     accepted_in: int = -1  # the engine's iteration when the result was accumulated
     untrusted: bool = True  # audited because the client is new or suspect (checked first)
