@@ -39,6 +39,7 @@ def test_an_owner_link_signs_the_browser_in_and_out(master, mnist_zips, page):
     page.goto(f"{master.url}/#/signin/mine/{token}")
     page.wait_for_selector("#who.owner")
     assert token not in page.url and page.url.endswith("#/p/mine"), page.url
+    assert "signed in as the owner of mine" in page.inner_text(".banner.ok")
     assert page.is_enabled("#btn-start")
     page.click("#btn-start")
     wait_for(
@@ -60,6 +61,37 @@ def test_an_owner_link_signs_the_browser_in_and_out(master, mnist_zips, page):
     page.fill("#signin-token", token)
     page.click("#signin-go")
     page.wait_for_selector("#who.owner")
+
+
+def test_a_view_superseded_while_loading_leaves_nothing_running(master, mnist_zips, page):
+    """Open the home page and go to a project before the home page's first list arrives
+    (what a loaded machine does): the home view, once it loads, must not render or keep
+    its 2 s refresh (which cleared every banner of the view after it, a CI failure)."""
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "held", [train], [test], spec=FC_SPEC, start=False)
+    held, lists, ticks = [], [], []
+    page.route("**/api/projects", lambda route: route.continue_() if held else held.append(route))
+    page.on("request", lambda r: (lists if r.url.endswith("/api/projects") else ticks).append(r.url))
+    page.goto(master.url)
+    deadline = 30
+    while not held and deadline > 0:  # the home view asked for its list, which waits here
+        page.wait_for_timeout(100)
+        deadline -= 0.1
+    assert held, "the home page never asked for the project list"
+    page.goto(f"{master.url}/#/p/held")
+    page.wait_for_selector("#summary")
+    before = len(lists)
+    held[0].continue_()  # the superseded home view loads now
+    start = len(ticks)  # the project view asks for its details every second
+    page.wait_for_function("document.getElementById('conn').textContent === 'live'")
+
+    def four_ticks() -> bool:
+        page.evaluate("0")  # lets Playwright deliver the request events
+        return len([t for t in ticks[start:] if t.endswith("/api/projects/held")]) >= 4
+
+    wait_for(four_ticks, 60, "four 1 s ticks of the project view (> 2 s)", page)
+    assert len(lists) == before, lists  # no 2 s refresh of the list left behind
+    assert page.locator("#projects").count() == 0  # nor its table
 
 
 def test_no_page_scrolls_sideways_on_a_phone(master, mnist_zips, phone):

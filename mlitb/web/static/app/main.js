@@ -8,30 +8,40 @@ import { zooEntryView } from "./zoo_entry_view.js";
 import { signinLink, signinView } from "./signin_view.js";
 
 let cleanup = null;
+let current = 0; // the newest route; an older one still loading is superseded
 
+// A hash change can arrive while the previous view is still loading (a slow first fetch):
+// each route renders into its own box, and a superseded view is cleaned up the moment it
+// resolves, or its timers (the projects list refreshes every 2 s and clears the banner)
+// would run on under the next view forever.
 async function route() {
+  const mine = ++current;
   if (cleanup) { cleanup(); cleanup = null; }
   banner("");
   document.getElementById("conn").textContent = ""; // the project view's stream state
-  const app = document.getElementById("app");
-  app.replaceChildren();
+  const app = document.createElement("div");
+  document.getElementById("app").replaceChildren(app);
   const hash = location.hash || "#/";
   const [path, query] = hash.split("?"); // `#/p/NAME?key=K`: the key is the view's business
   const params = new URLSearchParams(query || "");
+  let done;
   try {
-    if (path.startsWith("#/p/")) cleanup = await projectView(app, decodeURIComponent(path.slice(4)));
+    if (path.startsWith("#/p/")) done = await projectView(app, decodeURIComponent(path.slice(4)));
     else if (path.startsWith("#/signin/")) {
       const [project, token] = path.slice(9).split("/").map(decodeURIComponent);
-      cleanup = await signinLink(app, project, token || "");
-    } else if (path === "#/signin") cleanup = await signinView(app, params.get("project") || "");
-    else if (hash === "#/new") cleanup = await newProjectView(app);
-    else if (hash === "#/zoo") cleanup = await zooView(app);
-    else if (hash.startsWith("#/zoo/")) cleanup = await zooEntryView(app, decodeURIComponent(hash.slice(6)));
-    else cleanup = await projectsView(app);
-    showPendingBanner();
+      done = await signinLink(app, project, token || "");
+    } else if (path === "#/signin") done = await signinView(app, params.get("project") || "");
+    else if (hash === "#/new") done = await newProjectView(app);
+    else if (hash === "#/zoo") done = await zooView(app);
+    else if (hash.startsWith("#/zoo/")) done = await zooEntryView(app, decodeURIComponent(hash.slice(6)));
+    else done = await projectsView(app);
   } catch (e) {
-    banner(e.message);
+    if (mine === current) banner(e.message);
+    return;
   }
+  if (mine !== current) { if (done) done(); return; } // superseded while loading
+  cleanup = done || null;
+  showPendingBanner();
 }
 
 addEventListener("hashchange", route);

@@ -4,7 +4,8 @@
 // this browser (localStorage, like the page's own projects) and takes it out of the
 // address bar and the history. `#/signin` is the same by hand: pick a project, paste the
 // token. The master checks the token before it is kept (GET /api/projects/NAME/owner).
-import { api, banner, el, tokens } from "./api.js";
+import { api, banner, bannerAfterRoute, el, tokens } from "./api.js";
+import { projectView } from "./project_view.js";
 
 async function check(project, token) {
   const resp = await fetch(`/api/projects/${encodeURIComponent(project)}/owner`, {
@@ -24,9 +25,9 @@ export async function signinLink(root, project, token) {
     return signinView(root, project);
   }
   tokens.set(project, token);
-  banner(`signed in as the owner of ${project} in this browser`, "ok");
-  location.replace(`#/p/${encodeURIComponent(project)}`);
-  return null;
+  bannerAfterRoute(`signed in as the owner of ${project} in this browser`, "ok");
+  history.replaceState(null, "", `#/p/${encodeURIComponent(project)}`); // no hashchange: shown here
+  return projectView(root, project);
 }
 
 /** `#/signin`: paste an owner token. */
