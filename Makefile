@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: run test setup lint format clean bench bench-model bench-data bench-reduce bench-scaling bench-browser bench-closure bench-communication bench-learning
+.PHONY: run test setup lint format clean bench bench-model bench-data bench-reduce bench-scaling bench-browser bench-closure bench-communication bench-learning screenshots
 
 setup: $(VENV)/.installed $(if $(wildcard package.json),node_modules/.installed mlitb/web/static/vendor/versions.json)
 
@@ -72,6 +72,12 @@ bench-communication: setup
 
 bench-learning: setup
 	$(BIN)/python benchmarks/learning_bench.py
+
+# The README's pictures: every dashboard page at phone and laptop size, rendered in Chromium
+# from a fresh master with a slice of MNIST and one worker, into docs/screenshots/ (about a
+# minute; the pictures are committed, so run it after a visible change to the dashboard).
+screenshots: setup
+	$(BIN)/python scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache *.egg-info

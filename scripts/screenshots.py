@@ -4,7 +4,7 @@ Starts a fresh master (`mlitb serve` on a free port, a temporary directory), upl
 slice of real MNIST, creates a project with the demo's net and lets one native worker and
 the master's own test error fill its charts for `--iterations` iterations, then renders
 each page in Chromium at 390 x 844 (a phone) and 1366 x 900 (a laptop). README links the
-result. Run: `scripts/screenshots.py` (about a minute).
+result. Run: `make screenshots` (or `.venv/bin/python scripts/screenshots.py`; about a minute).
 """
 
 from __future__ import annotations
