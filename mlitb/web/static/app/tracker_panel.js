@@ -69,6 +69,12 @@ export function trackerPanel(name, getTracker, getProject, log, owner) {
   });
 
   const cameraBtn = el("button", { id: "btn-camera", onclick: async () => {
+    // navigator.mediaDevices exists only in a secure context: https, or http on localhost. A
+    // phone on http://192.168.x.y would otherwise read "cannot read properties of undefined".
+    if (!window.isSecureContext) {
+      banner("the camera needs https: browsers allow it only over https or on localhost; start the master with --tls (mlitb serve --tls) and open its https address");
+      return;
+    }
     try {
       video.srcObject = await navigator.mediaDevices.getUserMedia({ video: true });
       video.hidden = false;
