@@ -317,9 +317,9 @@ def goals(results: list[dict]) -> list[dict]:
     late = [(r["attack"], n, k) for r in results for n, k in r["banned_after"].items() if k > BAN_WITHIN]
     unbanned = sum(r["liars"] - len(r["banned_after"]) for r in results)
     detail = f"{liars - unbanned} of {liars} banned; later than {BAN_WITHIN}: {late or 'none'}"
-    out.append({"goal": f"every lying client banned within {BAN_WITHIN} iterations of its first result",
-                "result": "PASS" if liars and not late and not unbanned else "FAIL",
-                "detail": detail})  # fmt: skip
+    if liars:  # socket attacks (tracker, sybil) send no results: nothing to ban
+        out.append({"goal": f"every lying client banned within {BAN_WITHIN} iterations of its first result",
+                    "result": "PASS" if not late and not unbanned else "FAIL", "detail": detail})  # fmt: skip
     return out
 
 

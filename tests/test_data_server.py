@@ -536,7 +536,14 @@ def test_hidden_files_are_ignored_and_root_files_skipped(shared, tmp_path, rng):
     r = upload_members(shared.client, tmp_path, members)
     # `_private/0/c.png` is data (camera files are `_DSC0001.JPG`): label 0
     assert r["items"] == 3 and r["label_names"] == ["0", "1"]
-    assert r["ignored"] == 5
+    assert r["ignored"] == 4 and r["folders"] == 1  # a folder entry is neither ignored nor skipped
+    reasons = {f["file"]: f["reason"] for f in r["ignored_files"]}
+    assert reasons == {
+        ".DS_Store": "hidden ('.DS_Store' starts with '.')",
+        "d/.DS_Store": "hidden ('.DS_Store' starts with '.')",
+        "__MACOSX/d/0/._a.png": "macOS resource forks (__MACOSX)",
+        "d/0/.hidden.png": "hidden ('.hidden.png' starts with '.')",
+    }, reasons
     assert r["skipped"] == [{"file": "top.png", "reason": "not inside a label folder"}]
     assert r["skipped_count"] == 1
     assert r["skipped_reasons"] == {"not inside a label folder": 1}

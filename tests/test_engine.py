@@ -1071,6 +1071,32 @@ def test_data_goes_to_trainers_that_work_and_idle_shares_are_reclaimed():
     for _ in range(RECLAIM_AFTER):  # B goes silent
         now = iteration(now, "A")
     assert e.clients["B"].missed_streak >= RECLAIM_AFTER and e.clients["B"].probation
-    assert held("B") == held("S") == PROBATION_ITEMS and held("A") == 1000 - 2 * PROBATION_ITEMS
+    # two wait now, one works: together they hold at most one working trainer's share
+    assert held("B") == held("S") == 1000 // 2 // 2 and held("A") == 1000 - 2 * (1000 // 2 // 2)
     now = iteration(now, "AB")  # B answers again: its share comes back
     assert not e.clients["B"].probation and held("A") == held("B") == (1000 - PROBATION_ITEMS) // 2
+
+
+def test_many_idle_sockets_hold_at_most_a_tenth_of_the_data():
+    """Sybils: 40 sockets that join as trainers and never compute share at most
+    PROBATION_SHARE of the data (or one working trainer's share, if more) between them;
+    the trainers that work keep the rest."""
+    from mlitb.master.engine import PROBATION_SHARE
+
+    e, _ = started(tuple("ABCDEFGHIJ"), items=10_000)
+    g = np.ones(N, np.float32)
+    now = 0.0
+    for i in range(40):
+        join(e, f"S{i}", now)
+    for _ in range(2):
+        for cid in "ABCDEFGHIJ":
+            assert e.on_result(cid, result(e.iteration, g, 4), now + 0.5) is None
+        now += DEADLINE
+        e.poll(now)
+        e.poll(now)
+        cache_all(e, e.drain())
+    e.allocator.check(settled=True)
+    idle = sum(len(e.allocator.held[f"S{i}"]) for i in range(40))
+    assert 0 < idle <= 10_000 * PROBATION_SHARE, idle
+    assert all(e.clients[f"S{i}"].probation for i in range(40))
+    assert all(len(e.allocator.held[c]) >= (10_000 - idle) // 10 for c in "ABCDEFGHIJ")

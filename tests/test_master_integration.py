@@ -33,7 +33,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from mlitb.data.client import DataClient
-from mlitb.master.engine import PROBATION_ITEMS
+from mlitb.master.engine import PROBATION_ITEMS, PROBATION_SHARE
 from mlitb.model import Model
 from mlitb.protocol import PROTOCOL_VERSION, frames
 from mlitb.protocol.idtext import text_to_ids
@@ -176,7 +176,10 @@ def allocation_problems(summary: dict) -> list[str]:
     ]  # fmt: skip
     if waiting and max(waiting) > PROBATION_ITEMS and room:
         out.append(f"trainers on probation hold {waiting} (> {PROBATION_ITEMS}) while others have room")
-    if waiting and shares and min(waiting) + 1 < min(PROBATION_ITEMS, min(shares)):
+    # together they may hold PROBATION_SHARE of the data, or one working trainer's share
+    budget = max(int(summary["data_size"] * PROBATION_SHARE), summary["data_size"] // (len(shares) + 1))
+    floor = min(PROBATION_ITEMS, max(1, budget // max(len(waiting), 1)))
+    if waiting and shares and min(waiting) + 1 < min(floor, min(shares)):
         out.append(f"trainers on probation hold {waiting}, less than their share ({shares})")
     shares = shares + waiting
     if sum(shares) != summary["data_allocated"]:

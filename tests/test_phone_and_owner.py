@@ -9,9 +9,12 @@ against a real master:
 
 from __future__ import annotations
 
+import zipfile
+
 import httpx
+import numpy as np
 import pytest
-from conftest import wait_for
+from conftest import png_bytes, wait_for
 from test_learning_integration import FC_SPEC
 from test_master_integration import create_project, upload
 
@@ -149,6 +152,36 @@ def test_new_project_in_one_page_with_its_data_uploaded_there(master, mnist_zips
     assert s["labels"] == [str(i) for i in range(10)]
     conv = next(layer for layer in s["spec"] if layer["layer_type"] == "conv")
     assert conv["out_depth"] == 6, conv  # the last edit: 6 filters
+
+
+def test_an_imagefolder_zip_fills_both_sets_on_the_new_project_page(master, page, tmp_path, rng):
+    """One zip with train/ and test/ folders (torchvision's ImageFolder layout), chosen as
+    the training zip: both sets are made and picked, the project has both."""
+    path = tmp_path / "pets.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for split, n in (("train", 6), ("test", 2)):
+            for label in ("cat", "dog"):
+                for i in range(n):
+                    pixels = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+                    z.writestr(f"pets/{split}/{label}/{i}.png", png_bytes(pixels))
+    page.goto(f"{master.url}/#/new")
+    page.wait_for_selector("#create")
+    page.fill("#name", "pets")
+    page.fill("#new-data-token", master.data_token)
+    page.set_input_files("#train-zip", str(path))
+    page.wait_for_function("document.querySelector('#train-upload-message').innerText.includes('test set')")
+    assert page.eval_on_selector("#train-dataset", "s => s.value") != ""
+    assert page.eval_on_selector("#test-dataset", "s => s.value") != ""
+    assert "cat, dog" in page.inner_text("#data-message")
+    assert "now has 2 outputs" in page.inner_text("#data-message")  # the classifier follows the labels
+    page.wait_for_function("document.querySelector('#spec-status').innerText.includes('parameters')")
+    page.click("#create")
+    problem = "document.querySelector('#create-message')?.innerText || ''"
+    wait_for(lambda: page.url.endswith("#/p/pets") or page.evaluate(problem), 60, "the project", page)
+    assert page.url.endswith("#/p/pets"), page.evaluate(problem)
+    s = httpx.get(f"{master.url}/api/projects/pets").json()
+    assert sorted(d["role"] for d in s["datasets"]) == ["test", "train"] and s["data_size"] == 12, s
+    assert s["labels"] == ["cat", "dog"]
 
 
 def test_the_volunteer_page_shows_the_project_and_pauses_when_hidden(master, mnist_zips, phone):

@@ -85,7 +85,7 @@ def test_windows_folder_entries_are_folders_not_skipped_files(shared, tmp_path, 
                     (b"set\\1\\b.png", img, 0, 0x20)])  # fmt: skip
     r = upload_raw(shared, tmp_path, data)
     assert r["label_names"] == ["0", "1"] and r["items"] == 2, r
-    assert r["skipped_count"] == 0 and r["ignored"] == 2, r
+    assert r["skipped_count"] == 0 and r["ignored"] == 0 and r["folders"] == 2, r
 
 
 def test_camera_names_and_underscore_folders_are_data(shared, tmp_path, img):
@@ -96,6 +96,11 @@ def test_camera_names_and_underscore_folders_are_data(shared, tmp_path, img):
     )  # fmt: skip
     assert r["label_names"] == ["_background", "cat"] and r["items"] == 2, r
     assert r["ignored"] == 3, r
+    assert sorted(f["reason"] for f in r["ignored_files"]) == [
+        "Windows folder settings (desktop.ini)",
+        "Windows thumbnail cache (Thumbs.db)",
+        "macOS resource forks (__MACOSX)",
+    ], r
 
 
 def photo(fmt: str, pixels: np.ndarray, **kw) -> bytes:
@@ -133,3 +138,62 @@ def test_heic_gets_a_hint(shared, tmp_path, img):
     heic = b"\x00\x00\x00\x18ftypheic" + b"\x00" * 32
     r = upload_members(shared.client, tmp_path, {"x/0/a.png": img, "x/0/IMG_1.HEIC": heic})
     assert r["items"] == 1 and "export them as JPEG" in r["skipped"][0]["reason"], r
+
+
+def test_a_skip_names_what_it_found(shared, tmp_path, img):
+    r = upload_members(
+        shared.client, tmp_path,
+        {"x/0/a.png": img, "x/0/scan.pdf": b"%PDF-1.7\n...", "x/0/notes.txt": b"taken on a Tuesday\n",
+         "x/0/logo.svg": b'<svg xmlns="http://www.w3.org/2000/svg"/>', "x/0/empty.png": b""},
+    )  # fmt: skip
+    reasons = {s["file"]: s["reason"] for s in r["skipped"]}
+    assert "found a PDF document" in reasons["x/0/scan.pdf"], reasons
+    assert "found a text file" in reasons["x/0/notes.txt"], reasons
+    assert "found an SVG drawing" in reasons["x/0/logo.svg"], reasons
+    assert "found an empty file" in reasons["x/0/empty.png"], reasons
+    assert r["skipped_reasons"] == {"not an image": 4}, r
+
+
+def imagefolder(rng, root: str = "") -> dict[str, bytes]:
+    def im() -> bytes:
+        return png_bytes(rng.integers(0, 256, (28, 28), dtype=np.uint8))
+
+    names = ["Train/cat/1.png", "Train/cat/2.png", "Train/dog/1.png", "test/cat/9.png", "test/dog/9.png"]
+    return {**{root + n: im() for n in names}, f"{root}.DS_Store": b"x"}
+
+
+@pytest.mark.parametrize("root", ["", "pets/"])
+def test_an_imagefolder_zip_makes_the_train_and_the_test_set_in_one_upload(shared, tmp_path, rng, root):
+    """`train/LABEL/*` and `test/LABEL/*` (torchvision's ImageFolder layout, maybe under one
+    root folder, names in any case): two datasets, each with its kind and labels."""
+    r = upload_members(shared.client, tmp_path, imagefolder(rng, root), name="pets")
+    train, test = r["datasets"]
+    assert r["split"] == {"train": train["dataset"], "test": test["dataset"]}
+    assert r["dataset"] == train["dataset"]
+    assert (train["name"], train["kind"], train["items"]) == ("pets (train)", "train", 3), train
+    assert (test["name"], test["kind"], test["items"]) == ("pets (test)", "test", 2), test
+    assert train["label_names"] == test["label_names"] == ["cat", "dog"]
+    assert train["ignored"] == 1 and test["ignored"] == 0
+    srcs = shared.client.http.get(f"/datasets/{test['dataset']}/sources", params={"ids": "0:2"}).json()
+    assert [s["source"] for s in srcs] == [f"{root}test/cat/9.png", f"{root}test/dog/9.png"], srcs
+    # the pair appended to one set would mix them: refused with the fix
+    with pytest.raises(Exception, match="ImageFolder"):
+        upload_members(shared.client, tmp_path, imagefolder(rng, root), append_to=train["dataset"])
+    assert shared.client.info(train["dataset"])["items"] == 3
+
+
+def test_val_stands_for_test_and_look_alikes_stay_one_set(shared, tmp_path, rng, img):
+    members = {"train/a/1.png": img, "train/b/1.png": img, "val/a/2.png": img}
+    r = upload_members(shared.client, tmp_path, members)
+    assert [d["kind"] for d in r["datasets"]] == ["train", "test"] and r["datasets"][1]["items"] == 1
+    # with test/ and val/ both, val is skipped by name
+    r = upload_members(shared.client, tmp_path,
+                       {"train/a/1.png": img, "test/a/2.png": img, "val/a/3.png": img})  # fmt: skip
+    assert r["datasets"][1]["items"] == 1 and r["skipped"][0]["file"] == "val/a/3.png", r
+    # label folders that happen to be called train and test: one set with those labels
+    r = upload_members(shared.client, tmp_path, {"x/train/1.png": img, "x/test/1.png": img})
+    assert "datasets" not in r and r["label_names"] == ["test", "train"], r
+    # a third top folder: not the layout
+    r = upload_members(shared.client, tmp_path,
+                       {"train/a/1.png": img, "test/a/2.png": img, "extra/a/3.png": img})  # fmt: skip
+    assert "datasets" not in r and r["items"] == 3, r

@@ -33,7 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "for --server by `mlitb serve` / `mlitb data-server` on this machine)",
         )
 
-    q = dsub.add_parser("upload", help="upload a zip (one folder per label) as a dataset")
+    q = dsub.add_parser(
+        "upload",
+        help="upload a zip (one folder per label) as a dataset",
+        description="Upload a zip with one folder per label (LABEL/x.png, at any depth). A zip with "
+        "train/ and test/ folders of label folders (the ImageFolder layout) makes both sets at once.",
+    )
     q.add_argument("zip", type=Path)
     server_args(q)
     q.add_argument("--shape", required=True, help="HEIGHTxWIDTHxCHANNELS, e.g. 28x28x1 (channels 1 or 3)")
@@ -171,6 +176,12 @@ def upload(args: argparse.Namespace) -> int:
 
 
 def _print_report(r: dict) -> None:
+    if "datasets" in r:  # an ImageFolder zip (train/ and test/): both sets were made
+        split = r["split"]
+        print(f"train/ and test/ folders: datasets {split['train']} (train) and {split['test']} (test)")
+        for part in r["datasets"]:
+            _print_report(part)
+        return
     verb = "created" if r["created"] else "appended to"
     print(
         f"dataset {r['dataset']} ({r['name']}, {r['kind']}, {r['shape_text']}) {verb}: +{r['added']} items "
@@ -180,6 +191,9 @@ def _print_report(r: dict) -> None:
     if r["skipped_count"]:
         reasons = ", ".join(f"{k} ({v})" for k, v in r["skipped_reasons"].items())
         print(f"skipped {r['skipped_count']} files: {reasons}")
+    if r.get("ignored"):
+        kinds = sorted({f["reason"].split(" (")[0] for f in r.get("ignored_files", [])})
+        print(f"ignored {r['ignored']} hidden/system files ({', '.join(kinds)})")
     for w in r["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     print(f"content hash: {r['content_hash']}")

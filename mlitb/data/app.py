@@ -4,7 +4,8 @@ checks live in zipscan/images/ids, storage in store. Mountable under a prefix
 
     GET    /                          service description
     GET    /datasets                  list
-    POST   /datasets?name&shape&kind  upload a zip as a new dataset (body = the zip)
+    POST   /datasets?name&shape&kind  upload a zip as a new dataset (body = the zip); a zip
+                                      with train/ and test/ folders makes both sets
     GET    /datasets/{id}             info: shape, items, labels with counts, content hash
     DELETE /datasets/{id}             delete
     POST   /datasets/{id}/items       append a zip, or one image (Content-Type image/*, ?label=)
@@ -48,7 +49,7 @@ from .serve_items import item_response_parts
 from .shape import parse_shape
 from .spool import SpoolGate
 from .store import DataStore
-from .upload import Upload, receive_body, result_json, run_in_thread_with_progress
+from .upload import Upload, receive_body, result_json, run_in_thread_with_progress, split_result_json
 
 log = logging.getLogger("mlitb.data")
 EXPOSED = ["X-Mlitb-Items", "X-Mlitb-Blocks", "X-Mlitb-Shape", "X-Mlitb-Raw-Bytes", "X-Mlitb-Content-Hash"]
@@ -194,7 +195,17 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
         dims = parse_shape(shape)
         if kind not in ("train", "test"):
             raise bad_request(f"kind: expected 'train' or 'test', got {kind!r}", "bad_kind")
-        return await _ingest(request, dims, progress, lambda d: store.create(name, kind, d), created=True)
+
+        def both(parts: dict) -> dict:  # an ImageFolder zip: one dataset per split
+            train = store.create(f"{name} (train)", "train", parts["train"])
+            try:
+                test = store.create(f"{name} (test)", "test", parts["test"])
+            except BaseException:  # both sets or neither
+                store.delete(train[0].id)
+                raise
+            return split_result_json((*train, parts["train"]), (*test, parts["test"]))
+
+        return await _ingest(request, dims, progress, lambda d: store.create(name, kind, d), True, both)
 
     @app.post("/datasets/{ds_id}/items", status_code=201)
     async def append_items(
@@ -235,10 +246,18 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
             raise
         return upload
 
-    async def _ingest(request: Request, dims, progress: bool, commit, created: bool):
+    async def _ingest(request: Request, dims, progress: bool, commit, created: bool, commit_split=None):
         upload = await _receive(request)
         try:
             zf, scan = await run_in_threadpool(upload.check_zip)
+            if scan.split and commit_split is None:
+                zf.close()
+                raise bad_request(
+                    "this zip holds train/ and test/ folders (the ImageFolder layout), and items are "
+                    "appended to one set; fix: upload it as a new dataset (both sets are made), or "
+                    "append a zip of one split's label folders",
+                    "split_zip",
+                )
         except BaseException:
             upload.cleanup()
             raise
@@ -246,6 +265,12 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
         def work(report) -> dict:
             upload.started = True
             try:
+                if scan.split:
+                    parts = upload.decode_split(zf, scan, dims, report)
+                    out = commit_split(parts)
+                    log.info("datasets %s: an ImageFolder zip, %s + %s items", out["split"],
+                             parts["train"].count, parts["test"].count)  # fmt: skip
+                    return out
                 decoded = upload.decode(zf, scan, dims, report)
                 info, first = commit(decoded)
                 log.info("dataset %s: +%s items in %.2fs", info.id, decoded.count, decoded.seconds)

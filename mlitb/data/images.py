@@ -34,7 +34,49 @@ _SIGNATURES = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
+_OTHER = (  # what people put in image folders that is not one of FORMATS
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"8BPS", "a Photoshop document"),
+    (b"\x00\x00\x01\x00", "an ICO icon"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+    (b"\xff\x4f\xff\x51", "a JPEG 2000 image"),
+    (b"qoif", "a QOI image"),
+)
+_FTYP = {  # ISO media files: the brand after 'ftyp'
+    **dict.fromkeys((b"heic", b"heix", b"mif1", b"hevc"), "a HEIC photo"),
+    b"avif": "an AVIF image",
+    **dict.fromkeys((b"isom", b"mp42"), "an MP4 video"),
+    b"qt  ": "a QuickTime video",
+}
 EXIF_ORIENTATION = 0x0112
+
+
+def what_is(data: bytes) -> str:
+    """What a member that Pillow does not read as an image holds, for the skip reason
+    (by its first bytes; nothing is decoded)."""
+    if not data:
+        return "an empty file"
+    if data[4:8] == b"ftyp":
+        return _FTYP.get(data[8:12], f"an ISO media file ({data[8:12].decode('latin-1')!r})")
+    for magic, name in _OTHER:
+        if data.startswith(magic):
+            return name
+    head = data[:1024].lstrip()
+    if head[:5].lower() == b"<?xml" or b"<svg" in head.lower():
+        return "an SVG drawing" if b"<svg" in head.lower() else "an XML file"
+    if head[:1] == b"<":
+        return "an HTML page" if b"html" in head[:64].lower() else "a markup file"
+    try:
+        text = data[:1024].decode("utf-8")
+        if all(c.isprintable() or c in "\r\n\t" for c in text):
+            return "a text file"
+    except UnicodeDecodeError:
+        pass
+    return f"unknown data starting with {data[:8].hex(' ')}"
+
+
 TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 _GREY_MODES = {"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -70,12 +112,10 @@ def decode_image(data: bytes, shape: tuple[int, int, int], max_image_pixels: int
         kind = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
         if kind:  # the right signature but Pillow could not open it: a damaged file
             raise ImageSkip(f"unreadable image: a damaged {kind} file") from None
-        hint = (
-            "; HEIC photos: export them as JPEG"
-            if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1")
-            else ""
-        )
-        raise ImageSkip(f"not an image (PNG, JPEG, GIF, WebP, BMP or TIFF expected{hint})") from None
+        found = what_is(data)
+        hint = "; HEIC photos: export them as JPEG" if found.startswith("a HEIC") else ""
+        expected = "PNG, JPEG, GIF, WebP, BMP or TIFF expected"
+        raise ImageSkip(f"not an image: found {found}; {expected}{hint}") from None
     except Image.DecompressionBombError as exc:
         raise ImageSkip(f"image too large: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

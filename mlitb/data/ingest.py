@@ -36,7 +36,9 @@ class Decoded:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     skipped_count: int = 0
     skipped_reasons: Counter = field(default_factory=Counter)
-    ignored: int = 0
+    ignored: int = 0  # hidden / system files
+    ignored_files: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    folders: int = 0  # folder entries
     seconds: float = 0.0
 
     @property
@@ -59,7 +61,8 @@ def decode_zip(
     progress: Progress | None = None,
 ) -> Decoded:
     start = time.perf_counter()
-    out = Decoded(shape=shape, pixels_path=pixels_path, ignored=scan.ignored)
+    out = Decoded(shape=shape, pixels_path=pixels_path, ignored=scan.ignored,
+                  ignored_files=scan.ignored_files, folders=scan.folders)  # fmt: skip
     for name, reason in scan.skipped:
         out.skip(name, reason)
     total = len(scan.members)
@@ -86,7 +89,7 @@ def decode_zip(
         reasons = ", ".join(f"{r} ({n})" for r, n in out.skipped_reasons.most_common(3))
         raise unprocessable(
             f"zip with no usable image: {out.skipped_count} files skipped ({reasons}); "
-            "expected PNG, JPEG or GIF files inside one folder per label",
+            "expected PNG, JPEG, GIF, WebP, BMP or TIFF files inside one folder per label",
             "no_images",
         )
     return out

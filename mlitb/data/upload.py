@@ -58,6 +58,7 @@ class Upload:
         self.limits = limits
         self.body_path = body_path
         self.pixels_path = store.tmp_path(".pixels")
+        self.test_pixels_path = store.tmp_path(".pixels")  # the test split of an ImageFolder zip
         self.room = room
         self.started = False  # decoding began: its own `finally` cleans up
 
@@ -76,12 +77,39 @@ class Upload:
         with zf:
             return decode_zip(zf, scan, shape, self.limits, self.pixels_path, progress)
 
+    def decode_split(self, zf, scan, shape, progress: Callable[[int, int], None] | None) -> dict:
+        """An ImageFolder zip: its train and test splits decoded as two datasets' items
+        (both before either is stored, so a bad split refuses the whole upload). What the
+        scan skipped or ignored is reported with the training set."""
+        train, test = scan.part("train"), scan.part("test")
+        train.skipped, train.ignored, train.ignored_files, train.folders = (
+            scan.skipped,
+            scan.ignored,
+            scan.ignored_files,
+            scan.folders,
+        )
+        total, done = len(scan.members), len(train.members)
+
+        def later(n: int, _: int) -> None:
+            if progress:
+                progress(done + n, total)
+
+        def first(n: int, _: int) -> None:
+            if progress:
+                progress(n, total)
+
+        with zf:
+            return {
+                "train": decode_zip(zf, train, shape, self.limits, self.pixels_path, first),
+                "test": decode_zip(zf, test, shape, self.limits, self.test_pixels_path, later),
+            }
+
     def decode_image(self, label: str, source: str, shape) -> Decoded:
         return decode_single(self.body_path.read_bytes(), label, source, shape, self.limits, self.pixels_path)
 
     def cleanup(self) -> None:
         """Delete the temporary files and give the spool room back (safe to call twice)."""
-        for path in (self.body_path, self.pixels_path):
+        for path in (self.body_path, self.pixels_path, self.test_pixels_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         if self.room is not None:
@@ -111,10 +139,20 @@ def result_json(info: DatasetInfo, first_id: int, decoded: Decoded, created: boo
         skipped_count=decoded.skipped_count,
         skipped_reasons=dict(decoded.skipped_reasons),
         ignored=decoded.ignored,
+        ignored_files=[{"file": f, "reason": r} for f, r in decoded.ignored_files],
+        folders=decoded.folders,
         warnings=warnings,
         seconds=round(decoded.seconds, 3),
     )
     return out
+
+
+def split_result_json(train: tuple, test: tuple) -> dict:
+    """Both sets of an ImageFolder upload: the training set's fields at the top (what a
+    one-set client reads), both in `datasets`, their ids in `split`."""
+    train_json, test_json = result_json(*train, created=True), result_json(*test, created=True)
+    return {**train_json, "split": {"train": train_json["dataset"], "test": test_json["dataset"]},
+            "datasets": [train_json, test_json]}  # fmt: skip
 
 
 async def run_in_thread_with_progress(

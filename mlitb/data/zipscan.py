@@ -12,10 +12,14 @@ UTF-8 without the UTF-8 flag are read as UTF-8 (zipfile would read them as cp437
 `café` -> `cafe╠ü`); every name is put in Unicode NFC, so `café` spelled with a
 combining accent (macOS) and precomposed (Windows) is one label; folder entries are
 recognised by their trailing slash or, as Windows writes them, by the MS-DOS
-directory attribute. Hidden and system members are ignored: a path part starting with
-'.' (`.DS_Store`, `._img.jpg`, `.git`), `__MACOSX`, `Thumbs.db`, `desktop.ini`;
-`_DSC0001.JPG` and a `_background/` folder are data like any other. Files not inside a
-folder are skipped.
+directory attribute. Hidden and system members are ignored, each listed with its reason:
+a path part starting with '.' (`.DS_Store`, `._img.jpg`, `.git`), `__MACOSX`,
+`Thumbs.db`, `desktop.ini`; `_DSC0001.JPG` and a `_background/` folder are data like any
+other. Files not inside a folder are skipped; folder entries are neither.
+
+The ImageFolder layout (`train/LABEL/x.png` and `test/LABEL/y.png`, maybe under one root
+folder; `val`/`valid`/`validation` stand for test when there is no `test`) marks each
+member with its split, so one upload can make both sets (see `split_layout`).
 """
 
 from __future__ import annotations
@@ -38,13 +42,32 @@ class Member:
     info: zipfile.ZipInfo
     path: str  # normalised, '/'-separated
     label: str
+    split: str | None = None  # 'train' / 'test' in the ImageFolder layout, else None
+
+
+MAX_LISTED = 1000  # skipped / ignored members named one by one (all are counted)
 
 
 @dataclass
 class Scan:
     members: list[Member]  # in id order: sorted by (label, natural file name)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-    ignored: int = 0  # hidden / system files and directories
+    ignored: int = 0  # hidden / system files (counted)
+    ignored_files: list[tuple[str, str]] = field(default_factory=list)  # (file, reason), <= MAX_LISTED
+    folders: int = 0  # folder entries: structure, not data
+
+    def ignore(self, path: str, reason: str) -> None:
+        self.ignored += 1
+        if len(self.ignored_files) < MAX_LISTED:
+            self.ignored_files.append((path, reason))
+
+    @property
+    def split(self) -> bool:
+        return any(m.split for m in self.members)
+
+    def part(self, split: str) -> Scan:
+        """The members of one split (ids restart at 0: each split is its own dataset)."""
+        return Scan([m for m in self.members if m.split == split])
 
 
 def _natural_key(text: str) -> list:
@@ -187,10 +210,11 @@ def scan_zip(zf: zipfile.ZipFile, limits: Limits) -> Scan:
             )
         parts = [p for p in path.split("/") if p]
         if _is_dir(info) or not parts:
-            scan.ignored += 1
+            scan.folders += 1
             continue
-        if any(p.startswith(".") or p in SYSTEM_PARTS for p in parts):
-            scan.ignored += 1
+        reason = _ignore_reason(parts)
+        if reason:
+            scan.ignore(path, reason)
             continue
         if len(parts) < 2:
             scan.skipped.append((path, "not inside a label folder"))
@@ -198,13 +222,62 @@ def scan_zip(zf: zipfile.ZipFile, limits: Limits) -> Scan:
         scan.members.append(Member(info, path, parts[-2]))
     if not scan.members and not scan.skipped:
         raise unprocessable("zip with no files in label folders (only hidden/system files)", "no_images")
+    split_layout(scan)
     # Raw strings break ties of the natural keys ('img_7' vs 'img_07'): any member order
     # of the same files gives the same ids.
     scan.members.sort(key=lambda m: (_natural_key(m.label), m.label, _natural_key(m.path), m.path))
     return scan
 
 
-SYSTEM_PARTS = {"__MACOSX", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN", "System Volume Information"}
+SYSTEM_PARTS = {
+    "__MACOSX": "macOS resource forks (__MACOSX)",
+    "Thumbs.db": "Windows thumbnail cache (Thumbs.db)",
+    "desktop.ini": "Windows folder settings (desktop.ini)",
+    "$RECYCLE.BIN": "Windows recycle bin",
+    "System Volume Information": "Windows system folder",
+}
+
+
+def _ignore_reason(parts: list[str]) -> str:
+    for p in parts:
+        if p in SYSTEM_PARTS:
+            return SYSTEM_PARTS[p]
+        if p.startswith("."):
+            return f"hidden ({p!r} starts with '.')"
+    return ""
+
+
+SPLITS = {"train": "train", "training": "train", "test": "test", "testing": "test"}
+VALIDATION = {"val", "valid", "validation"}  # the test set when there is no test/ folder
+
+
+def split_layout(scan: Scan) -> None:
+    """Mark members with their split when the zip has the ImageFolder layout: every file
+    under `train/LABEL/` or `test/LABEL/` (names case-insensitive, at the top or under one
+    root folder), both splits present. With `test/` and `val/` both, val is skipped (named).
+    Anything else (a label folder called `test`, say) is an ordinary one-set zip."""
+    for depth in (0, 1):
+        if not scan.members or any(len(m.path.split("/")) < depth + 3 for m in scan.members):
+            continue
+        if depth and len({m.path.split("/")[0] for m in scan.members}) != 1:
+            continue
+        names = [m.path.split("/")[depth].lower() for m in scan.members]
+        if not all(n in SPLITS or n in VALIDATION for n in names):
+            continue
+        has_test = any(SPLITS.get(n) == "test" for n in names)
+        roles = [SPLITS.get(n) or (None if has_test else "test") for n in names]
+        if {"train", "test"} - set(roles):
+            continue
+        kept = []
+        for m, role in zip(scan.members, roles, strict=True):
+            if role is None:
+                scan.skipped.append((m.path, "validation split: the upload makes the train and test sets"))
+            else:
+                kept.append(Member(m.info, m.path, m.label, role))
+        scan.members = kept
+        return
+
+
 UTF8_FLAG = 0x800  # general purpose bit 11: the name is UTF-8
 DOS_DIRECTORY = 0x10  # MS-DOS attribute in the low byte of external_attr
 

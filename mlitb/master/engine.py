@@ -67,6 +67,10 @@ ITEM_OVERHEAD_BYTES = 160
 # gets ids that no trainer that works has room for (a fresh project's first trainer gets
 # everything at once).
 PROBATION_ITEMS = 256
+# ... and all trainers on probation together at most this fraction of the data, or one
+# working trainer's share if that is more (sybils: 50 idle sockets would otherwise cut
+# every working trainer's share to 1/7)
+PROBATION_SHARE = 0.1
 RECLAIM_AFTER = 3
 # refusals no honest executor earns (docs/security.md); this many ban a client
 IMPOSSIBLE = {"implausible", "implausible_count", "implausible_norm", "not_finite"}
@@ -316,11 +320,27 @@ class Engine:
         mem = memory_capacity(c.memory_mb, tuple(self.spec.input_shape))
         return cap if mem is None else min(cap, mem)
 
-    def _set_share(self, c: Client) -> None:
-        """The allocator's capacity for a trainer: its limit once it shows work, else
-        PROBATION_ITEMS plus spare room that only takes ids no working trainer can hold."""
-        works = c.results > 0 and c.missed_streak < RECLAIM_AFTER
-        allowed = c.limit if works else min(c.limit, PROBATION_ITEMS)
+    @staticmethod
+    def _works(c: Client) -> bool:
+        return c.results > 0 and c.missed_streak < RECLAIM_AFTER
+
+    def _probation_items(self) -> int:
+        """Each trainer on probation's cap: PROBATION_ITEMS, less when many wait, so that
+        together they hold at most PROBATION_SHARE of the data, or the share they would
+        have as one more working trainer if that is more (at least one id each)."""
+        held = self.allocator.capacity
+        trainers = [c for c in self.clients.values() if c.role == "trainer" and c.id in held]
+        waiting = sum(1 for c in trainers if not self._works(c))
+        working = len(trainers) - waiting
+        registered = self.allocator.registered
+        budget = max(int(registered * PROBATION_SHARE), registered // (working + 1))
+        return min(PROBATION_ITEMS, max(1, budget // max(waiting, 1)))
+
+    def _set_share(self, c: Client, probation_items: int | None = None) -> None:
+        """The allocator's capacity for a trainer: its limit once it shows work, else the
+        probation cap plus spare room that only takes ids no working trainer can hold."""
+        cap = self._probation_items() if probation_items is None else probation_items
+        allowed = c.limit if self._works(c) else min(c.limit, cap)
         c.probation = allowed < c.limit
         self.allocator.set_capacity(c.id, allowed, spare=c.limit - allowed)
 
@@ -534,10 +554,11 @@ class Engine:
             if not c.admitted:
                 self._admit(c)
         # a + b) registered data and new trainers -> balanced shares; a trainer that has not
-        # shown work (yet, or lately) is capped at PROBATION_ITEMS
+        # shown work (yet, or lately) is capped (PROBATION_ITEMS, PROBATION_SHARE)
+        cap = self._probation_items()
         for c in self.clients.values():
             if c.role == "trainer" and c.id in self.allocator.capacity:
-                self._set_share(c)
+                self._set_share(c, cap)
         moves = self.allocator.rebalance()
         for c in self.clients.values():
             if c.role == "trainer":

@@ -84,13 +84,18 @@ export async function newProjectView(root) {
       try {
         const r = await upload(`/data/datasets?shape=${shape}&name=${encodeURIComponent(f.name)}&kind=${kind}`,
           f, "application/zip", (x) => { bar.value = x; });
-        datasets.push({ dataset: r.dataset, name: f.name, kind, items: r.items, shape_text: shape,
-          label_names: Object.keys(r.labels) });
+        // an ImageFolder zip (train/ and test/ folders) made both sets: pick both
+        const parts = r.datasets || [r];
+        for (const d of parts) {
+          datasets.push({ dataset: d.dataset, name: d.name, kind: d.kind, items: d.items, shape_text: shape,
+            label_names: Object.keys(d.labels) });
+        }
         fillDatasets();
-        select.value = String(r.dataset);
+        for (const d of parts) (d.kind === "test" ? test : d.kind === "train" ? train : select).value = String(d.dataset);
         showLabels();
         msg.className = "small ok";
-        msg.textContent = `dataset ${r.dataset}: ${fmt(r.items)} items` + (r.skipped_count ? `, ${r.skipped_count} files skipped` : "");
+        msg.textContent = parts.map((d) => `${d.kind} set ${d.dataset}: ${fmt(d.items)} items`).join("; ")
+          + (r.skipped_count ? `, ${r.skipped_count} files skipped` : "");
       } catch (e) { msg.className = "small error"; msg.textContent = e.message; }
       finally { bar.hidden = true; }
     });
@@ -108,6 +113,14 @@ export async function newProjectView(root) {
     const d = datasets.find((x) => String(x.dataset) === train.value);
     labels.placeholder = d ? (d.label_names || []).join(", ") : "from the training set";
     dataMsg.textContent = d ? `labels from dataset ${d.dataset}: ${(d.label_names || []).join(", ")}` : "";
+    // the classifier's outputs follow the labels (unless labels are typed or a model file is used)
+    const last = layers[layers.length - 1];
+    const n = d ? (d.label_names || []).length : 0;
+    if (n >= 2 && !labels.value.trim() && !modelFile && last && "num_classes" in last && Number(last.num_classes) !== n) {
+      last.num_classes = n;
+      render(); changed();
+      dataMsg.textContent += ` (the last layer now has ${n} outputs)`;
+    }
   }
   train.addEventListener("change", showLabels);
 
@@ -215,6 +228,7 @@ export async function newProjectView(root) {
     el("h2", {}, "Data and hyperparameters"),
     el("div", { class: "toolbar" }, el("label", {}, "training set ", train), zipUpload("train", train)),
     el("div", { class: "toolbar" }, el("label", {}, "test set ", test), zipUpload("test", test)),
+    el("p", { class: "small muted" }, "Zips hold one folder per label; a zip with train/ and test/ folders of label folders fills both sets."),
     el("div", { class: "toolbar" }, dataTokenField("new-data-token")), dataMsg,
     el("div", { class: "toolbar" }, el("label", {}, "algorithm ", algorithm), el("label", {}, "iteration time T (s) ", T),
       el("label", {}, "master's optimizer ", optimizer), el("label", {}, "learning rate ", lr),
