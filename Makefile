@@ -34,7 +34,12 @@ PORT ?= 8000
 run: setup
 	$(BIN)/mlitb serve --demo --host $(HOST) --port $(PORT)
 
-test: setup
+# Ray (the optional extra for `mlitb fleet`) is only needed by the tests and fleets.
+$(VENV)/.ray-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[dev,ray]"
+	touch $@
+
+test: setup $(VENV)/.ray-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest

@@ -8,13 +8,24 @@ import sys
 
 from mlitb import __version__
 
-from . import closure_cmd, data_cmd, data_server_cmd, model_cmd, project_cmd, serve_cmd, worker_cmd, zoo_cmd
+from . import (
+    closure_cmd,
+    data_cmd,
+    data_server_cmd,
+    fleet_cmd,
+    model_cmd,
+    project_cmd,
+    serve_cmd,
+    worker_cmd,
+    zoo_cmd,
+)
 
 # name -> module with `register(subparsers)`; each sets `func` on its parsers.
 COMMANDS = {
     "serve": serve_cmd,
     "project": project_cmd,
     "worker": worker_cmd,
+    "fleet": fleet_cmd,
     "data": data_cmd,
     "data-server": data_server_cmd,
     "model": model_cmd,
