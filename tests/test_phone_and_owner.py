@@ -48,6 +48,10 @@ def test_an_owner_link_signs_the_browser_in_and_out(master, mnist_zips, page):
     wait_for(
         lambda: httpx.get(f"{master.url}/api/projects/mine").json()["state"] == "running", 30, "started", page
     )
+    page.click("#btn-pause")  # the owner link's point: the owner drives the project from here
+    wait_for(
+        lambda: httpx.get(f"{master.url}/api/projects/mine").json()["state"] == "paused", 30, "paused", page
+    )
 
     page.click("#signout")
     page.wait_for_selector("#who:not(.owner)")

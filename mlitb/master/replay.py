@@ -6,12 +6,16 @@ verdict back to the Engine.
 Cost is bounded: one replay at a time on one torch thread, and after each the task
 waits until replaying took at most AUDIT_SHARE of one core (CPU time, as the master's
 test evaluation). When proofs arrive faster, the Engine's queue drops trusted
-clients' first (counted as `audits_skipped`).
+clients' first (counted as `audits_skipped`). One exception: a proof of a client not yet
+trusted, whose verdict the step waits for (the Engine's newcomer hold), is replayed at
+once; that is at most `verify_trust` proofs per client, and the project is idle meanwhile
+(without it, two newcomers' first step waited 5 replays instead of 2).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -55,7 +59,20 @@ class AuditRunner:
             except Exception as exc:  # the data server down, a dataset deleted: not the client's fault
                 log.warning("project %s: audit of %s not checked: %r", self.engine.name, job.client, exc)
                 self.engine.auditor.skipped += 1
-            await asyncio.sleep(took * (1 / AUDIT_SHARE - 1))
+            await self._rest(took * (1 / AUDIT_SHARE - 1))
+
+    async def _rest(self, seconds: float) -> None:
+        """The pause that keeps replays within AUDIT_SHARE, cut short when a proof that
+        holds the step (a client not yet trusted) is waiting."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:
+            if any(j.untrusted for j in self.engine.auditor.queue):
+                return
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, 1.0)):
+                    await self.wake.wait()
 
     @staticmethod
     def _foreign(job: AuditJob):
