@@ -130,6 +130,12 @@ def test_the_volunteer_link_says_when_it_only_works_here(master, mnist_zips, pag
 def test_new_project_in_one_page_with_its_data_uploaded_there(master, mnist_zips, page):
     page.goto(f"{master.url}/#/new")
     page.wait_for_selector("#create")
+    defaults = httpx.get(f"{master.url}/api").json()["hyper_defaults"]  # what the CLI gets too
+    fields = {"#l2-decay": "l2_decay", "#iteration-time": "iteration_time",
+              "#inner-learning-rate": "inner_learning_rate", "#algorithm": "algorithm"}  # fmt: skip
+    for field, key in fields.items():
+        shown = page.input_value(field)
+        assert shown == defaults[key] or float(shown) == defaults[key], (field, shown, defaults[key])
     # no data and no labels: the reason shows next to the button
     page.fill("#name", "onepage")
     page.click("#create")

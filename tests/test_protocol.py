@@ -176,6 +176,21 @@ VALID = {
     "status": {"type": "status", "backend": "wasm"},
     "resync": {"type": "resync", "iteration": 4},
     "proof_missing": {"type": "proof_missing", "iteration": 4, "reason": "model changed"},
+    "subtree": {
+        "type": "subtree",
+        "capacity": 9000,
+        "clients": 3,
+        "children": [
+            {
+                "name": "r0",
+                "kind": "native",
+                "backend": "torch-cpu",
+                "vectors_per_s": 3100.0,
+                "cached": 3000,
+                "clients": 0,
+            }
+        ],
+    },
     "leave": {"type": "leave", "reason": "bye"},
 }
 
@@ -214,6 +229,7 @@ def test_join_defaults_and_full_form():
         "name": "laptop",
         "join_key": "k",
         "capabilities": {"webgpu": True},
+        "owner_token": "",
     }
     assert parse_client_message(json.dumps(full)).model_dump() == full
 
@@ -262,7 +278,7 @@ def test_unknown_type(raw):
     reason = _refused(json.dumps(raw), "unknown_type")
     assert (
         "unknown message type" in reason
-        and "join, cached, heartbeat, test_result, status, resync, proof_missing, leave" in reason
+        and "join, cached, heartbeat, test_result, status, resync, proof_missing, subtree, leave" in reason
     )
 
 

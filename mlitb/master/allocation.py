@@ -75,6 +75,20 @@ class Allocator:
         self.registered -= sum(len(v) for v in lost.values()) + before - len(self.pool)
         return lost
 
+    def unregister(self, keys: set[int]) -> dict[str, list[int]]:
+        """Forget these ids wherever they are (a relay's master took them back); returns
+        what each trainer lost."""
+        lost: dict[str, list[int]] = {}
+        for cid, held in self.held.items():
+            gone = held & keys
+            if gone:
+                held.difference_update(gone)
+                lost[cid] = sorted(gone)
+        before = len(self.pool)
+        self.pool = deque(k for k in self.pool if k not in keys)
+        self.registered -= sum(len(v) for v in lost.values()) + before - len(self.pool)
+        return lost
+
     def add_trainer(self, cid: str, capacity: int) -> None:
         if cid in self.held:
             raise AllocationError(f"trainer {cid} is already allocated")

@@ -48,6 +48,7 @@ from mlitb.web import STATIC
 
 from . import metrics
 from .closure_routes import bearer_token, closure_router
+from .config import Hyper
 from .connection import Connection
 from .projects import ProjectError, ProjectManager
 from .runner import HEARTBEAT_MS
@@ -194,6 +195,8 @@ def create_master_app(
             "data_url": data_public_url,
             "public_url": public_url,
             "projects": len(manager.runners),
+            # what a project gets when a field is left out (the new-project page shows these)
+            "hyper_defaults": Hyper().model_dump(mode="json"),
         }
 
     # Reads are `async def`: they run on the event loop, between engine updates, so a
@@ -432,7 +435,17 @@ def create_master_app(
         if full:
             await _refuse(ws, "full", full, msg.CLOSE_FULL)
             return
-        if join.role == "trainer" and runner.engine.hyper.verify and not join.capabilities.get("proofs"):
+        if join.kind == "relay":
+            if join.role != "trainer":
+                await _refuse(ws, "bad_message", "a relay joins as a trainer (role trainer)", msg.CLOSE_ABUSE)
+                return
+            if not join.owner_token or not secrets.compare_digest(
+                token_hash(join.owner_token), runner.engine.owner_hash
+            ):
+                reason = "a relay needs the project's owner token (mlitb relay --token, or the stored one)"
+                await _refuse(ws, "forbidden", reason, msg.CLOSE_FORBIDDEN)
+                return
+        elif join.role == "trainer" and runner.engine.hyper.verify and not join.capabilities.get("proofs"):
             reason = (
                 "this project verifies results (hyperparameter verify) and this trainer cannot answer "
                 "audits (join capabilities.proofs): update the worker, or the owner sets verify=false"

@@ -158,6 +158,9 @@ class Client:
     first_result: int | None = None  # iteration of its first accepted result
     # ids taken from it at the last few boundaries: a round in flight may still use them
     removed: list[set[int]] = field(default_factory=list)
+    # relays (kind "relay"): the clients under it and their rows, as it reported them
+    relay_clients: int = 0
+    children: list[dict] = field(default_factory=list)
 
     def summary(self, held: int, now: float) -> dict:
         return {
@@ -182,6 +185,11 @@ class Client:
             "auditing": self.audit is not None,
             "suspect": self.suspect,
             "probation": self.probation if self.role == "trainer" else None,
+            **(
+                {"relay_clients": self.relay_clients, "children": self.children}
+                if self.kind == "relay"
+                else {}
+            ),
             "test_error": self.test_error,
             "late": self.late,
             "stale": self.stale,
@@ -635,7 +643,8 @@ class Engine:
             validate(frame.values, frame.vectors, frame.loss, self.spec.num_params, MAX_VECTORS_PER_RESULT)
             ordered_at = client.pending.get(frame.iteration, client.sent_at)
             carried = self.hyper.iteration_time if self.hyper.overlap and frame.kind == frames.DELTA else 0.0
-            check_count(frame.vectors, now - ordered_at + carried, self.hyper.max_vectors_per_s)
+            rate = self.hyper.max_vectors_per_s * max(1, client.relay_clients)  # a relay: its subtree's
+            check_count(frame.vectors, now - ordered_at + carried, rate)
             verdict = self.screen.judge(frame.kind, frame.values, frame.vectors)
         except Rejected as exc:
             if exc.reason != "late":
@@ -689,6 +698,8 @@ class Engine:
     # ================================================================ verification
     def _maybe_audit(self, client: Client, frame: frames.Frame, factor: float, now: float) -> None:
         """Ask for the proof of this result if the policy picks it (mlitb.master.audits)."""
+        if client.kind == "relay":  # its result is a sum; the owner vouched for it (join owner_token)
+            return
         if frame.iteration < self._audit_from or not self.auditor.wants(client, self.hyper, factor < 1.0):
             return
         mode = "local" if frame.kind == frames.DELTA else "gradient"
@@ -711,6 +722,19 @@ class Engine:
             log.info("project %s: unasked proof from %s ignored", self.name, cid)
         elif refused:
             self.ban(cid, refused, job)
+
+    def on_subtree(self, cid: str, message: msg.Subtree) -> None:
+        """A relay's subtree changed: its capacity (applied at the next boundary's
+        rebalance) and the clients under it (its count ceiling, the dashboard's rows)."""
+        c = self.clients.get(cid)
+        if c is None:
+            return
+        c.capacity = message.capacity
+        c.relay_clients = message.clients
+        c.children = [child.model_dump() for child in message.children]
+        if c.admitted and c.role == "trainer":
+            c.limit = self._capacity(c)
+        self.dirty = True
 
     def on_proof_missing(self, cid: str, message: msg.ProofMissing) -> None:
         client = self.clients.get(cid)

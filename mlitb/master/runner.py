@@ -114,6 +114,11 @@ class ProjectRunner:
                 return
         elif isinstance(message, msg.Heartbeat):
             self.engine.count_bytes(conn.id, sent=conn.send(msg.heartbeat(message.t)))
+        elif isinstance(message, msg.Subtree):
+            if conn.kind != "relay":
+                self._refuse(conn, "not_a_relay", "subtree is for relays; this client joined as a worker")
+                return
+            self.engine.on_subtree(conn.id, message)
         elif isinstance(message, msg.ProofMissing):
             self.engine.on_proof_missing(conn.id, message)
         elif isinstance(message, msg.Leave):

@@ -41,7 +41,7 @@ class Join(_Msg):
     protocol: int = 1  # a join without it is a version-1 client
     project: Name
     role: Literal["trainer", "tracker"] = "trainer"
-    kind: Literal["native", "browser"] = "native"
+    kind: Literal["native", "browser", "relay"] = "native"
     backend: Annotated[str, Field(max_length=40)] = "unknown"
     capacity: Annotated[int, Field(ge=0, le=10_000_000)] = 3000
     # v2: memory the worker offers for its data cache; the master turns it into an item
@@ -50,6 +50,8 @@ class Join(_Msg):
     name: Annotated[str, Field(max_length=100)] = ""
     join_key: Annotated[str, Field(max_length=200)] = ""
     capabilities: dict[str, Any] = Field(default_factory=dict)
+    # a relay (kind "relay") joins with the project's owner token: the owner vouches for it
+    owner_token: Annotated[str, Field(max_length=200)] = ""
 
 
 class Cached(_Msg):
@@ -98,22 +100,45 @@ class ProofMissing(_Msg):
     reason: Annotated[str, Field(max_length=200)] = ""
 
 
+class Child(_Msg):
+    """One client under a relay, as the relay reports it (shown in the master's list)."""
+
+    name: Annotated[str, Field(max_length=100)] = ""
+    kind: Literal["native", "browser", "relay"] = "native"
+    backend: Annotated[str, Field(max_length=40)] = "unknown"
+    vectors_per_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    cached: Annotated[int, Field(ge=0)] = 0
+    clients: Annotated[int, Field(ge=0)] = 0  # a relay under a relay: its own subtree
+
+
+class Subtree(_Msg):
+    """v2, relays only: what the relay's subtree can hold and who is in it, sent when it
+    changes. `capacity` replaces the join's; `clients` scales the relay's count ceiling."""
+
+    type: Literal["subtree"]
+    capacity: Annotated[int, Field(ge=0, le=10_000_000)]
+    clients: Annotated[int, Field(ge=0, le=1_000_000)]
+    children: Annotated[list[Child], Field(max_length=256)] = Field(default_factory=list)
+
+
 class Leave(_Msg):
     type: Literal["leave"]
     reason: Annotated[str, Field(max_length=200)] = ""
 
 
 ClientMessage = Annotated[
-    Join | Cached | Heartbeat | TestResult | Status | Resync | ProofMissing | Leave,
+    Join | Cached | Heartbeat | TestResult | Status | Resync | ProofMissing | Subtree | Leave,
     Field(discriminator="type"),
 ]
 _client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
-CLIENT_TYPES = ("join", "cached", "heartbeat", "test_result", "status", "resync", "proof_missing", "leave")
+CLIENT_TYPES = (
+    "join", "cached", "heartbeat", "test_result", "status", "resync", "proof_missing", "subtree", "leave"
+)  # fmt: skip
 
 
 def parse_client_message(
     text: str | bytes,
-) -> Join | Cached | Heartbeat | TestResult | Status | Resync | ProofMissing | Leave:
+) -> Join | Cached | Heartbeat | TestResult | Status | Resync | ProofMissing | Subtree | Leave:
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_TEXT_BYTES:
         raise ProtocolError("too_large", f"text message of {size} bytes, the limit is {MAX_TEXT_BYTES}")

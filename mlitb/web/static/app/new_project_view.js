@@ -245,6 +245,13 @@ export async function newProjectView(root) {
     editor,
   );
   render();
+  // the master's defaults, so the page and `mlitb project create` start from the same ones
+  const defaults = (await api("GET", "/api").catch(() => ({}))).hyper_defaults || {};
+  for (const [input, key] of [[T, "iteration_time"], [innerLr, "inner_learning_rate"], [l2, "l2_decay"]]) {
+    if (defaults[key] !== undefined) input.value = defaults[key];
+  }
+  if (defaults.algorithm) algorithm.value = defaults.algorithm;
+  if (defaults.compression) compression.value = defaults.compression;
   await check();
   return () => clearTimeout(timer);
 }

@@ -1,0 +1,215 @@
+"""The relay's I/O: one WebSocket up to the master (reconnecting), a Starlette app with
+`/ws` for its own clients, and a clock that polls `Relay` (core.py) for deadlines.
+
+When the master's socket is lost, every child is closed (1012, "the relay lost its
+master"): their data went back to the master's pool with the relay's socket, and they
+reconnect (to this relay once it is back, or elsewhere) like after any lost master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from urllib.parse import urlparse
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from mlitb.master.connection import Connection
+from mlitb.protocol import messages as msg
+
+from .core import UP, Relay
+
+log = logging.getLogger("mlitb.relay")
+
+CLOSE_MASTER_LOST = 1012  # "service restart": reconnect
+FATAL_UP = {4403, 4404, 4409, 4453}  # refused for good: no point retrying
+MAX_FRAME = 256 << 20
+
+
+def ws_url(url: str) -> str:
+    parts = urlparse(url if "://" in url else f"http://{url}")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/ws"
+
+
+class RelayService:
+    def __init__(self, master_url: str, project: str, owner_token: str, name: str = "relay") -> None:
+        self.project = project
+        self.owner_token = owner_token
+        self.core = Relay(master_url.rstrip("/"), name, owner_token)
+        self.conns: dict[str, Connection] = {}
+        self.up = None  # the master's socket while connected
+        self.wake = asyncio.Event()
+        self.fatal = ""
+        self.connected_at: float | None = None
+
+    # ------------------------------------------------------------------ sending
+    async def flush(self) -> None:
+        for target, payload in self.core.drain():
+            if target == UP:
+                if self.up is not None:
+                    with contextlib.suppress(ConnectionClosed):
+                        await self.up.send(payload if isinstance(payload, bytes) else msg.dumps(payload))
+            elif (conn := self.conns.get(target)) is not None:
+                conn.send(payload)
+        self.wake.set()
+
+    # ------------------------------------------------------------------ upstream
+    async def upstream(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                async with connect(
+                    ws_url(self.core.master_url), compression=None, max_size=MAX_FRAME, open_timeout=10
+                ) as ws:
+                    await ws.send(msg.dumps(self.core.join_message(self.project, self.owner_token)))
+                    self.up, self.connected_at, backoff = ws, time.monotonic(), 0.5
+                    beat = asyncio.create_task(self._heartbeat(ws))
+                    try:
+                        async for data in ws:
+                            now = time.monotonic()
+                            if isinstance(data, bytes):
+                                self.core.on_up_bytes(data)
+                            else:
+                                self.core.on_up_text(json.loads(data), now)
+                            await self.flush()
+                    finally:
+                        beat.cancel()
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+                if code in FATAL_UP:
+                    self.fatal = f"the master refused this relay ({code}): {exc.rcvd.reason}"
+                    log.error("%s", self.fatal)
+                    await self._lost()
+                    return
+                log.warning("lost the master (%s)", exc)
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                log.warning("cannot reach the master at %s: %s", self.core.master_url, exc)
+            await self._lost()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 15.0)
+
+    async def _heartbeat(self, ws) -> None:
+        while True:
+            await asyncio.sleep(5)
+            await ws.send(msg.dumps(msg.heartbeat(time.time())))
+
+    async def _lost(self) -> None:
+        """The master is gone: so is everything it gave; children reconnect."""
+        self.up, self.connected_at = None, None
+        for cid, conn in list(self.conns.items()):
+            conn.close_soon(CLOSE_MASTER_LOST, "the relay lost its master; reconnect")
+            self.core.child_leave(cid)
+        self.conns.clear()
+        self.core = Relay(self.core.master_url, self.core.name, self.owner_token)
+        self.core.drain()
+
+    # ------------------------------------------------------------------ the clock
+    async def clock(self) -> None:
+        while True:
+            wait = self.core.poll(time.monotonic())
+            await self.flush()
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5 if wait is None else min(wait, 0.5)):
+                    await self.wake.wait()
+
+    # ------------------------------------------------------------------ children
+    async def child(self, ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            first = await asyncio.wait_for(ws.receive(), 10)
+            join = msg.parse_client_message(first.get("text") or first.get("bytes") or b"")
+            if not isinstance(join, msg.Join):
+                raise msg.ProtocolError("join_first", f"expected a join message first, got {join.type}")
+        except (TimeoutError, msg.ProtocolError, WebSocketDisconnect) as exc:
+            with contextlib.suppress(Exception):
+                reason = getattr(exc, "reason", "expected a join message first")
+                await ws.send_text(msg.dumps(msg.error(getattr(exc, "code", "join_first"), reason)))
+                await ws.close(msg.CLOSE_ABUSE, reason[:120])
+            return
+        cid = secrets.token_hex(4)
+        conn = Connection(ws, cid, join.role, join.kind, ws.client.host if ws.client else "")
+        refused = self.core.child_join(cid, join)
+        if refused is not None:
+            await ws.send_text(msg.dumps(refused))
+            await ws.close(
+                1013 if refused["code"] == "not_ready" else msg.CLOSE_VERSION, refused["reason"][:120]
+            )
+            await conn.finish()
+            return
+        self.conns[cid] = conn
+        await self.flush()
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect" or self.conns.get(cid) is not conn:
+                    break
+                now = time.monotonic()
+                if message.get("bytes") is not None:
+                    self.core.child_bytes(cid, message["bytes"], now)
+                elif message.get("text") is not None:
+                    try:
+                        m = msg.parse_client_message(message["text"])
+                    except msg.ProtocolError as exc:
+                        conn.send(msg.error(exc.code, exc.reason))
+                        continue
+                    if isinstance(m, msg.Leave):
+                        break
+                    self.core.child_text(cid, m, now)
+                await self.flush()
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            if self.conns.get(cid) is conn:
+                del self.conns[cid]
+                self.core.child_leave(cid)
+                await self.flush()
+            await conn.finish()
+
+    def status(self) -> dict:
+        c = self.core
+        return {
+            "service": "mlitb-relay",
+            "master": c.master_url,
+            "project": self.project,
+            "connected": self.up is not None,
+            "refused": self.fatal,
+            "iteration": c.view_iteration,
+            "children": [
+                {"id": k.id, **k.row(), "results": k.results, "rejected": k.rejected}
+                for k in c.children.values()
+            ],
+            "data_held": c.allocator.allocated,
+            "data_unallocated": len(c.allocator.pool),
+            **c.counters,
+        }
+
+
+def build_app(service: RelayService) -> Starlette:
+    async def api(_: Request) -> JSONResponse:
+        return JSONResponse(service.status())
+
+    async def lifespan(_app):
+        tasks = [asyncio.create_task(service.upstream()), asyncio.create_task(service.clock())]
+        yield
+        for t in tasks:
+            t.cancel()
+        if service.up is not None:
+            with contextlib.suppress(Exception):
+                await service.up.close()
+
+    return Starlette(
+        routes=[Route("/", api), Route("/api", api), WebSocketRoute("/ws", service.child)],
+        lifespan=lifespan,
+    )
