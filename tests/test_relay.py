@@ -137,3 +137,36 @@ def test_a_relay_needs_the_owner_token(master, mnist_zips):
                                 "owner_token": token}))  # fmt: skip
             reply = json.loads(ws.recv(timeout=30))
             assert reply["code"] == "forbidden" and "owner token" in reply["reason"], reply
+
+
+@pytest.mark.browser
+def test_a_browser_tab_trains_through_a_relay(master, mnist_zips, page, tmp_path):
+    """The volunteer page opened at the relay's address: the tab's socket is the relay's,
+    its data comes from the master's data server, its figures from the master."""
+    train, test = upload(master.data, mnist_zips)
+    token = create_project(master.url, "tabs", [train], [test], spec=SPEC, hyper={"iteration_time": 2.0})
+    relay, relay_url = start_relay(master.url, "tabs", token, tmp_path / "relay.log")
+    try:
+        wait_for(master.url, "tabs", lambda s: any(c["kind"] == "relay" for c in s["clients"]), 60,
+                 "the relay joined")  # fmt: skip
+        page.goto(f"{relay_url}/join/tabs")
+
+        def browser_results() -> bool:
+            children = httpx.get(f"{relay_url}/api", timeout=HTTP_TIMEOUT).json()["children"]
+            return any(c["kind"] == "browser" and c["results"] >= 3 for c in children)
+
+        deadline = time.monotonic() + 180
+        while not browser_results():
+            assert time.monotonic() < deadline, (
+                f"no results from the tab via the relay: {tail(tmp_path / 'relay.log')}"
+            )
+            page.wait_for_timeout(500)
+        s = wait_for(
+            master.url, "tabs", lambda s: s["iteration"] >= 3, 120, "iterations from the relay's sums"
+        )
+        (row,) = s["clients"]
+        assert row["kind"] == "relay" and row["relay_clients"] == 1 and row["results"] >= 1, row
+        assert row["children"][0]["kind"] == "browser", row
+        page.wait_for_function("document.getElementById('project-state').textContent.includes('iteration')")
+    finally:
+        kill_all([relay])

@@ -14,18 +14,21 @@ import json
 import logging
 import secrets
 import time
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from mlitb.master.connection import Connection
 from mlitb.protocol import messages as msg
+from mlitb.web import STATIC
 
 from .core import UP, Relay
 
@@ -197,8 +200,31 @@ class RelayService:
 
 
 def build_app(service: RelayService) -> Starlette:
+    """`/ws` for clients, `/api` the relay's status, and the volunteer page: a browser tab
+    opened at RELAY/join/P runs the same page as at the master and trains through the
+    relay (its socket is the page's origin's `/ws`); the project's figures on that page
+    come from the master (`/api/projects/P` is passed through)."""
+
     async def api(_: Request) -> JSONResponse:
         return JSONResponse(service.status())
+
+    async def volunteer(request: Request) -> Response:
+        if request.path_params["name"] != service.project:
+            return PlainTextResponse(f"this relay serves project {service.project!r}", status_code=404)
+        return HTMLResponse((STATIC / "join.html").read_text())
+
+    async def project_info(request: Request) -> Response:
+        name = request.path_params["name"]
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "x-join-key"}
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                r = await http.get(f"{service.core.master_url}/api/projects/{quote(name)}", headers=headers)
+        except httpx.HTTPError as exc:
+            return JSONResponse({"error": "master_unreachable", "detail": str(exc)}, status_code=502)
+        return Response(r.content, status_code=r.status_code, media_type="application/json")
+
+    async def dashboard(_: Request) -> Response:
+        return RedirectResponse(f"{service.core.master_url}/#/p/{quote(service.project)}")
 
     async def lifespan(_app):
         tasks = [asyncio.create_task(service.upstream()), asyncio.create_task(service.clock())]
@@ -210,6 +236,13 @@ def build_app(service: RelayService) -> Starlette:
                 await service.up.close()
 
     return Starlette(
-        routes=[Route("/", api), Route("/api", api), WebSocketRoute("/ws", service.child)],
+        routes=[
+            Route("/", dashboard),
+            Route("/api", api),
+            Route("/api/projects/{name}", project_info),
+            Route("/join/{name}", volunteer),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            WebSocketRoute("/ws", service.child),
+        ],
         lifespan=lifespan,
     )
