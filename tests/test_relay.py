@@ -168,5 +168,12 @@ def test_a_browser_tab_trains_through_a_relay(master, mnist_zips, page, tmp_path
         assert row["kind"] == "relay" and row["relay_clients"] == 1 and row["results"] >= 1, row
         assert row["children"][0]["kind"] == "browser", row
         page.wait_for_function("document.getElementById('project-state').textContent.includes('iteration')")
+        # the master's dashboard (another tab: this one keeps training): the relay's row
+        # opens to the tab under it
+        board = page.context.new_page()
+        board.goto(f"{master.url}/#/p/tabs")
+        board.click("button.expand")
+        board.wait_for_selector("tr.child-row")
+        assert "browser" in board.inner_text("tr.child-row")
     finally:
         kill_all([relay])

@@ -21,6 +21,7 @@ export async function projectView(root, name) {
   const summary = el("dl", { class: "facts", id: "summary" });
   const workersBody = el("tbody", { id: "your-workers" });
   const clientsBody = el("tbody", { id: "clients" });
+  const expanded = new Set(); // relays whose clients are shown
   const bannedBody = el("tbody", { id: "banned-clients" });
 
   const control = (action, label, confirmText) => el("button", { id: `btn-${action}`, disabled: !owner, onclick: async () => {
@@ -160,12 +161,19 @@ export async function projectView(root, name) {
       ["verification", p.verify === false ? "off" : `${fmt(p.audits_passed || 0)} audits passed, ${fmt(p.audits_failed || 0)} failed, ${fmt((p.banned || []).length)} banned`]];
     summary.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k),
       el("dd", { "data-key": k.replace(/ /g, "-"), class: k === "state" ? `state-${v}` : "" }, String(v))]));
-    clientsBody.replaceChildren(...p.clients.map((c) => el("tr", { "data-kind": c.kind, "data-role": c.role },
-      [c.id, c.name, c.kind, c.role, c.backend, fmt(c.vectors_per_s), fmt(c.vectors_processed), fmt(c.data_allocated), fmt(c.data_cached), fmt(c.lag_ms),
+    // a relay's row opens to the clients under it (as the relay reports them)
+    const relayName = (c) => el("span", {}, el("button", { class: "expand", "data-relay": c.id, title: "the clients under this relay",
+      onclick: () => { expanded.has(c.id) ? expanded.delete(c.id) : expanded.add(c.id); renderSummary(); } },
+      `${expanded.has(c.id) ? "▾" : "▸"} ${fmt(c.relay_clients || 0)}`), " ", c.name);
+    clientsBody.replaceChildren(...p.clients.flatMap((c) => [el("tr", { "data-kind": c.kind, "data-role": c.role },
+      [c.id, c.kind === "relay" ? relayName(c) : c.name, c.kind, c.role, c.backend, fmt(c.vectors_per_s), fmt(c.vectors_processed), fmt(c.data_allocated), fmt(c.data_cached), fmt(c.lag_ms),
         bytes(c.bytes_in), bytes(c.bytes_out), c.computing == null ? "-" : `${Math.round(100 * c.computing)} %`,
         `${fmt(c.rejected || 0)} / ${fmt(c.clipped || 0)} / ${fmt(c.verified || 0)}${c.probation ? " (probation)" : ""}${c.suspect ? " (suspect)" : ""}`,
         c.test_error == null ? "-" : fmt(c.test_error)]
-        .map((v) => el("td", {}, v)))));
+        .map((v) => el("td", {}, v))),
+      ...(c.kind === "relay" && expanded.has(c.id) ? (c.children || []).map((k) => el("tr", { class: "child-row", "data-parent": c.id },
+        ["", `└ ${k.name}`, k.kind, "trainer", k.backend, fmt(k.vectors_per_s), "-", "-", fmt(k.cached), "-", "-", "-", "-", "-",
+          k.clients ? `${fmt(k.clients)} clients under it` : "-"].map((v) => el("td", {}, v)))) : [])]));
     bannedBody.replaceChildren(...(p.banned || []).slice().reverse().map((b) => el("tr", { class: "banned" },
       [b.id, b.name || "-", b.kind || "-", b.address || "-", fmt(b.iteration), b.reason].map((v) => el("td", {}, v)))));
     workersBody.replaceChildren(...handles.map((h) => {
