@@ -95,6 +95,32 @@ def test_a_fleet_on_ray_trains_and_a_killed_worker_comes_back(master, mnist_zips
     assert fleet_status() == {}
 
 
+def test_a_fleet_with_a_relay(master, mnist_zips, ray_cleanup):
+    """`--relays 1`: a relay actor joins the master with the owner token, the fleet's 2
+    workers join the relay; the master sees one client with 2 under it; stop takes all."""
+    train, test = upload(master.data, mnist_zips)
+    token = create_project(master.url, "fr", [train], [test], spec=FC_SPEC)
+    relay = ["--relays", "1", "--relay-port", "0", "--relay-host", "127.0.0.1", "--token", token]
+    relay += ["--cpus-per-worker", "0.5"]  # 2 x 0.5 + a relay's 0.25 fit on a 2-CPU machine
+    out = mlitb("fleet", "start", master.url, "--project", "fr", "--workers", "2", *relay, "--timeout", "400")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "relay http://" in out.stdout and "warning" not in out.stderr, out.stdout + out.stderr
+
+    def through_relay() -> list[dict]:
+        cs = httpx.get(f"{master.url}/api/projects/fr", timeout=30).json()["clients"]
+        return cs if len(cs) == 1 and cs[0].get("relay_clients") == 2 and cs[0]["results"] >= 2 else []
+
+    (row,) = wait_for(through_relay, 300, "one relay with the fleet's 2 workers sending results")
+    assert row["kind"] == "relay" and sorted(c["name"] for c in row["children"]) == ["fr-0", "fr-1"], row
+    status = fleet_status()["fr"]
+    assert status["relays"] == 1 and status["relay_status"][0]["connected"], status
+    assert "owner_token" not in status and token not in json.dumps(status)  # no secret in the registry
+    out = mlitb("fleet", "stop", "fr", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for(lambda: not httpx.get(f"{master.url}/api/projects/fr", timeout=30).json()["clients"], 120,
+             "the relay gone from the project")  # fmt: skip
+
+
 def test_fleet_commands_say_what_is_wrong():
     out = mlitb("fleet", "start", "http://127.0.0.1:9", "--project", "x", "--workers", "0")
     assert out.returncode == 2 and "--workers: expected at least 1" in out.stderr, out.stderr

@@ -2,8 +2,8 @@
 processes: a relay with 3 native workers under it trains MNIST like 3 direct workers
 (same iterations, same work per iteration, test error within 1 point, under 10 %); the
 master sees one client whose subtree is 3 workers and whose share is all the data;
-killing the relay returns all of its data to the master's pool at once; a relay needs
-the owner token."""
+killing the relay returns all of its data to the master's pool at once and its workers
+move to the master; a relay needs the owner token; a browser tab trains through one."""
 
 from __future__ import annotations
 
@@ -113,6 +113,11 @@ def test_a_relay_with_three_workers_learns_like_three_direct_workers(master, mni
         gone = wait_for(master.url, "viarelay", lambda s: not s["clients"], 60, "the relay gone")
         assert gone["data_unallocated"] == gone["data_size"] == 6000, brief(gone)
         assert all(p.poll() is None for p in procs[1:]), "a worker exited when its relay died"
+        # ... and its workers go to the master the relay's welcome named (after 3 failures)
+        moved = wait_for(master.url, "viarelay",
+                         lambda s: sorted(c["name"] for c in s["clients"]) == ["r0", "r1", "r2"], 120,
+                         "the relay's workers at the master")  # fmt: skip
+        assert {c["kind"] for c in moved["clients"]} == {"native"}, brief(moved)
         kill_all(procs)
         procs = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -36,6 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--join-key", default="")
     q.add_argument("--capacity", type=int, default=None, help="most data ids per worker (default: memory)")
     q.add_argument("--batch-size", type=int, default=None)
+    q.add_argument("--relays", type=int, default=0, help="K relays as Ray actors; the workers join them")
+    q.add_argument(
+        "--relay-port", type=int, default=8100, help="relay i listens on this port + i (default 8100)"
+    )
+    q.add_argument("--relay-host", default="0.0.0.0", help="the relays' interface (default 0.0.0.0)")
+    q.add_argument(
+        "--token", default=None, help="the project's owner token (relays need it; default: stored)"
+    )
     q.add_argument("--no-wait", action="store_true", help="return at once, before the workers joined")
     q.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the workers to join")
     address(q)
@@ -66,18 +75,44 @@ def start(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         return _fail(ValueError(f"--workers: expected at least 1, got {args.workers}"))
+    if args.relays < 0:
+        return _fail(ValueError(f"--relays: expected 0 or more, got {args.relays}"))
     name = args.name or args.project
-    spec = {"url": args.url, "project": args.project, "role": args.role, "join_key": args.join_key,
-            "capacity": args.capacity, "batch_size": args.batch_size,
-            "threads": max(1, int(args.cpus_per_worker))}  # fmt: skip
+    token = ""
+    if args.relays:
+        from mlitb.cli import tokens
+
+        token = (
+            args.token
+            or os.environ.get("MLITB_OWNER_TOKEN")
+            or tokens.get_token(args.url, args.project)
+            or ""
+        )
+        if not token:
+            return _fail(ValueError(f"relays need the owner token of {args.project!r} (--token)"))
+    spec = {
+        "url": args.url,
+        "project": args.project,
+        "role": args.role,
+        "join_key": args.join_key,
+        "capacity": args.capacity,
+        "batch_size": args.batch_size,
+        "threads": max(1, int(args.cpus_per_worker)),
+        "owner_token": token,
+        "relay_port": args.relay_port,
+        "relay_host": args.relay_host,
+    }
     try:
         how = control.connect(args.address, start=True)
         print(f"Ray: {how}")
-        note = control.capacity_note(args.workers, args.cpus_per_worker, args.gpus_per_worker)
+        note = control.capacity_note(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.relays)
         if note:
             print(f"warning: {note}", file=sys.stderr)
-        control.start_fleet(name, spec, args.workers, args.cpus_per_worker, args.gpus_per_worker)
+        urls = control.start_fleet(name, spec, args.workers, args.cpus_per_worker, args.gpus_per_worker,
+                                   args.relays)  # fmt: skip
         print(f"fleet {name}: {args.workers} {args.role}s for project {args.project} at {args.url}")
+        for url in urls:
+            print(f"  relay {url} (volunteers: {url}/join/{args.project})")
         if args.no_wait:
             return 0
         with tqdm(total=args.workers, desc="workers joined", unit="worker", file=sys.stderr) as bar:
@@ -114,6 +149,13 @@ def status(args: argparse.Namespace) -> int:
     for name, f in fleets.items():
         print(f"fleet {name}: {f['workers']} {f['role']}s, project {f['project']} at {f['url']} "
               f"({f['cpus_per_worker']:g} CPU, {f['gpus_per_worker']:g} GPU each)")  # fmt: skip
+        for i, r in enumerate(f.get("relay_status", [])):
+            if r is None:
+                print(f"  {name}-relay-{i}: not reachable now (restarting, or waiting for resources)")
+                continue
+            up = "connected" if r["connected"] else "not connected"
+            print(f"  {r['name']}: relay at {r['url']}, {up}, {len(r['children'])} clients, "
+                  f"{r['results_up']} results up, restarts {r['starts'] - 1}")  # fmt: skip
         for i, r in enumerate(f["status"]):
             if r is None:
                 print(f"  {name}-{i}: not reachable now (restarting, or waiting for resources)")

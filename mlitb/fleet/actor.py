@@ -90,6 +90,42 @@ class FleetWorker:
         return not self._thread.is_alive()
 
 
+class FleetRelay:
+    """One `mlitb relay` inside a Ray actor, on this node's address and a fixed port
+    (`relay_port` + index, so a restarted relay is found where its workers look)."""
+
+    def __init__(self, fleet: str, index: int, spec: dict) -> None:
+        import ray
+
+        from mlitb.relay.server import RelayService, build_app
+        from mlitb.server_runner import BackgroundServer
+
+        self.fleet, self.index, self.name = fleet, index, f"{fleet}-relay-{index}"
+        registry = ray.get_actor(REGISTRY, namespace=NAMESPACE)
+        self.starts = ray.get(registry.started.remote(self.name))
+        self.service = RelayService(spec["url"], spec["project"], spec["owner_token"], self.name)
+        port = int(spec.get("relay_port") or 0)
+        host = spec.get("relay_host") or "0.0.0.0"
+        self.server = BackgroundServer(build_app(self.service), host, port + index if port else 0)
+        # all interfaces: the node's address as Ray knows it (what other nodes reach)
+        shown = ray.util.get_node_ip_address() if host in ("0.0.0.0", "::") else host
+        self.url = f"http://{shown}:{self.server.sock.getsockname()[1]}"
+
+    def address(self) -> str:
+        return self.url
+
+    def status(self) -> dict:
+        return {**self.service.status(), "name": self.name, "url": self.url, "starts": self.starts,
+                "pid": os.getpid(), "host": socket.gethostname()}  # fmt: skip
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        self.server.stop()
+        return True
+
+
 NAMESPACE = "mlitb"
 REGISTRY = "mlitb-fleets"
 

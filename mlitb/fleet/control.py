@@ -17,7 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .actor import NAMESPACE, REGISTRY, FleetRegistry, FleetWorker
+from .actor import NAMESPACE, REGISTRY, FleetRegistry, FleetRelay, FleetWorker
+
+RELAY_CPUS = 0.25  # a relay mostly moves bytes; Ray reserves this much of a CPU for each
 
 
 class FleetError(RuntimeError):
@@ -91,33 +93,41 @@ def registry(create: bool = False):
     return remote.options(**opts).remote()
 
 
-def actor_name(fleet: str, index: int) -> str:
-    return f"mlitb-worker-{fleet}-{index}"
+def actor_name(fleet: str, index: int, kind: str = "worker") -> str:
+    return f"mlitb-{kind}-{fleet}-{index}"
 
 
-def start_fleet(fleet: str, spec: dict, workers: int, cpus: float, gpus: float) -> list:
-    """N detached worker actors (restarted by Ray when they die); returns their handles."""
+def start_fleet(fleet: str, spec: dict, workers: int, cpus: float, gpus: float, relays: int = 0) -> list:
+    """K relay actors (if any), then N worker actors spread over them (or joining the
+    master), all detached and restarted by Ray when they die; returns the relays' URLs."""
     ray = _ray()
     reg = registry(create=True)
     known = ray.get(reg.list.remote())
     if fleet in known:
         raise FleetError(f"a fleet named {fleet!r} runs already; fix: mlitb fleet stop {fleet}, or --name X")
-    spec = {**spec, "workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus}
-    ray.get(reg.add.remote(fleet, spec))
+    stored = {k: v for k, v in spec.items() if k != "owner_token"}  # the registry shows settings, not secrets
+    spec = {**spec, "workers": workers, "relays": relays, "cpus_per_worker": cpus, "gpus_per_worker": gpus}
+    ray.get(reg.add.remote(fleet, {**stored, **{k: spec[k] for k in ("workers", "relays", "cpus_per_worker",
+                                                                     "gpus_per_worker")}}))  # fmt: skip
+    urls = []
+    if relays:
+        relay = ray.remote(num_cpus=RELAY_CPUS, max_restarts=-1, max_task_retries=-1)(FleetRelay)
+        started = [relay.options(name=actor_name(fleet, i, "relay"), namespace=NAMESPACE, lifetime="detached")
+                   .remote(fleet, i, spec) for i in range(relays)]  # fmt: skip
+        urls = ray.get([r.address.remote() for r in started], timeout=300)
     remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)(FleetWorker)
-    handles = []
     for i in range(workers):
         opts = {"name": actor_name(fleet, i), "namespace": NAMESPACE, "lifetime": "detached"}
-        handles.append(remote.options(**opts).remote(fleet, i, spec))
-    return handles
+        remote.options(**opts).remote(fleet, i, {**spec, "url": urls[i % relays]} if relays else spec)
+    return urls
 
 
-def capacity_note(workers: int, cpus: float, gpus: float) -> str:
+def capacity_note(workers: int, cpus: float, gpus: float, relays: int = 0) -> str:
     """What the cluster can place now: a fleet larger than it waits, and should say so."""
     total = _ray().cluster_resources()
     fits = [workers]
     if cpus:
-        fits.append(int(total.get("CPU", 0) // cpus))
+        fits.append(int(max(0.0, total.get("CPU", 0) - relays * RELAY_CPUS) // cpus))
     if gpus:
         fits.append(int(total.get("GPU", 0) // gpus))
     n = min(fits)
@@ -128,12 +138,12 @@ def capacity_note(workers: int, cpus: float, gpus: float) -> str:
             "(lower --cpus-per-worker, or add machines)")  # fmt: skip
 
 
-def handles(fleet: str, workers: int) -> list:
+def handles(fleet: str, workers: int, kind: str = "worker") -> list:
     ray = _ray()
     out = []
     for i in range(workers):
         try:
-            out.append(ray.get_actor(actor_name(fleet, i), namespace=NAMESPACE))
+            out.append(ray.get_actor(actor_name(fleet, i, kind), namespace=NAMESPACE))
         except ValueError:
             out.append(None)
     return out
@@ -148,14 +158,18 @@ def status(timeout: float = 10.0) -> dict[str, dict]:
         return {}
     fleets = ray.get(reg.list.remote(), timeout=timeout)
     for fleet, spec in fleets.items():
-        refs = [(h, h.status.remote() if h else None) for h in handles(fleet, spec["workers"])]
-        rows = []
-        for _, ref in refs:
-            try:
-                rows.append(ray.get(ref, timeout=timeout) if ref is not None else None)
-            except Exception:  # restarting, dead or pending: shown as such
-                rows.append(None)
-        spec["status"] = rows
+        for kind, key, n in (
+            ("worker", "status", spec["workers"]),
+            ("relay", "relay_status", spec.get("relays", 0)),
+        ):
+            refs = [h.status.remote() if h else None for h in handles(fleet, n, kind)]
+            rows = []
+            for ref in refs:
+                try:
+                    rows.append(ray.get(ref, timeout=timeout) if ref is not None else None)
+                except Exception:  # restarting, dead or pending: shown as such
+                    rows.append(None)
+            spec[key] = rows
     return fleets
 
 
@@ -167,13 +181,16 @@ def stop_fleet(fleet: str, timeout: float = 15.0) -> int:
     if fleet not in fleets:
         known = ", ".join(fleets) or "none"
         raise FleetError(f"no fleet named {fleet!r} (fleets: {known})")
-    actors = [h for h in handles(fleet, fleets[fleet]["workers"]) if h is not None]
-    stops = [h.stop.remote() for h in actors]
-    ray.wait(stops, num_returns=len(stops), timeout=timeout)
-    for h in actors:
-        ray.kill(h, no_restart=True)
+    workers = [h for h in handles(fleet, fleets[fleet]["workers"]) if h is not None]
+    relays = [h for h in handles(fleet, fleets[fleet].get("relays", 0), "relay") if h is not None]
+    for group in (workers, relays):  # workers leave first, then their relays
+        stops = [h.stop.remote() for h in group]
+        if stops:
+            ray.wait(stops, num_returns=len(stops), timeout=timeout)
+        for h in group:
+            ray.kill(h, no_restart=True)
     ray.get(reg.remove.remote(fleet))
-    return len(actors)
+    return len(workers)
 
 
 def shutdown_local() -> str:

@@ -272,7 +272,7 @@ class Relay:
                 0,
                 0,
                 protocol=min(join.protocol, 2),
-                extra={**extra, "capacity": cap},
+                extra={**extra, "capacity": cap, "alternatives": [self.master_url]},  # if the relay dies
             ),
         )
         self._send_view(cid)

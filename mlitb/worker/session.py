@@ -49,6 +49,7 @@ from .compute import Sampler, WorkResult, evaluate, gradient_proof, local_for, l
 
 log = logging.getLogger("mlitb.worker")
 
+ALTERNATE_AFTER = 3  # failed connections in a row before trying the welcome's alternatives
 FATAL_CLOSE = {msg.CLOSE_FORBIDDEN, msg.CLOSE_UNKNOWN_PROJECT, msg.CLOSE_VERSION, msg.CLOSE_DELETED,
                msg.CLOSE_BANNED}  # fmt: skip
 FETCH_CHUNK = 4096  # ids per data-server request
@@ -197,6 +198,9 @@ class Worker:
         # ProofRecorder)] (an iteration is ordered again when its first order got no result)
         self._proofs: dict[int, list] = {}
         self._allocated: set[int] = set()
+        # where to turn when the URL fails: a relay's welcome names its master (`alternatives`)
+        self._urls = [url]
+        self._fails_in_row = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -213,6 +217,7 @@ class Worker:
                 raise
             except (TimeoutError, OSError, ConnectionClosed, InvalidHandshake) as exc:
                 delay = backoff * (0.75 + 0.5 * random.random())
+                self._next_url()
                 st = self.stats
                 st.failures, st.failure, st.retry_in = st.failures + 1, describe(exc), delay
                 st.reached = st.connects > connects
@@ -227,6 +232,16 @@ class Worker:
                     await self._stop.wait()
             backoff = min(backoff * 2, 30.0)
 
+    def _next_url(self) -> None:
+        """After ALTERNATE_AFTER failures in a row, try the next URL the last welcome named
+        (a dead relay's clients go to its master), and come back round to the first."""
+        self._fails_in_row += 1
+        if self._fails_in_row >= ALTERNATE_AFTER and len(self._urls) > 1:
+            i = self._urls.index(self.url) if self.url in self._urls else -1
+            self.url = self._urls[(i + 1) % len(self._urls)]
+            self._fails_in_row = 0
+            log.warning("trying %s instead", self.url)
+
     def _set_state(self, state: str) -> None:
         self.stats.state = state
         self.on_update(self.stats)
@@ -238,6 +253,7 @@ class Worker:
             raise FatalError(f"bad master URL {self.url!r}: {exc}") from None
         async with ws_cm as ws, httpx.AsyncClient(timeout=60) as http:
             self.stats.connects += 1
+            self._fails_in_row = 0
             await ws.send(
                 msg.dumps(
                     {
@@ -312,6 +328,8 @@ class Worker:
         kind = m.get("type")
         if kind == "welcome":
             spec = Spec.from_json(m["spec"])
+            alternatives = [u for u in m.get("alternatives") or [] if isinstance(u, str)][:8]
+            self._urls = list(dict.fromkeys([self._urls[0], self.url, *alternatives]))
             self.stats.client_id = m["client_id"]
             self._project_id = int(m["project"]["id"])
             self.stats.project_state = m["state"]
