@@ -44,9 +44,12 @@ def test_volunteer_page_trains_in_a_web_worker(master, mnist_zips, page):
     def browser_results():
         s = httpx.get(f"{master.url}/api/projects/mnist").json()
         clients = [c for c in s["clients"] if c["kind"] == "browser"]
-        return clients if clients and clients[0]["results"] >= 2 else None
+        # a result is counted on arrival; the step it joins may still wait on the audit of a
+        # newcomer's proof, so wait for the steps as well as the results
+        stepped = s["iteration"] >= 2 and s["vectors_processed"] > 0
+        return clients if stepped and clients and clients[0]["results"] >= 2 else None
 
-    clients = wait_for(browser_results, 90, "results from the browser trainer", page)
+    clients = wait_for(browser_results, 90, "results from the browser trainer and two steps", page)
     c = clients[0]
     assert c["role"] == "trainer" and c["backend"] == "wasm", c  # software WebGL is skipped for wasm
     assert c["data_cached"] == c["data_allocated"] == 300
