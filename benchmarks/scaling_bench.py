@@ -236,15 +236,9 @@ async def sim_client(
                     await asyncio.sleep(wait)
                 await handle(m)
 
-        beater = asyncio.create_task(beat())
-        deliverer = asyncio.create_task(deliver())
-        through = 0.0  # when the link has delivered everything received so far
-        try:
-            while not stop.is_set():
-                try:
-                    data = await asyncio.wait_for(ws.recv(), 0.5)
-                except TimeoutError:
-                    continue
+        async def read() -> None:
+            through = 0.0  # when the link has delivered everything received so far
+            async for data in ws:
                 stats["bytes_down"] += len(data)
                 if isinstance(data, bytes):
                     kind = data[5] if len(data) > 5 else 0
@@ -254,10 +248,18 @@ async def sim_client(
                     through = down.reserve(len(data))  # a real worker would load (or add) them
                     continue
                 inbox.put_nowait((through, json.loads(data)))
+
+        beater = asyncio.create_task(beat())
+        deliverer = asyncio.create_task(deliver())
+        # one reader per client, no polling timeout: 8,192 clients waking twice a second
+        # to check `stop` would cost the simulator more than their frames do
+        reader, stopping = asyncio.create_task(read()), asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                reader.result()  # the socket closed under it: a failure (raised)
         finally:
-            beater.cancel()
-            deliverer.cancel()
-            for t in pending:
+            for t in (beater, deliverer, reader, stopping, *pending):
                 t.cancel()
 
 
@@ -286,6 +288,7 @@ async def run_clients(args) -> dict:
     # At most JOIN_SLOTS clients per process are between connect and their first (whole)
     # parameters frame: 4,096 joins at once would hold 4,096 x 4 MB frames in flight.
     slots = asyncio.Semaphore(JOIN_SLOTS)
+    urls = args.ws.split(",")
 
     async def one(i: int) -> None:
         await asyncio.sleep(i * 0.002)  # do not open hundreds of sockets in the same ms
@@ -294,7 +297,8 @@ async def run_clients(args) -> dict:
         release = asyncio.create_task(joined.wait())
         release.add_done_callback(lambda _: slots.release())
         try:
-            await sim_client(args.ws, args.project, args, stats, stop, up, down, pay, joined)
+            url = urls[(args.first + i) % len(urls)]  # relay mode: clients spread over the relays
+            await sim_client(url, args.project, args, stats, stop, up, down, pay, joined)
         except Exception as exc:
             joined.set()
             stats["failed"] += 1
@@ -393,16 +397,79 @@ def frame_bytes(n_params: int, compression: str) -> int:
     return frames.HEADER_SIZE + codecs.payload_size(codecs.DTYPES[compression], n_params)
 
 
+def start_relays(
+    url: str, project: str, token: str, k: int, logs: Path
+) -> list[tuple[subprocess.Popen, str]]:
+    """K `mlitb relay` processes for the project, each on a free port; returns (process,
+    its http URL) once every one has joined the master and holds the parameters."""
+    out: list[tuple[subprocess.Popen, str]] = []
+    try:
+        return _start_relays(url, project, token, k, logs, out)
+    except Exception:
+        for p, _ in out:
+            kill_group(p)
+            p.wait(10)
+            _CHILDREN.remove(p)
+        raise
+
+
+def _start_relays(url, project, token, k, logs, out) -> list[tuple[subprocess.Popen, str]]:
+    for i in range(k):
+        log = open(logs / f"relay-{project}-{i}.log", "w")  # noqa: SIM115 (lives as long as the relay)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlitb.cli.main", "relay", url, "--project", project, "--token", token,
+             "--port", "0", "--name", f"relay {i}", "--log-level", "warning"],
+            stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, start_new_session=True,
+        )  # fmt: skip
+        _CHILDREN.append(proc)
+        out.append((proc, ""))
+        line = proc.stdout.readline()
+        threading.Thread(target=lambda p=proc: [None for _ in p.stdout], daemon=True).start()
+        if "listening on" not in line:
+            raise RuntimeError(f"relay {i} did not start: {line!r}")
+        out[-1] = (proc, line.split("listening on ")[1].strip())
+    deadline = time.monotonic() + 60 + 5 * k
+    pending = [u for _, u in out]
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} of {k} relays did not join the master in time")
+        time.sleep(0.3)
+        for u in list(pending):
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                st = httpx.get(f"{u}/api", timeout=10).json()
+                if st["connected"] and st["iteration"] >= 0:
+                    pending.remove(u)
+    return out
+
+
+def relays_all_in(http: httpx.Client, url: str, name: str, relay_urls: list[str], n: int) -> bool:
+    """Every client is under a relay (as the master hears from their subtree reports) and
+    has sent a result (as each relay counts): from here on, every client works in every
+    iteration, like the direct mode's `workers_assigned >= N`."""
+    clients = http.get(f"{url}/api/projects/{name}").json()["clients"]
+    relays = [c for c in clients if c["kind"] == "relay"]
+    if len(relays) != len(relay_urls) or sum(c.get("relay_clients", 0) for c in relays) < n:
+        return False
+    for u in relay_urls:
+        children = http.get(f"{u}/api").json()["children"]
+        if not all(c["results"] >= 1 for c in children):
+            return False
+    return True
+
+
 def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, args, master_pid: int) -> dict:
     alg, comp, spec, n_params = series["algorithm"], series["compression"], series["spec"], series["n_params"]
     T = args.local_T if alg == "local_sgd" else args.T
-    base = {"n": n, "params": n_params, "algorithm": alg, "compression": comp, "T": T}
+    k_relays = series.get("relays", 0)
+    base = {"n": n, "params": n_params, "algorithm": alg, "compression": comp, "T": T, "relays": k_relays}
+    if k_relays > n:
+        return {**base, "error": f"skipped: fewer clients than relays ({n} < {k_relays})", "skipped": True}
     fb = frame_bytes(n_params, comp)
     need_gb = n * fb * 2 / 2**30
     if need_gb > args.max_memory_gb:
         return {**base, "error": f"skipped: simulator memory (N x frame x 2 = {need_gb:.1f} GB > "
                 f"--max-memory-gb {args.max_memory_gb:g})", "skipped": True}  # fmt: skip
-    name = f"scale-{n_params}-{alg}-{comp}-{n}"
+    name = f"scale-{n_params}-{alg}-{comp}-{n}-r{k_relays}"
     # every simulated client comes from 127.0.0.1: lift the per-address cap for this project;
     # simulated clients send made-up results and keep no proofs: a trusted fleet (verify off)
     hyper = {"iteration_time": T, "capacity": 60000, "algorithm": alg, "compression": comp,
@@ -414,9 +481,20 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
         return {**base, "error": f"master refused the project: {resp.status_code} {resp.text[:200]}"}
     token = resp.json()["owner_token"]
     procs: list[subprocess.Popen] = []
+    relays: list[subprocess.Popen] = []
+    relay_urls: list[str] = []
     k_procs = min(args.processes, n)
     per = -(-n // k_procs)
     ws = url.replace("http://", "ws://") + "/ws"
+    if k_relays:
+        try:
+            started = start_relays(url, name, token, k_relays, args.logs)
+        except RuntimeError as exc:
+            with contextlib.suppress(httpx.HTTPError):
+                http.delete(f"{url}/api/projects/{name}", headers={"Authorization": f"Bearer {token}"})
+            return {**base, "error": str(exc)}
+        relays, relay_urls = [p for p, _ in started], [u for _, u in started]
+        ws = ",".join(u.replace("http://", "ws://") + "/ws" for u in relay_urls)
     bw = args.bandwidth_gbit * 1e9 / 8
     # generous deadlines: joining, then each iteration may take 1.5 T + 1 s plus the transfers
     transfer_s = (n * fb / bw) if bw > 0 else 0.0
@@ -427,11 +505,12 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
         k = min(per, left)
         if k <= 0:
             break
+        first = n - left
         left -= k
         procs.append(subprocess.Popen(
             [sys.executable, __file__, "--client-process", "--ws", ws, "--project", name, "--n", str(k),
              "--rate", str(args.rate), "--seconds", "86400", "--bandwidth-bytes", str(bw),
-             "--of-processes", str(k_procs), "--memory-mb", str(args.memory_mb)],
+             "--of-processes", str(k_procs), "--memory-mb", str(args.memory_mb), "--first", str(first)],
             stdout=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
         ))  # fmt: skip
         _CHILDREN.append(procs[-1])
@@ -439,6 +518,7 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
     # iterations, then measure `iterations`; polls the metrics rows (cheap), not the summary
     rows: list[dict] = []
     start_it, all_in_it, cpu0, notes = None, None, None, []
+    assigned_target = k_relays or n  # through relays the master sees (and assigns) K clients
     deadline = time.monotonic() + join_s + (args.warmup + 3) * per_iteration
     t0 = time.monotonic()
     try:
@@ -446,20 +526,23 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
             since = rows[-1]["iteration"] + 1 if rows else 0
             new = http.get(f"{url}/api/projects/{name}/metrics", params={"since": since}).json()["rows"]
             rows += new
+            if k_relays and all_in_it is None and new and relays_all_in(http, url, name, relay_urls, n):
+                all_in_it = new[-1]["iteration"]
             for r in new:
-                if all_in_it is None and r["workers"] >= n:
+                if all_in_it is None and not k_relays and r["workers"] >= n:
                     all_in_it = r["iteration"]
                 if (
                     start_it is None
                     and all_in_it is not None
-                    and (r["workers_assigned"] >= n or r["iteration"] >= all_in_it + 3)
+                    and (r["workers_assigned"] >= assigned_target or r["iteration"] >= all_in_it + 3)
                 ):
-                    if r["workers_assigned"] < n:
+                    if r["workers_assigned"] < assigned_target:
                         notes.append("not every client had a result in one iteration; measured anyway")
                     start_it = r["iteration"] + 1 + args.warmup
                     deadline = time.monotonic() + (args.warmup + args.iterations + 2) * per_iteration
             if start_it is not None and cpu0 is None and rows and rows[-1]["iteration"] >= start_it - 1:
-                cpu0 = (cpu_seconds(master_pid), [cpu_seconds(p.pid) for p in procs], machine_busy())
+                cpu0 = (cpu_seconds(master_pid), [cpu_seconds(p.pid) for p in procs], machine_busy(),
+                        [cpu_seconds(p.pid) for p in relays])  # fmt: skip
                 t0 = time.monotonic()
                 for p in procs:
                     with contextlib.suppress(ProcessLookupError):
@@ -469,6 +552,9 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
             if any(p.poll() is not None for p in procs):
                 notes.append("a client process ended early")
                 break
+            if any(p.poll() is not None for p in relays):
+                notes.append("a relay ended early")
+                break
             time.sleep(0.5)
         elapsed = time.monotonic() - t0
         if cpu0 is not None:
@@ -476,11 +562,12 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
             client_cpu = [(cpu_seconds(p.pid) - c) / elapsed for p, c in zip(procs, cpu0[1], strict=True)]
             busy, total = machine_busy()
             machine_cpu = (busy - cpu0[2][0]) / max(1, total - cpu0[2][1])  # share of all cores
+            relay_cpu = [(cpu_seconds(p.pid) - c) / elapsed for p, c in zip(relays, cpu0[3], strict=True)]
         else:
-            master_cpu, client_cpu, machine_cpu = float("nan"), [], float("nan")
+            master_cpu, client_cpu, machine_cpu, relay_cpu = float("nan"), [], float("nan"), []
     finally:
         client_stats, client_starts = [], []
-        for p in procs:
+        for p in procs:  # clients first: a relay that stops closes its clients (1012), a failure
             kill_group(p, signal.SIGTERM)
         for p in procs:
             try:
@@ -491,6 +578,14 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
             except (subprocess.TimeoutExpired, ValueError, IndexError):
                 kill_group(p)
                 p.wait(10)
+            if p in _CHILDREN:
+                _CHILDREN.remove(p)
+        for p in relays:
+            kill_group(p, signal.SIGTERM)
+        for p in relays:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(30)
+            kill_group(p)
             if p in _CHILDREN:
                 _CHILDREN.remove(p)
         with contextlib.suppress(httpx.HTTPError):
@@ -535,6 +630,7 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
     power = med("power")
     eff = power / (n * args.rate)
     client_max = max(client_cpu) if client_cpu else float("nan")
+    relay_max = max(relay_cpu) if relay_cpu else float("nan")
     cores = os.cpu_count() or 1
     throttle_ms = sims.get("wait_up_ms_per_result", 0.0) + sims.get("wait_down_ms_per_result", 0.0)
     if "wait_up_ms_per_result" not in sims:
@@ -545,6 +641,8 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
             limit = "link"
         elif throttle_ms >= 0.5 * med("lag_ms_mean"):
             limit = "link (bursts)"
+        elif relay_max >= BUSY:
+            limit = "relay"
         elif client_max >= BUSY:
             limit = "simulator"
         elif master_cpu >= BUSY:
@@ -566,6 +664,10 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
         "lag_ms_max": med("lag_ms_max"),
         "reduce_ms": med("reduce_ms"),
         "master_cpu": master_cpu,
+        # the master's work per iteration: CPU seconds (share of a core x iteration seconds)
+        "master_cpu_s_per_iteration": master_cpu * med("seconds"),
+        "relay_cpu": relay_cpu,
+        "relay_cpu_max": relay_max,
         "client_cpu": client_cpu,
         "client_cpu_max": client_max,
         "machine_cpu": machine_cpu,
@@ -586,7 +688,9 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
 
 
 def series_label(s: dict) -> str:
-    return f"{s['algorithm']}" + ("" if s["compression"] == "none" else f" + {s['compression']}")
+    label = f"{s['algorithm']}" + ("" if s["compression"] == "none" else f" + {s['compression']}")
+    k = s.get("relays")
+    return label if k is None else label + (" direct" if k == 0 else f" via {k} relay{'s' * (k > 1)}")
 
 
 def plot(results: list[dict], series: list[dict], path: Path, args) -> None:
@@ -596,7 +700,9 @@ def plot(results: list[dict], series: list[dict], path: Path, args) -> None:
     import matplotlib.pyplot as plt
 
     sizes = sorted({s["n_params"] for s in series})
-    fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(5.2 * (len(sizes) + 1), 4.4), squeeze=False)
+    relay_mode = any(s.get("relays") for s in series)
+    panels = len(sizes) + 1 + 2 * relay_mode
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.4), squeeze=False)
     axes = axes[0]
     for ax, size in zip(axes, sizes, strict=False):
         linear_drawn = False
@@ -617,7 +723,26 @@ def plot(results: list[dict], series: list[dict], path: Path, args) -> None:
         ax.set_title(f"{size:,} parameters", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    b = axes[-1]
+    if relay_mode:  # the master's work per iteration: grows with the relays, not the clients
+        for ax, key, unit, title in (
+            (
+                axes[-2],
+                "master_cpu_s_per_iteration",
+                "master CPU s per iteration",
+                "master CPU per iteration",
+            ),
+            (axes[-1], "bytes_in_per_iteration", "master bytes in per iteration", "master inbound bytes"),
+        ):
+            for s in series:
+                ok = [r for r in results if r["series"] == s["key"] and "power" in r]
+                if ok:
+                    ax.loglog([r["n"] for r in ok], [r[key] for r in ok], "o-", label=series_label(s))
+            ax.set_xlabel("simulated clients")
+            ax.set_ylabel(unit)
+            ax.set_title(title, fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    b = axes[len(sizes)]
     for s in series:
         ok = [r for r in results if r["series"] == s["key"] and "power" in r]
         if ok:
@@ -645,20 +770,23 @@ def fmt(v, spec: str, dash: str = "-") -> str:
 
 def print_table(results: list[dict]) -> None:
     print(
-        "\n| params | algorithm | compression | clients | power (vectors/s) | of linear | assigned "
-        "| iteration (s) | lag mean / max (ms) | reduce (ms) | master CPU | busiest client process CPU "
+        "\n| params | algorithm | compression | relays | clients | power (vectors/s) | of linear | assigned "
+        "| iteration (s) | lag mean / max (ms) | reduce (ms) | master CPU | master CPU s per iteration "
+        "| busiest relay CPU | busiest client process CPU "
         "| machine CPU | bytes in / out per iteration | link use | throttle wait (ms/result) | limit |"
     )
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
-        head = f"| {r['params']:,} | {r['algorithm']} | {r['compression']} | {r['n']:,} |"
+        k = r.get("relays", 0)
+        head = f"| {r['params']:,} | {r['algorithm']} | {r['compression']} | {k or 'direct'} | {r['n']:,} |"
         if "power" not in r:
-            print(f"{head} {r['error']} |" + " |" * 12)
+            print(f"{head} {r['error']} |" + " |" * 14)
             continue
         print(
             f"{head} {r['power']:,.0f} | {r['efficiency']:.0%} | {r['assigned']:.0f} | "
             f"{r['iteration_s']:.2f} | {fmt(r['lag_ms_mean'], '.0f')} / {fmt(r['lag_ms_max'], '.0f')} | "
             f"{fmt(r['reduce_ms'], '.1f')} | {fmt(r['master_cpu'], '.0%')} | "
+            f"{fmt(r['master_cpu_s_per_iteration'], '.3f')} | {fmt(r['relay_cpu_max'], '.0%')} | "
             f"{fmt(r['client_cpu_max'], '.0%')} | {fmt(r['machine_cpu'], '.0%')} of {r['machine_cores']} | "
             f"{fmt(r['bytes_in_per_iteration'] / 1e6, ',.2f')} / "
             f"{fmt(r['bytes_out_per_iteration'] / 1e6, ',.2f')} MB | "
@@ -673,7 +801,7 @@ def goals(results: list[dict], series: list[dict], args) -> list[dict]:
             continue
         ok = sorted((r for r in results if r["series"] == s["key"] and "power" in r), key=lambda r: r["n"])
         stop = next((r for r in ok if r["efficiency"] < LINEAR_OK), None)
-        g = {"goal": f"where sync_sgd ({s['compression']}) stops scaling, {s['n_params']:,} parameters",
+        g = {"goal": f"where {series_label(s)} stops scaling, {s['n_params']:,} parameters",
              "params": s["n_params"], "compression": s["compression"], "result": "info"}  # fmt: skip
         if not ok:
             g["detail"] = "no measured N"
@@ -689,6 +817,8 @@ def goals(results: list[dict], series: list[dict], args) -> list[dict]:
                 f"limit: {stop['limit']})"
             )
         out.append(g)
+    if any(s.get("relays") for s in series):
+        return out + relay_goals(results, args)
     target = 1_000_000
     g = {"goal": f"local_sgd + int8, ~1M parameters, 4,096 simulated clients: >= {LINEAR_OK:.0%} of linear "
          f"power (T = {args.local_T:g} s)"}  # fmt: skip
@@ -717,6 +847,57 @@ def goals(results: list[dict], series: list[dict], args) -> list[dict]:
     return out
 
 
+RELAY_CLIENTS, RELAY_K, DIRECT_K = 8192, 16, 16
+
+
+def relay_goals(results: list[dict], args) -> list[dict]:
+    """Issue 14's goals: N clients through relays at >= 90 % of linear power, and the
+    master's work per iteration at N clients via 16 relays within 2x of 16 direct ones."""
+    ok = [r for r in results if "power" in r]
+    big = [r for r in ok if r.get("relays") and r["n"] >= RELAY_CLIENTS]
+    g1 = {
+        "goal": f">= {RELAY_CLIENTS:,} simulated clients at >= {LINEAR_OK:.0%} of linear power through relays"
+    }
+    if not big:
+        why = [r["error"] for r in results if r.get("relays") and r["n"] >= RELAY_CLIENTS and "error" in r]
+        g1.update(
+            result="FAIL" if why else "n/a",
+            detail="; ".join(why) or f"not measured (--clients {RELAY_CLIENTS})",
+        )
+    else:
+        best = max(big, key=lambda r: r["efficiency"])
+        each = ", ".join(f"{r['relays']} relays {r['efficiency']:.0%} (limit {r['limit']})" for r in big)
+        g1.update(result="PASS" if best["efficiency"] >= LINEAR_OK else "FAIL", efficiency=best["efficiency"],
+                  relays=best["relays"], detail=f"{best['n']:,} clients: {each}")  # fmt: skip
+    via = [r for r in ok if r.get("relays") == RELAY_K and r["n"] == RELAY_CLIENTS]
+    direct = [r for r in ok if r.get("relays") == 0 and r["n"] == DIRECT_K]
+    g2 = {"goal": f"master's work per iteration at {RELAY_CLIENTS:,} clients via {RELAY_K} relays within 2x "
+          f"of {DIRECT_K} direct clients (CPU s and inbound bytes per iteration)"}  # fmt: skip
+    if not via or not direct:
+        g2.update(result="n/a", detail=f"needs --relays 0,{RELAY_K} and --clients with {DIRECT_K} and "
+                  f"{RELAY_CLIENTS:,}")  # fmt: skip
+    else:
+        v, d = via[0], direct[0]
+        vc, dc = v["master_cpu_s_per_iteration"], d["master_cpu_s_per_iteration"]
+        cpu = vc / dc
+        inb = v["bytes_in_per_iteration"] / d["bytes_in_per_iteration"]
+        g2.update(result="PASS" if max(cpu, inb) <= 2 else "FAIL", cpu_ratio=cpu, bytes_in_ratio=inb,
+                  detail=f"CPU {vc:.3f} vs {dc:.3f} s "
+                  f"({cpu:.2f}x), inbound {v['bytes_in_per_iteration'] / 1e6:.2f} vs "
+                  f"{d['bytes_in_per_iteration'] / 1e6:.2f} MB ({inb:.2f}x)")  # fmt: skip
+    g3 = {
+        "goal": "the master's inbound bytes per iteration follow the relays, not the clients",
+        "result": "info",
+    }
+    parts = []
+    for k in sorted({r["relays"] for r in ok if r.get("relays")}):
+        rs = sorted((r for r in ok if r["relays"] == k), key=lambda r: r["n"])
+        parts.append(f"{k} relays: " + ", ".join(f"{r['n']:,} -> {r['bytes_in_per_iteration'] / 1e6:.2f} MB"
+                                                 for r in rs))  # fmt: skip
+    g3["detail"] = "; ".join(parts)
+    return [g1, g2, g3]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=" ".join(__doc__.split("\n\n")[0].split()),
@@ -724,6 +905,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--max-clients", type=int, default=1024)
     ap.add_argument("--min-clients", type=int, default=1)
+    ap.add_argument("--clients", help="comma list of client counts (default: powers of 2, min to max)")
+    ap.add_argument(
+        "--relays",
+        help="relay mode: comma list of relay counts K (0 = direct); each run starts K `mlitb relay` "
+        "processes and spreads the clients over them, e.g. 0,1,4,16",
+    )
+    ap.add_argument(
+        "--direct-clients",
+        help="relay mode: client counts of the direct series (default: --clients <= 1,024)",
+    )
     ap.add_argument("--params", help="comma list of model sizes (default 31786, the paper's net)")
     ap.add_argument("--algorithm", help="comma list: sync_sgd, local_sgd (default sync_sgd)")
     ap.add_argument("--compression", help="comma list: none, float16, int8 (default none)")
@@ -731,7 +922,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--bandwidth-gbit",
         type=float,
         help="master link budget per direction, shared by the client processes (0: unlimited; "
-        "default 1.0 with --params/--algorithm/--compression, else unlimited as originally)",
+        "default 1.0 with --params/--algorithm/--compression, else unlimited as originally; "
+        "unlimited in relay mode)",
     )
     ap.add_argument("--T", type=float, default=4.0, help="iteration time of sync_sgd runs, s (default 4)")
     ap.add_argument(
@@ -759,18 +951,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--bandwidth-bytes", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--of-processes", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.client_process:
         return args
     extended = any(v is not None for v in (args.params, args.algorithm, args.compression))
-    if args.bandwidth_gbit is None:
-        args.bandwidth_gbit = 1.0 if extended else 0.0
+    if args.bandwidth_gbit is None:  # relay mode: the clients' links go to the relays, not the master
+        args.bandwidth_gbit = 1.0 if extended and not args.relays else 0.0
     if args.max_memory_gb is None:
         args.max_memory_gb = mem_available_gb() / 2
     try:
         args.param_list = [int(p) for p in (args.params or str(PAPER_PARAMS)).split(",") if p.strip()]
     except ValueError:
         ap.error(f"--params: expected integers, got {args.params!r}")
+    try:
+        args.client_list = [int(c) for c in args.clients.split(",")] if args.clients else None
+        args.relay_list = [int(k) for k in args.relays.split(",")] if args.relays else None
+        args.direct_list = [int(c) for c in args.direct_clients.split(",")] if args.direct_clients else None
+    except ValueError:
+        ap.error("--clients, --relays, --direct-clients: expected comma lists of integers")
     args.algorithms = [a.strip() for a in (args.algorithm or "sync_sgd").split(",") if a.strip()]
     args.compressions = [c.strip() for c in (args.compression or "none").split(",") if c.strip()]
     if bad := [a for a in args.algorithms if a not in ("sync_sgd", "local_sgd")]:
@@ -801,13 +1000,21 @@ def main(argv=None) -> int:
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
     series = []
+    ns = args.client_list or [2**k for k in range(0, 20) if args.min_clients <= 2**k <= args.max_clients]
     for p in args.param_list:
         spec = spec_for(p)
         count = num_params(spec)
         for alg in args.algorithms:
             for comp in args.compressions:
-                series.append({"key": f"{count}/{alg}/{comp}", "params_asked": p, "n_params": count,
-                               "spec": spec, "algorithm": alg, "compression": comp})  # fmt: skip
+                one = {"key": f"{count}/{alg}/{comp}", "params_asked": p, "n_params": count,
+                       "spec": spec, "algorithm": alg, "compression": comp, "ns": ns}  # fmt: skip
+                if args.relay_list is None:
+                    series.append(one)
+                for k in args.relay_list or []:
+                    direct = [n for n in ns if n <= 1024] if args.direct_list is None else args.direct_list
+                    series.append(
+                        {**one, "key": f"{one['key']}/r{k}", "relays": k, "ns": direct if k == 0 else ns}
+                    )
     for p in args.param_list:
         count = num_params(spec_for(p))
         what = (
@@ -829,10 +1036,10 @@ def main(argv=None) -> int:
         mnist.write_zip(images, labels, zip_path, "mnist-train")
     tmp = Path(tempfile.mkdtemp(prefix="mlitb-scaling-"))
     (tmp / "state").mkdir()
+    args.logs = tmp
     results: list[dict] = []
     hwm = float("nan")
     interrupted = False
-    ns = [2**k for k in range(0, 20) if args.min_clients <= 2**k <= args.max_clients]
     try:
         proc, url = start_master(tmp / "state", tmp / "master.log")
         with httpx.Client(timeout=300) as http:
@@ -846,9 +1053,9 @@ def main(argv=None) -> int:
                 .raise_for_status()
                 .json()
             )
-            with tqdm(total=len(series) * len(ns), desc="runs") as bar:
+            with tqdm(total=sum(len(s["ns"]) for s in series), desc="runs") as bar:
                 for s in series:
-                    for n in ns:
+                    for n in s["ns"]:
                         bar.set_description_str(f"{s['key']} N={n}")
                         r = measure(url, http, up["dataset"], s, n, args, proc.pid)
                         r["series"] = s["key"]
@@ -894,6 +1101,7 @@ def main(argv=None) -> int:
                     "cpus": os.cpu_count()},
         "T": args.T, "local_T": args.local_T, "rate": args.rate, "processes": args.processes,
         "bandwidth_gbit": args.bandwidth_gbit, "master_hwm_mib": hwm,
+        "relays": args.relay_list,
         "series": [{k: v for k, v in s.items() if k != "spec"} | {"spec": s["spec"]} for s in series],
         "results": results,
         "goals": gs,

@@ -48,9 +48,11 @@ HYPER = {
 }
 
 
-def start_relay(master_url: str, project: str, token: str, log: Path) -> tuple[subprocess.Popen, str]:
+def start_relay(
+    master_url: str, project: str, token: str, log: Path, name: str = "site-a"
+) -> tuple[subprocess.Popen, str]:
     args = [sys.executable, "-m", "mlitb.cli.main", "relay", master_url, "--project", project,
-            "--port", "0", "--token", token, "--name", "site-a"]  # fmt: skip
+            "--port", "0", "--token", token, "--name", name]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True)  # noqa: SIM115
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -144,6 +146,77 @@ def test_a_relay_needs_the_owner_token(master, mnist_zips):
             assert reply["code"] == "forbidden" and "owner token" in reply["reason"], reply
 
 
+def relay_status(url: str) -> dict:
+    return httpx.get(f"{url}/api", timeout=HTTP_TIMEOUT).json()
+
+
+def wait_relay(url: str, ok, timeout: float, what: str, log: Path) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = relay_status(url)
+        if ok(st):
+            return st
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {st}\n{tail(log)}"
+        time.sleep(0.5)
+
+
+def test_relays_stack_and_a_dead_inner_relay_hands_its_share_back_to_the_outer_one(
+    master, mnist_zips, tmp_path
+):
+    """master <- outer relay <- inner relay <- worker: the master sees one relay with one
+    client; every level holds the whole share; when the inner relay dies, its share is
+    back in the outer relay's pool at once and the worker moves to the outer relay (the
+    inner relay's welcome named it), where it trains on."""
+    train, test = upload(master.data, mnist_zips)
+    token = create_project(master.url, "stacked", [train], [test], spec=SPEC,
+                           hyper={**HYPER, "iteration_time": 2.0, "work_vectors": 200})  # fmt: skip
+    procs: list[subprocess.Popen] = []
+    try:
+        outer, outer_url = start_relay(master.url, "stacked", token, tmp_path / "outer.log", "outer")
+        procs.append(outer)
+        wait_for(master.url, "stacked", lambda s: any(c["kind"] == "relay" for c in s["clients"]), 60,
+                 "the outer relay joined")  # fmt: skip
+        inner, inner_url = start_relay(outer_url, "stacked", token, tmp_path / "inner.log", "inner")
+        procs.append(inner)
+        wait_relay(outer_url, lambda st: [c["kind"] for c in st["children"]] == ["relay"], 60,
+                   "the inner relay under the outer one", tmp_path / "inner.log")  # fmt: skip
+        procs.append(spawn_worker(inner_url, "stacked", "trainer", tmp_path / "w.log", "w0"))
+
+        def trains(s: dict) -> bool:
+            return [c.get("relay_clients") for c in s["clients"]] == [1] and s["vectors_processed"] > 0
+
+        s = wait_for(master.url, "stacked", trains, 180, "a worker two relays down training")
+        it = s["iteration"]
+        s = wait_for(master.url, "stacked", lambda s: s["iteration"] >= it + 2, 120, "two more iterations")
+        (row,) = s["clients"]
+        assert row["kind"] == "relay" and row["children"][0]["kind"] == "relay", row
+        assert row["children"][0]["clients"] == 1 and row["rejected"] == 0, row
+        out_st, in_st = relay_status(outer_url), relay_status(inner_url)
+        (via,) = out_st["children"]
+        assert via["name"] == "inner" and via["results"] >= 1 and via["rejected"] == 0, out_st
+        (w,) = in_st["children"]
+        assert w["kind"] == "native" and w["results"] >= 1, in_st
+        # every level holds the whole share: the master's, the outer relay's, the inner one's
+        assert s["data_allocated"] == s["data_size"] == out_st["data_held"] == in_st["data_held"], (s, out_st)
+        assert out_st["data_registered"] == in_st["data_registered"] == s["data_size"], (out_st, in_st)
+
+        inner.kill()
+        back = wait_relay(outer_url, lambda st: not st["children"], 30, "the inner relay gone",
+                          tmp_path / "outer.log")  # fmt: skip
+        assert back["data_unallocated"] == back["data_registered"] == s["data_size"], back
+        moved = wait_relay(outer_url,
+                           lambda st: [(c["name"], c["kind"]) for c in st["children"]] == [("w0", "native")]
+                           and st["children"][0]["results"] >= 1,
+                           120, "the worker training under the outer relay", tmp_path / "w.log")  # fmt: skip
+        assert moved["data_unallocated"] == 0, moved
+        s = httpx.get(f"{master.url}/api/projects/stacked", timeout=HTTP_TIMEOUT).json()
+        assert s["data_allocated"] == s["data_size"] and [c["kind"] for c in s["clients"]] == ["relay"], (
+            brief(s)
+        )
+    finally:
+        kill_all(procs)
+
+
 @pytest.mark.browser
 def test_a_browser_tab_trains_through_a_relay(master, mnist_zips, page, tmp_path):
     """The volunteer page opened at the relay's address: the tab's socket is the relay's,
@@ -180,5 +253,18 @@ def test_a_browser_tab_trains_through_a_relay(master, mnist_zips, page, tmp_path
         board.click("button.expand")
         board.wait_for_selector("tr.child-row")
         assert "browser" in board.inner_text("tr.child-row")
+        board.close()
+        # the relay dies: the tab's worker follows the welcome's alternatives to the master
+        # (after 3 failed connections) and trains there, its data from the master's data server
+        relay.kill()
+
+        def tab_at_master() -> bool:
+            s = httpx.get(f"{master.url}/api/projects/tabs", timeout=HTTP_TIMEOUT).json()
+            return any(c["kind"] == "browser" and c["results"] >= 2 for c in s["clients"])
+
+        deadline = time.monotonic() + 120
+        while not tab_at_master():
+            assert time.monotonic() < deadline, "the tab did not move to the master after its relay died"
+            page.wait_for_timeout(500)
     finally:
         kill_all([relay])

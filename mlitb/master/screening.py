@@ -21,6 +21,7 @@ Two checks, after the format checks of `reduce.validate` (size, NaN/Inf, count l
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass
 
@@ -79,8 +80,10 @@ class NormScreen:
         window = self.recent.get(kind)
         if window is None or len(window) < MIN_SAMPLES:
             return None
-        s_med = float(np.median([s for s, _ in window]))
-        n_med = float(np.median([n for _, n in window]))
+        # statistics.median: the same value as np.median, ~20x cheaper on 64 Python floats
+        # (a relay or master judges thousands of results per iteration)
+        s_med = float(statistics.median([s for s, _ in window]))
+        n_med = float(statistics.median([n for _, n in window]))
         return CLIP_FACTOR * s_med * max(1.0, math.sqrt(n_med / max(vectors, 1)))
 
     def judge(self, kind: int, values: np.ndarray, vectors: int) -> Verdict:

@@ -41,7 +41,12 @@ log = logging.getLogger("mlitb.relay")
 
 UP = "up"
 MAX_RATE = 50_000.0  # vectors/s one child may claim (the master's default max_vectors_per_s)
-GRACE_S = 0.25  # past the order's work time, results still join the sum
+GRACE_S = 0.25  # past the order's work time, results still join the sum: at least this,
+GRACE_FRACTION = 0.25  # or this share of the master's iteration time (its own deadline is at
+# 1.5 T + 1 s, so a relay's late sum still counts; a tight one would lose whole bursts of
+# children's results, get nothing up, be counted as missing a whole iteration by the master
+# and be given its minimum work time: a spiral a large subtree never leaves)
+SUBTREE_EVERY_S = 1.0  # at most one subtree report up per second (joins come in thousands)
 
 
 @dataclass
@@ -54,8 +59,10 @@ class Child:
     latency: Latency = field(default_factory=Latency)
     cached: set[int] = field(default_factory=set)
     ordered: int | None = None  # the iteration of its open work order
+    overdue: int | None = None  # an order past the deadline whose result may still come (lag)
     ordered_at: float = 0.0
-    work_ms: int = 0
+    work_ms: int = 0  # its work time in the open (or overdue) order
+    order_ms: int = 0  # the relay's own work time in that order (for benching, as the master)
     vectors_per_s: float = 0.0
     results: int = 0
     rejected: int = 0
@@ -99,11 +106,14 @@ class Relay:
         self.order: dict | None = None  # the master's open work order
         self.deadline = 0.0
         self.sum: Sum | None = None
+        self.ordered: set[str] = set()  # children with an open order (kept, not searched: O(1))
+        self._scaled: np.ndarray | None = None  # (n,) float64 scratch for one scaled result
         self.screen = NormScreen()
         self.feedback: codecs.ErrorFeedback | None = None
         self.state = "created"
         self.outbox: list[tuple[str, dict | bytes]] = []
-        self.sent_capacity = -1
+        self.subtree_due = False  # the subtree changed since the last report
+        self.subtree_at = 0.0  # when the next report may go (monotonic s)
         self.counters = {"results_up": 0, "results_in": 0, "rejected": 0, "late": 0}
 
     # ------------------------------------------------------------------ plumbing
@@ -136,10 +146,18 @@ class Relay:
         return min(10_000_000, sum(c.capacity for c in self.children.values()))
 
     def _subtree(self, force: bool = False) -> None:
-        cap = self.capacity()
-        if self.welcome is None or (cap == self.sent_capacity and not force):
+        """Mark the subtree changed; the report goes up from `poll` at most once per
+        SUBTREE_EVERY_S (8,192 joins would otherwise send 8,192 reports of 256 rows)."""
+        self.subtree_due = True
+        if force:
+            self.subtree_at = 0.0
+            self._report_subtree(0.0)
+
+    def _report_subtree(self, now: float) -> None:
+        if self.welcome is None or not self.subtree_due or now < self.subtree_at:
             return
-        self.sent_capacity = cap
+        self.subtree_due, self.subtree_at = False, now + SUBTREE_EVERY_S
+        cap = self.capacity()
         rows = [{**c.row(), "clients": c.clients} for c in list(self.children.values())[:256]]
         clients = sum(c.clients if c.kind == "relay" else 1 for c in self.children.values())
         self.send(UP, {"type": "subtree", "capacity": cap, "clients": clients, "children": rows})
@@ -151,7 +169,6 @@ class Relay:
             self.welcome = m
             self.state = m.get("state", "created")
             self.feedback = None
-            self.sent_capacity = -1
             self._subtree(force=True)
         elif kind == "allocation":
             self._up_allocation(m)
@@ -225,14 +242,19 @@ class Relay:
             self._finish()
         self.order = m
         work_ms = int(m["work_ms"])
-        self.deadline = now + work_ms / 1000 + GRACE_S
+        T = int(self.welcome.get("iteration_ms", 0)) / 1000 if self.welcome else 0.0
+        self.deadline = now + work_ms / 1000 + max(GRACE_S, GRACE_FRACTION * T)
         fields = {k: v for k, v in m.items() if k not in ("type", "iteration", "work_ms")}
         fields.pop("overlap_ms", None)  # a child's carried steps would not be in this round's sum
         for c in self.children.values():
+            if c.overdue is not None:  # no result at all for the last order: a whole lag
+                c.latency.missed(work_ms, 0)
+                c.overdue = None
             if not c.cached or not c.latency.schedulable(m["iteration"]):
                 continue
             c.ordered, c.ordered_at = m["iteration"], now
-            c.work_ms = c.latency.work_ms(work_ms)
+            self.ordered.add(c.id)
+            c.work_ms, c.order_ms = c.latency.work_ms(work_ms), work_ms
             self.send(c.id, msg.work(m["iteration"], c.work_ms, fields))
 
     # ------------------------------------------------------------------ from a child
@@ -283,6 +305,7 @@ class Relay:
 
     def child_leave(self, cid: str) -> None:
         child = self.children.pop(cid, None)
+        self.ordered.discard(cid)
         if child is None:
             return
         self.allocator.remove_trainer(cid)
@@ -330,6 +353,12 @@ class Relay:
                 or child.ordered != frame.iteration
             ):
                 self.counters["late"] += 1
+                if child.overdue is not None and child.overdue == frame.iteration:
+                    # the sum went up without it; its lag is still measured as it is, not
+                    # as a whole missed iteration (a burst of results queued in this relay
+                    # would otherwise cut every child's next work time to nothing)
+                    child.overdue = None
+                    child.latency.observe((now - child.ordered_at) * 1000 - child.work_ms, child.order_ms, 0)
                 raise Rejected("late", f"no open work order for iteration {frame.iteration} here")
             if frame.values.size != self.num_params:
                 raise Rejected("wrong_size", f"{frame.values.size} values, the model has {self.num_params}")
@@ -346,20 +375,26 @@ class Relay:
                 child.rejected += 1
                 self.counters["rejected"] += 1
                 child.ordered = None
+                self.ordered.discard(cid)
             self.send(cid, msg.error(exc.reason, exc.detail))
             if self.sum is not None and not self._waiting():
                 self._finish()
             return
         child.ordered = None
+        self.ordered.discard(cid)
         child.results += 1
         child.vectors_per_s = frame.vectors_per_s
-        child.latency.observe((now - child.ordered_at) * 1000 - child.work_ms, int(self.order["work_ms"]), 0)
+        child.latency.observe((now - child.ordered_at) * 1000 - child.work_ms, child.order_ms, 0)
         self.screen.record(frame.kind, cid, frame.iteration, verdict, frame.vectors)
-        values = np.asarray(frame.values, np.float64) * verdict.factor
         if self.sum is None:
             self.sum = Sum(frame.iteration, frame.kind, np.zeros(self.num_params, np.float64))
         s = self.sum
-        s.values += values * frame.vectors if frame.kind == frames.DELTA else values
+        if self._scaled is None or self._scaled.size != self.num_params:
+            self._scaled = np.empty(self.num_params, np.float64)
+        # gradients add as they are; changes weighted by their vectors (float64, one pass)
+        scale = verdict.factor * (frame.vectors if frame.kind == frames.DELTA else 1)
+        np.multiply(frame.values, scale, out=self._scaled)
+        s.values += self._scaled
         s.vectors += frame.vectors
         s.loss += frame.loss
         s.vectors_per_s += frame.vectors_per_s
@@ -372,21 +407,23 @@ class Relay:
     # ------------------------------------------------------------------ the clock
     def poll(self, now: float) -> float | None:
         """Seconds until the relay wants to be polled again (None: on the next event)."""
+        self._report_subtree(now)
+        report = max(0.0, self.subtree_at - now) if self.subtree_due else None
         if self.order is None:
-            return None
+            return report
         if now >= self.deadline:
             for c in self.children.values():
-                if c.ordered is not None:  # no result in time: the master's rule, a whole lag
-                    c.latency.missed(int(self.order["work_ms"]), 0)
-                    c.ordered = None
+                if c.ordered is not None:  # no result in time: measured if it comes, else missed
+                    c.overdue, c.ordered = c.ordered, None
+            self.ordered.clear()
             self._finish()
             self.order = None
-            return None
-        return self.deadline - now
+            return report
+        return self.deadline - now if report is None else min(report, self.deadline - now)
 
     # ------------------------------------------------------------------ internals
     def _waiting(self) -> bool:
-        return any(c.ordered is not None for c in self.children.values())
+        return bool(self.ordered)
 
     def _finish(self) -> None:
         """One result up: the sum of what came in for the open order (nothing if none)."""

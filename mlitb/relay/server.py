@@ -193,8 +193,9 @@ class RelayService:
                 {"id": k.id, **k.row(), "results": k.results, "rejected": k.rejected}
                 for k in c.children.values()
             ],
-            "data_held": c.allocator.allocated,
-            "data_unallocated": len(c.allocator.pool),
+            "data_registered": c.allocator.registered,  # ids the master gave this relay
+            "data_held": c.allocator.allocated,  # ... of them, held by its children
+            "data_unallocated": len(c.allocator.pool),  # ... and waiting for a child
             **c.counters,
         }
 

@@ -37,12 +37,16 @@ const Proof = self.MlitbProof;
 const V2 = Wire.DELTA !== undefined;
 const PROTOCOL = V2 ? 2 : 1;
 const DTYPES = { none: 1, float16: 2, int8: 3 }; // work order's compression -> frame dtype
+const ALTERNATE_AFTER = 3; // failed connections in a row before trying the next URL
 
 const S = {
   cfg: null, ws: null, engine: null, spec: null, labels: [], projectId: 0, clientId: "",
   params: null, iteration: 0, projectState: "", backend: "", state: "starting",
   vectorsProcessed: 0, vectorsPerS: 0, results: 0, testError: null, allocated: 0,
   stopped: false, backoff: 500, busy: false, lastErrors: [],
+  // where to connect: the page's server first, then the welcome's `alternatives` (a relay
+  // names its master); after ALTERNATE_AFTER failed connections in a row, the next one
+  urls: [], urlIndex: 0, failsInRow: 0, welcomed: false,
   // local SGD: the inner optimizer (kept across work orders with the same inner settings)
   // and the spec's decay multipliers; error feedback per (frame kind, dtype) of results
   inner: null, decayMul: null, feedback: new Map(), feedbackKey: "", resyncAt: 0, nextWork: null,
@@ -111,7 +115,26 @@ async function chooseBackend(preferred) {
 function start(cfg) {
   S.cfg = cfg;
   S.stopped = false;
+  S.urls = [{ wsUrl: cfg.wsUrl, httpBase: cfg.httpBase }];
+  S.urlIndex = 0;
+  S.failsInRow = 0;
   connect();
+}
+
+/** A welcome's alternatives (http(s) URLs of other servers of the project) as places to
+ * connect to; kept after the page's own, at most 8, anything but http(s) ignored. */
+function addAlternatives(list) {
+  for (const alt of (Array.isArray(list) ? list : []).slice(0, 8)) {
+    let u;
+    try { u = new URL(String(alt)); } catch (e) { continue; }
+    if (u.protocol !== "http:" && u.protocol !== "https:") continue;
+    const path = u.pathname.replace(/\/+$/, "");
+    const entry = {
+      wsUrl: `${u.protocol === "https:" ? "wss:" : "ws:"}//${u.host}${path}/ws`,
+      httpBase: `${u.origin}${path}/`,
+    };
+    if (!S.urls.some((x) => x.wsUrl === entry.wsUrl)) S.urls.push(entry);
+  }
 }
 
 let inbox = Promise.resolve();
@@ -120,7 +143,8 @@ let allocations = Promise.resolve(); // allocations apply in order, beside the i
 function connect() {
   if (S.stopped) return;
   S.state = "connecting";
-  const ws = new WebSocket(S.cfg.wsUrl);
+  S.welcomed = false;
+  const ws = new WebSocket(S.urls[S.urlIndex].wsUrl);
   ws.binaryType = "arraybuffer";
   S.ws = ws;
   ws.onopen = () => {
@@ -154,6 +178,12 @@ function connect() {
       fatal ? "error" : "warn");
     if (fatal) { S.state = "refused: " + (ev.reason || ev.code); S.stopped = true; return; }
     S.state = "reconnecting";
+    if (!S.welcomed) S.failsInRow += 1;
+    if (S.failsInRow >= ALTERNATE_AFTER && S.urls.length > 1) {
+      S.urlIndex = (S.urlIndex + 1) % S.urls.length;
+      S.failsInRow = 0;
+      log(`trying ${S.urls[S.urlIndex].wsUrl} after ${ALTERNATE_AFTER} failed connections`, "warn");
+    }
     setTimeout(connect, S.backoff * (0.75 + 0.5 * Math.random()));
     S.backoff = Math.min(S.backoff * 2, 30000);
   };
@@ -183,6 +213,9 @@ function resetLearner() {
 async function onText(m) {
   switch (m.type) {
     case "welcome": {
+      S.welcomed = true;
+      S.failsInRow = 0;
+      addAlternatives(m.alternatives);
       S.clientId = m.client_id;
       S.projectId = m.project.id;
       S.labels = m.labels;
@@ -290,7 +323,7 @@ async function allocation(m) {
   for (const g of m.add || []) {
     const ids = Wire.textToIds(g.ids);
     S.allocated += ids.length;
-    const base = new URL(g.url.replace(/\/?$/, "/"), S.cfg.httpBase).href;
+    const base = new URL(g.url.replace(/\/?$/, "/"), S.urls[S.urlIndex].httpBase).href;
     for (let s = 0; s < ids.length; s += 4096) {
       await fetchItems(base, g.dataset, ids.slice(s, s + 4096), g.label_map, g.grant);
     }
