@@ -253,6 +253,8 @@ def test_a_browser_tab_trains_through_a_relay(master, mnist_zips, page, tmp_path
         board.click("button.expand")
         board.wait_for_selector("tr.child-row")
         assert "browser" in board.inner_text("tr.child-row")
+        # the relay's volunteer page, as the relay reported its address (its --public-url)
+        assert board.get_attribute("a.relay-link", "href") == f"{relay_url}/join/tabs"
         board.close()
         # the relay dies: the tab's worker follows the welcome's alternatives to the master
         # (after 3 failed connections) and trains there, its data from the master's data server

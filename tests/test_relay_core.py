@@ -138,3 +138,21 @@ def test_compressed_sums_keep_error_feedback_and_results_are_screened():
     f = frames.decode(up)
     assert f.dtype == codecs.DTYPES["int8"] and f.vectors == 2
     np.testing.assert_allclose(f.values, np.linspace(-1, 1, N), atol=2 / 127)
+
+
+def test_the_relay_reports_its_volunteer_address_and_the_cli_refuses_a_bad_one():
+    r = relay(children=1)
+    r.public_url = "http://192.168.1.20:8100"
+    r._subtree(force=True)
+    (report,) = [p for p in ups(r) if isinstance(p, dict) and p["type"] == "subtree"]
+    assert report["url"] == "http://192.168.1.20:8100"
+    assert msg.parse_client_message(msg.dumps(report)).url == report["url"]  # the master accepts it
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mlitb.cli.main", "relay", "http://127.0.0.1:9", "--project", "p",
+         "--token", "t", "--port", "0", "--public-url", "ftp://example.org"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "expected an http(s) URL" in done.stderr, done.stderr

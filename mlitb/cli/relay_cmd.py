@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+from urllib.parse import quote
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--host", default="127.0.0.1", help="interface for the relay's clients (default 127.0.0.1)"
     )
     p.add_argument("--port", type=int, default=8100, help="port (default 8100; 0 picks a free one)")
+    p.add_argument(
+        "--public-url",
+        default=None,
+        help="the address volunteers use, e.g. http://192.168.1.20:8100 (default: this machine's LAN "
+        "address with --host 0.0.0.0, else the address it listens on); shown on the master's dashboard",
+    )
     p.add_argument("--token", default=None, help="the project's owner token")
     p.add_argument("--name", default="", help="the relay's name in the master's client list")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -34,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mlitb.cli import tokens
+    from mlitb.lan import public_url
     from mlitb.relay.server import RelayService, build_app
     from mlitb.server_runner import BindError, bind, make_config, url_of
 
@@ -54,9 +62,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"mlitb: {exc}", file=sys.stderr)
         return 2
     url = url_of(sock)
-    service = RelayService(args.master, args.project, token, args.name or f"relay {url}")
+    try:
+        public = public_url(args.host, sock.getsockname()[1], "http", args.public_url)
+    except ValueError as exc:
+        sock.close()
+        print(f"mlitb: {exc}", file=sys.stderr)
+        return 2
+    service = RelayService(args.master, args.project, token, args.name or f"relay {public}", public)
     print(f"mlitb relay for project {args.project} at {args.master} listening on {url}", flush=True)
-    print(f"  workers: mlitb worker {url} --project {args.project}", flush=True)
+    print(f"  volunteers: {public}/join/{quote(args.project)}", flush=True)
+    print(f"  workers:    mlitb worker {public} --project {args.project}", flush=True)
     config = make_config(build_app(service), args.log_level, sock=sock, access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
     return 0 if not service.fatal else 2

@@ -161,6 +161,7 @@ class Client:
     # relays (kind "relay"): the clients under it and their rows, as it reported them
     relay_clients: int = 0
     children: list[dict] = field(default_factory=list)
+    relay_url: str = ""  # its volunteers' address, as it reported it (http(s) only)
 
     def summary(self, held: int, now: float) -> dict:
         return {
@@ -186,7 +187,7 @@ class Client:
             "suspect": self.suspect,
             "probation": self.probation if self.role == "trainer" else None,
             **(
-                {"relay_clients": self.relay_clients, "children": self.children}
+                {"relay_clients": self.relay_clients, "children": self.children, "relay_url": self.relay_url}
                 if self.kind == "relay"
                 else {}
             ),
@@ -732,6 +733,8 @@ class Engine:
         c.capacity = message.capacity
         c.relay_clients = message.clients
         c.children = [child.model_dump() for child in message.children]
+        url = message.url.strip()
+        c.relay_url = url if url.startswith(("http://", "https://")) and " " not in url else ""
         if c.admitted and c.role == "trainer":
             c.limit = self._capacity(c)
         self.dirty = True

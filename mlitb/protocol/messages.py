@@ -119,6 +119,8 @@ class Subtree(_Msg):
     capacity: Annotated[int, Field(ge=0, le=10_000_000)]
     clients: Annotated[int, Field(ge=0, le=1_000_000)]
     children: Annotated[list[Child], Field(max_length=256)] = Field(default_factory=list)
+    # where its volunteers open the page (`mlitb relay --public-url`); shown, never fetched
+    url: Annotated[str, Field(max_length=300)] = ""
 
 
 class Leave(_Msg):

@@ -97,6 +97,7 @@ class Relay:
         self.master_url = master_url
         self.owner_token = owner_token  # relays under this one show the same token
         self.name = name
+        self.public_url = ""  # where its volunteers open the page (reported up, for the dashboard)
         self.welcome: dict | None = None  # the master's welcome to this relay
         self.view: np.ndarray | None = None  # (n,) float32: the parameters the children hold
         self.view_iteration = -1
@@ -160,7 +161,10 @@ class Relay:
         cap = self.capacity()
         rows = [{**c.row(), "clients": c.clients} for c in list(self.children.values())[:256]]
         clients = sum(c.clients if c.kind == "relay" else 1 for c in self.children.values())
-        self.send(UP, {"type": "subtree", "capacity": cap, "clients": clients, "children": rows})
+        report = {"type": "subtree", "capacity": cap, "clients": clients, "children": rows}
+        if self.public_url:
+            report["url"] = self.public_url
+        self.send(UP, report)
 
     # ------------------------------------------------------------------ from the master
     def on_up_text(self, m: dict, now: float) -> None:

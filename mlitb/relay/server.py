@@ -46,10 +46,14 @@ def ws_url(url: str) -> str:
 
 
 class RelayService:
-    def __init__(self, master_url: str, project: str, owner_token: str, name: str = "relay") -> None:
+    def __init__(
+        self, master_url: str, project: str, owner_token: str, name: str = "relay", public_url: str = ""
+    ) -> None:
         self.project = project
         self.owner_token = owner_token
+        self.public_url = public_url
         self.core = Relay(master_url.rstrip("/"), name, owner_token)
+        self.core.public_url = public_url
         self.conns: dict[str, Connection] = {}
         self.up = None  # the master's socket while connected
         self.wake = asyncio.Event()
@@ -115,6 +119,7 @@ class RelayService:
             self.core.child_leave(cid)
         self.conns.clear()
         self.core = Relay(self.core.master_url, self.core.name, self.owner_token)
+        self.core.public_url = self.public_url
         self.core.drain()
 
     # ------------------------------------------------------------------ the clock
@@ -186,6 +191,7 @@ class RelayService:
             "service": "mlitb-relay",
             "master": c.master_url,
             "project": self.project,
+            "public_url": self.public_url,
             "connected": self.up is not None,
             "refused": self.fatal,
             "iteration": c.view_iteration,

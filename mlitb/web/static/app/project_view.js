@@ -164,7 +164,9 @@ export async function projectView(root, name) {
     // a relay's row opens to the clients under it (as the relay reports them)
     const relayName = (c) => el("span", {}, el("button", { class: "expand", "data-relay": c.id, title: "the clients under this relay",
       onclick: () => { expanded.has(c.id) ? expanded.delete(c.id) : expanded.add(c.id); renderSummary(); } },
-      `${expanded.has(c.id) ? "▾" : "▸"} ${fmt(c.relay_clients || 0)}`), " ", c.name);
+      `${expanded.has(c.id) ? "▾" : "▸"} ${fmt(c.relay_clients || 0)}`), " ", c.name,
+      ...(c.relay_url ? [" ", el("a", { href: `${c.relay_url}/join/${encodeURIComponent(name)}`, class: "relay-link",
+        title: "the volunteer page at this relay", rel: "noopener" }, "volunteer link")] : []));
     clientsBody.replaceChildren(...p.clients.flatMap((c) => [el("tr", { "data-kind": c.kind, "data-role": c.role },
       [c.id, c.kind === "relay" ? relayName(c) : c.name, c.kind, c.role, c.backend, fmt(c.vectors_per_s), fmt(c.vectors_processed), fmt(c.data_allocated), fmt(c.data_cached), fmt(c.lag_ms),
         bytes(c.bytes_in), bytes(c.bytes_out), c.computing == null ? "-" : `${Math.round(100 * c.computing)} %`,
