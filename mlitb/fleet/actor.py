@@ -110,6 +110,8 @@ class FleetRelay:
         # all interfaces: the node's address as Ray knows it (what other nodes reach)
         shown = ray.util.get_node_ip_address() if host in ("0.0.0.0", "::") else host
         self.url = f"http://{shown}:{self.server.sock.getsockname()[1]}"
+        # its volunteers' address, reported up with the next subtree (the dashboard's link)
+        self.service.public_url = self.service.core.public_url = self.url
 
     def address(self) -> str:
         return self.url
