@@ -145,7 +145,7 @@ async def run_demo(
                     "--project", PROJECT, "--role", role, "--quiet", "--name", f"demo-{role}",
                 )
             )  # fmt: skip
-        await _announce(runner, n_workers, public, (local_url, *token_urls), say)
+        await _announce(runner, n_workers, public, (local_url, *token_urls), say, data_token)
         await _seed_zoo(app, runner, target)
         await asyncio.Event().wait()
     except asyncio.CancelledError:
@@ -162,10 +162,17 @@ async def run_demo(
 
 
 async def _announce(
-    runner, n_workers: int, public: str, urls: tuple[str, ...], say: Callable[[str], None], wait: float = 120
+    runner,
+    n_workers: int,
+    public: str,
+    urls: tuple[str, ...],
+    say: Callable[[str], None],
+    data_token: str | None = None,
+    wait: float = 120,
 ) -> None:
     """Once the project has trained a round with a local trainer (or after `wait` s), print
-    where to watch it, the volunteer link and the owner link."""
+    where to watch it, the volunteer link and the owner link (which carries the data
+    server's write token too: the operator who started the demo owns both)."""
     from mlitb.cli import tokens
 
     first = runner.engine.iteration
@@ -183,5 +190,6 @@ async def _announce(
     say(f"  volunteer link: {public}/join/{PROJECT} (a phone opens it, or scans the project page's QR code)")
     token = next((t for t in (tokens.get_token(u, PROJECT) for u in urls) if t), None)
     if token:
-        say(f"  owner link:     {tokens.owner_link(public, PROJECT, token)}")
-        say("                  (opening it once signs that browser in as the project's owner)")
+        say(f"  owner link:     {tokens.owner_link(public, PROJECT, token, data_token)}")
+        say("                  (opening it once signs that browser in as the project's owner,")
+        say("                  with the data server's write token for uploads: keep it secret)")

@@ -133,3 +133,28 @@ def test_engine_pins_a_non_finite_step_on_its_bucket_and_applies_the_rest(optimi
     clients = {c["id"]: c for c in e.summary(0.6)["clients"]}
     assert clients["X"]["rejected"] == clients["Y"]["rejected"] == 1 and clients["A"]["rejected"] == 0
     assert e.history[-1]["workers_assigned"] == 3
+
+
+def test_a_refused_step_is_pinned_on_the_huge_result_not_on_its_bucket_mate():
+    """Six trainers in three buckets of two: the one float32-max result shares its bucket
+    with an honest one. The bucket goes (its float64 sum cannot give the honest result
+    back), but only the huge one's sender is told refused_step and counted rejected."""
+    trainers = ("A", "B", "C", "D", "E", "X")
+    e, _ = started(
+        trainers, items=60, optimizer="adagrad", learning_rate=0.01, aggregation="mean", bucket_size=64
+    )
+    g = np.full(N, 0.5, np.float32)
+    huge = np.full(N, np.finfo(np.float32).max, np.float32)
+    assert e.on_result("X", result(0, huge, 1), 0.5) is None
+    assert len(e.acc.sums) == 3
+    for cid in "ABCDE":
+        assert e.on_result(cid, result(0, g, 1), 0.5) is None
+    mate = next(c for c in e.acc.members[e.acc.where["X"]] if c != "X")
+    e.poll(0.5)
+    out = e.drain()
+    assert e.iteration == 1 and np.all(np.isfinite(e.params))
+    assert [m["code"] for m in of(out, "X", "error")] == ["refused_step"]
+    assert not of(out, mate, "error")
+    clients = {c["id"]: c for c in e.summary(0.6)["clients"]}
+    assert clients["X"]["rejected"] == 1 and clients[mate]["rejected"] == 0
+    assert e.history[-1]["workers_assigned"] == 4  # the other two buckets' results were applied

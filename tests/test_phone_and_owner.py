@@ -70,6 +70,35 @@ def test_an_owner_link_signs_the_browser_in_and_out(master, mnist_zips, page):
     page.wait_for_selector("#who.owner")
 
 
+def test_an_owner_link_with_the_data_token_lets_the_owner_upload(master, mnist_zips, page):
+    """The demo's owner link carries the data server's write token (`?data=`): the owner
+    uploads from the project page without pasting anything; a wrong one is named."""
+    from mlitb.cli.tokens import owner_link
+
+    train, _ = upload(master.data, mnist_zips)
+    token = create_project(master.url, "up", [train], [], spec=FC_SPEC, start=False)
+    page.goto(owner_link(master.url, "up", token, "not-the-data-token"))
+    page.wait_for_selector("#who.owner")
+    assert "data write token was refused" in page.inner_text(".banner.error")
+    assert not page.evaluate("localStorage.getItem('mlitb.dataToken')")
+
+    page.goto(owner_link(master.url, "up", token, master.data_token))
+    page.wait_for_function("document.querySelector('.banner.ok')?.innerText.includes('uploads allowed')")
+    assert master.data_token not in page.url and page.url.endswith("#/p/up"), page.url
+    assert page.evaluate("localStorage.getItem('mlitb.dataToken')") == master.data_token
+    page.select_option("#zip-kind", "test")
+    page.set_input_files("#zip-input", str(mnist_zips["test"]))
+    page.click("#btn-upload")
+    wait_for(
+        lambda: any(
+            d["role"] == "test" for d in httpx.get(f"{master.url}/api/projects/up").json()["datasets"]
+        ),
+        60,
+        "the test set uploaded with the link's token",
+        page,
+    )
+
+
 def test_a_view_superseded_while_loading_leaves_nothing_running(master, mnist_zips, page):
     """Open the home page and go to a project before the home page's first list arrives
     (what a loaded machine does): the home view, once it loads, must not render or keep

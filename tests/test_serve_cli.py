@@ -195,14 +195,22 @@ def test_owner_links_unknown_projects_closed_pipes_and_rounding(master, tmp_path
     assert r.returncode == 0, r.stderr
     token = _stored(tmp_path, f"{master.url}#p1")
     # the master fixture names no public URL: the link uses the --server URL
-    assert f"owner link: {master.url}/#/signin/p1/{quote(token, safe='')}" in r.stdout, r.stdout
+    assert f"owner link: {master.url}/#/signin/p1/{quote(token, safe='')}\n" in r.stdout, r.stdout
     assert "signs that browser in as the owner" in r.stdout
+    # where the CLI knows the data server's write token, the link carries it (uploads)
+    env_data = {**env, "MLITB_DATA_TOKEN": master.data_token}
+    r = _cli(env_data, "project", "create", "--server", master.url, "--spec", "mnist", "--labels", LABELS,
+             "--name", "p2")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    link = f"{master.url}/#/signin/p2/{quote(_stored(tmp_path, f'{master.url}#p2'), safe='')}"
+    assert f"owner link: {link}?data={quote(master.data_token, safe='')}\n" in r.stdout, r.stdout
+    assert "and the data write token" in r.stdout
 
     for action in ("start", "pause", "delete"):
         for extra in ({}, {"MLITB_CONFIG": str(tmp_path / "none.json")}):  # token or none: same answer
             r = _cli({**env, **extra}, "project", action, "nosuch", "--server", master.url)
             assert r.returncode == 1, r.stdout
-            assert r.stderr.strip() == f"mlitb: no project 'nosuch' on {master.url} (projects: p1)", r.stderr
+            assert r.stderr.strip() == f"mlitb: no project 'nosuch' on {master.url} (projects: p1, p2)", r.stderr
     r = _cli(
         {**env, "MLITB_CONFIG": str(tmp_path / "none.json")}, "project", "start", "p1", "--server", master.url
     )
@@ -316,6 +324,54 @@ def test_worker_says_when_it_joins_and_when_the_master_goes(master, tmp_path):
     assert sum("joined project q" in line for line in lines) == 1, lines
 
 
+def test_the_worker_line_shows_its_share_of_the_project(master):
+    """The live line's share: this worker's vec/s over the project's power, which the CLI
+    reads from the master every few seconds (a private project's with the join key)."""
+    import asyncio
+    from argparse import Namespace
+
+    from mlitb.cli.worker_cmd import poll_power, share
+
+    assert share(50, 200) == 25.0 and share(300, 200) == 100.0 and share(5, 0) == 0.0
+    create_project(master.url, "open", [], [], spec=FC_SPEC, start=False, labels=[str(d) for d in range(10)])
+    key = "k" * 16
+    create_project(
+        master.url,
+        "shut",
+        [],
+        [],
+        spec=FC_SPEC,
+        start=False,
+        labels=[str(d) for d in range(10)],
+        join_key=key,
+    )
+
+    async def poll(project: str, key: str) -> float:
+        power = {"vec_s": -1.0}
+        args = Namespace(url=master.url, project=project, join_key=key)
+        task = asyncio.create_task(poll_power(args, power, every_s=0.05))
+        for _ in range(400):  # the first answer, or 20 s
+            if power["vec_s"] != -1.0:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        return power["vec_s"]
+
+    assert asyncio.run(poll("open", "")) == 0.0  # read from the master: nobody trains yet
+    assert asyncio.run(poll("shut", key)) == 0.0
+    # without the key the master refuses: the line keeps no share (the socket says why)
+    power = {"vec_s": -1.0}
+    args = Namespace(url=master.url, project="shut", join_key="")
+
+    async def refused() -> None:
+        task = asyncio.create_task(poll_power(args, power, every_s=0.05))
+        await asyncio.sleep(0.5)
+        task.cancel()
+
+    asyncio.run(refused())
+    assert power["vec_s"] == -1.0
+
+
 def test_worker_status_lines():
     from argparse import Namespace
 
@@ -394,5 +450,9 @@ def test_demo_start_up_says_what_it_does_and_prints_links_once_training(tmp_path
     assert at("uploading the MNIST demo data (10,000 test images") < at("demo: training started")
     assert at("demo: training started") < at("watch it:") < at("volunteer link:") < at("owner link:")
     token = _stored(tmp_path, f"{url}#mnist")
-    assert f"owner link:     {url}/#/signin/mnist/{quote(token, safe='')}" in text
+    data_token = (tmp_path / "state" / "data-token").read_text().strip()
+    assert (
+        f"owner link:     {url}/#/signin/mnist/{quote(token, safe='')}?data={quote(data_token, safe='')}"
+        in text
+    )
     assert f"volunteer link: {url}/join/mnist" in text

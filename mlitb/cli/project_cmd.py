@@ -167,22 +167,38 @@ def _check_exists(args, name: str) -> None:
         raise SystemExit(f"mlitb: no project {name!r} on {args.server} (projects: {known})")
 
 
-def public_url(args) -> str:
-    """The address volunteers use, as the master names it (`mlitb serve --public-url`, or its
-    LAN address); the CLI's --server when the master does not say."""
+def _master_info(args) -> dict:
     import httpx
 
     try:
-        given = httpx.get(f"{args.server.rstrip('/')}/api", timeout=10).json().get("public_url")
-    except (httpx.HTTPError, ValueError, AttributeError):
-        given = None
-    return given or args.server.rstrip("/")
+        info = httpx.get(f"{args.server.rstrip('/')}/api", timeout=10).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def public_url(args, info: dict | None = None) -> str:
+    """The address volunteers use, as the master names it (`mlitb serve --public-url`, or its
+    LAN address); the CLI's --server when the master does not say."""
+    info = _master_info(args) if info is None else info
+    given = info.get("public_url")
+    return given if isinstance(given, str) and given else args.server.rstrip("/")
 
 
 def print_owner_link(args, name: str, token: str, saved: Path) -> None:
+    """The owner link; it carries the data server's write token too when this CLI knows it
+    (it runs where `mlitb serve` stored it), so the owner's browser can upload data."""
+    from urllib.parse import urljoin
+
+    info = _master_info(args)
+    data_url = info.get("data_url")
+    data_token = None
+    if isinstance(data_url, str) and data_url:
+        data_token = tokens.get_data_token(urljoin(args.server.rstrip("/") + "/", data_url).rstrip("/"))
     print(f"owner token saved in {saved}")
-    print(f"owner link: {tokens.owner_link(public_url(args), name, token)}")
-    print("  (opening it once signs that browser in as the owner: keep it as secret as the token)")
+    print(f"owner link: {tokens.owner_link(public_url(args, info), name, token, data_token)}")
+    extra = " and the data write token" if data_token else ""
+    print(f"  (opening it once signs that browser in as the owner: keep it as secret as the token{extra})")
 
 
 def create(args) -> int:

@@ -55,11 +55,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     bar = tqdm(total=None, bar_format="{desc}", disable=args.quiet or not sys.stderr.isatty())
     seen = {"state": None, "project": None, "failures": 0}
+    power = {"vec_s": 0.0}  # the project's vectors/s as the master reports it (poll_power)
 
     def show(s) -> None:
-        extra = (
-            f"test error {s.test_error:.4f}" if s.test_error is not None else f"{s.vectors_per_s:,.0f} vec/s"
-        )
+        if s.test_error is not None:
+            extra = f"test error {s.test_error:.4f}"
+        else:
+            extra = f"{s.vectors_per_s:,.0f} vec/s"
+            if power["vec_s"] > 0 and s.vectors_per_s > 0:
+                extra += f" ({share(s.vectors_per_s, power['vec_s']):.1f} % of the project)"
         bar.set_description_str(
             f"{args.role} {s.client_id or '-'} | {s.state} | project {s.project_state or '-'} | "
             f"iteration {s.iteration} | cached {s.cached} | {s.vectors_processed:,} vectors | {extra}"
@@ -84,7 +88,14 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, worker.stop)
-        await worker.run()
+        poller = (
+            None if args.quiet or args.role != "trainer" else asyncio.create_task(poll_power(args, power))
+        )
+        try:
+            await worker.run()
+        finally:
+            if poller:
+                poller.cancel()
 
     try:
         asyncio.run(main())
@@ -94,6 +105,29 @@ def run(args: argparse.Namespace) -> int:
         return 2
     bar.close()
     return 0
+
+
+def share(mine: float, project: float) -> float:
+    """This worker's percentage of the project's power (both in vectors/s; capped at 100:
+    the project's figure is the last iteration's, this worker's a moving average)."""
+    return min(100.0, 100.0 * mine / project) if project > 0 else 0.0
+
+
+async def poll_power(args: argparse.Namespace, power: dict, every_s: float = 10.0) -> None:
+    """The project's power from GET /api/projects/NAME every `every_s` seconds, for the live
+    line's share (what the volunteer page shows a browser). Failures are silent: the
+    socket's own status lines say when the master is unreachable."""
+    import httpx
+
+    url = f"{args.url.rstrip('/')}/api/projects/{args.project}"
+    headers = {"X-Join-Key": args.join_key} if args.join_key else {}
+    async with httpx.AsyncClient(timeout=10, headers=headers) as http:
+        while True:
+            with contextlib.suppress(httpx.HTTPError, ValueError, TypeError, AttributeError):
+                resp = await http.get(url)
+                if resp.status_code == 200:
+                    power["vec_s"] = float(resp.json().get("power") or 0.0)
+            await asyncio.sleep(every_s)
 
 
 def status_lines(args: argparse.Namespace, s, seen: dict) -> list[tuple[str, bool]]:

@@ -153,6 +153,13 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
     def health() -> dict:
         return {"ok": True}
 
+    @app.get("/auth")
+    def check_write_token(request: Request) -> dict:
+        """200 if the bearer token is this server's write token, else 401/403: the dashboard
+        checks the token an owner link hands it before keeping it (nothing is written)."""
+        check_writer(request)
+        return {"writer": True}
+
     @app.get("/datasets")
     def list_datasets() -> list[dict]:
         return [{**info.to_json(), "private": store.private(info.id)} for info in store.list()]

@@ -74,7 +74,8 @@ def check_bearer(header: str, token: str) -> None:
             f"send 'Authorization: Bearer <token>' (got {got}). The token is printed when "
             "`mlitb serve` or `mlitb data-server` starts and is kept in its data directory "
             f"(file {TOKEN_FILE}); the mlitb CLI finds it in its token store, or pass --token / "
-            "MLITB_DATA_TOKEN; in the dashboard, paste it into 'data write token'",
+            "MLITB_DATA_TOKEN; in the dashboard, open the owner link `mlitb serve` printed or "
+            "paste the token into 'data write token'",
             "unauthorized",
             {"WWW-Authenticate": 'Bearer realm="mlitb-data"'},
         )

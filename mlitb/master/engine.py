@@ -881,9 +881,9 @@ class Engine:
     def _safe_step(self) -> bool:
         """The algorithm's step, never a non-finite one: a step that fails (a mean or an
         optimizer state beyond float32) or leaves a parameter or the optimizer state
-        non-finite is undone and pinned on the results that caused it: the bucket whose
-        vote lies farthest from the others is dropped (its senders get a `refused_step`
-        error and a rejected count) and the step is tried again with the rest. Only when
+        non-finite is undone and pinned on the results that caused it: the bucket with the
+        largest mean is dropped, its largest result's sender gets a `refused_step` error
+        and a rejected count (`_pin`), and the step is tried again with the rest. Only when
         no result is left is the iteration asked for again. No NaN/Inf is ever broadcast
         or saved, and the loop never stalls."""
         params = self.params.copy()
@@ -910,10 +910,14 @@ class Engine:
             self.optimizer.t = t
             self.refused_steps += 1
             worst = self.acc.worst_bucket()
-            culprits = self.acc.drop_bucket(worst) if worst is not None else []
-            dropped.update(culprits)
-            log.warning("project %s: step of iteration %d refused (%s); dropped the results of %s",
-                        self.name, self.iteration, problem, ", ".join(culprits) or "nobody")  # fmt: skip
+            gone = self.acc.drop_bucket(worst) if worst is not None else []
+            dropped.update(gone)
+            culprits = self._pin(gone)
+            mates = [c for c in gone if c not in culprits]
+            log.warning("project %s: step of iteration %d refused (%s); pinned on %s%s",
+                        self.name, self.iteration, problem, ", ".join(culprits) or "nobody",
+                        f" (their bucket-mates' results went too, not held against them: {', '.join(mates)})"
+                        if mates else "")  # fmt: skip
             for cid in culprits:
                 client = self.clients.get(cid)
                 if client is not None:
@@ -926,6 +930,23 @@ class Engine:
         self.acc.reset()
         self._norms = []
         return False
+
+    def _pin(self, gone: list[str]) -> list[str]:
+        """Of a dropped bucket's clients, the ones whose results made the step non-finite:
+        the largest result as accumulated (norm per vector x vectors x clip factor; an
+        overflowing norm is infinite). A bucket's float64 sum cannot give back its other
+        members' results, so they go too, but they are not counted rejected or told so."""
+        if len(gone) <= 1:
+            return list(gone)
+        size: dict[str, float] = {}
+        for _, cid, _, verdict, vectors in self._norms:
+            if cid in gone:
+                v = verdict.norm * max(vectors, 1) * verdict.factor
+                size[cid] = max(size.get(cid, 0.0), math.inf if math.isnan(v) else v)
+        if len(size) < len(gone):
+            return list(gone)  # a result without a screen verdict: nobody to single out
+        top = max(size.values())
+        return [c for c in gone if size[c] >= top]
 
     def on_test_result(self, cid: str, message: msg.TestResult) -> None:
         """A tracker's report: anyone may join as a tracker, so it is only that tracker's

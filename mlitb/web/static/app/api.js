@@ -9,8 +9,10 @@ export const tokens = {
 };
 
 // The data server's write token (printed by `mlitb serve`, kept in its data directory as
-// data-token): uploads need it, reads do not. Pasted once into a "data write token" field
-// and kept in this browser; there is no sign-in that could hand it out yet.
+// data-token): uploads need it, reads do not. The owner link printed by `mlitb serve` (and
+// by the CLI where it runs next to the server) hands it to the owner's browser with the
+// owner token (signin_view.js); else it is pasted once into a "data write token" field.
+// Either way it is kept in this browser.
 const DATA_KEY = "mlitb.dataToken";
 export const dataToken = {
   get: () => localStorage.getItem(DATA_KEY) || "",
@@ -19,8 +21,9 @@ export const dataToken = {
 
 // A field for the data write token, prefilled from this browser and saved as it is typed.
 export function dataTokenField(id = "data-token") {
-  return el("label", { class: "data-token", title: "printed by `mlitb serve` next to the data server URL; " +
-      "also in the server's data directory, file data-token" }, "data write token ",
+  return el("label", { class: "data-token", title: "the owner link printed by `mlitb serve` fills it in; " +
+      "also printed next to the data server URL and kept in the server's data directory, file data-token" },
+    dataToken.get() ? "data write token (kept in this browser) " : "data write token ",
     el("input", { id, type: "password", autocomplete: "off", size: 24, value: dataToken.get(),
       placeholder: "needed to upload", oninput: (e) => dataToken.set(e.target.value.trim()) }));
 }
@@ -97,7 +100,7 @@ export function upload(url, file, contentType, onProgress) {
       let data = null;
       try { data = JSON.parse(xhr.responseText); } catch (e) { data = { detail: xhr.responseText }; }
       let detail = data.detail || xhr.statusText;
-      if (xhr.status === 401) detail = `upload refused: the data server needs its write token; paste it into 'data write token' (${detail})`;
+      if (xhr.status === 401) detail = `upload refused: the data server needs its write token; open the owner link that mlitb serve printed, or paste the token into 'data write token' (${detail})`;
       else if (xhr.status === 403) detail = `upload refused: the data write token is wrong; paste the one \`mlitb serve\` printed (${detail})`;
       else if (xhr.status === 503) detail = `the data server is busy: ${detail}`;
       if (xhr.status >= 400) reject(new ApiError(xhr.status, detail, data.error || ""));

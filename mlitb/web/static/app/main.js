@@ -29,7 +29,7 @@ async function route() {
     if (path.startsWith("#/p/")) done = await projectView(app, decodeURIComponent(path.slice(4)));
     else if (path.startsWith("#/signin/")) {
       const [project, token] = path.slice(9).split("/").map(decodeURIComponent);
-      done = await signinLink(app, project, token || "");
+      done = await signinLink(app, project, token || "", params.get("data") || "");
     } else if (path === "#/signin") done = await signinView(app, params.get("project") || "");
     else if (hash === "#/new") done = await newProjectView(app);
     else if (hash === "#/zoo") done = await zooView(app);

@@ -4,7 +4,10 @@
 // this browser (localStorage, like the page's own projects) and takes it out of the
 // address bar and the history. `#/signin` is the same by hand: pick a project, paste the
 // token. The master checks the token before it is kept (GET /api/projects/NAME/owner).
-import { api, banner, bannerAfterRoute, el, tokens } from "./api.js";
+// A link printed where the data server's write token is known (`mlitb serve`'s demo, the
+// CLI next to the server) ends in `?data=WRITE_TOKEN`: checked at /data/auth and kept
+// too, so the owner uploads data from the dashboard without pasting a second token.
+import { api, banner, bannerAfterRoute, dataToken, el, tokens } from "./api.js";
 import { projectView } from "./project_view.js";
 
 async function check(project, token) {
@@ -16,16 +19,26 @@ async function check(project, token) {
   return body.detail || `the master answered ${resp.status}`;
 }
 
-/** `#/signin/PROJECT/TOKEN`: keep the token if it is right, then show the project. */
-export async function signinLink(root, project, token) {
-  history.replaceState(null, "", "#/signin"); // the token leaves the address bar and the history
+async function checkData(token) {
+  const resp = await fetch("/data/auth", { headers: { Authorization: `Bearer ${token}` } }).catch(() => null);
+  if (resp && resp.ok) return null;
+  const body = resp ? await resp.json().catch(() => ({})) : {};
+  return body.detail || (resp ? `the data server answered ${resp.status}` : "the data server is unreachable");
+}
+
+/** `#/signin/PROJECT/TOKEN[?data=WRITE_TOKEN]`: keep the tokens that are right, then show the project. */
+export async function signinLink(root, project, token, data = "") {
+  history.replaceState(null, "", "#/signin"); // the tokens leave the address bar and the history
   const problem = await check(project, token);
   if (problem) {
     banner(`owner link for ${project} refused: ${problem}`);
     return signinView(root, project);
   }
   tokens.set(project, token);
-  bannerAfterRoute(`signed in as the owner of ${project} in this browser`, "ok");
+  const dataProblem = data ? await checkData(data) : null;
+  if (data && !dataProblem) dataToken.set(data);
+  if (dataProblem) bannerAfterRoute(`signed in as the owner of ${project}, but the link's data write token was refused (${dataProblem}): uploads need the token pasted`, "error");
+  else bannerAfterRoute(`signed in as the owner of ${project} in this browser${data ? ", uploads allowed" : ""}`, "ok");
   history.replaceState(null, "", `#/p/${encodeURIComponent(project)}`); // no hashchange: shown here
   return projectView(root, project);
 }
