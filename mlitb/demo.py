@@ -49,21 +49,52 @@ async def _ensure_dataset(
             return d["dataset"]
     from mlitb.data import mnist
 
-    def build() -> Path:
-        images, labels = mnist.load(split)
-        path = data_dir / "mnist-zips" / f"{name}.zip"
-        return path if path.exists() else mnist.write_zip(images, labels, path, name)
-
     started = time.monotonic()
     say(f"demo: uploading the MNIST demo data ({SIZES[split]}; first start only)...")
-    path = await asyncio.to_thread(build)
+    # A bar on a terminal (stderr, like the other long CLI jobs): zip the images, then the
+    # data server's decode progress (its ndjson stream); nothing when output is a file.
+    from tqdm import tqdm
+
+    quiet = not sys.stderr.isatty()
+    with tqdm(total=None, unit="img", desc=f"demo: zip {split}", disable=quiet, leave=False) as bar:
+
+        def build() -> Path:
+            images, labels = mnist.load(split)
+            path = data_dir / "mnist-zips" / f"{name}.zip"
+            bar.reset(total=len(images))
+            return path if path.exists() else mnist.write_zip(images, labels, path, name, bar.update)
+
+        path = await asyncio.to_thread(build)
     headers = {"Content-Type": "application/zip"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    params = {"shape": "28x28x1", "name": name, "kind": "test" if split == "test" else "train"}
-    resp = await http.post("/datasets", params=params, content=path.read_bytes(), headers=headers)
-    resp.raise_for_status()
-    report = resp.json()
+    params = {
+        "shape": "28x28x1",
+        "name": name,
+        "kind": "test" if split == "test" else "train",
+        "progress": "true",
+    }
+    report = None
+    with tqdm(total=None, unit="img", desc=f"demo: decode {split}", disable=quiet, leave=False) as bar:
+        async with http.stream(
+            "POST", "/datasets", params=params, content=path.read_bytes(), headers=headers
+        ) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                resp.raise_for_status()
+            async for line in resp.aiter_lines():
+                event = json.loads(line) if line.strip() else {}
+                if event.get("event") == "progress":
+                    if bar.total != event["total"]:
+                        bar.reset(total=event["total"])
+                    bar.n = event["done"]
+                    bar.refresh()
+                elif event.get("event") == "done":
+                    report = event["result"]
+                elif event.get("event") == "error":
+                    raise RuntimeError(f"uploading {name}: {event.get('detail')} ({event.get('status')})")
+    if report is None:
+        raise RuntimeError(f"uploading {name}: the data server's answer ended without a result")
     say(
         f"demo: ... done in {time.monotonic() - started:.0f} s: {name} is dataset {report['dataset']} "
         f"({report['items']:,} items)"

@@ -1,7 +1,9 @@
 """A real native worker that lies, for the verification tests: `python tests/liar_worker.py
 URL PROJECT ATTACK NAME`. It computes honestly (and keeps honest proofs), then sends
-a forged result (sign_flip: x -100; little: half its change), or trains on flipped
-labels (label_flip: its results and proofs agree, its labels do not).
+a forged result (sign_flip: x -100; little: half its change; scale: x 1e6; overflow:
+its result / its count x 1e30 with a count of 1; inflate: a count of 100,000,000;
+silence: zeros with its count x 1,000), or trains on flipped labels (label_flip: its
+results and proofs agree, its labels do not).
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ def main(url: str, project: str, attack: str, name: str) -> int:
             values = values * np.float32(-100)
         elif attack == "little":
             values = values * np.float32(0.5)
+        elif attack == "scale":
+            values = values * np.float32(1e6)
+        elif attack == "overflow":  # the issue's "gradient/n x 1e30, count 1", kept finite
+            peak = float(np.max(np.abs(values))) or 1.0
+            values, vectors = (values / np.float32(peak) * np.float32(1e30)).astype(np.float32), 1
+        elif attack == "inflate":
+            vectors = 100_000_000
+        elif attack == "silence":
+            values, vectors = np.zeros_like(values), vectors * 1000
         return honest_encode(project_id, iteration, values, vectors, loss, vps, ms, **kw)
 
     frames.encode_result = encode_result

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import png_bytes, wait_for
 from test_learning_integration import FC_SPEC
-from test_master_integration import create_project, upload
+from test_master_integration import ThreadWorker, create_project, upload
 
 PHONE = {"width": 390, "height": 844}
 
@@ -130,22 +130,43 @@ def test_a_view_superseded_while_loading_leaves_nothing_running(master, mnist_zi
     assert page.locator("#projects").count() == 0  # nor its table
 
 
+PAGES = [
+    ("/#/", "[data-project]"),
+    ("/#/p/a-project-with-a-rather-long-name", "#summary"),
+    ("/#/new", "#create"),
+    ("/#/zoo", "main h1"),
+    ("/#/signin", "#signin-go"),
+    ("/join/a-project-with-a-rather-long-name", "body"),
+    ("/status", "body"),
+    ("/docs", ".swagger-ui"),
+]
+
+
 def test_no_page_scrolls_sideways_on_a_phone(master, mnist_zips, phone):
     train, test = upload(master.data, mnist_zips)
     create_project(master.url, "a-project-with-a-rather-long-name", [train], [test], spec=FC_SPEC)
-    for path, ready in [
-        ("/#/", "[data-project]"),
-        ("/#/p/a-project-with-a-rather-long-name", "#summary"),
-        ("/#/new", "#create"),
-        ("/#/zoo", "main h1"),
-        ("/#/signin", "#signin-go"),
-        ("/join/a-project-with-a-rather-long-name", "body"),
-    ]:
+    for path, ready in PAGES:
         phone.goto(master.url + path)
         phone.wait_for_selector(ready)
         width = phone.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{path}: the page is {width} px wide on a {PHONE['width']} px phone"
     assert not [line for line in phone.console_lines if line.startswith("pageerror")], phone.console_lines
+
+
+def test_no_page_scrolls_sideways_on_a_laptop(master, mnist_zips, chromium):
+    """1366 px, the laptop width where the zoo table was clipped."""
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "a-project-with-a-rather-long-name", [train], [test], spec=FC_SPEC)
+    context = chromium.new_context(viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    try:
+        for path, ready in PAGES:
+            page.goto(master.url + path)
+            page.wait_for_selector(ready)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 1366, f"{path}: the page is {width} px wide on a 1366 px screen"
+    finally:
+        context.close()
 
 
 def test_the_volunteer_link_says_when_it_only_works_here(master, mnist_zips, page):
@@ -242,6 +263,54 @@ def test_the_volunteer_page_shows_the_project_and_pauses_when_hidden(master, mni
     phone.evaluate(hide, False)
     wait_for(lambda: [c for c in httpx.get(f"{master.url}/api/projects/vol").json()["clients"]
                       if c["kind"] == "browser"], 30, "the tab to join again", phone)  # fmt: skip
+
+
+def test_the_volunteer_page_computes_only_while_charging_when_asked(master, mnist_zips, phone):
+    """The paper's courtesy to phones: with "only while charging" on, a tab on battery
+    leaves the project and joins again when the charger is plugged in (a stubbed Battery
+    Status API: Chromium has one, headless reports no battery)."""
+    phone.add_init_script("""
+        window.fakeBattery = Object.assign(new EventTarget(), { charging: false, level: 0.5 });
+        navigator.getBattery = () => Promise.resolve(window.fakeBattery);
+    """)
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "battery", [train], [test], spec=FC_SPEC)
+
+    def tabs() -> list:
+        return [
+            c
+            for c in httpx.get(f"{master.url}/api/projects/battery").json()["clients"]
+            if c["kind"] == "browser"
+        ]
+
+    phone.goto(f"{master.url}/join/battery")
+    phone.wait_for_selector("#charging-option:not([hidden])")
+    wait_for(tabs, 60, "the tab to join", phone)
+    phone.check("#only-charging")
+    phone.wait_for_function("document.querySelector('#state').innerText.includes('charger')")
+    wait_for(lambda: not tabs(), 30, "the tab on battery to leave", phone)
+    phone.evaluate(
+        "() => { fakeBattery.charging = true; fakeBattery.dispatchEvent(new Event('chargingchange')); }"
+    )
+    wait_for(tabs, 60, "the tab to join again once charging", phone)
+
+
+def test_error_and_loss_charts_switch_to_a_log_scale(master, mnist_zips, page):
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "logs", [train], [test], spec=FC_SPEC)
+    with ThreadWorker(master.url, "logs", "trainer"):
+        wait_for(
+            lambda: httpx.get(f"{master.url}/api/projects/logs").json()["iteration"] >= 3, 60, "3 iterations"
+        )
+        page.goto(f"{master.url}/#/p/logs")
+        loss = '.chart[data-title="train loss"]'
+        page.wait_for_function(f"document.querySelector('{loss}').uplot !== undefined")
+        assert page.evaluate(f"document.querySelector('{loss}').uplot.scales.y.distr") == 1
+        page.locator(".chart-wrap", has=page.locator(loss)).locator("input.log-scale").check()
+        page.wait_for_function(f"document.querySelector('{loss}').uplot.scales.y.distr === 3")
+        assert (
+            page.locator('.chart[data-title="power"] ~ label input.log-scale').count() == 0
+        )  # power: linear only
 
 
 def test_api_docs_and_favicon_work_offline(master, page):

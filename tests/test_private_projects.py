@@ -92,7 +92,7 @@ def test_open_projects_stay_open(master, mnist_zips):
     assert resp.status_code == 200
 
 
-def test_a_photo_with_a_new_label_moves_the_projects_content_hash(master, mnist_zips):
+def test_a_photo_with_a_new_label_moves_the_projects_content_hash(master, mnist_zips, tmp_path):
     """Issue 13: after a tracker adds a photo (here: the data server's single-image
     append), the dataset's content hash changes; the project must follow, or its closure
     names data that no longer exists and 'start from zoo' finds none."""
@@ -111,3 +111,16 @@ def test_a_photo_with_a_new_label_moves_the_projects_content_hash(master, mnist_
             break
         assert time.monotonic() < deadline, f"the project kept {have}, the data server has {want}"
         time.sleep(0.5)
+    grown = next(d for d in s["datasets"] if d["dataset"] == train)
+    assert "a new label" in grown["label_names"], grown
+    # its closure names the data as it is now: the new hash and the new label
+    import json
+
+    from mlitb.closure import Closure
+
+    path = tmp_path / "grows.mlitb"
+    resp = httpx.get(f"{master.url}/api/projects/grows/closure", params={"embed_test": 0}, timeout=120)
+    assert resp.status_code == 200, resp.text
+    path.write_bytes(resp.content)
+    manifest = json.dumps(Closure.load(path).manifest)
+    assert want in manifest and "a new label" in manifest

@@ -127,6 +127,29 @@ def test_host_0000_names_the_lan_address_and_public_url_overrides_it(tmp_path):
     assert r.returncode == 2 and "--public-url: expected an http(s) URL" in r.stderr, r.stderr
 
 
+@pytest.mark.browser
+def test_the_project_page_shows_a_volunteer_link_and_qr_a_phone_can_use(tmp_path, page):
+    """Served on 0.0.0.0 and opened on this machine (127.0.0.1): the page's volunteer link
+    and its QR code name the LAN address, not the loopback one the page was opened with."""
+    env = _env(tmp_path)
+    lan = lan_address()
+    proc, _ = start_serve(tmp_path, tmp_path / "state", 0, env, "lanpage", "--host", "0.0.0.0")
+    try:
+        port = int(_printed(tmp_path, "lanpage", "workers:").split(f"http://{lan}:", 1)[1].split("/")[0])
+        local = f"http://127.0.0.1:{port}"
+        create_project(local, "phones", [], [], spec=FC_SPEC, start=False, labels=[str(d) for d in range(10)])
+        page.goto(f"{local}/#/p/phones")
+        page.wait_for_selector("#join-link")
+        link = page.get_attribute("#join-link", "href")
+        assert link == f"http://{lan}:{port}/join/phones", link
+        if lan != "127.0.0.1":  # a machine without a network has nothing else to offer
+            assert "127.0.0.1" not in link and "localhost" not in link
+            assert not page.locator("#lan-hint").count() or "HOST=0.0.0.0" not in page.inner_text("#lan-hint")
+        assert page.locator("#qr svg").count() == 1  # the QR code of that link
+    finally:
+        _stop(proc)
+
+
 @pytest.mark.slow
 def test_tls_self_signed_certificate_and_a_worker_over_wss(tmp_path):
     env = _env(tmp_path)
@@ -210,7 +233,9 @@ def test_owner_links_unknown_projects_closed_pipes_and_rounding(master, tmp_path
         for extra in ({}, {"MLITB_CONFIG": str(tmp_path / "none.json")}):  # token or none: same answer
             r = _cli({**env, **extra}, "project", action, "nosuch", "--server", master.url)
             assert r.returncode == 1, r.stdout
-            assert r.stderr.strip() == f"mlitb: no project 'nosuch' on {master.url} (projects: p1, p2)", r.stderr
+            assert r.stderr.strip() == f"mlitb: no project 'nosuch' on {master.url} (projects: p1, p2)", (
+                r.stderr
+            )
     r = _cli(
         {**env, "MLITB_CONFIG": str(tmp_path / "none.json")}, "project", "start", "p1", "--server", master.url
     )

@@ -171,13 +171,14 @@ def test_at_most_one_mib_before_join_then_the_servers_limit(master, mnist_zips):
     assert errors and errors[0]["code"] == "bad_frame", errors
 
 
-def test_clients_per_address_are_capped(master, mnist_zips):
-    """Sockets from one address beyond max_clients_per_address are refused with 4429."""
+@pytest.mark.parametrize("cap", ["max_clients_per_address", "max_clients"])
+def test_clients_per_address_and_per_project_are_capped(master, mnist_zips, cap):
+    """Sockets beyond max_clients_per_address (one address) or max_clients (the project)
+    are refused with 4429, the owner's settings either way."""
     from websockets.exceptions import ConnectionClosed
 
     train, test = upload(master.data, mnist_zips)
-    create_project(master.url, "capped", [train], [test], spec=FC_SPEC,
-                   hyper={**HYPER, "max_clients_per_address": 2})  # fmt: skip
+    create_project(master.url, "capped", [train], [test], spec=FC_SPEC, hyper={**HYPER, cap: 2})
 
     async def run() -> tuple[int | None, int]:
         url = f"{ws_base(master.url)}/ws"
@@ -254,3 +255,57 @@ def test_a_trainer_that_cannot_answer_audits_is_refused(master, mnist_zips):
     error, code = asyncio.run(go())
     assert (error["code"], code) == ("unverifiable", 4409), (error, code)
     assert "verify=false" in error["reason"]
+
+
+TABLE_HYPER = {"algorithm": "sync_sgd", "optimizer": "adagrad", "learning_rate": 0.01, "iteration_time": 1.0,
+               "test_interval": 1, "batch_size": 10}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ["scale", "overflow", "inflate", "silence"])
+def test_the_issues_table_from_a_real_worker_neither_freezes_nor_poisons(
+    master, mnist_zips, tmp_path, attack
+):
+    """The attacks of issue 12's table that froze or diluted the demo (AdaGrad, sync_sgd),
+    each sent by a real worker next to two honest ones: x 1e6, 1e30 with a count of 1, a
+    count of 1e8, zeros with a huge count. The liar is stopped (banned, or every result
+    clipped or refused), no honest trainer is flagged, and afterwards the model is finite
+    and still learning: its parameters move by a real step per iteration (the frozen
+    model of the table moved by 1e-6)."""
+    from test_master_integration import model_json, params_of
+
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "table", [train], [test], spec=FC_SPEC, hyper=TABLE_HYPER)
+    procs = [
+        spawn_worker(master.url, "table", "trainer", tmp_path / f"h{i}.log", f"honest{i}") for i in range(2)
+    ]
+    liar_log = tmp_path / "liar.log"
+    with open(liar_log, "wb") as out:
+        procs.append(subprocess.Popen([sys.executable, str(LIAR), master.url, "table", attack, "liar"],
+                                      stdout=out, stderr=subprocess.STDOUT))  # fmt: skip
+
+    def stopped(s: dict) -> bool:
+        if any(b["name"] == "liar" for b in s["banned"]):
+            return True
+        liar = [c for c in s["clients"] if c.get("name") == "liar"]
+        return bool(liar) and liar[0]["clipped"] + liar[0]["rejected"] >= 3 and liar[0]["results"] == 0
+
+    try:
+        s = wait_for(master.url, "table", stopped, 180, f"the {attack} liar stopped")
+        first = s["iteration"]
+        s = wait_for(master.url, "table", lambda s: s["iteration"] >= first + 3, 120, "iterations after it")
+        before, at = model_json(master.url, "table")
+        s = wait_for(master.url, "table", lambda s: s["iteration"] >= at + 3, 120, "three more iterations")
+        after, at2 = model_json(master.url, "table")
+    finally:
+        kill_all(procs)
+    honest = [c for c in s["clients"] if c["role"] == "trainer" and c.get("name", "").startswith("honest")]
+    assert len(honest) == 2 and all(c["rejected"] == 0 for c in honest), brief(s)
+    assert not [b for b in s["banned"] if b["name"] != "liar"], s["banned"]
+    p0, p1 = params_of(before), params_of(after)
+    assert np.isfinite(p1).all() and np.abs(p1).max() < 1e3, np.abs(p1).max()
+    step = float(np.abs(p1 - p0).max()) / max(at2 - at, 1)
+    assert step > 1e-4, (
+        f"the model moved by at most {step:.2e} per iteration after the {attack} attack: frozen"
+    )
+    assert s["train_loss"] is not None and np.isfinite(s["train_loss"]), brief(s)

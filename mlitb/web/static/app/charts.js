@@ -22,6 +22,7 @@ export function chart(title, unit, { log = false } = {}) {
     if (plot) plot.destroy();
     node.replaceChildren();
     plot = new uPlot(opts(), [xs, ys.map((y) => (box.checked && y <= 0 ? null : y))], node);
+    node.uplot = plot; // for tests and the curious: its scales say linear (1) or log (3)
   }
   box.addEventListener("change", draw);
   addEventListener("resize", () => { if (plot) plot.setSize({ width: width(), height: 200 }); });
