@@ -304,10 +304,10 @@ def test_error_and_loss_charts_switch_to_a_log_scale(master, mnist_zips, page):
         )
         page.goto(f"{master.url}/#/p/logs")
         loss = '.chart[data-title="train loss"]'
-        page.wait_for_function(f"document.querySelector('{loss}').uplot !== undefined")
+        page.wait_for_function(f"document.querySelector('{loss}')?.uplot !== undefined")
         assert page.evaluate(f"document.querySelector('{loss}').uplot.scales.y.distr") == 1
         page.locator(".chart-wrap", has=page.locator(loss)).locator("input.log-scale").check()
-        page.wait_for_function(f"document.querySelector('{loss}').uplot.scales.y.distr === 3")
+        page.wait_for_function(f"document.querySelector('{loss}')?.uplot?.scales.y.distr === 3")
         assert (
             page.locator('.chart[data-title="power"] ~ label input.log-scale').count() == 0
         )  # power: linear only

@@ -354,6 +354,11 @@ def test_the_worker_line_shows_its_share_of_the_project(master):
     reads from the master every few seconds (a private project's with the join key)."""
     import asyncio
     from argparse import Namespace
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run_apart(coro):  # a thread of its own: Playwright's sync API may hold this one's loop
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, coro).result()
 
     from mlitb.cli.worker_cmd import poll_power, share
 
@@ -382,8 +387,8 @@ def test_the_worker_line_shows_its_share_of_the_project(master):
         task.cancel()
         return power["vec_s"]
 
-    assert asyncio.run(poll("open", "")) == 0.0  # read from the master: nobody trains yet
-    assert asyncio.run(poll("shut", key)) == 0.0
+    assert run_apart(poll("open", "")) == 0.0  # read from the master: nobody trains yet
+    assert run_apart(poll("shut", key)) == 0.0
     # without the key the master refuses: the line keeps no share (the socket says why)
     power = {"vec_s": -1.0}
     args = Namespace(url=master.url, project="shut", join_key="")
@@ -393,7 +398,7 @@ def test_the_worker_line_shows_its_share_of_the_project(master):
         await asyncio.sleep(0.5)
         task.cancel()
 
-    asyncio.run(refused())
+    run_apart(refused())
     assert power["vec_s"] == -1.0
 
 

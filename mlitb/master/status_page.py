@@ -1,5 +1,5 @@
-"""A server-rendered status page at / : what runs, without JavaScript. (The full
-dashboard is the browser client's.)"""
+"""A server-rendered status page at /status: what runs, without JavaScript. (The full
+dashboard is the browser client's.) On a phone the table scrolls in its own box."""
 
 from __future__ import annotations
 
@@ -37,12 +37,15 @@ def render_status(summaries: list[dict], data_url: str) -> str:
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
-<title>mlitb master</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="/favicon.ico"><title>mlitb master</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}}th{{background:#f4f4f4}}</style>
+td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}}th{{background:#f4f4f4}}
+.scroll{{overflow-x:auto;max-width:100%}}p{{overflow-wrap:anywhere}}
+@media (max-width:600px){{body{{margin:.75rem}}}}</style>
 </head><body><h1>mlitb master</h1>
-<table><thead><tr>{head}</tr></thead>
-<tbody>{rows or '<tr><td colspan="12">no projects</td></tr>'}</tbody></table>
+<div class="scroll"><table><thead><tr>{head}</tr></thead>
+<tbody>{rows or '<tr><td colspan="12">no projects</td></tr>'}</tbody></table></div>
 <p>Data server: <a href="{escape(data_url)}/datasets">{escape(data_url)}</a> ·
 API: <a href="/api/projects">/api/projects</a> · <a href="/metrics">/metrics</a> ·
 <a href="/docs">/docs</a></p>
