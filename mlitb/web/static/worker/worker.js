@@ -52,6 +52,11 @@ const S = {
   inner: null, decayMul: null, feedback: new Map(), feedbackKey: "", resyncAt: 0, nextWork: null,
   carry: null, // overlap: {delta, vectors, loss, ms, opt, proof} not yet sent, for the next local order
   proofs: new Map(), // iteration -> [{vectors, loss, proof}] of its rounds, for the master's audits
+  // the learner's generation: +1 on each welcome, lost connection and model change. A round
+  // started in an older one is void (its engine, cache, inner state or server are gone):
+  // it stops at its next batch and sends nothing, so no half-old result or proof goes out
+  gen: 0,
+  conn: 0, // +1 on each welcome and lost connection: allocations of an older one are void
   // tracker schedule (welcome's `tracker`): {periodMs, sample} or null = every parameters frame
   tracker: null, lastEvalEnd: -Infinity, lastEvalMs: 0, evalTimer: null, sample: null,
 };
@@ -172,6 +177,8 @@ function connect() {
   };
   ws.onclose = (ev) => {
     S.ws = null;
+    S.gen++;
+    S.conn++;
     if (S.stopped) return;
     const fatal = [4403, 4404, 4409, 4410, 4453].includes(ev.code);
     log(`connection closed (${ev.code}${ev.reason ? ": " + ev.reason : ""})${fatal ? "" : "; reconnecting"}`,
@@ -213,6 +220,8 @@ function resetLearner() {
 async function onText(m) {
   switch (m.type) {
     case "welcome": {
+      S.gen++;
+      S.conn++;
       S.welcomed = true;
       S.failsInRow = 0;
       addAlternatives(m.alternatives);
@@ -241,6 +250,7 @@ async function onText(m) {
       break;
     }
     case "model": // a label was added: same data, one more output; parameters follow
+      S.gen++;
       if (S.engine) S.engine.dispose();
       S.spec = m.spec;
       S.labels = m.labels;
@@ -248,9 +258,11 @@ async function onText(m) {
       resetLearner();
       log(`the model grew to ${m.labels.length} labels`);
       break;
-    case "allocation":
-      allocations = allocations.then(() => allocation(m)).catch((e) => log(`data: ${e.message || e}`, "error"));
+    case "allocation": {
+      const gen = S.conn; // an allocation belongs to its connection: a welcome voids it (the cache started over)
+      allocations = allocations.then(() => allocation(m, gen)).catch((e) => log(`data: ${e.message || e}`, "error"));
       break;
+    }
     case "work": work(m); break;
     case "audit": answerAudit(m); break;
     case "state": S.projectState = m.state; break;
@@ -314,7 +326,8 @@ function removeKeys(keys) {
   }
 }
 
-async function allocation(m) {
+async function allocation(m, gen) {
+  if (gen !== S.conn) return;
   for (const g of m.remove || []) {
     const ids = Wire.textToIds(g.ids);
     S.allocated -= ids.length;
@@ -325,12 +338,13 @@ async function allocation(m) {
     S.allocated += ids.length;
     const base = new URL(g.url.replace(/\/?$/, "/"), S.urls[S.urlIndex].httpBase).href;
     for (let s = 0; s < ids.length; s += 4096) {
-      await fetchItems(base, g.dataset, ids.slice(s, s + 4096), g.label_map, g.grant);
+      if (gen !== S.conn) return;
+      await fetchItems(base, g.dataset, ids.slice(s, s + 4096), g.label_map, g.grant, gen);
     }
   }
 }
 
-async function fetchItems(base, dataset, ids, labelMap, grant) {
+async function fetchItems(base, dataset, ids, labelMap, grant, gen) {
   const headers = { "Content-Type": "application/json" };
   if (grant) headers["X-Read-Grant"] = grant; // a private project's data (given with the allocation)
   const resp = await fetch(`${base}datasets/${dataset}/fetch`, { method: "POST", headers, body: JSON.stringify({ ids }) });
@@ -341,6 +355,7 @@ async function fetchItems(base, dataset, ids, labelMap, grant) {
     const { done, value } = await reader.read();
     if (done) break;
     for (const b of blocks.push(value)) {
+      if (gen !== S.conn) { reader.cancel().catch(() => {}); return; } // a welcome came meanwhile
       grow(C.n + b.n);
       for (let i = 0; i < b.n; i++) {
         const key = dataset * 4294967296 + b.ids[i];
@@ -419,8 +434,10 @@ async function work(m) {
   const target = Number(m.vectors) > 0 ? Math.floor(Number(m.vectors)) : 0;
   S.busy = true;
   S.state = "training";
+  const gen = S.gen;
   try {
-    const r = mode === "local" ? await localRound(it, workMs, target, m) : await gradientRound(it, workMs, target, m);
+    const r = mode === "local" ? await localRound(it, workMs, target, m, gen) : await gradientRound(it, workMs, target, m, gen);
+    if (gen !== S.gen || r.vectors === 0) return; // void: a welcome, a lost connection or a new model came meanwhile
     // newer parameters arrived meanwhile: protocol 2 sends the (partial) result anyway, the
     // master applies it with a staleness weight if it is at most max_staleness late
     if (it !== S.iteration && !V2) return;
@@ -433,7 +450,7 @@ async function work(m) {
       S.proofs.get(it).push({ vectors: r.vectors, loss: r.loss, proof: r.proof });
       for (const old of [...S.proofs.keys()]) if (old < it - 2) S.proofs.delete(old);
     }
-    if (mode === "local" && m.overlap_ms > 0 && !target && r.end) await overlapRound(m.overlap_ms, r.end);
+    if (mode === "local" && m.overlap_ms > 0 && !target && r.end) await overlapRound(m.overlap_ms, r.end, gen);
   } catch (e) {
     if (mode === "local") S.inner = null; // start the next round afresh
     log(`training failed: ${e.message || e}`, "error");
@@ -451,9 +468,11 @@ const batchSize = (B, target, done) => (target ? Math.min(B, target - done) : B)
 // Fixed work (target > 0) is exactly `target` vectors, whatever the time, as on native workers.
 const stop = (it, t0, workMs, lastBatch, target, done) =>
   (target > 0 ? done >= target : performance.now() - t0 + lastBatch > workMs) || it !== S.iteration;
+// A round goes on only in the generation it started in, and only with data to train on.
+const live = (gen) => gen === S.gen && C.n > 0;
 
 /** Mode "gradient": the gradient summed over every vector, at the parameters of `it`. */
-async function gradientRound(it, workMs, target, m) {
+async function gradientRound(it, workMs, target, m, gen) {
   S.engine.setParams(S.params);
   const total = new Float32Array(S.engine.numParams);
   const proof = new Proof.ProofRecorder("gradient", ["g"], total.length);
@@ -462,6 +481,7 @@ async function gradientRound(it, workMs, target, m) {
   let vectors = 0, loss = 0, lastBatch = 0, lastYield = t0;
   const B = S.cfg.batchSize || m.batch_size || 32; // the page's choice first, as in protocol 1
   for (;;) {
+    if (!live(gen)) break;
     const tb = performance.now();
     const [x, y, keys] = batch(nextRows(batchSize(B, target, vectors)));
     const r = S.engine.gradient(x, y, y.length, true);
@@ -482,7 +502,7 @@ async function gradientRound(it, workMs, target, m) {
  * `it`, one per batch of inner.batch_size; the result is start - end (float32). The inner
  * optimizer's state carries over to the next order with the same inner settings.
  */
-async function localRound(it, workMs, target, m) {
+async function localRound(it, workMs, target, m, gen) {
   const cfg = m.inner || {};
   const n = S.engine.numParams;
   if (!S.inner || S.inner.numParams !== n || !S.inner.sameConfig(cfg)) {
@@ -509,6 +529,7 @@ async function localRound(it, workMs, target, m) {
   let lastBatch = 0, lastYield = t0;
   const B = opt.batchSize || m.batch_size || S.cfg.batchSize || 32; // inner steps: the algorithm's batch size
   for (;;) {
+    if (!live(gen)) break;
     const tb = performance.now();
     const [x, y, keys] = batch(nextRows(batchSize(B, target, round.vectors)));
     round.batch(x, y, y.length, true); // setParams(p), gradient, inner step
@@ -529,9 +550,9 @@ async function localRound(it, workMs, target, m) {
  * (`end`) until the next work order or new parameters arrive, at most mostMs; the change
  * is kept in S.carry for the next local round, which moves it onto the new parameters.
  */
-async function overlapRound(mostMs, end) {
+async function overlapRound(mostMs, end, gen) {
   const opt = S.inner;
-  if (!opt || S.nextWork || C.n === 0) return;
+  if (!opt || S.nextWork || !live(gen)) return;
   const it = S.iteration;
   const mul = opt.config.l1_decay || opt.config.l2_decay ? S.decayMul : null;
   const round = new Inner.LocalRound(S.engine, opt, end, mul);
@@ -541,7 +562,7 @@ async function overlapRound(mostMs, end) {
   const t0 = performance.now();
   let lastBatch = 0, lastYield = t0;
   const B = opt.batchSize || S.cfg.batchSize || 32;
-  while (!S.nextWork && it === S.iteration && performance.now() - t0 + lastBatch <= mostMs) {
+  while (!S.nextWork && it === S.iteration && live(gen) && performance.now() - t0 + lastBatch <= mostMs) {
     const tb = performance.now();
     const [x, y, keys] = batch(nextRows(B));
     round.batch(x, y, y.length, true);
@@ -549,7 +570,7 @@ async function overlapRound(mostMs, end) {
     lastBatch = performance.now() - tb;
     if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
   }
-  if (round.vectors > 0 && S.inner === opt) {
+  if (round.vectors > 0 && S.inner === opt && gen === S.gen) {
     proof.checkpoint(opt.t, state(), true);
     S.carry = { delta: round.delta(), vectors: round.vectors, loss: round.loss, ms: performance.now() - t0, opt, proof };
   }
