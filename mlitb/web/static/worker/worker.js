@@ -222,6 +222,7 @@ async function onText(m) {
     case "welcome": {
       S.gen++;
       S.conn++;
+      S.nextWork = null; // an order of an older connection is void too
       S.welcomed = true;
       S.failsInRow = 0;
       addAlternatives(m.alternatives);
