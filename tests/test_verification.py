@@ -33,6 +33,7 @@ ADAM = {"optimizer": "adam", "learning_rate": 0.01, "beta1": 0.9, "beta2": 0.999
         "l1_decay": 0.0, "l2_decay": 1e-3, "batch_size": 8}  # fmt: skip
 SGD = {"optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9, "l1_decay": 0.0, "l2_decay": 0.0}
 TOL = 0.01
+PRETRAIN_STEPS = 1500
 DATASET = 1
 
 
@@ -347,3 +348,70 @@ def test_the_step_does_not_wait_forever_for_an_audit():
     e, _ = _newcomer_with_a_forged_result(0.5)
     e.poll(e.deadline + AUDIT_HOLD_S + 0.1)  # no verdict in time: the step goes on (screening, rules)
     assert e.iteration == 1
+
+
+@pytest.mark.node
+def test_an_honest_tfjs_round_on_a_well_fit_model_is_not_banned(monkeypatch):
+    """Late in training Adam amplifies the last-bit differences between executors: an
+    honest TF.js-cpu round of 64-step segments on a model that fits its data replays
+    beyond the 1 % tolerance on the master's PyTorch (the first assertion shows it). The
+    master's float64 second opinion measures how much float32 rounding alone moves each
+    segment and passes the honest round; the same round trained on shifted labels
+    still fails by orders of magnitude."""
+    import base64
+
+    from conftest import ROOT, run_node
+
+    from mlitb.data import mnist
+    from mlitb.master import verification
+
+    spec = [{"type": "input", "out_sx": 28, "out_sy": 28, "out_depth": 1},
+            {"type": "fc", "num_neurons": 64, "activation": "relu"},
+            {"type": "softmax", "num_classes": 10}]  # fmt: skip
+    inner = {**ADAM, "learning_rate": 0.001, "l2_decay": 0.0, "batch_size": 32}
+    images, labels = mnist.load("train", limit=300)
+    pixels, labels = images.reshape(-1, 28, 28, 1), labels.astype(np.int64)
+    keys = (np.int64(DATASET) << 32) | np.arange(300, dtype=np.int64)
+    model = Model.from_spec(spec, seed=1)
+    n = model.spec.num_params
+    l1, l2 = decay_multipliers(model.spec)
+    net = TorchNet(model.spec, model.params.astype(np.float32).copy(), device="cpu")
+    opt = InnerOptimizer({**inner, "learning_rate": 0.003}, n, l1, l2, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    for _ in range(PRETRAIN_STEPS):  # fit the 300 items (loss ~1e-4 per item)
+        rows = rng.choice(300, 32, replace=False)
+        net.flat.grad = None
+        net.loss(pixels[rows].astype(np.float32) / 255, labels[rows]).backward()
+        opt.step(net.flat.data, net.flat.grad, 32)
+    start = net.get_params()
+    picks = [rng.choice(300, 32, replace=False) for _ in range(256)]
+
+    def round_on(shift: int):
+        x = lambda r: base64.b64encode((pixels[r].astype(np.float32) * np.float32(1 / 255)).tobytes())  # noqa: E731
+        batches = [{"x": x(r).decode(), "y": ((labels[r] + shift) % 10).tolist(), "keys": keys[r].tolist()}
+                   for r in picks]  # fmt: skip
+        task = {"mode": "local", "layers": model.spec.to_json(), "inner": inner, "max_spaced": 4,
+                "params": base64.b64encode(start.tobytes()).decode(), "batches": batches}  # fmt: skip
+        (got,) = run_node(ROOT / "tests" / "js" / "proof_golden.js", {"tasks": [task]})["results"]
+        assert "error" not in got, got.get("error")
+        values = np.frombuffer(base64.b64decode(got["values"]), np.float32)
+        _, _, header, ckpts = proofs.decode(base64.b64decode(got["proof"]), n)
+        job = job_for("local", values, got["vectors"], start, inner)
+        plan = prepare(job, header, ckpts, lambda k: k[~np.isin(k, keys)], TOL)
+        assert isinstance(plan, Plan), plan
+        assert [c["step"] for c in plan.ckpts] == [0, 64, 128, 192, 256]
+        plan = Plan(plan.batches, plan.keys, plan.ckpts, plan.values, list(range(len(plan.ckpts) - 1)))
+        items = items_fn(keys, pixels, labels)
+        replay = lambda: run_replay(job, plan, TorchNet(model.spec, start.copy()), items, l1, l2, TOL)  # noqa: E731
+        return replay
+
+    honest = round_on(0)
+    with monkeypatch.context() as m:
+        m.setattr(verification, "SPREAD_FACTOR", 0.0)  # the plain 1 % tolerance alone
+        assert not honest().ok, "this round no longer exercises the amplified rounding"
+    verdict = honest()
+    assert verdict.ok, verdict.detail
+    assert verdict.error > TOL, verdict.detail
+    liar = round_on(1)()
+    assert not liar.ok
+    assert "float32 rounding alone moves this segment" in liar.detail, liar.detail

@@ -37,6 +37,7 @@ import numpy as np
 from mlitb.protocol import frames
 
 MAX_STEPS = 1_000_000
+SPREAD_FACTOR = 8.0  # honest replay error / the master's own float32-vs-float64 spread: <= 4.0 measured
 SECURE = random.SystemRandom()
 
 
@@ -188,10 +189,10 @@ def segments(batches: list[int], ckpts: list[dict], values: np.ndarray, mode: st
     return [largest] + ([SECURE.choice(others)] if others else [])
 
 
-def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts: list[dict],
-                   values: np.ndarray, j: int, items, l1_mul, l2_mul, tolerance: float) -> float:  # fmt: skip
-    """Replay segment j with the master's executor; returns its relative error, raises
-    ProofInvalid beyond `tolerance`. `items(keys) -> (x float32 NHWC, y int64)`."""
+def _run_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts: list[dict],
+                 values: np.ndarray, j: int, items, l1_mul, l2_mul) -> dict[str, np.ndarray]:  # fmt: skip
+    """Segment j replayed on `net` from its claimed start checkpoint, in `net`'s dtype:
+    the state at its end, by array name (as expected_arrays)."""
     import torch
 
     from mlitb.model.inner import InnerOptimizer
@@ -199,7 +200,7 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
     steps = [c["step"] for c in ckpts]
     a, b = steps[j], steps[j + 1]
     offsets = np.concatenate([[0], np.cumsum(batches)])
-    start, claimed = values[j], values[j + 1]
+    start, dtype = values[j], net.dtype_
     if job.mode == "gradient":
         net.set_params(job.start)
         net.flat.grad = None
@@ -208,12 +209,9 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
             net.loss(x, y).backward()
         got = start[0].astype(np.float64) + net.flat.grad.detach().numpy()
         net.flat.grad = None
-        err = _rel(got, claimed[0], float(np.linalg.norm(claimed[0].astype(np.float64) - start[0])))
-        if err > tolerance:
-            raise ProofInvalid(f"segment {j} (steps {a}-{b}) does not replay: relative error {err:.3g}")
-        return err
+        return {"g": got}
     names = expected_arrays(job)
-    opt = InnerOptimizer(job.inner, net.flat.numel(), l1_mul, l2_mul, torch.device("cpu"))
+    opt = InnerOptimizer(job.inner, net.flat.numel(), l1_mul, l2_mul, torch.device("cpu"), dtype)
     opt.t = ckpts[j]["t"]
     state = dict(zip(names, start, strict=True))
     if opt.m is not None:
@@ -225,7 +223,7 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
     for s in range(a, b):
         if batches[s] == 0:  # the overlap shift: onto the new parameters, new + (p - p0)
             with torch.no_grad():
-                net.flat.data += torch.from_numpy((job.start - p0).astype(np.float32))
+                net.flat.data += torch.from_numpy((job.start - p0).astype(np.float32)).to(dtype)
             continue
         x, y = items(keys[offsets[s] : offsets[s + 1]])
         net.flat.grad = None
@@ -239,19 +237,67 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
         )
     got = {"p": net.flat.detach().numpy(), "m": None if opt.m is None else opt.m.numpy(),
            "v": None if opt.v is None else opt.v.numpy()}  # fmt: skip
-    worst = 0.0
+    return {name: got[name] for name in names}
+
+
+def _scales(job: AuditJob, names: list[str], batches: list[int], ckpts: list[dict], values: np.ndarray,
+            j: int) -> list[float]:  # fmt: skip
+    """What a relative error of segment j is relative to, per array: how far it moved
+    (for moments at least 1e-3 of their size; across an overlap shift, at least the shift)."""
+    a, b = ckpts[j]["step"], ckpts[j + 1]["step"]
+    out = []
     for i, name in enumerate(names):
-        moved = float(np.linalg.norm(claimed[i].astype(np.float64) - start[i]))
-        scale = moved if name == "p" else max(moved, 1e-3 * float(np.linalg.norm(claimed[i])))
+        moved = float(np.linalg.norm(values[j + 1, i].astype(np.float64) - values[j, i]))
+        scale = moved if name in ("p", "g") else max(moved, 1e-3 * float(np.linalg.norm(values[j + 1, i])))
         if name == "p" and 0 in batches[a:b]:
-            scale = max(scale, float(np.linalg.norm(job.start - p0)))
-        err = _rel(got[name], claimed[i], scale)
-        worst = max(worst, err)
-        if not math.isfinite(err) or err > tolerance:
+            scale = max(scale, float(np.linalg.norm(job.start - values[0, 0])))
+        out.append(scale)
+    return out
+
+
+def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts: list[dict],
+                   values: np.ndarray, j: int, items, l1_mul, l2_mul, tolerance: float) -> float:  # fmt: skip
+    """Replay segment j with the master's executor; returns its relative error, raises
+    ProofInvalid when it is beyond both `tolerance` and SPREAD_FACTOR times the segment's
+    own rounding spread. `items(keys) -> (x float32 NHWC, y int64)`.
+
+    Why a second opinion: executors round differently (TF.js cpu, wasm, PyTorch CPU or
+    CUDA), and late in training Adam turns those last-bit differences into visible ones:
+    on a well-fit model an honest TF.js-cpu round of 64-step segments replays 1-4 % off
+    (docs/security.md, "Replay tolerance"). How much a segment amplifies rounding is
+    measured, not guessed: the master replays it again in float64 from the same start,
+    and the distance between its own float32 and float64 ends is what float32 rounding
+    alone does there. A claim within SPREAD_FACTOR times that is indistinguishable from an
+    honest executor's; a lie is not (training on shifted labels: 1e5 times the spread).
+    Only segments that miss `tolerance` pay for the second replay.
+    """
+    import torch
+
+    from mlitb.model.torch_executor import TorchNet
+
+    a, b = ckpts[j]["step"], ckpts[j + 1]["step"]
+    names = expected_arrays(job)
+    got = _run_segment(job, net, batches, keys, ckpts, values, j, items, l1_mul, l2_mul)
+    scales = _scales(job, names, batches, ckpts, values, j)
+    errs = [_rel(got[n], values[j + 1, i], scales[i]) for i, n in enumerate(names)]
+    if all(math.isfinite(e) and e <= tolerance for e in errs):
+        return max(errs)
+    if not all(math.isfinite(e) for e in errs):
+        raise ProofInvalid(f"segment {j} (steps {a}-{b}) does not replay: a value is not finite")
+    net64 = TorchNet(net.spec, values[j, 0].astype(np.float64), device="cpu", dtype=torch.float64)
+    exact = _run_segment(job, net64, batches, keys, ckpts, values, j, items, l1_mul, l2_mul)
+    # One figure per segment, the largest of its arrays': rounding moves the whole state
+    # (an honest executor's moments have been seen 4x off the float64 spread of their own
+    # array, never beyond 4.0x the segment's).
+    spread = max(_rel(got[n], exact[n], scales[i]) for i, n in enumerate(names))
+    allowed = max(tolerance, SPREAD_FACTOR * spread)
+    for i, name in enumerate(names):
+        if errs[i] > allowed:
             raise ProofInvalid(
-                f"segment {j} (steps {a}-{b}) does not replay: {name} off by {err:.3g} (relative)"
+                f"segment {j} (steps {a}-{b}) does not replay: {name} off by {errs[i]:.3g} (relative; "
+                f"tolerance {tolerance:g}, and float32 rounding alone moves this segment {spread:.2g})"
             )
-    return worst
+    return max(errs)
 
 
 @dataclass

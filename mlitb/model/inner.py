@@ -23,8 +23,16 @@ INNER_KEYS = ("optimizer", "learning_rate", "momentum", "beta1", "beta2", "eps",
 
 class InnerOptimizer:
     def __init__(
-        self, cfg: dict, num_params: int, l1_mul: np.ndarray, l2_mul: np.ndarray, device: torch.device
+        self,
+        cfg: dict,
+        num_params: int,
+        l1_mul: np.ndarray,
+        l2_mul: np.ndarray,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
+        """`dtype` float64 only for the master's second opinion on a replay (the same
+        float32 constants, the arithmetic in double: mlitb.master.verification)."""
         self.cfg = {k: cfg.get(k) for k in INNER_KEYS}
         self.kind = cfg.get("optimizer", "adam")
         if self.kind not in ("adam", "sgd"):
@@ -36,10 +44,10 @@ class InnerOptimizer:
         self.eps = float(cfg.get("eps", 1e-8))
         self.l1 = float(cfg.get("l1_decay") or 0.0)
         self.l2 = float(cfg.get("l2_decay") or 0.0)
-        self.l1_mul = torch.as_tensor(l1_mul, dtype=torch.float32, device=device)
-        self.l2_mul = torch.as_tensor(l2_mul, dtype=torch.float32, device=device)
+        self.l1_mul = torch.as_tensor(l1_mul, dtype=dtype, device=device)
+        self.l2_mul = torch.as_tensor(l2_mul, dtype=dtype, device=device)
         self.t = 0  # steps taken
-        zeros = lambda: torch.zeros(num_params, dtype=torch.float32, device=device)  # noqa: E731
+        zeros = lambda: torch.zeros(num_params, dtype=dtype, device=device)  # noqa: E731
         self.m = zeros() if self.kind == "adam" else None
         self.v = zeros() if self.kind == "adam" or self.momentum else None
 
@@ -58,7 +66,7 @@ class InnerOptimizer:
             if self.l2:
                 decay += self._f(self.l2) * self.l2_mul * p
             if self.l1:
-                decay += self._f(self.l1) * self.l1_mul * torch.where(p > 0, 1.0, -1.0).to(torch.float32)
+                decay += self._f(self.l1) * self.l1_mul * torch.where(p > 0, 1.0, -1.0).to(p.dtype)
             g += decay
         g /= self._f(n)
         lr = self._f(self.lr)

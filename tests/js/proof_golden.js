@@ -3,7 +3,7 @@
 // cpu), so that tests/test_verification.py can check the JS proof frame with the master's
 // PyTorch replay.
 // stdin: {"tasks": [{"mode": "local" | "gradient", "layers", "inner", "params" (b64 f32),
-//                    "batches": [{"x" (b64 f32), "y", "keys"}]}]}
+//                    "batches": [{"x" (b64 f32), "y", "keys"}], "max_spaced" (optional)}]}
 // stdout: {"results": [{"proof" (b64 frame), "values" (b64 f32: the result), "vectors"}]}
 const tf = require("@tensorflow/tfjs");
 const Engine = require("../../mlitb/web/static/engine/tfjs_engine.js");
@@ -24,6 +24,7 @@ function run(t) {
     const opt = new Inner.InnerOptimizer(t.inner, engine.numParams);
     const r = new Inner.LocalRound(engine, opt, start, Inner.decayMultipliers(t.layers));
     proof = new Proof.ProofRecorder("local", Proof.localArrays(opt), engine.numParams);
+    if (t.max_spaced) proof.maxSpaced = t.max_spaced; // fewer, longer segments
     const state = () => Proof.localState(r.params, opt);
     proof.checkpoint(opt.t, state(), true);
     for (const b of t.batches) {
