@@ -261,6 +261,7 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
         "iterations": s["iteration"],
         "run_s": round(run_s, 1),
         "test_error": statistics.median(scored[-3:]) if scored else None,
+        "curve": [[r["iteration"], r["test_error"]] for r in rows if r.get("test_error") is not None],
         "tracker_error": next(
             (r.get("tracker_error") for r in reversed(rows) if r.get("tracker_error") is not None), None
         ),
@@ -284,6 +285,32 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
 # ---------------------------------------------------------------------- report
 def fmt(v, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
+
+
+def reached(curve: list, target: float) -> int | None:
+    """First iteration whose test error (median of that score and the two before, as
+    the final figure) is at most `target`; None if the run never got there."""
+    errors = [e for _, e in curve]
+    for k, (iteration, _) in enumerate(curve):
+        if k >= 2 and statistics.median(errors[k - 2 : k + 1]) <= target:
+            return iteration
+    return None
+
+
+def add_iterations_lost(results: list[dict]) -> None:
+    """Iterations lost to an attack: how many iterations later than the clean run (same
+    honest workers) a run first reached the clean run's final error plus the 1-point
+    margin. None: never within the run (or no clean run to compare with)."""
+    clean = {r["honest"]: r for r in results if r["attack"] == "clean"}
+    for r in results:
+        ref = clean.get(r["honest"])
+        r["iterations_lost"] = None
+        if ref is None or ref["test_error"] is None:
+            continue
+        target = ref["test_error"] + ERROR_MARGIN
+        mine, theirs = reached(r.get("curve", []), target), reached(ref.get("curve", []), target)
+        if mine is not None and theirs is not None:
+            r["iterations_lost"] = mine - theirs
 
 
 def goals(results: list[dict]) -> list[dict]:
@@ -325,17 +352,19 @@ def goals(results: list[dict]) -> list[dict]:
 
 def print_table(results: list[dict]) -> None:
     print(
-        "\n| attack | attackers | test error | iterations | banned after (iterations) | first refusal "
-        "(iteration) | honest flagged / clipped | refused steps | audits (passed / failed) | power |"
+        "\n| attack | attackers | test error | iterations | iterations lost | banned after (iterations) | "
+        "first refusal (iteration) | honest flagged / clipped | refused steps | audits (passed / failed) "
+        "| power |"
     )
-    print("|---|---:|---:|---:|---|---|---:|---:|---|---:|")
+    print("|---|---:|---:|---:|---:|---|---|---:|---:|---|---:|")
     for r in results:
         first = ", ".join(f"{v}" for v in r["first_refusal"].values()) or "-"
         banned = ", ".join(str(v) for v in r["banned_after"].values()) or "-"
         of = r["honest"] + r["attackers"]
         audits = r["audits"]
+        lost = "not reached" if r.get("iterations_lost") is None else r["iterations_lost"]
         print(f"| {r['attack']} | {r['attackers']} of {of} | {fmt(r['test_error'])} | "
-              f"{r['iterations']} | {banned} | {first} | "
+              f"{r['iterations']} | {lost} | {banned} | {first} | "
               f"{r['honest_flagged']} / {r['honest_clipped']} | {r['refused_steps']} | "
               f"{audits[0]} ({audits[1]} / {audits[2]}) | {fmt(r['power_median'], ',.0f')} |")  # fmt: skip
 
@@ -398,6 +427,7 @@ def main(argv=None) -> int:
             tqdm.write(f"{r['attack']} {a} of {n}: test error {fmt(r['test_error'])}, attackers refused "
                        f"{r['attacker_rejected']}, honest refused {r['honest_flagged']}")  # fmt: skip
     shutil.rmtree(tmp, ignore_errors=True)
+    add_iterations_lost(results)
     print_table(results)
     out_goals = goals(results)
     print()
