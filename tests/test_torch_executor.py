@@ -176,3 +176,21 @@ def test_cuda_matches_cpu(rng):
     np.testing.assert_allclose(g_cpu, g_gpu, rtol=1e-3, atol=1e-5)
     assert l_cpu == pytest.approx(l_gpu, rel=1e-4)
     np.testing.assert_allclose(model.predict(x, "cpu"), model.predict(x, "cuda"), atol=1e-5)
+
+
+def test_a_cuda_device_runs_in_full_float32():
+    """cuDNN's default TF32 convolutions (about 1e-3 relative per op on Ampere and later)
+    would move an honest GPU worker's rounds beyond the master's replay tolerance: a CUDA
+    device turns TF32 off (a device object needs no GPU, so this runs anywhere)."""
+    from mlitb.model.torch_executor import resolve_device
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:  # (monkeypatch cannot restore cuda.matmul's attributes: set and put back by hand)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        assert resolve_device("cpu").type == "cpu"
+        assert torch.backends.cudnn.allow_tf32  # a CPU worker changes nothing
+        assert resolve_device("cuda:0").type == "cuda"
+        assert not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

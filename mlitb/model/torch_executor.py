@@ -24,9 +24,20 @@ CHUNK = 1024  # examples per forward pass; bounds activation memory
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """The device to run on ("auto": CUDA when there is one). On CUDA, TF32 is turned off
+    for this process: PyTorch lets cuDNN convolutions use TF32 (10-bit mantissa) on
+    Ampere and later GPUs by default, about 1e-3 relative error per op, which moves a
+    round far beyond what the master's float32 replay accepts (docs/security.md), and
+    off the golden vectors. Full float32 costs some GPU speed; honest results must replay."""
+    dev = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device in (None, "auto")
+        else torch.device(device)
+    )
+    if dev.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return dev
 
 
 def _flatten_hwc(x: torch.Tensor) -> torch.Tensor:
