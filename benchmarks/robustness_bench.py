@@ -1,8 +1,10 @@
 """Robustness benchmark: one project, honest native workers and, in turn, each attack of
 issue 12 from a minority of clients, against the clean run (docs/security.md).
 
-Per configuration (`--configs`, default "1of4,2of10": attackers of workers in all) a
-clean run, then one run per attack (`--attacks`), each on a fresh master (`mlitb serve`
+Per configuration (`--configs`, default "1of4,2of10": attackers of workers in all)
+`--repeats` clean runs of the honest workers alone interleaved with as many runs on the
+paper's plain mean without verification (the throughput reference; medians compared),
+then one run per attack (`--attacks`), each on a fresh master (`mlitb serve`
 as its own process) with the demo's MNIST net, the project's default hyperparameters
 (local_sgd, centered_clip aggregation) at T = `--T` s, for `--iterations` iterations,
 on a slice of real MNIST (`--train` training and `--test` test images). Honest workers
@@ -25,11 +27,13 @@ in its result frame, or trains on flipped labels, or a raw socket:
 
 Measured per run: the project's test error (the master's own, median of its last 3
 scores), iterations, per attacker its refused and clipped results and the iteration of
-its first refusal, when it was banned (iterations after its first result), honest
-clients flagged (a refused result or a ban), the master's audits, and power. Goals
-printed (and in the JSON): for every attack, final test error within 1 point of the
-clean run of its configuration; no honest client flagged; every lying client (the
-result attacks) banned within 10 iterations of its first result.
+its first refusal, when it was banned (iterations after its first result), iterations
+lost (how much later than the clean run it first reached the clean run's error + 1
+point), honest clients flagged (a refused result or a ban), the master's audits, and
+power. Goals printed (and in the JSON): for every attack, final test error within 1
+point of the clean run of its configuration (the one with the median error); no honest
+client flagged; every lying client (the result attacks) banned within 10 iterations of
+its first result; honest throughput with every defence at least 90 % of the plain mean.
 
 Run: `benchmarks/robustness_bench.py` (about 30 minutes), or a subset:
 `--configs 1of4 --attacks sign_flip,scale --iterations 20`.
@@ -297,11 +301,28 @@ def reached(curve: list, target: float) -> int | None:
     return None
 
 
+def references(results: list[dict], kind: str) -> dict[int, dict]:
+    """honest workers -> the reference run of that kind ("clean" or "plain"): of the
+    `--repeats` runs (interleaved clean, plain, clean, ...), the one with the median test
+    error, carrying the median power of them all (one run's power varies by 20-30 % on
+    a loaded 2-core VM: the first, cold run was 0.77x its plain twin once)."""
+    out = {}
+    for honest in {r["honest"] for r in results if r["attack"] == kind}:
+        runs = [r for r in results if r["attack"] == kind and r["honest"] == honest]
+        scored = sorted((r for r in runs if r["test_error"] is not None), key=lambda r: r["test_error"])
+        ref = dict(scored[(len(scored) - 1) // 2] if scored else runs[0])
+        powers = [r["power_median"] for r in runs if r["power_median"]]
+        ref["power_median"] = statistics.median(powers) if powers else None
+        ref["runs"] = len(runs)
+        out[honest] = ref
+    return out
+
+
 def add_iterations_lost(results: list[dict]) -> None:
     """Iterations lost to an attack: how many iterations later than the clean run (same
     honest workers) a run first reached the clean run's final error plus the 1-point
     margin. None: never within the run (or no clean run to compare with)."""
-    clean = {r["honest"]: r for r in results if r["attack"] == "clean"}
+    clean = references(results, "clean")
     for r in results:
         ref = clean.get(r["honest"])
         r["iterations_lost"] = None
@@ -315,21 +336,19 @@ def add_iterations_lost(results: list[dict]) -> None:
 
 def goals(results: list[dict]) -> list[dict]:
     out = []
-    clean = {r["honest"]: r for r in results if r["attack"] == "clean"}  # the same honest workers alone
+    clean = references(results, "clean")  # the same honest workers alone
+    for r in references(results, "plain").values():
+        ref = clean.get(r["honest"])
+        ok = ref is not None and ref["power_median"] and r["power_median"] and \
+            ref["power_median"] >= 0.9 * r["power_median"]  # fmt: skip
+        ratio = ref and ref["power_median"] and r["power_median"] and ref["power_median"] / r["power_median"]
+        defended, plain = fmt(ref and ref["power_median"], ",.0f"), fmt(r["power_median"], ",.0f")
+        goal = f"honest throughput with every defence >= 90 % of the plain mean ({r['honest']} workers)"
+        detail = (f"{defended} vs {plain} vectors/s ({fmt(ratio, '.2f')}x; medians of {ref and ref['runs']} "
+                  f"and {r['runs']} interleaved runs)")  # fmt: skip
+        out.append({"goal": goal, "result": "PASS" if ok else "FAIL", "detail": detail})
     for r in results:
-        if r["attack"] == "plain":
-            ref = clean.get(r["honest"])
-            ok = ref is not None and ref["power_median"] and r["power_median"] and \
-                ref["power_median"] >= 0.9 * r["power_median"]  # fmt: skip
-            ratio = (
-                ref and ref["power_median"] and r["power_median"] and ref["power_median"] / r["power_median"]
-            )
-            defended, plain = fmt(ref and ref["power_median"], ",.0f"), fmt(r["power_median"], ",.0f")
-            goal = f"honest throughput with every defence >= 90 % of the plain mean ({r['honest']} workers)"
-            detail = f"{defended} vs {plain} vectors/s ({fmt(ratio, '.2f')}x)"
-            out.append({"goal": goal, "result": "PASS" if ok else "FAIL", "detail": detail})
-            continue
-        if r["attack"] == "clean":
+        if r["attack"] in ("clean", "plain"):
             continue
         ref = clean.get(r["honest"])
         ok = ref is not None and r["test_error"] is not None and ref["test_error"] is not None and \
@@ -381,6 +400,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=RESULTS / "robustness_bench.json")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-mean reference runs")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="clean and plain-mean runs per configuration, interleaved (default 3)")  # fmt: skip
     ap.add_argument("--attacker", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--project", help=argparse.SUPPRESS)
@@ -414,9 +435,12 @@ def main(argv=None) -> int:
     install_signal_handlers()
     tmp = Path(tempfile.mkdtemp(prefix="mlitb-robust-data-"))
     zips = {"train": slice_zip("train", args.train, tmp), "test": slice_zip("test", args.test, tmp)}
-    plan = [(None, a, n) for a, n in args.config_list]
-    if not args.no_plain:  # honest throughput with every defence vs the paper's plain mean
-        plan += [("plain", a, n) for a, n in args.config_list]
+    plan = []
+    for a, n in args.config_list:  # clean and plain interleaved, --repeats times
+        for _ in range(args.repeats):
+            plan.append((None, a, n))
+            if not args.no_plain:  # honest throughput with every defence vs the paper's plain mean
+                plan.append(("plain", a, n))
     plan += [(attack, a, n) for a, n in args.config_list for attack in args.attack_list]
     results = []
     with tqdm(plan, desc="runs", unit="run") as bar:
