@@ -171,3 +171,21 @@ def test_a_webgl_tab_passes_its_audits_within_the_tolerance(master, mnist_zips, 
     assert c["backend"] == "webgl", c
     assert s["audits_failed"] == 0 and c["rejected"] == 0 and c["audit_error"] < 0.01, c
     print(f"browser webgl vs PyTorch: {c['verified']} audits, largest relative error {c['audit_error']}")
+
+
+def test_a_float16_only_webgl_is_passed_over(master, mnist_zips, page):
+    """WebGL that renders only float16 (some phones; forced here with TF.js's own URL
+    flag, which the join page passes to its worker) would make rounds that fail
+    verification: the worker passes it over for the next backend, even when the page
+    asks for webgl, and says why in its log."""
+    train = master.data.upload(mnist_zips["train"], "28x28x1", "train")["dataset"]
+    test = master.data.upload(mnist_zips["test"], "28x28x1", "test", kind="test")["dataset"]
+    create_project(master, train, test, name="f16", batch_size=10)
+    page.goto(f"{master.url}/join/f16?backend=webgl&tfjsflags=WEBGL_FORCE_F16_TEXTURES:true")
+
+    def chosen():
+        b = page.inner_text("#backend")
+        return b if b not in ("", "-") else None
+
+    assert wait_for(chosen, 120, "the tab's backend", page) == "wasm"
+    assert "webgl renders only float16 here" in page.inner_text("#log")

@@ -26,6 +26,7 @@ function start() {
     project,
     role: "trainer",
     backend: params.get("backend") || "auto",
+    tfjsflags: params.get("tfjsflags") || "",
     joinKey: key,
     name: "volunteer",
     onStatus: (s) => {

@@ -8,9 +8,12 @@ export function wsUrl(path = "/ws") {
 
 let counter = 0;
 
+// tfjsflags: TF.js's own debugging flags ("NAME:value,..."), read by TF.js from the
+// worker script's query string (e.g. WEBGL_FORCE_F16_TEXTURES:true to see a phone's
+// float16-only WebGL on a desktop).
 export function startWorker({ project, role = "trainer", backend = "auto", capacity = undefined, name = "", joinKey = "",
-  batchSize = undefined, onStatus = () => {}, onLog = () => {}, onTest = () => {} }) {
-  const worker = new Worker("/static/worker/worker.js");
+  batchSize = undefined, tfjsflags = "", onStatus = () => {}, onLog = () => {}, onTest = () => {} }) {
+  const worker = new Worker(`/static/worker/worker.js${tfjsflags ? `?tfjsflags=${encodeURIComponent(tfjsflags)}` : ""}`);
   const id = ++counter;
   const pending = new Map();
   const handle = { id, role, worker, status: { state: "starting", role } };

@@ -107,6 +107,12 @@ async function chooseBackend(preferred) {
       if (!(await tf.setBackend(b))) continue;
       await tf.ready();
       if (tf.getBackend() !== b) continue;
+      if (b === "webgl" && !tf.env().getBool("WEBGL_RENDER_FLOAT32_ENABLED")) {
+        // float16 textures only (some phones): ~1e-3 per op, far beyond what the master's
+        // replay of an audited round accepts: an honest tab would be banned
+        log("webgl renders only float16 here: its rounds would fail verification; trying the next backend", "info");
+        continue;
+      }
       if (b === "wasm") registerMlitbWasmKernels(tf);
       return b;
     } catch (e) {
