@@ -8,6 +8,8 @@ The socket-level tests (bans, close codes, the fleet) are in tests/test_trust_in
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -130,6 +132,66 @@ def test_checkpoints_stay_bounded_on_a_long_round():
     assert len(header["batches"]) == 300 and len(header["checkpoints"]) <= 4 + 2
     job = job_for("local", result.grad, result.vectors, MODEL.params, ADAM)
     assert check(job, rec.encode(1, 5), keys, pixels, labels).ok
+
+
+def test_the_longest_gap_bounds_both_recorders_and_is_reached():
+    """protocol.proofs.longest_gap is the recorders' spacing rule: no honest round, native
+    (8 spaced checkpoints) or browser (16), leaves a longer gap, and the native one
+    reaches it (so the master's limit is not looser than it must be)."""
+    from conftest import run_node
+
+    from mlitb.worker.proof import ProofRecorder
+
+    def gaps(points) -> int:
+        steps = sorted(points)
+        return max((b - a for a, b in itertools.pairwise(steps)), default=0)
+
+    reached = 0
+    for num_params, arrays in ((10, ("p", "m", "v")), (3_000_000, ("p", "m", "v")), (10, ("g",))):
+        for steps in range(0, 400):
+            rec = ProofRecorder("local", arrays, 1)
+            rec.max_spaced = proofs.spaced_limit(num_params, len(arrays))  # without the memory
+            state = [torch.zeros(1)] * len(arrays)
+            rec.checkpoint(0, state, True)
+            for _ in range(steps):
+                rec.step(np.zeros(1, np.int64), 0, lambda state=state: state)
+            rec.checkpoint(0, state, True)
+            longest = proofs.longest_gap(steps, num_params, len(arrays))
+            assert gaps(rec.points) <= longest, (num_params, steps)
+            reached += gaps(rec.points) == longest
+    assert reached > 300
+    js = """
+    const Proof = require("./mlitb/web/static/engine/proof.js");
+    const out = [];
+    for (let steps = 0; steps < 400; steps++) {
+      const r = new Proof.ProofRecorder("local", ["p", "m", "v"], 10);
+      const state = () => [new Float32Array(1), new Float32Array(1), new Float32Array(1)];
+      r.checkpoint(0, state(), true);
+      for (let i = 0; i < steps; i++) r.step([0], 0, state);
+      r.checkpoint(0, state(), true);
+      const s = [...r.points.keys()].sort((a, b) => a - b);
+      out.push(Math.max(0, ...s.slice(1).map((v, i) => v - s[i])));
+    }
+    process.stdout.write(JSON.stringify(out));
+    """
+    for steps, gap in enumerate(run_node(js, {})):
+        assert gap <= proofs.longest_gap(steps, 10, 3), (steps, gap)
+
+
+def test_a_proof_with_too_few_checkpoints_is_refused():
+    """Long segments are where rounding alone moves a replay most (late in training):
+    a proof that leaves a longer gap than the recorders do is refused before any replay,
+    so the float64 second opinion never widens the tolerance over a whole round."""
+    keys, pixels, labels = make_data()
+    result, rec, _, _ = local_round(MODEL.params, keys, pixels, labels, vectors=8 * 40)
+    header, values = decode(rec.encode(1, 5))
+    job = job_for("local", result.grad, result.vectors, MODEL.params, ADAM)
+    owned = lambda k: k[~np.isin(k, keys)]  # noqa: E731
+    assert isinstance(prepare(job, header, values, owned, TOL), Plan)
+    thin = {**header, "checkpoints": [header["checkpoints"][0], header["checkpoints"][-1]]}
+    verdict = prepare(job, thin, values[[0, -1]], owned, TOL)
+    assert isinstance(verdict, Verdict) and not verdict.ok
+    assert "40 steps between the checkpoints at 0 and 40" in verdict.detail, verdict.detail
 
 
 def test_an_overlap_round_with_its_shift_passes_and_its_start_is_bounded():
@@ -384,13 +446,13 @@ def test_an_honest_tfjs_round_on_a_well_fit_model_is_not_banned(monkeypatch):
         net.loss(pixels[rows].astype(np.float32) / 255, labels[rows]).backward()
         opt.step(net.flat.data, net.flat.grad, 32)
     start = net.get_params()
-    picks = [rng.choice(300, 32, replace=False) for _ in range(256)]
+    picks = [rng.choice(300, 32, replace=False) for _ in range(512)]
 
     def round_on(shift: int):
         x = lambda r: base64.b64encode((pixels[r].astype(np.float32) * np.float32(1 / 255)).tobytes())  # noqa: E731
         batches = [{"x": x(r).decode(), "y": ((labels[r] + shift) % 10).tolist(), "keys": keys[r].tolist()}
                    for r in picks]  # fmt: skip
-        task = {"mode": "local", "layers": model.spec.to_json(), "inner": inner, "max_spaced": 4,
+        task = {"mode": "local", "layers": model.spec.to_json(), "inner": inner, "max_spaced": 8,
                 "params": base64.b64encode(start.tobytes()).decode(), "batches": batches}  # fmt: skip
         (got,) = run_node(ROOT / "tests" / "js" / "proof_golden.js", {"tasks": [task]})["results"]
         assert "error" not in got, got.get("error")
@@ -399,7 +461,7 @@ def test_an_honest_tfjs_round_on_a_well_fit_model_is_not_banned(monkeypatch):
         job = job_for("local", values, got["vectors"], start, inner)
         plan = prepare(job, header, ckpts, lambda k: k[~np.isin(k, keys)], TOL)
         assert isinstance(plan, Plan), plan
-        assert [c["step"] for c in plan.ckpts] == [0, 64, 128, 192, 256]
+        assert [c["step"] for c in plan.ckpts] == list(range(0, 513, 64))  # the longest gaps allowed
         plan = Plan(plan.batches, plan.keys, plan.ckpts, plan.values, list(range(len(plan.ckpts) - 1)))
         items = items_fn(keys, pixels, labels)
         replay = lambda: run_replay(job, plan, TorchNet(model.spec, start.copy()), items, l1, l2, TOL)  # noqa: E731

@@ -28,13 +28,14 @@ functions of the job and the proof; the runner (mlitb.master.runner) does the I/
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlitb.protocol import frames
+from mlitb.protocol import frames, proofs
 
 MAX_STEPS = 1_000_000
 SPREAD_FACTOR = 8.0  # honest replay error / the master's own float32-vs-float64 spread: <= 4.0 measured
@@ -117,6 +118,13 @@ def check_structure(job: AuditJob, header: dict, foreign) -> tuple[list[int], np
         )
     if not all(isinstance(c.get("t"), int) and 0 <= c["t"] < 2**40 for c in ckpts):
         raise ProofInvalid("checkpoint t: expected a non-negative integer")
+    longest = proofs.longest_gap(len(batches), job.start.size, len(expected_arrays(job)))
+    gap, at = max(((b - a, a) for a, b in itertools.pairwise(steps)), default=(0, 0))
+    if gap > longest:
+        raise ProofInvalid(
+            f"{gap} steps between the checkpoints at {at} and {at + gap}; a recorder of a "
+            f"{len(batches)}-step round leaves at most {longest}"
+        )
     for s in shifts:  # the shift is bounded by checkpoints on both sides (forced)
         if s not in steps or s + 1 not in steps:
             raise ProofInvalid("the overlap shift must have a checkpoint before and after it")

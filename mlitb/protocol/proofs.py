@@ -40,6 +40,29 @@ import numpy as np
 from . import PROTOCOL_VERSION, codecs
 from .frames import FLOAT32, HEADER, HEADER_SIZE, MAGIC
 
+SPACED_FEWEST = 8  # spaced checkpoints a recorder keeps at most (mlitb.worker.proof; the browser: 16)
+MAX_PROOF_BYTES = 64 << 20  # fewer spaced checkpoints for large models (at least 2)
+
+
+def spaced_limit(num_params: int, arrays: int, most: int = SPACED_FEWEST) -> int:
+    """Spaced checkpoints a recorder keeps for a model of `num_params` and `arrays`
+    arrays per checkpoint: `most`, fewer when 64 MiB would not hold them, at least 2."""
+    per_checkpoint = 4 * arrays * max(num_params, 1)
+    return max(2, min(most, MAX_PROOF_BYTES // per_checkpoint - 4))
+
+
+def longest_gap(steps: int, num_params: int, arrays: int) -> int:
+    """The longest stretch, in steps, between two checkpoints of an honest round of
+    `steps` steps: the recorders keep every K-th step and double K while more than
+    `spaced_limit` would be kept, so K never passes the smallest power of two K* with
+    steps // K* <= limit. The master refuses longer segments: replaying them says little
+    late in training, where rounding alone moves a long segment far (docs/security.md)."""
+    limit, k = spaced_limit(num_params, arrays), 1
+    while steps // k > limit:
+        k *= 2
+    return k
+
+
 PROOF = 5  # frame type byte
 DELTA_ARRAYS = ("p", "g")  # sent as int8 changes (delta "int8"); "m", "v" always float32
 MAX_JSON_BYTES = 16 << 20  # keys of ~1M items

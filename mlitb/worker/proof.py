@@ -15,16 +15,14 @@ import torch
 
 from mlitb.protocol import proofs
 
-MAX_SPACED = 8  # checkpoints every K steps; plus up to 4 forced ones (start, shift, end)
-MAX_PROOF_BYTES = 64 << 20  # fewer spaced checkpoints for large models (at least 2)
+MAX_SPACED = proofs.SPACED_FEWEST  # checkpoints every K steps; plus up to 4 forced ones (start, shift, end)
 
 
 class ProofRecorder:
     def __init__(self, mode: str, arrays: tuple[str, ...], num_params: int) -> None:
         self.mode = mode  # "gradient" or "local"
         self.arrays = arrays  # ("g",) or ("p", "m", "v") / ("p",) / ("p", "v")
-        per_checkpoint = 4 * len(arrays) * max(num_params, 1)
-        self.max_spaced = max(2, min(MAX_SPACED, MAX_PROOF_BYTES // per_checkpoint - 4))
+        self.max_spaced = proofs.spaced_limit(num_params, len(arrays), MAX_SPACED)
         self.batches: list[int] = []
         self.keys: list[np.ndarray] = []
         self.every = 1  # K

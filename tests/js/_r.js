@@ -1,0 +1,70 @@
+// A local round (and a gradient round) in node with the browser's own engine, inner
+// optimizer and proof recorder (mlitb/web/static/engine/{tfjs_engine,inner,proof}.js, TF.js
+// cpu), so that tests/test_verification.py can check the JS proof frame with the master's
+// PyTorch replay.
+// stdin: {"tasks": [{"mode": "local" | "gradient", "layers", "inner", "params" (b64 f32),
+//                    "batches": [{"x" (b64 f32), "y", "keys"}], "max_spaced" (optional)}]}
+// stdout: {"results": [{"proof" (b64 frame), "values" (b64 f32: the result), "vectors"}]}
+const tf = require("@tensorflow/tfjs");
+const Engine = require("../../mlitb/web/static/engine/tfjs_engine.js");
+const Inner = require("../../mlitb/web/static/engine/inner.js");
+const Proof = require("../../mlitb/web/static/engine/proof.js");
+
+const f32 = (b64) => {
+  const buf = Buffer.from(b64, "base64");
+  return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length));
+};
+const b64 = (arr) => Buffer.from(arr.buffer, arr.byteOffset, arr.byteLength).toString("base64");
+
+function run(t) {
+  const engine = Engine(tf, t.layers);
+  const start = f32(t.params);
+  let values, vectors = 0, proof;
+  if (t.mode === "local") {
+    const opt = new Inner.InnerOptimizer(t.inner, engine.numParams);
+    const r = new Inner.LocalRound(engine, opt, start, Inner.decayMultipliers(t.layers));
+    proof = new Proof.ProofRecorder("local", Proof.localArrays(opt), engine.numParams);
+    if (t.max_spaced) proof.maxSpaced = t.max_spaced; // fewer, longer segments
+    const state = () => Proof.localState(r.params, opt);
+    proof.checkpoint(opt.t, state(), true);
+    for (const b of t.batches) {
+      r.batch(f32(b.x), new Int32Array(b.y), b.y.length, true);
+      proof.step(b.keys, opt.t, state);
+    }
+    proof.checkpoint(opt.t, state(), true);
+    values = r.delta();
+    vectors = r.vectors;
+  } else {
+    engine.setParams(start);
+    const total = new Float32Array(engine.numParams);
+    proof = new Proof.ProofRecorder("gradient", ["g"], engine.numParams);
+    proof.checkpoint(0, [total], true);
+    for (const b of t.batches) {
+      const g = engine.gradient(f32(b.x), new Int32Array(b.y), b.y.length, true);
+      for (let i = 0; i < total.length; i++) total[i] += g.grad[i];
+      vectors += b.y.length;
+      proof.step(b.keys, 0, () => [total]);
+    }
+    proof.checkpoint(0, [total], true);
+    values = total;
+  }
+  engine.dispose();
+  return { proof: Buffer.from(proof.encode(1, 5)).toString("base64"), values: b64(values), vectors };
+}
+
+const BE = 'cpu';
+(async () => {
+  let input = "";
+  for await (const chunk of process.stdin) input += chunk;
+  const { tasks } = JSON.parse(input);
+  if (BE === "wasm") { require("@tensorflow/tfjs-backend-wasm"); require("../../mlitb/web/static/engine/wasm_kernels.js")(tf); }
+  if (!(await tf.setBackend(BE)) || tf.getBackend() !== BE) throw new Error("no cpu backend");
+  const results = tasks.map((t) => {
+    try {
+      return run(t);
+    } catch (e) {
+      return { error: String(e && e.stack ? e.stack : e) };
+    }
+  });
+  process.stdout.write(JSON.stringify({ results }));
+})();
