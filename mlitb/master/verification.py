@@ -29,6 +29,7 @@ functions of the job and the proof; the runner (mlitb.master.runner) does the I/
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlitb.protocol import frames, proofs
+
+log = logging.getLogger("mlitb.master")
 
 MAX_STEPS = 1_000_000
 SPREAD_FACTOR = 8.0  # honest replay error / the master's own float32-vs-float64 spread: <= 4.0 measured
@@ -198,9 +201,19 @@ def segments(batches: list[int], ckpts: list[dict], values: np.ndarray, mode: st
 
 
 def _run_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts: list[dict],
-                 values: np.ndarray, j: int, items, l1_mul, l2_mul) -> dict[str, np.ndarray]:  # fmt: skip
+                 values: np.ndarray, j: int, items, l1_mul, l2_mul, router=None) -> dict:  # fmt: skip
     """Segment j replayed on `net` from its claimed start checkpoint, in `net`'s dtype:
-    the state at its end, by array name (as expected_arrays)."""
+    the state at its end, by array name (as expected_arrays). `router`: a ties.PoolRouter
+    for the max-pools (else PyTorch's own)."""
+    net.pool_router = router
+    try:
+        return _steps(job, net, batches, keys, ckpts, values, j, items, l1_mul, l2_mul, router)
+    finally:
+        net.pool_router = None
+
+
+def _steps(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts: list[dict],
+           values: np.ndarray, j: int, items, l1_mul, l2_mul, router) -> dict[str, np.ndarray]:  # fmt: skip
     import torch
 
     from mlitb.model.inner import InnerOptimizer
@@ -214,6 +227,8 @@ def _run_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts
         net.flat.grad = None
         for s in range(a, b):
             x, y = items(keys[offsets[s] : offsets[s + 1]])
+            if router is not None:
+                router.step = s
             net.loss(x, y).backward()
         got = start[0].astype(np.float64) + net.flat.grad.detach().numpy()
         net.flat.grad = None
@@ -235,6 +250,8 @@ def _run_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts
             continue
         x, y = items(keys[offsets[s] : offsets[s + 1]])
         net.flat.grad = None
+        if router is not None:
+            router.step = s
         loss = net.loss(x, y)
         loss.backward()
         opt.step(net.flat.data, net.flat.grad, len(y))
@@ -299,13 +316,28 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
     # own array, never beyond 4.0x the segment's).
     spread = max(_rel(got[n], exact[n], scales[i]) for i, n in enumerate(names))
     allowed = max(tolerance, SPREAD_FACTOR * spread)
-    for i, name in enumerate(names):
-        if errs[i] > allowed:
-            raise ProofInvalid(
-                f"segment {j} (steps {a}-{b}) does not replay: {name} off by {errs[i]:.3g} (relative; "
-                f"tolerance {tolerance:g}, and float32 rounding alone moves this segment {spread:.2g})"
-            )
-    return max(errs)
+    if max(errs) <= allowed:
+        return max(errs)
+
+    # Third: an executor may have routed a near-tied max-pool window the other way (ties.py).
+    from . import ties
+
+    def rerouted(router) -> float:
+        end = _run_segment(job, net, batches, keys, ckpts, values, j, items, l1_mul, l2_mul, router)
+        e = max(_rel(end[n], values[j + 1, i], scales[i]) for i, n in enumerate(names))
+        return e if math.isfinite(e) else math.inf
+
+    best, flips = ties.search(rerouted, allowed)
+    if best <= allowed:
+        log.info("segment %d (steps %d-%d) replays within %.2g after rerouting %d near-tied max-pool "
+                 "window(s) (%.3g before)", j, a, b, best, flips, max(errs))  # fmt: skip
+        return best
+    i = int(np.argmax(errs))
+    raise ProofInvalid(
+        f"segment {j} (steps {a}-{b}) does not replay: {names[i]} off by {errs[i]:.3g} (relative; "
+        f"tolerance {tolerance:g}, and float32 rounding alone moves this segment {spread:.2g}; "
+        f"{best:.3g} at best with near-tied max-pool windows rerouted)"
+    )
 
 
 @dataclass

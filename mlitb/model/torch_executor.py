@@ -58,6 +58,8 @@ def _pool(layer, x, w, b, net):
     if layer.pad:  # padded positions never win the max, as in ConvNetJS
         p = layer.pad
         x = F.pad(x, (p, p, p, p), value=float("-inf"))
+    if net.pool_router is not None:  # verification's rerouting of near-tied windows (master/ties.py)
+        return net.pool_router(next(i for i, lay in enumerate(net.spec.layers) if lay is layer), layer, x)
     return F.max_pool2d(x, (layer.sy, layer.sx), layer.stride)
 
 
@@ -130,6 +132,7 @@ class TorchNet(torch.nn.Module):
             by_layer.setdefault(seg.layer, {})[seg.name] = seg
         self._segs = by_layer
         self._l1_mul, self._l2_mul = decay_multipliers(spec)
+        self.pool_router = None  # callable(layer index, layer, x) -> pooled x, else F.max_pool2d
 
     # -- parameters -------------------------------------------------------------
     def set_params(self, params: np.ndarray) -> None:

@@ -1,0 +1,129 @@
+"""Near-tied max-pool windows (mlitb.master.ties): the router is PyTorch's max-pool until
+told otherwise, and verification passes a round whose executor routed a near-tied window
+the other way (as a TF.js wasm tab did: one window with a gap of 8e-8 put a segment 4.7 %
+off), while a lie still fails."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_verification import job_for
+
+from mlitb.master import ties, verification
+from mlitb.master.verification import ProofInvalid, replay_segment
+from mlitb.model.model import Model
+from mlitb.model.torch_executor import TorchNet
+from mlitb.protocol import codecs
+
+ADAM = {"optimizer": "adam", "learning_rate": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+        "l1_decay": 0.0, "l2_decay": 0.0, "batch_size": 1}  # fmt: skip
+
+
+class Pool:  # what the router reads of a pool layer
+    def __init__(self, k: int, stride: int) -> None:
+        self.sx = self.sy = k
+        self.stride = stride
+
+
+@pytest.mark.parametrize("k,stride", [(2, 2), (3, 3), (3, 2)])
+def test_the_router_without_flips_is_pytorchs_max_pool(k, stride):
+    """Same values and the same gradients, exact ties (quantized inputs) included."""
+    rng = np.random.default_rng(k * 10 + stride)
+    x = torch.tensor(rng.integers(-3, 4, (2, 3, 9, 9)).astype(np.float32) / 4, requires_grad=True)
+    dy = torch.tensor(rng.normal(size=F.max_pool2d(x, k, stride).shape).astype(np.float32))
+    want = F.max_pool2d(x, k, stride)
+    (gw,) = torch.autograd.grad(want, x, dy)
+    router = ties.PoolRouter()
+    got = router(0, Pool(k, stride), x)
+    (gg,) = torch.autograd.grad(got, x, dy)
+    assert torch.equal(got, want) and torch.equal(gg, gw)
+    assert router.found == []  # exact ties are not near ties: identical inputs, identical gradients
+
+
+def test_a_near_tied_window_is_found_and_can_be_rerouted():
+    x = torch.zeros(1, 1, 2, 2)
+    x[0, 0, 0, 1] = 1.0
+    x[0, 0, 1, 0] = float(np.nextafter(np.float32(1.0), np.float32(0)))  # one unit in the last place below
+    x.requires_grad_(True)
+    router = ties.PoolRouter()
+    router.step = 7
+    (g,) = torch.autograd.grad(router(4, Pool(2, 2), x).sum(), x)
+    assert [key for _, key in router.found] == [(7, 4, 0, 0)] and g[0, 0, 0, 1] == 1
+    flipped = ties.PoolRouter(frozenset({(7, 4, 0, 0)}))
+    flipped.step = 7
+    (g,) = torch.autograd.grad(flipped(4, Pool(2, 2), x).sum(), x)
+    assert g[0, 0, 1, 0] == 1 and g[0, 0, 0, 1] == 0
+
+
+# A 1x1 convolution over two channels: two pixels whose channels differ but whose
+# outputs nearly agree make a near tie whose two routings give very different gradients.
+SPEC = [
+    {"type": "input", "out_sx": 4, "out_sy": 4, "out_depth": 2},
+    {"type": "conv", "sx": 1, "filters": 1, "stride": 1, "pad": 0, "activation": "relu"},
+    {"type": "pool", "sx": 2, "stride": 2},
+    {"type": "softmax", "num_classes": 3},
+]
+STEPS = 6
+
+
+def _setup():
+    model = Model.from_spec(SPEC, seed=5)
+    net = TorchNet(model.spec, model.params.copy(), device="cpu")
+    w, _ = (t.detach().numpy().astype(np.float64) for t in net._weights(1, model.spec.layers[1]))
+    w = w.reshape(2)  # filters [1, 1, 1, 2]
+    rng = np.random.default_rng(0)
+    x = np.full((4, 4, 2), -5.0 * np.sign(w))  # every pixel's output negative: relu gives 0
+    p = rng.normal(size=2)
+    p = p * (2.0 / float(p @ w)) if abs(float(p @ w)) > 0.1 else w * (2.0 / float(w @ w))  # output 2 + b
+    q = p + 3.0 * np.array([w[1], -w[0]]) / float(w @ w)  # same output, other pixel
+    q = q - 2e-6 * w / float(w @ w)  # a little below p: a near tie
+    x[0, 1], x[1, 0] = p, q
+    items = {0: (x.astype(np.float32), 1)}
+    keys = np.zeros(STEPS, np.int64)
+
+    def fetch(ks):
+        return np.stack([items[int(k)][0] for k in ks]), np.array([items[int(k)][1] for k in ks], np.int64)
+
+    return model, net, keys, fetch
+
+
+def _claim(model, net, keys, fetch, flips=frozenset()):
+    """A round of STEPS Adam steps on the crafted item, as an executor routing `flips`
+    the other way would record it: (job, batches, ckpts, values)."""
+    n = model.spec.num_params
+    start = np.stack([model.params, np.zeros(n, np.float32), np.zeros(n, np.float32)])
+    batches = [1] * STEPS
+    ckpts = [{"step": 0, "t": 0}, {"step": STEPS, "t": STEPS}]
+    job = job_for("local", np.zeros(n), STEPS, model.params.copy(), inner=ADAM)
+    job.dtype = codecs.FLOAT32
+    values = np.stack([start, start])
+    end = verification._run_segment(job, net, batches, keys, ckpts, values, 0, fetch, 1.0, 1.0,
+                                    ties.PoolRouter(flips))  # fmt: skip
+    values[1] = np.stack([end["p"], end["m"], end["v"]])
+    return job, batches, ckpts, values
+
+
+def test_a_round_that_routed_a_near_tie_the_other_way_passes_and_a_lie_does_not(monkeypatch):
+    model, net, keys, fetch = _setup()
+    probe = ties.PoolRouter()
+    net.pool_router = probe
+    net.loss(*fetch(keys[:1]))
+    net.pool_router = None
+    assert len(probe.found) == 1, probe.found  # the crafted window, at step 0
+    key = probe.found[0][1]
+    job, batches, ckpts, values = _claim(model, net, keys, fetch, frozenset({key}))
+
+    def replay(values):
+        return replay_segment(job, net, batches, keys, ckpts, values, 0, fetch, 1.0, 1.0, 0.01)
+
+    with monkeypatch.context() as m:  # without the search: the honest other routing is far off
+        m.setattr(ties, "MAX_FLIPS", 0)
+        with pytest.raises(ProofInvalid, match="does not replay"):
+            replay(values)
+    assert replay(values) < 1e-5  # found and rerouted: the claim replays exactly
+    lie = values.copy()
+    lie[1, 0] += 0.05 * (values[1, 0] - values[0, 0])  # the end moved 5 % of the way further
+    with pytest.raises(ProofInvalid, match="at best with near-tied"):
+        replay(lie)
