@@ -97,7 +97,10 @@ class NormScreen:
                 f"the result's norm per vector is {s:.3g}, over {REFUSE_FACTOR:g}x the clipping "
                 f"threshold {limit:.3g} set by recent results: refused",
             )
-        return Verdict(s, limit / s, f"norm per vector {s:.3g} clipped to {limit:.3g} (10x recent results)")
+        window = self.recent[kind]
+        n_med = statistics.median([n for _, n in window])
+        return Verdict(s, limit / s, f"norm per vector {s:.3g} over {vectors} vectors clipped to {limit:.3g} "
+                       f"({CLIP_FACTOR:g}x recent results, whose median is {n_med:g} vectors)")  # fmt: skip
 
     def record(self, kind: int, client: str, iteration: int, verdict: Verdict, vectors: int) -> None:
         """An accepted result's (clipped) norm joins the window, once per client and iteration."""
