@@ -73,6 +73,8 @@ def run(args) -> dict:
         if browser is not None:
             browser.close()
         procs.close()
+        if args.logs is not None:  # the master's and workers' logs (clipped results, audits) kept
+            shutil.copytree(tmp / "logs", args.logs, dirs_exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     trainers = [c for c in s["clients"] if c["role"] == "trainer"]
     return {
@@ -114,6 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train", type=int, default=6000)
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=RESULTS / "mixed_fleet_bench.json")
+    ap.add_argument("--logs", type=Path, default=None, help="copy the processes' logs here")
     args = ap.parse_args(argv)
     install_signal_handlers()
     r = run(args)

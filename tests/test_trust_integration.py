@@ -309,3 +309,34 @@ def test_the_issues_table_from_a_real_worker_neither_freezes_nor_poisons(
         f"the model moved by at most {step:.2e} per iteration after the {attack} attack: frozen"
     )
     assert s["train_loss"] is not None and np.isfinite(s["train_loss"]), brief(s)
+
+
+def test_a_transport_error_fetching_items_is_tried_again(master, mnist_zips, monkeypatch):
+    """An audit or the master's test reads items from the data server; a pooled keep-alive
+    connection the server closed just then fails with ReadError('') (seen under load: it
+    skipped an audit). The fetch is tried again on a new connection; three in a row fail."""
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "fetch", [train], [test], spec=FC_SPEC, hyper=HYPER)
+    manager = master.manager
+    runner = manager.get("fetch")
+    loop = runner._tasks[0].get_loop()
+    source = runner.engine.sources[train]
+    real, calls = manager._fetch_once, []
+
+    def failing(times: int):
+        async def fetch(src, ids):
+            calls.append(len(ids))
+            if len(calls) <= times:
+                raise httpx.ReadError("")
+            return await real(src, ids)
+
+        return fetch
+
+    monkeypatch.setattr(manager, "_fetch_once", failing(1))
+    blocks = asyncio.run_coroutine_threadsafe(manager._fetch_items(source, [0, 1, 2]), loop).result(60)
+    assert sum(len(b.ids) for b in blocks) == 3 and calls == [3, 3]
+    calls.clear()
+    monkeypatch.setattr(manager, "_fetch_once", failing(3))
+    with pytest.raises(httpx.ReadError):
+        asyncio.run_coroutine_threadsafe(manager._fetch_items(source, [0]), loop).result(60)
+    assert calls == [1, 1, 1]

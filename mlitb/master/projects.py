@@ -43,6 +43,7 @@ from .store import MasterStore, token_hash
 
 log = logging.getLogger("mlitb.master")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FETCH_TRIES = 3  # a fetch of items from a data server, on transport errors (_fetch_items)
 
 
 class ProjectError(Exception):
@@ -467,7 +468,22 @@ class ProjectManager:
         )
 
     async def _fetch_items(self, source: DataSource, ids: list[int]) -> list:
-        """Items of a dataset as decoded blocks (the master's own test sample)."""
+        """Items of a dataset as decoded blocks (the master's test sample, audits' replays).
+        A transport error is tried again twice: a pooled keep-alive connection the data
+        server closed just then fails with ReadError('') (seen under load, which skipped
+        an audit), and the second try opens a new one."""
+        for attempt in range(FETCH_TRIES):
+            try:
+                return await self._fetch_once(source, ids)
+            except httpx.TransportError as exc:
+                if attempt == FETCH_TRIES - 1:
+                    raise
+                log.info("data server: %r fetching %d items of dataset %d; trying again", exc, len(ids),
+                         source.dataset)  # fmt: skip
+                await asyncio.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _fetch_once(self, source: DataSource, ids: list[int]) -> list:
         reader, blocks = BlockReader(), []
         url = f"{self._internal(source.url)}/datasets/{source.dataset}/fetch"
         async with self.http.stream(
