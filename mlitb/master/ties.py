@@ -7,9 +7,9 @@ differ by about one unit in the last place, which one wins depends on the order 
 executor summed the convolution in: XNNPACK (TF.js wasm) and PyTorch disagree there now
 and then. Measured on 2026-12-02 (MNIST convnet, a TF.js wasm tab, local SGD, every
 result audited): every step has a window or so whose top two are within 1e-5 of each
-other; once in ~40 segments the tab routed one the other way (a gap of 8e-8), and that
-single window put a 16-step segment 4.7 % (p) off the master's replay, while all other
-segments replayed within 1e-5. The float64 second opinion cannot see this: both of the
+other; in 1 of 346 segments (two runs of 7 and 9 minutes) the tab routed one the other
+way (a gap of 8e-8), and that single window put a 16-step segment 4.7 % (p) off the
+master's replay, while all other segments replayed within 1e-3. The float64 second opinion cannot see this: both of the
 master's replays route the window alike.
 
 So when a segment still misses, it is replayed again with near-tied windows routed to
