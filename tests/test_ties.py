@@ -27,11 +27,14 @@ class Pool:  # what the router reads of a pool layer
         self.stride = stride
 
 
-@pytest.mark.parametrize("k,stride", [(2, 2), (3, 3), (3, 2)])
-def test_the_router_without_flips_is_pytorchs_max_pool(k, stride):
-    """Same values and the same gradients, exact ties (quantized inputs) included."""
+@pytest.mark.parametrize("quantized", [True, False])
+@pytest.mark.parametrize("k,stride", [(2, 2), (3, 3), (3, 2), (2, 1), (2, 3)])
+def test_the_router_without_flips_is_pytorchs_max_pool(k, stride, quantized):
+    """The same values and bit for bit the same gradients, with exact ties (quantized
+    inputs) and with overlapping windows (stride < size: gradients add up in one place)."""
     rng = np.random.default_rng(k * 10 + stride)
-    x = torch.tensor(rng.integers(-3, 4, (2, 3, 9, 9)).astype(np.float32) / 4, requires_grad=True)
+    raw = rng.integers(-3, 4, (2, 3, 9, 9)) / 4 if quantized else rng.normal(size=(2, 3, 9, 9))
+    x = torch.tensor(raw.astype(np.float32), requires_grad=True)
     dy = torch.tensor(rng.normal(size=F.max_pool2d(x, k, stride).shape).astype(np.float32))
     want = F.max_pool2d(x, k, stride)
     (gw,) = torch.autograd.grad(want, x, dy)
@@ -127,3 +130,39 @@ def test_a_round_that_routed_a_near_tie_the_other_way_passes_and_a_lie_does_not(
     lie[1, 0] += 0.05 * (values[1, 0] - values[0, 0])  # the end moved 5 % of the way further
     with pytest.raises(ProofInvalid, match="at best with near-tied"):
         replay(lie)
+
+
+def _synthetic(effects: dict, base: float, near: int = 2, windows: int = 10_000):
+    """A replay whose error is |base_vector - sum of the rerouted windows' effects|:
+    `effects` maps a window's key to its effect (a vector), as if rerouting it undid it."""
+    target = sum(effects.values())
+
+    def replay(router: ties.PoolRouter) -> float:
+        router.found = [(1e-7 * (i + 1), key) for i, key in enumerate(effects)]
+        router.near, router.windows = near, windows
+        undone = sum((effects[k] for k in router.flips), np.zeros_like(target))
+        return float(np.linalg.norm(target - undone)) + base
+
+    return replay
+
+
+def test_two_honest_misroutings_in_one_segment_are_both_found():
+    """Two windows routed the other way, orthogonal effects: finding one leaves 1/sqrt(2)
+    of the error, which must not stop the search (a 30 % rule would)."""
+    effects = {(1, 2, 0, 0): np.array([1.0, 0.0]), (5, 2, 3, 1): np.array([0.0, 1.0])}
+    best, flips, why = ties.search(_synthetic(effects, 1e-6), allowed=1e-3)
+    assert best < 1e-3 and flips == 2 and why == ""
+
+
+def test_a_window_that_passes_the_segment_is_kept_whatever_its_cut():
+    effects = {(0, 2, 0, 0): np.array([0.03])}
+    best, flips, _ = ties.search(_synthetic(effects, 0.9e-2), allowed=1e-2)  # 3.9e-2 -> 0.9e-2
+    assert flips == 1 and best <= 1e-2
+
+
+def test_a_replay_full_of_near_ties_is_not_searched():
+    """A forged checkpoint (weights near 0) can make most windows near-tied: the search
+    would be slow and wide, so such a segment fails as it stands."""
+    effects = {(0, 2, i, 0): np.array([1.0]) for i in range(5)}
+    best, flips, why = ties.search(_synthetic(effects, 0.0, near=5_000, windows=10_000), allowed=1e-2)
+    assert flips == 0 and best == 5.0 and "near-tied" in why and "not searched" in why

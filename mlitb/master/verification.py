@@ -327,7 +327,7 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
         e = max(_rel(end[n], values[j + 1, i], scales[i]) for i, n in enumerate(names))
         return e if math.isfinite(e) else math.inf
 
-    best, flips = ties.search(rerouted, allowed)
+    best, flips, why = ties.search(rerouted, allowed)
     if best <= allowed:
         log.info("segment %d (steps %d-%d) replays within %.2g after rerouting %d near-tied max-pool "
                  "window(s) (%.3g before)", j, a, b, best, flips, max(errs))  # fmt: skip
@@ -336,7 +336,7 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
     raise ProofInvalid(
         f"segment {j} (steps {a}-{b}) does not replay: {names[i]} off by {errs[i]:.3g} (relative; "
         f"tolerance {tolerance:g}, and float32 rounding alone moves this segment {spread:.2g}; "
-        f"{best:.3g} at best with near-tied max-pool windows rerouted)"
+        + (f"{why})" if why else f"{best:.3g} at best with near-tied max-pool windows rerouted)")
     )
 
 
