@@ -472,16 +472,14 @@ class ProjectManager:
         A transport error is tried again twice: a pooled keep-alive connection the data
         server closed just then fails with ReadError('') (seen under load, which skipped
         an audit), and the second try opens a new one."""
-        for attempt in range(FETCH_TRIES):
+        for attempt in range(FETCH_TRIES - 1):
             try:
                 return await self._fetch_once(source, ids)
             except httpx.TransportError as exc:
-                if attempt == FETCH_TRIES - 1:
-                    raise
                 log.info("data server: %r fetching %d items of dataset %d; trying again", exc, len(ids),
                          source.dataset)  # fmt: skip
                 await asyncio.sleep(0.5 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return await self._fetch_once(source, ids)  # the last try: its error goes to the caller
 
     async def _fetch_once(self, source: DataSource, ids: list[int]) -> list:
         reader, blocks = BlockReader(), []
