@@ -1,6 +1,7 @@
 """Browser compute benchmark: forward+backward vectors/s of the paper's MNIST net, same
-batch (32), in one headless Chromium (DEVELOPERS.md flags, so no GPU): TF.js per
-backend that starts (webgpu, webgl, wasm with mlitb's gradient kernels, cpu) and
+batch (32), in one headless Chromium (DEVELOPERS.md flags, so no GPU, plus
+--enable-unsafe-webgpu: WebGPU on SwiftShader, the CPU): TF.js per backend that
+starts (webgpu, webgl, wasm with mlitb's gradient kernels, cpu) and
 ConvNetJS (npm `convnetjs`, what the original MLitB ran), each in a Web Worker; and
 PyTorch native with 1 thread. Ratios against ConvNetJS. The target: the browser trainer
 at least 5x ConvNetJS.
@@ -48,7 +49,7 @@ def main() -> int:
         BackgroundServer(factory=lambda url: build_app(tmp, url)) as server,
         sync_playwright() as p,
     ):
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, "--enable-unsafe-webgpu"])
         page = browser.new_page()
         page.goto(f"{server.url}/static/bench/bench.html")
         for r in range(REPEATS):

@@ -214,25 +214,57 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def chromium():
+def playwright_sync():
     """Module-scoped: playwright's sync API keeps an event loop running in this thread
-    while it is open, which would break later tests that call asyncio.run()."""
+    while it is open, which would break later tests that call asyncio.run(). One per
+    module, shared by its browsers (a second one in the same thread is refused)."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "Debian chromium is missing: apt-get install -y chromium (.ci/run does)"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
+        yield p
 
 
-@pytest.fixture
-def page(chromium):
-    context = chromium.new_context(viewport={"width": 1366, "height": 900})
+@pytest.fixture(scope="module")
+def chromium(playwright_sync):
+    browser = playwright_sync.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    yield browser
+    browser.close()
+
+
+# --enable-unsafe-webgpu gives headless Chromium a WebGPU adapter: SwiftShader, on the CPU
+# (right for correctness, not speed), as on every desktop Chrome with WebGPU on by default
+CHROMIUM_WEBGPU_ARGS = [*CHROMIUM_ARGS, "--enable-unsafe-webgpu"]
+
+
+@pytest.fixture(scope="module")
+def webgpu_chromium(playwright_sync):
+    """Chromium with a WebGPU adapter: a volunteer page there offers webgpu, webgl and wasm."""
+    browser = playwright_sync.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_WEBGPU_ARGS, headless=True)
+    yield browser
+    browser.close()
+
+
+def _logged_page(browser):
+    """A new page at laptop size that keeps its console lines (wait_for shows them)."""
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
     page = context.new_page()
     page.console_lines = []
     page.on("console", lambda m: page.console_lines.append(f"{m.type}: {m.text}"))
     page.on("pageerror", lambda e: page.console_lines.append(f"pageerror: {e}"))
+    return context, page
+
+
+@pytest.fixture
+def webgpu_page(webgpu_chromium):
+    context, page = _logged_page(webgpu_chromium)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def page(chromium):
+    context, page = _logged_page(chromium)
     yield page
     context.close()
 

@@ -177,7 +177,7 @@ def test_a_float16_only_webgl_is_passed_over(master, mnist_zips, page):
     """WebGL that renders only float16 (some phones; forced here with TF.js's own URL
     flag, which the join page passes to its worker) would make rounds that fail
     verification: the worker passes it over for the next backend, even when the page
-    asks for webgl, and says why in its log."""
+    asks for webgl, and says why in its log and on the page."""
     train = master.data.upload(mnist_zips["train"], "28x28x1", "train")["dataset"]
     test = master.data.upload(mnist_zips["test"], "28x28x1", "test", kind="test")["dataset"]
     create_project(master, train, test, name="f16", batch_size=10)
@@ -188,4 +188,5 @@ def test_a_float16_only_webgl_is_passed_over(master, mnist_zips, page):
         return b if b not in ("", "-") else None
 
     assert wait_for(chosen, 120, "the tab's backend", page) == "wasm"
-    assert "webgl renders only float16 here" in page.inner_text("#log")
+    assert "webgl was asked for but it renders only float16 here" in page.inner_text("#log")
+    assert "webgl not used: it renders only float16 here" in page.inner_text("#backend-why")

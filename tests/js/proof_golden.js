@@ -16,7 +16,7 @@ const f32 = (b64) => {
 };
 const b64 = (arr) => Buffer.from(arr.buffer, arr.byteOffset, arr.byteLength).toString("base64");
 
-function run(t) {
+async function run(t) {
   const engine = Engine(tf, t.layers);
   const start = f32(t.params);
   let values, vectors = 0, proof;
@@ -28,7 +28,7 @@ function run(t) {
     const state = () => Proof.localState(r.params, opt);
     proof.checkpoint(opt.t, state(), true);
     for (const b of t.batches) {
-      r.batch(f32(b.x), new Int32Array(b.y), b.y.length, true);
+      await r.batch(f32(b.x), new Int32Array(b.y), b.y.length, true);
       proof.step(b.keys, opt.t, state);
     }
     proof.checkpoint(opt.t, state(), true);
@@ -40,7 +40,7 @@ function run(t) {
     proof = new Proof.ProofRecorder("gradient", ["g"], engine.numParams);
     proof.checkpoint(0, [total], true);
     for (const b of t.batches) {
-      const g = engine.gradient(f32(b.x), new Int32Array(b.y), b.y.length, true);
+      const g = await engine.gradient(f32(b.x), new Int32Array(b.y), b.y.length, true);
       for (let i = 0; i < total.length; i++) total[i] += g.grad[i];
       vectors += b.y.length;
       proof.step(b.keys, 0, () => [total]);
@@ -57,12 +57,13 @@ function run(t) {
   for await (const chunk of process.stdin) input += chunk;
   const { tasks } = JSON.parse(input);
   if (!(await tf.setBackend("cpu")) || tf.getBackend() !== "cpu") throw new Error("no cpu backend");
-  const results = tasks.map((t) => {
+  const results = [];
+  for (const t of tasks) {
     try {
-      return run(t);
+      results.push(await run(t));
     } catch (e) {
-      return { error: String(e && e.stack ? e.stack : e) };
+      results.push({ error: String(e && e.stack ? e.stack : e) });
     }
-  });
+  }
   process.stdout.write(JSON.stringify({ results }));
 })();

@@ -4,6 +4,7 @@
 // to compute only while charging (where the Battery Status API exists) and to pause
 // while the tab is hidden (on by default). Pausing leaves the project (its data goes
 // back to the pool at once); resuming joins again. Closing the tab leaves cleanly.
+import { showNotice } from "./notices.js";
 import { startWorker } from "./workers.js";
 
 const project = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
@@ -33,6 +34,8 @@ function start() {
       mine = s;
       $("state").textContent = s.state;
       $("backend").textContent = s.backend || "-";
+      $("backend-why").textContent = s.backendCheck ? s.backendCheck.text : "";
+      showNotice($("notice"), s.notice);
       $("iteration").textContent = s.iteration;
       $("cached").textContent = `${s.cached} of ${s.allocated}`;
       $("speed").textContent = s.vectorsPerS ? `${Math.round(s.vectorsPerS).toLocaleString()} vectors/s` : "-";

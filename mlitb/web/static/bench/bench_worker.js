@@ -1,37 +1,30 @@
 // Browser compute benchmark (benchmarks/browser_bench.py drives it): forward+backward
 // vectors/s of one net, same batch, per TF.js backend and for ConvNetJS, in a Web Worker.
+// Backends start as the volunteer's worker starts them (engine/backends.js).
 "use strict";
 self.window = self; // convnet-min.js publishes itself as window.convnetjs
 importScripts("../vendor/tf.min.js", "../vendor/tf-backend-wasm.min.js", "../engine/tfjs_engine.js",
-  "../engine/wasm_kernels.js", "../vendor/convnet-min.js");
+  "../engine/wasm_kernels.js", "../engine/backends.js", "../vendor/convnet-min.js");
 
-function timeLoop(fn, seconds) {
-  fn(); fn(); // warm-up: shader compilation, wasm start-up
+async function timeLoop(fn, seconds) {
+  await fn(); await fn(); // warm-up: shader compilation, wasm start-up
   let n = 0;
   const t0 = performance.now();
-  while (performance.now() - t0 < seconds * 1000) { fn(); n++; }
+  while (performance.now() - t0 < seconds * 1000) { await fn(); n++; }
   return { calls: n, seconds: (performance.now() - t0) / 1000 };
 }
 
 async function tfjs(backend, layers, batch, seconds) {
   try {
-    if (backend === "webgpu") {
-      const adapter = self.navigator.gpu &&
-        (await Promise.race([self.navigator.gpu.requestAdapter(), new Promise((r) => setTimeout(() => r(null), 3000))]));
-      if (!adapter) return { error: "no WebGPU adapter" };
-      importScripts("../vendor/tf-backend-webgpu.min.js");
-    }
-    if (backend === "wasm") tf.wasm.setWasmPaths(new URL("../vendor/", self.location.href).href);
-    if (!(await tf.setBackend(backend)) || tf.getBackend() !== backend) return { error: "backend did not start" };
-    await tf.ready();
-    if (backend === "wasm") registerMlitbWasmKernels(tf);
+    const s = await MlitbBackends.start(tf, backend);
+    if (!s.ok) return { error: s.reason };
     const engine = MlitbTfjsEngine(tf, layers);
     engine.setParams(new Float32Array(engine.numParams).map(() => (Math.random() - 0.5) * 0.1));
     const x = new Float32Array(batch * engine.inShape.reduce((a, b) => a * b)).map(() => Math.random());
     const y = new Int32Array(batch).map(() => Math.floor(Math.random() * engine.numOutputs));
-    const r = timeLoop(() => engine.gradient(x, y, batch, true), seconds);
+    const r = await timeLoop(() => engine.gradient(x, y, batch, true), seconds);
     engine.dispose();
-    return { vectors_per_s: (r.calls * batch) / r.seconds, calls: r.calls };
+    return { vectors_per_s: (r.calls * batch) / r.seconds, calls: r.calls, device: s.device || "" };
   } catch (e) {
     return { error: String(e.message || e) };
   }
@@ -48,8 +41,11 @@ function convnetjsRun(defs, batch, seconds) {
     return v;
   });
   const labels = vols.map(() => Math.floor(Math.random() * 10));
-  const r = timeLoop(() => { for (let i = 0; i < batch; i++) trainer.train(vols[i], labels[i]); }, seconds);
-  return { vectors_per_s: (r.calls * batch) / r.seconds, calls: r.calls };
+  for (let i = 0; i < batch; i++) trainer.train(vols[i], labels[i]); // warm-up
+  const t0 = performance.now();
+  let n = 0;
+  while (performance.now() - t0 < seconds * 1000) { for (let i = 0; i < batch; i++) trainer.train(vols[i], labels[i]); n++; }
+  return { vectors_per_s: (n * batch) / ((performance.now() - t0) / 1000), calls: n };
 }
 
 self.onmessage = async (e) => {

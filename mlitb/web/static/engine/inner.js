@@ -30,7 +30,7 @@
  *     .reset()                            step count and state back to zero
  *     .t, .state, .config, .batchSize, .numParams
  *   new MlitbInner.LocalRound(engine, opt, start, mul)  (`new` optional)
- *     .batch(x, y, n, train = true)      engine.setParams(params), engine.gradient, opt.step
+ *     await .batch(x, y, n, train = true) engine.setParams(params), engine.gradient, opt.step
  *     .delta() -> Float32Array           start - params, float32
  *     .params, .vectors, .loss (summed), .steps
  * A classic script (self.MlitbInner in workers) and a CommonJS module (node tests).
@@ -235,9 +235,9 @@
   }
 
   /** One inner step on a batch (x, y, n as engine.gradient takes them); returns its summed loss. */
-  LocalRound.prototype.batch = function (x, y, n, train = true) {
+  LocalRound.prototype.batch = async function (x, y, n, train = true) {
     this.engine.setParams(this.params); // the parameters change every step
-    const r = this.engine.gradient(x, y, n, train);
+    const r = await this.engine.gradient(x, y, n, train);
     this.opt.step(this.params, r.grad, n, this.mul);
     this.vectors += n;
     this.loss += r.loss;

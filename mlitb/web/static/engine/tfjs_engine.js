@@ -11,11 +11,16 @@
  * Interface (small on purpose, so another engine - e.g. a WebGPU one - can replace it):
  *   const engine = MlitbTfjsEngine(tf, layers)       // expanded spec
  *   engine.setParams(Float32Array)                    // length engine.numParams
- *   engine.gradient(x, y, n, train) -> {grad: Float32Array, loss: number, count: n}
+ *   await engine.gradient(x, y, n, train) -> {grad: Float32Array, loss: number, count: n}
  *       x: Float32Array N*H*W*C (NHWC, pixel/255); y: Int32Array N labels
  *       (Float32Array N*K targets for regression); sums, not means
- *   engine.predict(x, n) -> Float32Array N*K (probabilities, or scores)
+ *   await engine.predict(x, n) -> Float32Array N*K (probabilities, or scores)
  *   engine.dispose()
+ * Results are read from the backend asynchronously (tensor.data(), never dataSync()):
+ * TF.js's webgpu backend reads synchronously by drawing the buffer through two canvases,
+ * which gives all zeros under Chromium's SwiftShader WebGPU (a tab that sent those
+ * gradients was banned at its first audit); its asynchronous read maps a staging buffer
+ * and is exact. On wasm and cpu the asynchronous read is the synchronous one, resolved.
  * Loaded as a classic script (self.MlitbTfjsEngine) or with require() in node.
  */
 (function (root, factory) {
@@ -142,27 +147,31 @@
       P.dispose();
       P = next;
     },
-    gradient(x, y, n, train = true) {
+    async gradient(x, y, n, train = true) {
       const out = tf.tidy(() => {
         const xt = input(x, n);
         const yt = loss === "regression" ? tf.tensor2d(y, [n, K]) : tf.tensor1d(y, "int32");
         const { value, grads } = tf.valueAndGrads((p) => lossOf(scores(p, xt, train), yt))([P]);
         return [value, grads[0]];
       });
-      const lossValue = out[0].dataSync()[0];
-      const grad = out[1].dataSync();
-      out[0].dispose();
-      out[1].dispose();
-      return { grad: new Float32Array(grad), loss: lossValue, count: n };
+      try {
+        const [lossValue, grad] = await Promise.all([out[0].data(), out[1].data()]);
+        return { grad: new Float32Array(grad), loss: lossValue[0], count: n };
+      } finally {
+        out[0].dispose();
+        out[1].dispose();
+      }
     },
-    predict(x, n) {
+    async predict(x, n) {
       const out = tf.tidy(() => {
         const s = scores(P, input(x, n), false);
         return loss === "softmax" ? tf.softmax(s) : s;
       });
-      const values = new Float32Array(out.dataSync());
-      out.dispose();
-      return values;
+      try {
+        return new Float32Array(await out.data());
+      } finally {
+        out.dispose();
+      }
     },
     dispose() {
       P.dispose();

@@ -26,18 +26,22 @@
 "use strict";
 importScripts("../vendor/tf.min.js", "../vendor/tf-backend-wasm.min.js",
   "../engine/tfjs_engine.js", "../engine/wasm_kernels.js", "../engine/wire.js", "../engine/inner.js",
-  "../engine/proof.js");
+  "../engine/proof.js", "../engine/backends.js");
 try {
   importScripts("../engine/codecs.js"); // optional: without it results go uncompressed
 } catch (e) { /* absent: see feedback() */ }
 const Wire = self.MlitbWire;
 const Inner = self.MlitbInner;
 const Proof = self.MlitbProof;
+const Backends = self.MlitbBackends;
 // wire.js with protocol 2 frames (delta results, parameter deltas, compressed dtypes)?
 const V2 = Wire.DELTA !== undefined;
 const PROTOCOL = V2 ? 2 : 1;
 const DTYPES = { none: 1, float16: 2, int8: 3 }; // work order's compression -> frame dtype
 const ALTERNATE_AFTER = 3; // failed connections in a row before trying the next URL
+// close codes after which this tab stops (docs/protocol.md): wrong key, unknown project,
+// old protocol, deleted, banned; the page explains each (app/notices.js)
+const FATAL_CLOSES = [4403, 4404, 4409, 4410, 4453];
 
 const S = {
   cfg: null, ws: null, engine: null, spec: null, labels: [], projectId: 0, clientId: "",
@@ -59,6 +63,9 @@ const S = {
   conn: 0, // +1 on each welcome and lost connection: allocations of an older one are void
   // tracker schedule (welcome's `tracker`): {periodMs, sample} or null = every parameters frame
   tracker: null, lastEvalEnd: -Infinity, lastEvalMs: 0, evalTimer: null, sample: null,
+  // the join-time backend check (engine/backends.js) and the spec it was made for
+  backendCheck: null, checkedSpec: "",
+  notice: null, // why the master refused or removed this tab: {code, reason, detail}, for the page
 };
 // the cache: dense arrays of the items allocated to this worker
 const C = { pixels: new Uint8Array(0), labels: new Int32Array(0), keys: [], index: new Map(), n: 0, item: 0 };
@@ -70,56 +77,30 @@ function status() {
     type: "status", state: S.state, backend: S.backend, clientId: S.clientId, iteration: S.iteration,
     projectState: S.projectState, cached: C.n, allocated: S.allocated, vectorsPerS: S.vectorsPerS,
     vectorsProcessed: S.vectorsProcessed, results: S.results, testError: S.testError, role: S.cfg && S.cfg.role,
-    labels: S.labels,
+    labels: S.labels, backendCheck: S.backendCheck, notice: S.notice,
   });
 }
 setInterval(status, 500);
 
 // ---------------------------------------------------------------- backend choice
-async function softwareWebGL() {
-  try {
-    const gl = new OffscreenCanvas(1, 1).getContext("webgl2") || new OffscreenCanvas(1, 1).getContext("webgl");
-    if (!gl) return true;
-    const ext = gl.getExtension("WEBGL_debug_renderer_info");
-    const name = ext ? gl.getParameter(ext.UNMASKED_RENDERER_WEBGL) : "";
-    return /swiftshader|llvmpipe|software/i.test(name);
-  } catch (e) { return true; }
-}
-
-async function chooseBackend(preferred) {
-  // Auto: webgpu, then webgl (unless software-rendered: wasm is ~20x faster then), then
-  // wasm (SIMD, with mlitb's gradient kernels), then cpu.
-  let order = ["webgpu", "webgl", "wasm", "cpu"];
-  if (preferred && preferred !== "auto") order = [preferred, ...order.filter((b) => b !== preferred)];
-  for (const b of order) {
-    try {
-      if (b === "webgpu") {
-        // requestAdapter can hang where GPUs are disabled: give it 3 s
-        const adapter = self.navigator.gpu &&
-          (await Promise.race([self.navigator.gpu.requestAdapter(), new Promise((r) => setTimeout(() => r(null), 3000))]));
-        if (!adapter) continue;
-        if (!tf.findBackendFactory("webgpu")) importScripts("../vendor/tf-backend-webgpu.min.js");
-      }
-      if (b === "webgl" && preferred !== "webgl" && (await softwareWebGL())) continue;
-      if (b === "wasm") {
-        tf.wasm.setWasmPaths(new URL("../vendor/", self.location.href).href);
-      }
-      if (!(await tf.setBackend(b))) continue;
-      await tf.ready();
-      if (tf.getBackend() !== b) continue;
-      if (b === "webgl" && !tf.env().getBool("WEBGL_RENDER_FLOAT32_ENABLED")) {
-        // float16 textures only (some phones): ~1e-3 per op, far beyond what the master's
-        // replay of an audited round accepts: an honest tab would be banned
-        log("webgl renders only float16 here: its rounds would fail verification; trying the next backend", "info");
-        continue;
-      }
-      if (b === "wasm") registerMlitbWasmKernels(tf);
-      return b;
-    } catch (e) {
-      log(`backend ${b} unavailable: ${e.message || e}`, "debug");
-    }
-  }
-  throw new Error("no TF.js backend could start");
+/**
+ * The backend for this model, by measurement (engine/backends.js): every backend the
+ * browser offers is run on the project's own model and compared with TF.js's cpu
+ * backend; the fastest correct one is used (the page's choice, if it is correct). Done
+ * before the first result of a model is sent, again when the model changes.
+ */
+async function ensureBackend(spec) {
+  const key = JSON.stringify(spec);
+  if (S.backend && S.checkedSpec === key) return;
+  S.state = "checking this device's backends";
+  status();
+  const c = await Backends.check(tf, MlitbTfjsEngine, spec, {
+    prefer: S.cfg.backend, batchSize: S.cfg.batchSize || 32, log,
+  });
+  S.backend = c.chosen;
+  S.checkedSpec = key;
+  S.backendCheck = { chosen: c.chosen, why: c.why, ms: Math.round(c.ms), text: Backends.describe(c), results: c.results };
+  log(`computing with TF.js ${S.backendCheck.text} (checked in ${(c.ms / 1000).toFixed(1)} s)`);
 }
 
 // ---------------------------------------------------------------- connection
@@ -186,10 +167,18 @@ function connect() {
     S.gen++;
     S.conn++;
     if (S.stopped) return;
-    const fatal = [4403, 4404, 4409, 4410, 4453].includes(ev.code);
+    const fatal = FATAL_CLOSES.includes(ev.code);
     log(`connection closed (${ev.code}${ev.reason ? ": " + ev.reason : ""})${fatal ? "" : "; reconnecting"}`,
       fatal ? "error" : "warn");
-    if (fatal) { S.state = "refused: " + (ev.reason || ev.code); S.stopped = true; return; }
+    if (fatal) {
+      S.state = "refused: " + (ev.reason || ev.code);
+      S.stopped = true;
+      S.notice = { code: ev.code, reason: ev.reason || "", detail: (S.notice && S.notice.detail) || "" };
+      status();
+      return;
+    }
+    // full (4429): not fatal, this tab retries; the page says so until a welcome
+    S.notice = ev.code === 4429 ? { code: ev.code, reason: ev.reason || "", detail: "" } : S.notice;
     S.state = "reconnecting";
     if (!S.welcomed) S.failsInRow += 1;
     if (S.failsInRow >= ALTERNATE_AFTER && S.urls.length > 1) {
@@ -231,6 +220,7 @@ async function onText(m) {
       S.nextWork = null; // an order of an older connection is void too
       S.welcomed = true;
       S.failsInRow = 0;
+      S.notice = null;
       addAlternatives(m.alternatives);
       S.clientId = m.client_id;
       S.projectId = m.project.id;
@@ -241,10 +231,7 @@ async function onText(m) {
       S.resyncAt = 0;
       resetLearner();
       setTracker(m.tracker);
-      if (!S.backend) {
-        S.backend = await chooseBackend(S.cfg.backend);
-        log(`computing with TF.js ${S.backend}`);
-      }
+      await ensureBackend(m.spec);
       if (S.engine) S.engine.dispose();
       S.spec = m.spec;
       S.engine = MlitbTfjsEngine(tf, m.spec);
@@ -258,6 +245,7 @@ async function onText(m) {
     }
     case "model": // a label was added: same data, one more output; parameters follow
       S.gen++;
+      await ensureBackend(m.spec);
       if (S.engine) S.engine.dispose();
       S.spec = m.spec;
       S.labels = m.labels;
@@ -274,6 +262,8 @@ async function onText(m) {
     case "audit": answerAudit(m); break;
     case "state": S.projectState = m.state; break;
     case "error":
+      // a ban's reason comes just before its close (4453): kept for the page's notice
+      if (m.code === "banned") S.notice = { code: 4453, reason: "banned", detail: String(m.reason || "") };
       log(`master: ${m.code}: ${m.reason}`, "warn");
       break;
     default: break; // heartbeat echoes; unknown types are ignored (forward compatible)
@@ -463,7 +453,7 @@ async function work(m) {
     log(`training failed: ${e.message || e}`, "error");
   } finally {
     S.busy = false;
-    S.state = "waiting";
+    if (!S.stopped) S.state = "waiting"; // a refusal's state stays on the page
     const next = S.nextWork;
     S.nextWork = null;
     if (next && next.iteration === S.iteration) work(next);
@@ -480,7 +470,7 @@ const live = (gen) => gen === S.gen && C.n > 0;
 
 /** Mode "gradient": the gradient summed over every vector, at the parameters of `it`. */
 async function gradientRound(it, workMs, target, m, gen) {
-  S.engine.setParams(S.params);
+  const start = S.params; // never changed in place: a new frame makes a new array
   const total = new Float32Array(S.engine.numParams);
   const proof = new Proof.ProofRecorder("gradient", ["g"], total.length);
   proof.checkpoint(0, [total], true);
@@ -491,7 +481,10 @@ async function gradientRound(it, workMs, target, m, gen) {
     if (!live(gen)) break;
     const tb = performance.now();
     const [x, y, keys] = batch(nextRows(batchSize(B, target, vectors)));
-    const r = S.engine.gradient(x, y, y.length, true);
+    // every batch at the round's parameters: a classify or tracker call between batches
+    // may have set others
+    S.engine.setParams(start);
+    const r = await S.engine.gradient(x, y, y.length, true);
     for (let i = 0; i < total.length; i++) total[i] += r.grad[i];
     vectors += y.length;
     loss += r.loss;
@@ -539,7 +532,7 @@ async function localRound(it, workMs, target, m, gen) {
     if (!live(gen)) break;
     const tb = performance.now();
     const [x, y, keys] = batch(nextRows(batchSize(B, target, round.vectors)));
-    round.batch(x, y, y.length, true); // setParams(p), gradient, inner step
+    await round.batch(x, y, y.length, true); // setParams(p), gradient, inner step
     proof.step(keys, opt.t, state);
     lastBatch = performance.now() - tb;
     if (stop(it, t0, workMs, lastBatch, target, round.vectors)) break;
@@ -572,7 +565,7 @@ async function overlapRound(mostMs, end, gen) {
   while (!S.nextWork && it === S.iteration && live(gen) && performance.now() - t0 + lastBatch <= mostMs) {
     const tb = performance.now();
     const [x, y, keys] = batch(nextRows(B));
-    round.batch(x, y, y.length, true);
+    await round.batch(x, y, y.length, true);
     proof.step(keys, opt.t, state);
     lastBatch = performance.now() - tb;
     if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
@@ -661,24 +654,29 @@ async function evaluate() {
   if (!S.engine || !S.params || C.n === 0 || S.busy) return;
   S.busy = true;
   const it = S.iteration, t0 = performance.now();
+  // this evaluation's engine and parameters: a classify between batches may set others,
+  // a new model replaces the engine (the evaluation is then dropped)
+  const engine = S.engine, params = S.params, gen = S.gen;
   try {
-    S.engine.setParams(S.params);
     let wrong = 0, lossSum = 0;
-    const K = S.engine.numOutputs;
+    const K = engine.numOutputs;
     const sample = testRows();
     const count = sample ? sample.length : C.n;
     for (let s = 0; s < count; s += 256) {
+      if (gen !== S.gen) return;
       const rows = sample ? sample.subarray(s, s + 256) : new Uint32Array(Math.min(256, C.n - s)).map((_, i) => s + i);
       const [x, y] = batch(rows);
-      const p = S.engine.predict(x, y.length);
+      engine.setParams(params);
+      const p = await engine.predict(x, y.length);
       for (let i = 0; i < y.length; i++) {
         let best = 0;
         for (let k = 1; k < K; k++) if (p[i * K + k] > p[i * K + best]) best = k;
         if (best !== y[i]) wrong++;
-        if (S.engine.loss === "softmax") lossSum -= Math.log(Math.max(p[i * K + y[i]], 1e-12));
+        if (engine.loss === "softmax") lossSum -= Math.log(Math.max(p[i * K + y[i]], 1e-12));
       }
       await yieldNow();
     }
+    if (gen !== S.gen) return;
     S.testError = wrong / count;
     send({ type: "test_result", iteration: it, error: S.testError, loss: lossSum / count, count });
     post({ type: "test", iteration: it, error: S.testError });
@@ -691,12 +689,12 @@ async function evaluate() {
   }
 }
 
-function classify(m) {
+async function classify(m) {
   if (!S.engine || !S.params) { post({ type: "prediction", id: m.id, error: "no model yet" }); return; }
   S.engine.setParams(S.params);
   const x = new Float32Array(m.pixels.length);
   for (let i = 0; i < x.length; i++) x[i] = m.pixels[i] / 255;
-  const p = S.engine.predict(x, 1);
+  const p = await S.engine.predict(x, 1);
   post({ type: "prediction", id: m.id, probs: Array.from(p), labels: S.labels });
 }
 
