@@ -240,7 +240,9 @@ CHROMIUM_WEBGPU_ARGS = [*CHROMIUM_ARGS, "--enable-unsafe-webgpu"]
 @pytest.fixture(scope="module")
 def webgpu_chromium(playwright_sync):
     """Chromium with a WebGPU adapter: a volunteer page there offers webgpu, webgl and wasm."""
-    browser = playwright_sync.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_WEBGPU_ARGS, headless=True)
+    browser = playwright_sync.chromium.launch(
+        executable_path=CHROMIUM, args=CHROMIUM_WEBGPU_ARGS, headless=True
+    )
     yield browser
     browser.close()
 

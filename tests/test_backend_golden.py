@@ -27,8 +27,8 @@ from test_tfjs_golden import CASES, RTOL, close, make_case
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 BACKENDS = ["wasm", "webgl", "webgpu"]
-STATIC = ["vendor/tf.min.js", "vendor/tf-backend-wasm.min.js", "engine/tfjs_engine.js", "engine/wasm_kernels.js",
-          "engine/inner.js", "engine/backends.js"]  # fmt: skip
+STATIC = ["vendor/tf.min.js", "vendor/tf-backend-wasm.min.js", "engine/tfjs_engine.js",
+          "engine/wasm_kernels.js", "engine/inner.js", "engine/backends.js"]  # fmt: skip
 GOLDEN = [ROOT / "tests" / "js" / "tfjs_golden.js", ROOT / "tests" / "js" / "inner_golden.js"]
 
 # A Web Worker made from a Blob: the engine's own files from the server, the golden
@@ -96,7 +96,8 @@ def run(server, webgpu_chromium):
     def go(backend: str, task: str, request, setup: str = "") -> dict:
         """setup: code run once TF.js is loaded, before the task."""
         src = WORKER % {"scripts": scripts, "setup": setup, "golden": golden}
-        message = {"backend": backend, "vendor": f"{server.url}/static/vendor/", "task": task, "request": request}
+        vendor = f"{server.url}/static/vendor/"
+        message = {"backend": backend, "vendor": vendor, "task": task, "request": request}
         out = page.evaluate(RUN, {"src": src, "message": message})
         assert "error" not in out, out["error"]
         if task != "check":  # a check leaves its pick active
@@ -176,7 +177,9 @@ def test_the_join_check_refuses_a_backend_that_reads_wrong(run):
 const realData = tf.Tensor.prototype.data;
 tf.Tensor.prototype.data = async function () {
   const v = await realData.call(this);
-  if (tf.getBackend() === "webgl" && v instanceof Float32Array) for (let i = 0; i < v.length; i++) v[i] *= 1.01;
+  if (tf.getBackend() === "webgl" && v instanceof Float32Array) {
+    for (let i = 0; i < v.length; i++) v[i] *= 1.01;
+  }
   return v;
 };
 """
