@@ -271,6 +271,16 @@ def page(chromium):
     context.close()
 
 
+def pause(seconds: float, page=None) -> None:
+    """Sleep; with a page, through playwright, so that its events (console lines, route
+    handlers a test installed for the page's Web Workers) are handled meanwhile: the sync
+    API handles them only inside its own calls."""
+    if page is not None and not page.is_closed():
+        page.wait_for_timeout(seconds * 1000)
+    else:
+        time.sleep(seconds)
+
+
 def wait_for(fn, timeout: float, what: str, page=None):
     """Poll fn until it returns something truthy; the assertion shows the last value and,
     for browser tests, the page's last console lines."""
@@ -280,7 +290,7 @@ def wait_for(fn, timeout: float, what: str, page=None):
         last = fn()
         if last:
             return last
-        time.sleep(0.3)
+        pause(0.3, page)
     logs = "\n".join(page.console_lines[-30:]) if page is not None else ""
     raise AssertionError(f"timed out waiting for {what}; last: {str(last)[:500]}\n{logs}")
 

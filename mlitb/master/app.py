@@ -355,8 +355,12 @@ def create_master_app(
 
     @app.get("/join/{name}", response_class=HTMLResponse)
     async def volunteer(name: str) -> HTMLResponse:
-        manager.get(name)  # 404 with the project list if unknown
-        return HTMLResponse((STATIC / "join.html").read_text())
+        # an unknown project: the page all the same (404), whose worker is refused with
+        # 4404 and says so in words, with what to do; not a JSON error for a volunteer
+        known = name in manager.runners
+        if not known:
+            log.info("GET /join/%s -> 404: no such project (the page says so)", name[:100])
+        return HTMLResponse((STATIC / "join.html").read_text(), status_code=200 if known else 404)
 
     # ------------------------------------------------------------------ sockets
     @app.websocket("/api/projects/{name}/stream")

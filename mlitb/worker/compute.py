@@ -30,6 +30,7 @@ class WorkResult:
     loss: float  # summed loss
     compute_ms: int
     proof: object = None  # the ProofRecorder of the round (overlap carries keep theirs)
+    after: int = -1  # an overlap carry: the iteration of the round it continues
 
     @property
     def vectors_per_s(self) -> float:

@@ -485,7 +485,10 @@ class Worker:
                     held = self._inner
                     opt = self._inner_for(inner)
                     batch = self.batch_size or int(inner.get("batch_size") or batch)
-                    if carry is not None and not max_vectors and opt is held:
+                    # the overlap continues the round of the iteration before; after a gap
+                    # (no order meanwhile: a slow device) it started from parameters the
+                    # master does not check it against, and is dropped
+                    if carry is not None and not max_vectors and opt is held and carry.after == iteration - 1:
                         # the overlap's steps, moved onto the new parameters: new + (now - sent)
                         self.net.flat.data -= torch.from_numpy(carry.grad).to(self.net.flat.device)
                         proof = carry.proof
@@ -571,6 +574,7 @@ class Worker:
                 return
             if np.isfinite(carry.grad).all():
                 carry.proof = proof
+                carry.after = m["iteration"]  # the round it continues
                 self._carry = carry
 
     async def _answer_audit(self, ws, m: dict) -> None:

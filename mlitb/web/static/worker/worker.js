@@ -54,7 +54,7 @@ const S = {
   // local SGD: the inner optimizer (kept across work orders with the same inner settings)
   // and the spec's decay multipliers; error feedback per (frame kind, dtype) of results
   inner: null, decayMul: null, feedback: new Map(), feedbackKey: "", resyncAt: 0, nextWork: null,
-  carry: null, // overlap: {delta, vectors, loss, ms, opt, proof} not yet sent, for the next local order
+  carry: null, // overlap: {delta, vectors, loss, ms, opt, proof, after} not yet sent, for the order of iteration after + 1
   proofs: new Map(), // iteration -> [{vectors, loss, proof}] of its rounds, for the master's audits
   // the learner's generation: +1 on each welcome, lost connection and model change. A round
   // started in an older one is void (its engine, cache, inner state or server are gone):
@@ -447,7 +447,7 @@ async function work(m) {
       S.proofs.get(it).push({ vectors: r.vectors, loss: r.loss, proof: r.proof });
       for (const old of [...S.proofs.keys()]) if (old < it - 2) S.proofs.delete(old);
     }
-    if (mode === "local" && m.overlap_ms > 0 && !target && r.end) await overlapRound(m.overlap_ms, r.end, gen);
+    if (mode === "local" && m.overlap_ms > 0 && !target && r.end) await overlapRound(m.overlap_ms, r.end, gen, it);
   } catch (e) {
     if (mode === "local") S.inner = null; // start the next round afresh
     log(`training failed: ${e.message || e}`, "error");
@@ -517,7 +517,10 @@ async function localRound(it, workMs, target, m, gen) {
   const round = new Inner.LocalRound(S.engine, opt, S.params, mul); // S.params is never changed in place
   const carry = S.carry;
   S.carry = null;
-  const carried = carry && carry.opt === opt && carry.delta.length === n && !target;
+  // the overlap's steps continue the round of the iteration before: a carry from an older
+  // one (this tab had no order meanwhile: a slow device) started from parameters the
+  // master no longer holds against it (its audit would fail); it is dropped
+  const carried = carry && carry.opt === opt && carry.delta.length === n && !target && carry.after === it - 1;
   // the overlap's steps, moved onto the new parameters: start - (sent - now)
   if (carried) for (let i = 0; i < n; i++) round.params[i] = round.start[i] - carry.delta[i];
   // the round's record: the overlap's steps, the shift, then this round's steps
@@ -548,9 +551,11 @@ async function localRound(it, workMs, target, m, gen) {
 /**
  * Overlap (local SGD): after a result went out, keep stepping from where the round ended
  * (`end`) until the next work order or new parameters arrive, at most mostMs; the change
- * is kept in S.carry for the next local round, which moves it onto the new parameters.
+ * is kept in S.carry for the local round of iteration `after` + 1, which moves it onto the
+ * new parameters (a later round drops it: the master checks the overlap's start against
+ * the parameters of the iteration before the audited one).
  */
-async function overlapRound(mostMs, end, gen) {
+async function overlapRound(mostMs, end, gen, after) {
   const opt = S.inner;
   if (!opt || S.nextWork || !live(gen)) return;
   const it = S.iteration;
@@ -572,7 +577,8 @@ async function overlapRound(mostMs, end, gen) {
   }
   if (round.vectors > 0 && S.inner === opt && gen === S.gen) {
     proof.checkpoint(opt.t, state(), true);
-    S.carry = { delta: round.delta(), vectors: round.vectors, loss: round.loss, ms: performance.now() - t0, opt, proof };
+    S.carry = { delta: round.delta(), vectors: round.vectors, loss: round.loss, ms: performance.now() - t0, opt, proof,
+      after };
   }
 }
 
