@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlitb.master.verification import AuditJob, Plan, ProofInvalid, Verdict, check_ends, prepare, run_replay
+from mlitb.master.verification import AuditJob, Plan, Verdict, prepare, run_replay
 from mlitb.model.inner import InnerOptimizer
 from mlitb.model.layout import decay_multipliers
 from mlitb.model.model import Model
@@ -477,36 +477,3 @@ def test_an_honest_tfjs_round_on_a_well_fit_model_is_not_banned(monkeypatch):
     liar = round_on(1)()
     assert not liar.ok
     assert "float32 rounding alone moves this segment" in liar.detail, liar.detail
-
-
-def test_a_result_near_zero_after_a_large_last_segment_is_not_banned():
-    """The last checkpoint is rebuilt from an int8 change of the one before it (~1 % of
-    that change). When a round ends near where it started - its steps undo the overlap's,
-    or a memorized shard barely moves - that segment is far larger than the result, and
-    the rebuild's rounding is most of the result: honest native workers in a mixed fleet
-    were banned with 'the result sent is not the round's (relative difference 0.0208)'
-    and '(... 4.26 ...)'. The master allows exactly the int8 rounding it can derive from
-    the rebuilt change; a lie beyond it is still caught."""
-    rng = np.random.default_rng(4)
-    previous = rng.normal(0, 0.1, N).astype(np.float32)  # the overlap starts where the last round ended
-    start = (previous - rng.normal(0, 0.01, N)).astype(np.float32)  # the parameters it was sent
-    d1 = rng.normal(0, 0.01, N).astype(np.float32)  # the overlap's step
-    tiny = rng.normal(0, 1e-6, N).astype(np.float32)
-    zeros = np.zeros(N, np.float32)
-    ps = [previous, previous + d1, start + d1, start + tiny]  # overlap, shift, a step undoing it
-    header = {"mode": "local", "arrays": ["p", "m", "v"], "batches": [8, 0, 8], "keys": list(range(16)),
-              "checkpoints": [{"step": s, "t": t} for s, t in ((0, 0), (1, 1), (2, 1), (3, 2))]}  # fmt: skip
-    data = proofs.encode(1, 5, header, [[p, zeros, zeros] for p in ps], delta=True)
-    _, _, head, values = proofs.decode(data, N)
-    batches, ckpts = head["batches"], head["checkpoints"]
-    sent = start - ps[-1]  # what the client computed from its exact parameters: -tiny
-    rebuilt_rel = np.linalg.norm(sent - (start - values[-1, 0])) / np.linalg.norm(sent)
-    assert rebuilt_rel > 1.0, rebuilt_rel  # the case: the rebuild's rounding dwarfs the result
-    honest = job_for("local", sent, 16, start, ADAM, previous=previous, last_norm=1.0)
-    check_ends(honest, batches, ckpts, values, TOL, int8=True)
-    with pytest.raises(ProofInvalid, match="not the round's"):
-        check_ends(honest, batches, ckpts, values, TOL, int8=False)  # what main did
-    for lie in (d1, -d1, 100 * sent + d1 / 10):
-        with pytest.raises(ProofInvalid, match="int8 rounding"):
-            check_ends(job_for("local", lie, 16, start, ADAM, previous=previous, last_norm=1.0),
-                       batches, ckpts, values, TOL, int8=True)  # fmt: skip

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlitb.protocol import codecs, frames, proofs
+from mlitb.protocol import frames, proofs
 
 log = logging.getLogger("mlitb.master")
 
@@ -148,25 +148,10 @@ def final_tolerance(job: AuditJob, tolerance: float) -> float:
     return {frames.codecs.INT8: 0.15, frames.codecs.FLOAT16: 0.01}.get(job.dtype, 0.0) + tolerance
 
 
-def int8_rebuild_error(change: np.ndarray) -> float:
-    """The largest norm of the error of a change sent as int8 (proofs' delta "int8"),
-    from the rebuilt change itself: in each block of codecs.BLOCK values the largest
-    magnitude became +-127 exactly, so its scale is max|block| / 127 and each value is
-    within half a scale of what was sent."""
-    flat = np.abs(change.astype(np.float64).reshape(-1))
-    pad = np.zeros(-(-flat.size // codecs.BLOCK) * codecs.BLOCK)
-    pad[: flat.size] = flat
-    half_scale = pad.reshape(-1, codecs.BLOCK).max(axis=1) / 127 / 2
-    counts = np.minimum(codecs.BLOCK, flat.size - codecs.BLOCK * np.arange(half_scale.size))
-    return float(np.sqrt(np.sum(counts * half_scale**2)))
-
-
 def check_ends(
-    job: AuditJob, batches: list[int], ckpts: list[dict], values: np.ndarray, tolerance: float,
-    int8: bool = False,
-) -> None:  # fmt: skip
-    """First and last checkpoints against what the master knows; ProofInvalid if off.
-    int8: the proof's later checkpoints came as int8 changes (proofs' delta "int8")."""
+    job: AuditJob, batches: list[int], ckpts: list[dict], values: np.ndarray, tolerance: float
+) -> None:
+    """First and last checkpoints against what the master knows; ProofInvalid if off."""
     first, last = values[0, 0], values[-1, 0]
     if not np.isfinite(values).all():
         raise ProofInvalid("a checkpoint has NaN or Inf values")
@@ -190,22 +175,10 @@ def check_ends(
                 )
         true = job.start.astype(np.float64) - last
     tol = final_tolerance(job, tolerance)
-    scale = float(np.linalg.norm(true))
-    diff = float(np.linalg.norm(job.values.astype(np.float64) - true))
-    # the last checkpoint was rebuilt from an int8 change of the one before: the result
-    # may differ from it by that rounding (a round whose end is near its start - a
-    # memorized shard; an overlap undone by the round - has a last segment far larger than
-    # its result: an honest native worker was banned at 2 % and at 426 %)
-    rebuilt = 0.0
-    if int8 and len(values) > 1:  # + float32 rounding of the rebuild's add, a few ulps of p
-        rebuilt = 1.01 * int8_rebuild_error(values[-1, 0] - values[-2, 0]) + 2**-22 * float(
-            np.linalg.norm(last)
-        )
-    if diff > max(tol, 1e-5) * scale + rebuilt:
-        extra = f", plus {rebuilt:.3g} for the last checkpoint's int8 rounding" if rebuilt else ""
+    err = _rel(job.values, true, float(np.linalg.norm(true)))
+    if err > max(tol, 1e-5):
         raise ProofInvalid(
-            f"the result sent is not the round's (relative difference {diff / max(scale, 1e-30):.3g}, "
-            f"tolerance {tol:g}{extra})"
+            f"the result sent is not the round's (relative difference {err:.3g}, tolerance {tol:g})"
         )
 
 
@@ -391,7 +364,7 @@ def prepare(job: AuditJob, header: dict, values: np.ndarray, foreign, tolerance:
     `foreign(keys) -> keys` names the ones this trainer was never given."""
     try:
         batches, keys, ckpts = check_structure(job, header, foreign)
-        check_ends(job, batches, ckpts, values, tolerance, header.get("delta") == "int8")
+        check_ends(job, batches, ckpts, values, tolerance)
     except ProofInvalid as exc:
         return Verdict(False, str(exc))
     chosen = segments(batches, ckpts, values, job.mode) if replay else []
