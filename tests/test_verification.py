@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlitb.master.verification import AuditJob, Plan, Verdict, prepare, run_replay
+from mlitb.master.verification import AuditJob, Plan, ProofInvalid, Verdict, check_ends, prepare, run_replay
 from mlitb.model.inner import InnerOptimizer
 from mlitb.model.layout import decay_multipliers
 from mlitb.model.model import Model
@@ -477,3 +477,32 @@ def test_an_honest_tfjs_round_on_a_well_fit_model_is_not_banned(monkeypatch):
     liar = round_on(1)()
     assert not liar.ok
     assert "float32 rounding alone moves this segment" in liar.detail, liar.detail
+
+
+def test_a_converged_round_of_a_few_ulps_is_not_banned():
+    """A model so well fit that Adam's steps fall below an ulp moves a few parameters by
+    an ulp in a whole round: its change (norm ~1e-9) is of the size of the float32
+    rounding of the result's own arithmetic (new - carry, start - end, + carry). Seen in
+    a mixed fleet: an honest native worker banned with 'the result sent is not the
+    round's (relative difference 0.0459)' for a result of norm 3.5e-9. Rounding of a few
+    ulps of the parameters passes; a lie of any useful size does not."""
+    rng = np.random.default_rng(4)
+    previous = rng.normal(0, 0.3, N).astype(np.float32)
+    start = previous.copy()
+    end = start.copy()
+    moved = rng.choice(N, 6, replace=False)
+    end[moved] = np.nextafter(end[moved], np.float32(np.inf))  # one ulp each
+    zeros = np.zeros(N, np.float32)
+    ckpts = [{"step": 0, "t": 100}, {"step": 1, "t": 101}, {"step": 2, "t": 101}, {"step": 3, "t": 102}]
+    values = np.stack([np.stack([p, zeros, zeros]) for p in (previous, previous, start, end)])
+    true = start.astype(np.float64) - end
+    sent = true.astype(np.float32)
+    sent[moved[0]] = 0.0  # the carry's arithmetic lost that ulp: 1 of the 6 (~40 % of the change)
+    job = job_for("local", sent, 24, start, ADAM, previous=previous, last_norm=0.0)
+    check_ends(job, [8, 0, 8], ckpts, values, TOL)
+    assert np.linalg.norm(sent - true) / np.linalg.norm(true) > 0.3  # beyond any relative tolerance
+    for lie in (1e-3 * rng.normal(size=N), -100 * sent - 1e-4):
+        with pytest.raises(ProofInvalid, match="not the round's"):
+            check_ends(
+                job_for("local", lie, 24, start, ADAM, previous=previous), [8, 0, 8], ckpts, values, TOL
+            )
