@@ -506,3 +506,36 @@ def test_a_converged_round_of_a_few_ulps_is_not_banned():
             check_ends(
                 job_for("local", lie, 24, start, ADAM, previous=previous), [8, 0, 8], ckpts, values, TOL
             )
+
+
+def test_the_overlap_shift_must_land_on_the_new_parameters_plus_the_overlaps_steps():
+    """No segment is replayed across the shift (it has no vectors): a liar could claim
+    any point after it and replay honestly from there, sending any result. The checkpoint
+    right after the shift must be the new parameters plus the overlap's steps, to float32
+    rounding, with the optimizer's state unchanged."""
+    keys, pixels, labels = make_data()
+    first, _, opt, net = local_round(MODEL.params, keys, pixels, labels, vectors=80)
+    p_a = net.flat.detach().numpy().copy()
+    rec = local_proof(opt)
+    carry, rec, opt, net = local_round(p_a, keys, pixels, labels, vectors=40, opt=opt, proof=rec)
+    new = (MODEL.params - 0.7 * first.grad).astype(np.float32)
+    rec.shift()
+    net2 = TorchNet(MODEL.spec, new - carry.grad, device="cpu")
+    result = local_for(net2, cache_of(keys, pixels, labels), Sampler(3), 10_000, 8, opt, 80, None, rec)
+    header, values = decode(rec.encode(1, 5))
+    batches, ckpts = header["batches"], header["checkpoints"]
+    job = job_for("local", result.grad + carry.grad, 120, new, ADAM, previous=MODEL.params,
+                  last_norm=float(np.linalg.norm(first.grad)))  # fmt: skip
+    check_ends(job, batches, ckpts, values, TOL)  # honest: passes
+    after = [c["step"] for c in ckpts].index(batches.index(0) + 1)
+    forged = values.copy()
+    forged[after:, 0] += np.float32(0.01)  # another point after the shift, honest steps from it
+    lie = job_for("local", new - forged[-1, 0], 120, new, ADAM, previous=MODEL.params, last_norm=1.0)
+    with pytest.raises(ProofInvalid, match="overlap shift put the parameters"):
+        check_ends(lie, batches, ckpts, forged, TOL)
+    reset = values.copy()
+    reset[after:, 1:] = 0  # the moments started over at the shift
+    with pytest.raises(ProofInvalid, match="changed the inner optimizer's state"):
+        check_ends(job, batches, ckpts, reset, TOL)
+    with pytest.raises(ProofInvalid, match="float32 checkpoints"):
+        check_ends(job, batches, ckpts, values, TOL, delta="int8")

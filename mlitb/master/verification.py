@@ -148,10 +148,39 @@ def final_tolerance(job: AuditJob, tolerance: float) -> float:
     return {frames.codecs.INT8: 0.15, frames.codecs.FLOAT16: 0.01}.get(job.dtype, 0.0) + tolerance
 
 
+def check_shift(job: AuditJob, batches: list[int], ckpts: list[dict], values: np.ndarray, delta: str) -> None:
+    """The overlap shift (batches 0) moves the overlap's steps onto the new parameters:
+    right after it, p = start + (p before it - the first checkpoint, where the overlap
+    began), to float32 rounding; the optimizer's state does not change. No segment is
+    replayed across it (it has no vectors), so without this a liar could claim any point
+    after a shift and have every later segment replay honestly."""
+    shifts = [s for s, b in enumerate(batches) if b == 0]
+    if not shifts:
+        return
+    if len(shifts) > 1:
+        raise ProofInvalid(f"{len(shifts)} overlap shifts in one round; a round carries at most one overlap")
+    if delta != "none":
+        raise ProofInvalid("an overlap shift needs float32 checkpoints (delta 'none'), not int8 changes")
+    steps = [c["step"] for c in ckpts]
+    a, b = steps.index(shifts[0]), steps.index(shifts[0] + 1)  # check_structure: both exist
+    moved = values[a, 0].astype(np.float64) - values[0, 0]
+    off = float(np.linalg.norm(values[b, 0] - (job.start.astype(np.float64) + moved)))
+    bound = 4 * 2**-24 * (float(np.linalg.norm(job.start)) + float(np.linalg.norm(moved))) + 1e-30
+    if off > bound:
+        raise ProofInvalid(
+            f"the overlap shift put the parameters {off:.3g} away from the new parameters plus the "
+            f"overlap's steps (float32 rounding: at most {bound:.2g})"
+        )
+    if ckpts[a].get("t") != ckpts[b].get("t") or not np.array_equal(values[a, 1:], values[b, 1:]):
+        raise ProofInvalid("the overlap shift changed the inner optimizer's state (its step or moments)")
+
+
 def check_ends(
-    job: AuditJob, batches: list[int], ckpts: list[dict], values: np.ndarray, tolerance: float
-) -> None:
-    """First and last checkpoints against what the master knows; ProofInvalid if off."""
+    job: AuditJob, batches: list[int], ckpts: list[dict], values: np.ndarray, tolerance: float,
+    delta: str = "none",
+) -> None:  # fmt: skip
+    """First and last checkpoints, and the overlap shift between them, against what the
+    master knows; ProofInvalid if off. delta: the proof header's (int8 or none)."""
     first, last = values[0, 0], values[-1, 0]
     if not np.isfinite(values).all():
         raise ProofInvalid("a checkpoint has NaN or Inf values")
@@ -173,6 +202,7 @@ def check_ends(
                 raise ProofInvalid(
                     f"the overlap started {dist:.3g} away from the last parameters (at most {bound:.3g})"
                 )
+        check_shift(job, batches, ckpts, values, delta)
         true = job.start.astype(np.float64) - last
     tol = final_tolerance(job, tolerance)
     scale = float(np.linalg.norm(true))
@@ -181,7 +211,7 @@ def check_ends(
     # values of the parameters' size) is a few ulps of the parameters, whatever the
     # result: a converged model whose Adam steps fall below an ulp sends a change of a
     # few ulps (norm 3.5e-9), and an honest native worker was banned at 4.6 % of that
-    rounding = 4 * 2**-24 * float(np.linalg.norm(job.start))
+    rounding = 4 * 2**-24 * float(np.linalg.norm(job.start)) if job.mode == "local" else 0.0
     if diff > max(tol, 1e-5) * scale + rounding:
         raise ProofInvalid(
             f"the result sent is not the round's (relative difference {diff / max(scale, 1e-30):.3g}, "
@@ -371,7 +401,7 @@ def prepare(job: AuditJob, header: dict, values: np.ndarray, foreign, tolerance:
     `foreign(keys) -> keys` names the ones this trainer was never given."""
     try:
         batches, keys, ckpts = check_structure(job, header, foreign)
-        check_ends(job, batches, ckpts, values, tolerance)
+        check_ends(job, batches, ckpts, values, tolerance, header.get("delta", "none"))
     except ProofInvalid as exc:
         return Verdict(False, str(exc))
     chosen = segments(batches, ckpts, values, job.mode) if replay else []

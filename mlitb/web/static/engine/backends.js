@@ -32,6 +32,14 @@
   const TOLERANCE = 1e-4; // the golden vectors' bound against PyTorch; honest backends: ~1e-6
   const CHECK_N = 4; // vectors in the correctness batch
   const WEBGPU_ADAPTER_MS = 3000; // requestAdapter can hang where GPUs are disabled
+  const START_MS = 20000; // a backend that has not started by then is not used (a hung driver)
+
+  /** `promise`, or a rejection naming `what` after `ms`. */
+  function within(promise, ms, what) {
+    let timer;
+    const late = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`${what} took over ${ms / 1000} s`)), ms); });
+    return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+  }
 
   const started = new Map(); // backend -> {ok, reason, device}: start each one once
 
@@ -61,8 +69,8 @@
         if (!tf.findBackendFactory("webgpu")) importScripts(new URL("tf-backend-webgpu.min.js", base).href);
       }
       if (name === "wasm") tf.wasm.setWasmPaths(base);
-      if (!(await tf.setBackend(name))) return { ok: false, reason: "it did not start" };
-      await tf.ready();
+      if (!(await within(tf.setBackend(name), START_MS, "starting it"))) return { ok: false, reason: "it did not start" };
+      await within(tf.ready(), START_MS, "starting it");
       if (tf.getBackend() !== name) return { ok: false, reason: "it did not start" };
       if (name === "webgl") {
         device = webglRenderer();
@@ -156,8 +164,19 @@
     }
   }
 
+  /** check(), and when it fails, the cpu backend active again before the error goes on. */
   async function check(tf, Engine, layers, opts = {}) {
-    const { vendor = "../vendor/", candidates = CANDIDATES, prefer = "auto", batchSize = 32,
+    try {
+      return await checkBackends(tf, Engine, layers, opts);
+    } catch (e) {
+      try { await tf.setBackend("cpu"); } catch (e2) { /* nothing left to fall back on */ }
+      throw e;
+    }
+  }
+
+  async function checkBackends(tf, Engine, layers, opts = {}) {
+    let { candidates = CANDIDATES } = opts;
+    const { vendor = "../vendor/", prefer = "auto", batchSize = 32,
       tolerance = TOLERANCE, budgetMs = 300, log = () => {} } = opts;
     const t0 = performance.now();
     const ref = await start(tf, "cpu", { vendor });
@@ -167,6 +186,7 @@
     probe.dispose();
     const want = await forwardBackward(tf, Engine, layers, batch);
     const results = [];
+    if (prefer === "cpu") candidates = []; // the reference itself: nothing to compare
     const pinnedName = prefer && prefer !== "auto" && candidates.includes(prefer) ? prefer : null;
     // the page's choice first: when it is correct, the others need not be checked
     const order = pinnedName ? [pinnedName, ...candidates.filter((c) => c !== pinnedName)] : candidates;
@@ -189,7 +209,6 @@
           log(`backend ${name} is not used: ${r.reason}`, "warn");
           continue;
         }
-        r.ok = true;
         // a batch of batchSize takes at least as long as the check's CHECK_N vectors: if even
         // that bound is below the best so far, timing it would only cost the volunteer time
         const best = Math.max(0, ...results.filter((x) => x.vectorsPerS).map((x) => x.vectorsPerS));
@@ -197,7 +216,9 @@
         if (bound < best) r.atMost = bound;
         else r.vectorsPerS = await speed(tf, Engine, layers, batchSize, budgetMs, best / 2);
         r.ms = performance.now() - tb;
+        r.ok = true; // correct, and it trains a whole batch
       } catch (e) {
+        r.ok = false;
         r.reason = `it failed on this model: ${e.message || e}`;
       }
     }
@@ -214,6 +235,9 @@
       why = good.length > 1 ? `the fastest of ${good.length} correct backends` : "the only correct backend";
       if (pinned) why += `; ${prefer} was asked for but ${pinned.reason || "is not available"}`;
       else if (prefer && prefer !== "auto") why += `; ${prefer} is unknown`;
+    } else if (prefer === "cpu") {
+      chosen = "cpu";
+      why = "asked for by the page";
     } else {
       chosen = "cpu";
       why = "no faster backend computes correctly here";

@@ -64,7 +64,7 @@ const S = {
   // tracker schedule (welcome's `tracker`): {periodMs, sample} or null = every parameters frame
   tracker: null, lastEvalEnd: -Infinity, lastEvalMs: 0, evalTimer: null, sample: null,
   // the join-time backend check (engine/backends.js) and the spec it was made for
-  backendCheck: null, checkedSpec: "",
+  backendCheck: null, checkedSpec: "", checking: false,
   notice: null, // why the master refused or removed this tab: {code, reason, detail}, for the page
 };
 // the cache: dense arrays of the items allocated to this worker
@@ -92,15 +92,28 @@ setInterval(status, 500);
 async function ensureBackend(spec) {
   const key = JSON.stringify(spec);
   if (S.backend && S.checkedSpec === key) return;
+  const before = S.state;
   S.state = "checking this device's backends";
+  S.checking = true; // no round, evaluation or classification meanwhile: backends switch under them
   status();
-  const c = await Backends.check(tf, MlitbTfjsEngine, spec, {
-    prefer: S.cfg.backend, batchSize: S.cfg.batchSize || 32, log,
-  });
-  S.backend = c.chosen;
-  S.checkedSpec = key;
-  S.backendCheck = { chosen: c.chosen, why: c.why, ms: Math.round(c.ms), text: Backends.describe(c), results: c.results };
-  log(`computing with TF.js ${S.backendCheck.text} (checked in ${(c.ms / 1000).toFixed(1)} s)`);
+  try {
+    const c = await Backends.check(tf, MlitbTfjsEngine, spec, {
+      prefer: S.cfg.backend, batchSize: S.cfg.batchSize || 32, log,
+    });
+    S.backend = c.chosen;
+    S.backendCheck = { chosen: c.chosen, why: c.why, ms: Math.round(c.ms), text: Backends.describe(c), results: c.results };
+    log(`computing with TF.js ${S.backendCheck.text} (checked in ${(c.ms / 1000).toFixed(1)} s)`);
+  } catch (e) {
+    // the check itself failed (e.g. this model does not build): the reference backend,
+    // slow but what the golden vectors hold to PyTorch
+    S.backend = "cpu";
+    S.backendCheck = { chosen: "cpu", why: "the check failed", ms: 0, text: `cpu (the backend check failed: ${e.message || e})`, results: [] };
+    log(`backend check failed: ${e.message || e}; computing with TF.js cpu`, "warn");
+  } finally {
+    S.checking = false;
+    S.checkedSpec = key;
+    if (S.state === "checking this device's backends") S.state = before;
+  }
 }
 
 // ---------------------------------------------------------------- connection
@@ -231,7 +244,9 @@ async function onText(m) {
       S.resyncAt = 0;
       resetLearner();
       setTracker(m.tracker);
+      const conn = S.conn;
       await ensureBackend(m.spec);
+      if (conn !== S.conn || S.stopped) break; // closed meanwhile: this welcome is void
       if (S.engine) S.engine.dispose();
       S.spec = m.spec;
       S.engine = MlitbTfjsEngine(tf, m.spec);
@@ -245,6 +260,7 @@ async function onText(m) {
     }
     case "model": // a label was added: same data, one more output; parameters follow
       S.gen++;
+      S.nextWork = null; // an order for the old model is void
       await ensureBackend(m.spec);
       if (S.engine) S.engine.dispose();
       S.spec = m.spec;
@@ -422,6 +438,7 @@ function nextRows(b) {
 async function work(m) {
   const it = m.iteration, workMs = m.work_ms;
   if (S.busy) { S.nextWork = m; return; } // the round in progress stops at the next batch: this one follows
+  if (S.checking) return; // the backend check runs (a new model): the order is void
   if (!S.engine || !S.params || it !== S.iteration || C.n === 0) return;
   const mode = m.mode || "gradient";
   if (mode !== "gradient" && mode !== "local") { log(`work order of unknown mode '${mode}' ignored`, "warn"); return; }
@@ -658,6 +675,10 @@ function testRows() {
 
 async function evaluate() {
   if (!S.engine || !S.params || C.n === 0 || S.busy) return;
+  if (S.checking) { // again after the backend check
+    if (!S.evalTimer) S.evalTimer = setTimeout(() => { S.evalTimer = null; evaluate(); }, 500);
+    return;
+  }
   S.busy = true;
   const it = S.iteration, t0 = performance.now();
   // this evaluation's engine and parameters: a classify between batches may set others,
@@ -696,7 +717,10 @@ async function evaluate() {
 }
 
 async function classify(m) {
-  if (!S.engine || !S.params) { post({ type: "prediction", id: m.id, error: "no model yet" }); return; }
+  if (!S.engine || !S.params || S.checking) {
+    post({ type: "prediction", id: m.id, error: S.checking ? "checking this device's backends: try again in a moment" : "no model yet" });
+    return;
+  }
   S.engine.setParams(S.params);
   const x = new Float32Array(m.pixels.length);
   for (let i = 0; i < x.length; i++) x[i] = m.pixels[i] / 255;
