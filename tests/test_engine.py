@@ -58,7 +58,7 @@ def join(
 
 def work_msg(iteration: int, work_ms: int) -> dict:
     """A sync_sgd work order as the engine sends it with the default hyperparameters."""
-    fields = {"mode": "gradient", "batch_size": 32, "compression": "none"}
+    fields = {"mode": "gradient", "batch_size": 32, "compression": "none", "max_vectors_per_s": 50_000.0}
     return {"type": "work", "iteration": iteration, "work_ms": work_ms, **fields}
 
 

@@ -1258,3 +1258,23 @@ def test_serve_demo_trains_and_stops_cleanly(tmp_path):
         for p in workers:
             if _alive_worker(p):
                 os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["sync_sgd", "local_sgd"])
+def test_a_worker_faster_than_max_vectors_per_s_stops_there_and_is_not_banned(master, mnist_zips, algorithm):
+    """A small model on a fast CPU computed 130,000 vectors/s against the default cap of
+    50,000: three results refused as implausible, then a ban (tests/test_closure.py on a
+    fast machine). The work order names the cap and an honest worker counts at most
+    cap x work time (x overlap time in an overlap), so it is never refused."""
+    train, test = upload(master.data, mnist_zips)
+    hyper = {"algorithm": algorithm, "iteration_time": 1.0, "max_vectors_per_s": 300}
+    create_project(master.url, "capped", [train], [test], spec=FC_SPEC, hyper=hyper)
+    with ThreadWorker(master.url, "capped", "trainer"):
+        s = wait_for(master.url, "capped", lambda s: s["iteration"] >= 5 and s["vectors_processed"] > 0, 120,
+                     "five iterations")  # fmt: skip
+    assert not s["banned"] and s["rejected"] == 0, brief(s)
+    (c,) = [c for c in s["clients"] if c["role"] == "trainer"]
+    assert c["results"] >= 3 and c["rejected"] == 0, c
+    # the whole run: at most the cap per second of work and overlap (2 T per iteration)
+    assert s["vectors_processed"] <= 300 * 2 * 1.0 * (s["iteration"] + 1), brief(s)

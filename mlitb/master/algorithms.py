@@ -58,7 +58,9 @@ class Algorithm(ABC):
 
     def work_fields(self) -> dict:
         """Fields the work order carries besides iteration and work time."""
-        fields = {"batch_size": self.hyper.batch_size, "compression": self.hyper.compression}
+        fields = {"batch_size": self.hyper.batch_size, "compression": self.hyper.compression,
+                  # honest workers stop there: a larger count is refused as implausible
+                  "max_vectors_per_s": self.hyper.max_vectors_per_s}  # fmt: skip
         if self.hyper.work_vectors:
             fields["vectors"] = self.hyper.work_vectors
         return fields

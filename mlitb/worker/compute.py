@@ -52,17 +52,29 @@ class Sampler:
         return rows
 
 
-def _rows(sampler: Sampler, n_items: int, batch: int, vectors: int, max_vectors: int) -> np.ndarray:
+def _rows(
+    sampler: Sampler, n_items: int, batch: int, vectors: int, max_vectors: int, most: int = 0
+) -> np.ndarray:
     rows = sampler.next(n_items, batch)
-    if max_vectors:
-        rows = rows[: max_vectors - vectors]  # fixed work: the last batch is trimmed
+    if max_vectors or most:  # fixed work, or the rate cap: the last batch is trimmed
+        rows = rows[: min(v for v in (max_vectors, most) if v) - vectors]
     return rows
 
 
-def _done(start: float, last: float, budget: float, vectors: int, max_vectors: int) -> bool:
+def _done(start: float, last: float, budget: float, vectors: int, max_vectors: int, most: int = 0) -> bool:
+    if most and vectors >= most:
+        return True  # the project's max_vectors_per_s: more would be refused as implausible
     if max_vectors:
         return vectors >= max_vectors
     return time.perf_counter() - start + last > budget
+
+
+def rate_cap(order: dict, work_ms: int) -> int:
+    """The most vectors a round of `work_ms` may count at the order's max_vectors_per_s
+    (0: no cap): the master refuses a larger count as implausible and bans after three,
+    so an honest worker faster than the cap (a small model on a fast CPU) stops there."""
+    rate = float(order.get("max_vectors_per_s") or 0)
+    return max(1, int(rate * work_ms / 1000)) if rate > 0 else 0
 
 
 def gradient_proof(num_params: int) -> ProofRecorder:
@@ -89,9 +101,11 @@ def train_for(
     batch: int,
     max_vectors: int = 0,
     proof: ProofRecorder | None = None,
+    most: int = 0,
 ) -> WorkResult | None:
-    """Summed gradient until work_ms (or max_vectors); None if the cache is empty. With
-    `proof`, the batches' keys and running sums are recorded for an audit."""
+    """Summed gradient until work_ms (or max_vectors; at most `most` vectors: rate_cap);
+    None if the cache is empty. With `proof`, the batches' keys and running sums are
+    recorded for an audit."""
     if len(cache) == 0:
         return None
     start = time.perf_counter()
@@ -105,7 +119,7 @@ def train_for(
         proof.checkpoint(0, running(), forced=True)
     while True:
         t0 = time.perf_counter()
-        x, y, keys = cache.batch_keys(_rows(sampler, len(cache), batch, vectors, max_vectors))
+        x, y, keys = cache.batch_keys(_rows(sampler, len(cache), batch, vectors, max_vectors, most))
         loss = net.loss(x, y)
         loss.backward()
         losses.append(loss.detach())
@@ -113,7 +127,7 @@ def train_for(
         if proof is not None:
             proof.step(keys, 0, running)
         last = time.perf_counter() - t0
-        if _done(start, last, budget, vectors, max_vectors):
+        if _done(start, last, budget, vectors, max_vectors, most):
             break
     if proof is not None:
         proof.checkpoint(0, running(), forced=True)
@@ -134,6 +148,7 @@ def local_for(
     max_vectors: int = 0,
     stop: threading.Event | None = None,
     proof: ProofRecorder | None = None,
+    most: int = 0,
 ) -> WorkResult | None:
     """Inner steps from the net's parameters until work_ms (or max_vectors, or `stop` is
     set: the overlap of a round with the next order's arrival); the result holds start -
@@ -152,7 +167,7 @@ def local_for(
         proof.checkpoint(opt.t, state(), forced=True)
     while stop is None or not stop.is_set():
         t0 = time.perf_counter()
-        x, y, keys = cache.batch_keys(_rows(sampler, len(cache), batch, vectors, max_vectors))
+        x, y, keys = cache.batch_keys(_rows(sampler, len(cache), batch, vectors, max_vectors, most))
         net.flat.grad = None
         loss = net.loss(x, y)
         loss.backward()
@@ -162,7 +177,7 @@ def local_for(
         if proof is not None:
             proof.step(keys, opt.t, state)
         last = time.perf_counter() - t0
-        if _done(start, last, budget, vectors, max_vectors):
+        if _done(start, last, budget, vectors, max_vectors, most):
             break
     if proof is not None:
         proof.checkpoint(opt.t, state(), forced=True)

@@ -45,7 +45,16 @@ from mlitb.protocol import messages as msg
 from mlitb.protocol.idtext import text_to_ids
 
 from .cache import ItemCache
-from .compute import Sampler, WorkResult, evaluate, gradient_proof, local_for, local_proof, train_for
+from .compute import (
+    Sampler,
+    WorkResult,
+    evaluate,
+    gradient_proof,
+    local_for,
+    local_proof,
+    rate_cap,
+    train_for,
+)
 
 log = logging.getLogger("mlitb.worker")
 
@@ -498,13 +507,21 @@ class Worker:
                         proof = local_proof(opt)
                     result = await asyncio.to_thread(
                         local_for, self.net, self.cache, self.sampler, work_ms, batch, opt, max_vectors,
-                        None, proof,
+                        None, proof, rate_cap(m, work_ms),
                     )  # fmt: skip
                 else:
                     carry = None
                     proof = gradient_proof(self._spec.num_params)
                     result = await asyncio.to_thread(
-                        train_for, self.net, self.cache, self.sampler, work_ms, batch, max_vectors, proof
+                        train_for,
+                        self.net,
+                        self.cache,
+                        self.sampler,
+                        work_ms,
+                        batch,
+                        max_vectors,
+                        proof,
+                        rate_cap(m, work_ms),
                     )
             except ValueError as exc:  # a NaN/Inf batch: start the next round afresh
                 log.warning("round for iteration %d failed: %s", iteration, exc)
@@ -564,7 +581,7 @@ class Worker:
             try:
                 carry = await asyncio.to_thread(
                     local_for, self.net, self.cache, self.sampler, most_ms, batch, self._inner, 0,
-                    self._overlap_stop, proof,
+                    self._overlap_stop, proof, rate_cap(m, most_ms),
                 )  # fmt: skip
             except ValueError as exc:
                 log.warning("overlap after iteration %d failed: %s", m["iteration"], exc)

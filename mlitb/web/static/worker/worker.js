@@ -464,7 +464,7 @@ async function work(m) {
       S.proofs.get(it).push({ vectors: r.vectors, loss: r.loss, proof: r.proof });
       for (const old of [...S.proofs.keys()]) if (old < it - 2) S.proofs.delete(old);
     }
-    if (mode === "local" && m.overlap_ms > 0 && !target && r.end) await overlapRound(m.overlap_ms, r.end, gen, it);
+    if (mode === "local" && m.overlap_ms > 0 && !target && r.end) await overlapRound(m.overlap_ms, r.end, gen, it, rateCap(m, m.overlap_ms));
   } catch (e) {
     if (mode === "local") S.inner = null; // start the next round afresh
     log(`training failed: ${e.message || e}`, "error");
@@ -478,15 +478,19 @@ async function work(m) {
 }
 
 // Batches until the next one would overrun workMs, or (target > 0) exactly target vectors.
-const batchSize = (B, target, done) => (target ? Math.min(B, target - done) : B);
+// At most `most` vectors (rateCap): the master refuses a larger count as implausible.
+const batchSize = (B, target, done, most = 0) => Math.min(target ? Math.min(B, target - done) : B, most ? most - done : B);
+/** The most vectors a round of workMs may count at the order's max_vectors_per_s (0: no cap). */
+const rateCap = (m, workMs) => (Number(m.max_vectors_per_s) > 0 ? Math.max(1, Math.floor((m.max_vectors_per_s * workMs) / 1000)) : 0);
 // Fixed work (target > 0) is exactly `target` vectors, whatever the time, as on native workers.
-const stop = (it, t0, workMs, lastBatch, target, done) =>
+const stop = (it, t0, workMs, lastBatch, target, done, most = 0) => (most > 0 && done >= most) ||
   (target > 0 ? done >= target : performance.now() - t0 + lastBatch > workMs) || it !== S.iteration;
 // A round goes on only in the generation it started in, and only with data to train on.
 const live = (gen) => gen === S.gen && C.n > 0;
 
 /** Mode "gradient": the gradient summed over every vector, at the parameters of `it`. */
 async function gradientRound(it, workMs, target, m, gen) {
+  const most = rateCap(m, workMs);
   const start = S.params; // never changed in place: a new frame makes a new array
   const total = new Float32Array(S.engine.numParams);
   const proof = new Proof.ProofRecorder("gradient", ["g"], total.length);
@@ -497,7 +501,7 @@ async function gradientRound(it, workMs, target, m, gen) {
   for (;;) {
     if (!live(gen)) break;
     const tb = performance.now();
-    const [x, y, keys] = batch(nextRows(batchSize(B, target, vectors)));
+    const [x, y, keys] = batch(nextRows(batchSize(B, target, vectors, most)));
     // every batch at the round's parameters: a classify or tracker call between batches
     // may have set others
     S.engine.setParams(start);
@@ -507,7 +511,7 @@ async function gradientRound(it, workMs, target, m, gen) {
     loss += r.loss;
     proof.step(keys, 0, () => [total]);
     lastBatch = performance.now() - tb;
-    if (stop(it, t0, workMs, lastBatch, target, vectors)) break;
+    if (stop(it, t0, workMs, lastBatch, target, vectors, most)) break;
     if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
   }
   proof.checkpoint(0, [total], true);
@@ -520,6 +524,7 @@ async function gradientRound(it, workMs, target, m, gen) {
  * optimizer's state carries over to the next order with the same inner settings.
  */
 async function localRound(it, workMs, target, m, gen) {
+  const most = rateCap(m, workMs);
   const cfg = m.inner || {};
   const n = S.engine.numParams;
   if (!S.inner || S.inner.numParams !== n || !S.inner.sameConfig(cfg)) {
@@ -551,11 +556,11 @@ async function localRound(it, workMs, target, m, gen) {
   for (;;) {
     if (!live(gen)) break;
     const tb = performance.now();
-    const [x, y, keys] = batch(nextRows(batchSize(B, target, round.vectors)));
+    const [x, y, keys] = batch(nextRows(batchSize(B, target, round.vectors, most)));
     await round.batch(x, y, y.length, true); // setParams(p), gradient, inner step
     proof.step(keys, opt.t, state);
     lastBatch = performance.now() - tb;
-    if (stop(it, t0, workMs, lastBatch, target, round.vectors)) break;
+    if (stop(it, t0, workMs, lastBatch, target, round.vectors, most)) break;
     if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
   }
   proof.checkpoint(opt.t, state(), true);
@@ -572,7 +577,7 @@ async function localRound(it, workMs, target, m, gen) {
  * new parameters (a later round drops it: the master checks the overlap's start against
  * the parameters of the iteration before the audited one).
  */
-async function overlapRound(mostMs, end, gen, after) {
+async function overlapRound(mostMs, end, gen, after, most = 0) {
   const opt = S.inner;
   if (!opt || S.nextWork || !live(gen)) return;
   const it = S.iteration;
@@ -584,9 +589,10 @@ async function overlapRound(mostMs, end, gen, after) {
   const t0 = performance.now();
   let lastBatch = 0, lastYield = t0;
   const B = opt.batchSize || S.cfg.batchSize || 32;
-  while (!S.nextWork && it === S.iteration && live(gen) && performance.now() - t0 + lastBatch <= mostMs) {
+  while (!S.nextWork && it === S.iteration && live(gen) && performance.now() - t0 + lastBatch <= mostMs &&
+    !(most > 0 && round.vectors >= most)) {
     const tb = performance.now();
-    const [x, y, keys] = batch(nextRows(B));
+    const [x, y, keys] = batch(nextRows(batchSize(B, 0, round.vectors, most)));
     await round.batch(x, y, y.length, true);
     proof.step(keys, opt.t, state);
     lastBatch = performance.now() - tb;
