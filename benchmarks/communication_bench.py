@@ -234,7 +234,8 @@ def since_creation(summary: dict) -> dict:
 class Browser:
     """Headless Chromium with one context (tab) per browser trainer; closed by close()."""
 
-    def __init__(self) -> None:
+    def __init__(self, webgpu: bool = False) -> None:
+        """webgpu: with --enable-unsafe-webgpu (a WebGPU adapter: SwiftShader on the CPU)."""
         from playwright.sync_api import sync_playwright
 
         if not Path(CHROMIUM).exists():
@@ -243,7 +244,9 @@ class Browser:
         self.pw = self._pw_cm.__enter__()
         try:
             self.browser = self.pw.chromium.launch(
-                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+                executable_path=CHROMIUM,
+                args=[*CHROMIUM_ARGS, *(["--enable-unsafe-webgpu"] if webgpu else [])],
+                headless=True,
             )
         except BaseException:
             self._pw_cm.__exit__(None, None, None)

@@ -6,7 +6,9 @@ docs/security.md). Prints a table per client (results, audits passed, largest re
 error, refused, clipped), writes JSON, and says whether the goal holds.
 
 Run: `benchmarks/mixed_fleet_bench.py` (about 8 minutes at T = 2 s), or
-`--iterations 50 --natives 1 --tabs 1` for a quick look.
+`--iterations 50 --natives 1 --tabs 1` for a quick look; `--tabs 3 --tab-backends
+wasm,webgpu,webgl` puts one tab on each TF.js backend (WebGPU and WebGL are SwiftShader
+here, on the CPU).
 """
 
 from __future__ import annotations
@@ -58,9 +60,11 @@ def run(args) -> dict:
                 cmd = [sys.executable, "-m", "mlitb.cli.main", "worker", url, "--project", "mixed",
                        "--threads", "1", "--quiet", "--name", f"native-{i}"]  # fmt: skip
                 procs.start(f"native{i}", cmd, env=env)
-            browser = Browser()
-            for _ in range(args.tabs):
-                browser.open(f"{url}/join/mixed")
+            backends = [b for b in args.tab_backends.split(",") if b] if args.tab_backends else []
+            browser = Browser(webgpu=bool(backends))
+            for i in range(args.tabs):
+                ask = f"?backend={backends[i % len(backends)]}" if backends else ""
+                browser.open(f"{url}/join/mixed{ask}")
             project = f"{url}/api/projects/mixed"
             with tqdm(total=args.iterations, desc="iterations", unit="it") as bar:
                 while (s := http.get(project).json())["iteration"] < args.iterations:
@@ -112,6 +116,12 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--natives", type=int, default=2)
     ap.add_argument("--tabs", type=int, default=2, help="Chromium tabs (TF.js, wasm here)")
+    ap.add_argument(
+        "--tab-backends",
+        default="",
+        help="comma-separated TF.js backends the tabs ask for in turn, e.g. wasm,webgpu,webgl "
+        "(Chromium then has a WebGPU adapter); default: each tab picks by measurement",
+    )
     ap.add_argument("--T", type=float, default=2.0)
     ap.add_argument("--train", type=int, default=6000)
     ap.add_argument("--test", type=int, default=1000)
