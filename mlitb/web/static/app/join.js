@@ -36,6 +36,9 @@ function start() {
       $("backend").textContent = s.backend || "-";
       $("backend-why").textContent = s.backendCheck ? s.backendCheck.text : "";
       showNotice($("notice"), s.notice);
+      const refused = Boolean(s.notice && s.notice.code !== 4429); // 4429: full, it keeps trying
+      $("headline").textContent = refused ? "This device is not training" : "This device is helping to train";
+      $("computing-lead").hidden = refused;
       $("iteration").textContent = s.iteration;
       $("cached").textContent = `${s.cached} of ${s.allocated}`;
       $("speed").textContent = s.vectorsPerS ? `${Math.round(s.vectorsPerS).toLocaleString()} vectors/s` : "-";
