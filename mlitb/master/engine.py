@@ -155,6 +155,7 @@ class Client:
     impossible: int = 0  # results refused for reasons in IMPOSSIBLE
     proof_bytes: int = 0  # of bytes_in: the proofs it sent for audits
     last_norm: float = 0.0  # norm of its last accepted result (bounds an overlap's start)
+    overlap_at: int = -1  # the last iteration whose order had overlap_ms (its result may carry one)
     first_result: int | None = None  # iteration of its first accepted result
     # ids taken from it at the last few boundaries: a round in flight may still use them
     removed: list[set[int]] = field(default_factory=list)
@@ -599,6 +600,8 @@ class Engine:
             if c.first_work is None:
                 c.first_work = now
             c.work_ms = c.latency.work_ms(T)
+            if fields.get("overlap_ms"):
+                c.overlap_at = self.iteration
             self.send(c.id, msg.work(self.iteration, c.work_ms, fields))
             scheduled += 1
         self.outstanding = scheduled  # results still awaited this iteration
@@ -643,7 +646,10 @@ class Engine:
             self.algorithm.check(frame)
             validate(frame.values, frame.vectors, frame.loss, self.spec.num_params, MAX_VECTORS_PER_RESULT)
             ordered_at = client.pending.get(frame.iteration, client.sent_at)
-            carried = self.hyper.iteration_time if self.hyper.overlap and frame.kind == frames.DELTA else 0.0
+            # an overlap's steps ride on a result whose order had overlap_ms, even if the
+            # project turned overlap off since (that result was refused as implausible)
+            with_overlap = client.overlap_at >= frame.iteration and frame.kind == frames.DELTA
+            carried = self.hyper.iteration_time if with_overlap else 0.0
             rate = self.hyper.max_vectors_per_s * max(1, client.relay_clients)  # a relay: its subtree's
             check_count(frame.vectors, now - ordered_at + carried, rate)
             verdict = self.screen.judge(frame.kind, frame.values, frame.vectors)

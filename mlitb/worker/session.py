@@ -497,7 +497,10 @@ class Worker:
                     # the overlap continues the round of the iteration before; after a gap
                     # (no order meanwhile: a slow device) it started from parameters the
                     # master does not check it against, and is dropped
-                    if carry is not None and not max_vectors and opt is held and carry.after == iteration - 1:
+                    # (and only into an order with overlap: the master allows a carry's
+                    # vectors only then; a project that just turned overlap off refused one)
+                    carry_ok = carry is not None and carry.after == iteration - 1 and m.get("overlap_ms")
+                    if carry_ok and not max_vectors and opt is held:
                         # the overlap's steps, moved onto the new parameters: new + (now - sent)
                         self.net.flat.data -= torch.from_numpy(carry.grad).to(self.net.flat.device)
                         proof = carry.proof

@@ -542,7 +542,9 @@ async function localRound(it, workMs, target, m, gen) {
   // the overlap's steps continue the round of the iteration before: a carry from an older
   // one (this tab had no order meanwhile: a slow device) started from parameters the
   // master no longer holds against it (its audit would fail); it is dropped
-  const carried = carry && carry.opt === opt && carry.delta.length === n && !target && carry.after === it - 1;
+  // (and only into an order with overlap: the master allows a carry's vectors only then)
+  const carried = carry && carry.opt === opt && carry.delta.length === n && !target && carry.after === it - 1 &&
+    m.overlap_ms > 0;
   // the overlap's steps, moved onto the new parameters: start - (sent - now)
   if (carried) for (let i = 0; i < n; i++) round.params[i] = round.start[i] - carry.delta[i];
   // the round's record: the overlap's steps, the shift, then this round's steps
