@@ -1,6 +1,6 @@
 """A real native worker that lies, for the verification tests: `python tests/liar_worker.py
 URL PROJECT ATTACK NAME`. It computes honestly (and keeps honest proofs), then sends
-a forged result (sign_flip: x -100; little: half its change; scale: x 1e6; overflow:
+a forged result (sign_flip: x -100; minus8: x -8; little: half its change; scale: x 1e6; overflow:
 its result / its count x 1e30 with a count of 1; inflate: a count of 100,000,000;
 silence: zeros with its count x 1,000), or trains on flipped labels (label_flip: its
 results and proofs agree, its labels do not).
@@ -27,6 +27,8 @@ def main(url: str, project: str, attack: str, name: str) -> int:
         values = np.asarray(values, np.float32)
         if attack == "sign_flip":
             values = values * np.float32(-100)
+        elif attack == "minus8":  # issue 23's liar under a relay
+            values = values * np.float32(-8)
         elif attack == "little":
             values = values * np.float32(0.5)
         elif attack == "scale":

@@ -49,10 +49,10 @@ HYPER = {
 
 
 def start_relay(
-    master_url: str, project: str, token: str, log: Path, name: str = "site-a"
+    master_url: str, project: str, token: str, log: Path, name: str = "site-a", extra: tuple = ()
 ) -> tuple[subprocess.Popen, str]:
     args = [sys.executable, "-m", "mlitb.cli.main", "relay", master_url, "--project", project,
-            "--port", "0", "--token", token, "--name", name]  # fmt: skip
+            "--port", "0", "--token", token, "--name", name, *extra]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True)  # noqa: SIM115
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -99,13 +99,13 @@ def test_a_relay_with_three_workers_learns_like_three_direct_workers(master, mni
                      180, "one relay with 3 workers training")  # fmt: skip
         (row,) = s["clients"]
         assert row["kind"] == "relay" and len(row["children"]) == 3, row
-        status = httpx.get(f"{relay_url}/api", timeout=HTTP_TIMEOUT).json()
+        status = httpx.get(f"{relay_url}/api", headers=bearer(token_r), timeout=HTTP_TIMEOUT).json()
         assert len(status["children"]) == 3 and status["connected"], status
         via = run_to(master.url, "viarelay", ITERATIONS, token_r)
         (row,) = via["clients"]
         assert row["data_allocated"] == via["data_size"] == 6000, brief(via)  # its subtree holds it all
         assert via["rejected"] == 0 and row["results"] >= ITERATIONS - 2, brief(via)
-        relay_status = httpx.get(f"{relay_url}/api", timeout=HTTP_TIMEOUT).json()
+        relay_status = httpx.get(f"{relay_url}/api", headers=bearer(token_r), timeout=HTTP_TIMEOUT).json()
         assert relay_status["rejected"] == 0 and relay_status["results_up"] >= ITERATIONS - 2, relay_status
         held = sorted(c["cached"] for c in relay_status["children"])
         assert sum(held) == 6000 and held[-1] - held[0] <= 1, held  # water-filled like the master does
@@ -151,14 +151,15 @@ def test_a_relay_needs_the_owner_token(master, mnist_zips):
             assert reply["code"] == "forbidden" and "owner token" in reply["reason"], reply
 
 
-def relay_status(url: str) -> dict:
-    return httpx.get(f"{url}/api", timeout=HTTP_TIMEOUT).json()
+def relay_status(url: str, token: str) -> dict:
+    """The relay's /api as its owner sees it (with its children)."""
+    return httpx.get(f"{url}/api", headers=bearer(token), timeout=HTTP_TIMEOUT).json()
 
 
-def wait_relay(url: str, ok, timeout: float, what: str, log: Path) -> dict:
+def wait_relay(url: str, ok, timeout: float, what: str, log: Path, token: str) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        st = relay_status(url)
+        st = relay_status(url, token)
         if ok(st):
             return st
         assert time.monotonic() < deadline, f"timed out waiting for {what}: {st}\n{tail(log)}"
@@ -184,7 +185,7 @@ def test_relays_stack_and_a_dead_inner_relay_hands_its_share_back_to_the_outer_o
         inner, inner_url = start_relay(outer_url, "stacked", token, tmp_path / "inner.log", "inner")
         procs.append(inner)
         wait_relay(outer_url, lambda st: [c["kind"] for c in st["children"]] == ["relay"], 60,
-                   "the inner relay under the outer one", tmp_path / "inner.log")  # fmt: skip
+                   "the inner relay under the outer one", tmp_path / "inner.log", token)  # fmt: skip
         procs.append(spawn_worker(inner_url, "stacked", "trainer", tmp_path / "w.log", "w0"))
 
         def trains(s: dict) -> bool:
@@ -196,7 +197,7 @@ def test_relays_stack_and_a_dead_inner_relay_hands_its_share_back_to_the_outer_o
         (row,) = s["clients"]
         assert row["kind"] == "relay" and row["children"][0]["kind"] == "relay", row
         assert row["children"][0]["clients"] == 1 and row["rejected"] == 0, row
-        out_st, in_st = relay_status(outer_url), relay_status(inner_url)
+        out_st, in_st = relay_status(outer_url, token), relay_status(inner_url, token)
         (via,) = out_st["children"]
         assert via["name"] == "inner" and via["results"] >= 1 and via["rejected"] == 0, out_st
         (w,) = in_st["children"]
@@ -207,12 +208,13 @@ def test_relays_stack_and_a_dead_inner_relay_hands_its_share_back_to_the_outer_o
 
         inner.kill()
         back = wait_relay(outer_url, lambda st: not st["children"], 30, "the inner relay gone",
-                          tmp_path / "outer.log")  # fmt: skip
+                          tmp_path / "outer.log", token)  # fmt: skip
         assert back["data_unallocated"] == back["data_registered"] == s["data_size"], back
         moved = wait_relay(outer_url,
                            lambda st: [(c["name"], c["kind"]) for c in st["children"]] == [("w0", "native")]
                            and st["children"][0]["results"] >= 1,
-                           120, "the worker training under the outer relay", tmp_path / "w.log")  # fmt: skip
+                           120, "the worker training under the outer relay", tmp_path / "w.log",
+                           token)  # fmt: skip
         assert moved["data_unallocated"] == 0, moved
         s = httpx.get(f"{master.url}/api/projects/stacked", timeout=HTTP_TIMEOUT).json()
         assert s["data_allocated"] == s["data_size"] and [c["kind"] for c in s["clients"]] == ["relay"], (
@@ -235,7 +237,7 @@ def test_a_browser_tab_trains_through_a_relay(master, mnist_zips, page, tmp_path
         page.goto(f"{relay_url}/join/tabs")
 
         def browser_results() -> bool:
-            children = httpx.get(f"{relay_url}/api", timeout=HTTP_TIMEOUT).json()["children"]
+            children = relay_status(relay_url, token)["children"]
             return any(c["kind"] == "browser" and c["results"] >= 3 for c in children)
 
         deadline = time.monotonic() + 180

@@ -1,12 +1,16 @@
 """The relay's logic without sockets (mlitb/relay/core.py): what goes up and down for
-given events and times. The I/O around it is tested in test_relay.py."""
+given events and times; the trust rules (the project's aggregation, audits held before
+the sum, bans reported up, the count limit, the join key) with verdicts handed in as the
+replay task (audit.py) hands them. The I/O around it is tested in test_relay.py and
+test_relay_trust.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mlitb.protocol import codecs, frames
+from mlitb.master.verification import Verdict
+from mlitb.protocol import codecs, frames, proofs
 from mlitb.protocol import messages as msg
 from mlitb.relay.core import GRACE_FRACTION, SUBTREE_EVERY_S, UP, Relay
 
@@ -14,8 +18,11 @@ N = 50  # parameters
 T_MS = 20_000  # the master's iteration time
 
 
-def relay(children: int = 0, compression: str = "none") -> Relay:
-    r = Relay("http://master:8000", "site", "owner-token")
+def relay(children: int = 0, compression: str = "none", join_key: str = "", **hyper) -> Relay:
+    """A relay whose master runs `hyper` (default: the paper's mean, no audits: the plain
+    sums the tests below check; the trust tests pass the master's defaults)."""
+    r = Relay("http://master:8000", "site", "owner-token", join_key)
+    r.set_hyper({"aggregation": "mean", "verify": False, **hyper})
     r.on_up_text(
         {
             "type": "welcome",
@@ -35,8 +42,9 @@ def relay(children: int = 0, compression: str = "none") -> Relay:
     r.on_up_bytes(frames.encode_parameters(3, 0, np.zeros(N, np.float32)))
     for i in range(children):
         join = {"type": "join", "protocol": 2, "project": "p", "role": "trainer", "kind": "native",
-                "capacity": 100}  # fmt: skip
-        assert r.child_join(f"c{i}", msg.parse_client_message(msg.dumps(join))) is None
+                "capacity": 100, "name": f"w{i}", "capabilities": {"proofs": 1},
+                "join_key": join_key}  # fmt: skip
+        assert r.child_join(f"c{i}", msg.parse_client_message(msg.dumps(join)), f"10.0.0.{i}") is None
         r.children[f"c{i}"].cached = {1}  # as if it reported its share cached
     r.drain()
     return r
@@ -156,3 +164,150 @@ def test_the_relay_reports_its_volunteer_address_and_the_cli_refuses_a_bad_one()
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2 and "expected an http(s) URL" in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------------- trust
+def test_a_trusted_liar_moves_the_relays_result_no_more_than_centered_clip_allows():
+    """Today's attack: two honest children and one sending -8x its change. With the
+    project's rule (centered_clip, buckets of 2: three votes here) the result that goes up
+    stays within the rule's bound of the honest ones; a plain sum would be dragged to -2x."""
+    r = relay(children=3, aggregation="centered_clip", bucket_size=2)
+    order(r, 0, now=1.0)
+    rng = np.random.default_rng(0)
+    honest = [np.ones(N) + 0.1 * rng.standard_normal(N) for _ in range(2)]
+    lie = -8 * (np.ones(N) + 0.1 * rng.standard_normal(N))
+    for cid, values in zip(("c0", "c1", "c2"), (*honest, lie), strict=True):
+        r.child_bytes(cid, delta(0, values, 10), now=11.0)
+    (up,) = [p for p in ups(r) if isinstance(p, bytes)]
+    f = frames.decode(up)
+    assert f.kind == frames.DELTA and f.vectors == 30
+    votes = np.stack([*honest, lie]).astype(np.float32)
+    median = np.median(votes, axis=0)
+    tau = float(np.median(np.linalg.norm(votes - median, axis=1)))
+    honest_mean = np.mean(honest, axis=0)
+    # each of centered_clip's 3 rounds lets the lie pull by at most tau / 3
+    assert np.linalg.norm(f.values - honest_mean) <= np.linalg.norm(honest[0] - honest_mean) + tau, (
+        np.linalg.norm(f.values - honest_mean)
+    )
+    assert f.values.mean() > 0.8  # the plain weighted mean would be (1 + 1 - 8) / 3 = -2
+
+
+def test_sync_sgd_sums_go_up_as_the_combined_mean_times_the_vectors():
+    r = relay(children=2)  # mean: the master's weighted mean over relays is the one over children
+    r.on_up_text({"type": "work", "iteration": 0, "work_ms": 10_000, "mode": "gradient"}, 1.0)
+    grad = lambda v, n: frames.encode_result(3, 0, np.full(N, v, np.float32), n, 1.0, 10.0, 100)  # noqa: E731
+    r.child_bytes("c0", grad(2.0, 1), now=2.0)
+    r.child_bytes("c1", grad(30.0, 3), now=2.0)
+    (up,) = [p for p in ups(r) if isinstance(p, bytes)]
+    f = frames.decode(up)
+    assert f.kind == frames.RESULT and f.vectors == 4
+    np.testing.assert_allclose(f.values, np.full(N, 32.0), rtol=1e-6)  # the plain sum, as before
+
+
+def audits_to(r: Relay, cid: str) -> list[dict]:
+    return [p for t, p in r.drain() if t == cid and isinstance(p, dict) and p.get("type") == "audit"]
+
+
+def test_a_newcomers_result_waits_for_its_verdict_and_a_failed_one_bans_it_and_is_reported_up():
+    r = relay(children=2, aggregation="centered_clip", verify=True)
+    order(r, 0, now=1.0)
+    r.child_bytes("c0", delta(0, np.full(N, 1.0), 2), now=11.0)
+    r.child_bytes("c1", delta(0, np.full(N, -8.0), 2), now=11.0)
+    out = r.drain()
+    asked = {t for t, p in out if isinstance(p, dict) and p.get("type") == "audit"}
+    assert asked == {"c0", "c1"}  # newcomers: every result audited
+    assert not [p for t, p in out if t == UP and isinstance(p, bytes)]  # held for the verdicts
+    job0, job1 = r.children["c0"].audit, r.children["c1"].audit
+    assert (
+        job0.untrusted
+        and job0.start is not None
+        and set(job0.owned.tolist()) <= {1} | set(r.allocator.held["c0"])
+    )
+    r.finish_audit(job0, Verdict(True, "replayed"), now=11.5)
+    assert not ups(r)  # c1's verdict is still out
+    r.finish_audit(job1, Verdict(False, "segment 0 does not replay"), now=11.6)
+    out = r.drain()
+    (banned,) = [p for t, p in out if t == UP and isinstance(p, dict) and p["type"] == "child_banned"]
+    assert banned["name"] == "w1" and banned["address"] == "10.0.0.1" and "replay" in banned["reason"]
+    assert msg.parse_client_message(msg.dumps(banned)).name == "w1"  # the master accepts it
+    (up,) = [p for t, p in out if t == UP and isinstance(p, bytes)]
+    f = frames.decode(up)
+    assert f.vectors == 2  # the liar's result never entered the sum
+    np.testing.assert_allclose(f.values, np.full(N, 1.0))
+    assert r.closing == [("c1", msg.CLOSE_BANNED, "banned: a result failed verification")]
+    assert "c1" not in r.children and r.counters["banned"] == 1
+    assert any(t == "c1" and isinstance(p, dict) and p.get("code") == "banned" for t, p in out)
+    # a later child from the banned address is audited every time
+    join = {"type": "join", "protocol": 2, "project": "p", "kind": "native", "capabilities": {"proofs": 1}}
+    assert r.child_join("c9", msg.parse_client_message(msg.dumps(join)), "10.0.0.1") is None
+    assert r.children["c9"].suspect
+
+
+def test_a_verdict_not_in_time_leaves_the_result_out_before_the_masters_deadline():
+    r = relay(children=2, aggregation="centered_clip", verify=True)
+    order(r, 0, now=0.0, work_ms=10_000)
+    r.child_bytes("c0", delta(0, np.full(N, 1.0), 2), now=10.0)
+    r.child_bytes("c1", delta(0, np.full(N, 3.0), 2), now=10.0)
+    r.finish_audit(r.children["c0"].audit, Verdict(True, "replayed"), now=10.5)
+    hold = r.sum.hold_until
+    assert hold < T_MS / 1000 * 1.5 + 1.0  # before the master's own deadline
+    assert r.poll(hold - 0.5) is not None and not [p for p in ups(r) if isinstance(p, bytes)]
+    r.poll(hold)
+    (up,) = [p for p in ups(r) if isinstance(p, bytes)]
+    assert frames.decode(up).vectors == 2 and r.counters["unverified"] == 1
+
+
+def test_a_trusted_childs_lie_found_by_a_spot_check_is_taken_back_out_of_the_open_sum():
+    r = relay(children=2, aggregation="centered_clip", verify=True, verify_rate=1.0)
+    for c in r.children.values():
+        c.audits_passed = 3  # trusted: its results join the sum at once
+    order(r, 0, now=0.0)
+    r.child_bytes("c0", delta(0, np.full(N, 100.0), 2), now=10.0)
+    assert "c0" in r.sum.members
+    r.finish_audit(r.children["c0"].audit, Verdict(False, "not the round's result"), now=10.1)
+    assert "c0" not in r.sum.members and "c0" not in r.children
+    r.child_bytes("c1", delta(0, np.full(N, 1.0), 2), now=10.2)
+    r.finish_audit(r.children["c1"].audit, Verdict(True, "replayed"), now=10.3)
+    (up,) = [p for p in ups(r) if isinstance(p, bytes)]
+    np.testing.assert_allclose(frames.decode(up).values, np.full(N, 1.0))
+
+
+def test_an_unreadable_proof_bans_and_children_that_cannot_be_audited_are_refused():
+    r = relay(children=1, verify=True)
+    order(r, 0, now=0.0)
+    r.child_bytes("c0", delta(0, np.full(N, 1.0), 2), now=10.0)
+    assert r.children["c0"].audit is not None
+    truncated = proofs.MAGIC + bytes([2, proofs.PROOF]) + bytes(proofs.HEADER_SIZE)
+    assert proofs.is_proof(truncated)
+    r.child_bytes("c0", truncated, now=10.1)
+    assert "c0" not in r.children and r.closing[0][1] == msg.CLOSE_BANNED
+    plain = {"type": "join", "protocol": 2, "project": "p", "kind": "native"}  # no capabilities.proofs
+    refused = r.child_join("c5", msg.parse_client_message(msg.dumps(plain)))
+    assert refused["code"] == "unverifiable"
+
+
+def test_the_count_check_uses_the_projects_max_vectors_per_s():
+    r = relay(children=1, max_vectors_per_s=100.0)
+    r.on_up_text({"type": "work", "iteration": 0, "work_ms": 1000, "mode": "local",
+                  "max_vectors_per_s": 100.0}, 0.0)  # fmt: skip
+    r.child_bytes("c0", delta(0, np.ones(N), 5000), now=1.0)  # 50,000 vectors/s: under the old constant
+    (err,) = [p for t, p in r.drain() if t == "c0" and p.get("type") == "error"]
+    assert err["code"] == "implausible_count" and "100" in err["reason"]
+
+
+def test_a_private_projects_relay_asks_its_children_for_the_join_key():
+    r = relay(children=1, join_key="sesame")  # the fixture's child brought the key
+    assert r.join_message("p", "owner-token")["join_key"] == "sesame"  # and the master asks it of the relay
+    for key in ("", "wrong"):
+        join = {"type": "join", "protocol": 2, "project": "p", "join_key": key}
+        refused = r.child_join("x", msg.parse_client_message(msg.dumps(join)))
+        assert refused == msg.error("forbidden", "this project needs its join key to join")  # the master's
+    assert "x" not in r.children
+
+
+def test_the_relay_takes_the_projects_rule_and_keeps_the_last_one_if_a_setting_does_not_validate():
+    r = relay()
+    r.set_hyper({"aggregation": "trimmed_mean", "trim": 0.3, "bucket_size": 4, "a_future_field": 1})
+    assert (r.acc.aggregator.name, r.acc.aggregator.trim, r.acc.bucket_size) == ("trimmed_mean", 0.3, 4)
+    r.set_hyper({"aggregation": "no_such_rule"})
+    assert r.hyper.aggregation == "trimmed_mean"

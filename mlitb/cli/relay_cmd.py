@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="serve a project's volunteers at a site and send one result per iteration to the master",
         description="A relay joins the master's project as one trainer whose power is its clients' and "
         "serves them at its own address with the same protocol: it divides its share of the data among "
-        "them, screens and sums their results, and passes parameters down. It needs the project's owner "
+        "them, screens, audits and combines their results with the project's rule (banning and reporting "
+        "a liar as the master would), and passes parameters down. It needs the project's owner "
         "token (--token, MLITB_OWNER_TOKEN, or the one stored by mlitb project create / serve --demo).",
     )
     p.add_argument("master", help="the master's URL, e.g. http://192.168.1.10:8000")
@@ -32,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "address with --host 0.0.0.0, else the address it listens on); shown on the master's dashboard",
     )
     p.add_argument("--token", default=None, help="the project's owner token")
+    p.add_argument(
+        "--join-key",
+        default=None,
+        help="a private project's join key (or MLITB_JOIN_KEY): the relay joins with it and refuses "
+        "children without it, as the master does",
+    )
     p.add_argument("--name", default="", help="the relay's name in the master's client list")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
@@ -68,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         sock.close()
         print(f"mlitb: {exc}", file=sys.stderr)
         return 2
-    service = RelayService(args.master, args.project, token, args.name or f"relay {public}", public)
+    join_key = args.join_key or os.environ.get("MLITB_JOIN_KEY", "")
+    service = RelayService(args.master, args.project, token, args.name or f"relay {public}", public, join_key)
     print(f"mlitb relay for project {args.project} at {args.master} listening on {url}", flush=True)
     print(f"  volunteers: {public}/join/{quote(args.project)}", flush=True)
     print(f"  workers:    mlitb worker {public} --project {args.project}", flush=True)

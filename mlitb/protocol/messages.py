@@ -123,24 +123,37 @@ class Subtree(_Msg):
     url: Annotated[str, Field(max_length=300)] = ""
 
 
+class ChildBanned(_Msg):
+    """Relays only: a client under the relay failed an audit there and was banned; the
+    master lists it in the project's bans (with the relay's name)."""
+
+    type: Literal["child_banned"]
+    name: Annotated[str, Field(max_length=100)] = ""
+    address: Annotated[str, Field(max_length=100)] = ""
+    kind: Literal["native", "browser", "relay"] = "native"
+    reason: Annotated[str, Field(max_length=300)] = ""
+    iteration: Annotated[int, Field(ge=0)] = 0
+
+
 class Leave(_Msg):
     type: Literal["leave"]
     reason: Annotated[str, Field(max_length=200)] = ""
 
 
 ClientMessage = Annotated[
-    Join | Cached | Heartbeat | TestResult | Status | Resync | ProofMissing | Subtree | Leave,
+    Join | Cached | Heartbeat | TestResult | Status | Resync | ProofMissing | Subtree | ChildBanned | Leave,
     Field(discriminator="type"),
 ]
 _client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
 CLIENT_TYPES = (
-    "join", "cached", "heartbeat", "test_result", "status", "resync", "proof_missing", "subtree", "leave"
+    "join", "cached", "heartbeat", "test_result", "status", "resync", "proof_missing", "subtree",
+    "child_banned", "leave",
 )  # fmt: skip
 
 
 def parse_client_message(
     text: str | bytes,
-) -> Join | Cached | Heartbeat | TestResult | Status | Resync | ProofMissing | Subtree | Leave:
+) -> Join | Cached | Heartbeat | TestResult | Status | Resync | ProofMissing | Subtree | ChildBanned | Leave:
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_TEXT_BYTES:
         raise ProtocolError("too_large", f"text message of {size} bytes, the limit is {MAX_TEXT_BYTES}")

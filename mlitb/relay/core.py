@@ -12,10 +12,25 @@ capacity towards the master is the sum of its children's (a `subtree` message).
 
 An iteration: the master's `work` order is passed down with each child's work time cut
 by that child's measured lag (the master's `Latency`); results are screened (finite,
-count, the master's `NormScreen`), summed, and one result goes up when every ordered
-child answered or the order's work time is over: gradients summed with their vectors;
-parameter changes (local_sgd) as their vector-weighted mean with the vectors summed, so
-the master's weighted mean over relays equals the one over the children themselves.
+count at the project's `max_vectors_per_s`, the master's `NormScreen`) and combined with
+the project's own aggregation rule and bucket size (the master's `Accumulator`): one
+child moves the relay's result no more than the master lets one client move the project,
+so a liar under a relay is outvoted there as it would be at the master. One result goes
+up when every ordered child answered (and the verdicts it waits for are in) or the
+order's work time is over: for gradients the combined mean times the vectors, for
+parameter changes (local_sgd) the combined mean with the vectors summed; with `mean` the
+master's weighted mean over relays equals the one over the children themselves.
+
+Audits (the master's policy and checks, mlitb.master.audits and .verification): the relay
+knows the parameters each child started from, the items it gave it and the order's inner
+settings, so it asks for proofs as the master does (`audit`), and `audit.py` replays them.
+A child not yet trusted (fewer than `verify_trust` passed audits, or suspect) has its
+result held out of the sum until its verdict passes, waiting at most until shortly before
+the master's own deadline; a failed check bans the child here (CLOSE_BANNED, its address
+remembered: later children from there are audited every time), takes its result back out
+of the open sum and reports the ban up (`child_banned`). The project's settings come from
+the master (`set_hyper`, read with the owner token); until then the master's defaults.
+
 Parameters from the master go down verbatim (a child holds the relay's view bit for
 bit); a child that joins or asks `resync` gets the whole view.
 """
@@ -24,29 +39,41 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
 import numpy as np
 
+from mlitb.master.aggregation import make_aggregator
 from mlitb.master.allocation import Allocator, make_key, split_key
+from mlitb.master.audits import Auditor, strike
+from mlitb.master.config import Hyper
 from mlitb.master.latency import Latency
-from mlitb.master.reduce import Rejected
+from mlitb.master.reduce import Accumulator, Rejected
 from mlitb.master.screening import NormScreen, check_count
-from mlitb.protocol import codecs, frames
+from mlitb.master.store import token_hash
+from mlitb.master.verification import AuditJob, Verdict
+from mlitb.protocol import codecs, frames, proofs
 from mlitb.protocol import messages as msg
 from mlitb.protocol.idtext import ids_to_text, text_to_ids
 
 log = logging.getLogger("mlitb.relay")
 
 UP = "up"
-MAX_RATE = 50_000.0  # vectors/s one child may claim (the master's default max_vectors_per_s)
 GRACE_S = 0.25  # past the order's work time, results still join the sum: at least this,
 GRACE_FRACTION = 0.25  # or this share of the master's iteration time (its own deadline is at
 # 1.5 T + 1 s, so a relay's late sum still counts; a tight one would lose whole bursts of
 # children's results, get nothing up, be counted as missing a whole iteration by the master
 # and be given its minimum work time: a spiral a large subtree never leaves)
 SUBTREE_EVERY_S = 1.0  # at most one subtree report up per second (joins come in thousands)
+# Newcomers' verdicts: the sum waits for them until the master's deadline (T x 1.5 + 1 s
+# after its order, engine.py) less this margin for the trip up (at least the margin's
+# seconds, or this share of T), then goes without the results still unverified.
+HOLD_MARGIN_S = 0.5
+HOLD_MARGIN_FRACTION = 0.1
+MASTER_GRACE_FRACTION, MASTER_MIN_GRACE_S = 0.5, 1.0  # engine.GRACE_FRACTION, MIN_GRACE_S
+KEEP_PARAMS = 4  # iterations of parameters kept for audits (a round in flight, a late proof)
 
 
 @dataclass
@@ -67,6 +94,18 @@ class Child:
     results: int = 0
     rejected: int = 0
     clients: int = 0  # a relay under this one: its own subtree (from its `subtree`)
+    address: str = ""
+    # audits, as the master's Client has them (mlitb.master.audits reads these fields)
+    proofs: bool = False  # it answers audits (join capabilities.proofs)
+    suspect: bool = False  # audited every time (joined from a banned child's address)
+    audit: AuditJob | None = None
+    audits_passed: int = 0
+    audit_error: float = 0.0
+    audit_strikes: int = 0
+    recheck: bool = False  # an audit of it left a full queue: held as a newcomer until one passes
+    last_norm: float = 0.0
+    first_result: int | None = None
+    removed: list[set[int]] = field(default_factory=list)  # ids taken from it, per recent order
 
     def row(self) -> dict:
         return {
@@ -80,42 +119,51 @@ class Child:
 
 @dataclass
 class Sum:
-    """The results of one order, as they come in (float64 accumulators)."""
+    """The results of one order: the accepted ones are in the relay's Accumulator,
+    `members` has their counts (a taken-back bucket takes its members' counts with it);
+    `held` the results of children not yet trusted, out of the sum until their verdicts."""
 
     iteration: int
-    kind: int
-    values: np.ndarray  # (n,) float64: sum of gradients, or of changes x vectors
-    vectors: int = 0
-    loss: float = 0.0
-    vectors_per_s: float = 0.0
-    compute_ms: int = 0
-    count: int = 0
+    mode: str  # "local" or "gradient": the order's
+    members: dict[str, tuple[int, float, float, int]] = field(default_factory=dict)  # vectors, loss, vps, ms
+    held: dict[str, tuple[frames.Frame, float]] = field(default_factory=dict)  # cid -> (frame, clip factor)
+    hold_until: float = 0.0
 
 
 class Relay:
-    def __init__(self, master_url: str, name: str = "relay", owner_token: str = "") -> None:
+    def __init__(
+        self, master_url: str, name: str = "relay", owner_token: str = "", join_key: str = ""
+    ) -> None:
         self.master_url = master_url
         self.owner_token = owner_token  # relays under this one show the same token
+        self.join_key = join_key  # a private project's: sent up, and asked of every child
+        self.join_key_hash = token_hash(join_key)
         self.name = name
         self.public_url = ""  # where its volunteers open the page (reported up, for the dashboard)
         self.welcome: dict | None = None  # the master's welcome to this relay
+        self.hyper = Hyper()  # the project's settings as the master last said (set_hyper)
         self.view: np.ndarray | None = None  # (n,) float32: the parameters the children hold
         self.view_iteration = -1
         self.sources: dict[int, dict] = {}  # dataset -> {url (absolute), label_map, role, grant}
         self.allocator = Allocator()
         self.children: dict[str, Child] = {}
         self.order: dict | None = None  # the master's open work order
+        self.order_at = 0.0
         self.deadline = 0.0
         self.sum: Sum | None = None
+        self.acc: Accumulator | None = None
         self.ordered: set[str] = set()  # children with an open order (kept, not searched: O(1))
-        self._scaled: np.ndarray | None = None  # (n,) float64 scratch for one scaled result
         self.screen = NormScreen()
+        self.auditor = Auditor({})  # the master's policy; `banned` holds this relay's bans
+        self.closing: list[tuple[str, int, str]] = []  # children's sockets the I/O must close
         self.feedback: codecs.ErrorFeedback | None = None
         self.state = "created"
         self.outbox: list[tuple[str, dict | bytes]] = []
         self.subtree_due = False  # the subtree changed since the last report
         self.subtree_at = 0.0  # when the next report may go (monotonic s)
-        self.counters = {"results_up": 0, "results_in": 0, "rejected": 0, "late": 0}
+        self.now = 0.0  # the latest event's time
+        self.counters = {"results_up": 0, "results_in": 0, "rejected": 0, "late": 0, "audits": 0,
+                         "audits_passed": 0, "audits_failed": 0, "banned": 0, "unverified": 0}  # fmt: skip
 
     # ------------------------------------------------------------------ plumbing
     def drain(self) -> list[tuple[str, dict | bytes]]:
@@ -140,8 +188,29 @@ class Relay:
             "capacity": self.capacity(),
             "name": self.name,
             "owner_token": owner_token,
+            "join_key": self.join_key,
             "capabilities": {"relay": 1},
         }
+
+    def set_hyper(self, hyper: dict) -> None:
+        """The project's hyperparameters as the master shows them to its owner (the relay
+        reads them with its owner token): the aggregation rule, the audit policy and the
+        count limit its children are held to. Fields this version does not know are left out."""
+        known = {k: v for k, v in hyper.items() if k in Hyper.model_fields}
+        try:
+            h = Hyper.model_validate(known)
+        except ValueError as exc:
+            log.warning("the master's hyperparameters do not validate here (%s); keeping the last", exc)
+            return
+        old, self.hyper = self.hyper, h
+        if self.acc is not None and (h.aggregation, h.trim, h.bucket_size) != (old.aggregation, old.trim,
+                                                                               old.bucket_size):  # fmt: skip
+            self.acc.aggregator = make_aggregator(h.aggregation, h.trim)  # from this order's sum
+            self.acc.bucket_size = h.bucket_size  # from the next order's plan
+        if not h.verify:
+            self.auditor.forget()
+            for c in self.children.values():
+                c.audit = None
 
     def capacity(self) -> int:
         return min(10_000_000, sum(c.capacity for c in self.children.values()))
@@ -173,6 +242,7 @@ class Relay:
             self.welcome = m
             self.state = m.get("state", "created")
             self.feedback = None
+            self._new_accumulator()
             self._subtree(force=True)
         elif kind == "allocation":
             self._up_allocation(m)
@@ -190,6 +260,10 @@ class Relay:
             }
             self.view, self.view_iteration, self.feedback, self.sum = None, -1, None, None
             self.screen.reset()
+            self._new_accumulator()
+            self.auditor.forget()  # proofs of the old shape cannot be checked
+            for c in self.children.values():
+                c.audit = None
             self._to_children(m)
         elif kind == "audit":  # not asked of relays (the owner vouched); answer all the same
             self.send(
@@ -197,7 +271,7 @@ class Relay:
                 {
                     "type": "proof_missing",
                     "iteration": m.get("iteration"),
-                    "reason": "a relay sends sums; its children are screened by the relay",
+                    "reason": "a relay sends sums; it audits its children itself",
                 },
             )
         elif kind == "error":
@@ -215,6 +289,8 @@ class Relay:
         else:
             return
         self.view_iteration = frame.iteration
+        if self.hyper.verify:  # what children start the orders of this iteration from
+            self.auditor.remember(frame.iteration, self.view, KEEP_PARAMS)
         for cid in self.children:
             self.send(cid, bytes(data))
 
@@ -226,6 +302,8 @@ class Relay:
             for cid, keys in self.allocator.unregister(gone).items():
                 child = self.children[cid]
                 child.cached.difference_update(keys)
+                if child.removed:
+                    child.removed[-1].update(keys)
                 self.send(cid, msg.allocation(0, [], _groups(keys)))
         added: list[int] = []
         for group in m.get("add", []):
@@ -242,15 +320,20 @@ class Relay:
         self._rebalance()
 
     def _up_work(self, m: dict, now: float) -> None:
+        self.now = now
         if self.sum is not None:  # a new order while one is open: the old one is over
             self._finish()
-        self.order = m
+        self.order, self.order_at = m, now
         work_ms = int(m["work_ms"])
         T = int(self.welcome.get("iteration_ms", 0)) / 1000 if self.welcome else 0.0
         self.deadline = now + work_ms / 1000 + max(GRACE_S, GRACE_FRACTION * T)
+        master_deadline = now + T * (1 + MASTER_GRACE_FRACTION) + MASTER_MIN_GRACE_S
+        hold_until = master_deadline - max(HOLD_MARGIN_S, HOLD_MARGIN_FRACTION * T)
+        self.sum = Sum(int(m["iteration"]), m.get("mode", "local"), hold_until=max(hold_until, self.deadline))
         fields = {k: v for k, v in m.items() if k not in ("type", "iteration", "work_ms")}
         fields.pop("overlap_ms", None)  # a child's carried steps would not be in this round's sum
         for c in self.children.values():
+            c.removed = [*c.removed, set()][-KEEP_PARAMS:]  # ids it loses from now: this order's
             if c.overdue is not None:  # no result at all for the last order: a whole lag
                 c.latency.missed(work_ms, 0)
                 c.overdue = None
@@ -260,19 +343,31 @@ class Relay:
             self.ordered.add(c.id)
             c.work_ms, c.order_ms = c.latency.work_ms(work_ms), work_ms
             self.send(c.id, msg.work(m["iteration"], c.work_ms, fields))
+        if self.acc is not None:
+            self.acc.reset()
+            self.acc.plan(len(self.ordered))
 
     # ------------------------------------------------------------------ from a child
-    def child_join(self, cid: str, join: msg.Join) -> dict | None:
-        """Welcome a child; returns None, or an error dict (then close the socket)."""
+    def child_join(self, cid: str, join: msg.Join, address: str = "") -> dict | None:
+        """Welcome a child; returns None, or an error dict (then close the socket with
+        `close_code(error)`): the master's checks, the join key of a private project included."""
         if self.welcome is None or self.view is None:
             return msg.error("not_ready", "the relay has not joined its master yet; retry in a few seconds")
+        if join.project != self.welcome["project"]["name"]:
+            return msg.error(
+                "unknown_project", f"this relay serves project {self.welcome['project']['name']!r}"
+            )
+        if self.join_key_hash and not secrets.compare_digest(token_hash(join.join_key), self.join_key_hash):
+            return msg.error("forbidden", "this project needs its join key to join")  # the master's words
         if join.kind == "relay" and not secrets.compare_digest(join.owner_token, self.owner_token):
             return msg.error("forbidden", "a relay under this relay needs the project's owner token")
         if join.role != "trainer":
             return msg.error("trainers_only", f"trackers join the master itself: {self.master_url}")
-        if join.project != self.welcome["project"]["name"]:
+        if join.kind != "relay" and self.hyper.verify and not join.capabilities.get("proofs"):
             return msg.error(
-                "unknown_project", f"this relay serves project {self.welcome['project']['name']!r}"
+                "unverifiable",
+                "this project verifies results (hyperparameter verify) and this trainer cannot answer "
+                "audits (join capabilities.proofs): update the worker, or the owner sets verify=false",
             )
         capacity = join.capacity
         if join.memory_mb is not None:  # the master's rule: memory / (input bytes + overhead)
@@ -280,7 +375,9 @@ class Relay:
             item = int(shape.get("out_sx", 1)) * int(shape.get("out_sy", 1)) * int(shape.get("out_depth", 1))
             capacity = min(capacity, join.memory_mb * (1 << 20) // (item + 160))
         cap = capacity
-        child = Child(cid, join.name, join.kind, join.backend, cap)
+        child = Child(cid, join.name, join.kind, join.backend, cap, address=address,
+                      proofs=bool(join.capabilities.get("proofs")),
+                      suspect=self.auditor.banned_address(address))  # fmt: skip
         self.children[cid] = child
         extra = {k: self.welcome[k] for k in ("algorithm", "compression", "tracker") if k in self.welcome}
         w = self.welcome
@@ -312,11 +409,13 @@ class Relay:
         self.ordered.discard(cid)
         if child is None:
             return
+        self.auditor.queue = [j for j in self.auditor.queue if j.client != cid]
+        if self.sum is not None:
+            self.sum.held.pop(cid, None)  # unverified, and nobody left to answer for it
         self.allocator.remove_trainer(cid)
         self._rebalance()
         self._subtree()
-        if self.sum is not None and not self._waiting():
-            self._finish()
+        self._maybe_finish(self.now)
 
     def child_text(self, cid: str, message, now: float) -> None:
         child = self.children.get(cid)
@@ -340,12 +439,36 @@ class Relay:
             self.allocator.set_capacity(cid, message.capacity)
             self._rebalance()
             self._subtree(force=True)
+        elif isinstance(message, msg.ChildBanned) and child.kind == "relay":  # banned further down
+            self.send(UP, message.model_dump())
         elif isinstance(message, msg.ProofMissing):
-            pass  # the relay does not audit (see the module docstring)
+            job = child.audit
+            if job is None or (message.iteration is not None and message.iteration != job.iteration):
+                return
+            log.info("%s has no proof for iteration %d: %s", cid, job.iteration, message.reason)
+            if self.sum is not None and self.sum.held.pop(cid, None) is not None:
+                self.counters["unverified"] += 1  # held for a verdict that will not come
+            strike(child, f"no proof: {message.reason}", lambda why: self.ban(cid, why, job))
+            self._maybe_finish(now)
 
     def child_bytes(self, cid: str, data: bytes, now: float) -> None:
+        self.now = now
         child = self.children.get(cid)
         if child is None:
+            return
+        if proofs.is_proof(data):  # the answer to an audit
+            job = child.audit
+            refused = self.auditor.on_proof(child, data, self.num_params)
+            if refused == "unasked":
+                log.info("unasked proof from %s ignored", cid)
+            elif refused:
+                self.ban(cid, refused, job)
+            for lost in getattr(self.auditor, "overflow", list)():  # a full queue let it go unchecked
+                log.warning("audit of %s (iteration %d) not checked: the replay queue is full", lost.client,
+                            lost.iteration)  # fmt: skip
+                self.auditor.skipped += 1
+                if (other := self.children.get(lost.client)) is not None:
+                    other.recheck = True
             return
         try:
             frame = frames.decode(data, max_count=self.num_params)
@@ -353,6 +476,7 @@ class Relay:
                 raise Rejected("wrong_frame", f"expected a result frame, got frame type {frame.kind}")
             if (
                 self.order is None
+                or self.sum is None
                 or frame.iteration != self.order["iteration"]
                 or child.ordered != frame.iteration
             ):
@@ -368,7 +492,9 @@ class Relay:
                 raise Rejected("wrong_size", f"{frame.values.size} values, the model has {self.num_params}")
             if frame.vectors < 1 or not np.isfinite(frame.loss) or not np.isfinite(frame.values).all():
                 raise Rejected("not_finite", "NaN/Inf values or loss, or no vectors")
-            check_count(frame.vectors, now - child.ordered_at, MAX_RATE)
+            # the master's count check at the project's limit (a relay below: its subtree's)
+            rate = float(self.order.get("max_vectors_per_s") or self.hyper.max_vectors_per_s)
+            check_count(frame.vectors, now - child.ordered_at, rate * max(1, child.clients))
             verdict = self.screen.judge(frame.kind, frame.values, frame.vectors)
         except frames.FrameError as exc:
             child.rejected += 1
@@ -381,61 +507,188 @@ class Relay:
                 child.ordered = None
                 self.ordered.discard(cid)
             self.send(cid, msg.error(exc.reason, exc.detail))
-            if self.sum is not None and not self._waiting():
-                self._finish()
+            self._maybe_finish(now)
             return
         child.ordered = None
         self.ordered.discard(cid)
         child.results += 1
         child.vectors_per_s = frame.vectors_per_s
         child.latency.observe((now - child.ordered_at) * 1000 - child.work_ms, child.order_ms, 0)
+        if child.first_result is None:
+            child.first_result = frame.iteration
         self.screen.record(frame.kind, cid, frame.iteration, verdict, frame.vectors)
-        if self.sum is None:
-            self.sum = Sum(frame.iteration, frame.kind, np.zeros(self.num_params, np.float64))
-        s = self.sum
-        if self._scaled is None or self._scaled.size != self.num_params:
-            self._scaled = np.empty(self.num_params, np.float64)
-        # gradients add as they are; changes weighted by their vectors (float64, one pass)
-        scale = verdict.factor * (frame.vectors if frame.kind == frames.DELTA else 1)
-        np.multiply(frame.values, scale, out=self._scaled)
-        s.values += self._scaled
-        s.vectors += frame.vectors
-        s.loss += frame.loss
-        s.vectors_per_s += frame.vectors_per_s
-        s.compute_ms = max(s.compute_ms, frame.compute_ms)
-        s.count += 1
+        audited = self._maybe_audit(child, frame, verdict.factor, now)
+        with np.errstate(over="ignore"):
+            child.last_norm = float(np.linalg.norm(frame.values))
         self.counters["results_in"] += 1
-        if not self._waiting():
-            self._finish()
+        if audited and child.audit is not None and child.audit.untrusted:
+            self.sum.held[cid] = (frame, verdict.factor)  # out of the sum until its verdict passes
+        else:
+            self._add(cid, frame, verdict.factor)
+        self._maybe_finish(now)
+
+    # ------------------------------------------------------------------ audits
+    def _maybe_audit(self, child: Child, frame: frames.Frame, factor: float, now: float) -> bool:
+        """Ask for the proof of this result if the master's policy picks it; a relay below
+        is not audited (it joined with the owner token and audits its own children)."""
+        if child.kind == "relay" or not self.auditor.wants(child, self.hyper, factor < 1.0):
+            return False
+        mode = "local" if frame.kind == frames.DELTA else "gradient"
+        inner = (self.order or {}).get("inner", {})
+        job = self.auditor.job(child, frame, mode, inner, now, frame.iteration, self.hyper.verify_trust)
+        if job is None:
+            return False
+        owned = self.allocator.held.get(child.id, set()).union(*child.removed)
+        job.owned = np.sort(np.fromiter(owned, np.int64, len(owned)))  # what it may have used
+        child.audit = job
+        self.counters["audits"] += 1
+        self.send(child.id, msg.audit(frame.iteration, frame.vectors, frame.loss))
+        return True
+
+    def next_job(self) -> AuditJob | None:
+        """The next proof to replay (audit.py): untrusted children's first."""
+        return self.auditor.next_job()
+
+    def waiting_for_verdicts(self) -> bool:
+        """A held result waits for a verdict: replay now rather than rest."""
+        return bool(self.sum is not None and self.sum.held)
+
+    def finish_audit(self, job: AuditJob, verdict: Verdict, now: float) -> None:
+        """A replay's verdict: a held result joins the open sum, a failed check bans."""
+        self.now = now
+        child = self.children.get(job.client)
+        self.auditor.record(child, verdict)
+        self.counters["audits_passed" if verdict.ok else "audits_failed"] += 1
+        if verdict.ok:
+            log.info("audit of %s (iteration %d) passed: %s", job.client, job.iteration, verdict.detail)
+            if child is not None:
+                child.recheck = False
+            s = self.sum
+            held = s.held.pop(job.client, None) if s is not None and s.iteration == job.iteration else None
+            if held is not None and child is not None:
+                self._add(job.client, *held)
+        else:
+            self.ban(job.client, verdict.detail, job)
+        self._maybe_finish(now)
+
+    def ban(self, cid: str, reason: str, job: AuditJob | None = None) -> None:
+        """A lying child, as the master bans one: its result taken back out of the open
+        sum (with its bucket), its socket closed with CLOSE_BANNED, its address remembered
+        (later children from there are audited every time), and the ban reported up."""
+        child = self.children.get(cid)
+        iteration = job.iteration if job is not None else max(self.view_iteration, 0)
+        self.auditor.queue = [j for j in self.auditor.queue if j.client != cid]
+        if any(b["id"] == cid for b in self.auditor.banned[-50:]):
+            return  # a verdict on another of its results, after the ban
+        log.warning("child %s banned: %s", cid, reason)
+        self.auditor.ban_entry(child, cid, iteration, reason, time.time())
+        self.counters["banned"] += 1
+        s = self.sum
+        if s is not None:
+            s.held.pop(cid, None)
+            if cid in s.members and self.acc is not None:
+                gone = self.acc.remove(cid) or [cid]  # its bucket-mates' results go with it
+                for other in gone:
+                    s.members.pop(other, None)
+        self.send(UP, {"type": "child_banned", "name": child.name if child else "",
+                       "address": child.address if child else "", "kind": child.kind if child else "native",
+                       "reason": reason[:300], "iteration": iteration})  # fmt: skip
+        if child is None:
+            return  # it left before the verdict: reported, nothing to close
+        project = self.welcome["project"]["name"] if self.welcome else ""
+        self.send(cid, msg.error("banned", f"banned from project {project} (relay {self.name}): {reason}"))
+        self.closing.append((cid, msg.CLOSE_BANNED, "banned: a result failed verification"))
+        self.child_leave(cid)
+
+    def _overdue_audits(self, now: float) -> None:
+        for c in self.auditor.overdue(list(self.children.values()), now):
+            job = c.audit
+            strike(c, "no answer in time", lambda why, cid=c.id, job=job: self.ban(cid, why, job))
 
     # ------------------------------------------------------------------ the clock
     def poll(self, now: float) -> float | None:
         """Seconds until the relay wants to be polled again (None: on the next event)."""
+        self.now = now
         self._report_subtree(now)
+        self._overdue_audits(now)
         report = max(0.0, self.subtree_at - now) if self.subtree_due else None
         if self.order is None:
             return report
-        if now >= self.deadline:
+        if now < self.deadline:
+            wait = self.deadline - now
+        else:
             for c in self.children.values():
                 if c.ordered is not None:  # no result in time: measured if it comes, else missed
                     c.overdue, c.ordered = c.ordered, None
             self.ordered.clear()
-            self._finish()
-            self.order = None
-            return report
-        return self.deadline - now if report is None else min(report, self.deadline - now)
+            self._maybe_finish(now)
+            if self.sum is None:
+                self.order = None
+                return report
+            wait = max(0.0, min(0.1, self.sum.hold_until - now))  # newcomers' verdicts
+        return wait if report is None else min(report, wait)
 
     # ------------------------------------------------------------------ internals
-    def _waiting(self) -> bool:
-        return bool(self.ordered)
+    def _new_accumulator(self) -> None:
+        h = self.hyper
+        n = self.num_params
+        self.acc = Accumulator(n, make_aggregator(h.aggregation, h.trim), h.bucket_size) if n else None
+
+    def _add(self, cid: str, frame: frames.Frame, factor: float) -> None:
+        """One accepted result into the open sum, weighted as the master weighs it
+        (algorithms.py): a change by its vectors, a gradient sum as it is, a protocol-1
+        gradient in a local round as one inner SGD step."""
+        s = self.sum
+        if s is None:
+            return
+        if self.acc is None or self.acc.num_params != self.num_params:
+            self._new_accumulator()
+        if s.mode == "gradient":
+            scale = factor
+        elif frame.kind == frames.DELTA:
+            scale = factor * frame.vectors
+        else:
+            lr = (self.order or {}).get("inner", {}).get("learning_rate", self.hyper.inner_learning_rate)
+            scale = factor * float(lr)
+        self.acc.add(frame.values, frame.vectors, frame.loss, scale=scale, weight=frame.vectors, client=cid)
+        s.members[cid] = (frame.vectors, frame.loss, frame.vectors_per_s, frame.compute_ms)
+
+    def _maybe_finish(self, now: float) -> None:
+        """The sum goes up once no ordered child is still working and no held result waits
+        for a verdict (or the hold is over: those go without)."""
+        s = self.sum
+        if s is None or self.ordered or (s.held and now < s.hold_until):
+            return
+        self._finish()
 
     def _finish(self) -> None:
-        """One result up: the sum of what came in for the open order (nothing if none)."""
+        """One result up: the project's rule over what came in for the open order (nothing
+        if none). A combination that is not finite loses its largest bucket, as the master's
+        step does, until it is finite."""
         s, self.sum = self.sum, None
-        if s is None or self.order is None or s.vectors == 0:
+        if s is None:
             return
-        values = s.values / s.vectors if s.kind == frames.DELTA else s.values  # float64
-        values = values.astype(np.float32)
+        self.counters["unverified"] += len(s.held)  # their verdicts were not in time: left out
+        acc = self.acc
+        mean = None
+        while acc is not None and s.members and any(x is not None for x in acc.sums):
+            with np.errstate(over="ignore", invalid="ignore"):
+                mean = acc.mean()
+            if np.isfinite(mean).all():
+                break
+            worst = acc.worst_bucket()
+            for gone in acc.drop_bucket(worst) if worst is not None else list(s.members):
+                s.members.pop(gone, None)
+            mean = None
+        if acc is not None:
+            acc.reset()
+        if mean is None or self.order is None or not s.members:
+            return
+        vectors = sum(m[0] for m in s.members.values())
+        if s.mode == "gradient":  # a sum whose ratio to its vectors is the combined mean
+            kind, values = frames.RESULT, (mean.astype(np.float64) * vectors).astype(np.float32)
+        else:  # the combined mean change, the vectors summed
+            kind, values = frames.DELTA, mean
         dtype = codecs.DTYPES.get(self.order.get("compression", "none"), codecs.FLOAT32)
         if self.feedback is None or self.feedback.dtype != dtype or self.feedback.n != values.size:
             self.feedback = codecs.ErrorFeedback(values.size, dtype)
@@ -447,11 +700,11 @@ class Relay:
                 project,
                 s.iteration,
                 values,
-                s.vectors,
-                s.loss,
-                s.vectors_per_s,
-                s.compute_ms,
-                kind=s.kind,
+                vectors,
+                sum(m[1] for m in s.members.values()),
+                sum(m[2] for m in s.members.values()),
+                max(m[3] for m in s.members.values()),
+                kind=kind,
                 dtype=dtype,
                 payload=payload,
             ),
@@ -471,6 +724,8 @@ class Relay:
         for cid, move in self.allocator.rebalance().items():
             child = self.children[cid]
             child.cached.difference_update(move.removed)
+            if child.removed:  # a round in flight may still use them (its audit allows it)
+                child.removed[-1].update(move.removed)
             add = [
                 {**self._source_fields(ds), "dataset": ds, "ids": ids_to_text(ids)}
                 for ds, ids in _by_dataset(move.added).items()

@@ -1,5 +1,10 @@
 """The relay's I/O: one WebSocket up to the master (reconnecting), a Starlette app with
-`/ws` for its own clients, and a clock that polls `Relay` (core.py) for deadlines.
+`/ws` for its own clients, a clock that polls `Relay` (core.py) for deadlines, the
+children's audits (audit.py), and the project's settings read from the master with the
+owner token every HYPER_EVERY_S (the rule, audit policy and limits the relay applies).
+
+`GET /api` is the relay's status: counts for anyone, its children (names, addresses) and
+bans (`bans`) only with `Authorization: Bearer <owner token>`.
 
 When the master's socket is lost, every child is closed (1012, "the relay lost its
 master"): their data went back to the master's pool with the relay's socket, and they
@@ -30,6 +35,7 @@ from mlitb.master.connection import Connection
 from mlitb.protocol import messages as msg
 from mlitb.web import STATIC
 
+from .audit import RelayAudits
 from .core import UP, Relay
 
 log = logging.getLogger("mlitb.relay")
@@ -37,6 +43,12 @@ log = logging.getLogger("mlitb.relay")
 CLOSE_MASTER_LOST = 1012  # "service restart": reconnect
 FATAL_UP = {4403, 4404, 4409, 4453}  # refused for good: no point retrying
 MAX_FRAME = 256 << 20
+HYPER_EVERY_S = 5.0  # how often the project's settings are read from the master
+CLOSE_FOR = {
+    "not_ready": 1013,
+    "forbidden": msg.CLOSE_FORBIDDEN,
+    "unknown_project": msg.CLOSE_UNKNOWN_PROJECT,
+}
 
 
 def ws_url(url: str) -> str:
@@ -47,13 +59,22 @@ def ws_url(url: str) -> str:
 
 class RelayService:
     def __init__(
-        self, master_url: str, project: str, owner_token: str, name: str = "relay", public_url: str = ""
+        self,
+        master_url: str,
+        project: str,
+        owner_token: str,
+        name: str = "relay",
+        public_url: str = "",
+        join_key: str = "",
     ) -> None:
         self.project = project
         self.owner_token = owner_token
         self.public_url = public_url
-        self.core = Relay(master_url.rstrip("/"), name, owner_token)
+        self.join_key = join_key
+        self.core = Relay(master_url.rstrip("/"), name, owner_token, join_key)
         self.core.public_url = public_url
+        self.audits = RelayAudits(self)
+        self.hyper_error = ""
         self.conns: dict[str, Connection] = {}
         self.up = None  # the master's socket while connected
         self.wake = asyncio.Event()
@@ -69,6 +90,12 @@ class RelayService:
                         await self.up.send(payload if isinstance(payload, bytes) else msg.dumps(payload))
             elif (conn := self.conns.get(target)) is not None:
                 conn.send(payload)
+        closing, self.core.closing = self.core.closing, []
+        for cid, code, reason in closing:  # banned children: the core has let them go
+            if (conn := self.conns.pop(cid, None)) is not None:
+                conn.close_soon(code, reason)
+        if self.core.auditor.queue:
+            self.audits.wake.set()
         self.wake.set()
 
     # ------------------------------------------------------------------ upstream
@@ -96,6 +123,8 @@ class RelayService:
                 code = exc.rcvd.code if exc.rcvd else None
                 if code in FATAL_UP:
                     self.fatal = f"the master refused this relay ({code}): {exc.rcvd.reason}"
+                    if code == msg.CLOSE_FORBIDDEN and "join key" in exc.rcvd.reason:
+                        self.fatal += " (a private project: mlitb relay --join-key KEY)"
                     log.error("%s", self.fatal)
                     await self._lost()
                     return
@@ -118,9 +147,34 @@ class RelayService:
             conn.close_soon(CLOSE_MASTER_LOST, "the relay lost its master; reconnect")
             self.core.child_leave(cid)
         self.conns.clear()
-        self.core = Relay(self.core.master_url, self.core.name, self.owner_token)
+        hyper = self.core.hyper
+        self.core = Relay(self.core.master_url, self.core.name, self.owner_token, self.join_key)
+        self.core.hyper = hyper  # until read again
         self.core.public_url = self.public_url
         self.core.drain()
+
+    # ------------------------------------------------------------------ the project's settings
+    async def settings(self) -> None:
+        """The project's hyperparameters, as the master shows them to its owner, every
+        HYPER_EVERY_S: they may change while the project runs."""
+        headers = {"Authorization": f"Bearer {self.owner_token}"}
+        if self.join_key:
+            headers["X-Join-Key"] = self.join_key
+        url = f"{self.core.master_url}/api/projects/{quote(self.project)}"
+        async with httpx.AsyncClient(timeout=10) as http:
+            while True:
+                try:
+                    r = await http.get(url, headers=headers)
+                    if r.status_code == 200 and isinstance(r.json().get("hyper"), dict):
+                        self.core.set_hyper(r.json()["hyper"])
+                        self.hyper_error = ""
+                    else:
+                        self.hyper_error = f"{r.status_code} {r.text[:200]}"
+                except (httpx.HTTPError, ValueError) as exc:
+                    self.hyper_error = repr(exc)
+                if self.hyper_error:
+                    log.warning("cannot read the project's settings at %s: %s", url, self.hyper_error)
+                await asyncio.sleep(HYPER_EVERY_S)
 
     # ------------------------------------------------------------------ the clock
     async def clock(self) -> None:
@@ -147,13 +201,12 @@ class RelayService:
                 await ws.close(msg.CLOSE_ABUSE, reason[:120])
             return
         cid = secrets.token_hex(4)
-        conn = Connection(ws, cid, join.role, join.kind, ws.client.host if ws.client else "")
-        refused = self.core.child_join(cid, join)
+        address = ws.client.host if ws.client else ""
+        conn = Connection(ws, cid, join.role, join.kind, address)
+        refused = self.core.child_join(cid, join, address)
         if refused is not None:
             await ws.send_text(msg.dumps(refused))
-            await ws.close(
-                1013 if refused["code"] == "not_ready" else msg.CLOSE_VERSION, refused["reason"][:120]
-            )
+            await ws.close(CLOSE_FOR.get(refused["code"], msg.CLOSE_VERSION), refused["reason"][:120])
             await conn.finish()
             return
         self.conns[cid] = conn
@@ -185,9 +238,11 @@ class RelayService:
                 await self.flush()
             await conn.finish()
 
-    def status(self) -> dict:
+    def status(self, full: bool = True) -> dict:
+        """The relay's state; `full` (the owner) adds its children and bans, which name
+        volunteers and their addresses."""
         c = self.core
-        return {
+        out = {
             "service": "mlitb-relay",
             "master": c.master_url,
             "project": self.project,
@@ -195,15 +250,34 @@ class RelayService:
             "connected": self.up is not None,
             "refused": self.fatal,
             "iteration": c.view_iteration,
-            "children": [
-                {"id": k.id, **k.row(), "results": k.results, "rejected": k.rejected}
-                for k in c.children.values()
-            ],
+            "clients": len(c.children),
+            "aggregation": c.hyper.aggregation,
+            "verify": c.hyper.verify,
+            "settings_error": self.hyper_error,
             "data_registered": c.allocator.registered,  # ids the master gave this relay
             "data_held": c.allocator.allocated,  # ... of them, held by its children
             "data_unallocated": len(c.allocator.pool),  # ... and waiting for a child
             **c.counters,
         }
+        if full:
+            out["children"] = [
+                {
+                    **k.row(),
+                    "id": k.id,
+                    "address": k.address,
+                    "results": k.results,
+                    "rejected": k.rejected,
+                    "verified": k.audits_passed,
+                    "suspect": k.suspect,
+                }
+                for k in c.children.values()
+            ]
+            out["bans"] = c.auditor.banned[-20:]  # `banned` (a count) is among the counters
+        return out
+
+    def is_owner(self, request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and bool(token) and secrets.compare_digest(token, self.owner_token)
 
 
 def build_app(service: RelayService) -> Starlette:
@@ -212,8 +286,8 @@ def build_app(service: RelayService) -> Starlette:
     relay (its socket is the page's origin's `/ws`); the project's figures on that page
     come from the master (`/api/projects/P` is passed through)."""
 
-    async def api(_: Request) -> JSONResponse:
-        return JSONResponse(service.status())
+    async def api(request: Request) -> JSONResponse:
+        return JSONResponse(service.status(full=service.is_owner(request)))
 
     async def volunteer(request: Request) -> Response:
         if request.path_params["name"] != service.project:
@@ -222,7 +296,8 @@ def build_app(service: RelayService) -> Starlette:
 
     async def project_info(request: Request) -> Response:
         name = request.path_params["name"]
-        headers = {k: v for k, v in request.headers.items() if k.lower() == "x-join-key"}
+        # a private project's key, and a relay below reading the settings with the owner token
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("x-join-key", "authorization")}
         try:
             async with httpx.AsyncClient(timeout=10) as http:
                 r = await http.get(f"{service.core.master_url}/api/projects/{quote(name)}", headers=headers)
@@ -234,7 +309,8 @@ def build_app(service: RelayService) -> Starlette:
         return RedirectResponse(f"{service.core.master_url}/#/p/{quote(service.project)}")
 
     async def lifespan(_app):
-        tasks = [asyncio.create_task(service.upstream()), asyncio.create_task(service.clock())]
+        tasks = [asyncio.create_task(t) for t in (service.upstream(), service.clock(), service.settings(),
+                                                  service.audits.run())]  # fmt: skip
         yield
         for t in tasks:
             t.cancel()

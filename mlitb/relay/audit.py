@@ -1,0 +1,161 @@
+"""The relay's replays: the master's checks (mlitb.master.verification) on its children's
+proofs, so that a child under a relay is held to what a client of the master is.
+
+The relay's core (core.py) queues a job when a proof arrives; this task fetches the items
+the chosen segments used from the data server (with the read grant the relay was given,
+as its children fetch them), replays them in a thread with the PyTorch executor and hands
+the verdict back to the core, which bans a liar. Like the master's runner
+(mlitb.master.replay): one replay at a time on one torch thread, resting so that replays
+take at most AUDIT_SHARE of one core, except while a newcomer's held result waits for its
+verdict (that is at most `verify_trust` proofs per child).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import httpx
+import numpy as np
+
+from mlitb.data.wire import BlockReader
+from mlitb.master.verification import AuditJob, Plan, Verdict, prepare, run_replay
+
+log = logging.getLogger("mlitb.relay")
+
+AUDIT_SHARE = 0.5  # of one core, at most: a relay's own work is light (sums, no steps)
+FETCH_CHUNK = 4096
+
+
+class RelayAudits:
+    """`service` is the RelayService: its `core` (replaced when the master is lost) and `flush`."""
+
+    def __init__(self, service) -> None:
+        self.service = service
+        self.wake = asyncio.Event()
+        self.http: httpx.AsyncClient | None = None
+        self.net = None
+        self.net_key = None  # (id of the welcome's spec list) the net was built for
+        self.spec = None
+        self.checked = 0
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=60) as self.http:
+            while True:
+                core = self.service.core
+                job = core.next_job()
+                if job is None:
+                    self.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self.wake.wait()
+                    continue
+                took = 0.0
+                try:
+                    verdict, took = await self.check(core, job)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the data server down, a dataset gone: not the child's fault
+                    log.warning("audit of %s not checked: %r", job.client, exc)
+                    core.auditor.skipped += 1
+                else:
+                    if self.service.core is core:  # not a core from before a lost master
+                        core.finish_audit(job, verdict, time.monotonic())
+                        await self.service.flush()
+                await self._rest(took * (1 / AUDIT_SHARE - 1))
+
+    async def _rest(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:
+            core = self.service.core
+            if core.waiting_for_verdicts() and any(j.untrusted for j in core.auditor.queue):
+                return
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, 0.5)):
+                    await self.wake.wait()
+
+    async def check(self, core, job: AuditJob) -> tuple[Verdict, float]:
+        """One proof -> (verdict, CPU seconds spent replaying)."""
+        from mlitb.model.layout import decay_multipliers
+        from mlitb.model.spec import Spec
+
+        header, values = job.proof
+        spec_json = core.welcome["spec"]
+        if self.net_key != id(spec_json):
+            self.spec, self.net, self.net_key = Spec.from_json(spec_json), None, id(spec_json)
+        replayable = not any(layer.get("type") == "dropout" for layer in spec_json)
+        owned = job.owned if job.owned is not None else np.zeros(0, np.int64)
+
+        def foreign(keys: np.ndarray) -> np.ndarray:  # keys the child was never given
+            return keys[~np.isin(keys, owned, assume_unique=True)]
+
+        plan = prepare(job, header, values, foreign, core.hyper.verify_tolerance, replayable)
+        took = 0.0
+        if isinstance(plan, Plan) and plan.chosen:
+            items = await self._items(core, plan.needed())
+            if isinstance(items, Verdict):
+                plan = items
+            else:
+                l1, l2 = decay_multipliers(self.spec)
+                tol = core.hyper.verify_tolerance
+                plan, took = await asyncio.to_thread(self._replay, job, plan, items, l1, l2, tol)
+        self.checked += 1
+        return (
+            plan if isinstance(plan, Verdict) else Verdict(True, "structure and ends only (no replay)")
+        ), took
+
+    async def _items(self, core, keys: np.ndarray) -> dict | Verdict:
+        """key -> (pixels uint8 HWC, project label), fetched as the children fetch them."""
+        out: dict[int, tuple[np.ndarray, int]] = {}
+        for dataset in np.unique(keys >> 32).tolist():
+            source = core.sources.get(dataset)
+            if source is None or source.get("role", "train") != "train":
+                return Verdict(False, f"the proof uses dataset {dataset}, not a training set of this project")
+            ids = (keys[(keys >> 32) == dataset] & 0xFFFFFFFF).tolist()
+            label_map = np.array([*source["label_map"], -1], np.int64)
+            headers = {"X-Read-Grant": source["grant"]} if source.get("grant") else {}
+            url = f"{source['url'].rstrip('/')}/datasets/{dataset}/fetch"
+            for start in range(0, len(ids), FETCH_CHUNK):
+                reader = BlockReader()
+                async with self.http.stream(
+                    "POST", url, json={"ids": ids[start : start + FETCH_CHUNK]}, headers=headers
+                ) as resp:
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                        raise RuntimeError(f"data server: {resp.status_code} {resp.text[:200]}")
+                    async for chunk in resp.aiter_bytes():
+                        for block in reader.feed(chunk):
+                            mapped = label_map[np.minimum(block.labels.astype(np.int64), len(label_map) - 1)]
+                            for i, px, label in zip(block.ids.tolist(), block.pixels, mapped.tolist(),
+                                                    strict=True):  # fmt: skip
+                                out[(dataset << 32) | i] = (px, label)
+                reader.close()
+        missing = [k for k in keys.tolist() if k not in out or out[k][1] < 0]
+        if missing:
+            return Verdict(
+                False, f"{len(missing)} items of the proof are not training items with a project label"
+            )
+        return out
+
+    def _replay(
+        self, job: AuditJob, plan: Plan, items: dict, l1, l2, tolerance: float
+    ) -> tuple[Verdict, float]:
+        import torch
+
+        from mlitb.model.torch_executor import TorchNet
+
+        cpu0 = time.thread_time()
+        torch.set_num_threads(1)
+        if self.net is None:
+            self.net = TorchNet(self.spec, job.start.copy(), device="cpu")  # a copy: it shares memory
+
+        def batch(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            x = np.stack([items[k][0] for k in keys.tolist()]).astype(np.float32) * np.float32(1 / 255)
+            return x, np.array([items[k][1] for k in keys.tolist()], np.int64)
+
+        verdict = run_replay(job, plan, self.net, batch, l1, l2, tolerance)
+        return verdict, time.thread_time() - cpu0
