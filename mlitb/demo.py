@@ -176,7 +176,7 @@ async def run_demo(
                     "--project", PROJECT, "--role", role, "--quiet", "--name", f"demo-{role}",
                 )
             )  # fmt: skip
-        await _announce(runner, n_workers, public, (local_url, *token_urls), say, data_token)
+        await _announce(runner, n_workers, public, (local_url, *token_urls), say, data_token, app)
         await _seed_zoo(app, runner, target)
         await asyncio.Event().wait()
     except asyncio.CancelledError:
@@ -199,6 +199,7 @@ async def _announce(
     urls: tuple[str, ...],
     say: Callable[[str], None],
     data_token: str | None = None,
+    app: FastAPI | None = None,
     wait: float = 120,
 ) -> None:
     """Once the project has trained a round with a local trainer (or after `wait` s), print
@@ -220,7 +221,9 @@ async def _announce(
     say(f"  watch it:       {public}/#/p/{PROJECT}")
     say(f"  volunteer link: {public}/join/{PROJECT} (a phone opens it, or scans the project page's QR code)")
     token = next((t for t in (tokens.get_token(u, PROJECT) for u in urls) if t), None)
-    if token:
-        say(f"  owner link:     {tokens.owner_link(public, PROJECT, token, data_token)}")
+    if token and app is not None:
+        code, _ = app.state.signin_codes.mint(PROJECT, token, data_token)  # no token in the link
+        say(f"  owner link:     {tokens.signin_link(public, code)}")
         say("                  (opening it once signs that browser in as the project's owner,")
-        say("                  with the data server's write token for uploads: keep it secret)")
+        say("                  with the data server's write token for uploads; it works once,")
+        say(f"                  for 24 hours: `mlitb project link {PROJECT}` prints a new one)")

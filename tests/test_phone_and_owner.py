@@ -1,8 +1,8 @@
 """The owner in the browser and the dashboard on a phone (issue 13), in real Chromium
 against a real master:
-- an owner link `#/signin/PROJECT/TOKEN` signs the browser in (the token leaves the
-  address bar), the page says so and enables the controls; sign-out; a wrong token is
-  refused; the sign-in form does the same by hand;
+- an owner link (a one-time code since issue 23; the old `#/signin/PROJECT/TOKEN` is still
+  accepted) signs the browser in, the page says so and enables the controls; sign-out; a
+  wrong token is refused; the sign-in form does the same by hand;
 - at 390 px no page scrolls sideways (tables scroll in their own box);
 - the volunteer link says when it only works on this machine.
 """
@@ -73,16 +73,22 @@ def test_an_owner_link_signs_the_browser_in_and_out(master, mnist_zips, page):
 def test_an_owner_link_with_the_data_token_lets_the_owner_upload(master, mnist_zips, page):
     """The demo's owner link carries the data server's write token (`?data=`): the owner
     uploads from the project page without pasting anything; a wrong one is named."""
-    from mlitb.cli.tokens import owner_link
+    from mlitb.cli.tokens import signin_link
 
     train, _ = upload(master.data, mnist_zips)
     token = create_project(master.url, "up", [train], [], spec=FC_SPEC, start=False)
-    page.goto(owner_link(master.url, "up", token, "not-the-data-token"))
+    page.goto(f"{master.url}/#/signin/up/{token}?data=not-the-data-token")  # an old link
     page.wait_for_selector("#who.owner")
     assert "data write token was refused" in page.inner_text(".banner.error")
     assert not page.evaluate("localStorage.getItem('mlitb.dataToken')")
 
-    page.goto(owner_link(master.url, "up", token, master.data_token))
+    code = httpx.post(
+        f"{master.url}/api/projects/up/signin-codes",
+        json={"data_token": master.data_token},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ).json()["code"]
+    page.goto(signin_link(master.url, code))
     page.wait_for_function("document.querySelector('.banner.ok')?.innerText.includes('uploads allowed')")
     assert master.data_token not in page.url and page.url.endswith("#/p/up"), page.url
     assert page.evaluate("localStorage.getItem('mlitb.dataToken')") == master.data_token

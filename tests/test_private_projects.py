@@ -7,6 +7,7 @@ native worker."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -38,21 +39,25 @@ def test_a_private_project_keeps_its_model_and_data_to_key_holders(master, mnist
         httpx.get(base + "/model", headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code
         == 200
     )
-    (listed,) = [
-        p for p in httpx.get(f"{master.url}/api/projects", timeout=30).json() if p["name"] == "secret"
-    ]
-    assert listed["private"] is True and "clients" not in listed and "test_error" not in listed
+    # issue 23: anonymous callers are not told its name
+    assert "secret" not in httpx.get(f"{master.url}/api/projects", timeout=30).text
     assert 'project="secret"' not in httpx.get(f"{master.url}/metrics", timeout=30).text
 
-    async def stream(query: str) -> int | None:
+    async def stream(query: str, first: str | None = None) -> int | None:
         try:
             async with connect(f"{ws_base(master.url)}/api/projects/secret/stream{query}") as ws:
+                if first is not None:
+                    await ws.send(first)
                 await ws.recv()
                 return None
         except ConnectionClosed as exc:
             return exc.rcvd.code if exc.rcvd else -1
 
-    assert asyncio.run(stream("")) == 4403
+    # the stream: credentials in its first message (issue 23), the URL's still honoured
+    assert asyncio.run(stream("", '{"type": "auth", "key": "wrong"}')) == 4403
+    assert asyncio.run(stream("", '{"type": "hello"}')) == 4401
+    assert asyncio.run(stream("", json.dumps({"type": "auth", "key": KEY}))) is None
+    assert asyncio.run(stream("", json.dumps({"type": "auth", "token": token}))) is None
     assert asyncio.run(stream(f"?key={KEY}")) is None
 
     # ---- the data server: the datasets are private; items only with the read grant

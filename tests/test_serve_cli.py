@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -174,7 +173,7 @@ def test_tls_self_signed_certificate_and_a_worker_over_wss(tmp_path):
                  "--name", "p", "--start")  # fmt: skip
         assert r.returncode == 0, r.stderr
         token = _stored(tmp_path, f"{plain}#p")
-        assert f"owner link: {url}/#/signin/p/{quote(token, safe='')}" in r.stdout, r.stdout
+        assert f"owner link: {url}/#/signin-code/" in r.stdout and token not in r.stdout, r.stdout
 
         log = tmp_path / "worker.out"
         with open(log, "wb") as out:
@@ -218,16 +217,17 @@ def test_owner_links_unknown_projects_closed_pipes_and_rounding(master, tmp_path
     assert r.returncode == 0, r.stderr
     token = _stored(tmp_path, f"{master.url}#p1")
     # the master fixture names no public URL: the link uses the --server URL
-    assert f"owner link: {master.url}/#/signin/p1/{quote(token, safe='')}\n" in r.stdout, r.stdout
+    assert f"owner link: {master.url}/#/signin-code/" in r.stdout and token not in r.stdout, r.stdout
     assert "signs that browser in as the owner" in r.stdout
     # where the CLI knows the data server's write token, the link carries it (uploads)
     env_data = {**env, "MLITB_DATA_TOKEN": master.data_token}
     r = _cli(env_data, "project", "create", "--server", master.url, "--spec", "mnist", "--labels", LABELS,
              "--name", "p2")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    link = f"{master.url}/#/signin/p2/{quote(_stored(tmp_path, f'{master.url}#p2'), safe='')}"
-    assert f"owner link: {link}?data={quote(master.data_token, safe='')}\n" in r.stdout, r.stdout
-    assert "and the data write token" in r.stdout
+    code = re.search(r"owner link: \S+/#/signin-code/(\S+)\n", r.stdout).group(1)
+    assert master.data_token not in r.stdout and "and the data write token" in r.stdout, r.stdout
+    got = httpx.post(f"{master.url}/api/signin", json={"code": code}, timeout=30).json()
+    assert got["data_token"] == master.data_token and got["project"] == "p2", got
 
     for action in ("start", "pause", "delete"):
         for extra in ({}, {"MLITB_CONFIG": str(tmp_path / "none.json")}):  # token or none: same answer
@@ -466,6 +466,9 @@ def test_demo_start_up_says_what_it_does_and_prints_links_once_training(tmp_path
     try:
         text = _printed(tmp_path, "demo", "owner link:", timeout=400)
         assert "Traceback" not in tail(tmp_path / "demo.err", 100_000)
+        # the owner link carries a one-time code (issue 23), exchanged here for both tokens
+        code = re.search(r"owner link:     \S+/#/signin-code/(\S+)", text).group(1)
+        got = httpx.post(f"{url}/api/signin", json={"code": code}, timeout=30).json()
     finally:
         _stop(proc)
     lines = text.splitlines()
@@ -481,8 +484,5 @@ def test_demo_start_up_says_what_it_does_and_prints_links_once_training(tmp_path
     assert at("demo: training started") < at("watch it:") < at("volunteer link:") < at("owner link:")
     token = _stored(tmp_path, f"{url}#mnist")
     data_token = (tmp_path / "state" / "data-token").read_text().strip()
-    assert (
-        f"owner link:     {url}/#/signin/mnist/{quote(token, safe='')}?data={quote(data_token, safe='')}"
-        in text
-    )
+    assert got == {"project": "mnist", "owner_token": token, "data_token": data_token}, got
     assert f"volunteer link: {url}/join/mnist" in text

@@ -58,6 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         common(q)
         q.set_defaults(func=control, action=action)
 
+    q = psub.add_parser("link", help="print a fresh one-time owner link for a browser (owner)")
+    q.add_argument("name")
+    common(q)
+    q.add_argument("--token", default="", help="the owner token (default: the one stored by create)")
+    q.set_defaults(func=link)
+
     q = psub.add_parser("set", help="change hyperparameters while it runs (owner)")
     q.add_argument("name")
     q.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
@@ -185,20 +191,86 @@ def public_url(args, info: dict | None = None) -> str:
     return given if isinstance(given, str) and given else args.server.rstrip("/")
 
 
-def print_owner_link(args, name: str, token: str, saved: Path) -> None:
-    """The owner link; it carries the data server's write token too when this CLI knows it
-    (it runs where `mlitb serve` stored it), so the owner's browser can upload data."""
+def _data_token(args, info: dict) -> str | None:
+    """The data server's write token, where this CLI knows it (it runs where `mlitb serve`
+    stored it): the owner link hands it over too, so the owner's browser can upload."""
     from urllib.parse import urljoin
 
-    info = _master_info(args)
     data_url = info.get("data_url")
-    data_token = None
-    if isinstance(data_url, str) and data_url:
-        data_token = tokens.get_data_token(urljoin(args.server.rstrip("/") + "/", data_url).rstrip("/"))
-    print(f"owner token saved in {saved}")
-    print(f"owner link: {tokens.owner_link(public_url(args, info), name, token, data_token)}")
-    extra = " and the data write token" if data_token else ""
-    print(f"  (opening it once signs that browser in as the owner: keep it as secret as the token{extra})")
+    if not (isinstance(data_url, str) and data_url):
+        return None
+    return tokens.get_data_token(urljoin(args.server.rstrip("/") + "/", data_url).rstrip("/"))
+
+
+def mint_link(args, name: str, token: str, info: dict | None = None) -> tuple[str, bool, float]:
+    """A fresh owner link: a one-time sign-in code minted by the master (POST
+    /api/projects/NAME/signin-codes with the owner token); (link, carries the data token,
+    expiry). Exits with the master's own message when it refuses."""
+    import httpx
+
+    info = _master_info(args) if info is None else info
+    data_token = _data_token(args, info)
+    body = {"data_token": data_token} if data_token else {}
+    try:
+        resp = httpx.post(
+            f"{args.server.rstrip('/')}/api/projects/{quote(name, safe='')}/signin-codes",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"mlitb: master {args.server} unreachable: {exc}") from None
+    if resp.status_code == 400 and data_token and "bad_data_token" in resp.text:
+        body, data_token = {}, None  # a stale stored data token: the link goes without it
+        resp = httpx.post(
+            resp.request.url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+    if resp.status_code >= 400:
+        raise SystemExit(f"mlitb: no owner link for {name}: {_detail(resp)}")
+    out = resp.json()
+    return tokens.signin_link(public_url(args, info), out["code"]), bool(data_token), out["expires"]
+
+
+def _detail(resp) -> str:
+    try:
+        return str(resp.json().get("detail") or resp.text)
+    except ValueError:
+        return f"{resp.status_code} {resp.text[:200]}"
+
+
+def print_owner_link(args, name: str, token: str, saved: Path | None = None, strict: bool = False) -> None:
+    """The owner link: a one-time code, never the token itself (browsers keep every address
+    they open); `mlitb project link NAME` prints another one. Not `strict` (right after a
+    create): a master that mints no code is named, and the create still succeeded."""
+    if saved is not None:
+        print(f"owner token saved in {saved}")
+    try:
+        link, with_data, _ = mint_link(args, name, token)
+    except SystemExit as exc:
+        if strict:
+            raise
+        why = str(exc.code).removeprefix("mlitb: ")
+        print(f"owner link: none ({why}); sign in by pasting the owner token at {public_url(args)}/#/signin")
+        return
+    print(f"owner link: {link}")
+    extra = " and the data write token" if with_data else ""
+    print(
+        f"  (opening it once signs that browser in as the owner{extra}; it works once, for 24 hours: "
+        f"`mlitb project link {name}` prints a new one)"
+    )
+
+
+def link(args) -> int:
+    token = args.token or tokens.get_token(args.server, args.name)
+    if not token:
+        print(
+            f"mlitb: no owner token for project {args.name!r} on {args.server} in {tokens.config_path()}; "
+            "fix: run this where the project was created, or pass --token (or MLITB_TOKEN)",
+            file=sys.stderr,
+        )
+        return 1
+    print_owner_link(args, args.name, token, strict=True)
+    return 0
 
 
 def create(args) -> int:

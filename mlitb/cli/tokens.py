@@ -64,14 +64,12 @@ def save_token(server: str, project: str, token: str) -> Path:
     return _save({_key(server, project): token})
 
 
-def owner_link(public_url: str, project: str, token: str, data_token: str | None = None) -> str:
-    """The dashboard link that signs a browser in as the owner (`#/signin/PROJECT/TOKEN`):
-    what the CLI prints next to a new owner token, for the phone or laptop that owns it.
-    With `data_token` (the data server's write token, known where the CLI runs next to the
-    server) the link also lets that browser upload data (`?data=TOKEN`), so the owner never
-    pastes a second token; both stay in the fragment, which browsers never send."""
-    link = f"{public_url.rstrip('/')}/#/signin/{quote(project, safe='')}/{quote(token, safe='')}"
-    return f"{link}?data={quote(data_token, safe='')}" if data_token else link
+def signin_link(public_url: str, code: str) -> str:
+    """The owner link (`#/signin-code/CODE`): it signs one browser in as the owner, once.
+    It carries a one-time code that the page exchanges for the owner token (and the data
+    write token, where the CLI handed it to the master), never a token: a browser keeps
+    every address it opened in its history (mlitb.master.signin_codes)."""
+    return f"{public_url.rstrip('/')}/#/signin-code/{quote(code, safe='')}"
 
 
 def get_token(server: str, project: str) -> str | None:

@@ -13,13 +13,15 @@ checks live in zipscan/images/ids, storage in store. Mountable under a prefix
     POST   /datasets/{id}/fetch       the same for a JSON body {"ids": [...], "ranges": [[a, b]]}
     GET    /datasets/{id}/items/{n}.png   one item as a PNG (dashboards, debugging)
     GET    /datasets/{id}/sources?ids=    per item: label, source file name, sha256
-    GET    /datasets/{id}/holds           who uses the dataset (a dataset with holds cannot be deleted)
+    GET    /datasets/{id}/holds           who uses the dataset (a dataset with holds cannot be deleted);
+                                   private holders only with the write token
     PUT    /datasets/{id}/holds/{holder}  place a hold ('project:NAME'; ?private=true: a private
                                    project's); DELETE releases it
 
 Reads are open (workers fetch items without credentials), except the items, PNGs and
-sources of a dataset a private project holds: they need its read grant (grants.py) or
-the write token. Every write (upload, append, delete, holds) needs the write token
+sources of a dataset only private projects hold: they need its read grant (grants.py)
+or the write token; and the names of private holders, which only the write token sees.
+Every write (upload, append, delete, holds) needs the write token
 (auth.py): 401 without one, 403 with a wrong one.
 """
 
@@ -30,6 +32,7 @@ import contextlib
 import io
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -89,6 +92,7 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
     app.state.limits = limits
     app.state.write_token = token
     app.state.spool = gate
+    app.state.refused = refused = Counter()  # credentials refused, by kind (GET / shows them)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],
@@ -111,7 +115,13 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
         return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers)
 
     def check_writer(request: Request) -> None:
-        check_bearer(request.headers.get("authorization", ""), token)
+        try:
+            check_bearer(request.headers.get("authorization", ""), token)
+        except DataError as exc:
+            refused["write_token"] += 1
+            log.warning("%s %s: write token %s (%d refused so far)", request.method, request.url.path,
+                        "missing" if exc.status == 401 else "wrong", refused["write_token"])  # fmt: skip
+            raise
 
     def check_reader(request: Request, ds_id: int) -> None:
         """Items of a private dataset (held by a project with a join key) only with its read
@@ -125,6 +135,7 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
             check_bearer(request.headers["authorization"], token)
             return
         status = 403 if grant else 401
+        refused["read_grant"] += 1
         raise DataError(
             status,
             f"dataset {ds_id} is private (a project with a join key holds it): send its read grant "
@@ -140,6 +151,7 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
             "datasets": len(store.list()),
             "item_format": "application/vnd.mlitb.items (see README, 'Data format')",
             "writes": "need 'Authorization: Bearer <write token>'; reads are open",
+            "refused": dict(refused),
             "limits": {
                 "max_upload_bytes": limits.max_upload_bytes,
                 "max_uncompressed_bytes": limits.max_uncompressed_bytes,
@@ -176,8 +188,14 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
         return {"deleted": ds_id}
 
     @app.get("/datasets/{ds_id}/holds")
-    def list_holds(ds_id: int) -> list[dict]:
-        return store.holds(ds_id)
+    def list_holds(ds_id: int, request: Request) -> list[dict]:
+        """Who uses the dataset. A private project's name is its owner's business: without
+        the write token only open holders are listed (a wrong token: 403, as for writes)."""
+        holds = store.holds(ds_id)
+        if request.headers.get("authorization"):
+            check_writer(request)
+            return holds
+        return [h for h in holds if not h["private"]]
 
     @app.put("/datasets/{ds_id}/holds/{holder}")
     def place_hold(ds_id: int, holder: str, request: Request, private: bool = False) -> dict:

@@ -9,7 +9,9 @@ Layout under the data directory:
 
 Holds: a dataset in use (a master's project trains on it) carries one hold per user,
 e.g. `project:mnist`; it cannot be deleted while any hold is on it, because a project
-whose data vanished is broken without a word (its workers get 404s mid-training).
+whose data vanished is broken without a word (its workers get 404s mid-training). A
+dataset whose holds are all private ones (projects with a join key) is private; one
+open hold keeps it readable.
 
 Invariant: SQLite is the truth. A dataset's files are written (and fsynced) before
 the transaction that counts their items commits; bytes past `items` are leftovers of
@@ -383,11 +385,15 @@ class DataStore:
             return new
 
     def private(self, ds_id: int) -> bool:
-        """Held by a private project: its items need a read grant (mlitb.data.grants)."""
+        """Held by a private project and by no open one: its items need a read grant
+        (mlitb.data.grants). A dataset an open project uses stays readable to that
+        project's volunteers, whichever private projects hold it too: its owner made it
+        public by attaching it to the open project."""
         with self._lock:
-            return bool(
-                self._db.execute("SELECT 1 FROM holds WHERE dataset=? AND private=1", (ds_id,)).fetchone()
-            )
+            row = self._db.execute(
+                "SELECT MAX(private), MIN(private) FROM holds WHERE dataset=?", (ds_id,)
+            ).fetchone()
+        return bool(row and row[0] == 1 and row[1] == 1)
 
     def release(self, ds_id: int, holder: str) -> bool:
         """Remove a hold (idempotent); True if there was one."""

@@ -16,7 +16,10 @@ REST (JSON; control needs `Authorization: Bearer OWNER_TOKEN`):
     DELETE /api/projects/{name}/datasets/{dataset}
     GET    /api/projects/{name}/metrics?since=N   metrics history rows
     GET    /api/projects/{name}/model?format=convnetjs|mlitb   the current model file
-    WS     /api/projects/{name}/stream       dashboard updates, one per iteration
+    POST   /api/projects/{name}/signin-codes a one-time sign-in code for an owner link (owner)
+    POST   /api/signin                       {"code"} -> the owner token (and data token), once
+    WS     /api/projects/{name}/stream       dashboard updates, one per iteration; a private
+                                             project's first message is {"type": "auth", ...}
     ...                                      closures and the model zoo: closure_routes.py
     GET    /metrics                          Prometheus text
     WS     /ws                               workers (docs/protocol.md)
@@ -52,6 +55,8 @@ from .config import Hyper
 from .connection import Connection
 from .projects import ProjectError, ProjectManager
 from .runner import HEARTBEAT_MS
+from .security_events import SecurityEvents
+from .signin_codes import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S, SigninCodeError, SigninCodes
 from .status_page import render_status
 from .store import MasterStore, token_hash
 from .ws_limits import NOT_SET, PRE_JOIN_BYTES, limit_message_size
@@ -59,6 +64,8 @@ from .zoo import Zoo
 
 log = logging.getLogger("mlitb.master")
 JOIN_TIMEOUT_S = 10.0
+STREAM_AUTH_TIMEOUT_S = 10.0  # a private project's stream waits this long for its auth message
+CLOSE_AUTH_NEEDED = 4401  # ... and closes with this code when none came (docs/protocol.md)
 
 
 def create_master_app(
@@ -102,6 +109,8 @@ def create_master_app(
     app = FastAPI(title="mlitb master", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.manager = manager
     app.state.zoo = zoo
+    app.state.signin_codes = signin_codes = SigninCodes(store)
+    app.state.security = security = SecurityEvents()
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     if data_app is not None:
         app.mount("/data", data_app)
@@ -141,13 +150,6 @@ def create_master_app(
         key = request.headers.get("x-join-key") or request.query_params.get("key")
         manager.check_reader(runner, bearer_token(request) or request.query_params.get("token"), key)
         return runner
-
-    def listed(runner) -> dict:
-        """The projects list: a private project shows its name and that it is private."""
-        if runner.engine.join_key_hash:
-            e = runner.engine
-            return {"name": e.name, "id": e.project_id, "state": e.state, "private": True}
-        return {**runner.engine.summary(), "private": False}
 
     async def json_body(request: Request) -> dict:
         raw = await request.body()
@@ -194,7 +196,7 @@ def create_master_app(
             "protocol": PROTOCOL_VERSION,
             "data_url": data_public_url,
             "public_url": public_url,
-            "projects": len(manager.runners),
+            "projects": sum(1 for r in manager.runners.values() if not r.engine.join_key_hash),
             # what a project gets when a field is left out (the new-project page shows these)
             "hyper_defaults": Hyper().model_dump(mode="json"),
         }
@@ -203,7 +205,13 @@ def create_master_app(
     # summary or a model file is always one consistent snapshot.
     @app.get("/api/projects")
     async def list_projects() -> list[dict]:
-        return [listed(r) for r in manager.runners.values()]
+        """Open projects only: a private project's name is for those who hold its key or
+        owner token (the dashboard adds the private projects this browser knows)."""
+        return [
+            {**r.engine.summary(), "private": False}
+            for r in manager.runners.values()
+            if not r.engine.join_key_hash
+        ]
 
     @app.post("/api/projects", status_code=201)
     async def create_project(request: Request):
@@ -218,6 +226,68 @@ def create_master_app(
         sign-in checks a token before it keeps it."""
         owner(request, name)
         return {"project": name, "owner": True}
+
+    @app.post("/api/projects/{name}/signin-codes", status_code=201)
+    async def mint_signin_code(name: str, request: Request):
+        """A one-time code for an owner link (`#/signin-code/CODE`): the link signs a browser
+        in without the owner token in any URL (signin_codes.py). Body, optional:
+        {"data_token": the data server's write token to hand over too, "ttl_s": seconds}."""
+        owner(request, name)
+        body = await json_body(request)
+        data_token, ttl = body.get("data_token"), body.get("ttl_s", DEFAULT_TTL_S)
+        if data_token is not None and not (isinstance(data_token, str) and 0 < len(data_token) <= 200):
+            raise ProjectError(
+                400, "data_token: expected the data server's write token (a string)", "bad_body"
+            )
+        if type(ttl) not in (int, float) or not MIN_TTL_S <= ttl <= MAX_TTL_S:
+            raise ProjectError(
+                400, f"ttl_s: expected seconds from {MIN_TTL_S} to {MAX_TTL_S}, got {ttl!r}", "bad_body"
+            )
+        if data_token and manager.data_token and not secrets.compare_digest(data_token, manager.data_token):
+            security.refused("signin_code_bad_data_token", "sign-in code for %s: a wrong data token", name)
+            raise ProjectError(
+                400,
+                "data_token is not the write token of this master's data server; fix: leave it out, or "
+                "pass the one `mlitb serve` printed (file data-token in its data directory)",
+                "bad_data_token",
+            )
+        code, expires = signin_codes.mint(name, bearer_token(request) or "", data_token, float(ttl))
+        security.count("signin_code_minted")
+        log.info("sign-in code minted for project %s (expires in %.0f s)", name, ttl)
+        return JSONResponse(
+            {
+                "project": name,
+                "code": code,
+                "expires": expires,
+                "expires_in_s": ttl,
+                "path": f"/#/signin-code/{code}",
+            },
+            status_code=201,
+        )
+
+    @app.post("/api/signin")
+    async def redeem_signin_code(request: Request) -> dict:
+        """Exchange an owner link's one-time code (in the body, never the URL) for the tokens."""
+        body = await json_body(request)
+        address = request.client.host if request.client else "-"
+        try:
+            got = signin_codes.redeem(body.get("code"))
+            runner = manager.runners.get(got.project)
+            if runner is None or not secrets.compare_digest(
+                token_hash(got.owner_token), runner.engine.owner_hash
+            ):
+                raise SigninCodeError(
+                    410,
+                    f"this sign-in link was for project {got.project!r}, which was deleted or made "
+                    "anew since; fix: `mlitb project link PROJECT` prints a link for the project as it is",
+                    "signin_project_gone",
+                )
+        except SigninCodeError as exc:
+            security.refused(exc.code, "sign-in code from %s: %s", address, exc.message[:80])
+            return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status)
+        security.count("signin_code_redeemed")
+        log.info("sign-in code redeemed for project %s from %s", got.project, address)
+        return {"project": got.project, "owner_token": got.owner_token, "data_token": got.data_token}
 
     @app.get("/api/projects/{name}")
     async def get_project(name: str, request: Request) -> dict:
@@ -328,6 +398,7 @@ def create_master_app(
     async def prometheus() -> PlainTextResponse:
         open_ones = [r.engine.summary() for r in manager.runners.values() if not r.engine.join_key_hash]
         body = metrics.render(open_ones)  # private projects (join key) are not exported
+        body = body + ("" if body.endswith("\n") or not body else "\n") + security.render()
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
     @app.get("/status", response_class=HTMLResponse)
@@ -370,11 +441,7 @@ def create_master_app(
         if runner is None:
             await ws.close(msg.CLOSE_UNKNOWN_PROJECT, f"no project {name!r}")
             return
-        try:
-            q = ws.query_params
-            manager.check_reader(runner, q.get("token"), q.get("key"))
-        except ProjectError as exc:
-            await ws.close(msg.CLOSE_FORBIDDEN, exc.message[:120])
+        if not await _stream_auth(ws, runner, name):
             return
         queue: asyncio.Queue = asyncio.Queue()
         runner.listeners.add(queue)
@@ -385,8 +452,14 @@ def create_master_app(
                 getter = asyncio.create_task(queue.get())
                 done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
                 if receiver in done:
-                    getter.cancel()
-                    break
+                    message = receiver.result()
+                    if message["type"] == "websocket.disconnect":
+                        getter.cancel()
+                        break
+                    receiver = asyncio.create_task(ws.receive())  # an auth message to an open project
+                    if getter not in done:
+                        getter.cancel()
+                        continue
                 update = getter.result()
                 if update is None:  # the project was deleted
                     receiver.cancel()
@@ -397,6 +470,62 @@ def create_master_app(
             pass
         finally:
             runner.listeners.discard(queue)
+
+    async def _stream_auth(ws: WebSocket, runner, name: str) -> bool:
+        """May this socket read the project's updates? An open project: yes (a dashboard's
+        auth message, sent all the same, is read and ignored by the stream loop). A private
+        one: its first message must be {"type": "auth", "token": OWNER_TOKEN} or {"type":
+        "auth", "key": JOIN_KEY} within STREAM_AUTH_TIMEOUT_S, so no credential is ever in
+        the socket's URL (which servers and proxies log). `?token=`/`?key=` in the URL are
+        still honoured for old clients (the access log redacts them: log_redaction.py)."""
+        if not runner.engine.join_key_hash:
+            return True
+        q = ws.query_params
+        if q.get("token") or q.get("key"):
+            try:
+                manager.check_reader(runner, q.get("token"), q.get("key"))
+                security.count("stream_query_credentials")
+                return True
+            except ProjectError as exc:
+                security.refused("stream_forbidden", "stream of %s: wrong credentials in the URL", name)
+                await ws.close(msg.CLOSE_FORBIDDEN, exc.message[:120])
+                return False
+        try:
+            first = await asyncio.wait_for(ws.receive(), STREAM_AUTH_TIMEOUT_S)
+        except TimeoutError:
+            security.refused(
+                "stream_no_auth", "stream of %s: no auth message in %.0f s", name, STREAM_AUTH_TIMEOUT_S
+            )
+            with contextlib.suppress(Exception):
+                await ws.close(
+                    CLOSE_AUTH_NEEDED,
+                    f"project {name} is private: send {{type: auth, key or token}} first",
+                )
+            return False
+        except (WebSocketDisconnect, RuntimeError):
+            return False
+        if first["type"] == "websocket.disconnect":
+            return False
+        try:
+            auth = json.loads(first.get("text") or "")
+            if not isinstance(auth, dict) or auth.get("type") != "auth":
+                raise ValueError
+            token, key = auth.get("token"), auth.get("key")
+            if not all(v is None or isinstance(v, str) for v in (token, key)):
+                raise ValueError
+        except ValueError:
+            security.refused(
+                "stream_bad_auth", "stream of %s: the first message was not an auth message", name
+            )
+            await ws.close(CLOSE_AUTH_NEEDED, 'expected {"type": "auth", "token" or "key"} first')
+            return False
+        try:
+            manager.check_reader(runner, token, key)
+        except ProjectError as exc:
+            security.refused("stream_forbidden", "stream of %s: wrong key or token in the auth message", name)
+            await ws.close(msg.CLOSE_FORBIDDEN, exc.message[:120])
+            return False
+        return True
 
     @app.websocket("/ws")
     async def worker_socket(ws: WebSocket) -> None:

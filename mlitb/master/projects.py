@@ -220,7 +220,9 @@ class ProjectManager:
     def get(self, name: str) -> ProjectRunner:
         runner = self.runners.get(name)
         if runner is None:
-            known = ", ".join(sorted(self.runners)) or "none yet"
+            # open projects only: a private project's name is not told to anyone who asks
+            known = ", ".join(sorted(n for n, r in self.runners.items() if not r.engine.join_key_hash))
+            known = known or "none open"
             raise ProjectError(404, f"no project {name!r} (projects: {known})", "unknown_project")
         return runner
 

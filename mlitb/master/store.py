@@ -4,7 +4,9 @@ attached datasets and the metrics history.
 A checkpoint is one transaction (iteration, hyperparameters, state, parameters,
 optimizer bytes, new metric rows), so after a crash - even kill -9 - the master
 resumes from the last checkpoint with parameters and optimizer state that belong
-together. Owner tokens and join keys are stored as SHA-256 hashes only.
+together. Owner tokens and join keys are stored as SHA-256 hashes only; a one-time
+sign-in code is stored as its hash, with the tokens it hands out sealed by a key that
+only the code itself gives (signin_codes.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 SCHEMA_VERSION = 1
+PURGE_AFTER_S = 7 * 86400  # expired sign-in codes are kept this long (to answer "expired", 410)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS projects (
@@ -60,6 +63,13 @@ CREATE TABLE IF NOT EXISTS metrics (
     row TEXT NOT NULL,
     PRIMARY KEY (project, iteration)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS signin_codes (  -- one-time owner sign-in codes (signin_codes.py)
+    code_hash TEXT PRIMARY KEY,    -- SHA-256 of the code: the code itself is never stored
+    project TEXT NOT NULL,
+    sealed BLOB NOT NULL,          -- the tokens, encrypted with a key derived from the code
+    created REAL NOT NULL,
+    expires REAL NOT NULL
+);
 """
 
 
@@ -237,6 +247,32 @@ class MasterStore:
 
     def delete(self, pid: int) -> None:
         self._tx(lambda db: db.execute("DELETE FROM projects WHERE id=?", (pid,)))
+
+    def put_signin_code(self, code_hash: str, project: str, sealed: bytes, expires: float) -> None:
+        now = time.time()
+
+        def tx(db):
+            db.execute("DELETE FROM signin_codes WHERE expires < ?", (now - PURGE_AFTER_S,))
+            db.execute(
+                "INSERT INTO signin_codes VALUES (?, ?, ?, ?, ?)", (code_hash, project, sealed, now, expires)
+            )
+
+        self._tx(tx)
+
+    def take_signin_code(self, code_hash: str) -> tuple[str, bytes, float] | None:
+        """(project, sealed tokens, expiry) of the code, deleted in the same transaction, so a
+        code works once even when two tabs race; None if there is no such code (any more)."""
+
+        def tx(db):
+            row = db.execute(
+                "SELECT project, sealed, expires FROM signin_codes WHERE code_hash=?", (code_hash,)
+            ).fetchone()
+            if row is not None:
+                db.execute("DELETE FROM signin_codes WHERE code_hash=?", (code_hash,))
+            return row
+
+        row = self._tx(tx)
+        return None if row is None else (row[0], bytes(row[1]), float(row[2]))
 
     # ------------------------------------------------------------------ reads
     def ids(self) -> list[int]:

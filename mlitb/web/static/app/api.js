@@ -44,22 +44,53 @@ export const joinKeys = {
     if (key) joinKeys.set(project, key);
     return joinKeys.get(project);
   },
-  /** Query string for links and sockets that cannot send headers: ?key= or ?token=. */
-  query(project) {
+  /** The stream socket's first message: credentials go there, never in its URL (servers
+   * and proxies log URLs; docs/security.md). */
+  authMessage(project) {
     const key = joinKeys.get(project), token = tokens.get(project);
-    return key ? `key=${encodeURIComponent(key)}` : token ? `token=${encodeURIComponent(token)}` : "";
+    return JSON.stringify({ type: "auth", ...(key ? { key } : {}), ...(token ? { token } : {}) });
   },
 };
+
+/** Headers that let this browser read `project`: its owner token and join key, if kept. */
+export function authHeaders(project) {
+  const headers = {};
+  if (tokens.get(project)) headers.Authorization = `Bearer ${tokens.get(project)}`;
+  if (joinKeys.get(project)) headers["X-Join-Key"] = joinKeys.get(project);
+  return headers;
+}
+
+/** A download link for a file of `project`. An open project's is a plain link; a private
+ * one's is fetched with the credentials in headers and saved from a blob, so no key or
+ * token is ever in a URL (the browser's download list, the server's access log). */
+export function downloadLink(attrs, path, project, isPrivate, label) {
+  const a = el("a", { ...attrs, href: path, download: "" }, label);
+  if (!isPrivate) return a;
+  a.addEventListener("click", async (e) => {
+    e.preventDefault();
+    try {
+      const resp = await fetch(path, { headers: authHeaders(project) });
+      if (!resp.ok) {
+        const body = await resp.json().catch(() => ({}));
+        throw new Error(body.detail || `the master answered ${resp.status}`);
+      }
+      const name = /filename="([^"]+)"/.exec(resp.headers.get("Content-Disposition") || "");
+      const url = URL.createObjectURL(await resp.blob());
+      const save = el("a", { href: url, download: name ? name[1] : "" });
+      document.body.append(save); save.click(); save.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+    } catch (err) { banner(`download failed: ${err.message}`); }
+  });
+  return a;
+}
 
 export class ApiError extends Error {
   constructor(status, detail, code = "") { super(detail); this.status = status; this.code = code; }
 }
 
 export async function api(method, path, body, owner) {
-  const headers = {};
+  const headers = owner ? authHeaders(owner) : {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (owner && tokens.get(owner)) headers.Authorization = `Bearer ${tokens.get(owner)}`;
-  if (owner && joinKeys.get(owner)) headers["X-Join-Key"] = joinKeys.get(owner);
   return send(method, path, headers, body === undefined ? undefined : JSON.stringify(body));
 }
 

@@ -1,10 +1,10 @@
 // The project page's closure controls: "Export closure" (anyone: a download of the
 // project's closure with its test sets embedded) and "Publish to zoo" (owner: the master
 // exports, verifies and stores it; the entry's verification status is shown here).
-import { api, banner, el } from "./api.js";
+import { api, banner, downloadLink, el } from "./api.js";
 import { verificationBadge } from "./zoo_badge.js";
 
-export function closurePanel(name, owner, log) {
+export function closurePanel(name, owner, log, isPrivate = false) {
   const path = `/api/projects/${encodeURIComponent(name)}`;
   const result = el("span", { id: "publish-result" });
   const publish = el("button", { id: "btn-publish", disabled: !owner,
@@ -27,8 +27,9 @@ export function closurePanel(name, owner, log) {
       } finally { publish.disabled = false; }
     } }, "Publish to zoo");
   const node = el("div", { class: "toolbar", id: "closure-panel" },
-    el("a", { id: "export-closure", class: "button", href: `${path}/closure?embed_test=1`, download: "",
-      title: "the model, its optimizer state, the metrics and the test sets, as one verifiable file" }, "Export closure"),
+    downloadLink({ id: "export-closure", class: "button",
+      title: "the model, its optimizer state, the metrics and the test sets, as one verifiable file" },
+    `${path}/closure?embed_test=1`, name, isPrivate, "Export closure"),
     publish, result);
   return { node };
 }

@@ -13,7 +13,9 @@ $("project-name").textContent = project;
 document.title = `mlitb: training ${project}`;
 
 const params = new URLSearchParams(location.search);
-const key = params.get("key") || "";
+// a private project's key: in the fragment (`#key=K`, never sent to a server, so in no
+// access log), or `?key=K` in older links (the server's log redacts it)
+const key = new URLSearchParams(location.hash.slice(1)).get("key") || params.get("key") || "";
 $("dashboard-link").href = `/#/p/${encodeURIComponent(project)}${key ? `?key=${encodeURIComponent(key)}` : ""}`;
 
 let handle = null;

@@ -5,7 +5,7 @@ import { newProjectView } from "./new_project_view.js";
 import { projectView } from "./project_view.js";
 import { zooView } from "./zoo_view.js";
 import { zooEntryView } from "./zoo_entry_view.js";
-import { signinLink, signinView } from "./signin_view.js";
+import { signinCode, signinLink, signinView } from "./signin_view.js";
 
 let cleanup = null;
 let current = 0; // the newest route; an older one still loading is superseded
@@ -27,6 +27,7 @@ async function route() {
   let done;
   try {
     if (path.startsWith("#/p/")) done = await projectView(app, decodeURIComponent(path.slice(4)));
+    else if (path.startsWith("#/signin-code/")) done = await signinCode(app, decodeURIComponent(path.slice(14)));
     else if (path.startsWith("#/signin/")) {
       const [project, token] = path.slice(9).split("/").map(decodeURIComponent);
       done = await signinLink(app, project, token || "", params.get("data") || "");

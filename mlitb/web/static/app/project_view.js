@@ -1,6 +1,6 @@
 // A project: controls (owner), data upload, workers in this page (trainer / tracker),
 // live charts, the volunteer link with a QR code, and the tracker's classify panel.
-import { api, banner, dataTokenField, el, fmt, joinKeys, tokens, upload } from "./api.js";
+import { api, banner, dataTokenField, downloadLink, el, fmt, joinKeys, tokens, upload } from "./api.js";
 import { startWorker, wsUrl } from "./workers.js";
 import { chart } from "./charts.js";
 import { trackerPanel } from "./tracker_panel.js";
@@ -9,8 +9,6 @@ import { whoAmI } from "./signin_view.js";
 
 export async function projectView(root, name) {
   joinKeys.fromAddress(name); // a private project's key from the link, kept for later visits
-  const q = joinKeys.query(name); // for links and the stream, which cannot send headers
-  const withQuery = (path) => (q ? `${path}${path.includes("?") ? "&" : "?"}${q}` : path);
   let p = await api("GET", `/api/projects/${encodeURIComponent(name)}`, undefined, name);
   const owner = Boolean(tokens.get(name));
   const handles = [];
@@ -98,7 +96,8 @@ export async function projectView(root, name) {
   // 0.0.0.0): a phone that scans the QR code cannot reach 127.0.0.1
   const info = await api("GET", "/api").catch(() => ({}));
   const base = (info.public_url || location.origin).replace(/\/$/, "");
-  const joinUrl = `${base}/join/${encodeURIComponent(name)}${key ? `?key=${encodeURIComponent(key)}` : ""}`;
+  // the key in the fragment: browsers never send it, so no server or proxy logs it
+  const joinUrl = `${base}/join/${encodeURIComponent(name)}${key ? `#key=${encodeURIComponent(key)}` : ""}`;
   const local = /^https?:\/\/(127\.|localhost|\[::1\])/.test(joinUrl);
   try {
     const q = qrcode(0, "M"); q.addData(joinUrl); q.make();
@@ -106,8 +105,8 @@ export async function projectView(root, name) {
   } catch (e) { qr.textContent = ""; }
 
   const downloads = el("span", {},
-    el("a", { id: "download-convnetjs", href: withQuery(`/api/projects/${encodeURIComponent(name)}/model?format=convnetjs`), download: "" }, "ConvNetJS JSON"), " · ",
-    el("a", { id: "download-mlitb", href: withQuery(`/api/projects/${encodeURIComponent(name)}/model?format=mlitb`), download: "" }, "mlitb JSON"));
+    downloadLink({ id: "download-convnetjs" }, `/api/projects/${encodeURIComponent(name)}/model?format=convnetjs`, name, p.join_key, "ConvNetJS JSON"), " · ",
+    downloadLink({ id: "download-mlitb" }, `/api/projects/${encodeURIComponent(name)}/model?format=mlitb`, name, p.join_key, "mlitb JSON"));
 
   root.append(
     el("h1", {}, `Project ${name}`),
@@ -137,7 +136,7 @@ export async function projectView(root, name) {
     el("table", {}, el("thead", {}, el("tr", {}, ["id", "name", "kind", "role", "backend", "vectors/s", "vectors", "allocated", "cached", "lag ms", "in", "out", "computing", "refused / clipped / verified", "test error (its own)"].map((t) => el("th", {}, t)))), clientsBody),
     el("h3", {}, "Banned"), el("p", { class: "hint" }, "Clients whose results failed verification by recomputation (docs/security.md)."),
     el("table", { id: "banned" }, el("thead", {}, el("tr", {}, ["id", "name", "kind", "address", "iteration", "reason"].map((t) => el("th", {}, t)))), bannedBody),
-    el("h2", {}, "Model"), el("p", {}, "Download: ", downloads), closurePanel(name, owner, log).node,
+    el("h2", {}, "Model"), el("p", {}, "Download: ", downloads), closurePanel(name, owner, log, p.join_key).node,
     el("h2", {}, "Log"), logBox,
   );
   renderHyper();
@@ -196,7 +195,8 @@ export async function projectView(root, name) {
   // live updates: the dashboard stream (one update per iteration), with reconnect
   let stream = null, closed = false, retry = 1000, lost = false;
   function openStream() {
-    stream = new WebSocket(wsUrl(withQuery(`/api/projects/${encodeURIComponent(name)}/stream`)));
+    // no key or token in the socket's URL: they go in its first message (docs/protocol.md)
+    stream = new WebSocket(wsUrl(`/api/projects/${encodeURIComponent(name)}/stream`));
     stream.onmessage = (e) => {
       const m = JSON.parse(e.data);
       Object.assign(p, m.summary);
@@ -207,13 +207,17 @@ export async function projectView(root, name) {
     stream.onclose = (e) => {
       if (closed) return;
       if (e.code === 4410 || e.code === 4404) { banner(`project ${name} is gone (${e.reason})`); return; }
+      if (e.code === 4401 || e.code === 4403) { banner(`the master refused this page's live updates: ${e.reason}`); return; }
       document.getElementById("conn").textContent = "reconnecting...";
       banner("lost the connection to the master; reconnecting automatically");
       lost = true;
       setTimeout(() => { if (!closed) { openStream(); } }, retry);
       retry = Math.min(retry * 2, 15000);
     };
-    stream.onopen = () => { if (lost) banner(""); lost = false; }; // keeps other messages (warnings)
+    stream.onopen = () => {
+      stream.send(joinKeys.authMessage(name));
+      if (lost) banner(""); lost = false; // keeps other messages (warnings)
+    };
   }
   openStream();
   const timer = setInterval(async () => {

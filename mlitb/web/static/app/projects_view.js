@@ -1,5 +1,15 @@
 // Projects list with the paper's columns, refreshed every 2 s.
-import { api, banner, el, fmt, tokens } from "./api.js";
+import { api, banner, el, fmt, joinKeys, tokens } from "./api.js";
+
+// The master lists open projects only (a private project's name is not told to anyone who
+// asks); the private projects this browser holds a key or owner token for are added here.
+async function knownPrivate(listed) {
+  const names = new Set([...Object.keys(tokens.all()), ...Object.keys(joinKeys.all())]);
+  const mine = [...names].filter((n) => !listed.has(n));
+  const rows = await Promise.all(mine.map((n) =>
+    api("GET", `/api/projects/${encodeURIComponent(n)}`, undefined, n).then((p) => ({ ...p, private: true })).catch(() => null)));
+  return rows.filter((p) => p && p.join_key);
+}
 
 const COLUMNS = [
   ["name", "project"], ["state", "state"], ["workers", "workers attached"], ["workers_assigned", "workers assigned"],
@@ -16,7 +26,8 @@ export async function projectsView(root) {
   );
   async function refresh() {
     try {
-      const rows = await api("GET", "/api/projects");
+      const open = await api("GET", "/api/projects");
+      const rows = [...open, ...(await knownPrivate(new Set(open.map((p) => p.name))))];
       body.replaceChildren(...(rows.length ? rows.map((p) => el("tr", { "data-project": p.name },
         COLUMNS.map(([k]) => el("td", {}, k === "name"
           ? el("a", { href: `#/p/${encodeURIComponent(p.name)}` }, p.name, tokens.get(p.name) ? " (yours)" : "",
