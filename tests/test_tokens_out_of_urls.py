@@ -288,3 +288,38 @@ def test_no_token_reaches_the_browsers_history(master, mnist_zips, playwright_sy
         assert not any(secret in u for u in urls), urls
         assert secret.encode() not in _profile_bytes(profile)
     assert any("/#/signin-code/" in u for u in urls), urls  # it was recorded: a token would be there
+
+
+def test_a_private_projects_page_puts_no_key_or_token_in_any_url(master, mnist_zips, page):
+    """The dashboard of a private project: the stream authenticates in its first message,
+    the model download sends its credentials in headers; no request URL carries them."""
+    train, test = upload(master.data, mnist_zips)
+    token = create_project(master.url, "closed", [train], [test], spec=FC_SPEC, start=False, join_key=KEY)
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    page.goto(f"{master.url}/#/p/closed?key={KEY}")  # the volunteer's dashboard link
+    wait_for(lambda: page.inner_text("#conn") == "live", 60, "the private project's stream", page)
+    page.evaluate("(t) => localStorage.setItem('mlitb.tokens', JSON.stringify({closed: t}))", token)
+    page.reload()
+    wait_for(lambda: page.inner_text("#conn") == "live", 60, "the stream with the owner token", page)
+    # the volunteer link keeps the key in the fragment, which browsers never send
+    assert page.get_attribute("#join-link", "href").endswith(f"/join/closed#key={KEY}")
+    with page.expect_download() as download:
+        page.click("#download-mlitb")
+    assert download.value.suggested_filename.startswith("closed-"), download.value.suggested_filename
+    sent = [u for u in urls if not u.startswith("blob:")]
+    assert any("/stream" in u for u in sent), sent
+    for secret in (KEY, token):
+        assert not any(secret in u.split("#", 1)[0] for u in sent), sent
+
+    # the volunteer page takes the key from the fragment (`#key=`) and its worker joins
+    page.goto(f"{master.url}/join/closed#key={KEY}")
+    wait_for(
+        lambda: httpx.get(
+            f"{master.url}/api/projects/closed", headers={"X-Join-Key": KEY}, timeout=30
+        ).json()["clients"],
+        60,
+        "the volunteer page's worker joined with the key from the fragment",
+        page,
+    )
