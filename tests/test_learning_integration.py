@@ -81,7 +81,7 @@ def test_local_sgd_native_workers_train_mnist_under_five_percent(master, mnist_b
     for c in s["clients"]:
         assert set(CLIENT_KEYS) <= set(c), sorted(set(CLIENT_KEYS) - set(c))
     trainers = [c for c in s["clients"] if c["role"] == "trainer"]
-    assert sorted(c["data_allocated"] for c in trainers) == [3000, 3000]
+    assert sorted(c["data_allocated"] for c in trainers) == [3000, 3000], brief(s)
     assert all(c["bytes_in"] > 0 and c["bytes_out"] > 0 and c["computing"] > 0 for c in trainers), trainers
     assert s["bytes_in"] >= sum(c["bytes_in"] for c in s["clients"])
     rows = httpx.get(f"{master.url}/api/projects/local/metrics", timeout=HTTP_TIMEOUT).json()["rows"]

@@ -109,10 +109,9 @@ def brief(summary: dict | None) -> str:
     if summary is None:
         return "None"
     short = {k: v for k, v in summary.items() if k not in ("spec", "labels", "datasets", "clients")}
-    short["clients"] = [
-        {k: c[k] for k in ("id", "name", "role", "admitted", "data_allocated", "data_cached", "working")}
-        for c in summary.get("clients", [])
-    ]
+    keys = ("id", "name", "role", "admitted", "data_allocated", "data_cached", "working", "results",
+            "verified", "held_back", "rejected", "late", "probation", "recheck")  # fmt: skip
+    short["clients"] = [{k: c.get(k) for k in keys} for c in summary.get("clients", [])]
     return json.dumps(short)
 
 

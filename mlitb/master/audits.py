@@ -9,6 +9,13 @@ One audit per trainer is open at a time. A proof that fails the check bans its s
 so does a third audit left unanswered (`proof_missing`, or no answer within
 AUDIT_TIMEOUT_S). The checks themselves are mlitb.master.verification; the runner
 fetches the items and replays in a thread, at most AUDIT_SHARE of one core.
+
+Unverified trainers' results wait for their verdicts, and how many of them get work is
+rationed per address (mlitb.master.holds), so their proofs cannot fill the queue. When
+it is full anyway (MAX_QUEUE: the replay thread is behind on trusted clients' audits),
+the oldest trusted proof leaves it; the Engine says so in the log, counts it
+(`audits_skipped`) and holds that client's results until an audit of it passes
+(`recheck`): a trusted liar cannot hide behind a flood.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ log = logging.getLogger("mlitb.master")
 SECURE = random.SystemRandom()
 AUDIT_TIMEOUT_S = 30.0  # an audit not answered by then is a strike
 STRIKES_TO_BAN = 3
-MAX_QUEUE = 64  # proofs waiting for the replay thread; beyond it trusted clients' are dropped
+MAX_QUEUE = 64  # proofs waiting for the replay thread; beyond it the oldest trusted one leaves
 MAX_BANNED = 1000  # bans remembered per project (persisted with the totals)
 
 
@@ -36,6 +43,7 @@ class Auditor:
     def __init__(self, totals: dict) -> None:
         self.held: dict[int, np.ndarray] = {}  # iteration -> parameters clients started from
         self.queue: list[AuditJob] = []  # proofs received, to check
+        self._overflow: list[AuditJob] = []  # jobs that left a full queue, for the Engine
         self.banned: list[dict] = list(totals.get("banned", []))[-MAX_BANNED:]
         self.passed = int(totals.get("audits_passed", 0))
         self.failed = int(totals.get("audits_failed", 0))
@@ -87,7 +95,7 @@ class Auditor:
             inner=inner,
             asked_at=now,
             accepted_in=accepted_in,
-            untrusted=client.audits_passed < trust or client.suspect,
+            untrusted=client.audits_passed < trust or client.suspect or client.recheck,
         )
         self.asked += 1
         return job
@@ -105,12 +113,22 @@ class Auditor:
             return f"proof for iteration {iteration}, the audit asked for {job.iteration}"
         job.proof = (header, values)
         client.audit = None
-        self.queue.append(job)
-        if len(self.queue) > MAX_QUEUE:  # the replay thread is behind: drop a trusted client's
-            trusted = [j for j in self.queue if not j.untrusted] or self.queue
-            self.queue.remove(trusted[0])
-            self.skipped += 1
+        self.enqueue(job)
         return None
+
+    def enqueue(self, job: AuditJob) -> None:
+        """A proof to check; a full queue lets its oldest trusted job go (see `overflow`)."""
+        self.queue.append(job)
+        if len(self.queue) > MAX_QUEUE:  # the replay thread is behind: the oldest trusted one leaves
+            trusted = [j for j in self.queue if not j.untrusted] or self.queue
+            oldest = min(trusted, key=lambda j: j.asked_at)
+            self.queue.remove(oldest)
+            self._overflow.append(oldest)
+
+    def overflow(self) -> list[AuditJob]:
+        """Jobs that left the full queue since the last call (the Engine rechecks their senders)."""
+        out, self._overflow = self._overflow, []
+        return out
 
     def next_job(self) -> AuditJob | None:
         """The next proof to check: untrusted clients' first, then the oldest."""

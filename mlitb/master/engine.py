@@ -45,6 +45,7 @@ from .algorithms import make_algorithm, staleness_weight
 from .allocation import Allocator, make_key
 from .audits import Auditor, strike
 from .config import Hyper
+from .holds import Held, Holds, audit_slots, ration, unverified
 from .latency import Latency
 from .reduce import Accumulator, Rejected, validate
 from .screening import NormScreen, check_count
@@ -75,7 +76,6 @@ RECLAIM_AFTER = 3
 # refusals no honest executor earns (docs/security.md); this many ban a client
 IMPOSSIBLE = {"implausible", "implausible_count", "implausible_norm", "not_finite"}
 IMPOSSIBLE_TO_BAN = 3
-AUDIT_HOLD_S = 15.0  # the step waits at most this long past its deadline for newcomers' audits
 AUDIT_POLL_S = 0.1
 
 
@@ -148,11 +148,13 @@ class Client:
     # verification (mlitb.master.audits): it answers audits, its open audit, its record
     proofs: bool = False
     suspect: bool = False  # audited every time (joined from a banned client's address)
+    recheck: bool = False  # an audit of it went unchecked: results held until one passes
     audit: AuditJob | None = None
     audits_passed: int = 0
     audit_error: float = 0.0  # largest relative error of a replayed segment it passed
     audit_strikes: int = 0
     impossible: int = 0  # results refused for reasons in IMPOSSIBLE
+    held_back: int = 0  # unverified results not applied (no verdict in time, or not auditable)
     proof_bytes: int = 0  # of bytes_in: the proofs it sent for audits
     last_norm: float = 0.0  # norm of its last accepted result (bounds an overlap's start)
     overlap_at: int = -1  # the last iteration whose order had overlap_ms (its result may carry one)
@@ -186,6 +188,8 @@ class Client:
             "audit_error": float(f"{self.audit_error:.3g}"),
             "auditing": self.audit is not None,
             "suspect": self.suspect,
+            "recheck": self.recheck,
+            "held_back": self.held_back,
             "probation": self.probation if self.role == "trainer" else None,
             **(
                 {"relay_clients": self.relay_clients, "children": self.children, "relay_url": self.relay_url}
@@ -254,6 +258,9 @@ class Engine:
         self.contributors: dict[str, int] = dict(totals.get("contributors", {}))  # kind -> clients
         self.acc = self._accumulator(params.size)
         self.auditor = Auditor(totals)
+        self.holds = Holds()  # unverified clients' results waiting for their verdicts
+        self.holds.dropped = int(totals.get("held_back", 0))
+        self._served: dict[str, float] = {}  # address -> when an unverified client of it got an order
         self._audit_from = iteration  # results of orders before this are not audited
         self.closing: list[tuple[str, int, str]] = []  # sockets the I/O layer must close
         self.read_grants: dict[int, str] = {}  # dataset -> read grant (private projects)
@@ -545,8 +552,9 @@ class Engine:
             return None
         if self.working:
             if now >= self.deadline or self.outstanding == 0:
-                if self._audits_pending(now):
-                    return AUDIT_POLL_S  # a new client's result: its verdict before the step
+                verified_in = self.acc.results > 0
+                if self.hyper.verify and self.holds.waiting(now, self.hyper.iteration_time, verified_in):
+                    return AUDIT_POLL_S  # unverified results: their verdicts before the step
                 self._reduce(now)
             else:
                 return self.deadline - now
@@ -587,6 +595,7 @@ class Engine:
         chosen = [c for c in ready if c.latency.schedulable(self.iteration)]
         if not chosen:
             chosen = ready  # only benched trainers have data: probe them rather than stall
+        chosen = self._ration(chosen, now)
         oldest = self.iteration - self.hyper.max_staleness
         for c in self.clients.values():
             c.scheduled = None
@@ -653,10 +662,21 @@ class Engine:
             rate = self.hyper.max_vectors_per_s * max(1, client.relay_clients)  # a relay: its subtree's
             check_count(frame.vectors, now - ordered_at + carried, rate)
             verdict = self.screen.judge(frame.kind, frame.values, frame.vectors)
+            if self._unauditable(client, frame):
+                raise Rejected(
+                    "unverified",
+                    f"iteration {frame.iteration}: an audit of yours is still open and results of a client "
+                    f"that has not passed {self.hyper.verify_trust} audits count only when audited; "
+                    "answer the audit, the next order comes when it is checked",
+                )
         except Rejected as exc:
             if exc.reason != "late":
-                client.rejected += 1
-                self.rejected_total += 1
+                if exc.reason == "unverified":  # no offence: held back, not rejected
+                    client.held_back += 1
+                    self.holds.dropped += 1
+                else:
+                    client.rejected += 1
+                    self.rejected_total += 1
                 client.pending.pop(frame.iteration, None)
                 if client.scheduled == self.iteration and self.working and staleness == 0:
                     client.scheduled = None  # it answered, badly: do not wait for it
@@ -673,7 +693,7 @@ class Engine:
         sent_at = client.pending.pop(frame.iteration, client.sent_at)
         if client.first_result is None:
             client.first_result = frame.iteration
-        self._maybe_audit(client, frame, verdict.factor, now)
+        job = self._maybe_audit(client, frame, verdict.factor, now)
         with np.errstate(over="ignore"):  # float32-max values: an infinite norm, bounding nothing
             client.last_norm = float(np.linalg.norm(frame.values))
         if verdict.factor < 1.0:
@@ -683,8 +703,12 @@ class Engine:
             log.warning("project %s: result from %s clipped: %s", self.name, cid, verdict.detail)
             self.send(cid, msg.error("clipped", verdict.detail))
         # its norm joins the screen's reference once the step it enters succeeds
-        self._norms.append((frame.kind, cid, frame.iteration, verdict, frame.vectors))
-        self.algorithm.accumulate(self.acc, frame, staleness_weight(staleness), cid)
+        norm = (frame.kind, cid, frame.iteration, verdict, frame.vectors)
+        if job is not None and job.untrusted:  # applied when its audit passes (mlitb.master.holds)
+            self.holds.results[cid] = Held(job, frame, staleness_weight(staleness), norm)
+        else:
+            self._norms.append(norm)
+            self.algorithm.accumulate(self.acc, frame, staleness_weight(staleness), cid)
         client.missed_streak = 0  # it works: its full share from the next boundary
         client.results += 1
         client.vectors_processed += frame.vectors
@@ -703,12 +727,13 @@ class Engine:
         return None
 
     # ================================================================ verification
-    def _maybe_audit(self, client: Client, frame: frames.Frame, factor: float, now: float) -> None:
-        """Ask for the proof of this result if the policy picks it (mlitb.master.audits)."""
+    def _maybe_audit(self, client: Client, frame: frames.Frame, factor: float, now: float) -> AuditJob | None:
+        """Ask for the proof of this result if the policy picks it (mlitb.master.audits);
+        returns the audit asked for."""
         if client.kind == "relay":  # its result is a sum; the owner vouched for it (join owner_token)
-            return
+            return None
         if frame.iteration < self._audit_from or not self.auditor.wants(client, self.hyper, factor < 1.0):
-            return
+            return None
         mode = "local" if frame.kind == frames.DELTA else "gradient"
         inner = self.algorithm.work_fields().get("inner", {})
         job = self.auditor.job(client, frame, mode, inner, now, self.iteration, self.hyper.verify_trust)
@@ -717,6 +742,37 @@ class Engine:
             job.owned = np.sort(np.fromiter(owned, np.int64, len(owned)))  # what it may have used
             client.audit = job
             self.send(client.id, msg.audit(frame.iteration, frame.vectors, frame.loss))
+        return job
+
+    def _checking(self) -> set[str]:
+        """Clients with an audit open, queued or a result held: no second one before it."""
+        busy = {j.client for j in self.auditor.queue} | set(self.holds.results)
+        return busy | {c.id for c in self.clients.values() if c.audit is not None}
+
+    def _unauditable(self, client: Client, frame: frames.Frame) -> bool:
+        """An unverified client's result that cannot be audited now (one audit per client
+        is open at a time): it would count unchecked, so it does not count."""
+        if not self.hyper.verify or frame.iteration < self._audit_from:
+            return False
+        if not unverified(client, self.hyper.verify_trust):
+            return False
+        return client.audit is not None or client.id in self._checking()
+
+    def _ration(self, chosen: list[Client], now: float) -> list[Client]:
+        """The work orders of unverified trainers, within the audit slots (mlitb.master.holds)."""
+        if not self.hyper.verify:
+            return chosen
+        trust = self.hyper.verify_trust
+        busy = self._checking()
+        waiting = [c for c in chosen if unverified(c, trust) and c.id not in busy]
+        picked = ration(waiting, audit_slots(self.hyper.iteration_time, self.holds.replay_s), self._served)
+        for c in picked:
+            self._served[c.address] = now
+        if len(self._served) > 4 * len(self.clients) + 64:  # addresses of clients long gone
+            for address in sorted(self._served, key=self._served.get)[: len(self._served) // 2]:
+                del self._served[address]
+        ids = {c.id for c in picked}
+        return [c for c in chosen if not unverified(c, trust) or c.id in ids]
 
     def on_proof(self, cid: str, data: bytes) -> None:
         client = self.clients.get(cid)
@@ -725,6 +781,7 @@ class Engine:
         job = client.audit
         client.proof_bytes += len(data)
         refused = self.auditor.on_proof(client, data, self.spec.num_params)
+        self._overflowed()
         if refused == "unasked":
             log.info("project %s: unasked proof from %s ignored", self.name, cid)
         elif refused:
@@ -745,6 +802,20 @@ class Engine:
             c.limit = self._capacity(c)
         self.dirty = True
 
+    def on_child_banned(self, cid: str, message: msg.ChildBanned) -> None:
+        """A relay banned a client under it (an audit failed there): listed among the
+        project's bans with the relay's name; its address makes later clients from there
+        suspect here too."""
+        relay = self.clients.get(cid)
+        if relay is None or relay.kind != "relay":
+            return
+        child = Client("", "trainer", message.kind, "", message.name, 0, 0.0, address=message.address)
+        entry = self.auditor.ban_entry(child, f"{cid}/{message.name}", message.iteration, message.reason,
+                                       time.time())  # fmt: skip
+        entry["relay"] = relay.name or cid
+        self.dirty = True
+        log.warning("project %s: relay %s banned %s: %s", self.name, cid, message.name, message.reason)
+
     def on_proof_missing(self, cid: str, message: msg.ProofMissing) -> None:
         client = self.clients.get(cid)
         if client is None or client.audit is None:
@@ -754,21 +825,6 @@ class Engine:
         log.info("project %s: %s has no proof for iteration %d: %s", self.name, cid, client.audit.iteration,
                  message.reason)  # fmt: skip
         strike(client, f"no proof: {message.reason}", lambda why: self.ban(cid, why))
-
-    def _audits_pending(self, now: float) -> bool:
-        """Results of this iteration from clients not yet trusted whose audit is still open:
-        the step waits for their verdicts (at most AUDIT_HOLD_S past the deadline), so that a
-        newcomer's lie is taken back before it is applied. Alone, or among too few results for
-        the aggregation to outvote it, nothing else would stop a first forged result."""
-        if not self.hyper.verify or now > self.deadline + AUDIT_HOLD_S:
-            return False
-        trust = self.hyper.verify_trust
-        if any(j.accepted_in == self.iteration and j.untrusted for j in self.auditor.queue):
-            return True
-        return any(
-            c.audit is not None and c.audit.accepted_in == self.iteration and c.audits_passed < trust
-            for c in self.clients.values()
-        )
 
     def _overdue_audits(self, now: float) -> None:
         for client in self.auditor.overdue(list(self.clients.values()), now):
@@ -781,8 +837,33 @@ class Engine:
         if verdict.ok:
             log.info("project %s: audit of %s (iteration %d) passed: %s",
                      self.name, job.client, job.iteration, verdict.detail)  # fmt: skip
+            if client is not None:
+                client.recheck = False
+            held = self.holds.release(job)
+            if held is not None and job.accepted_in == self.iteration and self.working:
+                self._norms.append(held.norm)  # a newcomer's result, vouched for: into the step
+                self.algorithm.accumulate(self.acc, held.frame, held.weight, job.client)
+            elif held is not None:
+                self.holds.dropped += 1  # its step went without it
         else:
             self.ban(job.client, verdict.detail, job)
+
+    def _overflowed(self) -> None:
+        for dropped in self.auditor.overflow():
+            self.audit_unchecked(dropped, f"the replay queue was full ({len(self.auditor.queue)} proofs)")
+
+    def audit_unchecked(self, job: AuditJob, why: str) -> None:
+        """A proof that was not checked (the replay queue full, the data server failing):
+        said, counted, and its sender's results are held until an audit of it passes."""
+        self.auditor.skipped += 1
+        log.warning("project %s: audit of %s (iteration %d) not checked: %s; its results are held "
+                    "until an audit passes", self.name, job.client, job.iteration, why)  # fmt: skip
+        if self.holds.release(job) is not None:
+            self.holds.dropped += 1
+        client = self.clients.get(job.client)
+        if client is not None:
+            client.recheck = True
+            self.dirty = True
 
     def ban(self, cid: str, reason: str, job: AuditJob | None = None) -> None:
         """A lying trainer: its result still in the open iteration is taken back, its data
@@ -791,6 +872,7 @@ class Engine:
         client = self.clients.get(cid)
         iteration = job.iteration if job is not None else self.iteration
         self.auditor.queue = [j for j in self.auditor.queue if j.client != cid]
+        self.holds.drop(cid)  # held for its verdict: never applied
         if any(b["id"] == cid for b in self.auditor.banned[-50:]):
             return  # a verdict on another of its results, after the ban
         log.warning("project %s: client %s banned: %s", self.name, cid, reason)
@@ -810,6 +892,7 @@ class Engine:
 
     def _forget_audits(self, audit_from: int) -> None:
         self.auditor.forget()
+        self.holds.clear(self.name, "its audit was forgotten (new settings or a restart)")
         self._audit_from = audit_from
         for c in self.clients.values():
             c.audit = None
@@ -832,6 +915,11 @@ class Engine:
         self.working = False
         self.outstanding = 0
         self.next_start = max(now, self.iter_started + self.hyper.iteration_time)
+        if self.holds.results:  # unverified results whose verdicts did not come in time
+            for cid in self.holds.results:
+                if (c := self.clients.get(cid)) is not None:
+                    c.held_back += 1
+            self.holds.clear(self.name, "no verdict on it in time")
         if self.acc.weight <= 0:
             log.info("project %s: iteration %d had no results", self.name, self.iteration)
             return
@@ -1126,6 +1214,9 @@ class Engine:
             "audits_passed": self.auditor.passed,
             "audits_failed": self.auditor.failed,
             "audits_skipped": self.auditor.skipped,
+            "audits_queued": len(self.auditor.queue),
+            "held_back": self.holds.dropped,
+            "replay_s": round(self.holds.replay_s, 3),
             "banned": self.auditor.banned[-20:],
             "banned_count": len(self.auditor.banned),
             "aggregation": self.hyper.aggregation,

@@ -25,7 +25,16 @@ GAUGES = [
     ("mlitb_project_steps_refused_total", "refused_steps", "Steps undone: they would have been non-finite."),
     ("mlitb_project_audits_passed_total", "audits_passed", "Audited results whose proof replayed."),
     ("mlitb_project_audits_failed_total", "audits_failed", "Audits failed (each bans its client)."),
-    ("mlitb_project_audits_skipped_total", "audits_skipped", "Proofs not checked: the replay was behind."),
+    (
+        "mlitb_project_audits_skipped_total",
+        "audits_skipped",
+        "Proofs not checked (replay queue full, data server failing); their senders are rechecked.",
+    ),
+    (
+        "mlitb_project_held_back_total",
+        "held_back",
+        "Unverified clients' results left out of a step: no verdict in time, or not auditable.",
+    ),
     ("mlitb_project_banned_total", "banned_count", "Clients banned (remembered: the last 1,000)."),
     ("mlitb_project_received_bytes_total", "bytes_in", "WebSocket bytes from workers since creation."),
     ("mlitb_project_sent_bytes_total", "bytes_out", "WebSocket bytes sent to workers since creation."),

@@ -5,11 +5,12 @@ verdict back to the Engine.
 
 Cost is bounded: one replay at a time on one torch thread, and after each the task
 waits until replaying took at most AUDIT_SHARE of one core (CPU time, as the master's
-test evaluation). When proofs arrive faster, the Engine's queue drops trusted
-clients' first (counted as `audits_skipped`). One exception: a proof of a client not yet
-trusted, whose verdict the step waits for (the Engine's newcomer hold), is replayed at
-once; that is at most `verify_trust` proofs per client, and the project is idle meanwhile
-(without it, two newcomers' first step waited 5 replays instead of 2).
+test evaluation). When proofs arrive faster, the oldest trusted one leaves the
+Engine's full queue (counted as `audits_skipped`, its sender rechecked: mlitb.master.audits).
+One exception: a proof of an unverified client, whose held result the step waits for
+(mlitb.master.holds), is replayed at once; how many such proofs an iteration brings is
+rationed by the Engine from the time an audit takes, which this task measures (wall time,
+fetch included) and reports (`Holds.observe`).
 """
 
 from __future__ import annotations
@@ -52,13 +53,15 @@ class AuditRunner:
                     pass
                 continue
             took = 0.0
+            began = time.monotonic()
             try:
                 took = await self.check(job)
+                self.engine.holds.observe(time.monotonic() - began)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the data server down, a dataset deleted: not the client's fault
-                log.warning("project %s: audit of %s not checked: %r", self.engine.name, job.client, exc)
-                self.engine.auditor.skipped += 1
+                self.engine.audit_unchecked(job, f"{exc!r}"[:200])
+                self.on_verdict()
             await self._rest(took * (1 / AUDIT_SHARE - 1))
 
     async def _rest(self, seconds: float) -> None:

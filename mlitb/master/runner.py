@@ -119,6 +119,12 @@ class ProjectRunner:
                 self._refuse(conn, "not_a_relay", "subtree is for relays; this client joined as a worker")
                 return
             self.engine.on_subtree(conn.id, message)
+        elif isinstance(message, msg.ChildBanned):
+            if conn.kind != "relay":
+                self._refuse(conn, "not_a_relay", "child_banned is for relays; this client is a worker")
+                return
+            self.engine.on_child_banned(conn.id, message)
+            self.notify()
         elif isinstance(message, msg.ProofMissing):
             self.engine.on_proof_missing(conn.id, message)
         elif isinstance(message, msg.Leave):
@@ -246,6 +252,7 @@ class ProjectRunner:
             "bytes_in": e.bytes_in,
             "bytes_out": e.bytes_out,
             "contributors": e.contributors,
+            "held_back": e.holds.dropped,
             **e.auditor.totals(),
         }
 

@@ -1,0 +1,200 @@
+"""Audit capacity under pressure, without sockets (mlitb.master.holds, mlitb.master.audits):
+unverified clients' results wait for their verdicts outside the step, their work orders
+are rationed per address, the step's wait for verdicts is bounded, and a trusted
+client's audit that cannot be checked is said, counted and rechecked. The same attacks
+over real sockets: tests/test_trust_flood.py."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from test_engine import N, T, cache_all, make_engine, of, result
+
+from mlitb.master import audits, holds
+from mlitb.master.engine import AUDIT_POLL_S, IDLE_POLL_S
+from mlitb.master.verification import Verdict
+from mlitb.protocol import messages as msg
+
+
+def joined(e, cid: str, address: str, now: float = 0.0) -> None:
+    j = msg.Join(type="join", project="proj", role="trainer", capabilities={"proofs": 1}, capacity=3000)
+    e.connect(cid, j, now, address=address)
+
+
+def engine_with(clients: dict[str, str], trusted: set[str] = frozenset(), **hyper):
+    """clients: id -> address; `trusted` have passed their audits already."""
+    e = make_engine(items=60, **hyper)
+    for cid, address in clients.items():
+        joined(e, cid, address)
+        if cid in trusted:
+            e.clients[cid].audits_passed = e.hyper.verify_trust
+    e.drain()
+    assert e.poll(0.0) == IDLE_POLL_S
+    cache_all(e, e.drain())
+    return e
+
+
+def boundary(e, now: float) -> list[str]:
+    e.next_start = now
+    e.poll(now)
+    return sorted(c for c, p in e.drain() if isinstance(p, dict) and p["type"] == "work")
+
+
+def grad(value: float) -> np.ndarray:
+    return np.full(N, value, np.float32)
+
+
+def test_a_newcomers_result_joins_the_step_only_when_its_audit_passes():
+    e = engine_with({"old": "10.0.0.1", "new": "10.0.0.2"}, trusted={"old"})
+    assert boundary(e, 0.0) == ["new", "old"]
+    assert e.on_result("old", result(0, grad(0.1), 4), 0.5) is None
+    assert e.on_result("new", result(0, grad(0.3), 4), 0.6) is None
+    assert e.acc.results == 1 and "new" in e.holds.results  # held, not summed
+    assert e.poll(0.7) == AUDIT_POLL_S  # everything is in: the step waits for the verdict
+    e.finish_audit(e.clients["new"].audit, Verdict(True, "replayed"))
+    assert e.acc.results == 2 and not e.holds.results
+    e.poll(0.8)
+    assert e.iteration == 1 and e.history[-1]["workers_assigned"] == 2
+
+
+def test_the_wait_for_verdicts_is_bounded_when_verified_results_are_in():
+    """Sybils cannot stretch the honest loop: with a verified result in the step, the wait
+    is at most HOLD_SHARE of the iteration; the held result then stays out."""
+    e = engine_with({"old": "10.0.0.1", "new": "10.0.0.2"}, trusted={"old"})
+    boundary(e, 0.0)
+    before = e.params.copy()
+    e.on_result("old", result(0, grad(0.1), 4), 0.5)
+    e.on_result("new", result(0, grad(-50.0), 4), 0.6)
+    job = e.clients["new"].audit
+    assert e.poll(0.6) == AUDIT_POLL_S
+    assert e.poll(0.6 + holds.HOLD_SHARE * T - 0.01) == AUDIT_POLL_S
+    e.poll(0.6 + holds.HOLD_SHARE * T + 0.01)
+    assert e.iteration == 1 and e.history[-1]["workers_assigned"] == 1  # the step went without it
+    assert e.clients["new"].held_back == 1 and e.holds.dropped == 1
+    step = e.params - before
+    assert np.all(step < 0)  # only the +0.1 gradient: a descent step, not the -50 one's ascent
+    e.finish_audit(job, Verdict(True, "replayed"))  # passes late: counted for trust, not applied
+    assert e.clients["new"].audits_passed == 1 and e.acc.results == 0
+
+
+def test_a_lone_newcomer_waits_longer_but_not_forever():
+    e = engine_with({"new": "10.0.0.2"})
+    boundary(e, 0.0)
+    before = e.params.copy()
+    e.on_result("new", result(0, grad(0.5), 4), 0.5)
+    assert e.poll(0.5) == AUDIT_POLL_S
+    assert e.poll(0.5 + holds.HOLD_SHARE * T + 1.0) == AUDIT_POLL_S  # nobody else to keep waiting
+    e.poll(0.5 + holds.AUDIT_HOLD_S + 0.1)
+    assert not e.working and e.iteration == 0 and np.array_equal(e.params, before)
+    assert e.clients["new"].held_back == 1
+
+
+def test_a_banned_newcomers_held_result_costs_its_bucket_mates_nothing():
+    e = engine_with({"a": "10.0.0.1", "b": "10.0.0.3", "liar": "10.0.0.2"}, trusted={"a", "b"},
+                    aggregation="centered_clip", bucket_size=2)  # fmt: skip
+    boundary(e, 0.0)
+    e.on_result("a", result(0, grad(0.1), 4), 0.5)
+    e.on_result("b", result(0, grad(0.1), 4), 0.5)
+    e.on_result("liar", result(0, grad(1e6), 4), 0.6)
+    e.finish_audit(e.clients["liar"].audit, Verdict(False, "the result sent is not the round's"))
+    assert "liar" not in e.clients and e.acc.results == 2  # nothing was taken back
+    e.poll(0.7)
+    assert e.iteration == 1 and e.history[-1]["workers_assigned"] == 2
+
+
+def test_unverified_work_orders_are_rationed_per_address():
+    """40 suspect sockets from one address get no more orders than one newcomer from
+    another; trusted clients are never rationed."""
+    clients = {f"s{i:02d}": "6.6.6.6" for i in range(40)} | {"new": "10.0.0.2", "old": "10.0.0.1"}
+    e = engine_with(clients, trusted={"old"})
+    for i in range(40):
+        e.clients[f"s{i:02d}"].suspect = True
+    slots = holds.audit_slots(T, e.holds.replay_s)
+    ordered = boundary(e, 0.0)
+    assert "old" in ordered and "new" in ordered
+    assert len(ordered) == slots + 1
+    sybils = [c for c in ordered if c.startswith("s")]
+    assert len(sybils) == slots - 1
+    # slow replays: fewer slots, never fewer than MIN_SLOTS
+    assert holds.audit_slots(2.0, 10.0) == holds.MIN_SLOTS
+    assert holds.audit_slots(2.0, 0.1) == 8
+
+
+def test_a_client_with_an_open_audit_gets_no_order_and_its_next_result_is_held_back():
+    e = engine_with({"new": "10.0.0.2", "old": "10.0.0.1"}, trusted={"old"}, max_staleness=2)
+    boundary(e, 0.0)
+    e.on_result("old", result(0, grad(0.1), 4), 0.3)
+    e.on_result("new", result(0, grad(0.1), 4), 0.4)
+    e.poll(0.4)
+    e.poll(0.4 + holds.HOLD_SHARE * T + 0.5)  # no verdict: the step goes
+    assert e.iteration == 1 and e.clients["new"].audit is not None
+    assert boundary(e, 2.0) == ["old"]  # its audit is open: no order
+    e.clients["new"].pending[0] = 0.0  # an order it still answers (as if from before)
+    assert e.on_result("new", result(0, grad(0.1), 4), 2.1) == "unverified"
+    c = e.clients["new"]
+    assert c.rejected == 0 and c.held_back == 2  # no offence
+    assert of(e.drain(), "new", "error")[-1]["code"] == "unverified"
+
+
+def test_a_full_queue_never_drops_a_trusted_audit_silently(caplog, monkeypatch):
+    """The oldest trusted proof leaves a full queue with a log line and a count, and its
+    sender's results are held until an audit of it passes."""
+    monkeypatch.setattr(audits, "MAX_QUEUE", 2)
+    e = engine_with({"liar": "10.0.0.1", "b": "10.0.0.3", "c": "10.0.0.4"}, trusted={"liar", "b", "c"},
+                    verify_rate=1.0)  # fmt: skip
+    boundary(e, 0.0)
+    for t, cid in enumerate(["liar", "b", "c"]):
+        e.on_result(cid, result(0, grad(0.1), 4), 0.3 + t / 10)
+    assert all(e.clients[c].audit is not None for c in ("liar", "b", "c"))
+    with caplog.at_level(logging.WARNING, logger="mlitb.master"):
+        for cid in ["liar", "b", "c"]:
+            job = e.clients[cid].audit
+            e.clients[cid].audit = None
+            e.auditor.enqueue(job)  # as on_proof does, without a real proof
+            e._overflowed()
+    assert e.auditor.skipped == 1 and e.clients["liar"].recheck
+    assert any("audit of liar (iteration 0) not checked" in r.message for r in caplog.records)
+    # the next result of the rechecked client waits for its verdict
+    e.poll(1.0)
+    e.poll(2.0)
+    assert e.iteration == 1
+    assert "liar" in boundary(e, 2.0)
+    e.on_result("liar", result(1, grad(0.1), 4), 2.3)
+    assert "liar" in e.holds.results
+    e.finish_audit(e.clients["liar"].audit, Verdict(True, "replayed"))
+    assert not e.clients["liar"].recheck and "liar" not in e.holds.results
+
+
+def test_the_auditors_overflow_lets_the_oldest_trusted_job_go():
+    from mlitb.master.verification import AuditJob
+
+    def job(cid, t, untrusted):
+        return AuditJob(client=cid, iteration=0, mode="local", values=np.zeros(1, np.float32), vectors=1,
+                        dtype=0, start=np.zeros(1, np.float32), previous=None, last_norm=0.0, inner={},
+                        asked_at=t, accepted_in=0, untrusted=untrusted)  # fmt: skip
+
+    a = audits.Auditor({})
+    for i in range(audits.MAX_QUEUE - 2):
+        a.enqueue(job(f"u{i}", i, True))
+    a.enqueue(job("t_new", 99, False))
+    a.enqueue(job("t_old", 50, False))
+    assert a.overflow() == []
+    a.enqueue(job("u_last", 100, True))
+    assert [j.client for j in a.overflow()] == ["t_old"] and len(a.queue) == audits.MAX_QUEUE
+    assert a.overflow() == []
+
+
+@pytest.mark.parametrize("served_first", [True, False])
+def test_ration_is_round_robin_by_address(served_first):
+    class C:
+        def __init__(self, cid, address, sent_at=0.0):
+            self.id, self.address, self.sent_at = cid, address, sent_at
+
+    waiting = [C(f"x{i}", "X", i) for i in range(5)] + [C("y0", "Y"), C("z0", "Z")]
+    served = {"X": 1.0} if served_first else {}
+    picked = holds.ration(waiting, 3, served)
+    assert {c.address for c in picked} == {"X", "Y", "Z"}
+    assert [c.id for c in holds.ration(waiting, 5, {})][:3] == ["x0", "y0", "z0"]
+    assert len(holds.ration(waiting, 100, {})) == 7
