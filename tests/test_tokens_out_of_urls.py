@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -101,7 +102,7 @@ def test_a_signin_code_works_once_expires_survives_a_restart_and_refusals_are_co
 
 
 def test_the_cli_prints_code_links_and_project_link_mints_a_fresh_one(master, tmp_path):
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("MLITB_TOKEN", "MLITB_DATA_TOKEN")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLITB_TOKEN", "MLITB_DATA_TOKEN")}
     env["MLITB_DATA_TOKEN"] = master.data_token
 
     def cli(*args: str) -> subprocess.CompletedProcess:
@@ -145,8 +146,6 @@ def test_the_cli_prints_code_links_and_project_link_mints_a_fresh_one(master, tm
 def test_the_access_log_holds_no_token_or_key(tmp_path, mnist_zips):
     """`mlitb serve --access-log`: the dashboard's stream the new way (auth message) and
     an old client's `?token=` / `?key=` URLs; neither the token nor the key is logged."""
-    import os
-
     env = {k: v for k, v in os.environ.items() if k not in ("MLITB_TOKEN", "MLITB_DATA_TOKEN")}
     env["MLITB_CONFIG"] = str(tmp_path / "tokens.json")
     proc, url = start_serve(tmp_path, tmp_path / "state", 0, env, "log", "--access-log")
