@@ -191,6 +191,14 @@ VALID = {
             }
         ],
     },
+    "child_banned": {
+        "type": "child_banned",
+        "name": "w3",
+        "address": "10.0.0.7",
+        "kind": "native",
+        "reason": "the result sent is not the round's",
+        "iteration": 41,
+    },
     "leave": {"type": "leave", "reason": "bye"},
 }
 
@@ -278,7 +286,9 @@ def test_unknown_type(raw):
     reason = _refused(json.dumps(raw), "unknown_type")
     assert (
         "unknown message type" in reason
-        and "join, cached, heartbeat, test_result, status, resync, proof_missing, subtree, leave" in reason
+        and "join, cached, heartbeat, test_result, status, resync, proof_missing, subtree, child_banned, "
+        "leave"
+        in reason
     )
 
 
