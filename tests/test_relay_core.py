@@ -311,3 +311,14 @@ def test_the_relay_takes_the_projects_rule_and_keeps_the_last_one_if_a_setting_d
     assert (r.acc.aggregator.name, r.acc.aggregator.trim, r.acc.bucket_size) == ("trimmed_mean", 0.3, 4)
     r.set_hyper({"aggregation": "no_such_rule"})
     assert r.hyper.aggregation == "trimmed_mean"
+
+
+def test_results_held_for_verdicts_join_the_sum_when_the_owner_turns_verification_off():
+    r = relay(children=1, verify=True)
+    order(r, 0, now=0.0)
+    r.child_bytes("c0", delta(0, np.full(N, 2.0), 3), now=10.0)
+    assert "c0" in r.sum.held
+    r.set_hyper({"aggregation": "mean", "verify": False})
+    r.poll(10.1)
+    (up,) = [p for p in ups(r) if isinstance(p, bytes)]
+    assert frames.decode(up).vectors == 3

@@ -211,6 +211,11 @@ class Relay:
             self.auditor.forget()
             for c in self.children.values():
                 c.audit = None
+            if self.sum is not None:  # results held for verdicts that will not come: as the rest now
+                held, self.sum.held = self.sum.held, {}
+                for cid, (frame, factor) in held.items():
+                    self._add(cid, frame, factor)
+                self._maybe_finish(self.now)
 
     def capacity(self) -> int:
         return min(10_000_000, sum(c.capacity for c in self.children.values()))
