@@ -24,16 +24,26 @@ in its result frame, or trains on flipped labels, or a raw socket:
   label_flip     honest computation on labels 9 - y
   tracker        a tracker that reports test error 0.0 for every parameters frame
   sybil          25 sockets per attacker that join as trainers and never compute
+  sybil_flood    issue 23: a decoy gets itself banned (a truncated proof) from address
+                 10.66.0.1 so that the address is suspect, then `--sybils` official
+                 workers join from there (each audited every round) while a trusted liar
+                 (official worker, honest for 3 audits, then every result x -1) works from
+                 the honest workers' address (tests/attackers.py; addresses by
+                 X-Forwarded-For, which the master takes from 127.0.0.1)
+  relay_liar     issue 23: `mlitb relay` with two honest workers and the liar (result x -8)
+                 under it, the other honest workers at the master
 
 Measured per run: the project's test error (the master's own, median of its last 3
 scores), iterations, per attacker its refused and clipped results and the iteration of
 its first refusal, when it was banned (iterations after its first result), iterations
 lost (how much later than the clean run it first reached the clean run's error + 1
-point), honest clients flagged (a refused result or a ban), the master's audits, and
-power. Goals printed (and in the JSON): for every attack, final test error within 1
-point of the clean run of its configuration (the one with the median error); no honest
-client flagged; every lying client (the result attacks) banned within 10 iterations of
-its first result; honest throughput with every defence at least 90 % of the plain mean.
+point), honest clients flagged (a refused result or a ban), the master's audits,
+power, and the median iteration length over the run's second half. Goals printed
+(and in the JSON): for every attack, final test error within 1 point of the clean run
+of its configuration (the one with the median error); no honest client flagged; every
+lying client (the result attacks) banned within 10 iterations of its first result;
+honest throughput with every defence at least 90 % of the plain mean; under
+sybil_flood, iterations at most 1.5x as long as the clean run's.
 
 Run: `benchmarks/robustness_bench.py` (about 30 minutes), or a subset:
 `--configs 1of4 --attacks sign_flip,scale --iterations 20`.
@@ -46,6 +56,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -71,7 +82,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 WORKER_ATTACKS = ("sign_flip", "scale", "overflow", "float32_max", "count", "silence", "noise", "little",
                   "label_flip")  # fmt: skip
 SOCKET_ATTACKS = ("tracker", "sybil")
-ATTACKS = (*WORKER_ATTACKS, *SOCKET_ATTACKS)
+PRESSURE_ATTACKS = ("sybil_flood", "relay_liar")  # issue 23: their own set-up in run_one
+ATTACKS = (*WORKER_ATTACKS, *SOCKET_ATTACKS, *PRESSURE_ATTACKS)
+LIARS = (*WORKER_ATTACKS, *PRESSURE_ATTACKS)  # attacks whose attacker sends lies: it must be banned
+SYBIL_ADDRESS = "10.66.0.1"
+ATTACKERS_PY = ROOT / "tests" / "attackers.py"
+STRETCH_LIMIT = 1.5  # sybil_flood: iterations at most this many times the clean run's
 SYBILS_PER_ATTACKER = 25
 ERROR_MARGIN = 0.01  # "within 1 point"
 BAN_WITHIN = 10
@@ -98,6 +114,8 @@ def lie(attack: str, values: np.ndarray, vectors: int, rng: np.random.Generator)
         return noise * np.float32(1000 * norm / np.sqrt(values.size)), vectors
     if attack == "little":
         return values - np.float32(0.5) * values, vectors  # half the progress, consistently
+    if attack == "relay_liar":
+        return values * np.float32(-8), vectors
     return values, vectors
 
 
@@ -170,6 +188,12 @@ async def socket_attacker(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- one run
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def slice_zip(split: str, limit: int, tmp: Path) -> Path:
     from mlitb.data import mnist
 
@@ -209,15 +233,30 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
             resp.raise_for_status()
             token = resp.json()["owner_token"]
             project_url = f"{url}/api/projects/{name}"
-            worker = [sys.executable, "-m", "mlitb.cli.main", "worker", url, "--project", name,
-                      "--threads", "1", "--quiet"]  # fmt: skip
+            relay = None
+            if attack == "relay_liar":  # two honest workers and the liar under a relay
+                relay = f"http://127.0.0.1:{free_port()}"
+                procs.start("relay", [sys.executable, "-m", "mlitb.cli.main", "relay", url, "--project", name,
+                                      "--token", token, "--port", relay.rsplit(":", 1)[1], "--name", "relay",
+                                      "--log-level", "warning"], env=env)  # fmt: skip
+                wait_http(f"{relay}/api", check=check)
             for i in range(honest):
-                procs.start(f"honest{i}", [*worker, "--name", f"honest-{i}"], env=env)
+                at = relay if relay is not None and i >= honest - 2 else url
+                procs.start(f"honest{i}", [sys.executable, "-m", "mlitb.cli.main", "worker", at, "--project",
+                                           name, "--threads", "1", "--quiet", "--name", f"honest-{i}"],
+                            env=env)  # fmt: skip
             for i in range(attackers if attack not in (None, "plain") else 0):
-                cmd = [sys.executable, __file__, "--attacker", attack, "--url", url, "--project", name,
-                       "--name", f"attacker-{i}", "--seed", str(i)]  # fmt: skip
+                if attack == "sybil_flood":  # the decoy, then the sybils and the trusted liar
+                    cmd = [sys.executable, str(ATTACKERS_PY), "flood", "--url", url, "--project", name,
+                           "--name", f"attacker-{i}", "--count", str(args.sybils),
+                           "--address", SYBIL_ADDRESS]  # fmt: skip
+                else:
+                    cmd = [sys.executable, __file__, "--attacker", attack, "--url", relay or url,
+                           "--project", name, "--name", f"attacker-{i}", "--seed", str(i)]  # fmt: skip
                 procs.start(f"attacker{i}", cmd, env=env)
             expected = honest + (attackers if attack in WORKER_ATTACKS else 0)
+            if relay is not None:  # the relay is one worker for its three
+                expected = honest - 2 + 1
             wait_until(lambda: http.get(project_url).json()["workers"] >= expected, 180, "workers joined",
                        every=0.5, check=check)  # fmt: skip
             owner = {"Authorization": f"Bearer {token}"}
@@ -255,8 +294,11 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
     attacker_rows = [c for c in clients if c["name"].startswith("attacker")]
     bans = {b.get("name", b["id"]): b for b in s.get("banned", [])}
     # iterations from a liar's first result (accepted or refused) to its ban
-    banned_after = {n: b["iteration"] - b["first_result"] for n, b in bans.items()
-                    if n.startswith("attacker") and b.get("first_result") is not None}  # fmt: skip
+    # (a relay's report of a child it banned has no first result: counted from the start)
+    banned_after = {n: b["iteration"] - (b.get("first_result") or 0) for n, b in bans.items()
+                    if n.startswith("attacker")}  # fmt: skip
+    half = [r["seconds"] for r in rows[len(rows) // 2 :] if r.get("seconds")]
+    sybil_rows = [c for c in clients if c["name"].startswith("sybil")]
     powers = [r["power"] for r in rows if r.get("power")]
     return {
         "attack": attack or "clean",
@@ -272,7 +314,13 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
         "honest_flagged": sum(1 for c in honest_rows if c.get("rejected", 0) > 0)
         + sum(1 for n in bans if n.startswith("honest")),
         "banned_after": banned_after,
-        "liars": attackers if attack in WORKER_ATTACKS else 0,
+        "liars": attackers if attack in LIARS else 0,
+        "iteration_s": statistics.median(half) if half else None,
+        "sybils": len(sybil_rows),
+        "sybils_flagged": sum(1 for c in sybil_rows if c.get("rejected", 0) > 0)
+        + sum(1 for n in bans if n.startswith("sybil")),
+        "audits_skipped": s.get("audits_skipped", 0),
+        "held_back": s.get("held_back", 0),
         "audits": [s.get("audits", 0), s.get("audits_passed", 0), s.get("audits_failed", 0)],
         "honest_verified": [c.get("verified", 0) for c in honest_rows],
         "honest_clipped": sum(c.get("clipped", 0) for c in honest_rows),
@@ -356,8 +404,18 @@ def goals(results: list[dict]) -> list[dict]:
         out.append({"goal": f"{r['attack']} ({r['attackers']} of {r['honest'] + r['attackers']}): test error "
                     f"within 1 point of clean", "result": "PASS" if ok else "FAIL",
                     "detail": f"{fmt(r['test_error'])} vs {fmt(ref and ref['test_error'])}"})  # fmt: skip
-    flagged = sum(r["honest_flagged"] for r in results)
-    out.append({"goal": "no honest client flagged", "result": "PASS" if flagged == 0 else "FAIL",
+    for r in results:
+        ref = clean.get(r["honest"])
+        if r["attack"] != "sybil_flood" or ref is None:
+            continue
+        ratio = r["iteration_s"] and ref["iteration_s"] and r["iteration_s"] / ref["iteration_s"]
+        out.append({"goal": f"sybil_flood: iterations at most {STRETCH_LIMIT}x the clean run's",
+                    "result": "PASS" if ratio and ratio <= STRETCH_LIMIT else "FAIL",
+                    "detail": f"{fmt(r['iteration_s'], '.2f')} s vs {fmt(ref['iteration_s'], '.2f')} s "
+                              f"({fmt(ratio, '.2f')}x; medians over the second half)"})  # fmt: skip
+    flagged = sum(r["honest_flagged"] + r.get("sybils_flagged", 0) for r in results)
+    out.append({"goal": "no honest client flagged (the flood's sybils are honest workers too)",
+                "result": "PASS" if flagged == 0 else "FAIL",
                 "detail": f"{flagged} honest clients refused or banned"})  # fmt: skip
     liars = sum(r["liars"] for r in results)
     late = [(r["attack"], n, k) for r in results for n, k in r["banned_after"].items() if k > BAN_WITHIN]
@@ -373,9 +431,9 @@ def print_table(results: list[dict]) -> None:
     print(
         "\n| attack | attackers | test error | iterations | iterations lost | banned after (iterations) | "
         "first refusal (iteration) | honest flagged / clipped | refused steps | audits (passed / failed) "
-        "| power |"
+        "| power | iteration (s) |"
     )
-    print("|---|---:|---:|---:|---:|---|---|---:|---:|---|---:|")
+    print("|---|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|")
     for r in results:
         first = ", ".join(f"{v}" for v in r["first_refusal"].values()) or "-"
         banned = ", ".join(str(v) for v in r["banned_after"].values()) or "-"
@@ -385,7 +443,8 @@ def print_table(results: list[dict]) -> None:
         print(f"| {r['attack']} | {r['attackers']} of {of} | {fmt(r['test_error'])} | "
               f"{r['iterations']} | {lost} | {banned} | {first} | "
               f"{r['honest_flagged']} / {r['honest_clipped']} | {r['refused_steps']} | "
-              f"{audits[0]} ({audits[1]} / {audits[2]}) | {fmt(r['power_median'], ',.0f')} |")  # fmt: skip
+              f"{audits[0]} ({audits[1]} / {audits[2]}) | {fmt(r['power_median'], ',.0f')} | "
+              f"{fmt(r.get('iteration_s'), '.2f')} |")  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -402,6 +461,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-mean reference runs")
     ap.add_argument("--repeats", type=int, default=3,
                     help="clean and plain-mean runs per configuration, interleaved (default 3)")  # fmt: skip
+    ap.add_argument("--sybils", type=int, default=40, help="sybil_flood: workers from the suspect address")
     ap.add_argument("--attacker", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--project", help=argparse.SUPPRESS)

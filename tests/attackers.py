@@ -7,6 +7,9 @@ tests/test_trust_flood.py and benchmarks/robustness_bench.py):
                 all from one address: each is audited every round (the address is suspect)
   trusted_liar  an official worker, honest until it has answered `--after` audits, then
                 sends `--factor` x every result (the proof stays the honest round's)
+  flood         all three, as issue 23 measured it: `get_banned` from `--address`, then
+                `--count` sybils from that address and a trusted liar (named `--name`)
+                from this machine's own address
 
 `--address A` makes the master see the clients at address A: the connection carries
 `X-Forwarded-For: A`, which uvicorn takes from a client on 127.0.0.1 (its default
@@ -18,20 +21,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import json
 import logging
 import sys
 
 import numpy as np
 
+ADDRESS: contextvars.ContextVar[str] = contextvars.ContextVar("address", default="")
 
-def forwarded_connect(address: str):
-    """websockets' `connect` with the X-Forwarded-For header set to `address`."""
+
+def forwarded_connect(address: str = ""):
+    """websockets' `connect` with the X-Forwarded-For header set to `address`, or to the
+    task's ADDRESS (tasks copy the context they were created in)."""
     from websockets.asyncio.client import connect
 
     def patched(uri, **kw):
         headers = dict(kw.pop("additional_headers", None) or {})
-        headers["X-Forwarded-For"] = address
+        if address or ADDRESS.get():
+            headers["X-Forwarded-For"] = address or ADDRESS.get()
         return connect(uri, additional_headers=headers, **kw)
 
     return patched
@@ -43,7 +51,7 @@ async def get_banned(args) -> int:
     from mlitb.protocol import messages as msg
     from mlitb.protocol.idtext import text_to_ids
 
-    connect = forwarded_connect(args.address) if args.address else __import__("websockets").connect
+    connect = forwarded_connect(args.address)
     url = args.url.replace("http://", "ws://").replace("https://", "wss://") + "/ws"
     async with connect(url, compression=None, max_size=1 << 28) as ws:
         join = {"type": "join", "protocol": 2, "project": args.project, "role": "trainer",
@@ -121,9 +129,23 @@ async def sybils(args) -> int:
     return 0
 
 
+async def flood(args) -> int:
+    """The decoy banned from `address`, then sybils from there and the liar from here."""
+    decoy = argparse.Namespace(**{**vars(args), "name": "decoy"})
+    ADDRESS.set(args.address)
+    if await get_banned(decoy) != 0:
+        return 1
+    ADDRESS.set("")
+    liar = asyncio.create_task(trusted_liar_worker(args).run())
+    ADDRESS.set(args.address)
+    flood_args = argparse.Namespace(**{**vars(args), "name": "sybil"})
+    await asyncio.gather(liar, sybils(flood_args))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("attack", choices=["get_banned", "sybils", "trusted_liar"])
+    p.add_argument("attack", choices=["get_banned", "sybils", "trusted_liar", "flood"])
     p.add_argument("--url", required=True)
     p.add_argument("--project", required=True)
     p.add_argument("--name", default="attacker")
@@ -137,10 +159,11 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    if args.address:
-        import mlitb.worker.session as session
+    import mlitb.worker.session as session
 
-        session.connect = forwarded_connect(args.address)
+    session.connect = forwarded_connect(args.address if args.attack != "flood" else "")
+    if args.attack == "flood":
+        return asyncio.run(flood(args))
     if args.attack == "get_banned":
         return asyncio.run(get_banned(args))
     if args.attack == "sybils":
