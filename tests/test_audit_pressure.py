@@ -119,7 +119,7 @@ def test_unverified_work_orders_are_rationed_per_address():
     assert len(sybils) == slots - 1
     # slow replays: fewer slots, never fewer than MIN_SLOTS
     assert holds.audit_slots(2.0, 10.0) == holds.MIN_SLOTS
-    assert holds.audit_slots(2.0, 0.1) == 8
+    assert holds.audit_slots(2.0, 0.1) == 6  # 0.3 x 2 s / 0.1 s
 
 
 def test_a_client_with_an_open_audit_gets_no_order_and_its_next_result_is_held_back():

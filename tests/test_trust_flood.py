@@ -50,8 +50,11 @@ def test_a_sybil_flood_from_a_suspect_address_neither_hides_a_trusted_liar_nor_s
         procs.append(attacker(master.url, "flood", "trusted_liar", tmp_path / "liar.log", "--name", "liar"))
         s = wait_for(master.url, "flood", lambda s: any(b.get("name") == "liar" for b in s["banned"]),
                      300, "the trusted liar banned")  # fmt: skip
+        working = lambda s: sum(c["results"] > 0 for c in s["clients"] if c["name"].startswith("sybil"))  # noqa: E731
+        s = wait_for(master.url, "flood", lambda s: working(s) >= 5, 240, "5 sybils working")
+        flood_on = s["iteration"]
+        s = wait_for(master.url, "flood", lambda s: s["iteration"] >= flood_on + 10, 300, "10 flooded steps")
         sybils = [c for c in s["clients"] if c["name"].startswith("sybil")]
-        s = wait_for(master.url, "flood", lambda s: s["iteration"] >= flood_from + 15, 240, "15 steps")
     finally:
         kill_all(procs)
     assert sybils and all(c["suspect"] for c in sybils), brief(s)
@@ -62,7 +65,8 @@ def test_a_sybil_flood_from_a_suspect_address_neither_hides_a_trusted_liar_nor_s
     assert "proof" in liar["reason"] or "result" in liar["reason"], liar
     rows = httpx.get(f"{master.url}/api/projects/flood/metrics", timeout=60).json()["rows"]
     clean = [r["seconds"] for r in rows if r["iteration"] < flood_from]
-    flooded = [r["seconds"] for r in rows if r["iteration"] >= flood_from]
-    # the step waits for suspect results' verdicts at most 0.4 T (holds.HOLD_SHARE); on the
-    # main before issue 23 it waited up to 15 s per step. Generous: a loaded CI machine.
-    assert statistics.median(flooded) < 2.5 * T + 1.0, (flooded, clean)
+    flooded = [r["seconds"] for r in rows if flood_on <= r["iteration"] < flood_on + 10]
+    # the step waits for suspect results' verdicts at most 0.3 T (holds.HOLD_SHARE). On the
+    # main before issue 23 it waited for all of them (measured here: 3.0 s flooded against
+    # 1.0 s clean; now 1.3 s). Ratios of medians: a loaded CI machine slows both alike.
+    assert statistics.median(flooded) <= 1.5 * statistics.median(clean) + 0.3, (flooded, clean)

@@ -36,7 +36,7 @@ from mlitb.protocol import frames
 
 log = logging.getLogger("mlitb.master")
 
-HOLD_SHARE = 0.4  # of the iteration time: the longest wait for verdicts with verified results in
+HOLD_SHARE = 0.3  # of the iteration time: the longest wait for verdicts with verified results in
 AUDIT_HOLD_S = 15.0  # the longest wait when held results are all the step has
 MIN_SLOTS = 2  # unverified trainers ordered per iteration, at least
 MAX_SLOTS = 64
@@ -56,7 +56,7 @@ def unverified(client, trust: int) -> bool:
 def audit_slots(iteration_time: float, replay_s: float) -> int:
     """Unverified trainers that may get an order this iteration: the verdicts that fit in
     HOLD_SHARE of the iteration (s) at `replay_s` seconds each."""
-    fit = int(HOLD_SHARE * iteration_time / max(replay_s, 1e-3))
+    fit = int(HOLD_SHARE * iteration_time / max(replay_s, 1e-3) + 1e-9)  # 0.3 x 2 / 0.1 is 5.999...
     return max(MIN_SLOTS, min(MAX_SLOTS, fit))
 
 
