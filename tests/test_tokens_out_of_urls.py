@@ -26,7 +26,7 @@ import httpx
 import pytest
 from conftest import CHROMIUM, CHROMIUM_ARGS, wait_for
 from test_learning_integration import FC_SPEC
-from test_master_integration import MLITB, create_project, start_serve, tail, upload, ws_base
+from test_master_integration import MLITB, ThreadWorker, create_project, start_serve, tail, upload, ws_base
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -213,21 +213,21 @@ def test_private_projects_are_named_to_nobody_and_a_shared_dataset_stays_open(ma
         assert "hidden" not in httpx.get(master.url + path, timeout=30).text, path
     assert httpx.get(f"{master.url}/api", timeout=30).json()["projects"] == 1
 
-    # the shared dataset stays readable for the open project's volunteers (no grant)
-    assert httpx.get(f"{data}/datasets/{train}", timeout=30).json()["private"] is False
-    fetched = httpx.post(f"{data}/datasets/{train}/fetch", json={"ids": [0, 1]}, timeout=30)
-    assert fetched.status_code == 200, fetched.text
-    # ... and turns private once the open project lets go of it
-    gone = httpx.delete(
-        f"{master.url}/api/projects/public", headers={"Authorization": f"Bearer {public}"}, timeout=30
-    )
-    assert gone.status_code == 200, gone.text
-    wait_for(
-        lambda: httpx.get(f"{data}/datasets/{train}", timeout=30).json()["private"],
-        30,
-        "the dataset private once only the private project holds it",
-    )
+    # the shared dataset stays private (an anonymous open project naming it publishes nothing) ...
+    assert httpx.get(f"{data}/datasets/{train}", timeout=30).json()["private"] is True
     assert httpx.post(f"{data}/datasets/{train}/fetch", json={"ids": [0]}, timeout=30).status_code == 401
+    anyone = {"name": "grab", "spec": FC_SPEC, "train": [train], "test": [test], "start": False}
+    assert httpx.post(f"{master.url}/api/projects", json=anyone, timeout=30).status_code == 201
+    assert httpx.post(f"{data}/datasets/{train}/fetch", json={"ids": [0]}, timeout=30).status_code == 401
+    # ... and the open project's volunteers read it with the grants of their allocations
+    assert httpx.post(
+        f"{master.url}/api/projects/public/start", headers={"Authorization": f"Bearer {public}"}, timeout=30
+    ).is_success
+    volunteer = ThreadWorker(master.url, "public")
+    try:
+        wait_for(lambda: volunteer.stats.results > 0, 120, "the open project's volunteer training")
+    finally:
+        volunteer.stop()
     assert httpx.get(f"{master.url}/api/projects/hidden", headers={"X-Join-Key": KEY}, timeout=30).is_success
 
 

@@ -10,8 +10,9 @@ Layout under the data directory:
 Holds: a dataset in use (a master's project trains on it) carries one hold per user,
 e.g. `project:mnist`; it cannot be deleted while any hold is on it, because a project
 whose data vanished is broken without a word (its workers get 404s mid-training). A
-dataset whose holds are all private ones (projects with a join key) is private; one
-open hold keeps it readable.
+dataset held by a private project (one with a join key) is private: only read grants
+fetch its items, and the master gives every project's workers grants, so an open
+project sharing it keeps training.
 
 Invariant: SQLite is the truth. A dataset's files are written (and fsynced) before
 the transaction that counts their items commits; bytes past `items` are leftovers of
@@ -385,15 +386,16 @@ class DataStore:
             return new
 
     def private(self, ds_id: int) -> bool:
-        """Held by a private project and by no open one: its items need a read grant
-        (mlitb.data.grants). A dataset an open project uses stays readable to that
-        project's volunteers, whichever private projects hold it too: its owner made it
-        public by attaching it to the open project."""
+        """Held by a private project: its items need a read grant (mlitb.data.grants).
+        Any private hold makes it private, whatever open projects hold it too: creating
+        a project takes no credential, so "one open hold keeps it readable" let anyone
+        open a private project's data by attaching it to a new open project. An open
+        project's volunteers read a shared dataset with the read grants the master gives
+        every project's workers with their allocations."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT MAX(private), MIN(private) FROM holds WHERE dataset=?", (ds_id,)
-            ).fetchone()
-        return bool(row and row[0] == 1 and row[1] == 1)
+            return bool(
+                self._db.execute("SELECT 1 FROM holds WHERE dataset=? AND private=1", (ds_id,)).fetchone()
+            )
 
     def release(self, ds_id: int, holder: str) -> bool:
         """Remove a hold (idempotent); True if there was one."""
