@@ -189,8 +189,8 @@ def test_the_auditors_overflow_lets_the_oldest_trusted_job_go():
 @pytest.mark.parametrize("served_first", [True, False])
 def test_ration_is_round_robin_by_address(served_first):
     class C:
-        def __init__(self, cid, address, sent_at=0.0):
-            self.id, self.address, self.sent_at = cid, address, sent_at
+        def __init__(self, cid, address, sent_at=0.0, joined=0.0):
+            self.id, self.address, self.sent_at, self.joined = cid, address, sent_at, joined
 
     waiting = [C(f"x{i}", "X", i) for i in range(5)] + [C("y0", "Y"), C("z0", "Z")]
     served = {"X": 1.0} if served_first else {}
@@ -198,3 +198,59 @@ def test_ration_is_round_robin_by_address(served_first):
     assert {c.address for c in picked} == {"X", "Y", "Z"}
     assert [c.id for c in holds.ration(waiting, 5, {})][:3] == ["x0", "y0", "z0"]
     assert len(holds.ration(waiting, 100, {})) == 7
+
+
+def test_fresh_addresses_do_not_jump_the_queue():
+    """A never-served address counts from when its client joined: two new sybil addresses
+    per boundary cannot keep an honest newcomer served once from its next order."""
+
+    class C:
+        def __init__(self, cid, address, joined):
+            self.id, self.address, self.sent_at, self.joined = cid, address, 0.0, joined
+
+    honest = C("h", "10.0.0.2", 0.0)
+    fresh = [C("s1", "2001:db8:1::1", 6.0), C("s2", "2001:db8:2::1", 6.0)]
+    assert [c.id for c in holds.ration([honest, *fresh], 1, {"10.0.0.2": 5.0})] == ["h"]
+    assert (
+        holds.address_group("2001:db8:1::1") == holds.address_group("2001:db8:1::ffff") == "2001:db8:1::/64"
+    )
+    assert holds.address_group("::ffff:10.0.0.1") == "10.0.0.1" and holds.address_group("x") == "x"
+
+
+def test_a_rechecked_client_is_audited_every_time_and_held():
+    e = engine_with({"old": "10.0.0.1", "b": "10.0.0.3"}, trusted={"old", "b"}, verify_rate=0.0)
+    e.clients["old"].audits_passed = 1000  # its random audit rate: 0.3 %
+    e.clients["old"].recheck = True
+    boundary(e, 0.0)
+    e.on_result("b", result(0, grad(0.1), 4), 0.3)
+    e.on_result("old", result(0, grad(0.1), 4), 0.4)
+    assert e.clients["old"].audit is not None and "old" in e.holds.results and e.acc.results == 1
+
+
+def test_a_suspect_that_earned_trust_is_audited_every_time_but_not_held():
+    """One banned tab behind a NAT must not starve the others there for good."""
+    e = engine_with({"nat1": "10.0.0.9", "old": "10.0.0.1"}, trusted={"nat1", "old"}, verify_rate=0.0)
+    e.clients["nat1"].suspect = True
+    assert not holds.unverified(e.clients["nat1"], e.hyper.verify_trust)
+    boundary(e, 0.0)
+    e.on_result("nat1", result(0, grad(0.1), 4), 0.3)
+    assert e.clients["nat1"].audit is not None  # audited ...
+    assert "nat1" not in e.holds.results and e.acc.results == 1  # ... and counted at once
+
+
+def test_bans_a_relay_reports_mark_nobody_here_and_addresses_are_not_published():
+    from mlitb.master.engine import public_ban
+
+    e = engine_with({"old": "10.0.0.1"}, trusted={"old"})
+    j = msg.Join(type="join", project="proj", role="trainer", kind="relay", capacity=3000)
+    e.connect("R", j, 0.0, address="10.0.0.5")
+    report = msg.ChildBanned(type="child_banned", name="kid", address="127.0.0.1", kind="native",
+                             reason="replay failed", iteration=0)  # fmt: skip
+    e.on_child_banned("R", report)
+    assert not e.auditor.banned_address("127.0.0.1")  # the relay's own network, not ours
+    e.ban("old", "the result sent is not the round's")
+    assert e.auditor.banned_address("10.0.0.1")
+    shown = e.summary()["banned"]
+    assert {b.get("address") for b in shown} == {None, "10.0.0.0/16"}, shown
+    assert shown[0]["relay_address"] == "127.0.0.0/16"
+    assert public_ban({"address": "2001:db8:1:2::7"})["address"] == "2001:db8::/32"

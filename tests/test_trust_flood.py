@@ -42,7 +42,7 @@ def test_a_sybil_flood_from_a_suspect_address_neither_hides_a_trusted_liar_nor_s
         wait_for(master.url, "flood", lambda s: s["iteration"] >= 8, 240, "8 clean steps")
         procs.append(attacker(master.url, "flood", "get_banned", tmp_path / "ban.log", "--name", "decoy",
                               "--address", SYBIL_ADDRESS))  # fmt: skip
-        wait_for(master.url, "flood", lambda s: any(b.get("address") == SYBIL_ADDRESS for b in s["banned"]),
+        wait_for(master.url, "flood", lambda s: any(b.get("name") == "decoy" for b in s["banned"]),
                  120, "the decoy banned")  # fmt: skip
         flood_from = details(master.url, "flood")["iteration"]
         procs.append(attacker(master.url, "flood", "sybils", tmp_path / "sybils.log", "--name", "sybil",

@@ -14,6 +14,8 @@ import os
 import secrets
 from pathlib import Path
 
+from mlitb.secret_compare import same_secret
+
 from .errors import DataError
 
 TOKEN_FILE = "data-token"
@@ -79,7 +81,7 @@ def check_bearer(header: str, token: str) -> None:
             "unauthorized",
             {"WWW-Authenticate": 'Bearer realm="mlitb-data"'},
         )
-    if not secrets.compare_digest(sent.encode(), token.encode()):
+    if not same_secret(sent, token):
         raise DataError(
             403,
             "the write token sent is not this data server's; fix: use the token printed at its "

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from mlitb.secret_compare import same_secret
+
 GRANT_HEADER = "X-Read-Grant"
 
 
@@ -22,4 +24,4 @@ def read_grant(token: str, dataset: int) -> str:
 
 
 def grant_ok(token: str, dataset: int, grant: str | None) -> bool:
-    return bool(grant) and hmac.compare_digest(read_grant(token, dataset), grant.strip())
+    return bool(grant) and same_secret(grant.strip(), read_grant(token, dataset))

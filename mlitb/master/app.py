@@ -47,6 +47,7 @@ from mlitb.model.browser import browser_problems
 from mlitb.model.jsonfloats import dumps as dumps_model
 from mlitb.protocol import PROTOCOL_VERSION, SUPPORTED_VERSIONS
 from mlitb.protocol import messages as msg
+from mlitb.secret_compare import same_secret
 from mlitb.web import STATIC
 
 from . import metrics
@@ -243,7 +244,7 @@ def create_master_app(
             raise ProjectError(
                 400, f"ttl_s: expected seconds from {MIN_TTL_S} to {MAX_TTL_S}, got {ttl!r}", "bad_body"
             )
-        if data_token and manager.data_token and not secrets.compare_digest(data_token, manager.data_token):
+        if data_token and manager.data_token and not same_secret(data_token, manager.data_token):
             security.refused("signin_code_bad_data_token", "sign-in code for %s: a wrong data token", name)
             raise ProjectError(
                 400,

@@ -28,6 +28,7 @@ import numpy as np
 
 from mlitb.protocol import frames, proofs
 
+from .holds import address_group
 from .verification import AuditJob, Verdict
 
 log = logging.getLogger("mlitb.master")
@@ -55,7 +56,10 @@ class Auditor:
                 "audits_skipped": self.skipped, "audits": self.asked}  # fmt: skip
 
     def banned_address(self, address: str) -> bool:
-        return bool(address) and any(b.get("address") == address for b in self.banned)
+        """A ban from this address (an IPv6 /64 counts as one). Bans a relay reported keep
+        the child's address apart (`relay_address`): it is on the relay's network, not ours."""
+        group = address_group(address)
+        return bool(address) and any(address_group(b.get("address", "")) == group for b in self.banned)
 
     # -------------------------------------------------------------- parameters
     def remember(self, iteration: int, held: np.ndarray, keep: int) -> None:
@@ -72,7 +76,7 @@ class Auditor:
     def wants(self, client, hyper, clipped: bool) -> bool:
         if not hyper.verify or not client.proofs or client.audit is not None:
             return False
-        if client.audits_passed < hyper.verify_trust or client.suspect or clipped:
+        if client.audits_passed < hyper.verify_trust or client.suspect or client.recheck or clipped:
             return True
         rate = max(hyper.verify_rate, hyper.verify_trust / (client.audits_passed + 1))
         return SECURE.random() < rate
@@ -95,7 +99,7 @@ class Auditor:
             inner=inner,
             asked_at=now,
             accepted_in=accepted_in,
-            untrusted=client.audits_passed < trust or client.suspect or client.recheck,
+            untrusted=client.audits_passed < trust or client.recheck,  # = holds.unverified
         )
         self.asked += 1
         return job

@@ -25,6 +25,7 @@ The next iteration starts no earlier than T after this one started.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import math
 import time
@@ -45,7 +46,7 @@ from .algorithms import make_algorithm, staleness_weight
 from .allocation import Allocator, make_key
 from .audits import Auditor, strike
 from .config import Hyper
-from .holds import Held, Holds, audit_slots, ration, unverified
+from .holds import Held, Holds, address_group, audit_slots, ration, unverified
 from .latency import Latency
 from .reduce import Accumulator, Rejected, validate
 from .screening import NormScreen, check_count
@@ -77,6 +78,25 @@ RECLAIM_AFTER = 3
 IMPOSSIBLE = {"implausible", "implausible_count", "implausible_norm", "not_finite"}
 IMPOSSIBLE_TO_BAN = 3
 AUDIT_POLL_S = 0.1
+
+
+def public_ban(entry: dict) -> dict:
+    """A ban as anyone may read it: addresses cut to their network (IPv4 /16, IPv6 /32);
+    the full one is in the store and the master's log line of the ban."""
+    out = {k: v for k, v in entry.items() if k not in ("address", "relay_address")}
+    for key in ("address", "relay_address"):
+        if entry.get(key):
+            out[key] = mask_address(entry[key])
+    return out
+
+
+def mask_address(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "?"
+    prefix = 16 if ip.version == 4 else 32
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 def memory_capacity(memory_mb: int | None, input_shape: tuple[int, ...]) -> int | None:
@@ -452,6 +472,7 @@ class Engine:
         self.outstanding = 0
         self.acc.reset()
         self._norms = []
+        self.holds.clear(self.name, "the iteration was voided (pause, restart or new settings)")
         for c in self.clients.values():
             c.scheduled = None
             c.pending.clear()
@@ -767,7 +788,7 @@ class Engine:
         waiting = [c for c in chosen if unverified(c, trust) and c.id not in busy]
         picked = ration(waiting, audit_slots(self.hyper.iteration_time, self.holds.replay_s), self._served)
         for c in picked:
-            self._served[c.address] = now
+            self._served[address_group(c.address)] = now
         if len(self._served) > 4 * len(self.clients) + 64:  # addresses of clients long gone
             for address in sorted(self._served, key=self._served.get)[: len(self._served) // 2]:
                 del self._served[address]
@@ -809,10 +830,11 @@ class Engine:
         relay = self.clients.get(cid)
         if relay is None or relay.kind != "relay":
             return
-        child = Client("", "trainer", message.kind, "", message.name, 0, 0.0, address=message.address)
+        child = Client("", "trainer", message.kind, "", message.name, 0, 0.0)
         entry = self.auditor.ban_entry(child, f"{cid}/{message.name}", message.iteration, message.reason,
                                        time.time())  # fmt: skip
         entry["relay"] = relay.name or cid
+        entry["relay_address"] = message.address  # on the relay's network: suspect there, not here
         self.dirty = True
         log.warning("project %s: relay %s banned %s: %s", self.name, cid, message.name, message.reason)
 
@@ -875,7 +897,8 @@ class Engine:
         self.holds.drop(cid)  # held for its verdict: never applied
         if any(b["id"] == cid for b in self.auditor.banned[-50:]):
             return  # a verdict on another of its results, after the ban
-        log.warning("project %s: client %s banned: %s", self.name, cid, reason)
+        log.warning("project %s: client %s (%s) banned: %s", self.name, cid,
+                    client.address if client is not None else "gone", reason)  # fmt: skip
         self.auditor.ban_entry(client, cid, iteration, reason, time.time())
         self.dirty = True
         if client is None:
@@ -1217,7 +1240,7 @@ class Engine:
             "audits_queued": len(self.auditor.queue),
             "held_back": self.holds.dropped,
             "replay_s": round(self.holds.replay_s, 3),
-            "banned": self.auditor.banned[-20:],
+            "banned": [public_ban(b) for b in self.auditor.banned[-20:]],
             "banned_count": len(self.auditor.banned),
             "aggregation": self.hyper.aggregation,
             "algorithm": self.hyper.algorithm,

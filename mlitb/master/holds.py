@@ -28,6 +28,7 @@ their verdicts, filled the replay queue, and pushed a trusted liar's audits out 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,11 +47,27 @@ REPLAY_EWMA = 0.2  # weight of the latest measurement
 
 def unverified(client, trust: int) -> bool:
     """Its results wait for a verdict before they count (see the module docstring). A
-    client that keeps no proofs cannot be audited: the master admits one only with
-    verification off (a relay's sum is vouched for by its owner token)."""
+    suspect client that has passed `trust` audits is audited every time but no longer
+    held or rationed: one banned tab behind a classroom's NAT would otherwise starve every
+    tab there for good. A client that keeps no proofs cannot be audited: the master admits
+    one only with verification off (a relay's sum is vouched for by its owner token)."""
     if client.kind == "relay" or not client.proofs:
         return False
-    return client.audits_passed < trust or client.suspect or client.recheck
+    return client.audits_passed < trust or client.recheck
+
+
+def address_group(address: str) -> str:
+    """The unit of an address for rations and suspicion: an IPv4 address, or an IPv6
+    /64 (one subscriber's prefix: its 2^64 addresses are one sender's to choose from)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def audit_slots(iteration_time: float, replay_s: float) -> int:
@@ -68,12 +85,13 @@ def hold_limit(iteration_time: float, verified_in_step: bool) -> float:
 def ration(waiting: Iterable, slots: int, served: dict[str, float]) -> list:
     """Of the unverified trainers `waiting` for an order, the ones that get one: `slots`
     in all, one per address in turn, the address (then the client) served least
-    recently first. `served`: address -> when one of its clients was last picked (the
-    caller updates it)."""
+    recently first. `served`: address group -> when one of its clients was last picked
+    (the caller updates it); a group never served counts from when its first waiting
+    client joined, so fresh addresses do not jump the queue."""
     by_address: dict[str, list] = {}
-    for c in sorted(waiting, key=lambda c: (c.sent_at, c.id)):  # least recently ordered first
-        by_address.setdefault(c.address, []).append(c)
-    order = sorted(by_address, key=lambda a: served.get(a, float("-inf")))
+    for c in sorted(waiting, key=lambda c: (c.sent_at, c.joined, c.id)):  # least recently ordered first
+        by_address.setdefault(address_group(c.address), []).append(c)
+    order = sorted(by_address, key=lambda a: served.get(a, min(c.joined for c in by_address[a])))
     picked: list = []
     while len(picked) < slots and order:
         for address in list(order):

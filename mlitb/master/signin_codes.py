@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from .store import MasterStore
 DEFAULT_TTL_S = 24 * 3600
 MIN_TTL_S, MAX_TTL_S = 60, 7 * 86400
 MAX_CODE_CHARS = 100
+CODE_CHARS = re.compile(r"[A-Za-z0-9_-]+")  # secrets.token_urlsafe's alphabet
 _TAG = 32
 
 
@@ -85,7 +87,7 @@ class SigninCodes:
 
     def redeem(self, code: str) -> Redeemed:
         """The tokens behind `code`, which is used up; SigninCodeError if it cannot be."""
-        if not isinstance(code, str) or not 0 < len(code) <= MAX_CODE_CHARS:
+        if not isinstance(code, str) or not 0 < len(code) <= MAX_CODE_CHARS or not CODE_CHARS.fullmatch(code):
             raise SigninCodeError(
                 400,
                 f'expected {{"code": "<the code from the owner link>"}} (1-{MAX_CODE_CHARS} characters), '

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlitb.secret_compare import as_bytes
+
 SCHEMA_VERSION = 1
 PURGE_AFTER_S = 7 * 86400  # expired sign-in codes are kept this long (to answer "expired", 410)
 SCHEMA = """
@@ -74,7 +76,7 @@ CREATE TABLE IF NOT EXISTS signin_codes (  -- one-time owner sign-in codes (sign
 
 
 def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest() if token else ""
+    return hashlib.sha256(as_bytes(token)).hexdigest() if token else ""  # any str a client sent
 
 
 @dataclass

@@ -57,6 +57,7 @@ from mlitb.master.verification import AuditJob, Verdict
 from mlitb.protocol import codecs, frames, proofs
 from mlitb.protocol import messages as msg
 from mlitb.protocol.idtext import ids_to_text, text_to_ids
+from mlitb.secret_compare import same_secret
 
 log = logging.getLogger("mlitb.relay")
 
@@ -364,7 +365,7 @@ class Relay:
             )
         if self.join_key_hash and not secrets.compare_digest(token_hash(join.join_key), self.join_key_hash):
             return msg.error("forbidden", "this project needs its join key to join")  # the master's words
-        if join.kind == "relay" and not secrets.compare_digest(join.owner_token, self.owner_token):
+        if join.kind == "relay" and not same_secret(join.owner_token, self.owner_token):
             return msg.error("forbidden", "a relay under this relay needs the project's owner token")
         if join.role != "trainer":
             return msg.error("trainers_only", f"trackers join the master itself: {self.master_url}")

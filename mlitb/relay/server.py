@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from mlitb.master.connection import Connection
 from mlitb.protocol import messages as msg
+from mlitb.secret_compare import same_secret
 from mlitb.web import STATIC
 
 from .audit import RelayAudits
@@ -277,7 +278,7 @@ class RelayService:
 
     def is_owner(self, request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and bool(token) and secrets.compare_digest(token, self.owner_token)
+        return scheme.lower() == "bearer" and bool(token) and same_secret(token, self.owner_token)
 
 
 def build_app(service: RelayService) -> Starlette:
