@@ -53,13 +53,14 @@ class RelayAudits:
                             await self.wake.wait()
                     continue
                 took = 0.0
+                began = time.monotonic()
                 try:
                     verdict, took = await self.check(core, job)
+                    core.observe_replay(time.monotonic() - began)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the data server down, a dataset gone: not the child's fault
-                    log.warning("audit of %s not checked: %r", job.client, exc)
-                    core.auditor.skipped += 1
+                    core.audit_unchecked(job, f"{exc!r}"[:200])
                 else:
                     if self.service.core is core:  # not a core from before a lost master
                         core.finish_audit(job, verdict, time.monotonic())

@@ -49,6 +49,7 @@ from mlitb.master.aggregation import make_aggregator
 from mlitb.master.allocation import Allocator, make_key, split_key
 from mlitb.master.audits import Auditor, strike
 from mlitb.master.config import Hyper
+from mlitb.master.holds import REPLAY_EWMA, REPLAY_S, audit_slots, hold_limit, ration, unverified
 from mlitb.master.latency import Latency
 from mlitb.master.reduce import Accumulator, Rejected
 from mlitb.master.screening import NormScreen, check_count
@@ -68,9 +69,12 @@ GRACE_FRACTION = 0.25  # or this share of the master's iteration time (its own d
 # children's results, get nothing up, be counted as missing a whole iteration by the master
 # and be given its minimum work time: a spiral a large subtree never leaves)
 SUBTREE_EVERY_S = 1.0  # at most one subtree report up per second (joins come in thousands)
-# Newcomers' verdicts: the sum waits for them until the master's deadline (T x 1.5 + 1 s
-# after its order, engine.py) less this margin for the trip up (at least the margin's
-# seconds, or this share of T), then goes without the results still unverified.
+# Newcomers' verdicts: once every ordered child answered, the sum waits for them as the
+# master's step does (mlitb.master.holds.hold_limit: 0.3 T with verified results in the
+# sum), and never past the master's deadline (T x 1.5 + 1 s after its order, engine.py)
+# less this margin for the trip up (at least the margin's seconds, or this share of T);
+# then it goes without the results still unverified. Unverified children's orders are
+# rationed per address as the master rations its own (mlitb.master.holds.ration).
 HOLD_MARGIN_S = 0.5
 HOLD_MARGIN_FRACTION = 0.1
 MASTER_GRACE_FRACTION, MASTER_MIN_GRACE_S = 0.5, 1.0  # engine.GRACE_FRACTION, MIN_GRACE_S
@@ -107,6 +111,11 @@ class Child:
     last_norm: float = 0.0
     first_result: int | None = None
     removed: list[set[int]] = field(default_factory=list)  # ids taken from it, per recent order
+    joined: float = 0.0  # when it joined (monotonic s): its turn in the rations
+
+    @property
+    def sent_at(self) -> float:  # its last order (mlitb.master.holds.ration reads it)
+        return self.ordered_at
 
     def row(self) -> dict:
         return {
@@ -129,6 +138,7 @@ class Sum:
     members: dict[str, tuple[int, float, float, int]] = field(default_factory=dict)  # vectors, loss, vps, ms
     held: dict[str, tuple[frames.Frame, float]] = field(default_factory=dict)  # cid -> (frame, clip factor)
     hold_until: float = 0.0
+    all_in: float | None = None  # when the last ordered child answered while results were held
 
 
 class Relay:
@@ -156,6 +166,8 @@ class Relay:
         self.ordered: set[str] = set()  # children with an open order (kept, not searched: O(1))
         self.screen = NormScreen()
         self.auditor = Auditor({})  # the master's policy; `banned` holds this relay's bans
+        self.replay_s = REPLAY_S  # one audit's wall time, measured (audit.py): sizes the rations
+        self._served: dict[str, float] = {}  # address -> when an unverified child of it got an order
         self.closing: list[tuple[str, int, str]] = []  # children's sockets the I/O must close
         self.feedback: codecs.ErrorFeedback | None = None
         self.state = "created"
@@ -338,12 +350,13 @@ class Relay:
         self.sum = Sum(int(m["iteration"]), m.get("mode", "local"), hold_until=max(hold_until, self.deadline))
         fields = {k: v for k, v in m.items() if k not in ("type", "iteration", "work_ms")}
         fields.pop("overlap_ms", None)  # a child's carried steps would not be in this round's sum
+        rationed = self._ration(T, now)
         for c in self.children.values():
             c.removed = [*c.removed, set()][-KEEP_PARAMS:]  # ids it loses from now: this order's
             if c.overdue is not None:  # no result at all for the last order: a whole lag
                 c.latency.missed(work_ms, 0)
                 c.overdue = None
-            if not c.cached or not c.latency.schedulable(m["iteration"]):
+            if not c.cached or not c.latency.schedulable(m["iteration"]) or c.id in rationed:
                 continue
             c.ordered, c.ordered_at = m["iteration"], now
             self.ordered.add(c.id)
@@ -383,7 +396,7 @@ class Relay:
         cap = capacity
         child = Child(cid, join.name, join.kind, join.backend, cap, address=address,
                       proofs=bool(join.capabilities.get("proofs")),
-                      suspect=self.auditor.banned_address(address))  # fmt: skip
+                      suspect=self.auditor.banned_address(address), joined=self.now)  # fmt: skip
         self.children[cid] = child
         extra = {k: self.welcome[k] for k in ("algorithm", "compression", "tracker") if k in self.welcome}
         w = self.welcome
@@ -457,6 +470,40 @@ class Relay:
             strike(child, f"no proof: {message.reason}", lambda why: self.ban(cid, why, job))
             self._maybe_finish(now)
 
+    def _checking(self) -> set[str]:
+        """Children with an audit open or queued: an unverified one gets no order meanwhile."""
+        return {j.client for j in self.auditor.queue} | {c.id for c in self.children.values() if c.audit}
+
+    def _ration(self, T: float, now: float) -> set[str]:
+        """Unverified children left without an order this time (the master's rule, holds.py):
+        those whose audit is open or queued, and those beyond the audit slots."""
+        if not self.hyper.verify:
+            return set()
+        trust = self.hyper.verify_trust
+        busy = self._checking()
+        waiting = [c for c in self.children.values() if c.cached and unverified(c, trust)]
+        free = [c for c in waiting if c.id not in busy]
+        picked = ration(free, audit_slots(T, self.replay_s), self._served)
+        for c in picked:
+            self._served[c.address] = now
+        if len(self._served) > 4 * len(self.children) + 64:
+            for address in sorted(self._served, key=self._served.get)[: len(self._served) // 2]:
+                del self._served[address]
+        return {c.id for c in waiting} - {c.id for c in picked}
+
+    def observe_replay(self, seconds: float) -> None:
+        """One audit's wall time (fetch + replay), from audit.py: sizes the rations."""
+        if seconds > 0:
+            self.replay_s += REPLAY_EWMA * (seconds - self.replay_s)
+
+    def audit_unchecked(self, job: AuditJob, why: str) -> None:
+        """A proof not checked (the data server failing): said, counted, its sender rechecked."""
+        log.warning("audit of %s (iteration %d) not checked: %s; its results are held until an audit "
+                    "passes", job.client, job.iteration, why)  # fmt: skip
+        self.auditor.skipped += 1
+        if (child := self.children.get(job.client)) is not None:
+            child.recheck = True
+
     def child_bytes(self, cid: str, data: bytes, now: float) -> None:
         self.now = now
         child = self.children.get(cid)
@@ -502,14 +549,28 @@ class Relay:
             rate = float(self.order.get("max_vectors_per_s") or self.hyper.max_vectors_per_s)
             check_count(frame.vectors, now - child.ordered_at, rate * max(1, child.clients))
             verdict = self.screen.judge(frame.kind, frame.values, frame.vectors)
+            if (
+                self.hyper.verify
+                and unverified(child, self.hyper.verify_trust)
+                and (child.audit is not None or cid in self._checking())
+            ):
+                raise Rejected(
+                    "unverified",
+                    f"iteration {frame.iteration}: an audit of yours is still open and results of a client "
+                    f"that has not passed {self.hyper.verify_trust} audits count only when audited; "
+                    "answer the audit, the next order comes when it is checked",
+                )
         except frames.FrameError as exc:
             child.rejected += 1
             self.send(cid, msg.error("bad_frame", str(exc)))
             return
         except Rejected as exc:
             if exc.reason != "late":  # a late one leaves the open order as it is
-                child.rejected += 1
-                self.counters["rejected"] += 1
+                if exc.reason == "unverified":  # no offence: it could not be audited
+                    self.counters["unverified"] += 1
+                else:
+                    child.rejected += 1
+                    self.counters["rejected"] += 1
                 child.ordered = None
                 self.ordered.discard(cid)
             self.send(cid, msg.error(exc.reason, exc.detail))
@@ -620,8 +681,11 @@ class Relay:
         report = max(0.0, self.subtree_at - now) if self.subtree_due else None
         if self.order is None:
             return report
-        if now < self.deadline:
+        if now < self.deadline and (self.ordered or self.sum is None):
             wait = self.deadline - now
+        elif now < self.deadline:  # all answered, results held for verdicts: at most hold_limit
+            self._maybe_finish(now)
+            wait = 0.1 if self.sum is not None else self.deadline - now
         else:
             for c in self.children.values():
                 if c.ordered is not None:  # no result in time: measured if it comes, else missed
@@ -663,8 +727,14 @@ class Relay:
         """The sum goes up once no ordered child is still working and no held result waits
         for a verdict (or the hold is over: those go without)."""
         s = self.sum
-        if s is None or self.ordered or (s.held and now < s.hold_until):
+        if s is None or self.ordered:
             return
+        if s.held:
+            if s.all_in is None:
+                s.all_in = now
+            T = int(self.welcome.get("iteration_ms", 0)) / 1000 if self.welcome else 0.0
+            if now < min(s.hold_until, s.all_in + hold_limit(T, bool(s.members))):
+                return
         self._finish()
 
     def _finish(self) -> None:
