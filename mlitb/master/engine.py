@@ -472,7 +472,7 @@ class Engine:
         self.outstanding = 0
         self.acc.reset()
         self._norms = []
-        self.holds.clear(self.name, "the iteration was voided (pause, restart or new settings)")
+        self._drop_held("the iteration was voided (pause, restart or new settings)")
         for c in self.clients.values():
             c.scheduled = None
             c.pending.clear()
@@ -870,6 +870,13 @@ class Engine:
         else:
             self.ban(job.client, verdict.detail, job)
 
+    def _drop_held(self, why: str) -> None:
+        """The step goes (or the iteration is voided) without the results still held."""
+        for cid in self.holds.results:
+            if (c := self.clients.get(cid)) is not None:
+                c.held_back += 1
+        self.holds.clear(self.name, why)
+
     def _overflowed(self) -> None:
         for dropped in self.auditor.overflow():
             self.audit_unchecked(dropped, f"the replay queue was full ({len(self.auditor.queue)} proofs)")
@@ -880,9 +887,11 @@ class Engine:
         self.auditor.skipped += 1
         log.warning("project %s: audit of %s (iteration %d) not checked: %s; its results are held "
                     "until an audit passes", self.name, job.client, job.iteration, why)  # fmt: skip
+        client = self.clients.get(job.client)
         if self.holds.release(job) is not None:
             self.holds.dropped += 1
-        client = self.clients.get(job.client)
+            if client is not None:
+                client.held_back += 1
         if client is not None:
             client.recheck = True
             self.dirty = True
@@ -915,7 +924,7 @@ class Engine:
 
     def _forget_audits(self, audit_from: int) -> None:
         self.auditor.forget()
-        self.holds.clear(self.name, "its audit was forgotten (new settings or a restart)")
+        self._drop_held("its audit was forgotten (new settings or a restart)")
         self._audit_from = audit_from
         for c in self.clients.values():
             c.audit = None
@@ -938,11 +947,7 @@ class Engine:
         self.working = False
         self.outstanding = 0
         self.next_start = max(now, self.iter_started + self.hyper.iteration_time)
-        if self.holds.results:  # unverified results whose verdicts did not come in time
-            for cid in self.holds.results:
-                if (c := self.clients.get(cid)) is not None:
-                    c.held_back += 1
-            self.holds.clear(self.name, "no verdict on it in time")
+        self._drop_held("no verdict on it in time")
         if self.acc.weight <= 0:
             log.info("project %s: iteration %d had no results", self.name, self.iteration)
             return
