@@ -30,6 +30,10 @@ in its result frame, or trains on flipped labels, or a raw socket:
                  (official worker, honest for 3 audits, then every result x -1) works from
                  the honest workers' address (tests/attackers.py; addresses by
                  X-Forwarded-For, which the master takes from 127.0.0.1)
+  sybil_flood_ref  the same fleet with the liar honest throughout (`--after` 1e9): the
+                 reference sybil_flood's test error is held to. Forty more official workers
+                 on the same 2 cores, each training on 1/43 of the data, learn a different
+                 curve than three alone; the liar's effect is the difference to this run.
   relay_liar     issue 23: `mlitb relay` with two honest workers and the liar (result x -8)
                  under it, the other honest workers at the master
 
@@ -82,9 +86,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 WORKER_ATTACKS = ("sign_flip", "scale", "overflow", "float32_max", "count", "silence", "noise", "little",
                   "label_flip")  # fmt: skip
 SOCKET_ATTACKS = ("tracker", "sybil")
-PRESSURE_ATTACKS = ("sybil_flood", "relay_liar")  # issue 23: their own set-up in run_one
+PRESSURE_ATTACKS = ("sybil_flood", "sybil_flood_ref", "relay_liar")  # issue 23: own set-up in run_one
 ATTACKS = (*WORKER_ATTACKS, *SOCKET_ATTACKS, *PRESSURE_ATTACKS)
-LIARS = (*WORKER_ATTACKS, *PRESSURE_ATTACKS)  # attacks whose attacker sends lies: it must be banned
+LIARS = (*WORKER_ATTACKS, "sybil_flood", "relay_liar")  # attacks whose attacker lies: it must be banned
 SYBIL_ADDRESS = "10.66.0.1"
 ATTACKERS_PY = ROOT / "tests" / "attackers.py"
 STRETCH_LIMIT = 1.5  # sybil_flood: iterations at most this many times the clean run's
@@ -239,17 +243,19 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
                 procs.start("relay", [sys.executable, "-m", "mlitb.cli.main", "relay", url, "--project", name,
                                       "--token", token, "--port", relay.rsplit(":", 1)[1], "--name", "relay",
                                       "--log-level", "warning"], env=env)  # fmt: skip
-                wait_http(f"{relay}/api", check=check)
+                wait_http(relay, check=check)
             for i in range(honest):
                 at = relay if relay is not None and i >= honest - 2 else url
                 procs.start(f"honest{i}", [sys.executable, "-m", "mlitb.cli.main", "worker", at, "--project",
                                            name, "--threads", "1", "--quiet", "--name", f"honest-{i}"],
                             env=env)  # fmt: skip
             for i in range(attackers if attack not in (None, "plain") else 0):
-                if attack == "sybil_flood":  # the decoy, then the sybils and the trusted liar
+                if attack.startswith("sybil_flood"):  # the decoy, then the sybils and the trusted liar
                     cmd = [sys.executable, str(ATTACKERS_PY), "flood", "--url", url, "--project", name,
                            "--name", f"attacker-{i}", "--count", str(args.sybils),
                            "--address", SYBIL_ADDRESS]  # fmt: skip
+                    if attack == "sybil_flood_ref":
+                        cmd += ["--after", str(10**9)]  # honest throughout
                 else:
                     cmd = [sys.executable, __file__, "--attacker", attack, "--url", relay or url,
                            "--project", name, "--name", f"attacker-{i}", "--seed", str(i)]  # fmt: skip
@@ -317,6 +323,8 @@ def run_one(attack: str | None, honest: int, attackers: int, zips: dict, args) -
         "liars": attackers if attack in LIARS else 0,
         "iteration_s": statistics.median(half) if half else None,
         "sybils": len(sybil_rows),
+        "sybils_working": sum(1 for c in sybil_rows if c.get("results", 0) > 0),
+        "sybils_verified": sum(c.get("verified", 0) for c in sybil_rows),
         "sybils_flagged": sum(1 for c in sybil_rows if c.get("rejected", 0) > 0)
         + sum(1 for n in bans if n.startswith("sybil")),
         "audits_skipped": s.get("audits_skipped", 0),
@@ -395,14 +403,18 @@ def goals(results: list[dict]) -> list[dict]:
         detail = (f"{defended} vs {plain} vectors/s ({fmt(ratio, '.2f')}x; medians of {ref and ref['runs']} "
                   f"and {r['runs']} interleaved runs)")  # fmt: skip
         out.append({"goal": goal, "result": "PASS" if ok else "FAIL", "detail": detail})
+    flood_refs = {r["honest"]: r for r in results if r["attack"] == "sybil_flood_ref"}
     for r in results:
-        if r["attack"] in ("clean", "plain"):
+        if r["attack"] in ("clean", "plain", "sybil_flood_ref"):
             continue
         ref = clean.get(r["honest"])
+        if r["attack"] == "sybil_flood" and r["honest"] in flood_refs:  # the same fleet, no liar
+            ref = flood_refs[r["honest"]]
         ok = ref is not None and r["test_error"] is not None and ref["test_error"] is not None and \
             r["test_error"] <= ref["test_error"] + ERROR_MARGIN  # fmt: skip
+        against = "the same fleet without the lie" if ref is flood_refs.get(r["honest"]) else "clean"
         out.append({"goal": f"{r['attack']} ({r['attackers']} of {r['honest'] + r['attackers']}): test error "
-                    f"within 1 point of clean", "result": "PASS" if ok else "FAIL",
+                    f"within 1 point of {against}", "result": "PASS" if ok else "FAIL",
                     "detail": f"{fmt(r['test_error'])} vs {fmt(ref and ref['test_error'])}"})  # fmt: skip
     for r in results:
         ref = clean.get(r["honest"])

@@ -125,7 +125,10 @@ async def sybils(args) -> int:
 
     workers = [Worker(args.url, args.project, name=f"{args.name}-{i}", seed=args.seed + i)
                for i in range(args.count)]  # fmt: skip
-    await asyncio.gather(*(w.run() for w in workers))
+    done = await asyncio.gather(*(w.run() for w in workers), return_exceptions=True)
+    for w, outcome in zip(workers, done, strict=True):
+        if isinstance(outcome, BaseException):
+            print(f"{w.name}: {outcome!r}", flush=True)
     return 0
 
 
@@ -139,7 +142,8 @@ async def flood(args) -> int:
     liar = asyncio.create_task(trusted_liar_worker(args).run())
     ADDRESS.set(args.address)
     flood_args = argparse.Namespace(**{**vars(args), "name": "sybil"})
-    await asyncio.gather(liar, sybils(flood_args))
+    # the liar's ban ends its run with an error: the sybils go on
+    await asyncio.gather(liar, sybils(flood_args), return_exceptions=True)
     return 0
 
 

@@ -254,3 +254,26 @@ def test_bans_a_relay_reports_mark_nobody_here_and_addresses_are_not_published()
     assert {b.get("address") for b in shown} == {None, "10.0.0.0/16"}, shown
     assert shown[0]["relay_address"] == "127.0.0.0/16"
     assert public_ban({"address": "2001:db8:1:2::7"})["address"] == "2001:db8::/32"
+
+
+def test_replays_and_a_full_queue_are_shared_by_address():
+    """Forty sockets' proofs from one address get one replay in turn, as one liar's from
+    another does; a full queue pushes out the flood's own oldest, not the liar's."""
+    from mlitb.master.verification import AuditJob
+
+    def job(cid, t, address):
+        return AuditJob(client=cid, iteration=0, mode="local", values=np.zeros(1, np.float32), vectors=1,
+                        dtype=0, start=np.zeros(1, np.float32), previous=None, last_norm=0.0, inner={},
+                        asked_at=t, accepted_in=0, untrusted=False, address=address)  # fmt: skip
+
+    a = audits.Auditor({})
+    for i in range(10):
+        a.enqueue(job(f"s{i}", i, "6.6.6.6"))
+    a.enqueue(job("liar", 50, "10.0.0.1"))
+    assert [a.next_job().client for _ in range(3)] == ["s0", "liar", "s1"]
+    a = audits.Auditor({})
+    for i in range(audits.MAX_QUEUE - 1):
+        a.enqueue(job(f"s{i}", 10 + i, "6.6.6.6"))
+    a.enqueue(job("liar", 0, "10.0.0.1"))  # the oldest of all
+    a.enqueue(job("s_new", 999, "6.6.6.6"))
+    assert [j.client for j in a.overflow()] == ["s0"] and any(j.client == "liar" for j in a.queue)

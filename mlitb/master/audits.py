@@ -45,6 +45,8 @@ class Auditor:
         self.held: dict[int, np.ndarray] = {}  # iteration -> parameters clients started from
         self.queue: list[AuditJob] = []  # proofs received, to check
         self._overflow: list[AuditJob] = []  # jobs that left a full queue, for the Engine
+        self._turns: dict[str, int] = {}  # address group -> the turn its last job was checked in
+        self._turn = 0
         self.banned: list[dict] = list(totals.get("banned", []))[-MAX_BANNED:]
         self.passed = int(totals.get("audits_passed", 0))
         self.failed = int(totals.get("audits_failed", 0))
@@ -100,6 +102,7 @@ class Auditor:
             asked_at=now,
             accepted_in=accepted_in,
             untrusted=client.audits_passed < trust or client.recheck,  # = holds.unverified
+            address=address_group(client.address),
         )
         self.asked += 1
         return job
@@ -123,9 +126,12 @@ class Auditor:
     def enqueue(self, job: AuditJob) -> None:
         """A proof to check; a full queue lets its oldest trusted job go (see `overflow`)."""
         self.queue.append(job)
-        if len(self.queue) > MAX_QUEUE:  # the replay thread is behind: the oldest trusted one leaves
-            trusted = [j for j in self.queue if not j.untrusted] or self.queue
-            oldest = min(trusted, key=lambda j: j.asked_at)
+        if len(self.queue) > MAX_QUEUE:  # the replay thread is behind: a trusted one leaves, the
+            trusted = [j for j in self.queue if not j.untrusted] or self.queue  # oldest of the
+            counts: dict[str, int] = {}  # address with the most queued: a flood pushes out its own
+            for j in trusted:
+                counts[j.address] = counts.get(j.address, 0) + 1
+            oldest = min(trusted, key=lambda j: (-counts[j.address], j.asked_at))
             self.queue.remove(oldest)
             self._overflow.append(oldest)
 
@@ -135,11 +141,20 @@ class Auditor:
         return out
 
     def next_job(self) -> AuditJob | None:
-        """The next proof to check: untrusted clients' first, then the oldest."""
+        """The next proof to check: unverified clients' first (a step waits for them), and
+        among those or the rest the address group checked least recently, then the oldest
+        of its proofs: forty suspect sockets from one address get one replay in turn, as
+        the trusted liar beside them does (the replay budget is shared by address)."""
         if not self.queue:
             return None
-        job = min(self.queue, key=lambda j: (not j.untrusted, j.asked_at))
+        pool = [j for j in self.queue if j.untrusted] or self.queue
+        job = min(pool, key=lambda j: (self._turns.get(j.address, -1), j.asked_at))
         self.queue.remove(job)
+        self._turn += 1
+        self._turns[job.address] = self._turn
+        if len(self._turns) > 4 * MAX_QUEUE:  # groups long gone
+            for address in sorted(self._turns, key=self._turns.get)[: 2 * MAX_QUEUE]:
+                del self._turns[address]
         return job
 
     def overdue(self, clients, now: float) -> list:

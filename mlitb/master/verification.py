@@ -64,6 +64,7 @@ class AuditJob:
     accepted_in: int = -1  # the engine's iteration when the result was accumulated
     untrusted: bool = True  # audited because the client is new or suspect (checked first)
     owned: np.ndarray | None = None  # sorted keys it held (or held lately) when the result came
+    address: str = ""  # its sender's address group (holds.address_group): replays are shared by it
 
 
 @dataclass
