@@ -67,12 +67,19 @@ def test_local_sgd_native_workers_train_mnist_under_five_percent(master, mnist_b
         for i in range(2):
             procs.append(spawn_worker(master.url, "local", "trainer", tmp_path / f"t{i}.log", f"t{i}"))
         procs.append(spawn_worker(master.url, "local", "tracker", tmp_path / "tracker.log", "tracker"))
+        # both trainers at work (the first may reach 5 % alone in one iteration on this
+        # net while the second still waits for its first order: 256 items on probation)
         s = wait_for(
             master.url,
             "local",
-            lambda s: s["test_error"] is not None and s["test_error"] < 0.05,
+            lambda s: (
+                s["test_error"] is not None
+                and s["test_error"] < 0.05
+                and sorted(c["data_allocated"] for c in s["clients"] if c["role"] == "trainer")
+                == [3000, 3000]
+            ),
             240,
-            "test error under 5 %",
+            "test error under 5 % with both trainers at work",
         )
         assert [p.poll() for p in procs] == [None] * 3, "a worker exited"
     finally:
