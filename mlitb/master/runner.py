@@ -5,7 +5,6 @@ the loop on time, checkpoints to SQLite, notices silent clients and new data.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -257,34 +256,48 @@ class ProjectRunner:
         }
 
     async def _watch_data(self) -> None:
+        """Every DATA_POLL_S: appended items and new labels of the attached datasets. A
+        failure (the data server down, a dataset deleted under the project) is logged when
+        it starts and when it ends, not every poll, and never stops the watch."""
+        failing: dict[int, str] = {}  # dataset -> the error it last failed with
         while True:
             await asyncio.sleep(DATA_POLL_S)
             for source in list(self.engine.sources.values()):
-                with contextlib.suppress(Exception):
-                    info = await self.data_lookup(source)
-                    if info is None:
-                        continue
-                    names = info["label_names"]
-                    changed = names != source.info.get("label_names") or info.get(
-                        "content_hash"
-                    ) != source.info.get("content_hash")
-                    if changed:  # photos appended (maybe with a new label): the data's identity moved
-                        # on; closures name the dataset by its content hash, which must be today's
-                        source.info = {**source.info, "label_names": names, "labels": info["labels"],
-                                       "content_hash": info.get("content_hash")}  # fmt: skip
-                        source.label_map = label_map_for(self.engine.labels, names)
-                        await asyncio.to_thread(
-                            self.store.save_source, self.engine.project_id, dataclasses.asdict(source)
-                        )
-                    items = info["items"]
-                    if items > source.items:
-                        grown = dataclasses.replace(source, items=items, info=source.info)
-                        self.engine.attach(grown)
-                        await asyncio.to_thread(
-                            self.store.save_source, self.engine.project_id, dataclasses.asdict(grown)
-                        )
-                        log.info("project %s: dataset %s grew to %d items", self.name, source.dataset, items)
-                        self.wake.set()
+                try:
+                    await self._refresh_source(source)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if source.dataset not in failing:
+                        log.warning("project %s: dataset %s not checked for new items: %r (retrying every "
+                                    "%.0f s)", self.name, source.dataset, exc, DATA_POLL_S)  # fmt: skip
+                    failing[source.dataset] = repr(exc)
+                else:
+                    if failing.pop(source.dataset, None) is not None:
+                        log.info("project %s: dataset %s answers again", self.name, source.dataset)
+
+    async def _refresh_source(self, source) -> None:
+        info = await self.data_lookup(source)
+        if info is None:
+            return
+        names = info["label_names"]
+        changed = names != source.info.get("label_names") or info.get("content_hash") != source.info.get(
+            "content_hash"
+        )
+        if changed:  # photos appended (maybe with a new label): the data's identity moved
+            # on; closures name the dataset by its content hash, which must be today's
+            source.info = {**source.info, "label_names": names, "labels": info["labels"],
+                           "content_hash": info.get("content_hash")}  # fmt: skip
+            source.label_map = label_map_for(self.engine.labels, names)
+            row = dataclasses.asdict(source)
+            await asyncio.to_thread(self.store.save_source, self.engine.project_id, row)
+        items = info["items"]
+        if items > source.items:
+            grown = dataclasses.replace(source, items=items, info=source.info)
+            self.engine.attach(grown)
+            await asyncio.to_thread(self.store.save_source, self.engine.project_id, dataclasses.asdict(grown))
+            log.info("project %s: dataset %s grew to %d items", self.name, source.dataset, items)
+            self.wake.set()
 
     # ----------------------------------------------------------------- dashboards
     def notify(self) -> None:
