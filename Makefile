@@ -42,7 +42,7 @@ $(VENV)/.ray-installed: $(VENV)/.installed
 test: setup $(VENV)/.ray-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	MLITB_REQUIRE_RAY=1 $(BIN)/pytest
 
 lint: setup
 	$(BIN)/ruff check .
