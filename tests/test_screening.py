@@ -8,7 +8,14 @@ from __future__ import annotations
 import numpy as np
 from test_engine import N, T, of, result, started
 
-from mlitb.master.screening import CLIP_FACTOR, MIN_SAMPLES, NormScreen, Verdict, check_count, norm_per_vector
+from mlitb.master.screening import (
+    CLIP_FACTOR,
+    MIN_SAMPLES,
+    NormScreen,
+    ScreenVerdict,
+    check_count,
+    norm_per_vector,
+)
 from mlitb.protocol import frames
 
 RNG = np.random.default_rng(1)
@@ -87,8 +94,9 @@ def test_the_screen_needs_a_reference_and_scales_the_threshold_for_small_results
     g = np.ones(100, np.float32)
     assert screen.threshold(frames.RESULT, 10) is None
     for i in range(MIN_SAMPLES):
-        screen.record(frames.RESULT, f"c{i}", 0, Verdict(norm_per_vector(g * 40, 40)), 40)  # 10 per vector
-    screen.record(frames.RESULT, "c0", 0, Verdict(1e9), 40)  # same client and iteration: ignored
+        ten = ScreenVerdict(norm_per_vector(g * 40, 40))  # 10 per vector
+        screen.record(frames.RESULT, f"c{i}", 0, ten, 40)
+    screen.record(frames.RESULT, "c0", 0, ScreenVerdict(1e9), 40)  # same client and iteration: ignored
     assert screen.threshold(frames.RESULT, 40) == CLIP_FACTOR * 10
     assert screen.threshold(frames.RESULT, 10) == CLIP_FACTOR * 10 * 2  # sqrt(40 / 10)
     assert screen.judge(frames.RESULT, g * 400, 40).factor == 1.0  # exactly at the threshold

@@ -37,7 +37,7 @@ SLACK_S = 1.0
 
 
 @dataclass
-class Verdict:
+class ScreenVerdict:
     norm: float  # the result's norm per vector as sent
     factor: float = 1.0  # 1: accepted as sent; < 1: scaled down to the threshold
     detail: str = ""
@@ -86,11 +86,11 @@ class NormScreen:
         n_med = float(statistics.median([n for _, n in window]))
         return CLIP_FACTOR * s_med * max(1.0, math.sqrt(n_med / max(vectors, 1)))
 
-    def judge(self, kind: int, values: np.ndarray, vectors: int) -> Verdict:
+    def judge(self, kind: int, values: np.ndarray, vectors: int) -> ScreenVerdict:
         s = norm_per_vector(values, vectors)
         limit = self.threshold(kind, vectors)
         if limit is None or s <= limit or limit <= 0:
-            return Verdict(s)
+            return ScreenVerdict(s)
         if s > REFUSE_FACTOR * limit:
             raise Rejected(
                 "implausible_norm",
@@ -99,10 +99,11 @@ class NormScreen:
             )
         window = self.recent[kind]
         n_med = statistics.median([n for _, n in window])
-        return Verdict(s, limit / s, f"norm per vector {s:.3g} over {vectors} vectors clipped to {limit:.3g} "
-                       f"({CLIP_FACTOR:g}x recent results, whose median is {n_med:g} vectors)")  # fmt: skip
+        detail = (f"norm per vector {s:.3g} over {vectors} vectors clipped to {limit:.3g} "
+                  f"({CLIP_FACTOR:g}x recent results, whose median is {n_med:g} vectors)")  # fmt: skip
+        return ScreenVerdict(s, limit / s, detail)
 
-    def record(self, kind: int, client: str, iteration: int, verdict: Verdict, vectors: int) -> None:
+    def record(self, kind: int, client: str, iteration: int, verdict: ScreenVerdict, vectors: int) -> None:
         """An accepted result's (clipped) norm joins the window, once per client and iteration."""
         key = (client, iteration)
         if key in self.seen:
