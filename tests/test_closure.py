@@ -805,3 +805,20 @@ def test_closure_is_unchanged_by_a_master_restart(master, mnist_zips):
     after = get_closure(master, "q", embed=True)
     assert after.headers["x-closure-id"] == before.headers["x-closure-id"]
     assert after.content == before.content
+
+
+def test_model_load_reads_json_only_and_load_model_opens_closures(tiny, tmp_path):
+    """The model package does not import the closure package (it builds on it): a closure
+    is opened by mlitb.closure.load_model, which takes JSON models too (issue 24)."""
+    from mlitb.closure import load_model
+    from mlitb.model import FormatError
+
+    closure, data, _, _ = tiny
+    path = tmp_path / "c.mlitb"
+    path.write_bytes(data)
+    with pytest.raises(FormatError, match="load_model"):
+        Model.load(path)
+    model = load_model(path)
+    np.testing.assert_array_equal(model.params, closure.model().params)
+    (tmp_path / "m.json").write_text(json.dumps(model.to_json("mlitb")))
+    np.testing.assert_array_equal(load_model(tmp_path / "m.json").params, model.params)

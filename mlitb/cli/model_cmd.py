@@ -9,6 +9,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from mlitb.closure import load_model
 from mlitb.model import Model, ModelError
 from mlitb.model.layers import Layer
 
@@ -46,7 +47,7 @@ def _load(name: str) -> Model:
     if name in EXAMPLES and not Path(name).exists():
         text = resources.files("mlitb.examples").joinpath(f"{name}.json").read_text()
         return Model.from_json(json.loads(text))
-    return Model.load(name)
+    return load_model(name)  # a JSON model or a research closure
 
 
 def _fail(exc: Exception) -> int:

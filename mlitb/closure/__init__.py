@@ -7,6 +7,18 @@ from .errors import ClosureError
 from .testset import Score, TestSet, score
 from .verify import Report, verify
 
+
+def load_model(path):
+    """The model in `path`: a research closure (.mlitb, a zip) or a JSON model file."""
+    from pathlib import Path
+
+    from mlitb.model import Model
+
+    with open(Path(path), "rb") as f:
+        zipped = f.read(2) == b"PK"
+    return Closure.load(path).model() if zipped else Model.load(path)
+
+
 __all__ = [
     "FORMAT_VERSION",
     "Closure",
@@ -16,6 +28,7 @@ __all__ = [
     "Score",
     "TestSet",
     "build_closure",
+    "load_model",
     "score",
     "verify",
 ]

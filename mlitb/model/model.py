@@ -60,13 +60,16 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Model:
-        """A JSON model file, or the model inside a research closure (.mlitb)."""
+        """A JSON model file. A research closure (.mlitb, a zip) is the closure package's
+        to open (`mlitb.closure.load_model` takes both): the model package does not import
+        the closure package, which builds on it."""
         with open(path, "rb") as f:
             head = f.read(2)
         if head == b"PK":
-            from mlitb.closure import Closure
-
-            return Closure.load(path).model()
+            raise FormatError(
+                f"{path}: a zip file (a research closure?), expected a JSON model; "
+                "fix: mlitb.closure.load_model(path) opens closures and models alike"
+            )
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
