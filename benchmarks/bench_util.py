@@ -200,7 +200,7 @@ def mnist_zip(split: str) -> Path:
 def data_auth(base: str) -> dict[str, str]:
     """`Authorization` for writes to the data server at `base` (e.g. MASTER/data): the write
     token `mlitb serve` / `mlitb data-server` stored for that URL before printing it."""
-    from mlitb.cli import tokens
+    from mlitb import local_tokens as tokens
 
     token = tokens.get_data_token(base)
     if not token:

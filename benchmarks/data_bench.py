@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from mlitb.cli import tokens
+from mlitb import local_tokens as tokens
 from mlitb.data import mnist
 from mlitb.data.client import DataClient
 from mlitb.data.wire import BlockReader

@@ -135,7 +135,7 @@ async def run_demo(
     """`public_url`: the address volunteers use, in the links printed once training is
     under way; `say`: where those lines go (the terminal; default the log); `token_urls`:
     server URLs besides `local_url` to store the owner token under for the CLI."""
-    from mlitb.cli import tokens
+    from mlitb import local_tokens as tokens
 
     say = say or log.info
     public = (public_url or local_url).rstrip("/")
@@ -205,7 +205,7 @@ async def _announce(
     """Once the project has trained a round with a local trainer (or after `wait` s), print
     where to watch it, the volunteer link and the owner link (which carries the data
     server's write token too: the operator who started the demo owns both)."""
-    from mlitb.cli import tokens
+    from mlitb import local_tokens as tokens
 
     first = runner.engine.iteration
     deadline = time.monotonic() + wait

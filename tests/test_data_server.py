@@ -809,7 +809,7 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
 def cli_token_store(data_server, tmp_path, monkeypatch):
     """The data server's token in a CLI token store of this test's own, as `mlitb data-server`
     stores it: `mlitb data` commands find it by URL, with no --token."""
-    from mlitb.cli import tokens
+    from mlitb import local_tokens as tokens
 
     monkeypatch.setenv("MLITB_CONFIG", str(tmp_path / "tokens.json"))
     monkeypatch.delenv("MLITB_DATA_TOKEN", raising=False)

@@ -73,7 +73,7 @@ def test_an_owner_link_signs_the_browser_in_and_out(master, mnist_zips, page):
 def test_an_owner_link_with_the_data_token_lets_the_owner_upload(master, mnist_zips, page):
     """The demo's owner link carries the data server's write token (`?data=`): the owner
     uploads from the project page without pasting anything; a wrong one is named."""
-    from mlitb.cli.tokens import signin_link
+    from mlitb.local_tokens import signin_link
 
     train, _ = upload(master.data, mnist_zips)
     token = create_project(master.url, "up", [train], [], spec=FC_SPEC, start=False)

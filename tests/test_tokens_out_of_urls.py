@@ -250,7 +250,7 @@ def test_no_token_reaches_the_browsers_history(master, mnist_zips, playwright_sy
     """Open the owner link the CLI prints in a Chromium with a profile on disk, sign in,
     close the browser, read the profile's history database: no owner token, no data
     token (the old `#/signin/PROJECT/TOKEN?data=...` link left both there)."""
-    from mlitb.cli.tokens import signin_link
+    from mlitb.local_tokens import signin_link
 
     train, test = upload(master.data, mnist_zips)
     token = create_project(master.url, "hist", [train], [test], spec=FC_SPEC, start=False)

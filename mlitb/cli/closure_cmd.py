@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from mlitb import local_tokens as tokens
 from mlitb.closure import Closure, ClosureError
 
-from . import tokens
 from .project_cmd import DEFAULT_SERVER, _request
 
 

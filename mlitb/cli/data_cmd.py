@@ -1,6 +1,6 @@
 """`mlitb data ...`: upload, list, inspect, fetch and delete datasets, release holds; build the
 MNIST demo zips. Writes send the data server's write token: --token, else MLITB_DATA_TOKEN,
-else the one `mlitb serve` / `mlitb data-server` stored for that URL (cli/tokens.py)."""
+else the one `mlitb serve` / `mlitb data-server` stored for that URL (mlitb/local_tokens.py)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(args):
-    from mlitb.cli import tokens
+    from mlitb import local_tokens as tokens
     from mlitb.data.client import DataClient
 
     return DataClient(args.server, token=args.token or tokens.get_data_token(args.server))

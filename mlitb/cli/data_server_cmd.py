@@ -1,7 +1,7 @@
 """`mlitb data-server`: the data server on its own (`mlitb serve` also mounts it at /data).
 
 Writes need its write token: generated on the first start and kept in DIR/data-token,
-printed at start-up and stored for the mlitb CLI on this machine (cli/tokens.py)."""
+printed at start-up and stored for the mlitb CLI on this machine (mlitb/local_tokens.py)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def store_token(token: str, urls: list[str], where: str) -> str:
     """Store the write token for the CLI under each URL, before the URL is printed (so a
     script that waits for the URL finds it stored), and return the line that shows it.
     Best effort: a server whose home directory is read-only still starts."""
-    from mlitb.cli import tokens
+    from mlitb import local_tokens as tokens
 
     try:
         saved = f"; saved for the mlitb CLI in {tokens.save_data_token(urls, token)}"

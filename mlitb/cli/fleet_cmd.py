@@ -80,7 +80,7 @@ def start(args: argparse.Namespace) -> int:
     name = args.name or args.project
     token = ""
     if args.relays:
-        from mlitb.cli import tokens
+        from mlitb import local_tokens as tokens
 
         token = (
             args.token

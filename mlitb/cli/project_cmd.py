@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
-from . import tokens
+from mlitb import local_tokens as tokens
 
 DEFAULT_SERVER = os.environ.get("MLITB_SERVER", "http://127.0.0.1:8000")
 ACTIONS = ("start", "pause", "restart", "reboot")

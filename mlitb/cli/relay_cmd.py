@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from mlitb.cli import tokens
+    from mlitb import local_tokens as tokens
     from mlitb.lan import public_url
     from mlitb.relay.server import RelayService, build_app
     from mlitb.server_runner import BindError, bind, make_config, url_of

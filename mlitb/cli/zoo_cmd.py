@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import tokens
+from mlitb import local_tokens as tokens
+
 from .project_cmd import DEFAULT_SERVER, _request, print_owner_link
 
 

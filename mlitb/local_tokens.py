@@ -1,7 +1,9 @@
-"""Tokens kept in a local config file, so the CLI works without pasting them: owner tokens
-(`mlitb project start NAME` after `mlitb project create`), keyed by server URL and project
-name, and data server write tokens (`mlitb data upload` against the data server that
-`mlitb serve` or `mlitb data-server` started here), keyed by data server URL.
+"""Tokens kept in a local config file, so the CLI (and `serve --demo`) works without
+pasting them: owner tokens (`mlitb project start NAME` after `mlitb project create`),
+keyed by server URL and project name, and data server write tokens (`mlitb data upload`
+against the data server that `mlitb serve` or `mlitb data-server` started here), keyed by
+data server URL. Outside mlitb.cli because the demo stores its tokens too (mlitb.demo is
+imported by mlitb.serving, which the CLI imports: one package circle less).
 File: $MLITB_CONFIG or ~/.config/mlitb/tokens.json, mode 0600.
 """
 
