@@ -1,4 +1,4 @@
-"""mlitb.master.allocation.Allocator: balanced shares, capacities (water-filling), the
+"""mlitb.master.sched.allocation.Allocator: balanced shares, capacities (water-filling), the
 pie-cutter, trainers leaving, datasets detached, and `check()` as a corruption detector.
 
 A randomized property test drives a few hundred events per seed and checks the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlitb.master.allocation import AllocationError, Allocator, make_key, split_key
+from mlitb.master.sched.allocation import AllocationError, Allocator, make_key, split_key
 
 BIG = 1_000_000
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from conftest import SUMMARY_KEYS
 
-from mlitb.master.allocation import make_key
 from mlitb.master.config import Hyper
 from mlitb.master.engine import IDLE_POLL_S, DataSource, Engine
-from mlitb.master.latency import PROBE_EVERY
+from mlitb.master.sched.allocation import make_key
+from mlitb.master.sched.latency import PROBE_EVERY
 from mlitb.master.store import MasterStore, token_hash
 from mlitb.model import Model, decay_multipliers
 from mlitb.model.decay import mean_gradient

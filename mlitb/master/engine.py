@@ -39,16 +39,15 @@ from mlitb.model.spec import Spec
 from mlitb.optim import Optimizer
 from mlitb.protocol import codecs, frames
 from mlitb.protocol import messages as msg
-from mlitb.protocol.idtext import ids_to_text
 
 from .aggregation import make_aggregator
 from .algorithms import make_algorithm, staleness_weight
-from .allocation import Allocator, make_key
 from .audits import Auditor, strike
 from .config import Hyper
 from .holds import Held, Holds, address_group, audit_slots, ration, unverified
-from .latency import Latency
 from .reduce import Accumulator, Rejected, validate
+from .sched.allocation import Allocator, id_groups, make_key
+from .sched.latency import Latency
 from .screening import NormScreen, check_count
 from .verification import AuditJob, Verdict
 
@@ -1179,18 +1178,14 @@ class Engine:
         )
 
     def _groups(self, keys: list[int], with_source: bool) -> list[dict]:
-        by_ds: dict[int, list[int]] = {}
-        for k in keys:
-            by_ds.setdefault(k >> 32, []).append(k & 0xFFFFFFFF)
-        out = []
-        for ds, ids in sorted(by_ds.items()):
-            entry = {"dataset": ds, "ids": ids_to_text(sorted(ids))}
+        out = id_groups(keys)
+        for entry in out:
+            ds = entry["dataset"]
             source = self.sources.get(ds)
             if with_source and source is not None:
                 entry.update(url=source.url, label_map=source.label_map, role=source.role)
                 if ds in self.read_grants:  # a private project's data (mlitb.data.grants)
                     entry["grant"] = self.read_grants[ds]
-            out.append(entry)
         return out
 
     def _allocate_tracker(self, client: Client) -> None:

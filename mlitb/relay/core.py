@@ -46,12 +46,12 @@ from urllib.parse import urljoin
 import numpy as np
 
 from mlitb.master.aggregation import make_aggregator
-from mlitb.master.allocation import Allocator, make_key, split_key
 from mlitb.master.audits import Auditor, strike
 from mlitb.master.config import Hyper
 from mlitb.master.holds import REPLAY_EWMA, REPLAY_S, audit_slots, hold_limit, ration, unverified
-from mlitb.master.latency import Latency
 from mlitb.master.reduce import Accumulator, Rejected
+from mlitb.master.sched.allocation import Allocator, by_dataset, id_groups, make_key, split_key
+from mlitb.master.sched.latency import Latency
 from mlitb.master.screening import NormScreen, check_count
 from mlitb.master.store import token_hash
 from mlitb.master.verification import AuditJob, Verdict
@@ -322,7 +322,7 @@ class Relay:
                 child.cached.difference_update(keys)
                 if child.removed:
                     child.removed[-1].update(keys)
-                self.send(cid, msg.allocation(0, [], _groups(keys)))
+                self.send(cid, msg.allocation(0, [], id_groups(keys)))
         added: list[int] = []
         for group in m.get("add", []):
             ds = group["dataset"]
@@ -804,21 +804,9 @@ class Relay:
                 child.removed[-1].update(move.removed)
             add = [
                 {**self._source_fields(ds), "dataset": ds, "ids": ids_to_text(ids)}
-                for ds, ids in _by_dataset(move.added).items()
+                for ds, ids in by_dataset(move.added).items()
             ]
-            self.send(cid, msg.allocation(0, add, _groups(move.removed)))
+            self.send(cid, msg.allocation(0, add, id_groups(move.removed)))
 
     def _source_fields(self, ds: int) -> dict:
         return dict(self.sources.get(ds, {"url": "", "label_map": [], "role": "train"}))
-
-
-def _by_dataset(keys) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for k in sorted(keys):
-        ds, i = split_key(k)
-        out.setdefault(ds, []).append(i)
-    return out
-
-
-def _groups(keys) -> list[dict]:
-    return [{"dataset": ds, "ids": ids_to_text(ids)} for ds, ids in _by_dataset(keys).items()]

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlitb.protocol.idtext import ids_to_text
+
 
 def make_key(dataset: int, item: int) -> int:
     return (dataset << 32) | item
@@ -32,6 +34,20 @@ def make_key(dataset: int, item: int) -> int:
 
 def split_key(key: int) -> tuple[int, int]:
     return key >> 32, key & 0xFFFFFFFF
+
+
+def by_dataset(keys) -> dict[int, list[int]]:
+    """Item keys -> dataset -> its sorted item ids, datasets in order."""
+    out: dict[int, list[int]] = {}
+    for k in sorted(keys):
+        ds, i = split_key(k)
+        out.setdefault(ds, []).append(i)
+    return out
+
+
+def id_groups(keys) -> list[dict]:
+    """Item keys as an allocation message's groups: [{"dataset", "ids" (mlitb.protocol.idtext)}]."""
+    return [{"dataset": ds, "ids": ids_to_text(ids)} for ds, ids in by_dataset(keys).items()]
 
 
 @dataclass
