@@ -277,3 +277,16 @@ def test_replays_and_a_full_queue_are_shared_by_address():
     a.enqueue(job("liar", 0, "10.0.0.1"))  # the oldest of all
     a.enqueue(job("s_new", 999, "6.6.6.6"))
     assert [j.client for j in a.overflow()] == ["s0"] and any(j.client == "liar" for j in a.queue)
+
+
+def test_an_audit_keeps_the_spec_its_order_ran_when_a_new_label_replaces_the_projects():
+    """The replay thread reads the job's spec, never the engine's: grow_label swaps the
+    engine's mid-replay (issue 24)."""
+    e = engine_with({"new": "10.0.0.2"})
+    boundary(e, 0.0)
+    e.on_result("new", result(0, grad(0.1), 4), 0.5)
+    job = e.clients["new"].audit
+    old = e.spec
+    assert job.spec is old
+    e.grow_label("a new label", 1.0)
+    assert e.spec is not old and job.spec is old and job.spec.num_params == job.start.size

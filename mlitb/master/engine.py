@@ -760,6 +760,7 @@ class Engine:
         if job is not None:
             owned = self.allocator.held.get(client.id, set()).union(*client.removed)
             job.owned = np.sort(np.fromiter(owned, np.int64, len(owned)))  # what it may have used
+            job.spec = self.spec  # the replay thread never reads the engine's (grow_label swaps it)
             client.audit = job
             self.send(client.id, msg.audit(frame.iteration, frame.vectors, frame.loss))
         return job

@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from mlitb.model.layout import decay_multipliers
+
 from .engine import Engine
 from .verification import AuditJob, Plan, Verdict, prepare, run_replay
 
@@ -39,6 +41,7 @@ class AuditRunner:
         self.wake = asyncio.Event()
         self.net = None
         self.net_spec = None
+        self.decay: tuple = (None, None)  # L1, L2 multipliers of net_spec
         self.checked = 0
 
     async def run(self) -> None:
@@ -87,7 +90,8 @@ class AuditRunner:
         """Check one proof; returns CPU seconds spent replaying."""
         e = self.engine
         header, values = job.proof
-        replayable = not any(layer.get("type") == "dropout" for layer in e.spec.to_json())
+        spec = job.spec or e.spec
+        replayable = not any(layer.get("type") == "dropout" for layer in spec.to_json())
         plan = prepare(job, header, values, self._foreign(job), e.hyper.verify_tolerance, replayable)
         took = 0.0
         if isinstance(plan, Plan) and plan.chosen:
@@ -132,15 +136,16 @@ class AuditRunner:
         cpu0 = time.thread_time()
         torch.set_num_threads(1)
         e = self.engine
-        if self.net is None or self.net_spec is not e.spec:
-            self.net, self.net_spec = (
-                TorchNet(e.spec, job.start.copy(), device="cpu"),
-                e.spec,
-            )  # a copy: it shares memory
+        spec = job.spec or e.spec  # the order's: a new label may have replaced the project's since
+        if self.net is None or self.net_spec is not spec:
+            self.net = TorchNet(spec, job.start.copy(), device="cpu")  # a copy: it shares memory
+            self.net_spec = spec
+            self.decay = decay_multipliers(spec)
 
         def batch(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             x = np.stack([items[k][0] for k in keys.tolist()]).astype(np.float32) * np.float32(1 / 255)
             return x, np.array([items[k][1] for k in keys.tolist()], np.int64)
 
-        verdict = run_replay(job, plan, self.net, batch, e.l1_mul, e.l2_mul, e.hyper.verify_tolerance)
+        l1, l2 = self.decay
+        verdict = run_replay(job, plan, self.net, batch, l1, l2, e.hyper.verify_tolerance)
         return verdict, time.thread_time() - cpu0

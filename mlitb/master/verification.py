@@ -33,6 +33,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +66,7 @@ class AuditJob:
     untrusted: bool = True  # audited because the client is new or suspect (checked first)
     owned: np.ndarray | None = None  # sorted keys it held (or held lately) when the result came
     address: str = ""  # its sender's address group (holds.address_group): replays are shared by it
+    spec: Any = None  # the model spec the order ran (a new label may replace the project's meanwhile)
 
 
 @dataclass
