@@ -67,6 +67,8 @@ def test_a_sybil_flood_from_a_suspect_address_neither_hides_a_trusted_liar_nor_s
     clean = [r["seconds"] for r in rows if r["iteration"] < flood_from]
     flooded = [r["seconds"] for r in rows if flood_on <= r["iteration"] < flood_on + 10]
     # the step waits for suspect results' verdicts at most 0.3 T (holds.HOLD_SHARE). On the
-    # main before issue 23 it waited for all of them (measured here: 3.0 s flooded against
-    # 1.0 s clean; now 1.3 s). Ratios of medians: a loaded CI machine slows both alike.
-    assert statistics.median(flooded) <= 1.5 * statistics.median(clean) + 0.3, (flooded, clean)
+    # main before issue 23 it waited for all of them (measured on a 2-core VM: 3.0 s flooded
+    # against 1.0 s clean; now 1.3-1.44 s, the 10 sybils' CPU included). The bound leaves
+    # room for a loaded CI machine (the flood's own load lands on the flooded steps only)
+    # and still refuses the old wait. The 1.5x goal is benchmarks/robustness_bench.py's.
+    assert statistics.median(flooded) <= 2.0 * statistics.median(clean) + 0.5, (flooded, clean)
