@@ -24,7 +24,7 @@ first block while the rest arrives. All integers little-endian.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,3 +126,26 @@ def decode_stream(chunks: Iterable[bytes]) -> Iterator[Block]:
     for chunk in chunks:
         yield from reader.feed(chunk)
     reader.close()
+
+
+async def fetch_blocks(http, base: str, dataset: int, ids: list[int],
+                       headers: dict | None = None) -> AsyncIterator[Block]:  # fmt: skip
+    """POST BASE/datasets/DATASET/fetch with `ids` on an httpx.AsyncClient and yield the
+    blocks as they stream in: how native workers, the master's and the relays' audits
+    fetch items (`headers`: a read grant for a private project's data)."""
+    reader = BlockReader()
+    url = f"{base.rstrip('/')}/datasets/{dataset}/fetch"
+    async with http.stream("POST", url, json={"ids": ids}, headers=headers or {}) as resp:
+        if resp.status_code >= 400:
+            await resp.aread()
+            raise RuntimeError(f"data server: {resp.status_code} {resp.text[:200]}")
+        async for chunk in resp.aiter_bytes():
+            for block in reader.feed(chunk):
+                yield block
+    reader.close()
+
+
+def project_labels(label_map: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Dataset label indices -> project output indices; `label_map` ends with -1, which
+    every index past the dataset's known labels maps to (an item to skip)."""
+    return label_map[np.minimum(labels.astype(np.int64), len(label_map) - 1)]

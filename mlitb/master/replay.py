@@ -25,7 +25,7 @@ import numpy as np
 from mlitb.model.layout import decay_multipliers
 
 from .engine import Engine
-from .verification import AuditJob, Plan, Verdict, prepare, run_replay
+from .verification import AuditJob, Plan, Verdict, prepare, proof_items, run_replay
 
 log = logging.getLogger("mlitb.master")
 
@@ -108,25 +108,16 @@ class AuditRunner:
 
     async def _items(self, keys: np.ndarray) -> dict | Verdict:
         """key -> (pixels uint8 HWC, project label) for the keys, fetched like a worker."""
-        e = self.engine
-        out: dict[int, tuple[np.ndarray, int]] = {}
-        for dataset in np.unique(keys >> 32).tolist():
-            source = e.sources.get(dataset)
-            if source is None or source.role != "train":
-                return Verdict(False, f"the proof uses dataset {dataset}, not a training set of this project")
-            ids = (keys[(keys >> 32) == dataset] & 0xFFFFFFFF).tolist()
-            label_map = np.array([*source.label_map, -1], np.int64)
-            for start in range(0, len(ids), FETCH_CHUNK):
-                for block in await self.fetch(source, ids[start : start + FETCH_CHUNK]):
-                    mapped = label_map[np.minimum(block.labels.astype(np.int64), len(label_map) - 1)]
-                    for i, px, label in zip(block.ids.tolist(), block.pixels, mapped.tolist(), strict=True):
-                        out[(dataset << 32) | i] = (px, label)
-        missing = [k for k in keys.tolist() if k not in out or out[k][1] < 0]
-        if missing:
-            return Verdict(
-                False, f"{len(missing)} items of the proof are not training items with a project label"
-            )
-        return out
+        sources = self.engine.sources
+
+        def label_map_of(dataset: int) -> list[int] | None:
+            source = sources.get(dataset)
+            return source.label_map if source is not None and source.role == "train" else None
+
+        async def fetch(dataset: int, ids: list[int]) -> list:
+            return await self.fetch(sources[dataset], ids)
+
+        return await proof_items(keys, label_map_of, fetch, FETCH_CHUNK)
 
     def _replay(self, job: AuditJob, plan: Plan, items: dict) -> tuple[Verdict, float]:
         import torch

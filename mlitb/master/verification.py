@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from mlitb.data.wire import project_labels
 from mlitb.protocol import frames, proofs
 
 log = logging.getLogger("mlitb.master")
@@ -422,3 +423,30 @@ def run_replay(job: AuditJob, plan: Plan, net, items, l1_mul, l2_mul, tolerance:
         return Verdict(False, str(exc), plan.chosen)
     return Verdict(True, f"replayed {len(plan.chosen)} segment(s), largest relative error {worst:.2e}",
                    plan.chosen, worst)  # fmt: skip
+
+
+async def proof_items(keys: np.ndarray, label_map_of, fetch, chunk: int = 4096) -> dict | Verdict:
+    """key -> (pixels uint8 HWC, project label) for the item keys a replay needs, as the
+    master and a relay both gather them (no I/O here: `fetch` is passed in).
+
+    `label_map_of(dataset)`: the dataset's label -> project output list if it is a
+    training set of the project, else None; `fetch(dataset, ids)`: awaitable list of
+    mlitb.data.wire Blocks. A key of another dataset, or an item without a project
+    label, is the proof's fault: a failing Verdict."""
+    out: dict[int, tuple[np.ndarray, int]] = {}
+    for dataset in np.unique(keys >> 32).tolist():
+        label_map = label_map_of(dataset)
+        if label_map is None:
+            return Verdict(False, f"the proof uses dataset {dataset}, not a training set of this project")
+        ids = (keys[(keys >> 32) == dataset] & 0xFFFFFFFF).tolist()
+        mapping = np.array([*label_map, -1], np.int64)
+        for start in range(0, len(ids), chunk):
+            for block in await fetch(dataset, ids[start : start + chunk]):
+                mapped = project_labels(mapping, block.labels)
+                for i, px, label in zip(block.ids.tolist(), block.pixels, mapped.tolist(), strict=True):
+                    out[(dataset << 32) | i] = (px, label)
+    missing = [k for k in keys.tolist() if k not in out or out[k][1] < 0]
+    if missing:
+        why = f"{len(missing)} items of the proof are not training items with a project label"
+        return Verdict(False, why)
+    return out

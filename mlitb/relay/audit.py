@@ -20,8 +20,8 @@ import time
 import httpx
 import numpy as np
 
-from mlitb.data.wire import BlockReader
-from mlitb.master.verification import AuditJob, Plan, Verdict, prepare, run_replay
+from mlitb.data.wire import fetch_blocks
+from mlitb.master.verification import AuditJob, Plan, Verdict, prepare, proof_items, run_replay
 
 log = logging.getLogger("mlitb.relay")
 
@@ -111,36 +111,18 @@ class RelayAudits:
 
     async def _items(self, core, keys: np.ndarray) -> dict | Verdict:
         """key -> (pixels uint8 HWC, project label), fetched as the children fetch them."""
-        out: dict[int, tuple[np.ndarray, int]] = {}
-        for dataset in np.unique(keys >> 32).tolist():
+
+        def label_map_of(dataset: int) -> list[int] | None:
             source = core.sources.get(dataset)
-            if source is None or source.get("role", "train") != "train":
-                return Verdict(False, f"the proof uses dataset {dataset}, not a training set of this project")
-            ids = (keys[(keys >> 32) == dataset] & 0xFFFFFFFF).tolist()
-            label_map = np.array([*source["label_map"], -1], np.int64)
+            train = source is not None and source.get("role", "train") == "train"
+            return source["label_map"] if train else None
+
+        async def fetch(dataset: int, ids: list[int]) -> list:
+            source = core.sources[dataset]
             headers = {"X-Read-Grant": source["grant"]} if source.get("grant") else {}
-            url = f"{source['url'].rstrip('/')}/datasets/{dataset}/fetch"
-            for start in range(0, len(ids), FETCH_CHUNK):
-                reader = BlockReader()
-                async with self.http.stream(
-                    "POST", url, json={"ids": ids[start : start + FETCH_CHUNK]}, headers=headers
-                ) as resp:
-                    if resp.status_code >= 400:
-                        await resp.aread()
-                        raise RuntimeError(f"data server: {resp.status_code} {resp.text[:200]}")
-                    async for chunk in resp.aiter_bytes():
-                        for block in reader.feed(chunk):
-                            mapped = label_map[np.minimum(block.labels.astype(np.int64), len(label_map) - 1)]
-                            for i, px, label in zip(block.ids.tolist(), block.pixels, mapped.tolist(),
-                                                    strict=True):  # fmt: skip
-                                out[(dataset << 32) | i] = (px, label)
-                reader.close()
-        missing = [k for k in keys.tolist() if k not in out or out[k][1] < 0]
-        if missing:
-            return Verdict(
-                False, f"{len(missing)} items of the proof are not training items with a project label"
-            )
-        return out
+            return [block async for block in fetch_blocks(self.http, source["url"], dataset, ids, headers)]
+
+        return await proof_items(keys, label_map_of, fetch, FETCH_CHUNK)
 
     def _replay(
         self, job: AuditJob, plan: Plan, items: dict, l1, l2, tolerance: float

@@ -35,7 +35,7 @@ import torch
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from mlitb.data.wire import BlockReader
+from mlitb.data.wire import fetch_blocks, project_labels
 from mlitb.model.inner import InnerOptimizer
 from mlitb.model.layout import decay_multipliers
 from mlitb.model.spec import Spec
@@ -429,25 +429,14 @@ class Worker:
 
     async def _fetch(self, ws, http, base: str, dataset: int, ids: list[int], label_map: np.ndarray,
                      headers: dict | None = None) -> None:  # fmt: skip
-        reader = BlockReader()
-        async with http.stream(
-            "POST", f"{base.rstrip('/')}/datasets/{dataset}/fetch", json={"ids": ids}, headers=headers or {}
-        ) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-                raise RuntimeError(f"data server: {resp.status_code} {resp.text[:200]}")
-            async for chunk in resp.aiter_bytes():
-                for block in reader.feed(chunk):
-                    keys = (np.int64(dataset) << 32) | block.ids.astype(np.int64)
-                    labels = label_map[np.minimum(block.labels.astype(np.int64), len(label_map) - 1)]
-                    mine = np.fromiter((int(k) in self._allocated for k in keys), bool, len(keys))
-                    self.cache.add(keys[mine], block.pixels[mine], labels[mine])
-                    self.stats.cached = len(self.cache)
-                    # Every fetched id is reported (also those skipped for an unknown label).
-                    await ws.send(
-                        msg.dumps({"type": "cached", "dataset": dataset, "ids": block.ids.tolist()})
-                    )
-        reader.close()
+        async for block in fetch_blocks(http, base, dataset, ids, headers):
+            keys = (np.int64(dataset) << 32) | block.ids.astype(np.int64)
+            labels = project_labels(label_map, block.labels)
+            mine = np.fromiter((int(k) in self._allocated for k in keys), bool, len(keys))
+            self.cache.add(keys[mine], block.pixels[mine], labels[mine])
+            self.stats.cached = len(self.cache)
+            # Every fetched id is reported (also those skipped for an unknown label).
+            await ws.send(msg.dumps({"type": "cached", "dataset": dataset, "ids": block.ids.tolist()}))
 
     def _load_params(self) -> None:
         self.net.set_params(self.params)
