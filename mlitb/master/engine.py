@@ -777,7 +777,12 @@ class Engine:
             return False
         if not unverified(client, self.hyper.verify_trust):
             return False
-        return client.audit is not None or client.id in self._checking()
+        # its own state and the queue (at most MAX_QUEUE), not every client's: a hot path
+        return (
+            client.audit is not None
+            or client.id in self.holds.results
+            or any(j.client == client.id for j in self.auditor.queue)
+        )
 
     def _ration(self, chosen: list[Client], now: float) -> list[Client]:
         """The work orders of unverified trainers, within the audit slots (mlitb.master.holds)."""
