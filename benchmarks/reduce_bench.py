@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mlitb.master.config import Hyper
-from mlitb.master.reduce import Accumulator, validate
+from mlitb.master.learning.accumulator import Accumulator, validate
 from mlitb.model.decay import mean_gradient
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reduce_bench.json"

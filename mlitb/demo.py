@@ -105,7 +105,7 @@ async def _ensure_dataset(
 async def _seed_zoo(app: FastAPI, runner, target: float) -> None:
     """Publish the demo model once its tracked test error reaches `target`, so a
     newcomer finds a verified entry in the zoo (once: an entry from it stops this)."""
-    from mlitb.master.closures import publish
+    from mlitb.master.server.closures import publish
 
     zoo = app.state.zoo
     while not await asyncio.to_thread(zoo.by_project, PROJECT):

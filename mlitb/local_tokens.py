@@ -70,7 +70,7 @@ def signin_link(public_url: str, code: str) -> str:
     """The owner link (`#/signin-code/CODE`): it signs one browser in as the owner, once.
     It carries a one-time code that the page exchanges for the owner token (and the data
     write token, where the CLI handed it to the master), never a token: a browser keeps
-    every address it opened in its history (mlitb.master.signin_codes)."""
+    every address it opened in its history (mlitb.master.server.signin_codes)."""
     return f"{public_url.rstrip('/')}/#/signin-code/{quote(code, safe='')}"
 
 

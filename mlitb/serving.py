@@ -33,7 +33,7 @@ def build_app(
     where the demo's progress lines go (the terminal); `token_urls`: more server URLs to
     store the demo's owner token under."""
     from mlitb.data.app import create_app as create_data_app
-    from mlitb.master.app import create_master_app
+    from mlitb.master.server.app import create_master_app
 
     data_dir = Path(data_dir)
     if external_data_url:

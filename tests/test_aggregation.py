@@ -1,4 +1,4 @@
-"""Aggregation rules (mlitb.master.aggregation) and the bucketed accumulator, as plain
+"""Aggregation rules (mlitb.master.learning.aggregation) and the bucketed accumulator, as plain
 functions and through the sans-I/O Engine: one attacker among honest results cannot
 dominate an iteration under a robust rule, and a step made non-finite is pinned on the
 bucket that caused it while the others are applied."""
@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from test_engine import N, of, result, started
 
-from mlitb.master.aggregation import (
+from mlitb.master.config import Hyper
+from mlitb.master.learning.accumulator import Accumulator
+from mlitb.master.learning.aggregation import (
     AGGREGATORS,
     centered_clip,
     coordinate_median,
     make_aggregator,
     trimmed_mean,
 )
-from mlitb.master.config import Hyper
-from mlitb.master.reduce import Accumulator
 
 RNG = np.random.default_rng(0)
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlitb.master.algorithms import ALGORITHMS, staleness_weight
 from mlitb.master.config import Hyper
-from mlitb.master.engine import FULL_EVERY, DataSource, Engine, memory_capacity
+from mlitb.master.learning.algorithms import ALGORITHMS, staleness_weight
+from mlitb.master.project.engine import FULL_EVERY, DataSource, Engine, memory_capacity
 from mlitb.model.model import Model
 from mlitb.optim import make_optimizer
 from mlitb.optim.schedule import LRSchedule

@@ -1,4 +1,4 @@
-"""Audit capacity under pressure, without sockets (mlitb.master.holds, mlitb.master.audits):
+"""Audit capacity under pressure, without sockets (mlitb.master.trust.holds, mlitb.master.trust.audits):
 unverified clients' results wait for their verdicts outside the step, their work orders
 are rationed per address, the step's wait for verdicts is bounded, and a trusted
 client's audit that cannot be checked is said, counted and rechecked. The same attacks
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from test_engine import N, T, cache_all, make_engine, of, result
 
-from mlitb.master import audits, holds
-from mlitb.master.engine import AUDIT_POLL_S, IDLE_POLL_S
-from mlitb.master.verification import Verdict
+from mlitb.master.project.engine import AUDIT_POLL_S, IDLE_POLL_S
+from mlitb.master.trust import audits, holds
+from mlitb.master.trust.verification import Verdict
 from mlitb.protocol import messages as msg
 
 
@@ -168,7 +168,7 @@ def test_a_full_queue_never_drops_a_trusted_audit_silently(caplog, monkeypatch):
 
 
 def test_the_auditors_overflow_lets_the_oldest_trusted_job_go():
-    from mlitb.master.verification import AuditJob
+    from mlitb.master.trust.verification import AuditJob
 
     def job(cid, t, untrusted):
         return AuditJob(client=cid, iteration=0, mode="local", values=np.zeros(1, np.float32), vectors=1,
@@ -239,7 +239,7 @@ def test_a_suspect_that_earned_trust_is_audited_every_time_but_not_held():
 
 
 def test_bans_a_relay_reports_mark_nobody_here_and_addresses_are_not_published():
-    from mlitb.master.engine import public_ban
+    from mlitb.master.project.engine import public_ban
 
     e = engine_with({"old": "10.0.0.1"}, trusted={"old"})
     j = msg.Join(type="join", project="proj", role="trainer", kind="relay", capacity=3000)
@@ -259,7 +259,7 @@ def test_bans_a_relay_reports_mark_nobody_here_and_addresses_are_not_published()
 def test_replays_and_a_full_queue_are_shared_by_address():
     """Forty sockets' proofs from one address get one replay in turn, as one liar's from
     another does; a full queue pushes out the flood's own oldest, not the liar's."""
-    from mlitb.master.verification import AuditJob
+    from mlitb.master.trust.verification import AuditJob
 
     def job(cid, t, address):
         return AuditJob(client=cid, iteration=0, mode="local", values=np.zeros(1, np.float32), vectors=1,

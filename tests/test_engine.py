@@ -1,10 +1,10 @@
-"""mlitb.master.engine.Engine, the sans-I/O project loop, driven with a fake clock.
+"""mlitb.master.project.engine.Engine, the sans-I/O project loop, driven with a fake clock.
 
 Every test builds an engine for a tiny spec (4x4x1 input, softmax over 3 classes: one
 fc of 51 parameters), feeds it events (connect, cached, result frames, test results,
 poll(now) with plain floats) and reads what it would send from `drain()`. Expected
 parameters are computed here with a fresh optimizer, never read back from the engine.
-Also: MasterStore (mlitb.master.store) round trips on a temporary SQLite file.
+Also: MasterStore (mlitb.master.server.store) round trips on a temporary SQLite file.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import pytest
 from conftest import SUMMARY_KEYS
 
 from mlitb.master.config import Hyper
-from mlitb.master.engine import IDLE_POLL_S, DataSource, Engine
+from mlitb.master.project.engine import IDLE_POLL_S, DataSource, Engine
 from mlitb.master.sched.allocation import make_key
 from mlitb.master.sched.latency import PROBE_EVERY
-from mlitb.master.store import MasterStore, token_hash
+from mlitb.master.server.store import MasterStore, token_hash
 from mlitb.model import Model, decay_multipliers
 from mlitb.model.decay import mean_gradient
 from mlitb.optim import optimizer_from_bytes
@@ -1046,7 +1046,7 @@ def test_data_goes_to_trainers_that_work_and_idle_shares_are_reclaimed():
     RECLAIM_AFTER orders) holds at most PROBATION_ITEMS of what trainers that work could
     hold, and only ids nobody else has room for beyond that: idle sockets cannot soak up
     the data, and a fresh project's first trainers get everything at once."""
-    from mlitb.master.engine import PROBATION_ITEMS, RECLAIM_AFTER
+    from mlitb.master.project.engine import PROBATION_ITEMS, RECLAIM_AFTER
 
     e, _ = started(("A", "B"), items=1000)
     held = lambda cid: len(e.allocator.held[cid])  # noqa: E731
@@ -1081,7 +1081,7 @@ def test_many_idle_sockets_hold_at_most_a_tenth_of_the_data():
     """Sybils: 40 sockets that join as trainers and never compute share at most
     PROBATION_SHARE of the data (or one working trainer's share, if more) between them;
     the trainers that work keep the rest."""
-    from mlitb.master.engine import PROBATION_SHARE
+    from mlitb.master.project.engine import PROBATION_SHARE
 
     e, _ = started(tuple("ABCDEFGHIJ"), items=10_000)
     g = np.ones(N, np.float32)

@@ -33,7 +33,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from mlitb.data.client import DataClient
-from mlitb.master.engine import PROBATION_ITEMS, PROBATION_SHARE
+from mlitb.master.project.engine import PROBATION_ITEMS, PROBATION_SHARE
 from mlitb.model import Model
 from mlitb.protocol import PROTOCOL_VERSION, frames
 from mlitb.protocol.idtext import text_to_ids

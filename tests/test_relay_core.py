@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlitb.master.verification import Verdict
+from mlitb.master.trust.verification import Verdict
 from mlitb.protocol import codecs, frames, proofs
 from mlitb.protocol import messages as msg
 from mlitb.relay.core import GRACE_FRACTION, SUBTREE_EVERY_S, UP, Relay
@@ -247,7 +247,7 @@ def test_a_verdict_not_in_time_leaves_the_result_out_after_the_masters_bounded_w
     """Once every child answered, held results wait as the master's step waits: 0.3 T
     with verified results in the sum (a flood under a relay cannot stretch the project),
     else until shortly before the master's deadline (`hold_until`)."""
-    from mlitb.master.holds import HOLD_SHARE
+    from mlitb.master.trust.holds import HOLD_SHARE
 
     r = relay(children=2, aggregation="centered_clip", verify=True)
     order(r, 0, now=0.0, work_ms=10_000)

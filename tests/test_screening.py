@@ -1,4 +1,4 @@
-"""Screening (mlitb.master.screening) through the sans-I/O Engine: a result's count is
+"""Screening (mlitb.master.trust.screening) through the sans-I/O Engine: a result's count is
 checked against what the client could have computed, its norm per vector against
 recent accepted results; outliers are clipped or refused, the sender is told why and
 the counters show it, honest results of varying size pass untouched."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from test_engine import N, T, of, result, started
 
-from mlitb.master.screening import (
+from mlitb.master.trust.screening import (
     CLIP_FACTOR,
     MIN_SAMPLES,
     NormScreen,

@@ -1,4 +1,4 @@
-"""Near-tied max-pool windows (mlitb.master.ties): the router is PyTorch's max-pool until
+"""Near-tied max-pool windows (mlitb.master.trust.ties): the router is PyTorch's max-pool until
 told otherwise, and verification passes a round whose executor routed a near-tied window
 the other way (as a TF.js wasm tab did: one window with a gap of 8e-8 put a segment 4.7 %
 off), while a lie still fails."""
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from test_verification import job_for
 
-from mlitb.master import ties, verification
-from mlitb.master.verification import ProofInvalid, replay_segment
+from mlitb.master.trust import ties, verification
+from mlitb.master.trust.verification import ProofInvalid, replay_segment
 from mlitb.model.model import Model
 from mlitb.model.torch_executor import TorchNet
 from mlitb.protocol import codecs

@@ -1,5 +1,5 @@
 """Verification by recomputation without sockets: a native worker's real rounds (the
-compute functions with their ProofRecorder) checked by mlitb.master.verification, and
+compute functions with their ProofRecorder) checked by mlitb.master.trust.verification, and
 each kind of lie caught: a forged result, a forged checkpoint, a wrong label, an item
 it was never given, a bad count, a wrong start, an overlap shift.
 
@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from mlitb.master.verification import AuditJob, Plan, ProofInvalid, Verdict, check_ends, prepare, run_replay
+from mlitb.master.trust.verification import (
+    AuditJob,
+    Plan,
+    ProofInvalid,
+    Verdict,
+    check_ends,
+    prepare,
+    run_replay,
+)
 from mlitb.model.inner import InnerOptimizer
 from mlitb.model.layout import decay_multipliers
 from mlitb.model.model import Model
@@ -407,7 +415,7 @@ def test_a_newcomers_lone_forged_result_waits_for_its_audit_and_is_taken_back():
 def test_the_step_does_not_wait_forever_for_an_audit():
     """No verdict in time: the step goes without the held result (nothing to apply here;
     tests/test_audit_pressure.py has the bounded waits beside verified results)."""
-    from mlitb.master.holds import AUDIT_HOLD_S
+    from mlitb.master.trust.holds import AUDIT_HOLD_S
 
     e, before = _newcomer_with_a_forged_result(0.5)
     assert e.poll(e.deadline) == pytest.approx(0.1)

@@ -9,7 +9,7 @@ from conftest import wait_for
 from test_learning_integration import FC_SPEC
 from test_master_integration import create_project, upload
 
-from mlitb.master import runner as runner_module
+from mlitb.master.server import runner as runner_module
 
 
 def test_a_failing_dataset_check_is_logged_once_and_its_recovery_too(master, mnist_zips, monkeypatch, caplog):

@@ -13,7 +13,7 @@ from mlitb.optim import OPTIMIZERS, LRSchedule, Optimizer, make_optimizer
 
 OptimizerName = Literal["adagrad", "sgd", "nesterov", "adadelta", "windowgrad", "adam"]
 assert set(OptimizerName.__args__) == set(OPTIMIZERS)
-AlgorithmName = Literal["sync_sgd", "local_sgd"]  # mlitb.master.algorithms.ALGORITHMS
+AlgorithmName = Literal["sync_sgd", "local_sgd"]  # mlitb.master.learning.algorithms.ALGORITHMS
 AggregationName = Literal["mean", "centered_clip", "trimmed_mean", "median"]  # aggregation.AGGREGATORS
 
 DEFAULT_ALGORITHM = "local_sgd"  # learns fastest in benchmarks/learning_bench.py (docs/performance.md)
@@ -63,18 +63,18 @@ class Hyper(BaseModel):
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 32  # per gradient (sync) / inner step (local)
     work_vectors: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # >0: fixed work per order, not time
     max_staleness: Annotated[int, Field(ge=0, le=16)] = 2  # late results within s iterations count
-    # How an iteration's results combine (mlitb.master.aggregation): a robust rule by
+    # How an iteration's results combine (mlitb.master.learning.aggregation): a robust rule by
     # default, since anyone with the link may compute; `mean` (the paper's) for trusted fleets
     aggregation: AggregationName = "centered_clip"
     bucket_size: Annotated[int, Field(ge=1, le=64)] = 2  # results averaged into one vote
     trim: Annotated[float, Field(ge=0, lt=0.5)] = 0.2  # trimmed_mean: share dropped at each end
-    # the most vectors per second one client may claim (mlitb.master.screening); raise for GPUs
+    # the most vectors per second one client may claim (mlitb.master.trust.screening); raise for GPUs
     max_vectors_per_s: Annotated[float, Field(gt=0, le=10_000_000)] = 50_000.0
     # clients a project admits in all and from one IP address (a class room behind one
     # NAT is one address); more are refused with close code 4429
     max_clients: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     max_clients_per_address: Annotated[int, Field(ge=1, le=1_000_000)] = 256
-    # verification by recomputation (mlitb.master.verification): trainers must answer
+    # verification by recomputation (mlitb.master.trust.verification): trainers must answer
     # audits; each result is audited until the trainer passed `verify_trust` audits, then
     # with probability max(verify_rate, verify_trust / (passed + 1)); a failed audit bans
     verify: bool = True

@@ -1,6 +1,6 @@
 """The inner optimizer of `local_sgd`: steps a worker takes on its own share between two
 rounds with the master, in PyTorch on the worker's device (and the master's, when it
-replays a round to verify it: mlitb.master.verification).
+replays a round to verify it: mlitb.master.trust.verification).
 
 The formulas are mlitb.optim's (SGD in ConvNetJS's momentum form, Adam with Kingma &
 Ba's bias correction) on the flat float32 vector, and the gradient of a step is
@@ -32,7 +32,7 @@ class InnerOptimizer:
         dtype: torch.dtype = torch.float32,
     ) -> None:
         """`dtype` float64 only for the master's second opinion on a replay (the same
-        float32 constants, the arithmetic in double: mlitb.master.verification)."""
+        float32 constants, the arithmetic in double: mlitb.master.trust.verification)."""
         self.cfg = {k: cfg.get(k) for k in INNER_KEYS}
         self.kind = cfg.get("optimizer", "adam")
         if self.kind not in ("adam", "sgd"):

@@ -1,11 +1,11 @@
-"""The relay's replays: the master's checks (mlitb.master.verification) on its children's
+"""The relay's replays: the master's checks (mlitb.master.trust.verification) on its children's
 proofs, so that a child under a relay is held to what a client of the master is.
 
 The relay's core (core.py) queues a job when a proof arrives; this task fetches the items
 the chosen segments used from the data server (with the read grant the relay was given,
 as its children fetch them), replays them in a thread with the PyTorch executor and hands
 the verdict back to the core, which bans a liar. Like the master's runner
-(mlitb.master.replay): one replay at a time on one torch thread, resting so that replays
+(mlitb.master.server.audit_runner): one replay at a time on one torch thread, resting so that replays
 take at most AUDIT_SHARE of one core, except while a newcomer's held result waits for its
 verdict (that is at most `verify_trust` proofs per child).
 """
@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 
 from mlitb.data.wire import fetch_blocks
-from mlitb.master.verification import AuditJob, Plan, Verdict, prepare, proof_items, run_replay
+from mlitb.master.trust.verification import AuditJob, Plan, Verdict, prepare, proof_items, run_replay
 
 log = logging.getLogger("mlitb.relay")
 

@@ -21,7 +21,7 @@ order's work time is over: for gradients the combined mean times the vectors, fo
 parameter changes (local_sgd) the combined mean with the vectors summed; with `mean` the
 master's weighted mean over relays equals the one over the children themselves.
 
-Audits (the master's policy and checks, mlitb.master.audits and .verification): the relay
+Audits (the master's policy and checks, mlitb.master.trust.audits and .verification): the relay
 knows the parameters each child started from, the items it gave it and the order's inner
 settings, so it asks for proofs as the master does (`audit`), and `audit.py` replays them.
 A child not yet trusted (fewer than `verify_trust` passed audits, or suspect) has its
@@ -45,16 +45,16 @@ from urllib.parse import urljoin
 
 import numpy as np
 
-from mlitb.master.aggregation import make_aggregator
-from mlitb.master.audits import Auditor, strike
 from mlitb.master.config import Hyper
-from mlitb.master.holds import REPLAY_EWMA, REPLAY_S, audit_slots, hold_limit, ration, unverified
-from mlitb.master.reduce import Accumulator, Rejected
+from mlitb.master.learning.accumulator import Accumulator, Rejected
+from mlitb.master.learning.aggregation import make_aggregator
 from mlitb.master.sched.allocation import Allocator, by_dataset, id_groups, make_key, split_key
 from mlitb.master.sched.latency import Latency
-from mlitb.master.screening import NormScreen, check_count
-from mlitb.master.store import token_hash
-from mlitb.master.verification import AuditJob, Verdict
+from mlitb.master.server.store import token_hash
+from mlitb.master.trust.audits import Auditor, strike
+from mlitb.master.trust.holds import REPLAY_EWMA, REPLAY_S, audit_slots, hold_limit, ration, unverified
+from mlitb.master.trust.screening import NormScreen, check_count
+from mlitb.master.trust.verification import AuditJob, Verdict
 from mlitb.protocol import codecs, frames, proofs
 from mlitb.protocol import messages as msg
 from mlitb.protocol.idtext import ids_to_text, text_to_ids
@@ -70,11 +70,11 @@ GRACE_FRACTION = 0.25  # or this share of the master's iteration time (its own d
 # and be given its minimum work time: a spiral a large subtree never leaves)
 SUBTREE_EVERY_S = 1.0  # at most one subtree report up per second (joins come in thousands)
 # Newcomers' verdicts: once every ordered child answered, the sum waits for them as the
-# master's step does (mlitb.master.holds.hold_limit: 0.3 T with verified results in the
+# master's step does (mlitb.master.trust.holds.hold_limit: 0.3 T with verified results in the
 # sum), and never past the master's deadline (T x 1.5 + 1 s after its order, engine.py)
 # less this margin for the trip up (at least the margin's seconds, or this share of T);
 # then it goes without the results still unverified. Unverified children's orders are
-# rationed per address as the master rations its own (mlitb.master.holds.ration).
+# rationed per address as the master rations its own (mlitb.master.trust.holds.ration).
 HOLD_MARGIN_S = 0.5
 HOLD_MARGIN_FRACTION = 0.1
 MASTER_GRACE_FRACTION, MASTER_MIN_GRACE_S = 0.5, 1.0  # engine.GRACE_FRACTION, MIN_GRACE_S
@@ -100,7 +100,7 @@ class Child:
     rejected: int = 0
     clients: int = 0  # a relay under this one: its own subtree (from its `subtree`)
     address: str = ""
-    # audits, as the master's Client has them (mlitb.master.audits reads these fields)
+    # audits, as the master's Client has them (mlitb.master.trust.audits reads these fields)
     proofs: bool = False  # it answers audits (join capabilities.proofs)
     suspect: bool = False  # audited every time (joined from a banned child's address)
     audit: AuditJob | None = None
@@ -114,7 +114,7 @@ class Child:
     joined: float = 0.0  # when it joined (monotonic s): its turn in the rations
 
     @property
-    def sent_at(self) -> float:  # its last order (mlitb.master.holds.ration reads it)
+    def sent_at(self) -> float:  # its last order (mlitb.master.trust.holds.ration reads it)
         return self.ordered_at
 
     def row(self) -> dict:

@@ -31,7 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from mlitb.master.connection import Connection
+from mlitb.master.server.connection import Connection
 from mlitb.protocol import messages as msg
 from mlitb.secret_compare import same_secret
 from mlitb.web import STATIC

@@ -23,7 +23,7 @@ Jia et al.'s proof of learning (2021):
 A lie anywhere shows: a forged result does not match its last checkpoint, forged
 checkpoints do not match a replay of the segment they bound (and the largest jump is
 always replayed), training on wrong labels or data does not replay. Work is pure
-functions of the job and the proof; the runner (mlitb.master.runner) does the I/O.
+functions of the job and the proof; the runner (mlitb.master.server.runner) does the I/O.
 """
 
 from __future__ import annotations
@@ -361,7 +361,7 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
         return max(errs)
 
     # Third: an executor may have routed a near-tied max-pool window the other way (ties.py).
-    from . import ties
+    from mlitb.master.trust import ties
 
     def rerouted(router) -> float:
         end = _run_segment(job, net, batches, keys, ckpts, values, j, items, l1_mul, l2_mul, router)

@@ -1,5 +1,5 @@
 """Results held for their audit's verdict, and how many unverified clients get work
-(sans-I/O, part of the Engine's verification; mlitb.master.audits picks the audits).
+(sans-I/O, part of the Engine's verification; mlitb.master.trust.audits picks the audits).
 
 A trainer is *unverified* while it has passed fewer than `verify_trust` audits, while it
 is suspect (it joined from an address a banned client used) and while it is under

@@ -30,16 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlitb.data.grants import read_grant
 from mlitb.data.wire import BlockReader
+from mlitb.master.config import Hyper, hyper_error
+from mlitb.master.project.engine import DataSource, Engine, label_map_for
+from mlitb.master.server.runner import ProjectRunner
+from mlitb.master.server.store import MasterStore, token_hash
 from mlitb.model import Model
 from mlitb.model.browser import browser_problems
 from mlitb.model.errors import ModelError
 from mlitb.model.spec import Spec
 from mlitb.optim import optimizer_from_bytes
-
-from .config import Hyper, hyper_error
-from .engine import DataSource, Engine, label_map_for
-from .runner import ProjectRunner
-from .store import MasterStore, token_hash
 
 log = logging.getLogger("mlitb.master")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -33,23 +33,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlitb.master.config import Hyper
+from mlitb.master.learning.accumulator import Accumulator, Rejected, validate
+from mlitb.master.learning.aggregation import make_aggregator
+from mlitb.master.learning.algorithms import make_algorithm, staleness_weight
+from mlitb.master.sched.allocation import Allocator, id_groups, make_key
+from mlitb.master.sched.latency import Latency
+from mlitb.master.trust.audits import Auditor, strike
+from mlitb.master.trust.holds import Held, Holds, address_group, audit_slots, ration, unverified
+from mlitb.master.trust.screening import NormScreen, check_count
+from mlitb.master.trust.verification import AuditJob, Verdict
 from mlitb.model.grow import grow_outputs
 from mlitb.model.layout import decay_multipliers
 from mlitb.model.spec import Spec
 from mlitb.optim import Optimizer
 from mlitb.protocol import codecs, frames
 from mlitb.protocol import messages as msg
-
-from .aggregation import make_aggregator
-from .algorithms import make_algorithm, staleness_weight
-from .audits import Auditor, strike
-from .config import Hyper
-from .holds import Held, Holds, address_group, audit_slots, ration, unverified
-from .reduce import Accumulator, Rejected, validate
-from .sched.allocation import Allocator, id_groups, make_key
-from .sched.latency import Latency
-from .screening import NormScreen, check_count
-from .verification import AuditJob, Verdict
 
 log = logging.getLogger("mlitb.master")
 
@@ -146,7 +145,7 @@ class Client:
     vectors_per_s: float = 0.0
     results: int = 0
     rejected: int = 0
-    clipped: int = 0  # results scaled down by the norm screen (mlitb.master.screening)
+    clipped: int = 0  # results scaled down by the norm screen (mlitb.master.trust.screening)
     late: int = 0
     stale: int = 0  # late results applied with a staleness weight
     test_error: float | None = None  # trackers: the last error it reported (its word only)
@@ -164,7 +163,7 @@ class Client:
     work_ms: int = 0
     allocation_version: int = 0
     address: str = ""
-    # verification (mlitb.master.audits): it answers audits, its open audit, its record
+    # verification (mlitb.master.trust.audits): it answers audits, its open audit, its record
     proofs: bool = False
     suspect: bool = False  # audited every time (joined from a banned client's address)
     recheck: bool = False  # an audit of it went unchecked: results held until one passes
@@ -724,7 +723,7 @@ class Engine:
             self.send(cid, msg.error("clipped", verdict.detail))
         # its norm joins the screen's reference once the step it enters succeeds
         norm = (frame.kind, cid, frame.iteration, verdict, frame.vectors)
-        if job is not None and job.untrusted:  # applied when its audit passes (mlitb.master.holds)
+        if job is not None and job.untrusted:  # applied when its audit passes (mlitb.master.trust.holds)
             self.holds.results[cid] = Held(job, frame, staleness_weight(staleness), norm)
         else:
             self._norms.append(norm)
@@ -748,7 +747,7 @@ class Engine:
 
     # ================================================================ verification
     def _maybe_audit(self, client: Client, frame: frames.Frame, factor: float, now: float) -> AuditJob | None:
-        """Ask for the proof of this result if the policy picks it (mlitb.master.audits);
+        """Ask for the proof of this result if the policy picks it (mlitb.master.trust.audits);
         returns the audit asked for."""
         if client.kind == "relay":  # its result is a sum; the owner vouched for it (join owner_token)
             return None
@@ -785,7 +784,7 @@ class Engine:
         )
 
     def _ration(self, chosen: list[Client], now: float) -> list[Client]:
-        """The work orders of unverified trainers, within the audit slots (mlitb.master.holds)."""
+        """The work orders of unverified trainers, within the audit slots (mlitb.master.trust.holds)."""
         if not self.hyper.verify:
             return chosen
         trust = self.hyper.verify_trust

@@ -24,7 +24,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from .store import MasterStore
+from mlitb.master.server.store import MasterStore
 
 DEFAULT_TTL_S = 24 * 3600
 MIN_TTL_S, MAX_TTL_S = 60, 7 * 86400

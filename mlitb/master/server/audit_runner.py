@@ -1,14 +1,14 @@
-"""The asyncio side of verification: takes proofs the Engine queued (mlitb.master.audits),
+"""The asyncio side of verification: takes proofs the Engine queued (mlitb.master.trust.audits),
 fetches the items their chosen segments used from the data server, replays them in a
-thread with the master's PyTorch executor (mlitb.master.verification), and hands the
+thread with the master's PyTorch executor (mlitb.master.trust.verification), and hands the
 verdict back to the Engine.
 
 Cost is bounded: one replay at a time on one torch thread, and after each the task
 waits until replaying took at most AUDIT_SHARE of one core (CPU time, as the master's
 test evaluation). When proofs arrive faster, the oldest trusted one leaves the
-Engine's full queue (counted as `audits_skipped`, its sender rechecked: mlitb.master.audits).
+Engine's full queue (counted as `audits_skipped`, its sender rechecked: mlitb.master.trust.audits).
 One exception: a proof of an unverified client, whose held result the step waits for
-(mlitb.master.holds), is replayed at once; how many such proofs an iteration brings is
+(mlitb.master.trust.holds), is replayed at once; how many such proofs an iteration brings is
 rationed by the Engine from the time an audit takes, which this task measures (wall time,
 fetch included) and reports (`Holds.observe`).
 """
@@ -22,10 +22,9 @@ import time
 
 import numpy as np
 
+from mlitb.master.project.engine import Engine
+from mlitb.master.trust.verification import AuditJob, Plan, Verdict, prepare, proof_items, run_replay
 from mlitb.model.layout import decay_multipliers
-
-from .engine import Engine
-from .verification import AuditJob, Plan, Verdict, prepare, proof_items, run_replay
 
 log = logging.getLogger("mlitb.master")
 

@@ -43,25 +43,24 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
 from mlitb import __version__
+from mlitb.master.config import Hyper
+from mlitb.master.server import metrics
+from mlitb.master.server.closure_routes import bearer_token, closure_router
+from mlitb.master.server.connection import Connection
+from mlitb.master.server.projects import ProjectError, ProjectManager
+from mlitb.master.server.runner import HEARTBEAT_MS
+from mlitb.master.server.security_events import SecurityEvents
+from mlitb.master.server.signin_codes import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S, SigninCodeError, SigninCodes
+from mlitb.master.server.status_page import render_status
+from mlitb.master.server.store import MasterStore, token_hash
+from mlitb.master.server.ws_limits import NOT_SET, PRE_JOIN_BYTES, limit_message_size
+from mlitb.master.server.zoo import Zoo
 from mlitb.model.browser import browser_problems
 from mlitb.model.jsonfloats import dumps as dumps_model
 from mlitb.protocol import PROTOCOL_VERSION, SUPPORTED_VERSIONS
 from mlitb.protocol import messages as msg
 from mlitb.secret_compare import same_secret
 from mlitb.web import STATIC
-
-from . import metrics
-from .closure_routes import bearer_token, closure_router
-from .config import Hyper
-from .connection import Connection
-from .projects import ProjectError, ProjectManager
-from .runner import HEARTBEAT_MS
-from .security_events import SecurityEvents
-from .signin_codes import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S, SigninCodeError, SigninCodes
-from .status_page import render_status
-from .store import MasterStore, token_hash
-from .ws_limits import NOT_SET, PRE_JOIN_BYTES, limit_message_size
-from .zoo import Zoo
 
 log = logging.getLogger("mlitb.master")
 JOIN_TIMEOUT_S = 10.0

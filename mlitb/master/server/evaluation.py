@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .engine import Engine
+from mlitb.master.project.engine import Engine
 
 log = logging.getLogger("mlitb.master")
 

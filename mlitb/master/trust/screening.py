@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .reduce import Rejected
+from mlitb.master.learning.accumulator import Rejected
 
 NORM_WINDOW = 64
 MIN_SAMPLES = 8

@@ -9,14 +9,13 @@ import dataclasses
 import logging
 import time
 
+from mlitb.master.project.engine import Engine, label_map_for
+from mlitb.master.server.audit_runner import AuditRunner
+from mlitb.master.server.connection import Connection
+from mlitb.master.server.evaluation import MasterEvaluator
+from mlitb.master.server.store import MasterStore
 from mlitb.protocol import frames, proofs
 from mlitb.protocol import messages as msg
-
-from .connection import Connection
-from .engine import Engine, label_map_for
-from .evaluation import MasterEvaluator
-from .replay import AuditRunner
-from .store import MasterStore
 
 log = logging.getLogger("mlitb.master")
 
@@ -135,7 +134,7 @@ class ProjectRunner:
     def on_bytes(self, conn: Connection, data: bytes) -> None:
         conn.last_seen = time.monotonic()
         self.engine.count_bytes(conn.id, received=len(data))
-        if proofs.is_proof(data):  # the answer to an audit (mlitb.master.audits)
+        if proofs.is_proof(data):  # the answer to an audit (mlitb.master.trust.audits)
             self.engine.on_proof(conn.id, data)
             self._flush()
             if self.auditor is not None:

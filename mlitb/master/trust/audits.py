@@ -7,11 +7,11 @@ max(verify_rate, verify_trust / (passed + 1)), drawn with SystemRandom after the
 arrived, so a trainer never knows whether the round it is computing will be checked.
 One audit per trainer is open at a time. A proof that fails the check bans its sender;
 so does a third audit left unanswered (`proof_missing`, or no answer within
-AUDIT_TIMEOUT_S). The checks themselves are mlitb.master.verification; the runner
+AUDIT_TIMEOUT_S). The checks themselves are mlitb.master.trust.verification; the runner
 fetches the items and replays in a thread, at most AUDIT_SHARE of one core.
 
 Unverified trainers' results wait for their verdicts, and how many of them get work is
-rationed per address (mlitb.master.holds), so their proofs cannot fill the queue. When
+rationed per address (mlitb.master.trust.holds), so their proofs cannot fill the queue. When
 it is full anyway (MAX_QUEUE: the replay thread is behind on trusted clients' audits),
 the oldest trusted proof leaves it; the Engine says so in the log, counts it
 (`audits_skipped`) and holds that client's results until an audit of it passes
@@ -26,10 +26,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mlitb.master.trust.holds import address_group
+from mlitb.master.trust.verification import AuditJob, Verdict
 from mlitb.protocol import frames, proofs
-
-from .holds import address_group
-from .verification import AuditJob, Verdict
 
 log = logging.getLogger("mlitb.master")
 

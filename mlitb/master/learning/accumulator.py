@@ -3,7 +3,7 @@ the mean the learning algorithm steps with.
 
 The paper: each worker sends its total gradient and its number of gradients; the
 master's weighted average is sum(total_i) / sum(count_i). Accumulating as results
-arrive keeps B vectors of memory per project (B buckets, see mlitb.master.aggregation)
+arrive keeps B vectors of memory per project (B buckets, see mlitb.master.learning.aggregation)
 whatever the number of workers.
 """
 
@@ -14,7 +14,7 @@ import random
 
 import numpy as np
 
-from .aggregation import Aggregator, Mean
+from mlitb.master.learning.aggregation import Aggregator, Mean
 
 
 class Rejected(ValueError):
@@ -45,12 +45,12 @@ MAX_BUCKET_BYTES = 256 << 20  # float64 bucket sums per project: B <= this / (8 
 
 class Accumulator:
     """Running sums of the accepted results of one iteration, in buckets (see
-    mlitb.master.aggregation): B float64 sums, so that a bucket's sum rounded to float32
+    mlitb.master.learning.aggregation): B float64 sums, so that a bucket's sum rounded to float32
     does not depend on the order results arrived in (costs ~4x a float32 add; see
     docs/performance.md), combined by the project's aggregation rule at the step.
 
     A result adds scale_i * values_i to its bucket's sum and weight_i to its weight, both
-    chosen by the learning algorithm (mlitb.master.algorithms); `vectors` and `loss` are
+    chosen by the learning algorithm (mlitb.master.learning.algorithms); `vectors` and `loss` are
     the plain counts for the metrics. `plan(n)` sizes the next iteration's buckets from
     the number of results expected; a result from a client not yet in a bucket this
     iteration joins the least-filled one (ties at random)."""

@@ -22,12 +22,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from mlitb.closure import Closure, ClosureError
-
-from .closures import export, find_datasets, resume
-from .closures import publish as publish_closure
-from .projects import ProjectError, ProjectManager
-from .store import token_hash
-from .zoo import Zoo
+from mlitb.master.server.closures import export, find_datasets, resume
+from mlitb.master.server.closures import publish as publish_closure
+from mlitb.master.server.projects import ProjectError, ProjectManager
+from mlitb.master.server.store import token_hash
+from mlitb.master.server.zoo import Zoo
 
 MAX_CLOSURE_BYTES = 2 << 30
 

@@ -19,13 +19,12 @@ from pydantic import ValidationError
 
 from mlitb.closure import Closure, ClosureError, ProjectState, TestSet, build_closure, verify
 from mlitb.data.wire import BlockReader, WireError
+from mlitb.master.config import Hyper, hyper_error
+from mlitb.master.server.projects import ProjectError, ProjectManager
+from mlitb.master.server.runner import ProjectRunner
+from mlitb.master.server.zoo import Zoo, ZooEntry
 from mlitb.model.browser import browser_problems
 from mlitb.optim import optimizer_from_bytes
-
-from .config import Hyper, hyper_error
-from .projects import ProjectError, ProjectManager
-from .runner import ProjectRunner
-from .zoo import Zoo, ZooEntry
 
 log = logging.getLogger("mlitb.master")
 CACHE_PER_PROJECT = 2  # closures kept per project (plain and with the test set embedded)

@@ -3,7 +3,7 @@ master turns the answers into a step. Flower's `Strategy` in miniature; the Engi
 looks an algorithm up by name in `ALGORITHMS` and never knows which one runs.
 
 An iteration's results go through one `Accumulator` (float64 running sums in buckets,
-combined by the project's aggregation rule, mlitb.master.aggregation): `accumulate`
+combined by the project's aggregation rule, mlitb.master.learning.aggregation): `accumulate`
 adds one result with its weight, `step` turns the combined mean into a new parameter
 vector in place. The weight of a result is its vector count times its
 staleness weight (1 for a result of the current iteration, 1 / (1 + s) for one that is
@@ -34,12 +34,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from mlitb.master.config import Hyper
+from mlitb.master.learning.accumulator import Accumulator, Rejected
 from mlitb.model.decay import mean_gradient
 from mlitb.optim import Optimizer
 from mlitb.protocol import frames
-
-from .config import Hyper
-from .reduce import Accumulator, Rejected
 
 
 def staleness_weight(staleness: int) -> float:
