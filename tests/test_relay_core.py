@@ -12,6 +12,7 @@ import pytest
 from mlitb.master.trust.verification import Verdict
 from mlitb.protocol import codecs, frames, proofs
 from mlitb.protocol import messages as msg
+from mlitb.protocol.idtext import text_to_ids
 from mlitb.relay.core import GRACE_FRACTION, SUBTREE_EVERY_S, UP, Relay
 
 N = 50  # parameters
@@ -345,3 +346,115 @@ def test_results_held_for_verdicts_join_the_sum_when_the_owner_turns_verificatio
     r.poll(10.1)
     (up,) = [p for p in ups(r) if isinstance(p, bytes)]
     assert frames.decode(up).vectors == 3
+
+
+# ---------------------------------------------------------------------- local_sgd overlap
+def test_a_childs_carried_overlap_steps_are_allowed_by_the_count_check_and_reach_the_sum():
+    """With overlap a trainer keeps stepping while it waits for the next order and sends
+    those steps with its next result (algorithms.py): the order goes down with its
+    overlap_ms, and the count check allows the carried time as the master's does. An
+    order without overlap_ms allows none: the same count is refused there."""
+    r = relay(children=2, max_vectors_per_s=100.0)
+    work = {"type": "work", "iteration": 0, "work_ms": 1000, "mode": "local", "max_vectors_per_s": 100.0,
+            "overlap_ms": 1000}  # fmt: skip
+    r.on_up_text(work, 0.0)
+    orders = [p for t, p in r.drain() if isinstance(p, dict) and p.get("type") == "work"]
+    assert len(orders) == 2 and all(o["overlap_ms"] == 1000 for o in orders), orders
+    # 250 vectors 1 s after the order: over 100/s x (1 s + 1 s slack), within the carried second
+    r.child_bytes("c0", delta(0, np.full(N, 1.0), 250), now=1.0)
+    r.child_bytes("c1", delta(0, np.full(N, 3.0), 250), now=1.0)
+    assert r.children["c0"].rejected == r.children["c1"].rejected == 0, r.drain()
+    (up,) = [p for p in ups(r) if isinstance(p, bytes)]
+    f = frames.decode(up)
+    assert f.vectors == 500
+    np.testing.assert_allclose(f.values, np.full(N, 2.0), rtol=1e-6)
+
+    r.on_up_text({**work, "iteration": 1, "overlap_ms": 0}, 10.0)  # the owner turned overlap off
+    assert all("overlap_ms" not in p or not p["overlap_ms"] for t, p in r.drain() if isinstance(p, dict))
+    r.child_bytes("c0", delta(1, np.full(N, 1.0), 250), now=11.0)
+    (err,) = [p for t, p in r.drain() if t == "c0" and isinstance(p, dict) and p.get("type") == "error"]
+    assert err["code"] == "implausible_count", err
+
+
+def test_a_relays_sum_of_carried_steps_is_accepted_by_the_masters_engine():
+    """master (the real Engine, sans-I/O) <- relay <- two children, local_sgd with
+    overlap: the master's order reaches the children with its overlap_ms, their results
+    with carried steps go up as one sum, and the master's count check takes it (its order
+    to the relay had overlap_ms; the relay's subtree sets its rate)."""
+    from mlitb.master.config import Hyper
+    from mlitb.master.project.engine import DataSource, Engine
+    from mlitb.model import Model
+
+    spec = [
+        {"type": "input", "out_sx": 2, "out_sy": 2, "out_depth": 1},
+        {"type": "softmax", "num_classes": 2},
+    ]
+    model = Model.from_spec(spec, seed=0)
+    n = model.spec.num_params
+    h = Hyper(algorithm="local_sgd", iteration_time=1.0, max_vectors_per_s=100.0, verify=False,
+              aggregation="mean", max_staleness=0)  # fmt: skip
+    e = Engine(3, "p", model.spec, ["a", "b"], model.params.copy(), h.make_optimizer(n), h, state="running")
+    e.attach(DataSource(dataset=1, url="/data", items=40, label_map=[0, 1], role="train"))
+    r = Relay("http://master:8000", "site", "owner-token")
+    r.set_hyper(h.model_dump())
+    join = r.join_message("p", "owner-token")
+    e.connect("R", msg.parse_client_message(msg.dumps(join)), 0.0)
+
+    to_children: list = []  # what the relay sent its children meanwhile
+
+    def pump(now: float) -> list:
+        """Moves messages both ways until both are quiet; returns the master's answers to
+        the relay's result frames (None: accepted)."""
+        answers = []
+        for _ in range(10):
+            out = r.drain()
+            to_children.extend((t, p) for t, p in out if t != UP)
+            down, up = [p for c, p in e.drain() if c == "R"], [p for t, p in out if t == UP]
+            if not down and not up:
+                return answers
+            for p in down:
+                r.on_up_bytes(p) if isinstance(p, bytes) else r.on_up_text(p, now)
+            for p in up:
+                if isinstance(p, bytes):
+                    answers.append(e.on_result("R", frames.decode(p), now))
+                    continue
+                m = msg.parse_client_message(msg.dumps(p))
+                if isinstance(m, msg.Subtree):
+                    e.on_subtree("R", m)
+                elif isinstance(m, msg.Cached):
+                    e.on_cached("R", m)
+        raise AssertionError("the relay and the master kept talking")
+
+    pump(0.0)
+    for i in range(2):
+        child = {"type": "join", "protocol": 2, "project": "p", "role": "trainer", "kind": "native",
+                 "capacity": 100, "name": f"w{i}"}  # fmt: skip
+        assert r.child_join(f"c{i}", msg.parse_client_message(msg.dumps(child)), f"10.0.0.{i}") is None
+    r.poll(10.0)  # the subtree report: two clients
+    pump(10.0)
+    e.poll(10.0)  # admitted; the relay's share allocated
+    pump(10.0)
+    for cid, p in to_children:  # every child caches its share
+        if isinstance(p, dict) and p.get("type") == "allocation":
+            for g in p["add"]:
+                ids = text_to_ids(g["ids"])
+                r.child_text(cid, msg.Cached(type="cached", dataset=g["dataset"], ids=ids), 10.0)
+    pump(10.0)
+    assert sorted(len(c.cached) for c in r.children.values()) == [20, 20]
+    e.next_start = 10.0
+    e.poll(10.0)  # the master's order, to the relay and on to the children
+    (to_relay,) = [p for c, p in e.drain() if c == "R" and isinstance(p, dict) and p["type"] == "work"]
+    assert to_relay["overlap_ms"] == 1000
+    to_children.clear()
+    r.on_up_text(to_relay, 10.0)
+    pump(10.0)
+    orders = {t: p for t, p in to_children if isinstance(p, dict) and p.get("type") == "work"}
+    assert sorted(orders) == ["c0", "c1"] and all(o["overlap_ms"] == 1000 for o in orders.values())
+    # each child: 250 vectors after 1 s, over the 200 of 100/s x (1 s + 1 s slack): carried steps;
+    # their sum, 500, is over the master's 400 for a relay of two without the carried second
+    it = to_relay["iteration"]
+    r.child_bytes("c0", delta(it, np.full(n, 1e-3), 250), now=11.0)
+    r.child_bytes("c1", delta(it, np.full(n, 3e-3), 250), now=11.0)
+    assert [c.rejected for c in r.children.values()] == [0, 0]
+    assert pump(11.0) == [None]  # the master accepted the relay's sum of 500
+    assert e.clients["R"].results == 1 and e.clients["R"].vectors_processed == 500

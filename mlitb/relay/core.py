@@ -11,15 +11,19 @@ their capacities; children fetch the items from the data server directly. The re
 capacity towards the master is the sum of its children's (a `subtree` message).
 
 An iteration: the master's `work` order is passed down with each child's work time cut
-by that child's measured lag (the master's `Latency`); results are screened (finite,
-count at the project's `max_vectors_per_s`, the master's `NormScreen`) and combined with
-the project's own aggregation rule and bucket size (the master's `Accumulator`): one
-child moves the relay's result no more than the master lets one client move the project,
-so a liar under a relay is outvoted there as it would be at the master. One result goes
-up when every ordered child answered (and the verdicts it waits for are in) or the
-order's work time is over: for gradients the combined mean times the vectors, for
-parameter changes (local_sgd) the combined mean with the vectors summed; with `mean` the
-master's weighted mean over relays equals the one over the children themselves.
+by that child's measured lag (the master's `Latency`), its `overlap_ms` kept (local_sgd:
+a child keeps stepping while it waits and its carried steps ride on its next result);
+results are screened (finite, count at the project's `max_vectors_per_s` over the order's
+time plus the overlap it may carry, the master's `NormScreen`) and combined with the
+project's own aggregation rule and bucket size (the master's `Accumulator`): one child
+moves the relay's result no more than the master lets one client move the project, so a
+liar under a relay is outvoted there as it would be at the master. One result goes up
+when every ordered child answered (and the verdicts it waits for are in) or the order's
+work time is over: for gradients the combined mean times the vectors, for parameter
+changes (local_sgd) the combined mean with the vectors summed; with `mean` the master's
+weighted mean over relays equals the one over the children themselves. The master's
+count check gives that sum the carried time as well: the order it sent the relay had
+overlap_ms (its `overlap_at`), so nothing more needs saying in the frame.
 
 Audits (the master's policy and checks, mlitb.master.trust.audits and .verification): the relay
 knows the parameters each child started from, the items it gave it and the order's inner
@@ -95,6 +99,8 @@ class Child:
     ordered_at: float = 0.0
     work_ms: int = 0  # its work time in the open (or overdue) order
     order_ms: int = 0  # the relay's own work time in that order (for benching, as the master)
+    overlap_at: int = -1  # the last iteration whose order had overlap_ms (its result may carry steps)
+    overlap_ms: int = 0  # that order's overlap_ms: the most a carry adds to a result's time
     vectors_per_s: float = 0.0
     results: int = 0
     rejected: int = 0
@@ -348,8 +354,10 @@ class Relay:
         master_deadline = now + T * (1 + MASTER_GRACE_FRACTION) + MASTER_MIN_GRACE_S
         hold_until = master_deadline - max(HOLD_MARGIN_S, HOLD_MARGIN_FRACTION * T)
         self.sum = Sum(int(m["iteration"]), m.get("mode", "local"), hold_until=max(hold_until, self.deadline))
+        # overlap_ms goes down as it came: a child's steps carried from the last order ride
+        # on its next result, which the count check below allows as the master's does
         fields = {k: v for k, v in m.items() if k not in ("type", "iteration", "work_ms")}
-        fields.pop("overlap_ms", None)  # a child's carried steps would not be in this round's sum
+        carried_ms = int(m.get("overlap_ms") or 0)
         rationed = self._ration(T, now)
         for c in self.children.values():
             c.removed = [*c.removed, set()][-KEEP_PARAMS:]  # ids it loses from now: this order's
@@ -361,6 +369,8 @@ class Relay:
             c.ordered, c.ordered_at = m["iteration"], now
             self.ordered.add(c.id)
             c.work_ms, c.order_ms = c.latency.work_ms(work_ms), work_ms
+            if carried_ms:
+                c.overlap_at, c.overlap_ms = m["iteration"], carried_ms
             self.send(c.id, msg.work(m["iteration"], c.work_ms, fields))
         if self.acc is not None:
             self.acc.reset()
@@ -545,9 +555,12 @@ class Relay:
                 raise Rejected("wrong_size", f"{frame.values.size} values, the model has {self.num_params}")
             if frame.vectors < 1 or not np.isfinite(frame.loss) or not np.isfinite(frame.values).all():
                 raise Rejected("not_finite", "NaN/Inf values or loss, or no vectors")
-            # the master's count check at the project's limit (a relay below: its subtree's)
+            # the master's count check at the project's limit (a relay below: its subtree's),
+            # with the overlap a local round may carry when its order had one (engine.on_result)
             rate = float(self.order.get("max_vectors_per_s") or self.hyper.max_vectors_per_s)
-            check_count(frame.vectors, now - child.ordered_at, rate * max(1, child.clients))
+            with_overlap = child.overlap_at >= frame.iteration and frame.kind == frames.DELTA
+            carried = child.overlap_ms / 1000 if with_overlap else 0.0
+            check_count(frame.vectors, now - child.ordered_at + carried, rate * max(1, child.clients))
             verdict = self.screen.judge(frame.kind, frame.values, frame.vectors)
             if (
                 self.hyper.verify
