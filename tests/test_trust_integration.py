@@ -319,11 +319,11 @@ def test_a_transport_error_fetching_items_is_tried_again(master, mnist_zips, mon
     skipped an audit). The fetch is tried again on a new connection; three in a row fail."""
     train, test = upload(master.data, mnist_zips)
     create_project(master.url, "fetch", [train], [test], spec=FC_SPEC, hyper=HYPER)
-    manager = master.manager
-    runner = manager.get("fetch")
+    data = master.manager.data
+    runner = master.manager.get("fetch")
     loop = runner._tasks[0].get_loop()
     source = runner.engine.sources[train]
-    real, calls = manager._fetch_once, []
+    real, calls = data.fetch_once, []
 
     def failing(times: int):
         async def fetch(src, ids):
@@ -334,11 +334,11 @@ def test_a_transport_error_fetching_items_is_tried_again(master, mnist_zips, mon
 
         return fetch
 
-    monkeypatch.setattr(manager, "_fetch_once", failing(1))
-    blocks = asyncio.run_coroutine_threadsafe(manager._fetch_items(source, [0, 1, 2]), loop).result(60)
+    monkeypatch.setattr(data, "fetch_once", failing(1))
+    blocks = asyncio.run_coroutine_threadsafe(data.fetch_items(source, [0, 1, 2]), loop).result(60)
     assert sum(len(b.ids) for b in blocks) == 3 and calls == [3, 3]
     calls.clear()
-    monkeypatch.setattr(manager, "_fetch_once", failing(3))
+    monkeypatch.setattr(data, "fetch_once", failing(3))
     with pytest.raises(httpx.ReadError):
-        asyncio.run_coroutine_threadsafe(manager._fetch_items(source, [0]), loop).result(60)
+        asyncio.run_coroutine_threadsafe(data.fetch_items(source, [0]), loop).result(60)
     assert calls == [1, 1, 1]

@@ -47,6 +47,7 @@ from mlitb.master.config import Hyper
 from mlitb.master.server import metrics
 from mlitb.master.server.closure_routes import bearer_token, closure_router
 from mlitb.master.server.connection import Connection
+from mlitb.master.server.model_specs import build_model
 from mlitb.master.server.projects import ProjectError, ProjectManager
 from mlitb.master.server.runner import HEARTBEAT_MS
 from mlitb.master.server.security_events import SecurityEvents
@@ -164,19 +165,19 @@ def create_master_app(
         return body
 
     def details(runner) -> dict:
-        e = runner.engine
+        e, meta = runner.engine, manager.meta_of(runner)
         return {
             **e.summary(),
-            "description": getattr(e, "description", ""),
-            "created": getattr(e, "created", None),
+            "description": meta.description,
+            "created": meta.created,
             "labels": e.labels,
             "spec": e.spec.to_json(),
             "num_params": e.spec.num_params,
             "input_shape": list(e.spec.input_shape),
             "hyper": e.hyper.model_dump(),
             "learning_rate": e.optimizer.lr,
-            "data_url": e.data_url,
-            "join_key": bool(e.join_key_hash),
+            "data_url": meta.data_url,
+            "join_key": meta.private,
             "datasets": [
                 {"dataset": s.dataset, "role": s.role, "items": s.items, "url": s.url, **s.info}
                 for s in e.sources.values()
@@ -196,7 +197,7 @@ def create_master_app(
             "protocol": PROTOCOL_VERSION,
             "data_url": data_public_url,
             "public_url": public_url,
-            "projects": sum(1 for r in manager.runners.values() if not r.engine.join_key_hash),
+            "projects": len(manager.open_runners()),
             # what a project gets when a field is left out (the new-project page shows these)
             "hyper_defaults": Hyper().model_dump(mode="json"),
         }
@@ -207,11 +208,7 @@ def create_master_app(
     async def list_projects() -> list[dict]:
         """Open projects only: a private project's name is for those who hold its key or
         owner token (the dashboard adds the private projects this browser knows)."""
-        return [
-            {**r.engine.summary(), "private": False}
-            for r in manager.runners.values()
-            if not r.engine.join_key_hash
-        ]
+        return [{**r.engine.summary(), "private": False} for r in manager.open_runners()]
 
     @app.post("/api/projects", status_code=201)
     async def create_project(request: Request):
@@ -243,7 +240,7 @@ def create_master_app(
             raise ProjectError(
                 400, f"ttl_s: expected seconds from {MIN_TTL_S} to {MAX_TTL_S}, got {ttl!r}", "bad_body"
             )
-        if data_token and manager.data_token and not same_secret(data_token, manager.data_token):
+        if data_token and manager.data.token and not same_secret(data_token, manager.data.token):
             security.refused("signin_code_bad_data_token", "sign-in code for %s: a wrong data token", name)
             raise ProjectError(
                 400,
@@ -272,9 +269,9 @@ def create_master_app(
         address = request.client.host if request.client else "-"
         try:
             got = signin_codes.redeem(body.get("code"))
-            runner = manager.runners.get(got.project)
-            if runner is None or not secrets.compare_digest(
-                token_hash(got.owner_token), runner.engine.owner_hash
+            project = manager.projects.get(got.project)
+            if project is None or not secrets.compare_digest(
+                token_hash(got.owner_token), project.meta.owner_hash
             ):
                 raise SigninCodeError(
                     410,
@@ -347,7 +344,7 @@ def create_master_app(
         body = await json_body(request)
         spec_in = body.get("spec", body)
         try:
-            model = manager._model(spec_in, 0)
+            model = build_model(spec_in, 0)
         except ProjectError as exc:
             return JSONResponse(
                 {"ok": False, "detail": exc.message, "layer": getattr(exc, "layer", None)}, status_code=400
@@ -396,14 +393,14 @@ def create_master_app(
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
-        open_ones = [r.engine.summary() for r in manager.runners.values() if not r.engine.join_key_hash]
+        open_ones = [r.engine.summary() for r in manager.open_runners()]
         body = metrics.render(open_ones)  # private projects (join key) are not exported
         body = body + ("" if body.endswith("\n") or not body else "\n") + security.render()
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
     @app.get("/status", response_class=HTMLResponse)
     async def status_page() -> str:
-        open_ones = [r.engine.summary() for r in manager.runners.values() if not r.engine.join_key_hash]
+        open_ones = [r.engine.summary() for r in manager.open_runners()]
         return render_status(open_ones, data_public_url)
 
     @app.get("/docs", include_in_schema=False)
@@ -478,7 +475,7 @@ def create_master_app(
         "auth", "key": JOIN_KEY} within STREAM_AUTH_TIMEOUT_S, so no credential is ever in
         the socket's URL (which servers and proxies log). `?token=`/`?key=` in the URL are
         still honoured for old clients (the access log redacts them: log_redaction.py)."""
-        if not runner.engine.join_key_hash:
+        if not manager.meta_of(runner).private:
             return True
         q = ws.query_params
         if q.get("token") or q.get("key"):
@@ -555,12 +552,12 @@ def create_master_app(
                 msg.CLOSE_VERSION,
             )
             return
-        runner = manager.runners.get(join.project)
-        if runner is None:
+        project = manager.projects.get(join.project)
+        if project is None:
             await _refuse(ws, "unknown_project", f"no project {join.project!r}", msg.CLOSE_UNKNOWN_PROJECT)
             return
-        key_hash = runner.engine.join_key_hash
-        if key_hash and not secrets.compare_digest(token_hash(join.join_key), key_hash):
+        runner, meta = project.runner, project.meta
+        if meta.private and not secrets.compare_digest(token_hash(join.join_key), meta.join_key_hash):
             await _refuse(ws, "forbidden", "this project needs its join key to join", msg.CLOSE_FORBIDDEN)
             return
         address = ws.client.host if ws.client else ""
@@ -573,7 +570,7 @@ def create_master_app(
                 await _refuse(ws, "bad_message", "a relay joins as a trainer (role trainer)", msg.CLOSE_ABUSE)
                 return
             if not join.owner_token or not secrets.compare_digest(
-                token_hash(join.owner_token), runner.engine.owner_hash
+                token_hash(join.owner_token), meta.owner_hash
             ):
                 reason = "a relay needs the project's owner token (mlitb relay --token, or the stored one)"
                 await _refuse(ws, "forbidden", reason, msg.CLOSE_FORBIDDEN)

@@ -20,7 +20,10 @@ from pydantic import ValidationError
 from mlitb.closure import Closure, ClosureError, ProjectState, TestSet, build_closure, verify
 from mlitb.data.wire import BlockReader, WireError
 from mlitb.master.config import Hyper, hyper_error
-from mlitb.master.server.projects import ProjectError, ProjectManager
+from mlitb.master.server.datasets import check_source
+from mlitb.master.server.errors import ProjectError
+from mlitb.master.server.project_meta import ProjectMeta
+from mlitb.master.server.projects import ProjectManager
 from mlitb.master.server.runner import ProjectRunner
 from mlitb.master.server.zoo import Zoo, ZooEntry
 from mlitb.model.browser import browser_problems
@@ -30,12 +33,12 @@ log = logging.getLogger("mlitb.master")
 CACHE_PER_PROJECT = 2  # closures kept per project (plain and with the test set embedded)
 
 
-def snapshot(runner: ProjectRunner) -> ProjectState:
+def snapshot(runner: ProjectRunner, meta: ProjectMeta) -> ProjectState:
     e = runner.engine
     return ProjectState(
         name=e.name,
-        description=getattr(e, "description", ""),
-        created=getattr(e, "created", 0.0) or 0.0,
+        description=meta.description,
+        created=meta.created,
         spec=e.spec,
         labels=list(e.labels),
         params=e.params.copy(),
@@ -55,7 +58,7 @@ def snapshot(runner: ProjectRunner) -> ProjectState:
             for s in e.sources.values()
         ],
         history=[dict(r) for r in e.history],
-        data_url=e.data_url,
+        data_url=meta.data_url,
     )
 
 
@@ -71,9 +74,9 @@ async def fetch_test_set(manager: ProjectManager, source: dict) -> TestSet | Non
 
 
 async def _fetch_test_set(manager: ProjectManager, source: dict) -> TestSet | None:
-    base = manager._internal(source["url"])
+    base = manager.data.internal(source["url"])
     ds = source["dataset"]
-    resp = await manager.http.get(f"{base}/datasets/{ds}")
+    resp = await manager.data.http.get(f"{base}/datasets/{ds}")
     if resp.status_code == 404:
         log.warning("closure: test dataset %d is gone from the data server; no claim on it", ds)
         return None
@@ -84,7 +87,7 @@ async def _fetch_test_set(manager: ProjectManager, source: dict) -> TestSet | No
     info = resp.json()
     shape = tuple(info["shape"])
     reader, blocks = BlockReader(), []
-    async with manager.http.stream(
+    async with manager.data.http.stream(
         "GET", f"{base}/datasets/{ds}/items", params={"ids": f"0:{info['items']}"}
     ) as r:
         if r.status_code != 200:
@@ -108,7 +111,8 @@ async def export(
     """The project's closure now and its file bytes. Cached until the project or its
     test data change: fetching the test sets is cheap (the data server streams ~400k
     items/s), scoring the claim is not."""
-    state = snapshot(runner)
+    project = manager.project_of(runner)
+    state = snapshot(runner, project.meta)
     tests = {}
     for source in state.sources:
         if source["role"] == "test":
@@ -118,7 +122,7 @@ async def export(
     hashes = await asyncio.to_thread(lambda: {d: ts.content_hash() for d, ts in tests.items()})
     what = (state.iteration, state.labels, state.hyper, embed_test, hashes, state.sources, state.totals)
     key = hashlib.sha256(state.params.tobytes() + repr(what).encode()).hexdigest()
-    cache = runner.__dict__.setdefault("closure_cache", {})
+    cache = project.closure_cache
     if key in cache:
         return cache[key]
     closure = await asyncio.to_thread(build_closure, state, tests, embed_test)
@@ -131,7 +135,7 @@ async def export(
 
 async def find_datasets(manager: ProjectManager, entries: list[dict]) -> tuple[list[int], list[str]]:
     """Datasets on this master's data server with the recorded content hashes."""
-    resp = await manager.http.get(f"{manager.data_internal_url}/datasets")
+    resp = await manager.data.http.get(f"{manager.data.internal_url}/datasets")
     have = {d["content_hash"]: d["dataset"] for d in resp.json()} if resp.status_code == 200 else {}
     found, missing = [], []
     for entry in entries:
@@ -185,10 +189,9 @@ async def resume(
     if test is None:
         test, missing = await find_datasets(manager, m["data"]["test"])
         warnings += missing
-    data_url = manager.data_public_url
-    infos = [await manager._dataset(data_url, d, "train") for d in train]
-    infos += [await manager._dataset(data_url, d, "test") for d in test]
-    sources = [manager._source(model.spec, closure.labels, info, data_url, warnings) for info in infos]
+    data_url = manager.data.public_url
+    infos = await manager.data.datasets(data_url, train, test)
+    sources = [check_source(model.spec, closure.labels, info, data_url, warnings) for info in infos]
     history = [
         dict(r) for r in m.get("metrics", []) if isinstance(r, dict) and isinstance(r.get("iteration"), int)
     ]
@@ -226,13 +229,12 @@ async def publish(
 ) -> tuple[ZooEntry, bool]:
     """Export, verify the bytes as any downloader would (parsed afresh: checksums, data,
     claim), and list in the zoo; returns (entry, newly created)."""
+    owner_hash = manager.meta_of(runner).owner_hash  # before the awaits: the project may go meanwhile
     closure, data = await export(manager, runner, embed_test)
     report = await asyncio.to_thread(verify, Closure.from_bytes(data))
     status = ("verified" if closure.claim else "unverified") if report.ok else "failed"
     detail = "; ".join(c.detail for c in report.checks if not c.ok) or report.checks[-1].detail
-    entry, created = await asyncio.to_thread(
-        zoo.add, closure, data, status, detail, runner.engine.owner_hash, name
-    )
+    entry, created = await asyncio.to_thread(zoo.add, closure, data, status, detail, owner_hash, name)
     log.info(
         "zoo: %s entry %d from project %s (%s)",
         "new" if created else "existing",

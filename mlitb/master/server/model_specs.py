@@ -1,0 +1,53 @@
+"""A project's model from what a request sends (layer definitions or a model file), and
+transfer learning's cut (the output layer replaced for new labels). Refusals are
+ProjectErrors that name the layer, so the layer editor can point at it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mlitb.master.server.errors import ProjectError
+from mlitb.model import Model
+from mlitb.model.errors import ModelError
+from mlitb.model.spec import Spec
+
+
+def build_model(spec: list | dict, seed: int) -> Model:
+    """Layer definitions (a list, or {"layer_defs": [...]}) or a model file (ConvNetJS / mlitb)."""
+    try:
+        if isinstance(spec, list) or "layer_defs" in spec:
+            return Model.from_spec(spec["layer_defs"] if isinstance(spec, dict) else spec, seed=seed)
+        return Model.from_json(spec)
+    except ModelError as exc:
+        err = ProjectError(400, f"spec: {exc}", "bad_spec")
+        err.layer = getattr(exc, "index", None)  # the layer editor highlights it
+        raise err from None
+
+
+def drop_last_layer(model: Model, classes: int, seed: int) -> Model:
+    """Keep every layer but the output fc + loss (their parameters are a prefix of the
+    flat vector), then a fresh fc + softmax for `classes` labels (paper 6.1)."""
+    layers = model.spec.to_json()
+    if len(layers) < 3 or layers[-2]["layer_type"] != "fc":
+        raise ProjectError(400, "drop_last_layer: the model does not end in fc + loss", "bad_spec")
+    kept = layers[:-2]
+    h, w, d = (kept[-1]["out_sy"], kept[-1]["out_sx"], kept[-1]["out_depth"])
+    fc = {"layer_type": "fc", "out_sx": 1, "out_sy": 1, "out_depth": classes, "num_inputs": h * w * d,
+          "l1_decay_mul": 0.0, "l2_decay_mul": 1.0, "bias_pref": 0.0}  # fmt: skip
+    loss = {
+        "layer_type": "softmax",
+        "out_sx": 1,
+        "out_sy": 1,
+        "out_depth": classes,
+        "num_inputs": classes,
+    }
+    try:
+        spec = Spec.from_json([*kept, fc, loss])
+    except ModelError as exc:
+        raise ProjectError(400, f"drop_last_layer: {exc}", "bad_spec") from None
+    fresh = Model.from_spec(spec, seed=seed).params
+    prefix = model.spec.num_params - sum(math.prod(sh) for _, sh in model.spec.layers[-2].param_shapes())
+    params = np.concatenate([model.params[:prefix], fresh[prefix:]]).astype(np.float32)
+    return Model(spec, params)
