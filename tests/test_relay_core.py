@@ -133,6 +133,26 @@ def test_a_child_that_never_answers_is_counted_missed_at_the_next_order():
     assert r.children["c1"].overdue is None
 
 
+def test_children_all_benched_are_probed_rather_than_the_relay_stalling():
+    """A child that missed three orders is benched (probed every PROBE_EVERY iterations).
+    When every child is, no sum goes up, the master orders the same iteration again, and a
+    probe keyed to the iteration number would never come: a relay under load stalled so
+    for good (its tab under test_relay.py's browser test). They are all ordered instead,
+    as the master orders its benched trainers when it has nobody else."""
+    r = relay(children=1)
+    for it in range(3):  # three orders missed, the master's iteration stuck at 2 after the first two
+        order(r, min(it, 2), now=100.0 * it, work_ms=1_000)
+        r.poll(100.0 * it + 50.0)  # past the deadline: no result
+    order(r, 2, now=300.0, work_ms=1_000)
+    assert r.children["c0"].latency.benched
+    order(r, 2, now=400.0, work_ms=1_000)  # and again: nobody else to order
+    work = [p for t, p in r.drain() if t == "c0" and isinstance(p, dict) and p.get("type") == "work"]
+    assert work and work[-1]["iteration"] == 2, work
+    r.child_bytes("c0", delta(2, np.ones(N), 2), now=401.0)  # its result goes up at once
+    (up,) = [p for p in ups(r) if isinstance(p, bytes)]
+    assert frames.decode(up).iteration == 2
+
+
 def test_compressed_sums_keep_error_feedback_and_results_are_screened():
     r = relay(children=2, compression="int8")
     r.on_up_text({"type": "work", "iteration": 0, "work_ms": 10_000, "mode": "local", "compression": "int8"},

@@ -359,12 +359,19 @@ class Relay:
         fields = {k: v for k, v in m.items() if k not in ("type", "iteration", "work_ms")}
         carried_ms = int(m.get("overlap_ms") or 0)
         rationed = self._ration(T, now)
+        it = int(m["iteration"])
         for c in self.children.values():
             c.removed = [*c.removed, set()][-KEEP_PARAMS:]  # ids it loses from now: this order's
             if c.overdue is not None:  # no result at all for the last order: a whole lag
-                c.latency.missed(work_ms, 0)
+                c.latency.missed(work_ms, it)
                 c.overdue = None
-            if not c.cached or not c.latency.schedulable(m["iteration"]) or c.id in rationed:
+        # Benched children get a probe every PROBE_EVERY iterations; with every child benched
+        # nobody would be ordered, no sum would go up, the master would repeat the same
+        # iteration and no probe would ever come (a relay stalled so under load for good):
+        # then all of them are probed, as the master probes its benched trainers.
+        ready = [c for c in self.children.values() if c.cached]
+        for c in [c for c in ready if c.latency.schedulable(it)] or ready:
+            if c.id in rationed:
                 continue
             c.ordered, c.ordered_at = m["iteration"], now
             self.ordered.add(c.id)
@@ -549,7 +556,9 @@ class Relay:
                     # as a whole missed iteration (a burst of results queued in this relay
                     # would otherwise cut every child's next work time to nothing)
                     child.overdue = None
-                    child.latency.observe((now - child.ordered_at) * 1000 - child.work_ms, child.order_ms, 0)
+                    child.latency.observe(
+                        (now - child.ordered_at) * 1000 - child.work_ms, child.order_ms, frame.iteration
+                    )
                 raise Rejected("late", f"no open work order for iteration {frame.iteration} here")
             if frame.values.size != self.num_params:
                 raise Rejected("wrong_size", f"{frame.values.size} values, the model has {self.num_params}")
@@ -593,7 +602,9 @@ class Relay:
         self.ordered.discard(cid)
         child.results += 1
         child.vectors_per_s = frame.vectors_per_s
-        child.latency.observe((now - child.ordered_at) * 1000 - child.work_ms, child.order_ms, 0)
+        child.latency.observe(
+            (now - child.ordered_at) * 1000 - child.work_ms, child.order_ms, frame.iteration
+        )
         if child.first_result is None:
             child.first_result = frame.iteration
         self.screen.record(frame.kind, cid, frame.iteration, verdict, frame.vectors)
