@@ -9,7 +9,7 @@ import random
 
 import numpy as np
 import pytest
-from test_engine import N, of, result, started
+from test_engine import N, of, result, sends, started
 
 from mlitb.master.config import Hyper
 from mlitb.master.learning.accumulator import Accumulator
@@ -122,7 +122,7 @@ def test_engine_pins_a_non_finite_step_on_its_bucket_and_applies_the_rest(optimi
     assert e.on_result("X", result(0, huge, 1), 0.5) is None
     assert e.on_result("Y", result(0, huge, 1), 0.5) is None
     e.poll(0.5)
-    out = e.drain()
+    out = sends(e)
     assert e.iteration == 1, "the honest results were applied"
     assert np.all(np.isfinite(e.params)) and not np.array_equal(e.params, p0)
     assert all(np.isfinite(v).all() for v in e.optimizer.state.values())
@@ -151,7 +151,7 @@ def test_a_refused_step_is_pinned_on_the_huge_result_not_on_its_bucket_mate():
         assert e.on_result(cid, result(0, g, 1), 0.5) is None
     mate = next(c for c in e.acc.members[e.acc.where["X"]] if c != "X")
     e.poll(0.5)
-    out = e.drain()
+    out = sends(e)
     assert e.iteration == 1 and np.all(np.isfinite(e.params))
     assert [m["code"] for m in of(out, "X", "error")] == ["refused_step"]
     assert not of(out, mate, "error")

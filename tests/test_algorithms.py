@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_engine import sends
 
 from mlitb.master.config import Hyper
 from mlitb.master.learning.algorithms import ALGORITHMS, staleness_weight
-from mlitb.master.project.engine import FULL_EVERY, DataSource, Engine, memory_capacity
+from mlitb.master.project.broadcast import FULL_EVERY
+from mlitb.master.project.data import DataSource, memory_capacity
+from mlitb.master.project.engine import Engine
+from mlitb.master.project.views import client_row
 from mlitb.model.model import Model
 from mlitb.optim import make_optimizer
 from mlitb.optim.schedule import LRSchedule
@@ -50,15 +54,15 @@ def start(e: Engine, cids=("A", "B"), now: float = 0.0) -> list:
     """Join, admit, cache everything, first boundary: returns that boundary's output."""
     for cid in cids:
         join(e, cid)
-    e.drain()
+    sends(e)
     e.poll(now)
-    for cid, p in e.drain():
+    for cid, p in sends(e):
         if isinstance(p, dict) and p["type"] == "allocation":
             for g in p["add"]:
                 e.on_cached(cid, msg.Cached(type="cached", dataset=g["dataset"], ids=text_to_ids(g["ids"])))
     e.next_start = now
     e.poll(now)
-    return e.drain()
+    return sends(e)
 
 
 def frame(
@@ -132,9 +136,9 @@ def test_sync_sgd_refuses_a_delta_frame():
     e = engine(algorithm="sync_sgd")
     start(e, ("A",))
     assert e.on_result("A", frame(frames.DELTA, 0, np.zeros(N, np.float32), 4), 0.5) == "wrong_frame"
-    (err,) = [p for _, p in e.drain() if isinstance(p, dict) and p["type"] == "error"]
+    (err,) = [p for _, p in sends(e) if isinstance(p, dict) and p["type"] == "error"]
     assert "sync_sgd" in err["reason"] and "delta" in err["reason"]
-    assert e.clients["A"].rejected == 1
+    assert e.clients["A"].stats.rejected == 1
 
 
 # ----------------------------------------------------------------------------- stragglers
@@ -149,10 +153,10 @@ def test_a_result_within_max_staleness_is_applied_with_a_decayed_weight():
     p1 = e.params.copy()
     e.next_start = 10.0
     e.poll(10.0)  # boundary of iteration 1: both get work again
-    e.drain()
+    sends(e)
     # A's answer for iteration 0 arrives during iteration 1: staleness 1, weight 1/2
     assert e.on_result("A", frame(frames.RESULT, 0, ga, 10), 10.2) is None
-    assert e.clients["A"].stale == 1 and e.stale_total == 1
+    assert e.clients["A"].stats.stale == 1 and e.counters.stale == 1
     # the same iteration again: refused, it was answered
     assert e.on_result("A", frame(frames.RESULT, 0, ga, 10), 10.3) == "late"
     assert e.on_result("A", frame(frames.RESULT, 1, gb, 10), 10.4) is None
@@ -178,13 +182,13 @@ def test_a_result_beyond_max_staleness_is_late():
         e.poll(t)
         e.next_start = t
         e.poll(t)
-        e.drain()
+        sends(e)
     assert e.iteration == 2
     p = e.params.copy()
     assert e.on_result("A", frame(frames.RESULT, 0, g, 5), t) == "late"
-    (err,) = [p for _, p in e.drain() if isinstance(p, dict) and p["type"] == "error"]
+    (err,) = [p for _, p in sends(e) if isinstance(p, dict) and p["type"] == "error"]
     assert "max_staleness=1" in err["reason"]
-    assert e.clients["A"].late == 1 and np.array_equal(e.params, p)
+    assert e.clients["A"].stats.late == 1 and np.array_equal(e.params, p)
 
 
 def test_no_staleness_when_max_staleness_is_zero():
@@ -225,7 +229,7 @@ def test_compressed_parameters_keep_every_client_on_the_view_within_the_bound(co
     t = 0.0
     kinds = set()
     for _ in range(FULL_EVERY + 3):
-        out = e.drain()
+        out = sends(e)
         for cid in held:
             for p in (p for c, p in out if c == cid and isinstance(p, bytes)):
                 f = frames.decode(p)
@@ -235,9 +239,9 @@ def test_compressed_parameters_keep_every_client_on_the_view_within_the_bound(co
                 held[cid] = _apply(held[cid], f)
                 held_it[cid] = f.iteration
         assert np.array_equal(held["old"], e.params)  # protocol 1: exact float32
-        assert np.array_equal(held["new"], e.view.view)  # protocol 2: the view, bit for bit
+        assert np.array_equal(held["new"], e.broadcast.view.view)  # protocol 2: the view, bit for bit
         d = (rng.standard_normal(N) * 0.01).astype(np.float32)
-        before = e.view.view
+        before = e.broadcast.view.view
         e.on_result("A", frame(frames.DELTA, e.iteration, d, 8), t + 0.1)
         t += 2
         e.poll(t)
@@ -245,7 +249,7 @@ def test_compressed_parameters_keep_every_client_on_the_view_within_the_bound(co
         e.poll(t)
         if e.iteration % FULL_EVERY:  # the bound (docs/protocol.md) against the change sent
             change = e.params - before
-            gap = np.abs(e.view.view - e.params)
+            gap = np.abs(e.broadcast.view.view - e.params)
             ulp = np.spacing(np.abs(e.params)) / 2
             if compression == "int8":
                 pad = (-N) % codecs.BLOCK
@@ -264,12 +268,12 @@ def test_resync_sends_whole_parameters_of_the_view():
     start(e, ("A",))
     e.on_result("A", frame(frames.DELTA, 0, np.full(N, 0.01, np.float32), 8), 0.1)
     e.poll(0.1)
-    e.drain()
+    sends(e)
     e.resync("A")
-    ((cid, data),) = e.drain()
+    ((cid, data),) = sends(e)
     f = frames.decode(data)
     assert cid == "A" and f.kind == frames.PARAMETERS and f.iteration == 1
-    assert np.array_equal(f.values, e.view.view)
+    assert np.array_equal(f.values, e.broadcast.view.view)
 
 
 def test_compressed_results_are_decoded_and_applied():
@@ -290,14 +294,14 @@ def test_capacity_comes_from_the_clients_memory_and_a_small_fleet_holds_a_small_
     assert memory_capacity(100, (28, 28, 1)) == (100 << 20) // (784 + 160)
     e = engine(items=500)
     join(e, "A", memory_mb=1, capacity=10_000_000)  # 1 MiB of 4x4x1 items: 5,957 of them
-    e.drain()
+    sends(e)
     e.poll(0.0)
     assert len(e.allocator.held["A"]) == 500  # alone: no trainer that works needs them
-    assert e.clients["A"].limit == (1 << 20) // (16 + 160)
-    assert e.clients["A"].summary(500, 1.0)["capacity"] == (1 << 20) // (16 + 160)
+    assert e.clients["A"].share.limit == (1 << 20) // (16 + 160)
+    assert client_row(e.clients["A"], 500, 1.0)["capacity"] == (1 << 20) // (16 + 160)
     e2 = engine(items=500, capacity=200)
     join(e2, "A", memory_mb=1)
-    e2.drain()
+    sends(e2)
     e2.poll(0.0)
     assert len(e2.allocator.held["A"]) == 200  # the project's cap still applies
 
@@ -306,7 +310,7 @@ def test_welcome_tells_protocol_2_clients_the_schedule_and_algorithm():
     e = engine(algorithm="local_sgd", compression="int8", test_interval=7, test_sample=123)
     join(e, "T", role="tracker")
     join(e, "V1", protocol=1, role="tracker")
-    out = e.drain()
+    out = sends(e)
     (w2,) = [p for c, p in out if c == "T" and isinstance(p, dict)]
     (w1,) = [p for c, p in out if c == "V1" and isinstance(p, dict) and p["type"] == "welcome"]
     assert w2["protocol"] == 2 and w2["algorithm"] == "local_sgd" and w2["compression"] == "int8"
@@ -337,10 +341,10 @@ def test_switching_algorithm_voids_the_orders_in_flight_without_strikes():
     assert e.acc.results == 0 and e.optimizer.name == "nesterov" and not e.working
     # B answers the old order: late (no strike), not wrong_frame
     assert e.on_result("B", frame(frames.RESULT, 0, np.ones(N, np.float32), 4), 0.2) == "late"
-    assert e.clients["B"].rejected == 0
+    assert e.clients["B"].stats.rejected == 0
     e.next_start = 0.2
     e.poll(0.2)
-    orders = works(e.drain())
+    orders = works(sends(e))
     assert set(orders) == {"A", "B"} and all(w["mode"] == "local" for w in orders.values())
 
 
@@ -359,22 +363,24 @@ def test_a_step_beyond_float32_is_undone_and_the_loop_goes_on(algorithm, compres
     assert e.on_result("A", frame(kind, 0, huge, 1), 0.1) is None
     assert e.on_result("B", frame(kind, 0, huge, 1), 0.2) is None
     e.poll(0.2)
-    assert e.iteration == 0 and e.refused_steps >= 1 and np.array_equal(e.params, p0)
+    # no step; the iteration number moves on, with the parameters as they were
+    assert e.iteration == 1 and e.counters.refused_steps >= 1 and np.array_equal(e.params, p0)
     assert all(np.isfinite(v).all() for v in e.optimizer.state.values()) and e.optimizer.t == 0
-    out = e.drain()
-    assert not [p for _, p in out if isinstance(p, bytes)]  # nothing broadcast
+    out = sends(e)
+    sent = [frames.decode(p) for _, p in out if isinstance(p, bytes)]
+    assert sent and all(np.isfinite(f.values).all() for f in sent if f.kind == frames.PARAMETERS)
     told = {c for c, p in out if isinstance(p, dict) and p.get("code") == "refused_step"}
     assert told == {"A", "B"}, out
-    assert e.summary()["refused_steps"] == e.refused_steps
+    assert e.summary()["refused_steps"] == e.counters.refused_steps
     e.next_start = 0.3
     e.poll(0.3)
-    e.drain()
+    sends(e)
     small = np.full(N, 1e-3, np.float32)
-    e.on_result("A", frame(kind, 0, small, 10), 0.4)
-    e.on_result("B", frame(kind, 0, small, 10), 0.5)
+    assert e.on_result("A", frame(kind, 1, small, 10), 0.4) is None
+    assert e.on_result("B", frame(kind, 1, small, 10), 0.5) is None
     e.poll(0.5)
-    assert e.iteration == 1 and np.isfinite(e.params).all() and not np.array_equal(e.params, p0)
-    sent = [frames.decode(p) for _, p in e.drain() if isinstance(p, bytes)]
+    assert e.iteration == 2 and np.isfinite(e.params).all() and not np.array_equal(e.params, p0)
+    sent = [frames.decode(p) for _, p in sends(e) if isinstance(p, bytes)]
     assert sent and all(np.isfinite(f.values).all() for f in sent)
 
 
@@ -383,7 +389,7 @@ def test_an_implausible_speed_is_not_shown():
     start(e, ("A",))
     data = frames.encode(frames.RESULT, PID, 0, np.ones(N, np.float32), 10, 1.0, float("nan"), 100)
     assert e.on_result("A", frames.decode(data), 0.1) is None
-    assert e.clients["A"].vectors_per_s == pytest.approx(100.0)  # 10 vectors in 0.1 s
+    assert e.clients["A"].stats.vectors_per_s == pytest.approx(100.0)  # 10 vectors in 0.1 s
     json_safe = e.summary()["clients"][0]["vectors_per_s"]
     assert json_safe == 100.0
 
@@ -392,7 +398,7 @@ def test_resync_is_for_protocol_2_and_once_per_iteration():
     e = engine(algorithm="local_sgd", compression="int8")
     start(e, ("A",))
     join(e, "old", protocol=1, role="tracker")
-    e.drain()
-    assert e.resync("A") is None and len(e.drain()) == 1
-    assert "already resynced" in e.resync("A") and e.drain() == []
+    sends(e)
+    assert e.resync("A") is None and len(sends(e)) == 1
+    assert "already resynced" in e.resync("A") and sends(e) == []
     assert "protocol 2" in e.resync("old")

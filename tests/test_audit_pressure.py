@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 import pytest
-from test_engine import N, T, cache_all, make_engine, of, result
+from test_engine import N, T, cache_all, make_engine, of, result, sends
 
 from mlitb.master.project.engine import AUDIT_POLL_S, IDLE_POLL_S
 from mlitb.master.trust import audits, holds
@@ -29,17 +29,17 @@ def engine_with(clients: dict[str, str], trusted: set[str] = frozenset(), **hype
     for cid, address in clients.items():
         joined(e, cid, address)
         if cid in trusted:
-            e.clients[cid].audits_passed = e.hyper.verify_trust
-    e.drain()
+            e.clients[cid].trust.audits_passed = e.hyper.verify_trust
+    sends(e)
     assert e.poll(0.0) == IDLE_POLL_S
-    cache_all(e, e.drain())
+    cache_all(e, sends(e))
     return e
 
 
 def boundary(e, now: float) -> list[str]:
     e.next_start = now
     e.poll(now)
-    return sorted(c for c, p in e.drain() if isinstance(p, dict) and p["type"] == "work")
+    return sorted(c for c, p in sends(e) if isinstance(p, dict) and p["type"] == "work")
 
 
 def grad(value: float) -> np.ndarray:
@@ -51,10 +51,10 @@ def test_a_newcomers_result_joins_the_step_only_when_its_audit_passes():
     assert boundary(e, 0.0) == ["new", "old"]
     assert e.on_result("old", result(0, grad(0.1), 4), 0.5) is None
     assert e.on_result("new", result(0, grad(0.3), 4), 0.6) is None
-    assert e.acc.results == 1 and "new" in e.holds.results  # held, not summed
+    assert e.acc.results == 1 and "new" in e.trust.holds.results  # held, not summed
     assert e.poll(0.7) == AUDIT_POLL_S  # everything is in: the step waits for the verdict
-    e.finish_audit(e.clients["new"].audit, Verdict(True, "replayed"))
-    assert e.acc.results == 2 and not e.holds.results
+    e.finish_audit(e.clients["new"].trust.audit, Verdict(True, "replayed"))
+    assert e.acc.results == 2 and not e.trust.holds.results
     e.poll(0.8)
     assert e.iteration == 1 and e.history[-1]["workers_assigned"] == 2
 
@@ -67,16 +67,16 @@ def test_the_wait_for_verdicts_is_bounded_when_verified_results_are_in():
     before = e.params.copy()
     e.on_result("old", result(0, grad(0.1), 4), 0.5)
     e.on_result("new", result(0, grad(-50.0), 4), 0.6)
-    job = e.clients["new"].audit
+    job = e.clients["new"].trust.audit
     assert e.poll(0.6) == AUDIT_POLL_S
     assert e.poll(0.6 + holds.HOLD_SHARE * T - 0.01) == AUDIT_POLL_S
     e.poll(0.6 + holds.HOLD_SHARE * T + 0.01)
     assert e.iteration == 1 and e.history[-1]["workers_assigned"] == 1  # the step went without it
-    assert e.clients["new"].held_back == 1 and e.holds.dropped == 1
+    assert e.clients["new"].trust.held_back == 1 and e.counters.held_back == 1
     step = e.params - before
     assert np.all(step < 0)  # only the +0.1 gradient: a descent step, not the -50 one's ascent
     e.finish_audit(job, Verdict(True, "replayed"))  # passes late: counted for trust, not applied
-    assert e.clients["new"].audits_passed == 1 and e.acc.results == 0
+    assert e.clients["new"].trust.audits_passed == 1 and e.acc.results == 0
 
 
 def test_a_lone_newcomer_waits_longer_but_not_forever():
@@ -87,8 +87,8 @@ def test_a_lone_newcomer_waits_longer_but_not_forever():
     assert e.poll(0.5) == AUDIT_POLL_S
     assert e.poll(0.5 + holds.HOLD_SHARE * T + 1.0) == AUDIT_POLL_S  # nobody else to keep waiting
     e.poll(0.5 + holds.AUDIT_HOLD_S + 0.1)
-    assert not e.working and e.iteration == 0 and np.array_equal(e.params, before)
-    assert e.clients["new"].held_back == 1
+    assert not e.working and e.iteration == 1 and np.array_equal(e.params, before)  # no step
+    assert e.clients["new"].trust.held_back == 1
 
 
 def test_a_banned_newcomers_held_result_costs_its_bucket_mates_nothing():
@@ -98,7 +98,7 @@ def test_a_banned_newcomers_held_result_costs_its_bucket_mates_nothing():
     e.on_result("a", result(0, grad(0.1), 4), 0.5)
     e.on_result("b", result(0, grad(0.1), 4), 0.5)
     e.on_result("liar", result(0, grad(1e6), 4), 0.6)
-    e.finish_audit(e.clients["liar"].audit, Verdict(False, "the result sent is not the round's"))
+    e.finish_audit(e.clients["liar"].trust.audit, Verdict(False, "the result sent is not the round's"))
     assert "liar" not in e.clients and e.acc.results == 2  # nothing was taken back
     e.poll(0.7)
     assert e.iteration == 1 and e.history[-1]["workers_assigned"] == 2
@@ -110,8 +110,8 @@ def test_unverified_work_orders_are_rationed_per_address():
     clients = {f"s{i:02d}": "6.6.6.6" for i in range(40)} | {"new": "10.0.0.2", "old": "10.0.0.1"}
     e = engine_with(clients, trusted={"old"})
     for i in range(40):
-        e.clients[f"s{i:02d}"].suspect = True
-    slots = holds.audit_slots(T, e.holds.replay_s)
+        e.clients[f"s{i:02d}"].trust.suspect = True
+    slots = holds.audit_slots(T, e.trust.holds.replay_s)
     ordered = boundary(e, 0.0)
     assert "old" in ordered and "new" in ordered
     assert len(ordered) == slots + 1
@@ -129,13 +129,13 @@ def test_a_client_with_an_open_audit_gets_no_order_and_its_next_result_is_held_b
     e.on_result("new", result(0, grad(0.1), 4), 0.4)
     e.poll(0.4)
     e.poll(0.4 + holds.HOLD_SHARE * T + 0.5)  # no verdict: the step goes
-    assert e.iteration == 1 and e.clients["new"].audit is not None
+    assert e.iteration == 1 and e.clients["new"].trust.audit is not None
     assert boundary(e, 2.0) == ["old"]  # its audit is open: no order
-    e.clients["new"].pending[0] = 0.0  # an order it still answers (as if from before)
+    e.clients["new"].orders.pending[0] = 0.0  # an order it still answers (as if from before)
     assert e.on_result("new", result(0, grad(0.1), 4), 2.1) == "unverified"
     c = e.clients["new"]
-    assert c.rejected == 0 and c.held_back == 2  # no offence
-    assert of(e.drain(), "new", "error")[-1]["code"] == "unverified"
+    assert c.stats.rejected == 0 and c.trust.held_back == 2  # no offence
+    assert of(sends(e), "new", "error")[-1]["code"] == "unverified"
 
 
 def test_a_full_queue_never_drops_a_trusted_audit_silently(caplog, monkeypatch):
@@ -147,14 +147,14 @@ def test_a_full_queue_never_drops_a_trusted_audit_silently(caplog, monkeypatch):
     boundary(e, 0.0)
     for t, cid in enumerate(["liar", "b", "c"]):
         e.on_result(cid, result(0, grad(0.1), 4), 0.3 + t / 10)
-    assert all(e.clients[c].audit is not None for c in ("liar", "b", "c"))
+    assert all(e.clients[c].trust.audit is not None for c in ("liar", "b", "c"))
     with caplog.at_level(logging.WARNING, logger="mlitb.master"):
         for cid in ["liar", "b", "c"]:
-            job = e.clients[cid].audit
-            e.clients[cid].audit = None
-            e.auditor.enqueue(job)  # as on_proof does, without a real proof
-            e._overflowed()
-    assert e.auditor.skipped == 1 and e.clients["liar"].recheck
+            job = e.clients[cid].trust.audit
+            e.clients[cid].trust.audit = None
+            e.trust.auditor.enqueue(job)  # as on_proof does, without a real proof
+            e.trust._overflowed()
+    assert e.counters.audits_skipped == 1 and e.clients["liar"].trust.recheck
     assert any("audit of liar (iteration 0) not checked" in r.message for r in caplog.records)
     # the next result of the rechecked client waits for its verdict
     e.poll(1.0)
@@ -162,9 +162,9 @@ def test_a_full_queue_never_drops_a_trusted_audit_silently(caplog, monkeypatch):
     assert e.iteration == 1
     assert "liar" in boundary(e, 2.0)
     e.on_result("liar", result(1, grad(0.1), 4), 2.3)
-    assert "liar" in e.holds.results
-    e.finish_audit(e.clients["liar"].audit, Verdict(True, "replayed"))
-    assert not e.clients["liar"].recheck and "liar" not in e.holds.results
+    assert "liar" in e.trust.holds.results
+    e.finish_audit(e.clients["liar"].trust.audit, Verdict(True, "replayed"))
+    assert not e.clients["liar"].trust.recheck and "liar" not in e.trust.holds.results
 
 
 def test_the_auditors_overflow_lets_the_oldest_trusted_job_go():
@@ -219,27 +219,27 @@ def test_fresh_addresses_do_not_jump_the_queue():
 
 def test_a_rechecked_client_is_audited_every_time_and_held():
     e = engine_with({"old": "10.0.0.1", "b": "10.0.0.3"}, trusted={"old", "b"}, verify_rate=0.0)
-    e.clients["old"].audits_passed = 1000  # its random audit rate: 0.3 %
-    e.clients["old"].recheck = True
+    e.clients["old"].trust.audits_passed = 1000  # its random audit rate: 0.3 %
+    e.clients["old"].trust.recheck = True
     boundary(e, 0.0)
     e.on_result("b", result(0, grad(0.1), 4), 0.3)
     e.on_result("old", result(0, grad(0.1), 4), 0.4)
-    assert e.clients["old"].audit is not None and "old" in e.holds.results and e.acc.results == 1
+    assert e.clients["old"].trust.audit is not None and "old" in e.trust.holds.results and e.acc.results == 1
 
 
 def test_a_suspect_that_earned_trust_is_audited_every_time_but_not_held():
     """One banned tab behind a NAT must not starve the others there for good."""
     e = engine_with({"nat1": "10.0.0.9", "old": "10.0.0.1"}, trusted={"nat1", "old"}, verify_rate=0.0)
-    e.clients["nat1"].suspect = True
+    e.clients["nat1"].trust.suspect = True
     assert not holds.unverified(e.clients["nat1"], e.hyper.verify_trust)
     boundary(e, 0.0)
     e.on_result("nat1", result(0, grad(0.1), 4), 0.3)
-    assert e.clients["nat1"].audit is not None  # audited ...
-    assert "nat1" not in e.holds.results and e.acc.results == 1  # ... and counted at once
+    assert e.clients["nat1"].trust.audit is not None  # audited ...
+    assert "nat1" not in e.trust.holds.results and e.acc.results == 1  # ... and counted at once
 
 
 def test_bans_a_relay_reports_mark_nobody_here_and_addresses_are_not_published():
-    from mlitb.master.project.engine import public_ban
+    from mlitb.master.project.views import public_ban
 
     e = engine_with({"old": "10.0.0.1"}, trusted={"old"})
     j = msg.Join(type="join", project="proj", role="trainer", kind="relay", capacity=3000)
@@ -247,9 +247,9 @@ def test_bans_a_relay_reports_mark_nobody_here_and_addresses_are_not_published()
     report = msg.ChildBanned(type="child_banned", name="kid", address="127.0.0.1", kind="native",
                              reason="replay failed", iteration=0)  # fmt: skip
     e.on_child_banned("R", report)
-    assert not e.auditor.banned_address("127.0.0.1")  # the relay's own network, not ours
+    assert not e.trust.auditor.banned_address("127.0.0.1")  # the relay's own network, not ours
     e.ban("old", "the result sent is not the round's")
-    assert e.auditor.banned_address("10.0.0.1")
+    assert e.trust.auditor.banned_address("10.0.0.1")
     shown = e.summary()["banned"]
     assert {b.get("address") for b in shown} == {None, "10.0.0.0/16"}, shown
     assert shown[0]["relay_address"] == "127.0.0.0/16"
@@ -285,7 +285,7 @@ def test_an_audit_keeps_the_spec_its_order_ran_when_a_new_label_replaces_the_pro
     e = engine_with({"new": "10.0.0.2"})
     boundary(e, 0.0)
     e.on_result("new", result(0, grad(0.1), 4), 0.5)
-    job = e.clients["new"].audit
+    job = e.clients["new"].trust.audit
     old = e.spec
     assert job.spec is old
     e.grow_label("a new label", 1.0)

@@ -17,6 +17,7 @@ import pytest
 from conftest import SUMMARY_KEYS
 
 from mlitb.master.config import Hyper
+from mlitb.master.project.effects import Changed, Send
 from mlitb.master.project.engine import IDLE_POLL_S, DataSource, Engine
 from mlitb.master.sched.allocation import make_key
 from mlitb.master.sched.latency import PROBE_EVERY
@@ -62,6 +63,11 @@ def work_msg(iteration: int, work_ms: int) -> dict:
     return {"type": "work", "iteration": iteration, "work_ms": work_ms, **fields}
 
 
+def sends(e: Engine) -> list[tuple[str, dict | bytes]]:
+    """The messages the engine left since the last call, as (client, payload) pairs."""
+    return [(x.client, x.payload) for x in e.drain() if isinstance(x, Send)]
+
+
 def of(out, cid: str | None = None, type: str | None = None) -> list:
     """The dict messages in `out` (to `cid`, of `type`)."""
     return [
@@ -104,9 +110,9 @@ def ready(trainers=("A", "B"), items: int = 30, now: float = 0.0, **kw) -> Engin
     e = make_engine(items=items, **kw)
     for cid in trainers:
         join(e, cid, now)
-    e.drain()
+    sends(e)
     assert e.poll(now) == IDLE_POLL_S
-    cache_all(e, e.drain())
+    cache_all(e, sends(e))
     return e
 
 
@@ -116,7 +122,7 @@ def started(trainers=("A", "B"), items: int = 30, now: float = 0.0, **kw) -> tup
     e = ready(trainers, items, now, **kw)
     e.next_start = now
     e.poll(now)
-    out = e.drain()
+    out = sends(e)
     assert sorted(c for c, p in out if isinstance(p, dict) and p["type"] == "work") == sorted(trainers)
     return e, out
 
@@ -155,7 +161,7 @@ def mirror_check(e: Engine, mirror: dict[str, set[int]], out) -> None:
 def test_welcome_and_parameters_at_connect_admitted_at_the_boundary():
     e = make_engine(items=20)
     join(e, "A", 0.0, kind="browser")
-    out = e.drain()
+    out = sends(e)
     assert [c for c, _ in out] == ["A", "A"]
     w = out[0][1]
     assert w["type"] == "welcome" and w["client_id"] == "A"
@@ -169,8 +175,8 @@ def test_welcome_and_parameters_at_connect_admitted_at_the_boundary():
     assert not e.clients["A"].admitted and "A" not in e.allocator.held
 
     assert e.poll(0.0) == IDLE_POLL_S  # the boundary: admitted, allocated, but nothing cached
-    out = e.drain()
-    assert e.clients["A"].admitted and e.contributors == {"browser": 1}
+    out = sends(e)
+    assert e.clients["A"].admitted and e.counters.contributors == {"browser": 1}
     (a,) = of(out, "A", "allocation")
     assert not of(out, type="work")
     assert a["version"] == 1 and a["remove"] == []
@@ -180,28 +186,28 @@ def test_welcome_and_parameters_at_connect_admitted_at_the_boundary():
     assert not e.working
 
     assert e.poll(0.1) == pytest.approx(0.15)  # idle: looks again every IDLE_POLL_S
-    assert e.poll(0.25) == IDLE_POLL_S and e.drain() == []  # still nothing cached: no work
+    assert e.poll(0.25) == IDLE_POLL_S and sends(e) == []  # still nothing cached: no work
 
     # cached ids outside the allocation are ignored
     e.on_cached("A", msg.Cached(type="cached", dataset=1, ids=[0, 1, 2, 999]))
     e.on_cached("A", msg.Cached(type="cached", dataset=5, ids=[3]))
-    assert e.clients["A"].cached == {make_key(1, i) for i in (0, 1, 2)}
+    assert e.clients["A"].share.cached == {make_key(1, i) for i in (0, 1, 2)}
     e.poll(0.5)
-    assert e.drain() == [("A", work_msg(0, 1000))]
+    assert sends(e) == [("A", work_msg(0, 1000))]
     assert e.working and e.deadline == pytest.approx(0.5 + DEADLINE)
-    assert e.clients["A"].scheduled == 0
+    assert e.clients["A"].orders.scheduled == 0
 
 
 def test_created_project_does_nothing_until_started():
     e = make_engine(state="created")
     join(e, "A")
-    e.drain()
-    assert e.poll(0.0) is None and e.drain() == []
+    sends(e)
+    assert e.poll(0.0) is None and sends(e) == []
     assert not e.clients["A"].admitted
     e.set_state("running", 1.0)
-    assert of(e.drain(), "A") == [{"type": "state", "state": "running", "iteration": 0, "reason": ""}]
+    assert of(sends(e), "A") == [{"type": "state", "state": "running", "iteration": 0, "reason": ""}]
     e.poll(1.0)
-    assert of(e.drain(), "A", "allocation")
+    assert of(sends(e), "A", "allocation")
 
 
 def test_capacity_is_the_smaller_of_the_clients_and_the_projects():
@@ -225,7 +231,7 @@ def test_reduce_is_the_weighted_mean_of_the_results(hyper):
     rng = np.random.default_rng(5)
     e, _ = started(("A", "B"), **hyper)
     join(e, "T", 0.1, role="tracker")
-    e.drain()
+    sends(e)
     p0 = e.params.copy()
     gA = rng.standard_normal(N).astype(np.float32) * 3
     gB = rng.standard_normal(N).astype(np.float32)
@@ -234,8 +240,9 @@ def test_reduce_is_the_weighted_mean_of_the_results(hyper):
     assert np.array_equal(e.params, p0)
     assert e.on_result("B", result(0, gB, 11, loss=3.5), 0.9) is None
     e.poll(0.9)  # all results in: reduce at once
-    out = e.drain()
-    assert e.iteration == 1 and not e.working
+    effects = e.drain()
+    out = [(x.client, x.payload) for x in effects if isinstance(x, Send)]
+    assert e.iteration == 1 and not e.working and Changed() in effects
     assert np.array_equal(e.params, expected_step(e.hyper, p0, [(gA, 5), (gB, 11)]))
     assert e.optimizer.t == 1
     # the new parameters go to every client, trainers and trackers (T not admitted yet) alike
@@ -254,12 +261,16 @@ def test_reduce_is_the_weighted_mean_of_the_results(hyper):
     assert row["train_loss"] == pytest.approx(5.5 / 16)
     assert row["power"] == pytest.approx(16 / 0.9, rel=1e-2)
     assert row["learning_rate"] == e.hyper.learning_rate and row["test_error"] is None
-    assert (e.vectors_total, e.clients["A"].vectors_processed, e.clients["B"].vectors_processed) == (
+    assert (
+        e.counters.vectors,
+        e.clients["A"].stats.vectors_processed,
+        e.clients["B"].stats.vectors_processed,
+    ) == (
         16,
         5,
         11,
     )
-    assert e.clients["A"].results == 1 and e.dirty
+    assert e.clients["A"].stats.results == 1
 
 
 def test_reduce_by_hand_with_plain_sgd():
@@ -289,7 +300,7 @@ def test_two_iterations_chain():
         assert np.array_equal(e.params, p) and e.iteration == it + 1
         t += T
         e.poll(t)  # the next boundary: T after the last one started
-        assert of(e.drain(), "A", "work") == [work_msg(it + 1, 1000)]
+        assert of(sends(e), "A", "work") == [work_msg(it + 1, 1000)]
 
 
 # =========================================================================== refused results
@@ -339,13 +350,13 @@ def test_refused_results_change_nothing_and_are_counted(kind, reason):
     p0 = e.params.copy()
     good = np.linspace(-1, 1, N, dtype=np.float32)
     assert e.on_result("A", _bad(kind), 0.5) == reason
-    out = e.drain()
+    out = sends(e)
     (err,) = of(out, "A")
     assert err["type"] == "error" and err["code"] == reason and err["reason"]
     assert not of(out, "B")
     assert np.array_equal(e.params, p0) and e.acc.vectors == 0 and e.acc.results == 0
-    assert (e.clients["A"].rejected, e.rejected_total, e.late_total) == (1, 1, 0)
-    assert e.clients["A"].scheduled is None  # it answered (badly): the reduce does not wait for it
+    assert (e.clients["A"].stats.rejected, e.counters.rejected, e.counters.late) == (1, 1, 0)
+    assert e.clients["A"].orders.scheduled is None  # it answered (badly): the reduce does not wait for it
     assert e.on_result("B", result(0, good, 4), 0.6) is None
     e.poll(0.6)  # reduces at once: A is no longer awaited
     assert e.iteration == 1
@@ -359,7 +370,8 @@ def test_all_results_refused_means_no_step():
     p0 = e.params.copy()
     assert e.on_result("A", _bad("nan"), 0.5) == "not_finite"
     e.poll(0.5)
-    assert e.iteration == 0 and e.optimizer.t == 0 and np.array_equal(e.params, p0) and not e.history
+    # nothing stepped, and the next order names a fresh iteration (issue 24)
+    assert e.iteration == 1 and e.optimizer.t == 0 and np.array_equal(e.params, p0) and not e.history
     assert not e.working
 
 
@@ -370,13 +382,18 @@ def test_late_result_for_an_old_iteration():
     e.on_result("B", result(0, g, 1), 0.5)
     e.poll(0.5)
     e.poll(1.0)  # iteration 1 starts
-    e.drain()
+    sends(e)
     p1 = e.params.copy()
     assert e.on_result("A", result(0, g, 1), 1.2) == "late"
-    (err,) = of(e.drain(), "A")
+    (err,) = of(sends(e), "A")
     assert err["code"] == "late" and "iteration 0, the master is at 1" in err["reason"]
-    assert (e.clients["A"].late, e.late_total, e.clients["A"].rejected, e.rejected_total) == (1, 1, 0, 0)
-    assert e.clients["A"].scheduled == 1  # still awaited for iteration 1
+    assert (
+        e.clients["A"].stats.late,
+        e.counters.late,
+        e.clients["A"].stats.rejected,
+        e.counters.rejected,
+    ) == (1, 1, 0, 0)
+    assert e.clients["A"].orders.scheduled == 1  # still awaited for iteration 1
     assert np.array_equal(e.params, p1) and e.acc.vectors == 0
     assert e.summary()["late"] == 1
 
@@ -384,12 +401,12 @@ def test_late_result_for_an_old_iteration():
 def test_result_from_an_unscheduled_client():
     e, _ = started(("A",))
     join(e, "C", 0.1)  # connected, not admitted, no data: never got a work order
-    e.drain()
+    sends(e)
     p0 = e.params.copy()
     assert e.on_result("C", result(0, np.ones(N, np.float32), 2), 0.5) == "late"
-    (err,) = of(e.drain(), "C")
+    (err,) = of(sends(e), "C")
     assert err["code"] == "late" and "no open work order" in err["reason"]
-    assert e.clients["C"].late == 1 and e.late_total == 1
+    assert e.clients["C"].stats.late == 1 and e.counters.late == 1
     assert np.array_equal(e.params, p0) and e.acc.vectors == 0
     # A second result from a client that already answered is late as well
     assert e.on_result("A", result(0, np.ones(N, np.float32), 2), 0.6) is None
@@ -400,15 +417,15 @@ def test_result_from_an_unscheduled_client():
 def test_result_from_an_unknown_client():
     e, _ = started(("A",))
     assert e.on_result("ghost", result(0, np.ones(N, np.float32), 2), 0.5) == "unknown_client"
-    assert e.drain() == [] and e.acc.vectors == 0
+    assert sends(e) == [] and e.acc.vectors == 0
 
 
 def test_result_while_paused_is_late():
     e, _ = started(("A",))
     e.set_state("paused", 0.3)
-    e.drain()
+    sends(e)
     assert e.on_result("A", result(0, np.ones(N, np.float32), 2), 0.5) == "late"
-    assert of(e.drain(), "A", "error")[0]["code"] == "late"
+    assert of(sends(e), "A", "error")[0]["code"] == "late"
 
 
 # =========================================================================== deadline
@@ -424,12 +441,12 @@ def test_deadline_reduces_without_the_silent_client():
     e.poll(DEADLINE)  # the reduce, and (T is long past) the next boundary at once
     assert e.iteration == 1
     assert np.array_equal(e.params, expected_step(e.hyper, p0, [(g, 3)]))
-    b = e.clients["B"]
-    assert (b.latency.last_ms, b.latency.lag_ms, b.latency.slow_streak) == (1000, 1000, 1)
-    assert e.clients["A"].latency.lag_ms == 0.0  # answered at 1.0 s with 1000 ms of work: no lag
+    b = e.clients["B"].orders.latency
+    assert (b.last_ms, b.lag_ms, b.slow_streak) == (1000, 1000, 1)
+    assert e.clients["A"].orders.latency.lag_ms == 0.0  # answered at 1.0 s with 1000 ms of work: no lag
     assert e.history[0]["missing"] == 1 and e.history[0]["workers_assigned"] == 1
     # B is still connected and scheduled again, with less work time
-    work = {c: p for c, p in e.drain() if isinstance(p, dict) and p["type"] == "work"}
+    work = {c: p for c, p in sends(e) if isinstance(p, dict) and p["type"] == "work"}
     assert work == {"A": work_msg(1, 1000), "B": work_msg(1, 50)}  # T - lag, at least MIN_WORK_MS
     # its late answer for iteration 0 is refused
     assert e.on_result("B", result(0, g, 3), DEADLINE + 0.1) == "late"
@@ -440,12 +457,20 @@ def test_an_iteration_without_results_steps_nothing():
     p0 = e.params.copy()
     assert e.poll(DEADLINE - 0.5) == pytest.approx(0.5)
     e.poll(DEADLINE)
-    out = e.drain()
-    assert e.iteration == 0 and e.optimizer.t == 0 and np.array_equal(e.params, p0)
-    assert not e.history and not [p for _, p in out if isinstance(p, bytes)]  # nothing broadcast
-    assert e.clients["A"].latency.slow_streak == 1
-    # the next boundary (T after the last started, here already past) asks again for iteration 0
-    assert of(out, "A", "work") == [work_msg(0, 50)]
+    out = sends(e)
+    assert e.optimizer.t == 0 and np.array_equal(e.params, p0) and not e.history
+    assert e.clients["A"].orders.latency.slow_streak == 1
+    # the iteration number moves on all the same: the same parameters, as iteration 1, and the
+    # next boundary (T after the last started, here already past) orders iteration 1, not 0
+    # again (two orders for one iteration once let the first order's late result pass as the
+    # second's, its count judged against the second order's short time)
+    assert e.iteration == 1
+    (f,) = frames_to(out, "A")
+    assert (f.kind, f.iteration) == (frames.PARAMETERS, 1) and np.array_equal(f.values, p0)
+    assert of(out, "A", "work") == [work_msg(1, 50)]
+    # the first order's result, arriving now, is late, not the answer to the second order
+    assert e.on_result("A", result(0, np.ones(N, np.float32), 3), DEADLINE + 0.1) == "late"
+    assert e.clients["A"].orders.scheduled == 1
 
 
 # =========================================================================== latency
@@ -463,10 +488,10 @@ class Sim:
     def run(self, until: float) -> None:
         while True:
             wait = self.e.poll(self.t)
-            for cid, p in self.e.drain():
+            for cid, p in sends(self.e):
                 if isinstance(p, dict) and p["type"] == "work":
                     self.orders.append(
-                        (cid, p["iteration"], p["work_ms"], self.e.clients[cid].latency.lag_ms)
+                        (cid, p["iteration"], p["work_ms"], self.e.clients[cid].orders.latency.lag_ms)
                     )
                     if self.lag.get(cid) is not None:
                         done = self.t + p["work_ms"] / 1000 + self.lag[cid]
@@ -496,7 +521,7 @@ def test_slow_client_is_benched_and_probed():
     # S works iterations 0, 1, 2 (three slow ones), is benched, then probed every PROBE_EVERY
     assert sim.iterations("S") == [0, 1, 2, 2 + PROBE_EVERY, 2 + 2 * PROBE_EVERY]
     s = e.clients["S"]
-    assert s.latency.benched and s.latency.benched_at == 2
+    assert s.orders.latency.benched and s.orders.latency.benched_at == 2
     assert "S" in e.clients and len(e.allocator.held["S"]) == 15  # connected, keeps its data
     (row,) = [c for c in e.summary()["clients"] if c["id"] == "S"]
     assert row["benched"] and row["lag_ms"] > 2 / 3 * 1000 and row["data_allocated"] == 15
@@ -511,10 +536,10 @@ def test_client_that_speeds_up_is_unbenched():
     e = ready(("A", "S"))
     sim = Sim(e, {"A": 0.0, "S": 0.9})
     sim.run(until=6.0)
-    assert e.clients["S"].latency.benched
+    assert e.clients["S"].orders.latency.benched
     sim.lag["S"] = 0.0
     sim.run(until=40.0)
-    assert not e.clients["S"].latency.benched
+    assert not e.clients["S"].orders.latency.benched
     its = sim.iterations("S")
     assert its[-3:] == list(range(its[-3], its[-3] + 3))  # scheduled every iteration again
 
@@ -523,7 +548,7 @@ def test_fast_clients_are_never_benched():
     e = ready(("A", "B"))
     sim = Sim(e, {"A": 0.1, "B": 0.6})  # 600 ms < 2/3 T
     sim.run(until=15.0)
-    assert not e.clients["B"].latency.benched
+    assert not e.clients["B"].orders.latency.benched
     assert sim.iterations("B") == list(range(e.iteration + (1 if e.working else 0)))
 
 
@@ -531,7 +556,7 @@ def test_lone_benched_trainer_is_probed_again():
     e = ready(("S",))
     sim = Sim(e, {"S": 0.8})
     sim.run(until=120.0)
-    assert e.clients["S"].latency.benched_at == 2
+    assert e.clients["S"].orders.latency.benched_at == 2
     assert max(sim.iterations("S")) > 2  # probed at least once in 2 simulated minutes
 
 
@@ -550,7 +575,7 @@ def test_disconnect_returns_data_and_others_take_it():
         e.allocator.check()
         t += IDLE_POLL_S
         e.poll(t)
-        mirror_check(e, mirror, e.drain())
+        mirror_check(e, mirror, sends(e))
         e.allocator.check(settled=True)
 
     def joins(cid, capacity=3000):
@@ -597,22 +622,24 @@ def test_disconnect_while_working_reduces_with_the_rest():
     e.poll(1.0)
     e.allocator.check(settled=True)
     assert len(e.allocator.held["A"]) == 30
-    (alloc,) = of(e.drain(), "A", "allocation")
+    (alloc,) = of(sends(e), "A", "allocation")
     assert len(added_ids(alloc)) == 15
 
 
 def test_rebalance_takes_data_from_a_client_that_cached_it():
     e, _ = started(("A",), items=20)
-    assert len(e.clients["A"].cached) == 20
+    assert len(e.clients["A"].share.cached) == 20
     join(e, "B", 0.2)
     e.on_result("A", result(0, np.ones(N, np.float32), 1), 0.5)
     e.poll(0.5)
     e.poll(1.0)
-    out = e.drain()
+    out = sends(e)
     (alloc,) = of(out, "A", "allocation")
     removed = {make_key(g["dataset"], i) for g in alloc["remove"] for i in text_to_ids(g["ids"])}
     assert len(removed) == 10 and alloc["version"] == 2
-    assert e.clients["A"].cached == e.allocator.held["A"]  # the removed ids are no longer counted as cached
+    assert (
+        e.clients["A"].share.cached == e.allocator.held["A"]
+    )  # the removed ids are no longer counted as cached
     assert of(out, "A", "work") and not of(out, "B", "work")  # B has nothing cached yet
 
 
@@ -622,15 +649,15 @@ def test_rebalance_takes_data_from_a_client_that_cached_it():
 def test_pause_and_start():
     e, _ = started(("A", "B"))
     e.set_state("paused", 0.5)
-    out = e.drain()
+    out = sends(e)
     for cid in ("A", "B"):
         assert of(out, cid) == [{"type": "state", "state": "paused", "iteration": 0, "reason": ""}]
-    assert not e.working and e.clients["A"].scheduled is None
-    assert e.poll(0.5) is None and e.poll(100.0) is None and e.drain() == []
+    assert not e.working and e.clients["A"].orders.scheduled is None
+    assert e.poll(0.5) is None and e.poll(100.0) is None and sends(e) == []
     e.set_state("running", 101.0)
-    e.drain()
+    sends(e)
     e.poll(101.0)
-    assert sorted(c for c, p in e.drain() if p == work_msg(0, 1000)) == ["A", "B"]
+    assert sorted(c for c, p in sends(e) if p == work_msg(0, 1000)) == ["A", "B"]
 
 
 def test_restart_resets_iteration_and_history():
@@ -639,24 +666,24 @@ def test_restart_resets_iteration_and_history():
     e.on_result("A", result(0, np.ones(N, np.float32), 2), 0.5)
     e.poll(0.5)
     assert e.iteration == 1 and len(e.history) == 1
-    e.drain()
+    sends(e)
     fresh = Model.from_spec(SPEC, seed=42).params
     opt = e.hyper.make_optimizer(N)
     e.restart(fresh, opt, 0.7)
-    assert (e.iteration, e.history, e.vectors_total, e.working) == (0, [], 0, False)
+    assert (e.iteration, e.history, e.counters.vectors, e.working) == (0, [], 0, False)
     assert e.optimizer is opt and np.array_equal(e.params, fresh)
-    out = e.drain()
+    out = sends(e)
     for cid in ("A", "T"):
         (f,) = frames_to(out, cid)
         assert f.iteration == 0 and f.values.tobytes() == fresh.tobytes()
     e.poll(1.0)
-    assert of(e.drain(), "A", "work") == [work_msg(0, 1000)]
+    assert of(sends(e), "A", "work") == [work_msg(0, 1000)]
 
 
 def test_restart_while_working_makes_answers_late():
     e, _ = started(("A",))
     e.restart(MODEL.params.copy(), e.hyper.make_optimizer(N), 0.3)
-    assert e.clients["A"].scheduled is None
+    assert e.clients["A"].orders.scheduled is None
     assert e.on_result("A", result(0, np.ones(N, np.float32), 2), 0.5) == "late"
 
 
@@ -677,7 +704,7 @@ def test_update_hyper_learning_rate_keeps_the_optimizer_state():
     e, _ = started(("A",), optimizer="sgd", momentum=0.0, learning_rate=0.1)
     opt = e.optimizer
     e.update_hyper(e.hyper.updated({"learning_rate": 0.5}))
-    assert e.optimizer is opt and opt.lr == 0.5 and e.dirty
+    assert e.optimizer is opt and opt.lr == 0.5 and Changed() in e.drain()
     p0 = e.params.astype(np.float64)
     g = np.linspace(-2, 2, N, dtype=np.float32)
     e.on_result("A", result(0, g, 4), 0.5)
@@ -729,7 +756,7 @@ def test_tracker_gets_the_whole_test_set_and_no_work():
     join(e, "T", role="tracker", kind="browser")
     join(e, "A")
     e.poll(0.0)
-    out = e.drain()
+    out = sends(e)
     (alloc,) = of(out, "T", "allocation")
     (g,) = alloc["add"]
     assert (g["dataset"], g["role"], g["url"]) == (2, "test", "/data")
@@ -737,13 +764,13 @@ def test_tracker_gets_the_whole_test_set_and_no_work():
     assert "T" not in e.allocator.held and len(e.allocator.held["A"]) == 30
     cache_all(e, out)
     assert {c["id"]: c["data_cached"] for c in e.summary()["clients"]}["T"] == 12
-    assert e.clients["T"].offered == {2: 12} and not e.clients["T"].cached  # a count, not a set
+    assert e.clients["T"].share.offered == {2: 12} and not e.clients["T"].share.cached  # a count, not a set
     e.poll(0.25)
-    out = e.drain()
+    out = sends(e)
     assert of(out, "A", "work") and not of(out, "T", "work")
     # more test items: the tracker gets the new ones at once
     e.attach(DataSource(dataset=2, url="/data", items=15, label_map=[0, 1, 2], role="test"))
-    (more,) = of(e.drain(), "T", "allocation")
+    (more,) = of(sends(e), "T", "allocation")
     assert added_ids(more, 2) == [12, 13, 14]
 
 
@@ -752,10 +779,11 @@ def test_the_masters_test_error_fills_the_row_and_a_trackers_is_only_its_own():
     join(e, "T", 0.1, role="tracker")
     e.on_result("A", result(0, np.ones(N, np.float32), 2, loss=1.5), 0.5)
     e.poll(0.5)
-    e.dirty = False
+    e.drain()
     e.on_master_test(1, 0.25, 0.7, 10)
     row = e.history[0]
-    assert (row["test_error"], row["test_loss"], row["test_count"]) == (0.25, 0.7, 10) and e.dirty
+    assert (row["test_error"], row["test_loss"], row["test_count"]) == (0.25, 0.7, 10)
+    assert e.drain() == [Changed()]
     # a tracker's word: its client row and tracker_error, never the project's figure
     e.on_test_result("T", msg.TestResult(type="test_result", iteration=1, error=0.0, loss=0.0, count=10))
     assert row["test_error"] == 0.25 and row["tracker_error"] == 0.0
@@ -818,11 +846,11 @@ def test_summary():
 def test_detach_train_dataset():
     e, _ = started(("A", "B"))
     e.detach(1)
-    out = e.drain()
+    out = sends(e)
     for cid in ("A", "B"):
         (alloc,) = of(out, cid, "allocation")
         assert alloc["add"] == [] and len(text_to_ids(alloc["remove"][0]["ids"])) == 15
-        assert e.clients[cid].cached == set()
+        assert e.clients[cid].share.cached == set()
     assert e.allocator.registered == 0 and e.allocator.allocated == 0
     e.allocator.check(settled=True)
 
@@ -985,7 +1013,7 @@ def test_engine_resumes_from_a_checkpoint(tmp_path):
         e.iteration,
         e.state,
         e.hyper.model_dump(),
-        {"vectors": e.vectors_total},
+        {"vectors": e.counters.vectors},
         e.params,
         e.optimizer.state_bytes(),
         e.history,
@@ -1009,7 +1037,7 @@ def test_engine_resumes_from_a_checkpoint(tmp_path):
         rec.totals,
     )
     assert e2.iteration == 1 and e2.params.tobytes() == e.params.tobytes()
-    assert e2.history == e.history and e2.vectors_total == 3
+    assert e2.history == e.history and e2.counters.vectors == 3
     # both take the same next step
     g = np.full(N, 0.3, np.float32)
     for eng in (e, e2):
@@ -1023,22 +1051,22 @@ def test_tracker_gets_the_test_set_at_once_even_in_a_paused_project():
     evaluate), and a test set attached later reaches it without a boundary either."""
     e = make_engine(items=30, test_items=7, state="paused")
     join(e, "T", 0.0, role="tracker", kind="browser")
-    out = e.drain()
+    out = sends(e)
     alloc = of(out, "T", "allocation")
     assert len(alloc) == 1 and alloc[0]["add"][0]["dataset"] == 2 and alloc[0]["add"][0]["ids"] == "0:7"
-    assert e.clients["T"].admitted and e.contributors == {"browser": 1}
+    assert e.clients["T"].admitted and e.counters.contributors == {"browser": 1}
     assert e.poll(1.0) is None  # paused: no boundary ran
     # Not cached yet (still fetching): a new test set offers only its own items.
     e.attach(DataSource(dataset=3, url="/data", items=4, label_map=[0, 1, 2], role="test"))
-    alloc = of(e.drain(), "T", "allocation")
+    alloc = of(sends(e), "T", "allocation")
     assert [g["dataset"] for g in alloc[0]["add"]] == [3]
     e.detach(3)  # removed from the tracker, so attaching it again offers it again
-    assert of(e.drain(), "T", "allocation")[0]["remove"][0]["dataset"] == 3
+    assert of(sends(e), "T", "allocation")[0]["remove"][0]["dataset"] == 3
     e.attach(DataSource(dataset=3, url="/data", items=4, label_map=[0, 1, 2], role="test"))
-    assert [g["dataset"] for g in of(e.drain(), "T", "allocation")[0]["add"]] == [3]
+    assert [g["dataset"] for g in of(sends(e), "T", "allocation")[0]["add"]] == [3]
     # A trainer in the same paused project still waits for a boundary.
     join(e, "A", 1.0)
-    assert not of(e.drain(), "A", "allocation") and not e.clients["A"].admitted
+    assert not of(sends(e), "A", "allocation") and not e.clients["A"].admitted
 
 
 def test_data_goes_to_trainers_that_work_and_idle_shares_are_reclaimed():
@@ -1046,7 +1074,7 @@ def test_data_goes_to_trainers_that_work_and_idle_shares_are_reclaimed():
     RECLAIM_AFTER orders) holds at most PROBATION_ITEMS of what trainers that work could
     hold, and only ids nobody else has room for beyond that: idle sockets cannot soak up
     the data, and a fresh project's first trainers get everything at once."""
-    from mlitb.master.project.engine import PROBATION_ITEMS, RECLAIM_AFTER
+    from mlitb.master.project.membership import PROBATION_ITEMS, RECLAIM_AFTER
 
     e, _ = started(("A", "B"), items=1000)
     held = lambda cid: len(e.allocator.held[cid])  # noqa: E731
@@ -1059,29 +1087,29 @@ def test_data_goes_to_trainers_that_work_and_idle_shares_are_reclaimed():
         now += DEADLINE
         e.poll(now)  # the deadline (or all answered)
         e.poll(now)  # the next boundary: admissions, capacities, rebalance
-        cache_all(e, e.drain())
+        cache_all(e, sends(e))
         e.allocator.check(settled=True)
         return now
 
     now = iteration(0.0, "AB")
     join(e, "S", now)  # a socket that never computes
     now = iteration(now, "AB")
-    assert e.clients["S"].probation and held("S") == PROBATION_ITEMS
+    assert e.clients["S"].share.probation and held("S") == PROBATION_ITEMS
     assert held("A") == held("B") == (1000 - PROBATION_ITEMS) // 2
     for _ in range(RECLAIM_AFTER):  # B goes silent
         now = iteration(now, "A")
-    assert e.clients["B"].missed_streak >= RECLAIM_AFTER and e.clients["B"].probation
+    assert e.clients["B"].orders.missed_streak >= RECLAIM_AFTER and e.clients["B"].share.probation
     # two wait now, one works: together they hold at most one working trainer's share
     assert held("B") == held("S") == 1000 // 2 // 2 and held("A") == 1000 - 2 * (1000 // 2 // 2)
     now = iteration(now, "AB")  # B answers again: its share comes back
-    assert not e.clients["B"].probation and held("A") == held("B") == (1000 - PROBATION_ITEMS) // 2
+    assert not e.clients["B"].share.probation and held("A") == held("B") == (1000 - PROBATION_ITEMS) // 2
 
 
 def test_many_idle_sockets_hold_at_most_a_tenth_of_the_data():
     """Sybils: 40 sockets that join as trainers and never compute share at most
     PROBATION_SHARE of the data (or one working trainer's share, if more) between them;
     the trainers that work keep the rest."""
-    from mlitb.master.project.engine import PROBATION_SHARE
+    from mlitb.master.project.membership import PROBATION_SHARE
 
     e, _ = started(tuple("ABCDEFGHIJ"), items=10_000)
     g = np.ones(N, np.float32)
@@ -1094,9 +1122,9 @@ def test_many_idle_sockets_hold_at_most_a_tenth_of_the_data():
         now += DEADLINE
         e.poll(now)
         e.poll(now)
-        cache_all(e, e.drain())
+        cache_all(e, sends(e))
     e.allocator.check(settled=True)
     idle = sum(len(e.allocator.held[f"S{i}"]) for i in range(40))
     assert 0 < idle <= 10_000 * PROBATION_SHARE, idle
-    assert all(e.clients[f"S{i}"].probation for i in range(40))
+    assert all(e.clients[f"S{i}"].share.probation for i in range(40))
     assert all(len(e.allocator.held[c]) >= (10_000 - idle) // 10 for c in "ABCDEFGHIJ")

@@ -238,7 +238,7 @@ def test_a_newcomers_result_waits_for_its_verdict_and_a_failed_one_bans_it_and_i
     asked = {t for t, p in out if isinstance(p, dict) and p.get("type") == "audit"}
     assert asked == {"c0", "c1"}  # newcomers: every result audited
     assert not [p for t, p in out if t == UP and isinstance(p, bytes)]  # held for the verdicts
-    job0, job1 = r.children["c0"].audit, r.children["c1"].audit
+    job0, job1 = r.children["c0"].trust.audit, r.children["c1"].trust.audit
     assert (
         job0.untrusted
         and job0.start is not None
@@ -261,7 +261,7 @@ def test_a_newcomers_result_waits_for_its_verdict_and_a_failed_one_bans_it_and_i
     # a later child from the banned address is audited every time
     join = {"type": "join", "protocol": 2, "project": "p", "kind": "native", "capabilities": {"proofs": 1}}
     assert r.child_join("c9", msg.parse_client_message(msg.dumps(join)), "10.0.0.1") is None
-    assert r.children["c9"].suspect
+    assert r.children["c9"].trust.suspect
 
 
 def test_a_verdict_not_in_time_leaves_the_result_out_after_the_masters_bounded_wait():
@@ -274,7 +274,7 @@ def test_a_verdict_not_in_time_leaves_the_result_out_after_the_masters_bounded_w
     order(r, 0, now=0.0, work_ms=10_000)
     r.child_bytes("c0", delta(0, np.full(N, 1.0), 2), now=10.0)
     r.child_bytes("c1", delta(0, np.full(N, 3.0), 2), now=10.0)
-    r.finish_audit(r.children["c0"].audit, Verdict(True, "replayed"), now=10.5)
+    r.finish_audit(r.children["c0"].trust.audit, Verdict(True, "replayed"), now=10.5)
     end = 10.0 + HOLD_SHARE * T_MS / 1000
     assert end < r.sum.hold_until < T_MS / 1000 * 1.5 + 1.0  # before the master's own deadline
     assert r.poll(end - 0.1) is not None and not [p for p in ups(r) if isinstance(p, bytes)]
@@ -290,7 +290,7 @@ def test_an_unverified_child_with_an_open_audit_gets_no_order_and_its_result_doe
     order(r, 0, now=0.0, work_ms=1_000)
     r.child_bytes("c0", delta(0, np.full(N, 1.0), 2), now=1.0)
     r.child_bytes("c1", delta(0, np.full(N, 1.0), 2), now=1.0)
-    assert r.children["c0"].audit is not None
+    assert r.children["c0"].trust.audit is not None
     r.drain()
     order(r, 1, now=30.0, work_ms=1_000)  # neither answered its audit: no orders
     assert not [t for t, p in r.drain() if isinstance(p, dict) and p.get("type") == "work"]
@@ -304,14 +304,14 @@ def test_an_unverified_child_with_an_open_audit_gets_no_order_and_its_result_doe
 def test_a_trusted_childs_lie_found_by_a_spot_check_is_taken_back_out_of_the_open_sum():
     r = relay(children=2, aggregation="centered_clip", verify=True, verify_rate=1.0)
     for c in r.children.values():
-        c.audits_passed = 3  # trusted: its results join the sum at once
+        c.trust.audits_passed = 3  # trusted: its results join the sum at once
     order(r, 0, now=0.0)
     r.child_bytes("c0", delta(0, np.full(N, 100.0), 2), now=10.0)
     assert "c0" in r.sum.members
-    r.finish_audit(r.children["c0"].audit, Verdict(False, "not the round's result"), now=10.1)
+    r.finish_audit(r.children["c0"].trust.audit, Verdict(False, "not the round's result"), now=10.1)
     assert "c0" not in r.sum.members and "c0" not in r.children
     r.child_bytes("c1", delta(0, np.full(N, 1.0), 2), now=10.2)
-    r.finish_audit(r.children["c1"].audit, Verdict(True, "replayed"), now=10.3)
+    r.finish_audit(r.children["c1"].trust.audit, Verdict(True, "replayed"), now=10.3)
     (up,) = [p for p in ups(r) if isinstance(p, bytes)]
     np.testing.assert_allclose(frames.decode(up).values, np.full(N, 1.0))
 
@@ -320,7 +320,7 @@ def test_an_unreadable_proof_bans_and_children_that_cannot_be_audited_are_refuse
     r = relay(children=1, verify=True)
     order(r, 0, now=0.0)
     r.child_bytes("c0", delta(0, np.full(N, 1.0), 2), now=10.0)
-    assert r.children["c0"].audit is not None
+    assert r.children["c0"].trust.audit is not None
     truncated = proofs.MAGIC + bytes([2, proofs.PROOF]) + bytes(proofs.HEADER_SIZE)
     assert proofs.is_proof(truncated)
     r.child_bytes("c0", truncated, now=10.1)
@@ -401,6 +401,8 @@ def test_a_relays_sum_of_carried_steps_is_accepted_by_the_masters_engine():
     overlap: the master's order reaches the children with its overlap_ms, their results
     with carried steps go up as one sum, and the master's count check takes it (its order
     to the relay had overlap_ms; the relay's subtree sets its rate)."""
+    from test_engine import sends
+
     from mlitb.master.config import Hyper
     from mlitb.master.project.engine import DataSource, Engine
     from mlitb.model import Model
@@ -429,7 +431,7 @@ def test_a_relays_sum_of_carried_steps_is_accepted_by_the_masters_engine():
         for _ in range(10):
             out = r.drain()
             to_children.extend((t, p) for t, p in out if t != UP)
-            down, up = [p for c, p in e.drain() if c == "R"], [p for t, p in out if t == UP]
+            down, up = [p for c, p in sends(e) if c == "R"], [p for t, p in out if t == UP]
             if not down and not up:
                 return answers
             for p in down:
@@ -463,7 +465,7 @@ def test_a_relays_sum_of_carried_steps_is_accepted_by_the_masters_engine():
     assert sorted(len(c.cached) for c in r.children.values()) == [20, 20]
     e.next_start = 10.0
     e.poll(10.0)  # the master's order, to the relay and on to the children
-    (to_relay,) = [p for c, p in e.drain() if c == "R" and isinstance(p, dict) and p["type"] == "work"]
+    (to_relay,) = [p for c, p in sends(e) if c == "R" and isinstance(p, dict) and p["type"] == "work"]
     assert to_relay["overlap_ms"] == 1000
     to_children.clear()
     r.on_up_text(to_relay, 10.0)
@@ -477,4 +479,4 @@ def test_a_relays_sum_of_carried_steps_is_accepted_by_the_masters_engine():
     r.child_bytes("c1", delta(it, np.full(n, 3e-3), 250), now=11.0)
     assert [c.rejected for c in r.children.values()] == [0, 0]
     assert pump(11.0) == [None]  # the master accepted the relay's sum of 500
-    assert e.clients["R"].results == 1 and e.clients["R"].vectors_processed == 500
+    assert e.clients["R"].stats.results == 1 and e.clients["R"].stats.vectors_processed == 500

@@ -6,7 +6,7 @@ the counters show it, honest results of varying size pass untouched."""
 from __future__ import annotations
 
 import numpy as np
-from test_engine import N, T, of, result, started
+from test_engine import N, T, of, result, sends, started
 
 from mlitb.master.trust.screening import (
     CLIP_FACTOR,
@@ -39,7 +39,7 @@ def warm(e, now: float) -> float:
         now += T
         e.next_start = now
         e.poll(now)
-    e.drain()
+    sends(e)
     return now
 
 
@@ -57,7 +57,7 @@ def test_honest_results_of_any_size_pass_untouched():
         e.poll(now)
     s = e.summary(now)
     assert s["clipped"] == 0 and s["rejected"] == 0, s
-    assert not of(e.drain(), type="error")
+    assert not of(sends(e), type="error")
 
 
 def test_a_scaled_result_is_clipped_and_an_absurd_one_refused():
@@ -65,10 +65,10 @@ def test_a_scaled_result_is_clipped_and_an_absurd_one_refused():
     now = warm(e, 0.0)
     it = e.iteration
     assert e.on_result("X", result(it, honest(20) * 50, 20), now + 0.1) is None
-    out = e.drain()
+    out = sends(e)
     (err,) = of(out, "X", "error")
     assert err["code"] == "clipped" and "clipped" in err["reason"]
-    assert e.clients["X"].clipped == 1 and e.summary(now)["clipped"] == 1
+    assert e.clients["X"].stats.clipped == 1 and e.summary(now)["clipped"] == 1
     # the clipped result enters the sums at most CLIP_FACTOR x the usual norm per vector
     assert e.acc.weight == 20
     reason = e.on_result("Y", result(it, honest(20), 20), now + 0.1)  # not a client
@@ -76,7 +76,7 @@ def test_a_scaled_result_is_clipped_and_an_absurd_one_refused():
     e2, _ = started(TRAINERS, items=90)
     now2 = warm(e2, 0.0)
     assert e2.on_result("X", result(e2.iteration, honest(20) * 1e6, 20), now2 + 0.1) == "implausible_norm"
-    assert e2.clients["X"].rejected == 1 and e2.acc.results == 0
+    assert e2.clients["X"].stats.rejected == 1 and e2.acc.results == 0
 
 
 def test_a_count_beyond_the_clients_speed_is_refused():
@@ -85,8 +85,8 @@ def test_a_count_beyond_the_clients_speed_is_refused():
     assert e.on_result("A", result(0, honest(1400), 1400), 0.5) is None
     reason = e.on_result("B", result(0, honest(100) * 1600 / 100, 1600), 0.5)
     assert reason == "implausible_count"
-    (err,) = of(e.drain(), "B", "error")
-    assert "max_vectors_per_s" in err["reason"] and e.clients["B"].rejected == 1
+    (err,) = of(sends(e), "B", "error")
+    assert "max_vectors_per_s" in err["reason"] and e.clients["B"].stats.rejected == 1
 
 
 def test_the_screen_needs_a_reference_and_scales_the_threshold_for_small_results():

@@ -52,11 +52,13 @@ import numpy as np
 from mlitb.master.config import Hyper
 from mlitb.master.learning.accumulator import Accumulator, Rejected
 from mlitb.master.learning.aggregation import make_aggregator
+from mlitb.master.project.counters import Counters
 from mlitb.master.sched.allocation import Allocator, by_dataset, id_groups, make_key, split_key
 from mlitb.master.sched.latency import Latency
 from mlitb.master.server.store import token_hash
 from mlitb.master.trust.audits import Auditor, strike
 from mlitb.master.trust.holds import REPLAY_EWMA, REPLAY_S, audit_slots, hold_limit, ration, unverified
+from mlitb.master.trust.record import TrustRecord
 from mlitb.master.trust.screening import NormScreen, check_count
 from mlitb.master.trust.verification import AuditJob, Verdict
 from mlitb.protocol import codecs, frames, proofs
@@ -106,16 +108,8 @@ class Child:
     rejected: int = 0
     clients: int = 0  # a relay under this one: its own subtree (from its `subtree`)
     address: str = ""
-    # audits, as the master's Client has them (mlitb.master.trust.audits reads these fields)
-    proofs: bool = False  # it answers audits (join capabilities.proofs)
-    suspect: bool = False  # audited every time (joined from a banned child's address)
-    audit: AuditJob | None = None
-    audits_passed: int = 0
-    audit_error: float = 0.0
-    audit_strikes: int = 0
-    recheck: bool = False  # an audit of it left a full queue: held as a newcomer until one passes
-    last_norm: float = 0.0
-    first_result: int | None = None
+    # audits, as the master's Client has them (mlitb.master.trust.audits reads this record)
+    trust: TrustRecord = field(default_factory=TrustRecord)
     removed: list[set[int]] = field(default_factory=list)  # ids taken from it, per recent order
     joined: float = 0.0  # when it joined (monotonic s): its turn in the rations
 
@@ -171,7 +165,7 @@ class Relay:
         self.acc: Accumulator | None = None
         self.ordered: set[str] = set()  # children with an open order (kept, not searched: O(1))
         self.screen = NormScreen()
-        self.auditor = Auditor({})  # the master's policy; `banned` holds this relay's bans
+        self.auditor = Auditor(Counters())  # the master's policy; `banned` holds this relay's bans
         self.replay_s = REPLAY_S  # one audit's wall time, measured (audit.py): sizes the rations
         self._served: dict[str, float] = {}  # address -> when an unverified child of it got an order
         self.closing: list[tuple[str, int, str]] = []  # children's sockets the I/O must close
@@ -229,7 +223,7 @@ class Relay:
         if not h.verify:
             self.auditor.forget()
             for c in self.children.values():
-                c.audit = None
+                c.trust.audit = None
             if self.sum is not None:  # results held for verdicts that will not come: as the rest now
                 held, self.sum.held = self.sum.held, {}
                 for cid, (frame, factor) in held.items():
@@ -287,7 +281,7 @@ class Relay:
             self._new_accumulator()
             self.auditor.forget()  # proofs of the old shape cannot be checked
             for c in self.children.values():
-                c.audit = None
+                c.trust.audit = None
             self._to_children(m)
         elif kind == "audit":  # not asked of relays (the owner vouched); answer all the same
             self.send(
@@ -411,9 +405,11 @@ class Relay:
             item = int(shape.get("out_sx", 1)) * int(shape.get("out_sy", 1)) * int(shape.get("out_depth", 1))
             capacity = min(capacity, join.memory_mb * (1 << 20) // (item + 160))
         cap = capacity
-        child = Child(cid, join.name, join.kind, join.backend, cap, address=address,
-                      proofs=bool(join.capabilities.get("proofs")),
-                      suspect=self.auditor.banned_address(address), joined=self.now)  # fmt: skip
+        record = TrustRecord(proofs=bool(join.capabilities.get("proofs")),
+                             suspect=self.auditor.banned_address(address))  # fmt: skip
+        child = Child(
+            cid, join.name, join.kind, join.backend, cap, address=address, trust=record, joined=self.now
+        )
         self.children[cid] = child
         extra = {k: self.welcome[k] for k in ("algorithm", "compression", "tracker") if k in self.welcome}
         w = self.welcome
@@ -478,7 +474,7 @@ class Relay:
         elif isinstance(message, msg.ChildBanned) and child.kind == "relay":  # banned further down
             self.send(UP, message.model_dump())
         elif isinstance(message, msg.ProofMissing):
-            job = child.audit
+            job = child.trust.audit
             if job is None or (message.iteration is not None and message.iteration != job.iteration):
                 return
             log.info("%s has no proof for iteration %d: %s", cid, job.iteration, message.reason)
@@ -489,7 +485,9 @@ class Relay:
 
     def _checking(self) -> set[str]:
         """Children with an audit open or queued: an unverified one gets no order meanwhile."""
-        return {j.client for j in self.auditor.queue} | {c.id for c in self.children.values() if c.audit}
+        return {j.client for j in self.auditor.queue} | {
+            c.id for c in self.children.values() if c.trust.audit
+        }
 
     def _ration(self, T: float, now: float) -> set[str]:
         """Unverified children left without an order this time (the master's rule, holds.py):
@@ -517,9 +515,9 @@ class Relay:
         """A proof not checked (the data server failing): said, counted, its sender rechecked."""
         log.warning("audit of %s (iteration %d) not checked: %s; its results are held until an audit "
                     "passes", job.client, job.iteration, why)  # fmt: skip
-        self.auditor.skipped += 1
+        self.auditor.counters.audits_skipped += 1
         if (child := self.children.get(job.client)) is not None:
-            child.recheck = True
+            child.trust.recheck = True
 
     def child_bytes(self, cid: str, data: bytes, now: float) -> None:
         self.now = now
@@ -527,7 +525,7 @@ class Relay:
         if child is None:
             return
         if proofs.is_proof(data):  # the answer to an audit
-            job = child.audit
+            job = child.trust.audit
             refused = self.auditor.on_proof(child, data, self.num_params)
             if refused == "unasked":
                 log.info("unasked proof from %s ignored", cid)
@@ -536,9 +534,9 @@ class Relay:
             for lost in getattr(self.auditor, "overflow", list)():  # a full queue let it go unchecked
                 log.warning("audit of %s (iteration %d) not checked: the replay queue is full", lost.client,
                             lost.iteration)  # fmt: skip
-                self.auditor.skipped += 1
+                self.auditor.counters.audits_skipped += 1
                 if (other := self.children.get(lost.client)) is not None:
-                    other.recheck = True
+                    other.trust.recheck = True
             return
         try:
             frame = frames.decode(data, max_count=self.num_params)
@@ -574,7 +572,7 @@ class Relay:
             if (
                 self.hyper.verify
                 and unverified(child, self.hyper.verify_trust)
-                and (child.audit is not None or cid in self._checking())
+                and (child.trust.audit is not None or cid in self._checking())
             ):
                 raise Rejected(
                     "unverified",
@@ -605,14 +603,14 @@ class Relay:
         child.latency.observe(
             (now - child.ordered_at) * 1000 - child.work_ms, child.order_ms, frame.iteration
         )
-        if child.first_result is None:
-            child.first_result = frame.iteration
+        if child.trust.first_result is None:
+            child.trust.first_result = frame.iteration
         self.screen.record(frame.kind, cid, frame.iteration, verdict, frame.vectors)
         audited = self._maybe_audit(child, frame, verdict.factor, now)
         with np.errstate(over="ignore"):
-            child.last_norm = float(np.linalg.norm(frame.values))
+            child.trust.last_norm = float(np.linalg.norm(frame.values))
         self.counters["results_in"] += 1
-        if audited and child.audit is not None and child.audit.untrusted:
+        if audited and child.trust.audit is not None and child.trust.audit.untrusted:
             self.sum.held[cid] = (frame, verdict.factor)  # out of the sum until its verdict passes
         else:
             self._add(cid, frame, verdict.factor)
@@ -631,7 +629,7 @@ class Relay:
             return False
         owned = self.allocator.held.get(child.id, set()).union(*child.removed)
         job.owned = np.sort(np.fromiter(owned, np.int64, len(owned)))  # what it may have used
-        child.audit = job
+        child.trust.audit = job
         self.counters["audits"] += 1
         self.send(child.id, msg.audit(frame.iteration, frame.vectors, frame.loss))
         return True
@@ -653,7 +651,7 @@ class Relay:
         if verdict.ok:
             log.info("audit of %s (iteration %d) passed: %s", job.client, job.iteration, verdict.detail)
             if child is not None:
-                child.recheck = False
+                child.trust.recheck = False
             s = self.sum
             held = s.held.pop(job.client, None) if s is not None and s.iteration == job.iteration else None
             if held is not None and child is not None:
@@ -693,7 +691,7 @@ class Relay:
 
     def _overdue_audits(self, now: float) -> None:
         for c in self.auditor.overdue(list(self.children.values()), now):
-            job = c.audit
+            job = c.trust.audit
             strike(c, "no answer in time", lambda why, cid=c.id, job=job: self.ban(cid, why, job))
 
     # ------------------------------------------------------------------ the clock

@@ -268,8 +268,8 @@ class RelayService:
                     "address": k.address,
                     "results": k.results,
                     "rejected": k.rejected,
-                    "verified": k.audits_passed,
-                    "suspect": k.suspect,
+                    "verified": k.trust.audits_passed,
+                    "suspect": k.trust.suspect,
                 }
                 for k in c.children.values()
             ]

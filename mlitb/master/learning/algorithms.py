@@ -92,6 +92,33 @@ class Algorithm(ABC):
     def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:
         """The iteration's results (acc.weight > 0) -> params updated in place."""
 
+    # ---------------------------------------------------------------- hooks the engine asks
+    def carries(self, fields: dict) -> bool:
+        """Whether an order with these fields lets the trainer carry steps past its result."""
+        return False
+
+    def carried_s(self, frame: frames.Frame, carried: bool) -> float:
+        """Seconds of compute a result may hold beyond its own order's (`carried`: its order
+        let it carry steps): what the count check allows on top."""
+        return 0.0
+
+    def audit_mode(self, frame: frames.Frame) -> str:
+        """How an audit replays this result (mlitb.master.trust.verification)."""
+        return "local" if frame.kind == frames.DELTA else "gradient"
+
+    def audit_settings(self) -> dict:
+        """The settings an audit replays with: results of orders that ran other ones cannot
+        be audited (`voids_audits`)."""
+        return self.work_fields().get("inner", {})
+
+    def voids_audits(self, old: Algorithm) -> bool:
+        return self.audit_settings() != old.audit_settings()
+
+    def norm_settings(self) -> tuple:
+        """Settings that change a result's norm: when they change, the screen starts over."""
+        h = self.hyper
+        return (self.name, h.inner_optimizer, h.inner_learning_rate, h.batch_size)
+
 
 class SyncSGD(Algorithm):
     name = "sync_sgd"
@@ -138,6 +165,14 @@ class LocalSGD(Algorithm):
         if h.overlap and not h.work_vectors:  # fixed work must stay fixed
             fields["overlap_ms"] = h.iteration_ms  # the longest a trainer keeps stepping unasked
         return fields
+
+    def carries(self, fields: dict) -> bool:
+        return bool(fields.get("overlap_ms"))
+
+    def carried_s(self, frame: frames.Frame, carried: bool) -> float:
+        # an overlap's steps ride on a change whose order had overlap_ms, even if the project
+        # turned overlap off since (without it, that result is refused as implausible)
+        return self.hyper.iteration_time if carried and frame.kind == frames.DELTA else 0.0
 
     def terms(self, frame: frames.Frame, weight: float) -> tuple[float, float]:
         w = weight * frame.vectors

@@ -45,7 +45,7 @@ class AuditRunner:
 
     async def run(self) -> None:
         while True:
-            job = self.engine.auditor.next_job()
+            job = self.engine.trust.next_job()
             if job is None:
                 self.wake.clear()
                 try:
@@ -58,7 +58,7 @@ class AuditRunner:
             began = time.monotonic()
             try:
                 took = await self.check(job)
-                self.engine.holds.observe(time.monotonic() - began)
+                self.engine.trust.observe(time.monotonic() - began)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the data server down, a dataset deleted: not the client's fault
@@ -72,7 +72,7 @@ class AuditRunner:
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         while (left := end - loop.time()) > 0:
-            if any(j.untrusted for j in self.engine.auditor.queue):
+            if self.engine.trust.urgent():
                 return
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -101,7 +101,7 @@ class AuditRunner:
                 plan, took = await asyncio.to_thread(self._replay, job, plan, items)
         verdict = plan if isinstance(plan, Verdict) else Verdict(True, "structure and ends only (no replay)")
         self.checked += 1
-        e.finish_audit(job, verdict)
+        e.finish_audit(job, verdict, time.monotonic())
         self.on_verdict()
         return took
 

@@ -20,7 +20,7 @@ import httpx
 
 from mlitb.data.grants import read_grant
 from mlitb.data.wire import BlockReader
-from mlitb.master.project.engine import DataSource, label_map_for
+from mlitb.master.project.data import DataSource, label_map_for
 from mlitb.master.server.errors import ProjectError
 from mlitb.model.spec import Spec
 

@@ -27,7 +27,7 @@ from mlitb.master.server.datasets import DataServers, check_source
 from mlitb.master.server.errors import ProjectError
 from mlitb.master.server.model_specs import build_model, drop_last_layer
 from mlitb.master.server.project_meta import Project, ProjectMeta
-from mlitb.master.server.runner import ProjectRunner
+from mlitb.master.server.runner import ProjectRunner, engine_io
 from mlitb.master.server.store import MasterStore, token_hash
 from mlitb.model import Model
 from mlitb.model.browser import browser_problems
@@ -102,6 +102,7 @@ class ProjectManager:
                 rec.state,
                 rec.history,
                 rec.totals,
+                **engine_io(),
             )
             for s in rec.sources:
                 engine.attach(
@@ -322,6 +323,7 @@ class ProjectManager:
             "created",
             history,
             totals,
+            **engine_io(),
         )
         meta = ProjectMeta(description, created, token_hash(token), token_hash(join_key), data_url)
         for source in sources:

@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import time
 
-from mlitb.master.project.engine import Engine, label_map_for
+from mlitb.master.project.data import label_map_for
+from mlitb.master.project.effects import Changed, Close, Send
+from mlitb.master.project.engine import Engine
 from mlitb.master.server.audit_runner import AuditRunner
 from mlitb.master.server.connection import Connection
 from mlitb.master.server.evaluation import MasterEvaluator
@@ -24,6 +27,13 @@ HEARTBEAT_TIMEOUT_S = 20.0  # ... and are dropped after this much silence
 DATA_POLL_S = 5.0  # how often attached datasets are checked for appended items
 
 
+def engine_io() -> dict:
+    """What an Engine takes from the world instead of reading it (mlitb.master.project):
+    audit draws from SystemRandom, wall-clock time as monotonic + epoch, the step's cost
+    measured with perf_counter."""
+    return {"rng": random.SystemRandom(), "epoch": time.time() - time.monotonic(), "timer": time.perf_counter}
+
+
 class ProjectRunner:
     def __init__(self, engine: Engine, store: MasterStore, data_lookup, fetch_items=None) -> None:
         self.engine = engine
@@ -36,6 +46,7 @@ class ProjectRunner:
         self.conns: dict[str, Connection] = {}
         self.wake = asyncio.Event()
         self.last_save = 0.0
+        self.dirty = False  # the engine changed state worth a checkpoint since the last one
         self.saved_iteration = engine.iteration
         self.clear_history = False
         self.listeners: set[asyncio.Queue] = set()  # dashboard streams
@@ -121,10 +132,10 @@ class ProjectRunner:
             if conn.kind != "relay":
                 self._refuse(conn, "not_a_relay", "child_banned is for relays; this client is a worker")
                 return
-            self.engine.on_child_banned(conn.id, message)
+            self.engine.on_child_banned(conn.id, message, time.monotonic())
             self.notify()
         elif isinstance(message, msg.ProofMissing):
-            self.engine.on_proof_missing(conn.id, message)
+            self.engine.on_proof_missing(conn.id, message, time.monotonic())
         elif isinstance(message, msg.Leave):
             conn.close_soon(msg.CLOSE_NORMAL, "goodbye")
             self.leave(conn.id, message.reason or "left")
@@ -135,7 +146,7 @@ class ProjectRunner:
         conn.last_seen = time.monotonic()
         self.engine.count_bytes(conn.id, received=len(data))
         if proofs.is_proof(data):  # the answer to an audit (mlitb.master.trust.audits)
-            self.engine.on_proof(conn.id, data)
+            self.engine.on_proof(conn.id, data, time.monotonic())
             self._flush()
             if self.auditor is not None:
                 self.auditor.wake.set()
@@ -168,15 +179,18 @@ class ProjectRunner:
 
     # ----------------------------------------------------------------- the loop
     def _flush(self) -> None:
-        for cid, payload in self.engine.drain():
-            conn = self.conns.get(cid)
-            if conn is not None:
-                self.engine.count_bytes(cid, sent=conn.send(payload))
-        closing, self.engine.closing = self.engine.closing, []
-        for cid, code, reason in closing:  # banned: the engine already let it go
-            conn = self.conns.pop(cid, None)
-            if conn is not None:
-                conn.close_soon(code, reason)
+        """Carry out the engine's effects, in order."""
+        for effect in self.engine.drain():
+            if isinstance(effect, Send):
+                conn = self.conns.get(effect.client)
+                if conn is not None:
+                    self.engine.count_bytes(effect.client, sent=conn.send(effect.payload))
+            elif isinstance(effect, Close):  # banned: the engine already let it go
+                conn = self.conns.pop(effect.client, None)
+                if conn is not None:
+                    conn.close_soon(effect.code, effect.reason)
+            elif isinstance(effect, Changed):
+                self.dirty = True
 
     def _after_audit(self) -> None:
         self._flush()  # a ban's error and close; dashboards see it with the next iteration
@@ -217,9 +231,10 @@ class ProjectRunner:
     async def checkpoint(self, force: bool = False) -> None:
         e = self.engine
         now = time.monotonic()
-        if not e.dirty or (not force and now - self.last_save < e.hyper.save_period):
+        self._flush()  # a Changed still among the effects counts
+        if not self.dirty or (not force and now - self.last_save < e.hyper.save_period):
             return
-        e.dirty = False
+        self.dirty = False
         self.last_save = now
         first = max(0, self.saved_iteration - 5)  # recent rows: trackers fill test_error late
         rows = [r for r in e.history if r["iteration"] >= first]
@@ -239,20 +254,7 @@ class ProjectRunner:
         await asyncio.to_thread(self.store.checkpoint, **snapshot)
 
     def totals(self) -> dict:
-        e = self.engine
-        return {
-            "vectors": e.vectors_total,
-            "rejected": e.rejected_total,
-            "late": e.late_total,
-            "stale": e.stale_total,
-            "refused_steps": e.refused_steps,
-            "clipped": e.clipped_total,
-            "bytes_in": e.bytes_in,
-            "bytes_out": e.bytes_out,
-            "contributors": e.contributors,
-            "held_back": e.holds.dropped,
-            **e.auditor.totals(),
-        }
+        return self.engine.counters.totals()
 
     async def _watch_data(self) -> None:
         """Every DATA_POLL_S: appended items and new labels of the attached datasets. A

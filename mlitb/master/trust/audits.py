@@ -3,8 +3,9 @@
 Adaptive replication as BOINC does it: a trainer's results are all audited until it
 passed `verify_trust` audits (and always while it is suspect: clipped results, or it
 joined from an address a banned client used), then with probability
-max(verify_rate, verify_trust / (passed + 1)), drawn with SystemRandom after the result
-arrived, so a trainer never knows whether the round it is computing will be checked.
+max(verify_rate, verify_trust / (passed + 1)), drawn after the result arrived from the
+generator the runner provides (SystemRandom; seeded in tests), so a trainer never knows
+whether the round it is computing will be checked.
 One audit per trainer is open at a time. A proof that fails the check bans its sender;
 so does a third audit left unanswered (`proof_missing`, or no answer within
 AUDIT_TIMEOUT_S). The checks themselves are mlitb.master.trust.verification; the runner
@@ -32,35 +33,31 @@ from mlitb.protocol import frames, proofs
 
 log = logging.getLogger("mlitb.master")
 
-SECURE = random.SystemRandom()
 AUDIT_TIMEOUT_S = 30.0  # an audit not answered by then is a strike
 STRIKES_TO_BAN = 3
 MAX_QUEUE = 64  # proofs waiting for the replay thread; beyond it the oldest trusted one leaves
-MAX_BANNED = 1000  # bans remembered per project (persisted with the totals)
 
 
 class Auditor:
-    def __init__(self, totals: dict) -> None:
+    """The audits of one project (or one relay's children): parameters clients started
+    from, the queue of proofs to check, and the policy. Its counts go to `counters`
+    (mlitb.master.project.counters.Counters: asked, passed, failed, skipped, banned)."""
+
+    def __init__(self, counters, rng: random.Random | None = None) -> None:
+        self.counters = counters
+        self.rng = rng if rng is not None else random.SystemRandom()
         self.held: dict[int, np.ndarray] = {}  # iteration -> parameters clients started from
         self.queue: list[AuditJob] = []  # proofs received, to check
         self._overflow: list[AuditJob] = []  # jobs that left a full queue, for the Engine
         self._turns: dict[str, int] = {}  # address group -> the turn its last job was checked in
         self._turn = 0
-        self.banned: list[dict] = list(totals.get("banned", []))[-MAX_BANNED:]
-        self.passed = int(totals.get("audits_passed", 0))
-        self.failed = int(totals.get("audits_failed", 0))
-        self.skipped = int(totals.get("audits_skipped", 0))
-        self.asked = int(totals.get("audits", 0))
 
-    def totals(self) -> dict:
-        return {"banned": self.banned, "audits_passed": self.passed, "audits_failed": self.failed,
-                "audits_skipped": self.skipped, "audits": self.asked}  # fmt: skip
+    @property
+    def banned(self) -> list[dict]:
+        return self.counters.banned
 
     def banned_address(self, address: str) -> bool:
-        """A ban from this address (an IPv6 /64 counts as one). Bans a relay reported keep
-        the child's address apart (`relay_address`): it is on the relay's network, not ours."""
-        group = address_group(address)
-        return bool(address) and any(address_group(b.get("address", "")) == group for b in self.banned)
+        return banned_address(self.banned, address)
 
     # -------------------------------------------------------------- parameters
     def remember(self, iteration: int, held: np.ndarray, keep: int) -> None:
@@ -75,12 +72,17 @@ class Auditor:
 
     # -------------------------------------------------------------- policy
     def wants(self, client, hyper, clipped: bool) -> bool:
-        if not hyper.verify or not client.proofs or client.audit is not None:
+        if not hyper.verify or not client.trust.proofs or client.trust.audit is not None:
             return False
-        if client.audits_passed < hyper.verify_trust or client.suspect or client.recheck or clipped:
+        if (
+            client.trust.audits_passed < hyper.verify_trust
+            or client.trust.suspect
+            or client.trust.recheck
+            or clipped
+        ):
             return True
-        rate = max(hyper.verify_rate, hyper.verify_trust / (client.audits_passed + 1))
-        return SECURE.random() < rate
+        rate = max(hyper.verify_rate, hyper.verify_trust / (client.trust.audits_passed + 1))
+        return self.rng.random() < rate
 
     def job(self, client, frame: frames.Frame, mode: str, inner: dict, now: float, accepted_in: int,
             trust: int) -> AuditJob | None:  # fmt: skip
@@ -96,19 +98,19 @@ class Auditor:
             dtype=frame.dtype,
             start=start,
             previous=self.held.get(frame.iteration - 1),
-            last_norm=client.last_norm,
+            last_norm=client.trust.last_norm,
             inner=inner,
             asked_at=now,
             accepted_in=accepted_in,
-            untrusted=client.audits_passed < trust or client.recheck,  # = holds.unverified
+            untrusted=client.trust.audits_passed < trust or client.trust.recheck,  # = holds.unverified
             address=address_group(client.address),
         )
-        self.asked += 1
+        self.counters.audits += 1
         return job
 
     def on_proof(self, client, data: bytes, num_params: int) -> str | None:
         """A proof frame arrived: queue its job; returns why it is refused (ban), or None."""
-        job = client.audit
+        job = client.trust.audit
         if job is None:
             return "unasked"  # not an offence: a proof racing a timeout
         try:
@@ -118,7 +120,7 @@ class Auditor:
         if iteration != job.iteration:
             return f"proof for iteration {iteration}, the audit asked for {job.iteration}"
         job.proof = (header, values)
-        client.audit = None
+        client.trust.audit = None
         self.enqueue(job)
         return None
 
@@ -157,30 +159,44 @@ class Auditor:
         return job
 
     def overdue(self, clients, now: float) -> list:
-        return [c for c in clients if c.audit is not None and now - c.audit.asked_at > AUDIT_TIMEOUT_S]
+        return [
+            c for c in clients if c.trust.audit is not None and now - c.trust.audit.asked_at > AUDIT_TIMEOUT_S
+        ]
 
     def record(self, client, verdict: Verdict) -> None:
         """`client` None: it left before its verdict."""
         if verdict.ok:
-            self.passed += 1
+            self.counters.audits_passed += 1
             if client is not None:
-                client.audits_passed += 1
-                client.audit_error = max(client.audit_error, verdict.error)
+                client.trust.audits_passed += 1
+                client.trust.audit_error = max(client.trust.audit_error, verdict.error)
         else:
-            self.failed += 1
+            self.counters.audits_failed += 1
 
     def ban_entry(self, client, cid: str, iteration: int, reason: str, when: float) -> dict:
-        entry = {"id": cid, "iteration": iteration, "reason": reason[:300], "t": round(when, 3)}
-        if client is not None:
-            entry.update(name=client.name, address=client.address, kind=client.kind,
-                         first_result=client.first_result)  # fmt: skip
-        self.banned.append(entry)
-        del self.banned[:-MAX_BANNED]
-        return entry
+        return ban_entry(self.counters, client, cid, iteration, reason, when)
+
+
+def banned_address(banned: list[dict], address: str) -> bool:
+    """A ban from this address (an IPv6 /64 counts as one). Bans a relay reported keep
+    the child's address apart (`relay_address`): it is on the relay's network, not ours."""
+    group = address_group(address)
+    return bool(address) and any(address_group(b.get("address", "")) == group for b in banned)
+
+
+def ban_entry(counters, client, cid: str, iteration: int, reason: str, when: float) -> dict:
+    """A ban as listed: `client` None when it left before the verdict (its name and address
+    are then unknown). Full addresses: the public view masks them."""
+    entry = {"id": cid, "iteration": iteration, "reason": reason[:300], "t": round(when, 3)}
+    if client is not None:
+        entry.update(name=client.name, address=client.address, kind=client.kind,
+                     first_result=client.trust.first_result)  # fmt: skip
+    counters.ban(entry)
+    return entry
 
 
 def strike(client, why: str, on_ban: Callable[[str], None]) -> None:
-    client.audit_strikes += 1
-    client.audit = None
-    if client.audit_strikes >= STRIKES_TO_BAN:
-        on_ban(f"{client.audit_strikes} audits unanswered (last: {why})")
+    client.trust.audit_strikes += 1
+    client.trust.audit = None
+    if client.trust.audit_strikes >= STRIKES_TO_BAN:
+        on_ban(f"{client.trust.audit_strikes} audits unanswered (last: {why})")

@@ -51,9 +51,9 @@ def unverified(client, trust: int) -> bool:
     held or rationed: one banned tab behind a classroom's NAT would otherwise starve every
     tab there for good. A client that keeps no proofs cannot be audited: the master admits
     one only with verification off (a relay's sum is vouched for by its owner token)."""
-    if client.kind == "relay" or not client.proofs:
+    if client.kind == "relay" or not client.trust.proofs:
         return False
-    return client.audits_passed < trust or client.recheck
+    return client.trust.audits_passed < trust or client.trust.recheck
 
 
 def address_group(address: str) -> str:
