@@ -15,25 +15,23 @@ project routes, so /publish and /closure are not read as control actions).
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from mlitb.closure import Closure, ClosureError
+from mlitb.master.server.access import bearer_token, owner, reader
+from mlitb.master.server.bodies import optional_json
 from mlitb.master.server.closures import export, find_datasets, resume
 from mlitb.master.server.closures import publish as publish_closure
-from mlitb.master.server.projects import ProjectError, ProjectManager
+from mlitb.master.server.errors import ProjectError
+from mlitb.master.server.project_routes import project_details
+from mlitb.master.server.projects import ProjectManager
 from mlitb.master.server.store import token_hash
 from mlitb.master.server.zoo import Zoo
 
 MAX_CLOSURE_BYTES = 2 << 30
-
-
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    return header[7:] if header.lower().startswith("bearer ") else None
 
 
 def _ids(text: str | None, what: str) -> list[int] | None:
@@ -65,26 +63,11 @@ async def _read_closure(request: Request) -> tuple[Closure, bytes]:
         raise ProjectError(400, f"closure: {exc.message}", "bad_closure") from None
 
 
-async def _optional_json(request: Request) -> dict:
-    raw = await request.body()
-    if len(raw) > 1 << 20:
-        raise ProjectError(413, "request body over 1 MiB", "too_large")
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError as exc:
-        raise ProjectError(400, f"expected a JSON object (or no body): {exc}", "bad_json") from None
-    if not isinstance(body, dict):
-        raise ProjectError(400, "expected a JSON object", "bad_json")
-    return body
-
-
-def closure_router(manager: ProjectManager, zoo: Zoo, details) -> APIRouter:
+def closure_router(manager: ProjectManager, zoo: Zoo) -> APIRouter:
     router = APIRouter()
 
-    def owner(request: Request, name: str):
-        runner = manager.get(name)
-        manager.check_owner(runner, bearer_token(request))
-        return runner
+    def details(runner) -> dict:
+        return project_details(manager, runner)
 
     def entry_or_404(entry_id: int):
         entry = zoo.get(entry_id)
@@ -95,9 +78,7 @@ def closure_router(manager: ProjectManager, zoo: Zoo, details) -> APIRouter:
 
     @router.get("/api/projects/{name}/closure")
     async def project_closure(name: str, request: Request, embed_test: str | None = None):
-        runner = manager.get(name)
-        key = request.headers.get("x-join-key") or request.query_params.get("key")
-        manager.check_reader(runner, bearer_token(request) or request.query_params.get("token"), key)
+        runner = reader(manager, request, name)
         closure, data = await export(manager, runner, _flag(embed_test))
         filename = f"{name}-{closure.manifest['training']['iteration']}.mlitb"
         return Response(
@@ -112,8 +93,8 @@ def closure_router(manager: ProjectManager, zoo: Zoo, details) -> APIRouter:
 
     @router.post("/api/projects/{name}/publish", status_code=201)
     async def publish(name: str, request: Request):
-        runner = owner(request, name)
-        body = await _optional_json(request)
+        runner = owner(manager, request, name)
+        body = await optional_json(request)
         entry, created = await publish_closure(
             manager, zoo, runner, str(body.get("name") or ""), bool(body.get("embed_test", True))
         )
@@ -181,7 +162,7 @@ def closure_router(manager: ProjectManager, zoo: Zoo, details) -> APIRouter:
     @router.post("/api/zoo/{entry_id}/start", status_code=201)
     async def zoo_start(entry_id: int, request: Request):
         entry = entry_or_404(entry_id)
-        body = await _optional_json(request)
+        body = await optional_json(request)
         closure = await asyncio.to_thread(Closure.load, zoo.path(entry))
         if body.get("continue"):
             body.setdefault("name", f"{entry.name}-{secrets.token_hex(2)}")
