@@ -711,8 +711,8 @@ def test_malformed_and_hostile_messages(master, mnist_zips):
     # A well-behaved worker still joins and trains; the parameters stay finite.
     it0 = details(master.url, "open")["iteration"]
     with ThreadWorker(master.url, "open") as w:
-        s = wait_for(master.url, "open", lambda s: s["iteration"] >= it0 + 3 and s["vectors_processed"] > 0, 40,
-                     "a normal worker to train")  # fmt: skip
+        trained = lambda s: s["iteration"] >= it0 + 3 and s["vectors_processed"] > 0  # noqa: E731
+        s = wait_for(master.url, "open", trained, 40, "a normal worker to train")
     assert w.error is None
     model, _ = model_json(master.url, "open")
     assert np.isfinite(params_of(model)).all()

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from test_verification import job_for
 
-from mlitb.master.trust import ties, verification
-from mlitb.master.trust.verification import ProofInvalid, replay_segment
+from mlitb.master.trust import replay, ties
+from mlitb.master.trust.replay import replay_segment
+from mlitb.master.trust.verification import ProofInvalid
 from mlitb.model.model import Model
 from mlitb.model.torch_executor import TorchNet
 from mlitb.protocol import codecs
@@ -102,7 +103,7 @@ def _claim(model, net, keys, fetch, flips=frozenset()):
     job = job_for("local", np.zeros(n), STEPS, model.params.copy(), inner=ADAM)
     job.dtype = codecs.FLOAT32
     values = np.stack([start, start])
-    end = verification._run_segment(job, net, batches, keys, ckpts, values, 0, fetch, 1.0, 1.0,
+    end = replay._run_segment(job, net, batches, keys, ckpts, values, 0, fetch, 1.0, 1.0,
                                     ties.PoolRouter(flips))  # fmt: skip
     values[1] = np.stack([end["p"], end["m"], end["v"]])
     return job, batches, ckpts, values

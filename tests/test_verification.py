@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from mlitb.master.trust.replay import run_replay
 from mlitb.master.trust.verification import (
     AuditJob,
     Plan,
@@ -21,7 +22,6 @@ from mlitb.master.trust.verification import (
     Verdict,
     check_ends,
     prepare,
-    run_replay,
 )
 from mlitb.model.inner import InnerOptimizer
 from mlitb.model.layout import decay_multipliers
@@ -436,7 +436,7 @@ def test_an_honest_tfjs_round_on_a_well_fit_model_is_not_banned(monkeypatch):
     from conftest import ROOT, run_node
 
     from mlitb.data import mnist
-    from mlitb.master.trust import verification
+    from mlitb.master.trust import replay as verification
 
     spec = [{"type": "input", "out_sx": 28, "out_sy": 28, "out_depth": 1},
             {"type": "fc", "num_neurons": 64, "activation": "relu"},

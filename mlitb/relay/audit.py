@@ -21,7 +21,8 @@ import httpx
 import numpy as np
 
 from mlitb.data.wire import fetch_blocks
-from mlitb.master.trust.verification import AuditJob, Plan, Verdict, prepare, proof_items, run_replay
+from mlitb.master.trust.replay import run_replay
+from mlitb.master.trust.verification import AuditJob, Plan, Verdict, prepare, proof_items
 
 log = logging.getLogger("mlitb.relay")
 

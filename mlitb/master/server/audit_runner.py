@@ -23,7 +23,8 @@ import time
 import numpy as np
 
 from mlitb.master.project.engine import Engine
-from mlitb.master.trust.verification import AuditJob, Plan, Verdict, prepare, proof_items, run_replay
+from mlitb.master.trust.replay import run_replay
+from mlitb.master.trust.verification import AuditJob, Plan, Verdict, prepare, proof_items
 from mlitb.model.layout import decay_multipliers
 
 log = logging.getLogger("mlitb.master")
