@@ -378,7 +378,6 @@ class ProjectManager:
     # ----------------------------------------------------------------- control
     def set_state(self, runner: ProjectRunner, state: str) -> None:
         runner.engine.set_state(state, time.monotonic())
-        runner.engine.dirty = True
         runner._flush()
         runner.wake.set()
 

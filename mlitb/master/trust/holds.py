@@ -111,7 +111,7 @@ class Held:
     job: object  # the AuditJob it waits for
     frame: frames.Frame  # after the screen's clip
     weight: float  # its staleness weight
-    norm: tuple  # its entry for the screen's reference (Engine._norms)
+    norm: object  # its entry for the screen's reference (mlitb.master.trust.policy.Entry)
 
 
 class Holds:
