@@ -45,7 +45,7 @@ def snapshot(runner: ProjectRunner, meta: ProjectMeta) -> ProjectState:
         optimizer=optimizer_from_bytes(e.optimizer.state_bytes()),
         hyper=e.hyper.model_dump(),
         iteration=e.iteration,
-        totals=runner.totals() | {"contributors": dict(e.contributors)},
+        totals=runner.totals(),  # a copy, contributors included (Counters.totals)
         sources=[
             {
                 "dataset": s.dataset,
