@@ -280,5 +280,9 @@ def test_a_browser_tab_trains_through_a_relay(master, mnist_zips, page, tmp_path
         # was float32 rounding amplified late in training, which the master's float64
         # second opinion now tells from a lie (tests/test_verification.py).
         assert not s["banned"], f"honest tab banned after moving from a dead relay: {s['banned'][0]}"
+        # ... and it was audited there: a newcomer's next order waits for its verdict
+        (tab,) = [c for c in s["clients"] if c["kind"] == "browser"]
+        assert tab["verified"] >= 1, tab
+        print(f"tab at the master: {tab['verified']} audit(s) passed, largest error {tab['audit_error']}")
     finally:
         kill_all([relay])
