@@ -307,7 +307,6 @@ class Engine:
         if not self.trust.admit(cid, job, frame, weight, entry):  # held: applied when its audit passes
             self.algorithm.accumulate(self.acc, frame, weight, cid)
         intake.counted(self, client, frame, now)
-        self.changed()
         return None
 
     def _owned(self, client: Client) -> np.ndarray:
