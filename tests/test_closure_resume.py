@@ -103,7 +103,8 @@ def test_resumed_project_makes_the_same_next_update(master, mnist_zips):
     data = httpx.get(f"{master.url}/api/projects/orig/closure", timeout=120).content
     closure = Closure.from_bytes(data)
     it = closure.manifest["training"]["iteration"]
-    assert it >= 5 and closure.manifest["training"]["optimizer_state"]["t"] == it
+    # one optimizer step per iteration that had results (one without moves the number on only)
+    assert it >= 5 and 0 < closure.manifest["training"]["optimizer_state"]["t"] <= it
 
     resp = httpx.post(f"{master.url}/api/closures", params={"name": "copy"}, content=data, timeout=120)
     assert resp.status_code == 201, resp.text
