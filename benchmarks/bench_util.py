@@ -220,3 +220,65 @@ def upload_zip(http: httpx.Client, base: str, path: Path, name: str, kind: str) 
     if resp.status_code >= 400:
         raise RuntimeError(f"upload of {path.name} refused: {resp.status_code} {resp.text[:300]}")
     return resp.json()
+
+
+# ---------------------------------------------------------------------- the plain PyTorch net
+def torch_nn_model(layer_defs: list[dict]):
+    """The net of a ConvNetJS-style `layer_defs` list (e.g. mlitb/examples/mnist.json)
+    written as a PyTorch user would: a `torch.nn.Sequential` of Conv2d / ReLU / MaxPool2d
+    / Flatten / Linear in NCHW, PyTorch's default initialisation, logits out (pair it with
+    `nn.CrossEntropyLoss`). Independent of mlitb's executor: only the JSON is read.
+
+    Supported: input, conv, pool (max), fc, relu, and a final softmax (a Linear to
+    num_classes; the softmax itself lives in the loss). Anything else raises ValueError.
+    Output sizes follow ConvNetJS: floor((in + 2 pad - size) / stride) + 1, which is
+    PyTorch's own rule for Conv2d and MaxPool2d (ceil_mode False)."""
+    import torch.nn as nn
+
+    layers: list[nn.Module] = []
+    c = h = w = None
+    flat = False
+
+    def act(d: dict) -> None:
+        a = d.get("activation")
+        if a == "relu":
+            layers.append(nn.ReLU())
+        elif a is not None:
+            raise ValueError(f"torch_nn_model: activation {a!r} is not supported")
+
+    for d in layer_defs:
+        kind = d["type"]
+        if kind == "input":
+            c, h, w = int(d["out_depth"]), int(d["out_sy"]), int(d["out_sx"])
+        elif kind in ("conv", "pool"):
+            if flat or c is None:
+                raise ValueError(f"torch_nn_model: {kind} after a flattening layer or before input")
+            sx = int(d["sx"])
+            sy = int(d.get("sy", sx))
+            stride = int(d.get("stride", 1 if kind == "conv" else 2))
+            pad = int(d.get("pad", 0))
+            if kind == "conv":
+                filters = int(d["filters"])
+                layers.append(nn.Conv2d(c, filters, (sy, sx), stride=stride, padding=pad))
+                c = filters
+            else:
+                layers.append(nn.MaxPool2d((sy, sx), stride=stride, padding=pad))
+            h, w = (h + 2 * pad - sy) // stride + 1, (w + 2 * pad - sx) // stride + 1
+            if kind == "conv":
+                act(d)
+        elif kind in ("fc", "softmax"):
+            n = int(d["num_classes"] if kind == "softmax" else d.get("num_neurons", d.get("filters")))
+            if not flat:
+                layers.append(nn.Flatten())
+                c, h, w, flat = c * h * w, 1, 1, True
+            layers.append(nn.Linear(c, n))
+            c = n
+            if kind == "fc":
+                act(d)
+        elif kind == "relu":
+            layers.append(nn.ReLU())
+        else:
+            raise ValueError(f"torch_nn_model: layer type {kind!r} is not supported")
+    if not layer_defs or layer_defs[-1]["type"] != "softmax":
+        raise ValueError("torch_nn_model: expected a classifier ending in a softmax layer")
+    return nn.Sequential(*layers)
