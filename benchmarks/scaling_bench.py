@@ -7,13 +7,27 @@ processes (asyncio, many clients each), speak the real protocol (version 2): joi
 `memory_mb`), report their allocation as cached, and answer each work order after the
 work time with a real-size result frame of the type the order asks (2 gradient for
 sync_sgd's `gradient` mode, 3 delta for local_sgd's `local` mode) in the order's dtype
-(float32, float16, int8), declaring `--rate` vectors/s instead of computing. Each
+(float32, float16, int8), claiming `--rate` x the ordered work time in vectors instead of
+computing (nothing for the time between its result and the next order: under local_sgd a
+real worker keeps stepping then, a simulated one only waits, and claims none of it). Each
 client process encodes one random vector per (size, dtype) with mlitb.protocol.codecs
 once and reuses the payload for all its clients and results (one copy per process, not
 per client: 4,096 clients x 4 MB would not fit in memory). Parameter frames and
 parameter delta frames (type 4) are only counted, never applied; a simulated client
-never sends `resync`. Power is what the master measured (vectors reduced per second of
-iteration); ideal ("linear") is N x rate.
+never sends `resync`.
+
+Power, honestly: the vectors the master accepted in the measured iterations over the
+wall-clock seconds those iterations took (from the end of the iteration before the first to
+the end of the last, gaps between rounds included), not a median of per-round figures;
+ideal ("linear") is N x rate, so "of linear" = power / (N x rate). Since a client claims
+only its ordered work (T minus its measured lag), the lag, rounds stretched beyond T and
+gaps between rounds count as lost. Per N the table shows the measured round length against
+T (mean and p90, and how many rounds ran over T), the mean ordered work, and the lost share
+split into lag / stretch / gaps / other (the JSON has them per run: round_s_mean,
+round_s_p90, stretch_s_mean, rounds_over_T, work_ms_mean, lost, window_s, vectors, and
+power_master_median, the master's per-round figure, for comparison). Every project runs
+with verify=false: simulated clients send made-up results and keep no proofs, so these
+figures leave out proof traffic and audit replays (communication_bench counts those).
 
 Models (--params): 31786 is the paper's MNIST net (28x28x1 input, conv 5x5 16 filters,
 pool 2, fc 10: 31,786 parameters, 127 KB per float32 gradient); any other count is an
@@ -180,18 +194,13 @@ async def sim_client(
         await ws.send(msg.dumps(join))
         project_id, n_params = 0, 0
         pending: set[asyncio.Task] = set()
-        last = {"done": None}  # when the previous round's compute ended
 
         async def answer(m: dict) -> None:
-            work_ms = m["work_ms"]
-            # overlap (local_sgd): a real worker kept stepping from the end of its previous
-            # round until this order arrived, at most overlap_ms more, and counts it here
-            extra_ms = 0
-            if m.get("overlap_ms") and last["done"] is not None:
-                extra_ms = min((time.monotonic() - last["done"]) * 1000, m["overlap_ms"])
+            # a simulated client claims the vectors of the time it was ordered to compute and
+            # nothing more: the time between its result and the next order (local_sgd's
+            # overlap_ms, in which a real worker keeps stepping) is waiting here, not compute
+            work_ms = int(m["work_ms"])
             await asyncio.sleep(work_ms / 1000)
-            last["done"] = time.monotonic()
-            work_ms = round(work_ms + extra_ms)
             vectors = max(1, round(args.rate * work_ms / 1000))
             kind = frames.DELTA if m.get("mode") == "local" else frames.RESULT
             dtype = codecs.DTYPES.get(m.get("compression") or "none", codecs.FLOAT32)
@@ -203,6 +212,8 @@ async def sim_client(
             await up.take(len(frame))
             await ws.send(frame)
             stats["results"] += 1
+            stats["work_s"] += work_ms / 1000
+            stats["vectors"] += vectors
             stats["bytes_up"] += len(frame)
 
         async def beat() -> None:
@@ -264,8 +275,9 @@ async def sim_client(
 
 
 async def run_clients(args) -> dict:
-    stats = {"clients": args.n, "results": 0, "failed": 0, "bytes_up": 0, "bytes_down": 0, "parameters": 0,
-             "param_deltas": 0, "other_frames": 0, "errors": {}, "failures": []}  # fmt: skip
+    stats = {"clients": args.n, "results": 0, "work_s": 0.0, "vectors": 0, "failed": 0, "bytes_up": 0,
+             "bytes_down": 0, "parameters": 0, "param_deltas": 0, "other_frames": 0, "errors": {},
+             "failures": []}  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -274,7 +286,7 @@ async def run_clients(args) -> dict:
     up, down, pay = Bucket(rate), Bucket(rate), Payloads()
 
     def snapshot() -> None:  # SIGUSR1: the parent marks the start of its measurement window
-        keys = ("results", "bytes_up", "bytes_down")
+        keys = ("results", "work_s", "vectors", "bytes_up", "bytes_down")
         snap = {
             "snapshot": True,
             **{k: stats[k] for k in keys},
@@ -603,11 +615,13 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
     if client_starts and len(client_starts) == len(client_stats):
         # the measurement window (SIGUSR1 .. SIGTERM): throttle sleeps per result, each way
         d = {k: sum(s[k] for s in client_stats) - sum(s[k] for s in client_starts)
-             for k in ("results", "wait_up_s", "wait_down_s", "bytes_up", "bytes_down")}  # fmt: skip
+             for k in ("results", "work_s", "vectors", "wait_up_s", "wait_down_s", "bytes_up",
+                       "bytes_down")}  # fmt: skip
         sims["window"] = d
         if d["results"] > 0:
             sims["wait_up_ms_per_result"] = d["wait_up_s"] * 1000 / d["results"]
             sims["wait_down_ms_per_result"] = d["wait_down_s"] * 1000 / d["results"]
+            sims["work_ms_per_result"] = d["work_s"] * 1000 / d["results"]
     for r in rows:
         r.pop("lags_ms", None)
     if start_it is None:
@@ -627,8 +641,25 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
     b_in = statistics.median(p[0] for p in per_it) if per_it else float("nan")
     b_out = statistics.median(p[1] for p in per_it) if per_it else float("nan")
     link = max(b_in, b_out) / med("seconds") / bw if bw > 0 and per_it else float("nan")
-    power = med("power")
+    # Power over the wall clock of the measured iterations: the vectors the master accepted in
+    # them over the seconds from the end of the iteration before the first (its row's `t`) to
+    # the end of the last; each client claims rate x its ordered work time, so the lag (T minus
+    # the work), any stretch of a round beyond T and any gap between rounds all count as lost
+    window_s, vectors = wall_window(rows, measured)
+    power = vectors / window_s
     eff = power / (n * args.rate)
+    rounds = [r["seconds"] for r in measured]
+    cycle_s = window_s / len(measured)  # wall seconds per measured iteration, gaps included
+    work_ms = sims.get("work_ms_per_result", float("nan"))
+    loss = {  # shares of linear power lost, per cause (of the mean cycle; they sum to 1 - efficiency
+        # when every client has a result in every round)
+        "lag": max(0.0, statistics.fmean(min(s, T) for s in rounds) - work_ms / 1000) / cycle_s
+        if work_ms == work_ms
+        else float("nan"),
+        "stretch": statistics.fmean(max(0.0, s - T) for s in rounds) / cycle_s,
+        "gaps": max(0.0, window_s - sum(rounds)) / window_s,
+    }
+    loss["other"] = max(0.0, 1 - eff - sum(v for v in loss.values() if v == v))
     client_max = max(client_cpu) if client_cpu else float("nan")
     relay_max = max(relay_cpu) if relay_cpu else float("nan")
     cores = os.cpu_count() or 1
@@ -657,9 +688,19 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
         "power": power,
         "ideal": n * args.rate,
         "efficiency": eff,
+        "window_s": window_s,
+        "vectors": vectors,
+        "power_master_median": med("power"),  # the master's rows: vectors / that round's seconds
         "assigned": med("workers_assigned"),
         "missing": med("missing"),
         "iteration_s": med("seconds"),
+        "round_s_mean": statistics.fmean(rounds),
+        "round_s_p90": float(np.percentile(rounds, 90)),
+        "round_s_max": max(rounds),
+        "stretch_s_mean": statistics.fmean(max(0.0, s - T) for s in rounds),
+        "rounds_over_T": sum(1 for s in rounds if s > T),
+        "work_ms_mean": work_ms,
+        "lost": loss,
         "lag_ms_mean": med("lag_ms_mean"),
         "lag_ms_max": med("lag_ms_max"),
         "reduce_ms": med("reduce_ms"),
@@ -685,6 +726,16 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
         "notes": notes,
         "rows": measured,
     }
+
+
+def wall_window(rows: list[dict], measured: list[dict]) -> tuple[float, int]:
+    """(wall seconds, vectors) of the measured iterations: from the end of the last row before
+    the first measured one (or, without one, the first's start) to the end of the last."""
+    first = measured[0]["iteration"]
+    before = [r for r in rows if r["iteration"] < first]
+    start = before[-1]["t"] if before else measured[0]["t"] - measured[0]["seconds"]
+    seconds = max(measured[-1]["t"] - start, 1e-6)
+    return seconds, sum(int(r["vectors"]) for r in measured)
 
 
 def series_label(s: dict) -> str:
@@ -768,23 +819,42 @@ def fmt(v, spec: str, dash: str = "-") -> str:
     return format(v, spec)
 
 
+EFFICIENCY_NOTE = (
+    "power = the vectors the master accepted in the measured iterations / the wall-clock seconds they "
+    "took (from the end of the iteration before the first to the end of the last, gaps between rounds "
+    "included); of linear = power / (clients x rate). A simulated client claims rate x the work time "
+    "it was ordered (T minus its lag) and nothing for the time it waits, so lag, rounds stretched "
+    "beyond T and gaps between rounds all count as lost. Lost shares (of the mean cycle): lag = "
+    "min(round, T) - the mean ordered work; stretch = round - T where positive; gaps = wall time "
+    "outside rounds; other = the rest (clients without a result in a round)."
+)
+
+
 def print_table(results: list[dict]) -> None:
     print(
-        "\n| params | algorithm | compression | relays | clients | power (vectors/s) | of linear | assigned "
-        "| iteration (s) | lag mean / max (ms) | reduce (ms) | master CPU | master CPU s per iteration "
+        "\n| params | algorithm | compression | relays | clients | power (vectors/s) | of linear "
+        "| T (s) | round mean / p90 (s) | rounds > T | work ordered (ms) "
+        "| lost: lag / stretch / gaps / other "
+        "| assigned | lag mean / max (ms) | reduce (ms) | master CPU | master CPU s per iteration "
         "| busiest relay CPU | busiest client process CPU "
         "| machine CPU | bytes in / out per iteration | link use | throttle wait (ms/result) | limit |"
     )
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print(
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    )
     for r in results:
         k = r.get("relays", 0)
         head = f"| {r['params']:,} | {r['algorithm']} | {r['compression']} | {k or 'direct'} | {r['n']:,} |"
         if "power" not in r:
-            print(f"{head} {r['error']} |" + " |" * 14)
+            print(f"{head} {r['error']} |" + " |" * 18)
             continue
+        lost = r["lost"]
         print(
-            f"{head} {r['power']:,.0f} | {r['efficiency']:.0%} | {r['assigned']:.0f} | "
-            f"{r['iteration_s']:.2f} | {fmt(r['lag_ms_mean'], '.0f')} / {fmt(r['lag_ms_max'], '.0f')} | "
+            f"{head} {r['power']:,.0f} | {r['efficiency']:.0%} | {r['T']:g} | "
+            f"{r['round_s_mean']:.2f} / {r['round_s_p90']:.2f} | {r['rounds_over_T']} of {len(r['rows'])} | "
+            f"{fmt(r['work_ms_mean'], ',.0f')} | "
+            f"{' / '.join(fmt(lost[k], '.0%') for k in ('lag', 'stretch', 'gaps', 'other'))} | "
+            f"{r['assigned']:.0f} | {fmt(r['lag_ms_mean'], '.0f')} / {fmt(r['lag_ms_max'], '.0f')} | "
             f"{fmt(r['reduce_ms'], '.1f')} | {fmt(r['master_cpu'], '.0%')} | "
             f"{fmt(r['master_cpu_s_per_iteration'], '.3f')} | {fmt(r['relay_cpu_max'], '.0%')} | "
             f"{fmt(r['client_cpu_max'], '.0%')} | {fmt(r['machine_cpu'], '.0%')} of {r['machine_cores']} | "
@@ -792,6 +862,7 @@ def print_table(results: list[dict]) -> None:
             f"{fmt(r['bytes_out_per_iteration'] / 1e6, ',.2f')} MB | "
             f"{fmt(r['link_use'], '.0%')} | {fmt(r['throttle_ms_per_result'], ',.0f')} | {r['limit']} |"
         )
+    print(f"\n{EFFICIENCY_NOTE}")
 
 
 def goals(results: list[dict], series: list[dict], args) -> list[dict]:
@@ -833,8 +904,13 @@ def goals(results: list[dict], series: list[dict], args) -> list[dict]:
         g.update(result="FAIL", detail=cand[0]["error"])
     else:
         r = cand[0]
+        lost = ", ".join(f"{k} {fmt(v, '.0%')}" for k, v in r["lost"].items())
         g.update(result="PASS" if r["efficiency"] >= LINEAR_OK else "FAIL", efficiency=r["efficiency"],
-                 detail=f"{r['efficiency']:.0%} of linear; limit: {r['limit']}")  # fmt: skip
+                 round_s_mean=r["round_s_mean"], round_s_p90=r["round_s_p90"], lag_ms_mean=r["lag_ms_mean"],
+                 detail=f"{r['efficiency']:.0%} of linear (rate x ordered work time over wall time); rounds "
+                 f"{r['round_s_mean']:.1f} s mean / {r['round_s_p90']:.1f} s p90 against T = {r['T']:g} s, "
+                 f"lag {fmt(r['lag_ms_mean'], ',.0f')} ms mean; lost: {lost}; "
+                 f"limit: {r['limit']}")  # fmt: skip
     fb = frame_bytes(1_000_120, "int8")
     if args.bandwidth_gbit > 0:
         need = 4096 * fb * 8 / args.local_T / 1e9
@@ -929,7 +1005,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--local-T", dest="local_T", type=float, default=60.0, help="iteration time of local_sgd runs, s (60)"
     )
-    ap.add_argument("--rate", type=float, default=200.0, help="declared vectors/s per simulated client")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=200.0,
+        help="vectors/s a simulated client claims for its ordered work time (default 200; linear = N x rate)",
+    )
     ap.add_argument("--processes", type=int, default=4, help="client processes")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=3)
@@ -1062,7 +1143,9 @@ def main(argv=None) -> int:
                         results.append(r)
                         bar.update(1)
                         line = r.get("error") or (
-                            f"power {r['power']:,.0f} vec/s ({r['efficiency']:.0%} of linear), lag "
+                            f"power {r['power']:,.0f} vec/s ({r['efficiency']:.0%} of linear), rounds "
+                            f"{r['round_s_mean']:.2f} s mean / {r['round_s_p90']:.2f} s p90 against T = "
+                            f"{r['T']:g} s, lag "
                             f"{fmt(r['lag_ms_mean'], '.0f')} ms, master CPU {r['master_cpu']:.0%}, "
                             f"busiest client process {r['client_cpu_max']:.0%}, "
                             f"link {fmt(r['link_use'], '.0%')}, "
@@ -1102,6 +1185,7 @@ def main(argv=None) -> int:
         "T": args.T, "local_T": args.local_T, "rate": args.rate, "processes": args.processes,
         "bandwidth_gbit": args.bandwidth_gbit, "master_hwm_mib": hwm,
         "relays": args.relay_list,
+        "efficiency_definition": EFFICIENCY_NOTE,
         "series": [{k: v for k, v in s.items() if k != "spec"} | {"spec": s["spec"]} for s in series],
         "results": results,
         "goals": gs,
