@@ -53,6 +53,8 @@ from mlitb.master.config import Hyper
 from mlitb.master.learning.accumulator import Accumulator, Rejected
 from mlitb.master.learning.aggregation import make_aggregator
 from mlitb.master.project.counters import Counters
+from mlitb.master.project.orders import GRACE_FRACTION as MASTER_GRACE_FRACTION
+from mlitb.master.project.orders import MIN_GRACE_S as MASTER_MIN_GRACE_S
 from mlitb.master.sched.allocation import Allocator, by_dataset, id_groups, make_key, split_key
 from mlitb.master.sched.latency import Latency
 from mlitb.master.server.store import token_hash
@@ -77,13 +79,12 @@ GRACE_FRACTION = 0.25  # or this share of the master's iteration time (its own d
 SUBTREE_EVERY_S = 1.0  # at most one subtree report up per second (joins come in thousands)
 # Newcomers' verdicts: once every ordered child answered, the sum waits for them as the
 # master's step does (mlitb.master.trust.holds.hold_limit: 0.3 T with verified results in the
-# sum), and never past the master's deadline (T x 1.5 + 1 s after its order, engine.py)
+# sum), and never past the master's deadline (T x 1.5 + 1 s after its order, project/orders.py)
 # less this margin for the trip up (at least the margin's seconds, or this share of T);
 # then it goes without the results still unverified. Unverified children's orders are
 # rationed per address as the master rations its own (mlitb.master.trust.holds.ration).
 HOLD_MARGIN_S = 0.5
 HOLD_MARGIN_FRACTION = 0.1
-MASTER_GRACE_FRACTION, MASTER_MIN_GRACE_S = 0.5, 1.0  # engine.GRACE_FRACTION, MIN_GRACE_S
 KEEP_PARAMS = 4  # iterations of parameters kept for audits (a round in flight, a late proof)
 
 
