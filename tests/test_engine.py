@@ -1128,3 +1128,17 @@ def test_many_idle_sockets_hold_at_most_a_tenth_of_the_data():
     assert 0 < idle <= 10_000 * PROBATION_SHARE, idle
     assert all(e.clients[f"S{i}"].share.probation for i in range(40))
     assert all(len(e.allocator.held[c]) >= (10_000 - idle) // 10 for c in "ABCDEFGHIJ")
+
+
+def test_a_test_error_after_an_iteration_without_results_fills_the_last_steps_row():
+    e, _ = started(("A",), test_items=10)
+    e.on_result("A", result(0, np.ones(N, np.float32), 2), 0.5)
+    e.poll(0.5)  # step 0: its parameters go out as iteration 1
+    e.next_start = 1.0
+    e.poll(1.0)  # iteration 1 ordered; nobody answers
+    e.poll(1.0 + DEADLINE)
+    assert e.iteration == 2 and len(e.history) == 1  # no step: the same parameters as iteration 2
+    e.on_master_test(2, 0.3, 0.8, 10)
+    assert e.history[0]["test_error"] == 0.3
+    e.on_master_test(3, 0.1, 0.1, 10)  # not broadcast yet: nothing
+    assert e.history[0]["test_error"] == 0.3

@@ -363,27 +363,12 @@ class Engine:
 
     # ================================================================ test results
     def on_test_result(self, cid: str, message: msg.TestResult) -> None:
-        """A tracker's report: anyone may join as a tracker, so it is only that tracker's
-        figure (its client row, `tracker_error` of the history row); the project's test
-        error is the master's own (`on_master_test`)."""
-        if (client := self.clients.get(cid)) is not None:
-            client.stats.test_error = message.error
-        if (row := self._row_of(message.iteration)) is not None:
-            row.update(tracker_error=message.error)
-            self.changed()
+        """A tracker's report: only that tracker's figure (mlitb.master.project.step)."""
+        steps.tracker_report(self, cid, message)
 
     def on_master_test(self, iteration: int, error: float, loss: float, count: int) -> None:
         """The master's score of the parameters of `iteration`: the project's test error."""
-        if (row := self._row_of(iteration)) is not None:
-            row.update(test_error=error, test_loss=loss, test_count=count)
-            self.changed()
-
-    def _row_of(self, iteration: int) -> dict | None:
-        """Parameters broadcast as iteration i came from the reduce recorded as row i - 1."""
-        for row in reversed(self.history):
-            if row["iteration"] == iteration - 1:
-                return row
-        return None
+        steps.master_test(self, iteration, error, loss, count)
 
     # ================================================================ output
     def _broadcast(self, full: bool = False) -> None:

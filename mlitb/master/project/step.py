@@ -140,3 +140,33 @@ def reduce(e, now: float) -> bool:
         del e.history[: len(e.history) - HISTORY_LIMIT]
     e.counters.vectors += e.acc.vectors
     return True
+
+
+def row_of(e, iteration: int) -> dict | None:
+    """The history row of the step whose parameters went out as `iteration`: the last step
+    before it (iterations without a step broadcast the parameters unchanged). None for an
+    iteration not broadcast yet (a tracker may say anything)."""
+    if iteration > e.iteration:
+        return None
+    for row in reversed(e.history):
+        if row["iteration"] <= iteration - 1:
+            return row
+    return None
+
+
+def tracker_report(e, cid: str, message) -> None:
+    """A tracker's report: anyone may join as a tracker, so it is only that tracker's
+    figure (its client row, `tracker_error` of the history row); the project's test error
+    is the master's own (`master_test`)."""
+    if (client := e.clients.get(cid)) is not None:
+        client.stats.test_error = message.error
+    if (row := row_of(e, message.iteration)) is not None:
+        row.update(tracker_error=message.error)
+        e.changed()
+
+
+def master_test(e, iteration: int, error: float, loss: float, count: int) -> None:
+    """The master's score of the parameters of `iteration`: the project's test error."""
+    if (row := row_of(e, iteration)) is not None:
+        row.update(test_error=error, test_loss=loss, test_count=count)
+        e.changed()
