@@ -344,7 +344,7 @@ def run_sweep(args, seed: int, data, eval_pool: ProcessPoolExecutor, stop: Early
     points = []
     grid = list(itertools.product(args.sweep_batch_list, args.sweep_lr_list))
     for batch, lr in tqdm(grid, desc="plain-loop sweep", unit="run", leave=False):
-        point: dict = {"batch": batch, "lr": lr}
+        point: dict = {"batch": batch, "lr": lr, "load1_before": os.getloadavg()[0]}
         try:
             out = run_plain(batch, lr, args.sweep_duration, seed, 0, data, stop)
             snaps = out.pop("snapshots")
@@ -1065,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
     for var in THREAD_VARS:  # inherited by the evaluator processes (spawned: fresh interpreters)
         os.environ[var] = "1"
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    load_at_start = os.getloadavg()[0]  # the 1-minute load average (other users of the machine)
     limit_label = args.figure5_timeout if args.figure5 else args.duration
     seed = int(args.sets.get("seed", 0))
     need_mlitb = any(c["kind"] == "mlitb" for c in args.configs)
@@ -1094,7 +1095,7 @@ def main(argv: list[str] | None = None) -> int:
                 for cfg in args.configs:
                     name = cfg["name"]
                     runs_bar.set_description_str(f"runs ({name}, repeat {rep + 1}/{args.repeats})")
-                    record: dict = {"repeat": rep}
+                    record: dict = {"repeat": rep, "load1_before": os.getloadavg()[0]}
                     try:
                         if cfg["kind"] == "plain":
                             p = results[PLAIN]
@@ -1140,6 +1141,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for g in goals:
         print(f"[{g['result']}] {g['goal']}: {g.get('detail', '')}")
+    print(f"\n1-minute load average at the start {load_at_start:.2f}, at the end {os.getloadavg()[0]:.2f}")
 
     out_path: Path = args.out
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -1147,6 +1149,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "wall_s": round(time.time() - started, 1),
+        "load1_at_start": load_at_start,
+        "load1_at_end": os.getloadavg()[0],
         "interrupted": interrupted,
         "machine": {
             "platform": platform.platform(),

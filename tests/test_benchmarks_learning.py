@@ -123,3 +123,23 @@ def test_sweep_picks_the_earliest_to_one_and_a_half_percent():
         {"t_1.5pct": 14.0, "t_2pct": 7.0, "best_error": 0.015},
     ]
     assert min(points, key=lb.sweep_key) is points[2]
+
+
+def test_step_bench_ablations_compute_the_same_step():
+    """step_bench's ablations (ReLU after the pool, contiguous conv weights) change speed
+    only: the loss and the gradient of mlitb's executor stay the same."""
+    import step_bench as sb
+
+    spec = Spec.from_json(LAYER_DEFS)
+    rng = np.random.default_rng(5)
+    net = TorchNet(spec, rng.standard_normal(spec.num_params).astype(np.float32) * 0.3)
+    x = rng.random((6, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 6)
+    ref, _, loss = net.gradient(x, y)
+    before = dict(sb.torch_executor.OPS)
+    for patch in (sb.relu_after_pool(net), sb.contiguous_conv_weights()):
+        with patch:
+            grad, _, patched_loss = net.gradient(x, y)
+        np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5)
+        assert patched_loss == pytest.approx(loss, rel=1e-5)
+    assert before == sb.torch_executor.OPS  # the patches end with their block
