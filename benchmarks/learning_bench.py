@@ -66,10 +66,11 @@ run with --set or --demo-optimizer says it is not the defaults):
 
 Writes a table, --out (JSON: every number, each repeat, the sweep, the command line) and
 --plot (PNG: test error against wall time, first repeat; with --figure5 also
-*_figure5.png). Run: `.venv/bin/python benchmarks/learning_bench.py` (about 40 minutes
+*_figure5.png). Run: `.venv/bin/python benchmarks/learning_bench.py` (10 to 40 minutes
 with the defaults on a 2-core machine: the sweep, then 3 repeats of plain-torch and
-local_sgd with 1, 2 and 4 workers, runs of at most 120 s plus scoring their snapshots;
---quick: 40 s runs, 20 s sweep runs, 1 repeat, 1 and 2 workers, about 8 minutes; the
+local_sgd with 1, 2 and 4 workers, runs of at most 120 s that mostly stop at 1.5 %, plus
+scoring their snapshots; `--workers 1,2 --duration 60`: about 8 minutes; --quick: 40 s
+runs, 20 s sweep runs, 1 repeat, 1 and 2 workers, about 5 minutes; the
 shortest smoke test: --duration 5 --sweep-duration 3 --repeats 1 --workers 1). Every
 subprocess (master, workers: own process groups) is ended on exit, on errors, Ctrl-C and
 SIGTERM; --keep keeps each mlitb run's temporary dir (logs, state) for a look
