@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import secrets
 import struct
 import zipfile
 from collections.abc import Callable
@@ -80,7 +82,8 @@ def write_zip(
 ) -> Path:
     """PNG per image in `root/<label>/<index>.png`; PNGs are stored, not deflated again."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
+    # a name of its own: two processes building the same cached zip must not share one file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         for i, (img, label) in enumerate(zip(images, labels, strict=True)):
             buf = io.BytesIO()
