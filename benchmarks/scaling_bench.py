@@ -483,8 +483,10 @@ def measure(url: str, http: httpx.Client, data_id: int, series: dict, n: int, ar
                 f"--max-memory-gb {args.max_memory_gb:g})", "skipped": True}  # fmt: skip
     name = f"scale-{n_params}-{alg}-{comp}-{n}-r{k_relays}"
     # every simulated client comes from 127.0.0.1: lift the per-address cap for this project;
-    # simulated clients send made-up results and keep no proofs: a trusted fleet (verify off)
-    hyper = {"iteration_time": T, "capacity": 60000, "algorithm": alg, "compression": comp,
+    # simulated clients send made-up results and keep no proofs: a trusted fleet (verify off);
+    # every round T long (round_growth 0): the measured iterations are the steady state, not
+    # local_sgd's short first rounds (which grow to T over the first minutes of a project)
+    hyper = {"iteration_time": T, "round_growth": 0, "capacity": 60000, "algorithm": alg, "compression": comp,
              "max_clients_per_address": max(n, 256), "max_clients": max(n, 10_000), "verify": False,
              **args.sets}  # fmt: skip
     body = {"name": name, "spec": spec, "train": [data_id], "hyper": hyper, "start": True}

@@ -12,6 +12,8 @@ driven step by step without sockets (the Engine is sans-I/O).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from test_engine import sends
@@ -88,7 +90,7 @@ def test_local_sgd_work_order_carries_the_inner_optimizer():
     assert w["mode"] == "local" and w["batch_size"] == 20 and w["compression"] == "none"
     assert w["inner"] == {
         "optimizer": "adam",
-        "learning_rate": 0.001,
+        "learning_rate": 0.002,
         "batch_size": 20,
         "l1_decay": 0.0,
         "l2_decay": 0.001,
@@ -102,8 +104,15 @@ def test_local_sgd_work_order_carries_the_inner_optimizer():
     assert works(start(engine(algorithm="sync_sgd")))["A"]["mode"] == "gradient"
 
 
-def test_local_sgd_averages_changes_by_vectors_then_takes_the_outer_nesterov_step():
-    e = engine(algorithm="local_sgd")
+@pytest.mark.parametrize(
+    "outer",
+    [
+        {},  # the default: plain averaging (sgd, lr 1, no momentum)
+        {"optimizer": "nesterov", "learning_rate": 0.7, "momentum": 0.9},  # DiLoCo's
+    ],
+)
+def test_local_sgd_averages_changes_by_vectors_then_takes_the_outer_step(outer):
+    e = engine(algorithm="local_sgd", **outer)
     start(e)
     p0 = e.params.copy()
     rng = np.random.default_rng(0)
@@ -112,9 +121,13 @@ def test_local_sgd_averages_changes_by_vectors_then_takes_the_outer_nesterov_ste
     assert e.on_result("B", frame(frames.DELTA, 0, db, 10), 0.6) is None
     e.poll(0.6)
     mean = ((da.astype(np.float64) * 30 + db.astype(np.float64) * 10) / 40).astype(np.float32)
-    outer = make_optimizer("nesterov", N, LRSchedule(0.7), momentum=0.9)
-    expect = p0.copy()
-    outer.step(expect, mean)
+    if outer:
+        opt = make_optimizer("nesterov", N, LRSchedule(0.7), momentum=0.9)
+        expect = p0.copy()
+        opt.step(expect, mean)
+    else:
+        assert (e.hyper.optimizer, e.hyper.learning_rate, e.hyper.momentum) == ("sgd", 1.0, 0.0)
+        expect = p0 - mean  # the new parameters: the vector-weighted mean of the trainers' ends
     assert e.iteration == 1 and np.array_equal(e.params, expect)
     assert e.history[-1]["vectors"] == 40
 
@@ -338,7 +351,8 @@ def test_switching_algorithm_voids_the_orders_in_flight_without_strikes():
     start(e, ("A", "B"))
     assert e.on_result("A", frame(frames.RESULT, 0, np.ones(N, np.float32), 4), 0.1) is None
     e.update_hyper(e.hyper.updated({"algorithm": "local_sgd"}))
-    assert e.acc.results == 0 and e.optimizer.name == "nesterov" and not e.working
+    assert e.acc.results == 0 and e.optimizer.name == "sgd" and not e.working
+    assert e.hyper.iteration_time == 30.0  # local_sgd's own default round length
     # B answers the old order: late (no strike), not wrong_frame
     assert e.on_result("B", frame(frames.RESULT, 0, np.ones(N, np.float32), 4), 0.2) == "late"
     assert e.clients["B"].stats.rejected == 0
@@ -355,7 +369,8 @@ def test_a_step_beyond_float32_is_undone_and_the_loop_goes_on(algorithm, compres
     reference): each step that would overflow is refused and pinned on a bucket until
     none is left; parameters and optimizer state stay as they were, nothing non-finite
     is broadcast, both senders are told, and the next iteration works."""
-    e = engine(algorithm=algorithm, compression=compression, max_staleness=0)
+    outer = {"learning_rate": 2.0} if algorithm == "local_sgd" else {}  # p - 2 x 3e38 overflows
+    e = engine(algorithm=algorithm, compression=compression, max_staleness=0, **outer)
     start(e, ("A", "B"))
     p0 = e.params.copy()
     kind = frames.DELTA if algorithm == "local_sgd" else frames.RESULT
@@ -402,3 +417,36 @@ def test_resync_is_for_protocol_2_and_once_per_iteration():
     assert e.resync("A") is None and len(sends(e)) == 1
     assert "already resynced" in e.resync("A") and sends(e) == []
     assert "protocol 2" in e.resync("old")
+
+
+# ----------------------------------------------------------------------------- round lengths
+def test_each_algorithm_has_its_own_default_round_length():
+    assert Hyper().iteration_time == 30.0 and Hyper(algorithm="sync_sgd").iteration_time == 4.0
+    assert Hyper(algorithm="local_sgd", iteration_time=7).iteration_time == 7.0
+    h = Hyper(algorithm="sync_sgd", iteration_time=2)
+    assert h.updated({"algorithm": "local_sgd"}).iteration_time == 30.0  # switching: its own
+    assert h.updated({"algorithm": "local_sgd", "iteration_time": 5}).iteration_time == 5.0
+    assert h.updated({"learning_rate": 0.1}).iteration_time == 2.0  # otherwise kept
+
+
+def test_local_sgd_rounds_start_short_and_grow_to_t():
+    alg = ALGORITHMS["local_sgd"](Hyper(), np.ones(N, np.float32), np.ones(N, np.float32))
+    rounds = [alg.round_time(k) for k in range(40)]
+    assert rounds[0] == 0.5 and rounds[1] == pytest.approx(0.625) and rounds[-1] == 30.0
+    assert all(b >= a for a, b in itertools.pairwise(rounds))
+    # the master lags one trainer by at most a round: about round_growth of the time trained
+    elapsed = np.cumsum(rounds)
+    assert all(r <= 0.25 * t + 0.5 + 1e-9 for r, t in zip(rounds[1:], elapsed[:-1], strict=True))
+    assert alg.round_time(10**9) == 30.0
+    fixed = ALGORITHMS["local_sgd"](Hyper(round_growth=0), np.ones(N), np.ones(N))
+    assert fixed.round_time(0) == fixed.round_time(5) == 30.0
+    sync = ALGORITHMS["sync_sgd"](Hyper(algorithm="sync_sgd"), np.ones(N), np.ones(N))
+    assert sync.round_time(0) == 4.0  # the paper's loop: every round T
+
+
+def test_orders_ask_for_the_rounds_work_time_and_the_deadline_follows_it():
+    e = engine(algorithm="local_sgd", iteration_time=8.0, first_round_time=1.0, round_growth=1.0)
+    w = works(start(e))["A"]
+    assert w["work_ms"] == 1000 and e.round_s == 1.0
+    assert e.deadline == pytest.approx(1.0 * 1.5 + 1.0)  # T x (1 + grace) + min grace, of this round
+    assert e.summary(now=0.0)["round_time"] == 1.0

@@ -114,6 +114,7 @@ class Engine:
         self.iter_started = 0.0
         self.deadline = 0.0
         self.next_start = 0.0
+        self.round_s = hyper.iteration_time  # the open iteration's work time (algorithm.round_time)
         self.broadcast.restart(self.params, iteration, hyper.compression)
         self.trust.remember(iteration, self.broadcast.view.view)
 
@@ -256,7 +257,7 @@ class Engine:
         if self.working:
             if now < self.deadline and self.outstanding > 0:
                 return self.deadline - now
-            if self.trust.step_waits(now, self.acc.results > 0):
+            if self.trust.step_waits(now, self.acc.results > 0, self.round_s):
                 return AUDIT_POLL_S  # held results: their verdicts before the step
             stepped = steps.reduce(self, now)
             self._next_iteration(stepped)

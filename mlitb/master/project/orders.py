@@ -39,6 +39,7 @@ def boundary(e, now: float) -> None:
     chosen = [c for c in ready if c.orders.latency.schedulable(e.iteration)]
     if not chosen:
         chosen = ready  # only benched trainers have data: probe them rather than stall
+    e.round_s = e.algorithm.round_time(e.iteration)
     chosen = e.trust.ration(chosen, now)
     oldest = e.iteration - e.hyper.max_staleness
     for c in e.clients.values():
@@ -53,7 +54,7 @@ def boundary(e, now: float) -> None:
         o.pending[e.iteration] = o.sent_at = now
         if o.first_work is None:
             o.first_work = now
-        o.work_ms = o.latency.work_ms(e.hyper.iteration_ms)
+        o.work_ms = o.latency.work_ms(round(e.round_s * 1000))
         if carries:
             o.carry_from = e.iteration
         e.send(c.id, msg.work(e.iteration, o.work_ms, fields))
@@ -62,4 +63,4 @@ def boundary(e, now: float) -> None:
     if chosen:
         e.working = True
         e.iter_started = now
-        e.deadline = now + e.hyper.iteration_time * (1 + GRACE_FRACTION) + MIN_GRACE_S
+        e.deadline = now + e.round_s * (1 + GRACE_FRACTION) + MIN_GRACE_S

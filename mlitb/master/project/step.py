@@ -35,7 +35,7 @@ def close_iteration(e, now: float) -> list:
             log.info("project %s: %s missed %d orders: share reclaimed", e.name, c.id, RECLAIM_AFTER)
     e.working = False
     e.outstanding = 0
-    e.next_start = max(now, e.iter_started + e.hyper.iteration_time)
+    e.next_start = max(now, e.iter_started + e.round_s)
     e.trust.step_closing("no verdict on it in time")
     return missing
 

@@ -101,6 +101,7 @@ def summary(e, now: float) -> dict:
         "vectors_processed": n.vectors,
         "power": last.get("power", 0.0),
         "iteration_seconds": last.get("seconds"),
+        "round_time": e.round_s,  # s of work the open iteration's orders ask (rounds grow to T)
         "test_error": test,
         "train_loss": last.get("train_loss"),
         "rejected": n.rejected,

@@ -87,6 +87,8 @@ class Verified(Trust):
         trust = self.hyper.verify_trust
         busy = self._checking()
         waiting = [c for c in chosen if unverified(c, trust) and c.id not in busy]
+        # slots by T, not by the open round: a replay's cost grows with its round, so the
+        # verdicts that fit in a share of a round do not shrink in short early rounds
         picked = ration(waiting, audit_slots(self.hyper.iteration_time, self.holds.replay_s), self.served)
         for c in picked:
             self.served[address_group(c.address)] = now
@@ -97,8 +99,9 @@ class Verified(Trust):
         return [c for c in chosen if not unverified(c, trust) or c.id in ids]
 
     # ------------------------------------------------------------------ the step
-    def step_waits(self, now: float, verified_in: bool) -> bool:
-        return self.holds.waiting(now, self.hyper.iteration_time, verified_in)
+    def step_waits(self, now: float, verified_in: bool, round_s: float | None = None) -> bool:
+        seconds = self.hyper.iteration_time if round_s is None else round_s
+        return self.holds.waiting(now, seconds, verified_in)
 
     def step_closing(self, why: str) -> None:
         for cid in self.holds.results:
