@@ -3,7 +3,8 @@ fetches the items their chosen segments used from the data server, replays them 
 thread with the master's PyTorch executor (mlitb.master.trust.verification), and hands the
 verdict back to the Engine.
 
-Cost is bounded: one replay at a time on one torch thread, and after each the task
+Cost is bounded: one replay at a time on one torch thread (a trusted trainer's spot
+check on a thread at low OS priority: mlitb.master.trust.replay_threads), and after each the task
 waits until replaying took at most AUDIT_SHARE of one core (CPU time, as the master's
 test evaluation). When proofs arrive faster, the oldest trusted one leaves the
 Engine's full queue (counted as `audits_skipped`, its sender rechecked: mlitb.master.trust.audits).
@@ -24,6 +25,7 @@ import numpy as np
 
 from mlitb.master.project.engine import Engine
 from mlitb.master.trust.replay import run_replay
+from mlitb.master.trust.replay_threads import ReplayThreads
 from mlitb.master.trust.verification import AuditJob, Plan, Verdict, prepare, proof_items
 from mlitb.model.layout import decay_multipliers
 
@@ -39,12 +41,16 @@ class AuditRunner:
         self.fetch = fetch  # async (source, ids) -> list of Blocks
         self.on_verdict = on_verdict
         self.wake = asyncio.Event()
-        self.net = None
-        self.net_spec = None
-        self.decay: tuple = (None, None)  # L1, L2 multipliers of net_spec
+        self.threads = ReplayThreads()  # trusted trainers' spot checks at low OS priority
         self.checked = 0
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.threads.close()
+
+    async def _run(self) -> None:
         while True:
             job = self.engine.trust.next_job()
             if job is None:
@@ -99,7 +105,8 @@ class AuditRunner:
             if isinstance(items, Verdict):
                 plan = items
             else:
-                plan, took = await asyncio.to_thread(self._replay, job, plan, items)
+                # a proof the step waits for at normal priority, a spot check niced
+                plan, took = await self.threads.run(job.untrusted, self._replay, job, plan, items)
         verdict = plan if isinstance(plan, Verdict) else Verdict(True, "structure and ends only (no replay)")
         self.checked += 1
         e.finish_audit(job, verdict, time.monotonic())
@@ -128,15 +135,16 @@ class AuditRunner:
         torch.set_num_threads(1)
         e = self.engine
         spec = job.spec or e.spec  # the order's: a new label may have replaced the project's since
-        if self.net is None or self.net_spec is not spec:
-            self.net = TorchNet(spec, job.start.copy(), device="cpu")  # a copy: it shares memory
-            self.net_spec = spec
-            self.decay = decay_multipliers(spec)
+        mine = self.threads.local  # this replay thread's own net (never shared between threads)
+        if getattr(mine, "net", None) is None or mine.spec is not spec:
+            mine.net = TorchNet(spec, job.start.copy(), device="cpu")  # a copy: it shares memory
+            mine.spec = spec
+            mine.decay = decay_multipliers(spec)
 
         def batch(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             x = np.stack([items[k][0] for k in keys.tolist()]).astype(np.float32) * np.float32(1 / 255)
             return x, np.array([items[k][1] for k in keys.tolist()], np.int64)
 
-        l1, l2 = self.decay
-        verdict = run_replay(job, plan, self.net, batch, l1, l2, e.hyper.verify_tolerance)
+        l1, l2 = mine.decay
+        verdict = run_replay(job, plan, mine.net, batch, l1, l2, e.hyper.verify_tolerance)
         return verdict, time.thread_time() - cpu0
