@@ -480,3 +480,37 @@ def test_a_relays_sum_of_carried_steps_is_accepted_by_the_masters_engine():
     assert [c.rejected for c in r.children.values()] == [0, 0]
     assert pump(11.0) == [None]  # the master accepted the relay's sum of 500
     assert e.clients["R"].stats.results == 1 and e.clients["R"].stats.vectors_processed == 500
+
+
+def test_a_childs_commit_gets_a_reveal_request_and_its_reveal_is_queued_for_the_replay():
+    """Relays take version-2 proofs as the master does (mlitb.master.trust.reveal)."""
+    import torch
+
+    from mlitb.master.trust.verification import prepare
+    from mlitb.worker.proof import ProofRecorder
+
+    r = relay(children=2, verify=True)
+    order(r, 0, now=0.0)
+    rec = ProofRecorder("local", ("p", "m", "v"), N)
+    state = [torch.zeros(N) for _ in range(3)]
+    rec.checkpoint(0, state, forced=True)
+    for s in range(4):  # two steps of one vector; the end: p = start - the change sent
+        state = [torch.full((N,), -(s + 1) / 4), torch.full((N,), 0.1), torch.full((N,), 0.01)]
+        rec.step(np.array([(1 << 32) | s], np.int64), s + 1, lambda st=state: st)
+    rec.checkpoint(4, state, forced=True)
+    asks = {}
+    for cid in ("c0", "c1"):
+        r.child_bytes(cid, delta(0, np.full(N, 1.0), 4), now=10.0)
+        r.drain()
+        r.child_bytes(cid, rec.commit(3, 0), now=10.1)
+        (ask,) = [p for t, p in r.drain() if t == cid and isinstance(p, dict) and p["type"] == "reveal"]
+        assert ask["iteration"] == 0 and ask["segments"] and r.children[cid].trust.audit is not None
+        asks[cid] = ask  # its own: the random segment is drawn per commit
+    r.child_bytes("c0", rec.reveal(3, 0, asks["c0"]), now=10.2)
+    (job,) = r.auditor.queue
+    assert job.client == "c0" and r.children["c0"].trust.audit is None
+    header, values = job.proof
+    plan = prepare(job, header, values, lambda k: k[:0], 0.01, replay=False)
+    assert not isinstance(plan, Verdict), plan.detail
+    r.child_bytes("c1", rec.reveal(3, 1, asks["c1"]), now=10.2)  # a reveal for another iteration: a ban
+    assert "c1" not in r.children and r.closing[-1][1] == msg.CLOSE_BANNED

@@ -374,6 +374,57 @@ def test_a_browser_round_replays_on_the_masters_pytorch(mode):
     assert verdict.error < 1e-4, verdict.error
     forged = job_for(mode, values * -100, got["vectors"], MODEL.params, ADAM)
     assert not check(forged, data, keys, pixels, labels).ok
+    # version 2: the same round's commit, and a reveal of everything (the master asks for
+    # less; tests/test_commit_reveal.py), hash and replay alike
+    from mlitb.master.trust.verification import check_commit
+
+    commit = base64.b64decode(got["commit"])
+    _p, _i, header, chain, scales = proofs.decode_commit(commit, N)
+    for j, (name, a) in enumerate(zip(header["arrays"], values_of(data), strict=False)):
+        assert header["hashes"][-1][j] == proofs.sha256_f32(a[-1]), name
+    job = job_for(mode, values, got["vectors"], MODEL.params, ADAM)
+    job.commit = check_commit(job, header, chain, scales)
+    c = len(header["checkpoints"])
+    job.commit.chosen, job.commit.full, job.commit.firsts = list(range(c - 1)), list(range(c)), []
+    n = len(header["arrays"])
+    key_counts = job.commit.key_counts()
+    it, states, shown, rh = proofs.decode_reveal(base64.b64decode(got["reveal"]), N, n, job.commit.request(),
+                                                 key_counts)  # fmt: skip
+    assert it == 5
+    plan = prepare(job, rh, (states, shown), lambda k: k[~np.isin(k, np.sort(keys))], TOL)
+    assert isinstance(plan, Plan), plan.detail
+    net = TorchNet(MODEL.spec, job.start.copy(), device="cpu")
+    l1, l2 = decay_multipliers(MODEL.spec)
+    verdict = run_replay(job, plan, net, items_fn(keys, pixels, labels), l1, l2, TOL)
+    assert verdict.ok and verdict.error < 1e-4, verdict.detail
+
+
+def values_of(data: bytes) -> list[np.ndarray]:
+    """Per array of a version-1 proof: its checkpoints (checkpoints, num_params)."""
+    _, values = decode(data)
+    return [values[:, i] for i in range(values.shape[1])]
+
+
+@pytest.mark.node
+def test_the_browsers_sha256_is_pythons():
+    """engine/proof.js's own SHA-256 (crypto.subtle is missing on plain-http LAN pages)
+    against hashlib, at the block boundaries and beyond."""
+    import base64
+    import hashlib
+
+    from conftest import ROOT, run_node
+
+    rng = np.random.default_rng(9)
+    cases = [b"", b"abc", b"a" * 55, b"a" * 56, b"a" * 63, b"a" * 64, b"a" * 119, b"a" * 120,
+             rng.integers(0, 256, 100_003, dtype=np.uint8).tobytes()]  # fmt: skip
+    task = {"mode": "gradient", "layers": MODEL.spec.to_json(), "inner": ADAM,
+            "params": base64.b64encode(MODEL.params.astype(np.float32).tobytes()).decode(), "batches": [],
+            "hash": [base64.b64encode(c).decode() for c in cases]}  # fmt: skip
+    (got,) = run_node(ROOT / "tests" / "js" / "proof_golden.js", {"tasks": [task]})["results"]
+    assert "error" not in got, got.get("error")
+    assert got["sha256"] == [hashlib.sha256(c).hexdigest() for c in cases]
+    abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2
+    assert got["sha256"][1] == abc
 
 
 # ------------------------------------------------------------------------- the engine waits for newcomers

@@ -244,6 +244,14 @@ def audit(iteration: int, vectors: int, loss: float) -> dict:
     return {"type": "audit", "iteration": iteration, "vectors": vectors, "loss": loss}
 
 
+def reveal(iteration: int, segments: list[int], checkpoints: list[int], firsts: list[int]) -> dict:
+    """After a version-2 commit (mlitb.protocol.proofs): send the item keys of `segments`
+    and every array of `checkpoints`, the first array ("p" or "g") of `firsts`, as one
+    reveal frame; or `proof_missing`."""
+    return {"type": "reveal", "iteration": iteration, "segments": segments, "checkpoints": checkpoints,
+            "firsts": firsts}  # fmt: skip
+
+
 def error(code: str, reason: str) -> dict:
     return {"type": "error", "code": code, "reason": reason}
 

@@ -58,6 +58,7 @@ from mlitb.master.project.orders import MIN_GRACE_S as MASTER_MIN_GRACE_S
 from mlitb.master.sched.allocation import Allocator, by_dataset, id_groups, make_key, split_key
 from mlitb.master.sched.latency import Latency
 from mlitb.master.server.store import token_hash
+from mlitb.master.trust import reveal
 from mlitb.master.trust.audits import Auditor, strike
 from mlitb.master.trust.holds import REPLAY_EWMA, REPLAY_S, audit_slots, hold_limit, ration, unverified
 from mlitb.master.trust.record import TrustRecord
@@ -527,11 +528,13 @@ class Relay:
             return
         if proofs.is_proof(data):  # the answer to an audit
             job = child.trust.audit
-            refused = self.auditor.on_proof(child, data, self.num_params)
+            refused, ask = reveal.on_proof(self.auditor, child, data, self.num_params)
             if refused == "unasked":
                 log.info("unasked proof from %s ignored", cid)
             elif refused:
                 self.ban(cid, refused, job)
+            elif ask is not None:  # a v2 commit: what to reveal (mlitb.master.trust.reveal)
+                self.send(cid, ask)
             for lost in getattr(self.auditor, "overflow", list)():  # a full queue let it go unchecked
                 log.warning("audit of %s (iteration %d) not checked: the replay queue is full", lost.client,
                             lost.iteration)  # fmt: skip

@@ -67,3 +67,31 @@ class ProofRecorder:
         }
         checkpoints = [[a.cpu().numpy() for a in self.points[s][1]] for s in steps]
         return proofs.encode(project, iteration, header, checkpoints)
+
+    def _header_and_checkpoints(self) -> tuple[dict, list[list[np.ndarray]]]:
+        steps = sorted(self.points)
+        header = {
+            "mode": self.mode,
+            "arrays": list(self.arrays),
+            "batches": self.batches,
+            "checkpoints": [{"step": s, "t": self.points[s][0]} for s in steps],
+        }
+        return header, [[a.cpu().numpy() for a in self.points[s][1]] for s in steps]
+
+    def commit(self, project: int, iteration: int) -> bytes:
+        """A version-2 commit (mlitb.protocol.proofs): hashes of everything, the int8 chain."""
+        header, checkpoints = self._header_and_checkpoints()
+        return proofs.encode_commit(project, iteration, header, checkpoints, self.keys)
+
+    def reveal(self, project: int, iteration: int, request: dict) -> bytes:
+        """The reveal frame for the master's `reveal` request (ProofError if it names
+        segments or checkpoints this record does not have)."""
+        header, checkpoints = self._header_and_checkpoints()
+        n = len(checkpoints)
+        segs, full, firsts = request.get("segments"), request.get("checkpoints"), request.get("firsts", [])
+        for name, v, top in (("segments", segs, n - 1), ("checkpoints", full, n), ("firsts", firsts, n)):
+            if not isinstance(v, list) or not all(isinstance(i, int) and 0 <= i < top for i in v):
+                raise proofs.ProofError(f"reveal request: {name} {v!r} is not a list of indices below {top}")
+        steps = [c["step"] for c in header["checkpoints"]]
+        req = {"segments": segs, "checkpoints": full, "firsts": firsts}
+        return proofs.encode_reveal(project, iteration, req, checkpoints, self.keys, steps, self.batches)

@@ -40,7 +40,7 @@ from mlitb.model.inner import InnerOptimizer
 from mlitb.model.layout import decay_multipliers
 from mlitb.model.spec import Spec
 from mlitb.model.torch_executor import TorchNet
-from mlitb.protocol import PROTOCOL_VERSION, codecs, frames
+from mlitb.protocol import PROTOCOL_VERSION, codecs, frames, proofs
 from mlitb.protocol import messages as msg
 from mlitb.protocol.idtext import text_to_ids
 
@@ -206,6 +206,7 @@ class Worker:
         # records of the last rounds, for the master's audits: iteration -> [(vectors, loss,
         # ProofRecorder)] (an iteration is ordered again when its first order got no result)
         self._proofs: dict[int, list] = {}
+        self._committed: tuple | None = None  # (iteration, recorder) committed, its reveal not yet asked
         self._allocated: set[int] = set()
         # where to turn when the URL fails: a relay's welcome names its master (`alternatives`)
         self._urls = [url]
@@ -276,7 +277,7 @@ class Worker:
                         **({"memory_mb": self.memory_mb} if self.memory_mb else {}),
                         "name": self.name,
                         "join_key": self.join_key,
-                        "capabilities": {"proofs": 1},  # answers audits (mlitb.protocol.proofs)
+                        "capabilities": {"proofs": 2},  # audits: commit, then reveal (protocol.proofs)
                     }
                 )
             )
@@ -362,6 +363,8 @@ class Worker:
             self._spawn(tasks, self._work(ws, m))
         elif kind == "audit":
             self._spawn(tasks, self._answer_audit(ws, m))
+        elif kind == "reveal":
+            self._spawn(tasks, self._answer_reveal(ws, m))
         elif kind == "state":
             self.stats.project_state = m["state"]
             self.on_update(self.stats)
@@ -379,6 +382,7 @@ class Worker:
         self._feedback_key = None
         self._sample = None
         self._proofs = {}
+        self._committed = None
 
     def _on_params(self, data: bytes) -> bool:
         """Whole parameters, or a change to the ones held; False: a change to parameters
@@ -599,9 +603,26 @@ class Worker:
             reason = "no record of that round (the model or the inner state started over)"
             await ws.send(msg.dumps({"type": "proof_missing", "iteration": iteration, "reason": reason}))
             return
-        data = await asyncio.to_thread(proof.encode, self._project_id, iteration)
+        data = await asyncio.to_thread(proof.commit, self._project_id, iteration)
+        self._committed = (iteration, proof)  # the master names what to reveal next
         await ws.send(data)
         self.stats.audits += 1
+
+    async def _answer_reveal(self, ws, m: dict) -> None:
+        """After a commit the master names the checkpoints and segments to reveal."""
+        iteration = m.get("iteration")
+        committed = self._committed
+        if committed is None or committed[0] != iteration:
+            reason = "no commit of that round to reveal"
+            await ws.send(msg.dumps({"type": "proof_missing", "iteration": iteration, "reason": reason}))
+            return
+        self._committed = None
+        try:
+            data = await asyncio.to_thread(committed[1].reveal, self._project_id, iteration, m)
+        except proofs.ProofError as exc:
+            await ws.send(msg.dumps({"type": "proof_missing", "iteration": iteration, "reason": str(exc)}))
+            return
+        await ws.send(data)
 
     def _eval_rows(self) -> np.ndarray | None:
         """A fixed random sample of the cached test items (the master's `sample`; None:

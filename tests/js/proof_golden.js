@@ -4,7 +4,10 @@
 // PyTorch replay.
 // stdin: {"tasks": [{"mode": "local" | "gradient", "layers", "inner", "params" (b64 f32),
 //                    "batches": [{"x" (b64 f32), "y", "keys"}], "max_spaced" (optional)}]}
-// stdout: {"results": [{"proof" (b64 frame), "values" (b64 f32: the result), "vectors"}]}
+// stdout: {"results": [{"proof" (b64 frame), "values" (b64 f32: the result), "vectors",
+//                       "commit" (b64: the version-2 commit), "reveal" (b64: the reveal of
+//                       every segment and every checkpoint), "sha256" (hex digests of `hash`)}]}
+//         `hash` (optional, stdin): [b64 byte strings] to hash with the JS SHA-256
 const tf = require("@tensorflow/tfjs");
 const Engine = require("../../mlitb/web/static/engine/tfjs_engine.js");
 const Inner = require("../../mlitb/web/static/engine/inner.js");
@@ -49,7 +52,12 @@ async function run(t) {
     values = total;
   }
   engine.dispose();
-  return { proof: Buffer.from(proof.encode(1, 5)).toString("base64"), values: b64(values), vectors };
+  const all = proof.points.size;
+  const everything = { segments: [...Array(all - 1).keys()], checkpoints: [...Array(all).keys()], firsts: [] };
+  const bytes = (buffer) => Buffer.from(buffer).toString("base64");
+  return { proof: bytes(proof.encode(1, 5)), values: b64(values), vectors, commit: bytes(proof.commit(1, 5)),
+           reveal: bytes(proof.reveal(1, 5, everything)),
+           sha256: (t.hash || []).map((h) => Proof.sha256(Buffer.from(h, "base64"))) };
 }
 
 (async () => {

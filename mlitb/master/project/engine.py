@@ -318,7 +318,9 @@ class Engine:
     # ================================================================ trust
     def on_proof(self, cid: str, data: bytes, now: float = 0.0) -> None:
         if (client := self.clients.get(cid)) is not None:
-            self.trust.on_proof(client, data, self.spec.num_params)
+            ask = self.trust.on_proof(client, data, self.spec.num_params)
+            if ask is not None:  # a v2 commit passed its cheap checks: what to reveal
+                self.send(cid, ask)
             self._apply_bans(now)
 
     def on_proof_missing(self, cid: str, message: msg.ProofMissing, now: float = 0.0) -> None:

@@ -20,6 +20,11 @@ Jia et al.'s proof of learning (2021):
    copy of the items (true labels) and must land on the next checkpoint within
    `tolerance` (relative to the segment's change).
 
+A version-2 trainer commits to its record (hashes and the int8 chain of its parameters)
+and reveals only what the master names (mlitb.master.trust.reveal): `check_commit` runs
+the checks a commit allows and picks the segments, `prepare_revealed` checks the reveal
+against the commit and then runs the same checks on the checkpoints revealed.
+
 A lie anywhere shows: a forged result does not match its last checkpoint, forged
 checkpoints do not match a replay of the segment they bound (and the largest jump is
 always replayed), training on wrong labels or data does not replay. Work is pure
@@ -61,7 +66,8 @@ class AuditJob:
     last_norm: float  # the client's previous accepted result's norm (0: none)
     inner: dict  # local: the inner optimizer settings of the order
     asked_at: float
-    proof: tuple | None = None  # (header, values) once it arrived
+    proof: tuple | None = None  # (header, values) once it arrived (v2: the reveal's, see Commit)
+    commit: Any = None  # v2: the Commit it answered the audit with, until the reveal arrives
     accepted_in: int = -1  # the engine's iteration when the result was accumulated
     untrusted: bool = True  # audited because the client is new or suspect (checked first)
     owned: np.ndarray | None = None  # sorted keys it held (or held lately) when the result came
@@ -100,10 +106,6 @@ def _int_list(value, name: str, limit: int) -> list[int]:
 
 def check_structure(job: AuditJob, header: dict, foreign) -> tuple[list[int], np.ndarray, list[dict]]:
     """-> (batches, keys, checkpoints), or ProofInvalid naming the first problem."""
-    if header.get("mode") != job.mode:
-        raise ProofInvalid(f"proof of a {header.get('mode')!r} round, the order was {job.mode!r}")
-    if header.get("arrays") != expected_arrays(job):
-        raise ProofInvalid(f"proof arrays {header.get('arrays')}, expected {expected_arrays(job)}")
     batches = _int_list(header.get("batches"), "batches", MAX_STEPS)
     keys = np.array(_int_list(header.get("keys"), "keys", 100_000_000), np.int64)
     if sum(batches) != job.vectors or len(keys) != job.vectors:
@@ -111,6 +113,19 @@ def check_structure(job: AuditJob, header: dict, foreign) -> tuple[list[int], np
             f"the proof has {sum(batches)} vectors in its batches and {len(keys)} keys, "
             f"the result claimed {job.vectors}"
         )
+    ckpts = check_header(job, header, batches)
+    unknown = foreign(np.unique(keys))  # keys (sorted, unique) -> those it was never given
+    if unknown.size:
+        raise ProofInvalid(f"{unknown.size} item keys this trainer was never given (e.g. {int(unknown[0])})")
+    return batches, keys, ckpts
+
+
+def check_header(job: AuditJob, header: dict, batches: list[int]) -> list[dict]:
+    """Mode, arrays, the overlap shift and the checkpoints' steps -> the checkpoints."""
+    if header.get("mode") != job.mode:
+        raise ProofInvalid(f"proof of a {header.get('mode')!r} round, the order was {job.mode!r}")
+    if header.get("arrays") != expected_arrays(job):
+        raise ProofInvalid(f"proof arrays {header.get('arrays')}, expected {expected_arrays(job)}")
     shifts = [i for i, b in enumerate(batches) if b == 0]
     if (job.mode == "gradient" and shifts) or len(shifts) > 1:
         raise ProofInvalid(f"{len(shifts)} empty steps; only one overlap shift (local) is allowed")
@@ -134,10 +149,7 @@ def check_structure(job: AuditJob, header: dict, foreign) -> tuple[list[int], np
     for s in shifts:  # the shift is bounded by checkpoints on both sides (forced)
         if s not in steps or s + 1 not in steps:
             raise ProofInvalid("the overlap shift must have a checkpoint before and after it")
-    unknown = foreign(np.unique(keys))  # keys (sorted, unique) -> those it was never given
-    if unknown.size:
-        raise ProofInvalid(f"{unknown.size} item keys this trainer was never given (e.g. {int(unknown[0])})")
-    return batches, keys, ckpts
+    return ckpts
 
 
 def relative_error(a: np.ndarray, b: np.ndarray, scale: float) -> float:
@@ -151,12 +163,14 @@ def final_tolerance(job: AuditJob, tolerance: float) -> float:
     return {frames.codecs.INT8: 0.15, frames.codecs.FLOAT16: 0.01}.get(job.dtype, 0.0) + tolerance
 
 
-def check_shift(job: AuditJob, batches: list[int], ckpts: list[dict], values: np.ndarray, delta: str) -> None:
+def check_shift(job: AuditJob, batches: list[int], ckpts: list[dict], values: np.ndarray, delta: str,
+                same_state: bool | None = None) -> None:  # fmt: skip
     """The overlap shift (batches 0) moves the overlap's steps onto the new parameters:
     right after it, p = start + (p before it - the first checkpoint, where the overlap
     began), to float32 rounding; the optimizer's state does not change. No segment is
     replayed across it (it has no vectors), so without this a liar could claim any point
-    after a shift and have every later segment replay honestly."""
+    after a shift and have every later segment replay honestly. `same_state` (a commit):
+    whether the optimizer's arrays on both sides hashed alike, instead of comparing them."""
     shifts = [s for s, b in enumerate(batches) if b == 0]
     if not shifts:
         return
@@ -174,7 +188,9 @@ def check_shift(job: AuditJob, batches: list[int], ckpts: list[dict], values: np
             f"the overlap shift put the parameters {off:.3g} away from the new parameters plus the "
             f"overlap's steps (float32 rounding: at most {bound:.2g})"
         )
-    if ckpts[a].get("t") != ckpts[b].get("t") or not np.array_equal(values[a, 1:], values[b, 1:]):
+    if same_state is None:
+        same_state = bool(np.array_equal(values[a, 1:], values[b, 1:]))
+    if ckpts[a].get("t") != ckpts[b].get("t") or not same_state:
         raise ProofInvalid("the overlap shift changed the inner optimizer's state (its step or moments)")
 
 
@@ -184,29 +200,38 @@ def check_ends(
 ) -> None:  # fmt: skip
     """First and last checkpoints, and the overlap shift between them, against what the
     master knows; ProofInvalid if off. delta: the proof header's (int8 or none)."""
-    first, last = values[0, 0], values[-1, 0]
     if not np.isfinite(values).all():
         raise ProofInvalid("a checkpoint has NaN or Inf values")
+    check_first(job, batches, values[0, 0])
+    if job.mode == "local":
+        check_shift(job, batches, ckpts, values, delta)
+    check_last(job, values[-1, 0], tolerance)
+
+
+def check_first(job: AuditJob, batches: list[int], first: np.ndarray) -> None:
+    """The first checkpoint's first array: a zero sum, the parameters the order started
+    from, or (after an overlap shift) a point near the previous parameters."""
     if job.mode == "gradient":
         if np.any(first):
             raise ProofInvalid("the first checkpoint of a gradient round must be a zero sum")
-        true = last
-    else:
-        if 0 not in batches:  # no overlap shift: it started from the parameters it was sent
-            err = relative_error(first, job.start, float(np.linalg.norm(job.start)))
-            if err > 1e-5:
-                raise ProofInvalid(
-                    f"the round did not start from the parameters it was sent (relative distance {err:.2e})"
-                )
-        elif job.previous is not None:  # the overlap began where the last round ended
-            dist = float(np.linalg.norm(first.astype(np.float64) - job.previous))
-            bound = 2.0 * job.last_norm + 1e-4 * float(np.linalg.norm(job.previous)) + 1e-6
-            if dist > bound:
-                raise ProofInvalid(
-                    f"the overlap started {dist:.3g} away from the last parameters (at most {bound:.3g})"
-                )
-        check_shift(job, batches, ckpts, values, delta)
-        true = job.start.astype(np.float64) - last
+    elif 0 not in batches:  # no overlap shift: it started from the parameters it was sent
+        err = relative_error(first, job.start, float(np.linalg.norm(job.start)))
+        if err > 1e-5:
+            raise ProofInvalid(
+                f"the round did not start from the parameters it was sent (relative distance {err:.2e})"
+            )
+    elif job.previous is not None:  # the overlap began where the last round ended
+        dist = float(np.linalg.norm(first.astype(np.float64) - job.previous))
+        bound = 2.0 * job.last_norm + 1e-4 * float(np.linalg.norm(job.previous)) + 1e-6
+        if dist > bound:
+            raise ProofInvalid(
+                f"the overlap started {dist:.3g} away from the last parameters (at most {bound:.3g})"
+            )
+
+
+def check_last(job: AuditJob, last: np.ndarray, tolerance: float) -> None:
+    """The last checkpoint's first array gives the result that was sent."""
+    true = last if job.mode == "gradient" else job.start.astype(np.float64) - last
     tol = final_tolerance(job, tolerance)
     scale = float(np.linalg.norm(true))
     diff = float(np.linalg.norm(job.values.astype(np.float64) - true))
@@ -258,10 +283,13 @@ class Plan:
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
-def prepare(job: AuditJob, header: dict, values: np.ndarray, foreign, tolerance: float,
+def prepare(job: AuditJob, header: dict, values, foreign, tolerance: float,
             replay: bool = True) -> Plan | Verdict:  # fmt: skip
     """Structure and ends (no compute); a Verdict if that already fails, else the Plan.
-    `foreign(keys) -> keys` names the ones this trainer was never given."""
+    `foreign(keys) -> keys` names the ones this trainer was never given. A version-2
+    reveal (`header` phase "reveal", `values` (states, keys)) goes to `prepare_revealed`."""
+    if header.get("phase") == proofs.REVEAL:
+        return prepare_revealed(job, values, foreign, tolerance, replay)
     try:
         batches, keys, ckpts = check_structure(job, header, foreign)
         check_ends(job, batches, ckpts, values, tolerance, header.get("delta", "none"))
@@ -269,6 +297,106 @@ def prepare(job: AuditJob, header: dict, values: np.ndarray, foreign, tolerance:
         return Verdict(False, str(exc))
     chosen = segments(batches, ckpts, values, job.mode) if replay else []
     return Plan(batches, keys, ckpts, values, chosen)
+
+
+# ------------------------------------------------------------------ version 2: commit, then reveal
+
+
+@dataclass
+class Commit:
+    """A version-2 commit that passed the cheap checks (`check_commit`), and what the
+    master asked to see of it (mlitb.protocol.proofs: the reveal request)."""
+
+    header: dict  # with `batches` expanded
+    chain: np.ndarray  # (checkpoints, num_params): the first array of each, as the int8 chain rebuilds it
+    scales: np.ndarray  # (checkpoints, num_params): the int8 step of each value's block (0 for the first)
+    chosen: list[int]  # segments to replay
+    full: list[int]  # checkpoints whose every array is revealed
+    firsts: list[int]  # checkpoints whose first array alone is revealed
+
+    def request(self) -> dict:
+        return {"segments": self.chosen, "checkpoints": self.full, "firsts": self.firsts}
+
+    def key_counts(self) -> list[int]:
+        steps = [c["step"] for c in self.header["checkpoints"]]
+        batches = self.header["batches"]
+        return [sum(batches[steps[j] : steps[j + 1]]) for j in self.chosen]
+
+
+def check_commit(job: AuditJob, header: dict, chain: np.ndarray, scales: np.ndarray) -> Commit:
+    """The checks a commit allows before anything is revealed (structure, counts, where
+    the round started), and the segments to replay chosen as for a whole proof: the
+    largest change per vector along the int8 chain, and one more at random."""
+    batches = header["batches"]
+    if sum(batches) != job.vectors:
+        raise ProofInvalid(
+            f"the commit has {sum(batches)} vectors in its batches, the result claimed {job.vectors}"
+        )
+    ckpts = check_header(job, header, batches)
+    if not np.isfinite(chain).all():
+        raise ProofInvalid("the commit's int8 chain has NaN or Inf values")
+    if proofs.sha256_f32(chain[0]) != header["hashes"][0][0]:
+        raise ProofInvalid("the first checkpoint sent is not the one the commit's hash names")
+    check_first(job, batches, chain[0])
+    chosen = segments(batches, ckpts, chain[:, None, :], job.mode)
+    full, firsts = proofs.reveal_request(header, chosen)
+    return Commit(header, chain, scales, chosen, full, firsts)
+
+
+def prepare_revealed(
+    job: AuditJob, revealed: tuple, foreign, tolerance: float, replay: bool
+) -> Plan | Verdict:
+    """A reveal against its commit (job.commit): every array and key list must hash to
+    what was committed, every revealed first array must be where the int8 chain said
+    (within its rounding), then the checks of a whole proof on the checkpoints revealed
+    (the result sent, the overlap shift, the keys' owner) -> the Plan, or a failing Verdict."""
+    c: Commit = job.commit
+    states, keys = revealed
+    header, names = c.header, c.header["arrays"]
+    try:
+        for i, arrays in states.items():
+            for name, a in zip(names, arrays, strict=False):
+                if proofs.sha256_f32(a) != header["hashes"][i][names.index(name)]:
+                    raise ProofInvalid(
+                        f"checkpoint {i}'s {name!r} is not the one committed (SHA-256 differs)"
+                    )
+            if not np.isfinite(np.concatenate(arrays)).all():
+                raise ProofInvalid(f"checkpoint {i} has NaN or Inf values")
+            off = np.abs(arrays[0].astype(np.float64) - c.chain[i])
+            bound = c.scales[i].astype(np.float64) + 4 * np.spacing(np.abs(c.chain[i])).astype(np.float64)
+            if np.any(off > bound):
+                raise ProofInvalid(
+                    f"checkpoint {i}'s {names[0]!r} is {float(off.max()):.3g} away from where the commit's "
+                    "int8 chain put it (more than its rounding)"
+                )
+        for j, k in keys.items():
+            if proofs.sha256_keys(k) != header["segments"][j]:
+                raise ProofInvalid(f"the keys of segment {j} are not the ones committed (SHA-256 differs)")
+        batches, ckpts = header["batches"], header["checkpoints"]
+        values = np.zeros((len(ckpts), len(names), job.start.size), np.float32)
+        values[:, 0] = c.chain
+        for i, arrays in states.items():
+            values[i, : len(arrays)] = arrays
+        check_last(job, values[-1, 0], tolerance)
+        shifts = [s for s, b in enumerate(batches) if b == 0]
+        if shifts and job.mode == "local":
+            steps = [x["step"] for x in ckpts]
+            a, b = steps.index(shifts[0]), steps.index(shifts[0] + 1)
+            same = header["hashes"][a][1:] == header["hashes"][b][1:]
+            check_shift(job, batches, ckpts, values, "none", same)
+        shown = np.concatenate([np.zeros(0, np.int64), *keys.values()])
+        unknown = foreign(np.unique(shown))
+        if unknown.size:
+            raise ProofInvalid(
+                f"{unknown.size} item keys this trainer was never given (e.g. {int(unknown[0])})"
+            )
+    except ProofInvalid as exc:
+        return Verdict(False, str(exc))
+    full = np.zeros(job.vectors, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(batches)]).astype(np.int64)
+    for j, k in keys.items():
+        full[offsets[ckpts[j]["step"]] : offsets[ckpts[j + 1]["step"]]] = k
+    return Plan(batches, full, ckpts, values, list(c.chosen) if replay else [])
 
 
 async def proof_items(keys: np.ndarray, label_map_of, fetch, chunk: int = 4096) -> dict | Verdict:

@@ -15,6 +15,7 @@ import logging
 
 import numpy as np
 
+from mlitb.master.trust import reveal
 from mlitb.master.trust.audits import Auditor, strike
 from mlitb.master.trust.holds import Held, Holds, address_group, audit_slots, ration, unverified
 from mlitb.master.trust.policy import AuditContext, Ban, Entry, Trust, Unverified
@@ -115,15 +116,17 @@ class Verified(Trust):
         self.auditor.queue.clear()
 
     # ------------------------------------------------------------------ audits
-    def on_proof(self, client, data: bytes, num_params: int) -> None:
+    def on_proof(self, client, data: bytes, num_params: int) -> dict | None:
+        """A proof frame (v1 whole, v2 commit or reveal); returns the `reveal` to ask for."""
         client.trust.proof_bytes += len(data)
         job = client.trust.audit
-        refused = self.auditor.on_proof(client, data, num_params)
+        refused, ask = reveal.on_proof(self.auditor, client, data, num_params)
         self._overflowed()
         if refused == "unasked":
             log.info("project %s: unasked proof from %s ignored", self.project, client.id)
         elif refused:
             self.bans.append(Ban(client.id, refused, job))
+        return ask
 
     def on_proof_missing(self, client, iteration: int | None, reason: str) -> None:
         audit = client.trust.audit

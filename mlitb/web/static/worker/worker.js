@@ -21,6 +21,7 @@
  * the page the join offers memory instead (memory_mb, ~1/8 of the device's, <= 400 MB).
  * Every round is recorded (engine/proof.js: item keys per batch, state checkpoints) and
  * the last ones kept, so that an `audit` from the master is answered with a proof frame
+ * (version 2: a commit of hashes, then the `reveal` of what the master names)
  * (verification by recomputation, docs/security.md).
  */
 "use strict";
@@ -56,6 +57,7 @@ const S = {
   inner: null, decayMul: null, feedback: new Map(), feedbackKey: "", resyncAt: 0, nextWork: null,
   carry: null, // overlap: {delta, vectors, loss, ms, opt, proof, after} not yet sent, for the order of iteration after + 1
   proofs: new Map(), // iteration -> [{vectors, loss, proof}] of its rounds, for the master's audits
+  committed: null, // {iteration, proof}: the round committed (proofs v2) whose reveal the master may ask
   // the learner's generation: +1 on each welcome, lost connection and model change. A round
   // started in an older one is void (its engine, cache, inner state or server are gone):
   // it stops at its next batch and sends nothing, so no half-old result or proof goes out
@@ -157,7 +159,7 @@ function connect() {
     const join = {
       type: "join", protocol: PROTOCOL, project: S.cfg.project, role: S.cfg.role, kind: "browser",
       backend: S.backend || "starting", capacity: 3000, name: S.cfg.name || "",
-      join_key: S.cfg.joinKey || "", capabilities: { userAgent: self.navigator.userAgent, proofs: 1 },
+      join_key: S.cfg.joinKey || "", capabilities: { userAgent: self.navigator.userAgent, proofs: self.MlitbCodecs ? 2 : 1 },
     };
     if (Number(S.cfg.capacity) > 0) join.capacity = Math.floor(Number(S.cfg.capacity));
     else if (V2) {
@@ -223,6 +225,7 @@ function resetLearner() {
   S.decayMul = null;
   S.feedback.clear();
   S.proofs.clear();
+  S.committed = null;
 }
 
 async function onText(m) {
@@ -276,6 +279,7 @@ async function onText(m) {
     }
     case "work": work(m); break;
     case "audit": answerAudit(m); break;
+    case "reveal": answerReveal(m); break;
     case "state": S.projectState = m.state; break;
     case "error":
       // a ban's reason comes just before its close (4453): kept for the page's notice
@@ -415,7 +419,25 @@ function answerAudit(m) {
     send({ type: "proof_missing", iteration: m.iteration, reason: "no record of that round (the model or the inner state started over)" });
     return;
   }
-  S.ws.send(proof.encode(S.projectId, m.iteration));
+  if (!self.MlitbCodecs) { S.ws.send(proof.encode(S.projectId, m.iteration)); return; } // version 1: everything
+  S.committed = { iteration: m.iteration, proof }; // version 2: commit now, reveal what the master names
+  S.ws.send(proof.commit(S.projectId, m.iteration));
+}
+
+/** After a commit the master names the checkpoints and segments to reveal. */
+function answerReveal(m) {
+  if (!S.ws || S.ws.readyState !== 1) return;
+  const c = S.committed;
+  S.committed = null;
+  if (!c || c.iteration !== m.iteration) {
+    send({ type: "proof_missing", iteration: m.iteration, reason: "no commit of that round to reveal" });
+    return;
+  }
+  try {
+    S.ws.send(c.proof.reveal(S.projectId, m.iteration, m));
+  } catch (e) {
+    send({ type: "proof_missing", iteration: m.iteration, reason: String(e.message || e) });
+  }
 }
 
 function nextRows(b) {
