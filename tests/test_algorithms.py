@@ -448,5 +448,8 @@ def test_orders_ask_for_the_rounds_work_time_and_the_deadline_follows_it():
     e = engine(algorithm="local_sgd", iteration_time=8.0, first_round_time=1.0, round_growth=1.0)
     w = works(start(e))["A"]
     assert w["work_ms"] == 1000 and e.round_s == 1.0
+    # a trainer carries steps past its result for at most this round, not T: an audit bounds
+    # where an overlap starts by twice its last result's norm
+    assert w["overlap_ms"] == 1000
     assert e.deadline == pytest.approx(1.0 * 1.5 + 1.0)  # T x (1 + grace) + min grace, of this round
     assert e.summary(now=0.0)["round_time"] == 1.0

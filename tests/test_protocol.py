@@ -426,38 +426,41 @@ def test_text_to_ids_tolerates_empty_parts():
 def test_hyper_defaults():
     h = Hyper()
     assert h.algorithm == DEFAULT_ALGORITHM == "local_sgd"
-    # local_sgd's outer step: DiLoCo's Nesterov; its clients: Adam
-    assert (h.optimizer, h.learning_rate, h.momentum) == ("nesterov", 0.7, 0.9)
-    assert (h.inner_optimizer, h.inner_learning_rate, h.inner_momentum) == ("adam", 0.001, 0.9)
+    # local_sgd's outer step: plain averaging (measured fastest); its clients: Adam
+    assert (h.optimizer, h.learning_rate, h.momentum) == ("sgd", 1.0, 0.0)
+    assert (h.inner_optimizer, h.inner_learning_rate, h.inner_momentum) == ("adam", 0.002, 0.9)
     assert (h.lr_decay, h.lr_decay_interval, h.lr_floor) == (1.0, 1, 0.0)
     assert (h.l1_decay, h.l2_decay) == (0.0, 0.0)
     assert (h.ro, h.eps, h.beta1, h.beta2) == (None,) * 4
-    assert (h.iteration_time, h.iteration_ms) == (4.0, 4000)
+    assert (h.iteration_time, h.iteration_ms) == (30.0, 30000)  # local_sgd's T; rounds grow to it
+    assert (h.first_round_time, h.round_growth) == (0.5, 0.25)
     assert (h.capacity, h.batch_size, h.seed, h.save_period) == (10_000_000, 32, 0, 0.0)
     assert (h.work_vectors, h.max_staleness, h.compression) == (0, 2, "none")
     assert (h.test_interval, h.test_sample) == (5.0, 2000)
     assert Hyper(iteration_time=2.5).iteration_ms == 2500
     # the paper's loop: AdaGrad lr 0.01
     s = Hyper(algorithm="sync_sgd")
-    assert (s.optimizer, s.learning_rate, s.momentum) == ("adagrad", 0.01, None)
+    assert (s.optimizer, s.learning_rate, s.momentum, s.iteration_time) == ("adagrad", 0.01, None, 4.0)
 
 
 def test_hyper_algorithm_switch_takes_its_default_optimizer_unless_one_is_named():
     h = Hyper(algorithm="sync_sgd", iteration_time=2)
     local = h.updated({"algorithm": "local_sgd"})
+    # its own optimizer and round length (T 2 s was sync_sgd's)
     assert (local.optimizer, local.learning_rate, local.momentum, local.iteration_time) == (
-        "nesterov",
-        0.7,
-        0.9,
-        2.0,
+        "sgd",
+        1.0,
+        0.0,
+        30.0,
     )
     back = local.updated({"algorithm": "sync_sgd"})
     assert (back.optimizer, back.learning_rate, back.momentum) == ("adagrad", 0.01, None)
     named = h.updated({"algorithm": "local_sgd", "optimizer": "sgd", "learning_rate": 1.0})
     assert (named.optimizer, named.learning_rate) == ("sgd", 1.0)
     tuned = h.updated({"algorithm": "local_sgd", "learning_rate": 0.5})  # the default optimizer, its lr
-    assert (tuned.optimizer, tuned.learning_rate, tuned.momentum) == ("nesterov", 0.5, 0.9)
-    assert local.updated({"iteration_time": 3}).optimizer == "nesterov"  # no switch: kept
+    assert (tuned.optimizer, tuned.learning_rate, tuned.momentum) == ("sgd", 0.5, 0.0)
+    kept = local.updated({"iteration_time": 3, "optimizer": "nesterov"}).updated({"learning_rate": 0.7})
+    assert (kept.optimizer, kept.iteration_time) == ("nesterov", 3.0)  # no switch: kept
     # saved before algorithms existed: the paper's loop with what was saved
     old = Hyper.stored({"optimizer": "adagrad", "learning_rate": 0.02})
     assert (old.algorithm, old.optimizer, old.learning_rate) == ("sync_sgd", "adagrad", 0.02)

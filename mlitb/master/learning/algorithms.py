@@ -59,8 +59,9 @@ class Algorithm(ABC):
         self.hyper = hyper
         self.l1_mul, self.l2_mul = l1_mul, l2_mul
 
-    def work_fields(self) -> dict:
-        """Fields the work order carries besides iteration and work time."""
+    def work_fields(self, round_s: float | None = None) -> dict:
+        """Fields the work order of a `round_s`-second round (None: T) carries besides
+        iteration and work time."""
         fields = {"batch_size": self.hyper.batch_size, "compression": self.hyper.compression,
                   # honest workers stop there: a larger count is refused as implausible
                   "max_vectors_per_s": self.hyper.max_vectors_per_s}  # fmt: skip
@@ -132,8 +133,8 @@ class SyncSGD(Algorithm):
     name = "sync_sgd"
     result_kinds = (frames.RESULT,)
 
-    def work_fields(self) -> dict:
-        return {"mode": "gradient", **super().work_fields()}
+    def work_fields(self, round_s: float | None = None) -> dict:
+        return {"mode": "gradient", **super().work_fields(round_s)}
 
     def terms(self, frame: frames.Frame, weight: float) -> tuple[float, float]:
         return weight, weight * frame.vectors
@@ -156,7 +157,7 @@ class LocalSGD(Algorithm):
     name = "local_sgd"
     result_kinds = (frames.DELTA, frames.RESULT)
 
-    def work_fields(self) -> dict:
+    def work_fields(self, round_s: float | None = None) -> dict:
         h = self.hyper
         inner: dict = {
             "optimizer": h.inner_optimizer,
@@ -169,9 +170,12 @@ class LocalSGD(Algorithm):
             inner["momentum"] = h.inner_momentum
         else:
             inner.update(beta1=0.9, beta2=0.999, eps=1e-8)
-        fields = {"mode": "local", "inner": inner, **super().work_fields()}
+        fields = {"mode": "local", "inner": inner, **super().work_fields(round_s)}
         if h.overlap and not h.work_vectors:  # fixed work must stay fixed
-            fields["overlap_ms"] = h.iteration_ms  # the longest a trainer keeps stepping unasked
+            # the longest a trainer keeps stepping unasked: this round's length, so a carry
+            # is at most about one result's worth of steps (an audit bounds an overlap's start
+            # by twice the last result's norm: a 30 s carry after a 0.5 s round would not fit)
+            fields["overlap_ms"] = round(1000 * (h.iteration_time if round_s is None else round_s))
         return fields
 
     def round_time(self, iteration: int) -> float:

@@ -46,7 +46,7 @@ def boundary(e, now: float) -> None:
         c.orders.scheduled = None
         for it in [it for it in c.orders.pending if it < oldest]:
             del c.orders.pending[it]  # beyond max_staleness: its result would be discarded
-    fields = e.algorithm.work_fields()
+    fields = e.algorithm.work_fields(e.round_s)
     carries = e.algorithm.carries(fields)
     for c in chosen:
         o = c.orders
