@@ -190,3 +190,82 @@ def test_a_float16_only_webgl_is_passed_over(master, mnist_zips, page):
     assert wait_for(chosen, 120, "the tab's backend", page) == "wasm"
     assert "webgl was asked for but it renders only float16 here" in page.inner_text("#log")
     assert "webgl not used: it renders only float16 here" in page.inner_text("#backend-why")
+
+
+DROPOUT_SPEC = [
+    {"type": "input", "out_sx": 28, "out_sy": 28, "out_depth": 1},
+    {"type": "fc", "num_neurons": 16, "activation": "relu", "drop_prob": 0.2},
+    {"type": "softmax", "num_classes": 10},
+]
+
+
+def test_dropout_nets_replay_from_a_tab_and_a_native_worker_and_a_liar_is_banned(
+    master, mnist_zips, page, tmp_path, monkeypatch
+):
+    """Issue 25 item 4: a dropout net's rounds replay (the masks are seeded: the proof states
+    the seed, step s of the record draws (seed, s)), from an honest browser tab and an honest
+    native worker, under verify; a native liar training on flipped labels is banned."""
+    import subprocess
+    import sys
+
+    from test_master_integration import kill_all, spawn_worker, tail
+    from test_trust_integration import LIAR
+
+    from mlitb.master.project.engine import Engine
+
+    verdicts, unchecked = [], []
+    finish, skip = Engine.finish_audit, Engine.audit_unchecked
+
+    def finish_audit(self, job, verdict, now=0.0):
+        verdicts.append((job.client, verdict.ok, verdict.detail))
+        return finish(self, job, verdict, now)
+
+    def audit_unchecked(self, job, why):
+        unchecked.append((job.client, why))
+        return skip(self, job, why)
+
+    monkeypatch.setattr(Engine, "finish_audit", finish_audit)
+    monkeypatch.setattr(Engine, "audit_unchecked", audit_unchecked)
+    train = master.data.upload(mnist_zips["train"], "28x28x1", "train")["dataset"]
+    test = master.data.upload(mnist_zips["test"], "28x28x1", "test", kind="test")["dataset"]
+    body = {
+        "name": "dropout",
+        "spec": DROPOUT_SPEC,
+        "train": [train],
+        "test": [test],
+        "hyper": {"algorithm": "local_sgd", "iteration_time": 1.0, "batch_size": 10, "verify": True},
+        "start": True,
+    }
+    resp = httpx.post(f"{master.url}/api/projects", json=body, timeout=30)
+    assert resp.status_code == 201, resp.text
+    page.goto(f"{master.url}/join/dropout")
+    procs = [spawn_worker(master.url, "dropout", "trainer", tmp_path / "native.log", "native")]
+    liar_log = tmp_path / "liar.log"
+    with open(liar_log, "wb") as out:
+        args = [sys.executable, str(LIAR), master.url, "dropout", "label_flip", "liar"]
+        procs.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT))
+
+    def done():
+        s = httpx.get(f"{master.url}/api/projects/dropout").json()
+        rows = {c["name"] or c["kind"]: c for c in s["clients"] if c["role"] == "trainer"}
+        tab = [c for c in rows.values() if c["kind"] == "browser"]
+        ok = (
+            s["banned"] and tab and tab[0]["verified"] >= 2 and rows.get("native", {}).get("verified", 0) >= 2
+        )
+        return s if ok else None
+
+    try:
+        s = wait_for(done, 240, "the liar banned, the tab and the native worker verified twice", page)
+    finally:
+        kill_all(procs)
+    (ban,) = s["banned"]
+    assert ban["name"] == "liar" and ban["reason"], ban
+    assert s["audits_failed"] == 1 and not unchecked, (s["audits_failed"], unchecked)
+    trainers = [c for c in s["clients"] if c["role"] == "trainer"]
+    assert sorted(c["kind"] for c in trainers) == ["browser", "native"], trainers
+    honest = {c["id"] for c in trainers}
+    passed = [d for cid, ok, d in verdicts if ok and cid in honest]
+    assert len(passed) >= 4 and all(d.startswith("replayed") for d in passed), passed
+    assert all(c["rejected"] == 0 and c["audit_error"] < 0.01 for c in trainers), trainers
+    print(f"dropout net: {len(passed)} replayed audits passed; the liar's ban: {ban['reason'][:160]}")
+    assert "banned" in tail(liar_log), tail(liar_log)

@@ -192,8 +192,19 @@ ROUNDS = {
 }
 
 
-def golden_round(inner: dict, seed: int) -> tuple[dict, np.ndarray, float]:
-    spec = Spec.from_json(ROUND_NET)
+DROPOUT_NET = [
+    *ROUND_NET[:2],
+    {"type": "dropout", "drop_prob": 0.3},
+    *ROUND_NET[2:4],
+    {"type": "fc", "num_neurons": 6, "activation": "sigmoid", "drop_prob": 0.5},
+    ROUND_NET[5],
+]
+
+
+def golden_round(inner: dict, seed: int, defs: list | None = None, dropout: int | None = None):
+    """A local round -> (task, start - end, summed loss); `dropout`: the seed of a dropout net's
+    masks, step s of the round drawing those of (seed, s) as a trainer's record does."""
+    spec = Spec.from_json(defs or ROUND_NET)
     mul1, mul2 = decay_multipliers(spec)
     rng = np.random.default_rng(seed)
     start = init_params(spec, seed) + rng.normal(0, 0.05, spec.num_params).astype(np.float32)
@@ -205,8 +216,10 @@ def golden_round(inner: dict, seed: int) -> tuple[dict, np.ndarray, float]:
     net = TorchNet(spec, start.copy())  # TorchNet's parameter shares the array's memory
     opt = python_optimizer(inner, spec.num_params)
     p, loss = start.copy(), 0.0
-    for x, y in batches:
+    for s, (x, y) in enumerate(batches):
         net.set_params(p)
+        if dropout is not None:
+            net.dropout_at(dropout, s)
         grad, count, batch_loss = net.gradient(x, y, train=True)
         g = mean_gradient(grad, count, p, inner.get("l1_decay", 0.0), inner.get("l2_decay", 0.0), mul1, mul2)
         opt.step(p, g)
@@ -217,13 +230,17 @@ def golden_round(inner: dict, seed: int) -> tuple[dict, np.ndarray, float]:
         "inner": inner,
         "params": b64(start),
         "batches": [{"x": b64(x), "y": y.tolist(), "n": len(y)} for x, y in batches],
+        **({"dropout": dropout} if dropout is not None else {}),
     }
     return task, start - p, loss
 
 
-@pytest.mark.parametrize("name", list(ROUNDS))
+@pytest.mark.parametrize("name", [*ROUNDS, "adam, dropout"])
 def test_local_round_tfjs_matches_pytorch(name):
-    task, want, loss = golden_round(ROUNDS[name], 7)
+    if name == "adam, dropout":  # the seeded masks: a dropout net's round is the same computation too
+        task, want, loss = golden_round(ROUNDS["adam"], 7, DROPOUT_NET, dropout=0xDEADBEEF)
+    else:
+        task, want, loss = golden_round(ROUNDS[name], 7)
     (got,) = run_node(SCRIPT, {"tasks": [task]})["results"]
     assert "error" not in got, got.get("error")
     assert got["steps"] == 5 and got["vectors"] == 37 and got["unchanged"]

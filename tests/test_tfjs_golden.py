@@ -96,6 +96,20 @@ CASES: dict[str, list[dict]] = {
         {"type": "fc", "num_neurons": 8, "activation": "relu", "drop_prob": 0.3},
         HEADS["softmax"],
     ],
+    # train mode: the seeded masks (mlitb.model.dropout) of DROPOUT_TRAIN's (seed, step)
+    "dropout (train mode)": [
+        inp(4, 4, 1),
+        {"type": "fc", "num_neurons": 8, "activation": "relu", "drop_prob": 0.3},
+        HEADS["softmax"],
+    ],
+    "dropout conv volume (train mode)": [
+        inp(5, 4, 3),
+        {"type": "conv", "sx": 3, "filters": 4, "pad": 1, "activation": "relu"},
+        {"type": "dropout", "drop_prob": 0.4},
+        {"type": "conv", "sx": 2, "filters": 3, "activation": "tanh", "drop_prob": 0.5},
+        {"type": "fc", "num_neurons": 6, "drop_prob": 0.2},
+        HEADS["svm"],
+    ],
     **{
         f"head {k}": [inp(3, 2, 3), {"type": "fc", "num_neurons": 5, "activation": "tanh"}, v]
         for k, v in HEADS.items()
@@ -120,6 +134,9 @@ CASES: dict[str, list[dict]] = {
 }
 
 
+DROPOUT_TRAIN = {"dropout (train mode)": (12345, 3), "dropout conv volume (train mode)": (0xFFFFFFFF, 70000)}
+
+
 def b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, "<f4").tobytes()).decode()
 
@@ -142,9 +159,21 @@ def make_case(name: str, defs: list[dict], seed: int) -> tuple[dict, dict]:
         y = rng.integers(0, spec.num_outputs, n)
         y_json = y.tolist()
     net = TorchNet(spec, params)
-    grad, _, loss = net.gradient(x, y, train=False)
+    seeded = DROPOUT_TRAIN.get(name)
+    if seeded:
+        net.dropout_at(*seeded)
+    grad, _, loss = net.gradient(x, y, train=bool(seeded))
     expected = {"loss": loss, "grad": grad, "predict": net.predict(x).ravel()}
-    case = {"layers": spec.to_json(), "params": b64(params), "x": b64(x), "y": y_json, "n": n, "train": False}
+    case = {
+        "layers": spec.to_json(),
+        "params": b64(params),
+        "x": b64(x),
+        "y": y_json,
+        "n": n,
+        "train": bool(seeded),
+    }
+    if seeded:
+        case["dropout"] = list(seeded)
     return case, expected
 
 
@@ -182,3 +211,35 @@ def test_unsupported_layer_is_refused_with_its_index():
     case = {"layers": layers, "params": "", "x": "", "y": [], "n": 0, "train": False}
     out = run_node(SCRIPT, {"cases": [case]})["results"][0]
     assert "layer 1" in out["error"] and "quux" in out["error"]
+
+
+MASKS = [  # (seed, step, layer, count, drop_prob)
+    (0, 0, 0, 257, 0.5),
+    (1, 2, 3, 1000, 0.3),
+    (0xFFFFFFFF, 0xFFFFFFFF, 40, 4096, 0.9),
+    (2**31, 123456, 7, 999, 0.01),
+    (987654321, 5, 1, 5000, 0.75),
+]
+
+
+def test_dropout_masks_are_pytorchs_bit_for_bit():
+    """MlitbTfjsEngine.dropoutMask and mlitb.model.dropout (which the PyTorch executor uses)
+    draw the same masks: a dropout net's round replays exactly."""
+    from mlitb.model import dropout
+
+    code = """
+const E = require("./mlitb/web/static/engine/tfjs_engine.js");
+let input = "";
+process.stdin.on("data", (c) => (input += c)).on("end", () => {
+  const out = JSON.parse(input).map(([s, t, l, n, p]) => Array.from(E.dropoutMask(s, t, l, n, p)).join(""));
+  process.stdout.write(JSON.stringify(out));
+});"""
+    got = run_node(code, MASKS)
+    for (seed, step, layer, count, p), js in zip(MASKS, got, strict=True):
+        want = "".join("1" if k else "0" for k in dropout.keep_mask(seed, step, layer, (count,), p))
+        assert js == want, (seed, step, layer)
+        assert abs(want.count("0") / count - p) < 4 * (p * (1 - p) / count) ** 0.5 + 1e-3
+    hashes = [0, 1, 2, 0xFFFFFFFF, 123456789]
+    js = run_node("process.stdout.write(JSON.stringify([0, 1, 2, 4294967295, 123456789].map("
+                  "require('./mlitb/web/static/engine/tfjs_engine.js').lowbias32)))", None)  # fmt: skip
+    assert js == [dropout.lowbias32(h) for h in hashes]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import dropout as masks
 from .decay import decay_gradient
 from .layers import Layer
 from .layout import Segment, decay_multipliers, segments
@@ -72,8 +73,7 @@ def _maxout(layer, x, w, b, net):
 
 def _dropout(layer, x, w, b, net):
     if net.training:  # drop with probability p, no rescaling (ConvNetJS)
-        keep = torch.rand(x.shape, generator=net.generator, device=x.device) >= layer.drop_prob
-        return x * keep
+        return x * net.dropout_keep(layer, x).to(x.dtype)
     return x * layer.drop_prob  # ConvNetJS's test-time scaling
 
 
@@ -125,14 +125,40 @@ class TorchNet(torch.nn.Module):
         self.device_ = resolve_device(device)
         self.dtype_ = dtype
         self.flat = torch.nn.Parameter(torch.as_tensor(params, dtype=dtype, device=self.device_))
-        self.generator = torch.Generator(device=self.device_)
-        self.generator.manual_seed(seed)
+        # dropout masks (mlitb.model.dropout): a function of (seed, step, layer, element); every
+        # training forward uses dropout_step, then it advances by one (dropout_at sets both)
+        self.dropout_seed = int(seed) & masks.M32
+        self.dropout_step = 0
+        self.has_dropout = any(layer.type == "dropout" for layer in spec.layers)
+        self._index = {id(layer): i for i, layer in enumerate(spec.layers)}
+        self._row0 = 0  # the first example of the chunk forwarded (gradient's chunks)
+        self._hashed: dict = {}  # (layer, shape, row0, device) -> lowbias32 of the canonical indices
         by_layer: dict[int, dict[str, Segment]] = {}
         for seg in segments(spec):
             by_layer.setdefault(seg.layer, {})[seg.name] = seg
         self._segs = by_layer
         self._l1_mul, self._l2_mul = decay_multipliers(spec)
         self.pool_router = None  # callable(layer index, layer, x) -> pooled x, else F.max_pool2d
+
+    # -- dropout ------------------------------------------------------------------
+    def dropout_at(self, seed: int, step: int) -> None:
+        """The masks of the next training forward: those of (seed, step)."""
+        self.dropout_seed, self.dropout_step = int(seed) & masks.M32, int(step) & masks.M32
+
+    def dropout_keep(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:
+        """The keep mask (bool, x's NCHW shape) of `layer` for this forward."""
+        i = self._index[id(layer)]
+        n, c, h, w = x.shape
+        cache = (i, (n, c, h, w), self._row0, x.device)
+        hashed = self._hashed.get(cache)
+        if hashed is None:  # lowbias32 of the canonical NHWC index, as an NCHW tensor
+            e = torch.arange(n * h * w * c, dtype=torch.int64, device=x.device) + self._row0 * h * w * c
+            hashed = masks.lowbias32(e & masks.M32).view(n, h, w, c).permute(0, 3, 1, 2)
+            if len(self._hashed) > 64:
+                self._hashed.clear()
+            self._hashed[cache] = hashed
+        k = masks.key(self.dropout_seed, self.dropout_step, i)
+        return masks.lowbias32(hashed ^ k) >= masks.threshold(layer.drop_prob)
 
     # -- parameters -------------------------------------------------------------
     def set_params(self, params: np.ndarray) -> None:
@@ -165,6 +191,8 @@ class TorchNet(torch.nn.Module):
         for i, layer in enumerate(self.spec.layers):
             w, b = self._weights(i, layer)
             a = OPS[layer.type](layer, a, w, b, self)
+        if self.training and self.has_dropout:
+            self.dropout_step = (self.dropout_step + 1) & masks.M32
         return _flatten_hwc(a)
 
     def forward(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -216,10 +244,15 @@ class TorchNet(torch.nn.Module):
         if self.flat.grad is not None:
             self.flat.grad = None
         total = 0.0
-        for start in range(0, n, CHUNK):
-            loss = self.loss(x[start : start + CHUNK], y[start : start + CHUNK])
-            loss.backward()
-            total += float(loss.detach())
+        step = self.dropout_step  # one step: its chunks are one batch to the dropout masks
+        try:
+            for start in range(0, n, CHUNK):
+                self.dropout_step, self._row0 = step, start
+                loss = self.loss(x[start : start + CHUNK], y[start : start + CHUNK])
+                loss.backward()
+                total += float(loss.detach())
+        finally:
+            self._row0 = 0
         self.train(False)
         if self.flat.grad is None:
             grad = np.zeros(self.spec.num_params, np.float32)

@@ -29,6 +29,8 @@ JSON header:
     keys         item keys ((dataset << 32) | id) of every step, concatenated
     checkpoints  [{"step": s, "t": t}]: state before step s (s = len(batches): the end)
     delta        "int8" (default) or "none"
+    dropout_seed a net with dropout: the 32-bit seed of the round's masks (mlitb.model.dropout;
+                 step s of the record draws those of (seed, s)); absent otherwise
 """
 
 from __future__ import annotations
@@ -250,8 +252,8 @@ def phase(data: bytes | bytearray | memoryview) -> str | None:
 def encode_commit(project: int, iteration: int, header: dict, checkpoints: list[list[np.ndarray]],
                   keys: list[np.ndarray]) -> bytes:  # fmt: skip
     """A commit frame. `header`: mode, arrays, batches (a plain list), checkpoints
-    ([{"step", "t"}]); `checkpoints`: per checkpoint its arrays (float32); `keys`: the item
-    keys of every step (int64), in order."""
+    ([{"step", "t"}]), dropout_seed (if any); `checkpoints`: per checkpoint its arrays
+    (float32); `keys`: the item keys of every step (int64), in order."""
     arrays = [[np.ascontiguousarray(a, dtype="<f4").reshape(-1) for a in c] for c in checkpoints]
     steps = [c["step"] for c in header["checkpoints"]]
     flat = np.concatenate(keys).astype("<i8") if keys else np.zeros(0, "<i8")
@@ -267,6 +269,7 @@ def encode_commit(project: int, iteration: int, header: dict, checkpoints: list[
         "hashes": [[sha256_f32(a) for a in c] for c in arrays],
         "segments": segs,
         "delta": "int8",
+        **({"dropout_seed": header["dropout_seed"]} if "dropout_seed" in header else {}),
     }
     rebuilt = arrays[0][0]
     parts = [rebuilt.tobytes()]

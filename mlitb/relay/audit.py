@@ -23,6 +23,7 @@ import numpy as np
 from mlitb.data.wire import fetch_blocks
 from mlitb.master.trust.replay import run_replay
 from mlitb.master.trust.verification import AuditJob, Plan, Verdict, prepare, proof_items
+from mlitb.model import dropout
 
 log = logging.getLogger("mlitb.relay")
 
@@ -63,7 +64,9 @@ class RelayAudits:
                 except Exception as exc:  # the data server down, a dataset gone: not the child's fault
                     core.audit_unchecked(job, f"{exc!r}"[:200])
                 else:
-                    if self.service.core is core:  # not a core from before a lost master
+                    if verdict is None:  # a dropout net's proof without its seed: not checked
+                        core.audit_unchecked(job, dropout.UNSEEDED)
+                    elif self.service.core is core:  # not a core from before a lost master
                         core.finish_audit(job, verdict, time.monotonic())
                         await self.service.flush()
                 await self._rest(took * (1 / AUDIT_SHARE - 1))
@@ -80,8 +83,9 @@ class RelayAudits:
                 async with asyncio.timeout(min(left, 0.5)):
                     await self.wake.wait()
 
-    async def check(self, core, job: AuditJob) -> tuple[Verdict, float]:
-        """One proof -> (verdict, CPU seconds spent replaying)."""
+    async def check(self, core, job: AuditJob) -> tuple[Verdict | None, float]:
+        """One proof -> (verdict, or None when it cannot be checked: a dropout net's proof
+        without its dropout_seed; CPU seconds spent replaying)."""
         from mlitb.model.layout import decay_multipliers
         from mlitb.model.spec import Spec
 
@@ -89,13 +93,14 @@ class RelayAudits:
         spec_json = core.welcome["spec"]
         if self.net_key != id(spec_json):
             self.spec, self.net, self.net_key = Spec.from_json(spec_json), None, id(spec_json)
-        replayable = not any(layer.get("type") == "dropout" for layer in spec_json)
         owned = job.owned if job.owned is not None else np.zeros(0, np.int64)
 
         def foreign(keys: np.ndarray) -> np.ndarray:  # keys the child was never given
             return keys[~np.isin(keys, owned, assume_unique=True)]
 
-        plan = prepare(job, header, values, foreign, core.hyper.verify_tolerance, replayable)
+        plan = prepare(job, header, values, foreign, core.hyper.verify_tolerance)
+        if isinstance(plan, Plan) and plan.dropout_seed is None and dropout.in_spec(self.spec):
+            return None, 0.0
         took = 0.0
         if isinstance(plan, Plan) and plan.chosen:
             items = await self._items(core, plan.needed())

@@ -77,12 +77,19 @@ def rate_cap(order: dict, work_ms: int) -> int:
     return max(1, int(rate * work_ms / 1000)) if rate > 0 else 0
 
 
-def gradient_proof(num_params: int) -> ProofRecorder:
-    return ProofRecorder("gradient", ("g",), num_params)
+def gradient_proof(num_params: int, dropout: bool = False) -> ProofRecorder:
+    return ProofRecorder("gradient", ("g",), num_params, dropout)
 
 
-def local_proof(opt: InnerOptimizer) -> ProofRecorder:
-    return ProofRecorder("local", local_arrays(opt), opt.l1_mul.numel())
+def local_proof(opt: InnerOptimizer, dropout: bool = False) -> ProofRecorder:
+    return ProofRecorder("local", local_arrays(opt), opt.l1_mul.numel(), dropout)
+
+
+def _masks(net: TorchNet, proof: ProofRecorder | None) -> None:
+    """A recorded dropout net's next step draws the masks of (the record's seed, the step's
+    index in the record), as the master's replay does (mlitb.model.dropout)."""
+    if proof is not None and proof.dropout_seed is not None:
+        net.dropout_at(proof.dropout_seed, proof.steps)
 
 
 def local_arrays(opt: InnerOptimizer) -> tuple[str, ...]:
@@ -120,6 +127,7 @@ def train_for(
     while True:
         t0 = time.perf_counter()
         x, y, keys = cache.batch_keys(_rows(sampler, len(cache), batch, vectors, max_vectors, most))
+        _masks(net, proof)
         loss = net.loss(x, y)
         loss.backward()
         losses.append(loss.detach())
@@ -169,6 +177,7 @@ def local_for(
         t0 = time.perf_counter()
         x, y, keys = cache.batch_keys(_rows(sampler, len(cache), batch, vectors, max_vectors, most))
         net.flat.grad = None
+        _masks(net, proof)
         loss = net.loss(x, y)
         loss.backward()
         opt.step(net.flat.data, net.flat.grad, len(y))

@@ -10,6 +10,8 @@ the overlap shift and at the end are always kept. A snapshot is a copy of the st
 
 from __future__ import annotations
 
+import secrets
+
 import numpy as np
 import torch
 
@@ -19,8 +21,11 @@ MAX_SPACED = proofs.SPACED_FEWEST  # checkpoints every K steps; plus up to 4 for
 
 
 class ProofRecorder:
-    def __init__(self, mode: str, arrays: tuple[str, ...], num_params: int) -> None:
+    def __init__(self, mode: str, arrays: tuple[str, ...], num_params: int, dropout: bool = False) -> None:
         self.mode = mode  # "gradient" or "local"
+        # a dropout net's masks are those of (this seed, the step's index in this record)
+        # (mlitb.model.dropout): stated in the proof, so that the master replays them
+        self.dropout_seed = secrets.randbits(32) if dropout else None
         self.arrays = arrays  # ("g",) or ("p", "m", "v") / ("p",) / ("p", "v")
         self.max_spaced = proofs.spaced_limit(num_params, len(arrays), MAX_SPACED)
         self.batches: list[int] = []
@@ -64,9 +69,13 @@ class ProofRecorder:
             "batches": self.batches,
             "keys": np.concatenate(self.keys).tolist() if self.keys else [],
             "checkpoints": [{"step": s, "t": self.points[s][0]} for s in steps],
+            **self._seed(),
         }
         checkpoints = [[a.cpu().numpy() for a in self.points[s][1]] for s in steps]
         return proofs.encode(project, iteration, header, checkpoints)
+
+    def _seed(self) -> dict:
+        return {} if self.dropout_seed is None else {"dropout_seed": self.dropout_seed}
 
     def _header_and_checkpoints(self) -> tuple[dict, list[list[np.ndarray]]]:
         steps = sorted(self.points)
@@ -75,6 +84,7 @@ class ProofRecorder:
             "arrays": list(self.arrays),
             "batches": self.batches,
             "checkpoints": [{"step": s, "t": self.points[s][0]} for s in steps],
+            **self._seed(),
         }
         return header, [[a.cpu().numpy() for a in self.points[s][1]] for s in steps]
 

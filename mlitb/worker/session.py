@@ -500,14 +500,14 @@ class Worker:
                         proof.shift()
                     else:
                         carry = None
-                        proof = local_proof(opt)
+                        proof = local_proof(opt, self.net.has_dropout)
                     result = await asyncio.to_thread(
                         local_for, self.net, self.cache, self.sampler, work_ms, batch, opt, max_vectors,
                         None, proof, rate_cap(m, work_ms),
                     )  # fmt: skip
                 else:
                     carry = None
-                    proof = gradient_proof(self._spec.num_params)
+                    proof = gradient_proof(self._spec.num_params, self.net.has_dropout)
                     result = await asyncio.to_thread(
                         train_for,
                         self.net,
@@ -573,7 +573,7 @@ class Worker:
             self._overlap_stop.clear()
             inner = m.get("inner") or {}
             batch = self.batch_size or int(inner.get("batch_size") or m.get("batch_size") or 32)
-            proof = local_proof(self._inner)
+            proof = local_proof(self._inner, self.net.has_dropout)
             try:
                 carry = await asyncio.to_thread(
                     local_for, self.net, self.cache, self.sampler, most_ms, batch, self._inner, 0,

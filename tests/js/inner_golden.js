@@ -4,7 +4,7 @@
 // stdin: {"tasks": [task, ...]}, each task one of
 //   {"kind": "steps", "layers", "inner", "params" (b64 f32), "steps": [{"grad" (b64 f32), "n"}]}
 //       -> {"params": [b64 f32 after each step], "mul_l1", "mul_l2" (b64 f32), "t"}
-//   {"kind": "round", "layers", "inner", "params", "batches": [{"x" (b64 f32), "y", "n"}]}
+//   {"kind": "round", "layers", "inner", "params", "batches": [{"x" (b64 f32), "y", "n"}], "dropout" (seed, optional)}
 //       -> {"delta" (b64 f32), "loss", "vectors", "steps", "tensors"}
 //   {"kind": "same", "inner", "others": [inner, ...]} -> {"same": [bool, ...]}
 //   {"kind": "refuse", "inner", "params", "grad", "n"} -> {"error", "unchanged", "t"}
@@ -29,8 +29,9 @@ function innerGolden({ tf, Engine, Inner, f32, b64 }) {
     const start = f32(t.params);
     const opt = Inner.InnerOptimizer(t.inner, engine.numParams); // without `new`, as a factory
     const r = new Inner.LocalRound(engine, opt, start, Inner.decayMultipliers(t.layers));
-    for (const b of t.batches) {
+    for (const [s, b] of t.batches.entries()) {
       const y = engine.loss === "regression" ? new Float32Array(b.y) : new Int32Array(b.y);
+      if (t.dropout !== undefined) engine.setDropout(t.dropout, s); // step s's masks, as a trainer's record
       await r.batch(f32(b.x), y, b.n, true);
     }
     const delta = r.delta();

@@ -2,7 +2,8 @@
 // the PyTorch executor: in node with TF.js' cpu or wasm backend (this file as a script),
 // or in Chromium on any backend (tests/test_backend_golden.py loads runCases into a Web
 // Worker: the same code, so both executors are held to the same cases).
-// stdin: {"backend": "cpu" | "wasm", "cases": [{"layers", "params" (b64 f32), "x" (b64 f32), "y", "n", "train"}]}
+// stdin: {"backend": "cpu" | "wasm", "cases": [{"layers", "params" (b64 f32), "x" (b64 f32), "y", "n", "train",
+//         "dropout" ([seed, step], optional)}]}
 // stdout: {"results": [{"loss", "grad" (b64 f32), "predict" (b64 f32), "tensors"} | {"error"}]}
 // In a browser the arrays travel as plain arrays of numbers instead of base64.
 async function runCases(tf, Engine, cases, f32, enc) {
@@ -11,6 +12,7 @@ async function runCases(tf, Engine, cases, f32, enc) {
     try {
       const engine = Engine(tf, c.layers);
       engine.setParams(f32(c.params));
+      if (c.dropout) engine.setDropout(c.dropout[0], c.dropout[1]); // the seeded masks of (seed, step)
       const x = f32(c.x);
       const y = engine.loss === "regression" ? new Float32Array(c.y) : new Int32Array(c.y);
       const g = await engine.gradient(x, y, c.n, c.train);

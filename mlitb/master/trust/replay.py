@@ -59,6 +59,7 @@ def _steps(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts: list
             x, y = items(keys[offsets[s] : offsets[s + 1]])
             if router is not None:
                 router.step = s
+            net.dropout_at(net.dropout_seed, s)  # step s's dropout masks, as the trainer drew them
             net.loss(x, y).backward()
         got = start[0].astype(np.float64) + net.flat.grad.detach().numpy()
         net.flat.grad = None
@@ -82,6 +83,7 @@ def _steps(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts: list
         net.flat.grad = None
         if router is not None:
             router.step = s
+        net.dropout_at(net.dropout_seed, s)
         loss = net.loss(x, y)
         loss.backward()
         opt.step(net.flat.data, net.flat.grad, len(y))
@@ -114,7 +116,8 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
                    values: np.ndarray, j: int, items, l1_mul, l2_mul, tolerance: float) -> float:  # fmt: skip
     """Replay segment j with the master's executor; returns its relative error, raises
     ProofInvalid when it is beyond both `tolerance` and SPREAD_FACTOR times the segment's
-    own rounding spread. `items(keys) -> (x float32 NHWC, y int64)`.
+    own rounding spread. `items(keys) -> (x float32 NHWC, y int64)`. Step s of the record
+    draws the dropout masks of (net.dropout_seed, s), as the trainer did.
 
     Why a second opinion: executors round differently (TF.js cpu, wasm, PyTorch CPU or
     CUDA), and late in training Adam turns those last-bit differences into visible ones:
@@ -140,6 +143,7 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
     if not all(math.isfinite(e) for e in errs):
         raise ProofInvalid(f"segment {j} (steps {a}-{b}) does not replay: a value is not finite")
     net64 = TorchNet(net.spec, values[j, 0].astype(np.float64), device="cpu", dtype=torch.float64)
+    net64.dropout_seed = net.dropout_seed
     exact = _run_segment(job, net64, batches, keys, ckpts, values, j, items, l1_mul, l2_mul)
     # One figure per segment, the largest of its arrays': rounding moves the whole state
     # (an honest executor's moments have been seen 8.6x off the float64 spread of their
@@ -169,7 +173,9 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
 
 
 def run_replay(job: AuditJob, plan: Plan, net, items, l1_mul, l2_mul, tolerance: float) -> Verdict:
-    """Replay the plan's segments (CPU: run it in a thread); `items(keys) -> (x, y)`."""
+    """Replay the plan's segments (CPU: run it in a thread); `items(keys) -> (x, y)`. A
+    dropout net draws the masks of the proof's seed (the caller has made sure it has one)."""
+    net.dropout_seed = plan.dropout_seed or 0
     worst = 0.0
     try:
         for j in plan.chosen:

@@ -274,6 +274,7 @@ class Plan:
     ckpts: list[dict]
     values: np.ndarray
     chosen: list[int]
+    dropout_seed: int | None = None  # a dropout net's masks (mlitb.model.dropout); None: not stated
 
     def needed(self) -> np.ndarray:
         """Keys of the items the chosen segments use (to fetch before replaying)."""
@@ -281,6 +282,16 @@ class Plan:
         steps = [c["step"] for c in self.ckpts]
         parts = [self.keys[offsets[steps[j]] : offsets[steps[j + 1]]] for j in self.chosen]
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def dropout_seed(header: dict) -> int | None:
+    """The proof's `dropout_seed` (a 32-bit integer), None when it states none."""
+    seed = header.get("dropout_seed")
+    if seed is None:
+        return None
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ProofInvalid(f"dropout_seed {seed!r}: expected an integer in [0, 2^32)")
+    return seed
 
 
 def prepare(job: AuditJob, header: dict, values, foreign, tolerance: float,
@@ -293,10 +304,11 @@ def prepare(job: AuditJob, header: dict, values, foreign, tolerance: float,
     try:
         batches, keys, ckpts = check_structure(job, header, foreign)
         check_ends(job, batches, ckpts, values, tolerance, header.get("delta", "none"))
+        seed = dropout_seed(header)
     except ProofInvalid as exc:
         return Verdict(False, str(exc))
     chosen = segments(batches, ckpts, values, job.mode) if replay else []
-    return Plan(batches, keys, ckpts, values, chosen)
+    return Plan(batches, keys, ckpts, values, chosen, seed)
 
 
 # ------------------------------------------------------------------ version 2: commit, then reveal
@@ -390,13 +402,14 @@ def prepare_revealed(
             raise ProofInvalid(
                 f"{unknown.size} item keys this trainer was never given (e.g. {int(unknown[0])})"
             )
+        seed = dropout_seed(header)
     except ProofInvalid as exc:
         return Verdict(False, str(exc))
     full = np.zeros(job.vectors, np.int64)
     offsets = np.concatenate([[0], np.cumsum(batches)]).astype(np.int64)
     for j, k in keys.items():
         full[offsets[ckpts[j]["step"]] : offsets[ckpts[j + 1]["step"]]] = k
-    return Plan(batches, full, ckpts, values, list(c.chosen) if replay else [])
+    return Plan(batches, full, ckpts, values, list(c.chosen) if replay else [], seed)
 
 
 async def proof_items(keys: np.ndarray, label_map_of, fetch, chunk: int = 4096) -> dict | Verdict:

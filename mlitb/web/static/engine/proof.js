@@ -9,7 +9,9 @@
  * models: 64 MiB in all); when there would be more, every other one goes and K doubles.
  * Checkpoints at the start, at the overlap shift and at the end are always kept.
  *
- *   new MlitbProof.ProofRecorder(mode, arrays, numParams)
+ *   new MlitbProof.ProofRecorder(mode, arrays, numParams, dropout = false)
+ *     .dropoutSeed                   a dropout net's: random 32 bits, the masks of step s are
+ *                                    (dropoutSeed, s) (the header's dropout_seed); else null
  *     .checkpoint(t, state, forced)  state: Float32Arrays in `arrays` order (copied)
  *     .step(keys, t, stateFn)        after a step on items `keys`; stateFn() -> state
  *     .shift()                       local overlap: the carry moved onto new parameters
@@ -130,9 +132,18 @@
     return out.buffer;
   }
 
-  function ProofRecorder(mode, arrays, numParams) {
-    if (!(this instanceof ProofRecorder)) return new ProofRecorder(mode, arrays, numParams);
+  /** A random 32-bit seed (a dropout net's masks: any value is as good as another). */
+  function randomSeed() {
+    const c = typeof crypto !== "undefined" && crypto.getRandomValues ? crypto : null;
+    return c ? c.getRandomValues(new Uint32Array(1))[0] : Math.floor(Math.random() * 4294967296) >>> 0;
+  }
+
+  function ProofRecorder(mode, arrays, numParams, dropout = false) {
+    if (!(this instanceof ProofRecorder)) return new ProofRecorder(mode, arrays, numParams, dropout);
     this.mode = mode;
+    // a dropout net's masks are those of (this seed, the step's index in this record)
+    // (engine/tfjs_engine.js dropoutMask): stated in the proof, so that the master replays them
+    this.dropoutSeed = dropout ? randomSeed() : null;
     this.arrays = arrays;
     this.numParams = numParams;
     this.batches = [];
@@ -170,6 +181,7 @@
       mode: this.mode, arrays: this.arrays, batches: this.batches, keys: this.keys,
       checkpoints: steps.map((s) => ({ step: s, t: this.points.get(s).t })),
     };
+    if (this.dropoutSeed !== null) header.dropout_seed = this.dropoutSeed;
     let json = JSON.stringify(header);
     json += " ".repeat((4 - (json.length % 4)) % 4); // ASCII only: length in bytes
     const text = new TextEncoder().encode(json);
@@ -217,6 +229,7 @@
       segments: steps.slice(1).map((s, j) => sha256(keyBytes(this.keys, offsets[steps[j]], offsets[s]))),
       delta: "int8",
     };
+    if (this.dropoutSeed !== null) header.dropout_seed = this.dropoutSeed;
     const first = this.points.get(steps[0]).state[0];
     const rebuilt = Float32Array.from(first);
     const parts = [first];

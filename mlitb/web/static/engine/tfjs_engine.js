@@ -11,6 +11,8 @@
  * Interface (small on purpose, so another engine - e.g. a WebGPU one - can replace it):
  *   const engine = MlitbTfjsEngine(tf, layers)       // expanded spec
  *   engine.setParams(Float32Array)                    // length engine.numParams
+ *   engine.setDropout(seed, step)                     // masks of the next training gradient
+ *       (each training gradient then advances step by one; engine.hasDropout says if any)
  *   await engine.gradient(x, y, n, train) -> {grad: Float32Array, loss: number, count: n}
  *       x: Float32Array N*H*W*C (NHWC, pixel/255); y: Int32Array N labels
  *       (Float32Array N*K targets for regression); sums, not means
@@ -60,13 +62,16 @@
   const loss = last.layer_type;
   const K = last.out_depth;
   let P = tf.zeros([numParams]);
+  // dropout masks: those of (seed, step) in the next training forward, then step + 1
+  const hasDropout = layers.some((L) => L.layer_type === "dropout");
+  const dropout = { seed: 0, step: 0 };
 
   const piece = (P, seg) => tf.reshape(tf.slice(P, seg.off, seg.shape.reduce((a, b) => a * b, 1)), seg.shape);
 
   // ---- forward: NHWC activations -> scores [N, K] -------------------------------
   function scores(P, x, train) {
     let a = x;
-    for (const s of plan) {
+    for (const [i, s] of plan.entries()) {
       const L = s.L;
       switch (s.type) {
         case "input": case "softmax": case "svm": case "regression":
@@ -99,8 +104,8 @@
           a = tf.max(tf.reshape(a, [n, h, w, groups, g]), 4);
           break;
         }
-        case "dropout":
-          if (train) a = tf.mul(a, tf.cast(tf.greaterEqual(tf.randomUniform(a.shape), L.drop_prob), "float32"));
+        case "dropout": // NHWC: the flat order is the canonical one (MlitbTfjsEngine.dropoutMask)
+          if (train) a = tf.mul(a, tf.tensor(MlitbTfjsEngine.dropoutMask(dropout.seed, dropout.step, i, a.size, L.drop_prob), a.shape));
           else a = tf.mul(a, L.drop_prob); // ConvNetJS's test-time scaling
           break;
         case "lrn": {
@@ -139,6 +144,12 @@
     numOutputs: K,
     loss,
     backend: () => tf.getBackend(),
+    hasDropout,
+    /** The dropout masks of the next training gradient: those of (seed, step) (32-bit). */
+    setDropout(seed, step) {
+      dropout.seed = seed >>> 0;
+      dropout.step = step >>> 0;
+    },
     setParams(values) {
       if (values.length !== numParams) {
         throw new Error(`expected ${numParams} parameters, got ${values.length}`);
@@ -154,6 +165,7 @@
         const { value, grads } = tf.valueAndGrads((p) => lossOf(scores(p, xt, train), yt))([P]);
         return [value, grads[0]];
       });
+      if (train && hasDropout) dropout.step = (dropout.step + 1) >>> 0;
       try {
         const [lossValue, grad] = await Promise.all([out[0].data(), out[1].data()]);
         return { grad: new Float32Array(grad), loss: lossValue[0], count: n };
@@ -178,3 +190,40 @@
     },
   };
 });
+
+/*
+ * Dropout masks that the PyTorch executor draws alike (mlitb/model/dropout.py, docs/model.md):
+ * with mix(a, v) = lowbias32(a ^ lowbias32(v)) on 32-bit values, key = mix(mix(lowbias32(seed),
+ * step), layer) and element e (canonical NHWC index) is kept when mix(key, e) >=
+ * floor(drop_prob * 2^32).
+ *   MlitbTfjsEngine.dropoutMask(seed, step, layer, count, dropProb) -> Float32Array of 1/0
+ *   MlitbTfjsEngine.lowbias32(x) -> uint32
+ */
+(function (Engine) {
+  "use strict";
+  function lowbias32(x) {
+    x ^= x >>> 16;
+    x = Math.imul(x, 0x7feb352d);
+    x ^= x >>> 15;
+    x = Math.imul(x, 0x846ca68b);
+    x ^= x >>> 16;
+    return x >>> 0;
+  }
+  const mix = (a, v) => lowbias32(a ^ lowbias32(v));
+  let hashed = new Uint32Array(0); // lowbias32 of 0, 1, 2, ...: the same for every mask
+  function dropoutMask(seed, step, layer, count, dropProb) {
+    if (hashed.length < count) {
+      const next = new Uint32Array(Math.max(count, 2 * hashed.length));
+      next.set(hashed);
+      for (let e = hashed.length; e < next.length; e++) next[e] = lowbias32(e);
+      hashed = next;
+    }
+    const key = mix(mix(lowbias32(seed >>> 0), step >>> 0), layer >>> 0);
+    const cut = Math.floor(dropProb * 4294967296);
+    const out = new Float32Array(count);
+    for (let e = 0; e < count; e++) out[e] = lowbias32(key ^ hashed[e]) >= cut ? 1 : 0;
+    return out;
+  }
+  Engine.lowbias32 = lowbias32;
+  Engine.dropoutMask = dropoutMask;
+})(typeof module === "object" && module.exports ? module.exports : self.MlitbTfjsEngine);

@@ -510,12 +510,18 @@ const stop = (it, t0, workMs, lastBatch, target, done, most = 0) => (most > 0 &&
 // A round goes on only in the generation it started in, and only with data to train on.
 const live = (gen) => gen === S.gen && C.n > 0;
 
+/** A dropout net's next step draws the masks of (the record's seed, the step's index in the
+ *  record), as the master's replay does (engine/tfjs_engine.js dropoutMask). */
+function masks(proof) {
+  if (proof.dropoutSeed !== null) S.engine.setDropout(proof.dropoutSeed, proof.batches.length);
+}
+
 /** Mode "gradient": the gradient summed over every vector, at the parameters of `it`. */
 async function gradientRound(it, workMs, target, m, gen) {
   const most = rateCap(m, workMs);
   const start = S.params; // never changed in place: a new frame makes a new array
   const total = new Float32Array(S.engine.numParams);
-  const proof = new Proof.ProofRecorder("gradient", ["g"], total.length);
+  const proof = new Proof.ProofRecorder("gradient", ["g"], total.length, S.engine.hasDropout);
   proof.checkpoint(0, [total], true);
   const t0 = performance.now();
   let vectors = 0, loss = 0, lastBatch = 0, lastYield = t0;
@@ -527,6 +533,7 @@ async function gradientRound(it, workMs, target, m, gen) {
     // every batch at the round's parameters: a classify or tracker call between batches
     // may have set others
     S.engine.setParams(start);
+    masks(proof);
     const r = await S.engine.gradient(x, y, y.length, true);
     for (let i = 0; i < total.length; i++) total[i] += r.grad[i];
     vectors += y.length;
@@ -570,7 +577,7 @@ async function localRound(it, workMs, target, m, gen) {
   // the overlap's steps, moved onto the new parameters: start - (sent - now)
   if (carried) for (let i = 0; i < n; i++) round.params[i] = round.start[i] - carry.delta[i];
   // the round's record: the overlap's steps, the shift, then this round's steps
-  const proof = carried ? carry.proof : new Proof.ProofRecorder("local", Proof.localArrays(opt), n);
+  const proof = carried ? carry.proof : new Proof.ProofRecorder("local", Proof.localArrays(opt), n, S.engine.hasDropout);
   if (carried) proof.shift();
   const state = () => Proof.localState(round.params, opt);
   proof.checkpoint(opt.t, state(), true);
@@ -581,6 +588,7 @@ async function localRound(it, workMs, target, m, gen) {
     if (!live(gen)) break;
     const tb = performance.now();
     const [x, y, keys] = batch(nextRows(batchSize(B, target, round.vectors, most)));
+    masks(proof);
     await round.batch(x, y, y.length, true); // setParams(p), gradient, inner step
     proof.step(keys, opt.t, state);
     lastBatch = performance.now() - tb;
@@ -607,7 +615,7 @@ async function overlapRound(mostMs, end, gen, after, most = 0) {
   const it = S.iteration;
   const mul = opt.config.l1_decay || opt.config.l2_decay ? S.decayMul : null;
   const round = new Inner.LocalRound(S.engine, opt, end, mul);
-  const proof = new Proof.ProofRecorder("local", Proof.localArrays(opt), opt.numParams);
+  const proof = new Proof.ProofRecorder("local", Proof.localArrays(opt), opt.numParams, S.engine.hasDropout);
   const state = () => Proof.localState(round.params, opt);
   proof.checkpoint(opt.t, state(), true);
   const t0 = performance.now();
@@ -617,6 +625,7 @@ async function overlapRound(mostMs, end, gen, after, most = 0) {
     !(most > 0 && round.vectors >= most)) {
     const tb = performance.now();
     const [x, y, keys] = batch(nextRows(batchSize(B, 0, round.vectors, most)));
+    masks(proof);
     await round.batch(x, y, y.length, true);
     proof.step(keys, opt.t, state);
     lastBatch = performance.now() - tb;
