@@ -185,13 +185,20 @@ def test_the_volunteer_link_says_when_it_only_works_here(master, mnist_zips, pag
 
 def test_new_project_in_one_page_with_its_data_uploaded_there(master, mnist_zips, page):
     page.goto(f"{master.url}/#/new")
-    page.wait_for_selector("#create")
-    defaults = httpx.get(f"{master.url}/api").json()["hyper_defaults"]  # what the CLI gets too
+    page.wait_for_selector("#create[data-defaults=loaded]")  # the master's defaults are in the fields
+    api = httpx.get(f"{master.url}/api").json()
+    defaults = api["hyper_defaults"]  # what the CLI gets too
     fields = {"#l2-decay": "l2_decay", "#iteration-time": "iteration_time",
               "#inner-learning-rate": "inner_learning_rate", "#algorithm": "algorithm"}  # fmt: skip
     for field, key in fields.items():
         shown = page.input_value(field)
         assert shown == defaults[key] or float(shown) == defaults[key], (field, shown, defaults[key])
+    # another algorithm brings its own round length (the paper's loop: a few seconds, not 30)
+    page.select_option("#algorithm", "sync_sgd")
+    sync_t = api["hyper_by_algorithm"]["sync_sgd"]["iteration_time"]
+    assert float(page.input_value("#iteration-time")) == sync_t == 4
+    page.select_option("#algorithm", defaults["algorithm"])
+    assert float(page.input_value("#iteration-time")) == defaults["iteration_time"]
     # no data and no labels: the reason shows next to the button
     page.fill("#name", "onepage")
     page.click("#create")

@@ -11,7 +11,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from mlitb import __version__
-from mlitb.master.config import Hyper
+from mlitb.master.config import AlgorithmName, Hyper
 from mlitb.master.server import metrics
 from mlitb.master.server.projects import ProjectManager
 from mlitb.master.server.security_events import SecurityEvents
@@ -38,6 +38,10 @@ def service_router(
             "projects": len(manager.open_runners()),
             # what a project gets when a field is left out (the new-project page shows these)
             "hyper_defaults": Hyper().model_dump(mode="json"),
+            # each algorithm's own (its optimizer, T): the page follows a change of algorithm
+            "hyper_by_algorithm": {
+                a: Hyper(algorithm=a).model_dump(mode="json") for a in AlgorithmName.__args__
+            },
         }
 
     @router.get("/metrics")

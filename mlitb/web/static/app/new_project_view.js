@@ -52,17 +52,18 @@ export async function newProjectView(root) {
   const dropLast = el("input", { type: "checkbox", id: "drop-last" });
   const name = el("input", { id: "name", value: "mnist", required: true });
   const labels = el("input", { id: "labels", placeholder: "from the training set", size: 40 });
-  const T = el("input", { id: "iteration-time", type: "number", value: 4, min: 1, max: 300, step: 0.5 });
-  // local_sgd (DiLoCo: inner Adam steps on each client, outer Nesterov on the master)
-  // learns fastest (benchmarks/learning_bench.py); sync_sgd is the paper's loop.
+  // the values until the master's defaults arrive (GET /api, below): the project defaults
+  const T = el("input", { id: "iteration-time", type: "number", value: 30, min: 1, max: 300, step: 0.5 });
+  // local_sgd (inner Adam steps on each client, their ends averaged on the master) learns
+  // fastest (benchmarks/learning_bench.py); sync_sgd is the paper's loop.
   const algorithm = el("select", { id: "algorithm" }, [["local_sgd", "local_sgd (local steps)"],
     ["sync_sgd", "sync_sgd (the paper's loop)"]].map(([v, t]) => el("option", { value: v }, t)));
   const optimizer = el("select", { id: "optimizer" }, ["", "adagrad", "adam", "sgd", "nesterov", "adadelta", "windowgrad"]
     .map((o) => el("option", { value: o }, o || "the algorithm's default")));
   const lr = el("input", { id: "learning-rate", type: "number", placeholder: "default", step: "any" });
-  const innerLr = el("input", { id: "inner-learning-rate", type: "number", value: 0.001, step: "any" });
+  const innerLr = el("input", { id: "inner-learning-rate", type: "number", value: 0.002, step: "any" });
   const compression = el("select", { id: "compression" }, ["none", "float16", "int8"].map((o) => el("option", { value: o }, o)));
-  const l2 = el("input", { id: "l2-decay", type: "number", value: 0.001, step: "any" });
+  const l2 = el("input", { id: "l2-decay", type: "number", value: 0, step: "any" });
   const capacity = el("input", { id: "capacity", type: "number", placeholder: "what memory holds", min: 1 });
   const train = el("select", { id: "train-dataset" });
   const test = el("select", { id: "test-dataset" });
@@ -246,12 +247,23 @@ export async function newProjectView(root) {
   );
   render();
   // the master's defaults, so the page and `mlitb project create` start from the same ones
-  const defaults = (await api("GET", "/api").catch(() => ({}))).hyper_defaults || {};
-  for (const [input, key] of [[T, "iteration_time"], [innerLr, "inner_learning_rate"], [l2, "l2_decay"]]) {
+  const info = await api("GET", "/api").catch(() => ({}));
+  const defaults = info.hyper_defaults || {};
+  const filled = [[T, "iteration_time"], [innerLr, "inner_learning_rate"], [l2, "l2_decay"]];
+  for (const [input, key] of filled) {
     if (defaults[key] !== undefined) input.value = defaults[key];
   }
   if (defaults.algorithm) algorithm.value = defaults.algorithm;
   if (defaults.compression) compression.value = defaults.compression;
+  // a change of algorithm brings its own defaults (T: 30 s for local_sgd, 4 s for the
+  // paper's loop) into the fields the owner has not edited
+  const edited = new Set();
+  for (const [input] of filled) input.addEventListener("input", () => edited.add(input));
+  algorithm.addEventListener("change", () => {
+    const own = (info.hyper_by_algorithm || {})[algorithm.value] || {};
+    for (const [input, key] of filled) if (!edited.has(input) && own[key] !== undefined) input.value = own[key];
+  });
+  create.dataset.defaults = "loaded"; // tests wait for this before reading the fields
   await check();
   return () => clearTimeout(timer);
 }
