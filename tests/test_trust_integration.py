@@ -22,8 +22,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import ROOT
 from test_learning_integration import FC_SPEC, Raw, join
 from test_master_integration import (
+    MLITB,
+    MNIST_SPEC,
     brief,
     create_project,
     details,
@@ -249,6 +252,31 @@ def test_a_lying_worker_is_banned_and_honest_ones_are_verified(master, mnist_zip
     assert s["audits_failed"] == 1 and s["audits_passed"] >= 6, brief(s)
     assert s["data_unallocated"] == 0 and sum(c["data_allocated"] for c in trainers) == s["data_size"]
     assert ban["iteration"] - ban["first_result"] <= 10, ban
+
+
+@pytest.mark.slow
+def test_a_native_trainer_replays_bit_for_bit_by_default(master, mnist_zips, tmp_path):
+    """`mlitb worker` as `mlitb serve --demo` starts it, without --threads: a trainer runs
+    one torch thread, as the master's replay does, so its audited rounds land exactly on
+    the replay (docs/security.md, "Tolerance, measured"). On torch's default (two threads
+    on a 2-core machine) PyTorch sums a batch's gradient in another order; that rounding
+    once routed a max-pool window, tied to the last bit in the replay, the other way early
+    in a round of inner Adam, and the demo banned its own trainer ("segment 0 (steps
+    0-256) does not replay: m off by 0.0389")."""
+    train, test = upload(master.data, mnist_zips)
+    hyper = {"algorithm": "local_sgd", "iteration_time": 1.0}  # the demo's: the defaults, but T = 1 s
+    create_project(master.url, "exact", [train], [test], spec=MNIST_SPEC, hyper=hyper)
+    log = tmp_path / "w.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([MLITB, "worker", master.url, "--project", "exact", "--quiet"],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+    try:
+        s = wait_for(master.url, "exact", lambda s: any(c["verified"] >= 3 for c in s["clients"]), 120,
+                     "three audits passed")  # fmt: skip
+    finally:
+        kill_all([proc])
+    (trainer,) = [c for c in s["clients"] if c["role"] == "trainer"]
+    assert not s["banned"] and trainer["audit_error"] == 0.0, (trainer, tail(log))
 
 
 def test_a_trainer_that_cannot_answer_audits_is_refused(master, mnist_zips):

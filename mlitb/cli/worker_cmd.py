@@ -26,7 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=int, default=None, help="vectors per batch (default: the project's batch_size)"
     )
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 for a trainer, the thread the master replays its audits "
+        "on, so that they match bit for bit; torch's choice for a tracker; 0: torch's choice)",
+    )
     p.add_argument("--name", default="", help="a name shown in the master's client list")
     p.add_argument("--join-key", default="")
     p.add_argument("--quiet", action="store_true", help="no progress line and no status lines")
@@ -43,8 +49,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # A trainer sums its gradients in the order the master's replay does (one torch thread):
+    # with more, the last bits differ, and a max-pool window tied to the last bit can route
+    # the other way and carry an honest round past the audit's tolerance (docs/security.md).
+    threads = args.threads if args.threads is not None else (1 if args.role == "trainer" else 0)
+    if threads:
+        torch.set_num_threads(threads)
     if args.role == "tracker":
         # Scoring must not compete with training for the CPU: a tracker runs at a lower
         # priority (and scores a sample on the master's schedule, docs/protocol.md).
