@@ -413,8 +413,8 @@ def test_a_relays_sum_of_carried_steps_is_accepted_by_the_masters_engine():
     ]
     model = Model.from_spec(spec, seed=0)
     n = model.spec.num_params
-    h = Hyper(algorithm="local_sgd", iteration_time=1.0, max_vectors_per_s=100.0, verify=False,
-              aggregation="mean", max_staleness=0)  # fmt: skip
+    h = Hyper(algorithm="local_sgd", iteration_time=1.0, round_growth=0, max_vectors_per_s=100.0,
+              verify=False, aggregation="mean", max_staleness=0)  # fmt: skip
     e = Engine(3, "p", model.spec, ["a", "b"], model.params.copy(), h.make_optimizer(n), h, state="running")
     e.attach(DataSource(dataset=1, url="/data", items=40, label_map=[0, 1], role="train"))
     r = Relay("http://master:8000", "site", "owner-token")

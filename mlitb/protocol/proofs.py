@@ -44,7 +44,12 @@ import numpy as np
 from . import PROTOCOL_VERSION, codecs
 from .frames import FLOAT32, HEADER, HEADER_SIZE, MAGIC
 
-SPACED_FEWEST = 8  # spaced checkpoints a recorder keeps at most (mlitb.worker.proof; the browser: 16)
+SPACED_FEWEST = 8  # spaced checkpoints the master assumes at least (recorders before 2026-12: 8 native)
+# Spaced checkpoints today's recorders keep at most (mlitb.worker.proof, engine/proof.js):
+# more of them make segments shorter (a 30 s round of 9,000 steps: 512 instead of 2,048),
+# and a short segment replays closer, cheaper and with fewer keys revealed; the commit
+# sends each as an int8 change (about num_params bytes)
+SPACED_RECORDED = 32
 MAX_PROOF_BYTES = 64 << 20  # fewer spaced checkpoints for large models (at least 2)
 
 

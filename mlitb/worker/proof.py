@@ -17,7 +17,7 @@ import torch
 
 from mlitb.protocol import proofs
 
-MAX_SPACED = proofs.SPACED_FEWEST  # checkpoints every K steps; plus up to 4 forced ones (start, shift, end)
+MAX_SPACED = proofs.SPACED_RECORDED  # checkpoints every K steps; plus up to 4 forced ones (start, shift, end)
 
 
 class ProofRecorder:

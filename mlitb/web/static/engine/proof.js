@@ -5,7 +5,7 @@
  * steps. The same as the native worker's mlitb/worker/proof.py; the wire format is
  * mlitb/protocol/proofs.py (docs/protocol.md, "Audits").
  *
- * Memory is bounded: at most maxSpaced checkpoints every K steps (16, fewer for large
+ * Memory is bounded: at most maxSpaced checkpoints every K steps (32, fewer for large
  * models: 64 MiB in all); when there would be more, every other one goes and K doubles.
  * Checkpoints at the start, at the overlap shift and at the end are always kept.
  *
@@ -29,7 +29,7 @@
   else root.MlitbProof = factory();
 })(typeof self !== "undefined" ? self : this, function () {
   "use strict";
-  const MAX_SPACED = 16;
+  const MAX_SPACED = 32; // mlitb.protocol.proofs.SPACED_RECORDED
   const MAX_PROOF_BYTES = 64 * 1024 * 1024;
   const PROOF = 5;
   const HEADER = 40;
