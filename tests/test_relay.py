@@ -242,9 +242,15 @@ def test_a_browser_tab_trains_through_a_relay(master, mnist_zips, page, tmp_path
 
         deadline = time.monotonic() + 180
         while not browser_results():
-            assert time.monotonic() < deadline, (
-                f"no results from the tab via the relay: {tail(tmp_path / 'relay.log')}"
-            )
+            if time.monotonic() > deadline:  # say what the relay, the master and the tab saw
+                children = relay_status(relay_url, token)["children"]
+                s = httpx.get(f"{master.url}/api/projects/tabs", timeout=HTTP_TIMEOUT).json()
+                master_view = {k: s.get(k) for k in ("iteration", "state", "round_time", "audits", "banned")}
+                raise AssertionError(
+                    f"no results from the tab via the relay in 180 s; relay children {children}; master "
+                    f"{master_view}; page: {page.inner_text('body')[:600]!r}; console: "
+                    f"{page.console_lines[-15:]}; relay log: {tail(tmp_path / 'relay.log')}"
+                )
             page.wait_for_timeout(500)
         s = wait_for(
             master.url, "tabs", lambda s: s["iteration"] >= 3, 120, "iterations from the relay's sums"
