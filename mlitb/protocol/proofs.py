@@ -118,19 +118,8 @@ def is_proof(data: bytes | bytearray | memoryview) -> bool:
 
 def decode(data: bytes | bytearray | memoryview, num_params: int) -> tuple[int, int, dict, np.ndarray]:
     """-> (project, iteration, header, values (checkpoints, arrays, num_params) float32)."""
-    if len(data) < HEADER_SIZE:
-        raise ProofError(f"proof frame of {len(data)} bytes is shorter than the {HEADER_SIZE}-byte header")
-    magic, _version, kind, dtype, _f, project, iteration, count, jlen, _l, _v, _ms = HEADER.unpack_from(data)
-    if magic != MAGIC or kind != PROOF or dtype != FLOAT32:
-        raise ProofError(f"expected a proof frame (type {PROOF}, float32), got type {kind}, dtype {dtype}")
-    if jlen > MAX_JSON_BYTES or jlen % 4 or HEADER_SIZE + jlen > len(data):
-        raise ProofError(f"proof header of {jlen} bytes: expected a multiple of 4 up to {MAX_JSON_BYTES}")
-    try:
-        header = json.loads(bytes(data[HEADER_SIZE : HEADER_SIZE + jlen]))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ProofError(f"proof header: invalid JSON ({str(exc)[:100]})") from None
-    if not isinstance(header, dict):
-        raise ProofError("proof header: expected a JSON object")
+    project, iteration, count, header, payload = read_header(data)
+    jlen = payload - HEADER_SIZE
     arrays, ckpts, delta = header.get("arrays"), header.get("checkpoints"), header.get("delta", "none")
     if not isinstance(arrays, list) or not 1 <= len(arrays) <= 3:
         raise ProofError("proof header: expected 1-3 `arrays`")
