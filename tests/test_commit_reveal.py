@@ -13,6 +13,7 @@ from importlib import resources
 import numpy as np
 import pytest
 import torch
+from test_verification import cache_of, items_fn, make_data  # the same small data and helpers
 
 from mlitb.master.project.counters import Counters
 from mlitb.master.trust import reveal
@@ -26,7 +27,6 @@ from mlitb.model.model import Model
 from mlitb.model.spec import Spec
 from mlitb.model.torch_executor import TorchNet
 from mlitb.protocol import codecs, proofs
-from mlitb.worker.cache import ItemCache
 from mlitb.worker.compute import Sampler, gradient_proof, local_for, local_proof, train_for
 from mlitb.worker.proof import ProofRecorder
 
@@ -42,30 +42,6 @@ ADAM = {"optimizer": "adam", "learning_rate": 0.01, "beta1": 0.9, "beta2": 0.999
         "l1_decay": 0.0, "l2_decay": 1e-3, "batch_size": 8}  # fmt: skip
 SGD = {"optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9, "l1_decay": 0.0, "l2_decay": 0.0}
 TOL = 0.01
-
-
-def make_data(n: int = 120, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
-    labels = rng.integers(0, 4, n)
-    keys = (np.int64(1) << 32) | np.arange(n, dtype=np.int64)
-    return keys, pixels, labels
-
-
-def cache_of(keys, pixels, labels) -> ItemCache:
-    cache = ItemCache((8, 8, 1))
-    cache.add(keys, pixels, labels)
-    return cache
-
-
-def items_fn(keys_all, pixels, labels):
-    index = {int(k): i for i, k in enumerate(keys_all)}
-
-    def items(keys: np.ndarray):
-        rows = [index[int(k)] for k in keys]
-        return pixels[rows].astype(np.float32) * np.float32(1 / 255), labels[rows].astype(np.int64)
-
-    return items
 
 
 def job_for(mode, values, vectors, start, inner=None, previous=None, last_norm=0.0) -> AuditJob:
