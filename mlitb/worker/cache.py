@@ -46,19 +46,23 @@ class ItemCache:
             return self._add(keys, pixels, labels)
 
     def _add(self, keys: np.ndarray, pixels: np.ndarray, labels: np.ndarray) -> list[int]:
-        added = []
-        self._grow(self.n + len(keys))
-        for key, px, label in zip(keys.tolist(), pixels, labels.tolist(), strict=True):
-            if key in self._index or label < 0:
-                continue
-            row = self.n
-            self._pixels[row] = px
-            self._labels[row] = label
-            self._keys[row] = key
-            self._index[key] = row
-            self.n += 1
-            added.append(key)
-        return added
+        # one Python pass over the keys (the index), the copies in bulk: a fetch streams
+        # thousands of items per block while a round trains in another thread
+        index, rows = self._index, []
+        for i, (key, label) in enumerate(zip(keys.tolist(), labels.tolist(), strict=True)):
+            if label >= 0 and key not in index:
+                index[key] = self.n + len(rows)
+                rows.append(i)
+        if not rows:
+            return []
+        self._grow(self.n + len(rows))
+        take = np.asarray(rows, np.int64)
+        end = self.n + len(rows)
+        self._pixels[self.n : end] = pixels[take]
+        self._labels[self.n : end] = labels[take]
+        self._keys[self.n : end] = keys[take]
+        self.n = end
+        return keys[take].tolist()
 
     def remove(self, keys: list[int]) -> None:
         with self._lock:
