@@ -37,10 +37,12 @@ Configurations
                   --algorithms defaults to the demo's (local_sgd); `sync_sgd,local_sgd`
                   adds the paper's loop (--figure5's default).
 
-Measured per run: snapshots (plain: a copy of the state dict every SNAPSHOT_EVERY = 1 s;
-mlitb: at most one parameter frame per SNAPSHOT_EVERY, plus those of iterations 30 and
-60; the same interval for both, since a noisy curve sampled more often crosses a
-threshold earlier by chance), evaluated AFTER the run on all 10,000 test images (mlitb's
+Measured per run: snapshots at the same instants for both, every SNAPSHOT_EVERY = 1 s of
+wall time (plain: a copy of the state dict at the first step at or after each; mlitb: the
+newest parameters the master had broadcast by then, the model a user of the project has at
+that moment; plus the frames of iterations 30 and 60), since a noisy curve sampled more
+often, or at better moments, crosses a threshold earlier by chance; evaluated AFTER the
+run on all 10,000 test images (mlitb's
 flat vectors with mlitb's executor, the plain loop's with its own torch.nn model;
 nothing evaluates while training runs, except the optional early-stop check below) ->
 time to 7 %, 2 % and 1.5 % test error (first snapshot at or below), best and final
@@ -391,8 +393,8 @@ def print_sweep(sweep: dict) -> None:
 # ---------------------------------------------------------------------- the observer
 class Observer:
     """One WebSocket joined as a tracker (capacity 0) that never fetches data: it records
-    parameter frames (kind 1) with their arrival times, at most one per 0.5 s of wall
-    time after t0, plus those of `keep` iterations, plus always the newest."""
+    parameter frames (kind 1) with their arrival times, every one after t0; snapshots()
+    picks the parameters as of each SNAPSHOT_EVERY tick."""
 
     def __init__(self, ws_url: str, project: str, keep: set[int]) -> None:
         self.ws_url, self.project, self.keep = ws_url, project, keep
@@ -405,7 +407,6 @@ class Observer:
         self.pre: tuple[int, np.ndarray] | None = None  # the parameters before the start
         self.snaps: list[tuple[float, int, np.ndarray]] = []
         self.latest: tuple[float, int, np.ndarray] | None = None
-        self.last_bucket = -1
         self.max_iteration = -1
         self.frames = 0
         self.first_result: float | None = None
@@ -429,12 +430,26 @@ class Observer:
         self.thread.join(10)
 
     def snapshots(self) -> list[tuple[float, int, np.ndarray]]:
+        """The parameters as of each SNAPSHOT_EVERY tick (the newest frame that had
+        arrived by then), where they changed since the tick before, at the tick's time;
+        the kept iterations' frames at their own times; the newest frame last."""
         with self.lock:
             out = [(0.0, self.pre[0], self.pre[1])] if self.pre is not None else []
-            out += self.snaps
-            if self.latest is not None and (not out or out[-1][0] != self.latest[0]):
+            frames, shown = self.snaps, None
+            i, tick = 0, SNAPSHOT_EVERY
+            while frames and i < len(frames):
+                while i + 1 < len(frames) and frames[i + 1][0] <= tick:
+                    i += 1
+                if frames[i][0] <= tick and frames[i][1] != shown:
+                    out.append((tick, frames[i][1], frames[i][2]))
+                    shown = frames[i][1]
+                if tick >= frames[-1][0]:
+                    break
+                tick += SNAPSHOT_EVERY
+            out += [f for f in frames if f[1] in self.keep]
+            if self.latest is not None and self.latest[1] != shown:
                 out.append(self.latest)
-            return out
+            return sorted(out, key=lambda f: (f[0], f[1]))
 
     def _run(self) -> None:
         try:
@@ -501,10 +516,7 @@ class Observer:
                 self.pre = (iteration, params)
                 return
             t = arrived - self.t0
-            bucket = int(t // SNAPSHOT_EVERY)
-            if bucket != self.last_bucket or iteration in self.keep:
-                self.snaps.append((t, iteration, params))
-                self.last_bucket = bucket
+            self.snaps.append((t, iteration, params))  # every frame: snapshots() picks
             self.latest = (t, iteration, params)
             self.max_iteration = max(self.max_iteration, iteration)
             if iteration >= 1 and self.first_result is None:
