@@ -422,6 +422,11 @@ class Worker:
             ids = text_to_ids(group["ids"])
             self.stats.allocated += len(ids)
             self._allocated.update((group["dataset"] << 32) | i for i in ids)
+            # fetched in a random order: a dataset's ids run label by label (an upload has one
+            # sub-folder per label), and the first rounds train on what has arrived so far
+            # (fetched in id order, a first round saw one or two digits of MNIST)
+            ids = list(ids)
+            random.Random(self._rng_seed + len(ids)).shuffle(ids)
             base = urljoin(http_base(self.url), group["url"])  # relative URLs: the master's host
             label_map = np.array([*group["label_map"], -1], np.int64)  # last: for unknown indices
             headers = {"X-Read-Grant": group["grant"]} if group.get("grant") else {}  # private data

@@ -353,6 +353,12 @@ async function allocation(m, gen) {
   for (const g of m.add || []) {
     const ids = Wire.textToIds(g.ids);
     S.allocated += ids.length;
+    // fetched in a random order: a dataset's ids run label by label (one upload sub-folder
+    // per label) and the first rounds train on what has arrived (in id order: one or two digits)
+    for (let i = ids.length - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1));
+      [ids[i], ids[j]] = [ids[j], ids[i]];
+    }
     const base = new URL(g.url.replace(/\/?$/, "/"), S.urls[S.urlIndex].httpBase).href;
     for (let s = 0; s < ids.length; s += 4096) {
       if (gen !== S.conn) return;
