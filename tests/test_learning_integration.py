@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import httpx
@@ -328,3 +329,30 @@ def test_overlap_keeps_a_worker_computing_over_a_slow_link(master, mnist_zips, t
     assert off <= 0.8, (on, off, brief(s_off))
     assert s_off["rejected"] == 0 and s_off["late"] == 0, brief(s_off)
     assert s_off["train_loss"] is None or np.isfinite(s_off["train_loss"])
+
+
+def test_a_worker_fetches_its_share_in_a_random_order(master, mnist_big):
+    """An upload's ids run label by label (one sub-folder per label), and a worker's first
+    rounds train on what has arrived so far: its first fetch request (FETCH_CHUNK of the
+    6,000 items) must hold every digit, not only the first six labels' ids."""
+    from mlitb.worker import session
+
+    train, test = upload(master.data, mnist_big)
+    create_project(master.url, "order", [train], [test], hyper={"algorithm": "local_sgd"})
+    worker = session.Worker(master.url, "order", name="order")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(worker.run()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while worker.cache is None or len(worker.cache) < 6000:
+            assert time.monotonic() < deadline, "the worker did not cache its 6,000 items in 120 s"
+            time.sleep(0.1)
+        first = worker.cache._labels[: session.FETCH_CHUNK].copy()
+        keys = worker.cache._keys[: session.FETCH_CHUNK] & 0xFFFFFFFF
+    finally:
+        loop.call_soon_threadsafe(worker.stop)
+        thread.join(30)
+    assert sorted(set(first.tolist())) == list(range(10)), np.bincount(first, minlength=10)
+    # and not merely a rotation: ids from all over the dataset, not one contiguous run
+    assert keys.min() < 600 and keys.max() > 5400 and len(np.unique(keys)) == session.FETCH_CHUNK
