@@ -207,9 +207,18 @@ def test_relays_stack_and_a_dead_inner_relay_hands_its_share_back_to_the_outer_o
         assert out_st["data_registered"] == in_st["data_registered"] == s["data_size"], (out_st, in_st)
 
         inner.kill()
-        back = wait_relay(outer_url, lambda st: not st["children"], 30, "the inner relay gone",
+
+        # the dead relay's share goes back to the outer relay's pool: seen there, unless the
+        # worker it served has already rejoined the outer relay and taken it (a fast reconnect;
+        # the relay drops a child and frees its ids in two steps, so one status may show
+        # neither: wait for a consistent one)
+        def handed_back(st: dict) -> bool:
+            names = [c["name"] for c in st["children"]]
+            return (names == [] and st["data_unallocated"] == st["data_registered"]) or names == ["w0"]
+
+        back = wait_relay(outer_url, handed_back, 30, "the inner relay gone and its share back",
                           tmp_path / "outer.log", token)  # fmt: skip
-        assert back["data_unallocated"] == back["data_registered"] == s["data_size"], back
+        assert back["data_registered"] == s["data_size"], back
         moved = wait_relay(outer_url,
                            lambda st: [(c["name"], c["kind"]) for c in st["children"]] == [("w0", "native")]
                            and st["children"][0]["results"] >= 1,
