@@ -146,10 +146,11 @@ def test_step_bench_ablations_compute_the_same_step():
     assert before == sb.torch_executor.OPS  # the patches end with their block
 
 
-def test_observer_snapshots_are_the_parameters_as_of_each_tick():
+def test_observer_snapshots_are_the_parameters_as_of_each_tick(monkeypatch):
     """mlitb's curve is sampled at the plain loop's instants: at each whole SNAPSHOT_EVERY, the
     newest frame that had arrived (reported at the tick), once per iteration; no frame is
     dropped for arriving early in a second, and the newest frame always ends the curve."""
+    monkeypatch.setattr(lb, "SNAPSHOT_EVERY", 1.0)
     obs = lb.Observer("ws://unused", "p", keep={30})
     pre = np.zeros(2, np.float32)
     obs._record(-1.0, 0, pre)  # before t0: the starting point
@@ -157,8 +158,6 @@ def test_observer_snapshots_are_the_parameters_as_of_each_tick():
     for t, it in [(0.7, 1), (1.3, 2), (2.04, 3), (2.7, 4), (3.42, 5), (3.6, 30), (6.2, 31)]:
         obs._record(t, it, np.full(2, it, np.float32))
     got = [(t, it) for t, it, _ in obs.snapshots()]
-    step = lb.SNAPSHOT_EVERY
-    assert step == 1.0
     # tick 1: it 1; 2: it 2; 3: it 4 (3 arrived at 2.04 but 4 is newer by 3.0); 4: it 30; 5, 6: none new;
     # 7: it 31; iteration 30 also at its own time (kept)
     assert got == [(0.0, 0), (1.0, 1), (2.0, 2), (3.0, 4), (3.6, 30), (4.0, 30), (7.0, 31)]
