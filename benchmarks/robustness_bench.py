@@ -40,18 +40,19 @@ lies in its result frame, or trains on flipped labels, or a raw socket:
                  under it, the other honest workers at the master
 
 Measured per run: test error on all `--test` images (an observer, a tracker socket,
-keeps the parameters once per second of wall time with their arrival time, t = 0 at the
-project's start; after the run, away from its cores, `--eval-procs` processes score every
-kept snapshot; the run's figure is the median of its last 3 snapshots), time to each of
-`--targets` (the first snapshot at or below), iterations, per attacker its refused and
-clipped results and the iteration of its first refusal, when it was banned (iterations
-after its first result), iterations lost (how much later than the clean run it first
-reached the clean run's error + 1 point), honest clients flagged (a refused result or a
-ban), the master's audits (passed, failed, and skipped: a proof that could not be checked,
-never counted as passed), results held back, vectors/s, the median iteration length over
-the run's second half, and the master's own figure on its test sample (JSON only).
-Per (configuration, attack) the table shows medians over the repeats (times: a run that
-never reached a target counts as infinitely late) and sums of the counts.
+keeps the parameters the master had broadcast as of every learning_bench.SNAPSHOT_EVERY
+(0.5 s) tick, t = 0 at the project's start; after the run, away from its cores,
+`--eval-procs` processes score every kept snapshot; the run's figure is the median of
+its last 3 snapshots), time to each of `--targets` (the first snapshot at or below),
+iterations, per attacker its refused and clipped results and the iteration of its first
+refusal, when it was banned (iterations after its first result), iterations lost (how
+much later than the clean run it first reached the clean run's error + 1 point), honest
+clients flagged (a refused result or a ban), the master's audits (passed, failed, and
+skipped: a proof that could not be checked, never counted as passed), results held back,
+vectors/s, the median iteration length over the run's second half, and the master's own
+figure on its test sample (JSON only). Per (configuration, attack) the table shows
+medians over the repeats (times: a run that never reached a target counts as infinitely
+late) and sums of the counts.
 
 Goals printed (and in the JSON): the defences cost at most 10 % in time to
 `--goal-error` (default 2 %) against the same project with verify=false (medians over
@@ -683,7 +684,7 @@ def print_table(summary: dict, targets: list[float], test_images: int) -> None:
             f"{r['held_back']} | {fmt(r['vectors_per_s'], ',.0f')} | {fmt(r['iteration_s'], '.2f')} |"
         )
     print(
-        f"\nTest error: each run's parameters (a snapshot per second of wall time, t = 0 at the project's "
+        f"\nTest error: each run's parameters (as of every 0.5 s tick of wall time, t = 0 at the project's "
         f"start) scored after the run on {test_images:,} MNIST test images; a run's figure is the median "
         "of its last 3 snapshots, a row's the median over its repeats. Time to an error: the first "
         "snapshot at or below it; a row's is the median over repeats, a run that never got there "
