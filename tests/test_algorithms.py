@@ -431,13 +431,12 @@ def test_each_algorithm_has_its_own_default_round_length():
 
 def test_local_sgd_rounds_start_short_and_grow_to_t():
     alg = ALGORITHMS["local_sgd"](Hyper(), np.ones(N, np.float32), np.ones(N, np.float32))
-    rounds = [alg.round_time(k) for k in range(60)]
-    assert rounds[0] == 0.5 and rounds[1] == pytest.approx(0.55) and rounds[-1] == 30.0
-    assert rounds[42] < 30.0 and rounds[43] == 30.0  # 0.5 x 1.1^43 = 30.1: T after ~300 s
+    rounds = [alg.round_time(k) for k in range(40)]
+    assert rounds[0] == 0.5 and rounds[1] == pytest.approx(0.625) and rounds[-1] == 30.0
     assert all(b >= a for a, b in itertools.pairwise(rounds))
     # the master lags one trainer by at most a round: about round_growth of the time trained
     elapsed = np.cumsum(rounds)
-    assert all(r <= 0.1 * t + 0.5 + 1e-9 for r, t in zip(rounds[1:], elapsed[:-1], strict=True))
+    assert all(r <= 0.25 * t + 0.5 + 1e-9 for r, t in zip(rounds[1:], elapsed[:-1], strict=True))
     assert alg.round_time(10**9) == 30.0
     fixed = ALGORITHMS["local_sgd"](Hyper(round_growth=0), np.ones(N), np.ones(N))
     assert fixed.round_time(0) == fixed.round_time(5) == 30.0

@@ -433,7 +433,7 @@ def test_hyper_defaults():
     assert (h.l1_decay, h.l2_decay) == (0.0, 0.0)
     assert (h.ro, h.eps, h.beta1, h.beta2) == (None,) * 4
     assert (h.iteration_time, h.iteration_ms) == (30.0, 30000)  # local_sgd's T; rounds grow to it
-    assert (h.first_round_time, h.round_growth) == (0.5, 0.1)
+    assert (h.first_round_time, h.round_growth) == (0.5, 0.25)
     assert (h.capacity, h.batch_size, h.seed, h.save_period) == (10_000_000, 32, 0, 0.0)
     assert (h.work_vectors, h.max_staleness, h.compression) == (0, 2, "none")
     assert (h.test_interval, h.test_sample) == (5.0, 2000)

@@ -71,7 +71,7 @@ class Hyper(BaseModel):
     # round_growth of the time trained so far; later rounds are T long and move few
     # bytes per vector. round_growth 0: every round is T (the paper's fixed rounds).
     first_round_time: Annotated[float, Field(ge=0.25, le=300)] = 0.5
-    round_growth: Annotated[float, Field(ge=0, le=4)] = 0.1  # vs 0.25: docs/performance.md, "Learning"
+    round_growth: Annotated[float, Field(ge=0, le=4)] = 0.25  # 0.1: docs/performance.md, "Learning"
     # Most ids one client holds; a client's own memory (join `memory_mb`) caps it further,
     # so by default a small fleet holds all of a small dataset.
     capacity: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000_000
