@@ -192,10 +192,9 @@ def test_welcome_and_parameters_at_connect_admitted_at_the_boundary():
     e.on_cached("A", msg.Cached(type="cached", dataset=1, ids=[0, 1, 2, 999]))
     e.on_cached("A", msg.Cached(type="cached", dataset=5, ids=[3]))
     assert e.clients["A"].share.cached == {make_key(1, i) for i in (0, 1, 2)}
-    # the first data of an idle project's trainer: ordered at the next poll, not IDLE_POLL_S later
-    assert e.poll(0.3) == pytest.approx(DEADLINE)
+    e.poll(0.5)
     assert sends(e) == [("A", work_msg(0, 1000))]
-    assert e.working and e.deadline == pytest.approx(0.3 + DEADLINE)
+    assert e.working and e.deadline == pytest.approx(0.5 + DEADLINE)
     assert e.clients["A"].orders.scheduled == 0
 
 

@@ -139,7 +139,4 @@ def on_cached(e, cid: str, message: msg.Cached) -> None:
         return
     held = e.allocator.held.get(cid)
     keys = {make_key(message.dataset, i) for i in message.ids}
-    had = bool(share.cached)
     share.cached |= keys & (held if held is not None else set())
-    if e.idle and not had and share.cached:
-        e.next_start = e.now  # an idle project orders its first trainer with data at once

@@ -114,7 +114,6 @@ class Engine:
         self.iter_started = 0.0
         self.deadline = 0.0
         self.next_start = 0.0
-        self.idle = False  # the last boundary found no trainer with data
         self.round_s = hyper.iteration_time  # the open iteration's work time (algorithm.round_time)
         self.broadcast.restart(self.params, iteration, hyper.compression)
         self.trust.remember(iteration, self.broadcast.view.view)
@@ -266,12 +265,8 @@ class Engine:
             return self.next_start - now
         self._boundary(now)
         if not self.working:
-            # nobody to order: look again soon, or at once when a trainer reports data
-            # (mlitb.master.project.data.on_cached), so the first round starts with it
-            self.idle = True
             self.next_start = now + IDLE_POLL_S
             return IDLE_POLL_S
-        self.idle = False
         return self.deadline - now
 
     def _next_iteration(self, stepped: bool) -> None:
