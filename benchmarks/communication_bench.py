@@ -205,6 +205,7 @@ def window(first: dict, last: dict) -> dict:
                 "kind": c["kind"],
                 "backend": c["backend"],
                 "vectors": dv,
+                "results": c.get("results", 0) - b.get("results", 0),
                 "bytes_in": c["bytes_in"] - b["bytes_in"],  # proofs included
                 "bytes_out": c["bytes_out"] - b["bytes_out"],
                 "proof_bytes": c.get("proof_bytes", 0) - b.get("proof_bytes", 0),
@@ -227,6 +228,7 @@ def window(first: dict, last: dict) -> dict:
         "down_per_vector": per_vector(out1 - out0, vectors),
         "proof_per_vector": per_vector(proofs, vectors),
         "vectors_per_s": vectors / seconds if seconds > 0 else None,
+        "results": sum(c["results"] for c in clients),  # of the trainers there at both ends
         **{k: last.get(k, 0) - first.get(k, 0) for k in AUDIT_KEYS},
         "clients": clients,
     }
@@ -483,6 +485,15 @@ def condense(run: dict, at: list[float], duration: float) -> dict:
         **{k: steady.get(k) for k in AUDIT_KEYS},
     }
     out["both"] = None if out["up"] is None or out["down"] is None else out["up"] + out["down"]
+    # the share of results audited in the window, and the proofs' bytes per vector had every
+    # result been audited (proof / rate): what `break_even_rate` scales to another rate
+    results, audits = steady.get("results") or 0, steady.get("audits") or 0
+    out["audit_rate"] = min(audits / results, 1.0) if results and audits else None
+    out["proof_at_rate_1"] = (
+        steady["proof_per_vector"] / out["audit_rate"]
+        if out["audit_rate"] and steady["proof_per_vector"] is not None
+        else None
+    )
     out["computing_native_min"], out["computing_native_median"] = computing_stats(steady["clients"], "native")
     out["computing_browser_min"], out["computing_browser_median"] = computing_stats(
         steady["clients"], "browser"
@@ -502,6 +513,26 @@ def aggregate(runs: list[dict]) -> dict:
     flags = [c.get("verify") for c in ok]
     out["verify"] = None if None in flags else min(flags)  # on only if on in every repeat
     return out
+
+
+def break_even_rate(sync: dict, local: dict, ratio: float = GOAL_RATIO) -> float | None:
+    """The audit rate r (the same for both, as the projects' `verify_rate` would be) at which
+    this run's bytes give `ratio`: each side moves (both - proof) + r * proof_at_rate_1 bytes
+    per vector, so r = (base_sync - ratio * base_local) / (ratio * P_local - P_sync).
+    None when the run cannot say (no audits on a side); 0.0 when no rate reaches it (even
+    unaudited, sync's base is under `ratio` x local's); 1.0 when every rate does."""
+    try:
+        base_s, base_l = sync["both"] - sync["proof"], local["both"] - local["proof"]
+        p_s, p_l = sync["proof_at_rate_1"], local["proof_at_rate_1"]
+    except (KeyError, TypeError):
+        return None
+    if p_s is None or p_l is None:
+        return None
+    gap = base_s - ratio * base_l  # what the bases leave for proofs
+    if gap <= 0:
+        return 0.0
+    cost = ratio * p_l - p_s  # what each unit of audit rate takes from it
+    return 1.0 if cost <= 0 else min(gap / cost, 1.0)
 
 
 def fmt_b(v: float | None) -> str:
@@ -547,11 +578,22 @@ def goals(results: dict, at: list[float]) -> list[dict]:
         bytes_ok = ratio >= GOAL_RATIO
         error_ok = bool(compared) and all(b <= a for _, a, b in compared)
         errors = ", ".join(f"{label}: {base} {fmt_e(a)} vs int8 {fmt_e(b)}" for label, a, b in compared)
+        even = break_even_rate(sync, int8)
+        rates = (
+            f"audit rates in the run: {base} {fmt_p(sync.get('audit_rate'))}, "
+            f"int8 {fmt_p(int8.get('audit_rate'))}"
+        )
+        if even is None:
+            reach = f"{rates}; no break-even rate (a side without audits)"
+        elif even == 0.0:
+            reach = f"{rates}; {GOAL_RATIO:g}x not reachable at any audit rate (bases alone fall short)"
+        else:
+            reach = f"{rates}; {GOAL_RATIO:g}x at an audit rate of at most {fmt_p(even)} for both"
         detail = (
             f"{base} {fmt_b(sync['both'])} B/vector, local_sgd_int8 {fmt_b(int8['both'])} B/vector (of which "
             f"proofs {fmt_b(int8.get('proof'))}): {ratio:.1f}x (needs >= {GOAL_RATIO:g}x: "
             f"{'met' if bytes_ok else 'NOT met'}); errors: {errors or 'none to compare'} "
-            f"({'equal or better' if error_ok else 'NOT equal or better'})"
+            f"({'equal or better' if error_ok else 'NOT equal or better'}); {reach}"
         )
         if int8.get("verify") != 1.0:
             result = "n/a"
@@ -566,6 +608,7 @@ def goals(results: dict, at: list[float]) -> list[dict]:
             sync_bytes_per_vector=sync["both"],
             int8_bytes_per_vector=int8["both"],
             int8_proof_bytes_per_vector=int8.get("proof"),
+            break_even_audit_rate=even,
             errors={label: {base: a, "local_sgd_int8": b} for label, a, b in compared},
             detail=detail,
         )

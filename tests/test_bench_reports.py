@@ -167,3 +167,25 @@ def test_communication_window_counts_proofs_and_audits(bench):
     assert w["bytes_in"] == 40_000 and w["proof_bytes"] == 30_000
     assert w["up_per_vector"] == pytest.approx(40.0) and w["proof_per_vector"] == pytest.approx(30.0)
     assert w["audits"] == 3 and w["clients"][0]["proof_bytes"] == 30_000
+
+
+def test_communication_break_even_audit_rate(bench):
+    """The rate at which a run's bytes would give 20x: both sides' proofs scaled from the rate
+    the run audited at; none when the unaudited bases alone fall short."""
+    cb = bench("communication_bench")
+
+    def side(base: float, p1: float, rate: float) -> dict:
+        return {"both": base + rate * p1, "proof": rate * p1, "proof_at_rate_1": p1, "audit_rate": rate}
+
+    sync, local = side(0.71, 4.72, 0.25), side(0.029, 1.6, 0.4)
+    r = cb.break_even_rate(sync, local)
+    assert 0 < r < 0.01
+    at_r = (0.71 + r * 4.72) / (0.029 + r * 1.6)
+    assert at_r == pytest.approx(20.0)
+    assert cb.break_even_rate(sync, side(0.04, 1.6, 0.4)) == 0.0  # 0.71 < 20 x 0.04: never
+    assert cb.break_even_rate(sync, side(0.029, 0.1, 0.4)) == 1.0  # cheap local proofs: any rate
+    assert cb.break_even_rate(sync, {"both": 0.03, "proof": 0.0, "proof_at_rate_1": None}) is None
+    results = {"sync_sgd/native": {"median": {**sync, "error_end": 0.05, "verify": 1.0}},
+               "local_sgd_int8/native": {"median": {**local, "error_end": 0.02, "verify": 1.0}}}  # fmt: skip
+    g = cb.goals(results, [])[0]
+    assert g["break_even_audit_rate"] == pytest.approx(r) and "at most 0.5%" in g["detail"]
