@@ -95,6 +95,7 @@ def test_imports_go_one_way():
         ("mlitb.master.project", ("mlitb.master.server",)),  # the sans-I/O core has no I/O
         ("mlitb.master.learning", ("mlitb.master.project", "mlitb.master.server", "mlitb.master.trust")),
         ("mlitb.master.trust", ("mlitb.master.project", "mlitb.master.server")),
+        ("mlitb.master.privacy", ("mlitb.master.project", "mlitb.master.server", "mlitb.master.trust")),
         ("mlitb.master.sched", ("mlitb.master.project", "mlitb.master.server", "mlitb.master.trust")),
         ("mlitb.model", ("mlitb.master", "mlitb.closure", "mlitb.relay", "mlitb.worker")),
     ]
