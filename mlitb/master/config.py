@@ -100,6 +100,20 @@ class Hyper(BaseModel):
     test_interval: Annotated[float, Field(ge=0, le=3600)] = 5.0  # s between a tracker's evaluations
     test_sample: Annotated[int, Field(ge=0, le=10_000_000)] = 2000  # test items a tracker scores; 0 = all
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    # client-level differential privacy (DP-FedAvg; mlitb.master.privacy, docs/security.md,
+    # "Privacy"): `central`: each round's cohort is a Poisson sample (rate dp_sample_rate) of
+    # the enrolled trainers, updates are clipped to dp_clip (None: learned, the
+    # dp_clip_quantile of update norms) and summed with Gaussian noise dp_noise x clip
+    # (None: calibrated so that dp_rounds rounds spend dp_epsilon); the accountant stops
+    # the project in state `budget_spent` before a round would take epsilon past dp_epsilon
+    dp: Literal["off", "central"] = "off"
+    dp_sample_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
+    dp_clip: Annotated[float, Field(gt=0, le=1e6)] | None = None
+    dp_clip_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    dp_noise: Annotated[float, Field(gt=0, le=1000)] | None = None
+    dp_delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    dp_epsilon: Annotated[float, Field(gt=0, le=1000)] | None = None
+    dp_rounds: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     save_period: Annotated[float, Field(ge=0, le=10)] = 0.0  # s between checkpoints; 0 = every iteration
 
     @property
@@ -129,7 +143,28 @@ class Hyper(BaseModel):
                 data = {**{k: v for k, v in defaults.items() if k not in data}, **data}
             if "iteration_time" not in data and algorithm in ROUND_DEFAULTS:
                 data = {**data, "iteration_time": ROUND_DEFAULTS[algorithm]}
+            if data.get("dp", "off") != "off" and "max_staleness" not in data:
+                data = {**data, "max_staleness": 0}  # a late update would join another round's sum
         return data
+
+    @model_validator(mode="after")
+    def _dp_complete(self):
+        """`dp=central` needs a noise level (given, or calibrated from a budget and a number
+        of rounds), parameter changes to clip (local_sgd) and on-time updates only."""
+        if self.dp == "off":
+            return self
+        if self.algorithm != "local_sgd":
+            raise ValueError("dp=central clips and noises parameter changes: set algorithm=local_sgd")
+        if self.dp_noise is None and (self.dp_epsilon is None or self.dp_rounds is None):
+            raise ValueError(
+                "dp=central needs the noise: set dp_noise (z), or dp_epsilon with dp_rounds to calibrate it"
+            )
+        if self.max_staleness:
+            raise ValueError(
+                f"dp=central needs max_staleness=0 (got {self.max_staleness}): a late update added to "
+                "another round's sum would count one device twice there (sensitivity 2 x dp_clip)"
+            )
+        return self
 
     @classmethod
     def stored(cls, data: dict) -> Hyper:
@@ -143,6 +178,8 @@ class Hyper(BaseModel):
                 current.pop(k, None)  # with whatever of its settings are given
             if "iteration_time" not in changes:
                 current.pop("iteration_time", None)  # and its own round length
+        if changes.get("dp", self.dp) != self.dp and "max_staleness" not in changes:
+            current.pop("max_staleness", None)  # dp's own (0) on, the default back off
         return Hyper.model_validate({**current, **changes})
 
 

@@ -128,6 +128,25 @@ class Algorithm(ABC):
         h = self.hyper
         return (self.name, h.inner_optimizer, h.inner_learning_rate, h.batch_size)
 
+    # ---------------------------------------------------------------- hooks for wrappers
+    # (mlitb.master.privacy.central.CentralDP): the plain algorithms order every trainer
+    # the trust policy lets through, never stop a project and show nothing more
+    def blocked(self) -> str | None:
+        """A state the project must go to instead of starting a round (None: go on)."""
+        return None
+
+    def cohort(self, chosen: list, enrolled: int, now: float, round_s: float) -> list:
+        """Of the trainers that could get an order for this `round_s`-second round
+        (`enrolled`: admitted trainers in all), the ones that do."""
+        return chosen
+
+    def stepped(self) -> None:  # noqa: B027 (a hook: nothing to do by default)
+        """The step of the iteration was taken (after any retries): what it released counts."""
+
+    def view(self) -> dict:
+        """Fields for the project's summary."""
+        return {}
+
 
 class SyncSGD(Algorithm):
     name = "sync_sgd"

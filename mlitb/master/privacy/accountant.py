@@ -72,10 +72,10 @@ def _quiet():
 @functools.lru_cache(maxsize=4096)
 def _epsilon(runs: tuple[tuple[float, float, int], ...], delta: float, kind: str) -> float:
     acc = _fresh(kind)
-    for q, z, n in runs:
-        if n > 0 and q > 0:
-            acc.compose(round_event(q, z, n))
-    with _quiet():
+    with _quiet():  # RDP computes its orders as events are composed
+        for q, z, n in runs:
+            if n > 0 and q > 0:
+                acc.compose(round_event(q, z, n))
         return float(acc.get_epsilon(delta))
 
 

@@ -27,6 +27,9 @@ class Counters:
     audits_skipped: int = 0  # proofs that could not be checked (queue full, data server failing)
     contributors: dict[str, int] = field(default_factory=dict)  # client kind -> clients admitted
     banned: list[dict] = field(default_factory=list)  # the last MAX_BANNED bans (full addresses)
+    # dp projects: the privacy ledger and the learned clipping norm (mlitb.master.privacy);
+    # persisted with the totals so that a restart never forgets budget already spent
+    privacy: dict = field(default_factory=dict)
 
     @classmethod
     def from_totals(cls, totals: dict | None) -> Counters:
@@ -41,6 +44,8 @@ class Counters:
                 out.contributors = {str(k): int(v) for k, v in dict(value).items()}
             elif f.name == "banned":
                 out.banned = [dict(b) for b in value][-MAX_BANNED:]
+            elif f.name == "privacy":
+                out.privacy = dict(value or {})
             else:
                 setattr(out, f.name, int(value))
         return out

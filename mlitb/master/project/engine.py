@@ -37,7 +37,8 @@ import numpy as np
 from mlitb.master.config import Hyper
 from mlitb.master.learning.accumulator import Accumulator, Rejected
 from mlitb.master.learning.aggregation import make_aggregator
-from mlitb.master.learning.algorithms import make_algorithm, staleness_weight
+from mlitb.master.learning.algorithms import Algorithm, make_algorithm, staleness_weight
+from mlitb.master.privacy.central import make_private
 from mlitb.master.project import bans, intake, membership, orders, settings
 from mlitb.master.project import data as project_data
 from mlitb.master.project import step as steps
@@ -104,7 +105,7 @@ class Engine:
         self.allocator = Allocator(hyper.seed)
         self.data = Data(self.effects)
         self.l1_mul, self.l2_mul = decay_multipliers(spec)
-        self.algorithm = make_algorithm(hyper, self.l1_mul, self.l2_mul)
+        self.algorithm = self._make_algorithm()
         self.acc = self._accumulator(params.size)
         self.trust = make_trust(hyper, self.counters, self.clients, self.rng, name)
         self.trust.forget(iteration)  # results of orders before this are not audited
@@ -237,6 +238,11 @@ class Engine:
     def _accumulator(self, num_params: int) -> Accumulator:
         h = self.hyper
         return Accumulator(num_params, make_aggregator(h.aggregation, h.trim), h.bucket_size)
+
+    def _make_algorithm(self) -> Algorithm:
+        """The learning algorithm the settings name, as the privacy setting wraps it."""
+        inner = make_algorithm(self.hyper, self.l1_mul, self.l2_mul)
+        return make_private(inner, self.hyper, self.counters, self.rng)
 
     def update_hyper(self, hyper: Hyper) -> None:
         settings.update_hyper(self, hyper)

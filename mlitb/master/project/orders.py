@@ -6,8 +6,12 @@ algorithm's `work_fields`."""
 
 from __future__ import annotations
 
+import logging
+
 from mlitb.master.project import membership
 from mlitb.protocol import messages as msg
+
+log = logging.getLogger("mlitb.master")
 
 GRACE_FRACTION = 0.5  # the reduce waits up to T * (1 + GRACE) for results
 MIN_GRACE_S = 1.0
@@ -34,13 +38,19 @@ def boundary(e, now: float) -> None:
         client = e.clients[cid]
         client.share.cached.difference_update(move.removed)
         e.data.allocation(client, move.added, move.removed)
-    # c) work orders
+    # c) work orders, unless the algorithm stops the project (a privacy budget spent)
+    if (state := e.algorithm.blocked()) is not None:
+        log.warning("project %s: no more rounds: %s", e.name, state)
+        e.set_state(state, now)
+        return
     ready = [c for c in e.clients.values() if c.role == "trainer" and c.share.cached]
     chosen = [c for c in ready if c.orders.latency.schedulable(e.iteration)]
     if not chosen:
         chosen = ready  # only benched trainers have data: probe them rather than stall
     e.round_s = e.algorithm.round_time(e.iteration)
     chosen = e.trust.ration(chosen, now)
+    enrolled = sum(1 for c in e.clients.values() if c.role == "trainer" and c.admitted)
+    chosen = e.algorithm.cohort(chosen, enrolled, now, e.round_s)  # all of them, or a sample (dp)
     oldest = e.iteration - e.hyper.max_staleness
     for c in e.clients.values():
         c.orders.scheduled = None

@@ -9,7 +9,6 @@ import numpy as np
 
 from mlitb.master.config import Hyper
 from mlitb.master.learning.aggregation import make_aggregator
-from mlitb.master.learning.algorithms import make_algorithm
 from mlitb.master.project import membership
 from mlitb.master.project.data import label_map_for
 from mlitb.master.trust.verified import make_trust
@@ -63,7 +62,7 @@ def update_hyper(e, hyper: Hyper) -> None:
         e.optimizer = hyper.make_optimizer(e.spec.num_params)
     else:
         e.optimizer.schedule = hyper.schedule()
-    e.algorithm = make_algorithm(hyper, e.l1_mul, e.l2_mul)
+    e.algorithm = e._make_algorithm()
     # the rule applies from this iteration's step, the bucket size from the next plan
     e.acc.aggregator = make_aggregator(hyper.aggregation, hyper.trim)
     e.acc.bucket_size = hyper.bucket_size
@@ -97,7 +96,7 @@ def grow_label(e, label: str, now: float) -> None:
     e.spec, e.params, e.optimizer = spec, params, optimizer
     e.labels.append(label)
     e.l1_mul, e.l2_mul = decay_multipliers(spec)
-    e.algorithm = make_algorithm(e.hyper, e.l1_mul, e.l2_mul)
+    e.algorithm = e._make_algorithm()
     e.acc = e._accumulator(spec.num_params)
     e._void_orders()  # results for the old shape would not fit: start the iteration over
     e.trust.reset()

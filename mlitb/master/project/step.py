@@ -56,6 +56,7 @@ def safe_step(e) -> bool:
         except (ValueError, ArithmeticError) as exc:  # OptimizerError is a ValueError
             problem = str(exc)
         if problem is None:
+            e.algorithm.stepped()
             e.trust.step_taken(dropped)
             return True
         e.params[...] = params

@@ -120,6 +120,8 @@ def summary(e, now: float) -> dict:
         "banned_count": len(n.banned),
         "aggregation": e.hyper.aggregation,
         "algorithm": e.hyper.algorithm,
+        "dp": e.hyper.dp,
+        **e.algorithm.view(),  # dp projects: epsilon spent, budget, noise, clip, rounds
         "compression": e.hyper.compression,
         "bytes_in": n.bytes_in,
         "bytes_out": n.bytes_out,

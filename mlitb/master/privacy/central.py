@@ -1,0 +1,166 @@
+"""`dp=central`: DP-FedAvg (McMahan et al. 2018) around a learning algorithm, with the
+master trusted to add the noise (docs/security.md, "Privacy").
+
+It wraps the project's algorithm (local_sgd: its orders, round lengths and audits stay
+the inner algorithm's) and changes three things, through the hooks the Engine asks every
+algorithm (mlitb.master.learning.algorithms.Algorithm: blocked, cohort, stepped, view):
+
+- who trains: each round's cohort is a Poisson sample of the enrolled trainers, each in
+  it with probability q = `dp_sample_rate`, drawn from the OS's entropy (a seeded draw
+  would let anyone who knows the seed know who was in the round);
+- how results combine: each update is clipped to norm C (mechanism.clip) and added with
+  weight 1, whatever vector count it claims; the step is (sum + N(0, (z C)^2)) / (q x
+  enrolled), then the outer optimizer (mechanism.noisy_mean). The aggregation rule is not
+  used: a robust rule's output does not have the sum's sensitivity C;
+- when to stop: before each round, the ledger (accountant.Ledger) says what epsilon the
+  round would bring the project to; past `dp_epsilon` the project goes to `budget_spent`
+  and runs no more rounds until the owner raises the budget.
+
+A round whose draw is empty still counts in the ledger (its release, nothing, depends on
+the draw), and the next draw waits a round length, so an idle poll cannot spend the
+budget; while no trainer can take an order (none has data yet) nothing is drawn. The
+ledger and the learned clipping norm live in the project's persisted counters
+(`Counters.privacy`): a restart never forgets budget already spent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+
+from mlitb.master.learning.accumulator import Accumulator, Rejected
+from mlitb.master.learning.algorithms import Algorithm
+from mlitb.master.privacy import accountant, mechanism
+from mlitb.optim import Optimizer
+from mlitb.protocol import frames
+
+log = logging.getLogger("mlitb.master")
+
+ADAPTIVE_START = 0.1  # the learned clipping norm's first value (Andrew et al. start there too)
+BUDGET_SPENT = "budget_spent"
+
+
+class CentralDP(Algorithm):
+    name = "central_dp"
+    result_kinds = (frames.DELTA,)  # parameter changes only: a protocol-1 gradient is not a round's update
+
+    def __init__(self, inner: Algorithm, hyper, counters, rng: random.Random) -> None:
+        super().__init__(hyper, inner.l1_mul, inner.l2_mul)
+        self.inner = inner
+        self.counters = counters
+        state = counters.privacy
+        self.ledger = accountant.Ledger.from_json(state.get("ledger"), hyper.dp_delta)
+        self.ledger.delta = hyper.dp_delta  # a new delta re-reads the same rounds
+        adaptive = hyper.dp_clip is None
+        norm = float(state.get("clip") or ADAPTIVE_START) if adaptive else hyper.dp_clip
+        self.clip = mechanism.AdaptiveClip(norm, hyper.dp_clip_quantile if adaptive else None)
+        self.q = hyper.dp_sample_rate
+        self.z = hyper.dp_noise or accountant.calibrate(
+            hyper.dp_epsilon, hyper.dp_delta, self.q, hyper.dp_rounds
+        )
+        self.noise = np.random.default_rng(rng.getrandbits(128))  # SystemRandom's, unless a test seeds it
+        self.expected = 0.0  # q x enrolled trainers at the open round's draw
+        self.updates = 0  # updates summed in the open round, and how many were within the norm
+        self.unclipped = 0
+        self.next_draw = -np.inf
+        self._save()
+
+    # ---------------------------------------------------------------- the inner algorithm's
+    def work_fields(self, round_s: float | None = None) -> dict:
+        # honest clients clip their own update too (the master re-clips whatever arrives)
+        return {**self.inner.work_fields(round_s), "dp_clip": self.clip.norm}
+
+    def round_time(self, iteration: int) -> float:
+        return self.inner.round_time(iteration)
+
+    def carries(self, fields: dict) -> bool:
+        return self.inner.carries(fields)
+
+    def carried_s(self, frame: frames.Frame, carried: bool) -> float:
+        return self.inner.carried_s(frame, carried)
+
+    def audit_mode(self, frame: frames.Frame) -> str:
+        return self.inner.audit_mode(frame)
+
+    def audit_settings(self) -> dict:
+        return self.inner.audit_settings()
+
+    def norm_settings(self) -> tuple:
+        return (*self.inner.norm_settings(), "dp")
+
+    def terms(self, frame: frames.Frame, weight: float) -> tuple[float, float]:
+        return 1.0, 1.0  # every update counts the same: a vector count is the client's word
+
+    # ---------------------------------------------------------------- results and the step
+    def check(self, frame: frames.Frame) -> None:
+        if frame.kind != frames.DELTA:
+            raise Rejected(
+                "wrong_frame",
+                "this project trains with differential privacy, which takes parameter changes (DELTA "
+                f"frames, protocol 2), got a {frames.FRAME_TYPES.get(frame.kind, frame.kind)} frame",
+            )
+
+    def accumulate(self, acc: Accumulator, frame: frames.Frame, weight: float, client: str = "") -> None:
+        clipped, norm = mechanism.clip(frame.values, self.clip.norm)
+        self.updates += 1
+        self.unclipped += norm <= self.clip.norm
+        acc.add(clipped, frame.vectors, frame.loss, scale=1.0, weight=1.0, client=client)
+
+    def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:
+        total = np.zeros(params.size, np.float64)
+        for s in acc.sums:  # the plain sum of every bucket: the rule is not used (module docstring)
+            if s is not None:
+                np.add(total, s, out=total)
+        z_value = mechanism.value_noise(self.z, self.clip.count_sigma(self.expected))
+        mean = mechanism.noisy_mean(total, self.clip.norm, z_value, self.expected, self.noise)
+        optimizer.step(params, mean)
+
+    # ---------------------------------------------------------------- the Engine's hooks
+    def blocked(self) -> str | None:
+        budget = self.hyper.dp_epsilon
+        if budget is not None and self.ledger.after(self.q, self.z) > budget:
+            return BUDGET_SPENT
+        return None
+
+    def cohort(self, chosen: list, enrolled: int, now: float, round_s: float) -> list:
+        if now < self.next_draw or not chosen:
+            return []  # the last draw's round is not over (no second draw inside it), or nobody can train
+        self.next_draw = now + round_s
+        self.expected = self.q * enrolled
+        self.updates = self.unclipped = 0
+        picked = [c for c in chosen if self.noise.random() < self.q]
+        if not picked:  # an empty round: nothing released, but the draw counts
+            self.ledger.record(self.q, self.z)
+            self._save()
+            log.info("dp: no trainer drawn for this round (q %.3g of %d enrolled); the round counts",
+                     self.q, enrolled)  # fmt: skip
+        return picked
+
+    def stepped(self) -> None:
+        self.ledger.record(self.q, self.z)
+        self.clip.update(self.unclipped, self.updates, self.expected, self.noise)
+        self._save()
+
+    def view(self) -> dict:
+        h = self.hyper
+        return {
+            "dp": h.dp,
+            "epsilon": round(self.ledger.spent(), 4),
+            "dp_epsilon": h.dp_epsilon,
+            "dp_delta": h.dp_delta,
+            "dp_noise": round(self.z, 4),
+            "dp_clip": round(self.clip.norm, 6),
+            "dp_sample_rate": self.q,
+            "rounds": self.ledger.rounds,
+            "accountant": f"{self.ledger.kind} ({accountant.library_version()})",
+        }
+
+    def _save(self) -> None:
+        self.counters.privacy = {"ledger": self.ledger.to_json(), "clip": self.clip.norm}
+
+
+def make_private(algorithm: Algorithm, hyper, counters, rng: random.Random) -> Algorithm:
+    """The project's algorithm as its `dp` setting wants it: itself, or wrapped."""
+    return algorithm if hyper.dp == "off" else CentralDP(algorithm, hyper, counters, rng)
