@@ -171,6 +171,7 @@ def test_max_count_is_inclusive():
 VALID = {
     "join": {"type": "join", "project": "mnist"},
     "cached": {"type": "cached", "dataset": 1, "ids": [0, 1, 5]},
+    "device_data": {"type": "device_data", "items": 12, "per_label": {"0": 5, "1": 7}},
     "heartbeat": {"type": "heartbeat", "t": 12.5},
     "test_result": {"type": "test_result", "iteration": 3, "error": 0.25, "loss": 0.5, "count": 100},
     "status": {"type": "status", "backend": "wasm"},
@@ -286,8 +287,8 @@ def test_unknown_type(raw):
     reason = _refused(json.dumps(raw), "unknown_type")
     assert (
         "unknown message type" in reason
-        and "join, cached, heartbeat, test_result, status, resync, proof_missing, subtree, child_banned, "
-        "leave"
+        and "join, cached, device_data, heartbeat, test_result, status, resync, proof_missing, subtree, "
+        "child_banned, leave"
         in reason
     )
 

@@ -33,6 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="torch CPU threads (default: 1 for a trainer, the thread the master replays its audits "
         "on, so that they match bit for bit; torch's choice for a tracker; 0: torch's choice)",
     )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR_OR_ZIP",
+        help="train on this device's own data (a folder with one sub-folder per label, or a zip of "
+        "one), for projects with data_source=device: the items never leave this machine",
+    )
     p.add_argument("--name", default="", help="a name shown in the master's client list")
     p.add_argument("--join-key", default="")
     p.add_argument("--quiet", action="store_true", help="no progress line and no status lines")
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         args.join_key,
         args.batch_size,
         on_update=show,
+        data=args.data,
     )
 
     async def main() -> None:

@@ -100,6 +100,10 @@ class Hyper(BaseModel):
     test_interval: Annotated[float, Field(ge=0, le=3600)] = 5.0  # s between a tracker's evaluations
     test_sample: Annotated[int, Field(ge=0, le=10_000_000)] = 2000  # test items a tracker scores; 0 = all
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    # where the training data is: `server` (the data server: allocated, fetched, audited by
+    # recomputation) or `device` (each trainer's own, never sent: `mlitb worker --data`;
+    # no audits can replay it, so verification is off: docs/security.md, "Device data")
+    data_source: Literal["server", "device"] = "server"
     # client-level differential privacy (DP-FedAvg; mlitb.master.privacy, docs/security.md,
     # "Privacy"): `central`: each round's cohort is a Poisson sample (rate dp_sample_rate) of
     # the enrolled trainers, updates are clipped to dp_clip (None: learned, the
@@ -143,9 +147,20 @@ class Hyper(BaseModel):
                 data = {**{k: v for k, v in defaults.items() if k not in data}, **data}
             if "iteration_time" not in data and algorithm in ROUND_DEFAULTS:
                 data = {**data, "iteration_time": ROUND_DEFAULTS[algorithm]}
+            if data.get("data_source") == "device" and "verify" not in data:
+                data = {**data, "verify": False}  # nothing to replay an audit on
             if data.get("dp", "off") != "off" and "max_staleness" not in data:
                 data = {**data, "max_staleness": 0}  # a late update would join another round's sum
         return data
+
+    @model_validator(mode="after")
+    def _device_unverified(self):
+        if self.data_source == "device" and self.verify:
+            raise ValueError(
+                "data_source=device cannot be verified by recomputation: the master never sees the "
+                'data an audit would replay; set verify=false (docs/security.md, "Device data")'
+            )
+        return self
 
     @model_validator(mode="after")
     def _dp_complete(self):
@@ -180,6 +195,8 @@ class Hyper(BaseModel):
                 current.pop("iteration_time", None)  # and its own round length
         if changes.get("dp", self.dp) != self.dp and "max_staleness" not in changes:
             current.pop("max_staleness", None)  # dp's own (0) on, the default back off
+        if changes.get("data_source", self.data_source) != self.data_source and "verify" not in changes:
+            current.pop("verify", None)  # device data: off; server data: the default
         return Hyper.model_validate({**current, **changes})
 
 

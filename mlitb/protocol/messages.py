@@ -62,6 +62,18 @@ class Cached(_Msg):
     ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1_000_000)]
 
 
+class DeviceData(_Msg):
+    """v2, trainers of a `data_source=device` project: how many items of each project label
+    the trainer holds on its device (the items themselves never leave it). The master
+    orders a trainer only once it reported some; the counts are the trainer's word, shown
+    on the dashboard, never a weight (a result's vectors are screened as everywhere)."""
+
+    type: Literal["device_data"]
+    items: Annotated[int, Field(ge=0, le=10_000_000)]
+    per_label: Annotated[dict[Annotated[str, Field(max_length=100)], Annotated[int, Field(ge=0)]],
+                         Field(max_length=10_000)] = Field(default_factory=dict)  # fmt: skip
+
+
 class Heartbeat(_Msg):
     type: Literal["heartbeat"]
     t: Finite = 0.0
@@ -141,19 +153,41 @@ class Leave(_Msg):
 
 
 ClientMessage = Annotated[
-    Join | Cached | Heartbeat | TestResult | Status | Resync | ProofMissing | Subtree | ChildBanned | Leave,
+    Join
+    | Cached
+    | DeviceData
+    | Heartbeat
+    | TestResult
+    | Status
+    | Resync
+    | ProofMissing
+    | Subtree
+    | ChildBanned
+    | Leave,
     Field(discriminator="type"),
 ]
 _client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
 CLIENT_TYPES = (
-    "join", "cached", "heartbeat", "test_result", "status", "resync", "proof_missing", "subtree",
-    "child_banned", "leave",
+    "join", "cached", "device_data", "heartbeat", "test_result", "status", "resync", "proof_missing",
+    "subtree", "child_banned", "leave",
 )  # fmt: skip
 
 
 def parse_client_message(
     text: str | bytes,
-) -> Join | Cached | Heartbeat | TestResult | Status | Resync | ProofMissing | Subtree | ChildBanned | Leave:
+) -> (
+    Join
+    | Cached
+    | DeviceData
+    | Heartbeat
+    | TestResult
+    | Status
+    | Resync
+    | ProofMissing
+    | Subtree
+    | ChildBanned
+    | Leave
+):
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_TEXT_BYTES:
         raise ProtocolError("too_large", f"text message of {size} bytes, the limit is {MAX_TEXT_BYTES}")

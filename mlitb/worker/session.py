@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
 import httpx
@@ -44,6 +45,7 @@ from mlitb.protocol import PROTOCOL_VERSION, codecs, frames, proofs
 from mlitb.protocol import messages as msg
 from mlitb.protocol.idtext import text_to_ids
 
+from . import device_data
 from .cache import ItemCache
 from .compute import (
     Sampler,
@@ -169,6 +171,7 @@ class Worker:
         batch_size: int | None = None,
         seed: int | None = None,
         on_update: Callable[[WorkerStats], None] | None = None,
+        data: str | Path | None = None,
     ) -> None:
         self.url = url
         self.project = project
@@ -211,6 +214,11 @@ class Worker:
         # where to turn when the URL fails: a relay's welcome names its master (`alternatives`)
         self._urls = [url]
         self._fails_in_row = 0
+        # data_source=device projects: this device's own items (`--data`), read once per
+        # model input and labels, never sent (mlitb.worker.device_data)
+        self.data = Path(data) if data is not None else None
+        self._device: tuple[tuple, device_data.DeviceData] | None = None
+        self._fatal = ""  # why the worker stopped itself (raised by `run` as FatalError)
 
     def stop(self) -> None:
         self._stop.set()
@@ -241,6 +249,8 @@ class Worker:
                 async with asyncio.timeout(delay):
                     await self._stop.wait()
             backoff = min(backoff * 2, 30.0)
+        if self._fatal:
+            raise FatalError(self._fatal)
 
     def _next_url(self) -> None:
         """After ALTERNATE_AFTER failures in a row, try the next URL the last welcome named
@@ -352,6 +362,18 @@ class Worker:
             self._allocated = set()  # keys allocated to this worker now
             self.stats.cached = self.stats.allocated = 0
             self._set_state("joined")
+            if m.get("data_source") == "device" and self.role == "trainer":
+                if self.data is None:
+                    raise FatalError(
+                        f"project {self.project!r} trains on data that stays on its volunteers' devices "
+                        "(data_source=device): run with --data DIR_OR_ZIP (one sub-folder per label)"
+                    )
+                self._spawn(tasks, self._own_data(ws, tuple(spec.input_shape), list(m["labels"])))
+            elif self.data is not None and self.role == "trainer":
+                raise FatalError(
+                    f"--data is for projects whose data stays on the devices (data_source=device); project "
+                    f"{self.project!r} trains on its data server's items: run without --data"
+                )
         elif kind == "model":  # the model grew (a label was added); parameters follow
             self._spec = Spec.from_json(m["spec"])
             self.net = None
@@ -405,6 +427,27 @@ class Worker:
         # The net itself is only touched under the compute lock (see _work / _evaluate).
         self.on_update(self.stats)
         return True
+
+    async def _own_data(self, ws, shape: tuple, labels: list[str]) -> None:
+        """A device project: this device's items go into the cache under local keys, and the
+        master hears only how many there are per label. Nothing usable there: the worker
+        stops and says why (`run` raises FatalError), it never trains on nothing."""
+        key = (shape, tuple(labels))
+        if self._device is None or self._device[0] != key:
+            try:
+                loaded = await asyncio.to_thread(device_data.load, self.data, shape, labels)
+            except device_data.NoData as exc:
+                self.stats.errors = [*self.stats.errors, f"no data: {exc}"][-10:]
+                self._set_state("no data")
+                self._fatal = str(exc)
+                self.stop()
+                return
+            self._device = (key, loaded)
+        own = self._device[1]
+        self.cache.add(np.arange(len(own), dtype=np.int64), own.pixels, own.labels)
+        self.stats.cached = self.stats.allocated = len(self.cache)
+        await ws.send(msg.dumps({"type": "device_data", "items": len(own), "per_label": own.per_label}))
+        self.on_update(self.stats)
 
     async def _allocation(self, ws, http: httpx.AsyncClient, m: dict) -> None:
         """Removals apply at once; added ids are fetched. Allocations run concurrently, so a

@@ -69,8 +69,9 @@ class CentralDP(Algorithm):
 
     # ---------------------------------------------------------------- the inner algorithm's
     def work_fields(self, round_s: float | None = None) -> dict:
-        # honest clients clip their own update too (the master re-clips whatever arrives)
-        return {**self.inner.work_fields(round_s), "dp_clip": self.clip.norm}
+        # the orders are the inner algorithm's: the master clips what arrives (clients send
+        # their update as computed, so that an audit of it still matches its record)
+        return self.inner.work_fields(round_s)
 
     def round_time(self, iteration: int) -> float:
         return self.inner.round_time(iteration)

@@ -29,6 +29,14 @@ class Share:
     # ids taken from it at the last few boundaries: a round in flight may still use them
     removed: list[set[int]] = field(default_factory=list)
     allocation_version: int = 0
+    # data_source=device: items it holds on its device, in all and per label (its report)
+    device_items: int = 0
+    device_labels: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        """It has data to train on: items fetched from the data server, or its own."""
+        return bool(self.cached) or self.device_items > 0
 
 
 @dataclass

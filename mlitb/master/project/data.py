@@ -7,6 +7,7 @@ labels map onto the project's outputs."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,8 @@ from mlitb.master.project.clients import Client
 from mlitb.master.project.effects import Send
 from mlitb.master.sched.allocation import id_groups, make_key
 from mlitb.protocol import messages as msg
+
+log = logging.getLogger("mlitb.master")
 
 # per cached item besides its pixels: label, key and index entry (~150 B in the native
 # cache); caches grow by doubling, so a worker should offer about half of what it can spare
@@ -140,3 +143,24 @@ def on_cached(e, cid: str, message: msg.Cached) -> None:
     held = e.allocator.held.get(cid)
     keys = {make_key(message.dataset, i) for i in message.ids}
     share.cached |= keys & (held if held is not None else set())
+
+
+def on_device_data(e, cid: str, message: msg.DeviceData) -> None:
+    """A trainer of a device project says what it holds (mlitb.protocol.messages.DeviceData):
+    with items it is ready for orders; labels the project lacks are its mistake, said back."""
+    client = e.clients.get(cid)
+    if client is None or client.role != "trainer":
+        return
+    if e.hyper.data_source != "device":
+        why = "this project trains on its data server's items; --data is for data_source=device projects"
+        e.send(cid, msg.error("not_device_data", why))
+        return
+    unknown = sorted(set(message.per_label) - set(e.labels))
+    if unknown:
+        e.send(cid, msg.error("unknown_labels", f"labels {unknown[:10]} are not this project's "
+                              f"({', '.join(e.labels[:20])}); their items do not count"))  # fmt: skip
+    per_label = {k: v for k, v in message.per_label.items() if k in e.labels}
+    client.share.device_labels = per_label
+    client.share.device_items = min(message.items, sum(per_label.values())) if per_label else message.items
+    log.info("project %s: %s holds %d items on its device", e.name, cid, client.share.device_items)
+    e.changed()

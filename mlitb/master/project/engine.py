@@ -161,7 +161,8 @@ class Engine:
         if protocol >= 2:
             tracker = {"period_ms": round(self.hyper.test_interval * 1000), "sample": self.hyper.test_sample}
             extra = {"algorithm": self.hyper.algorithm, "compression": self.hyper.compression,
-                     "capacity": self._capacity(client), "tracker": tracker}  # fmt: skip
+                     "capacity": self._capacity(client), "tracker": tracker,
+                     "data_source": self.hyper.data_source}  # fmt: skip
         project = {"id": self.project_id, "name": self.name}
         self.send(cid, msg.welcome(cid, project, self.spec.to_json(), self.labels, self.spec.num_params,
                                    self.iteration, self.state, self.hyper.iteration_ms, 0, 0,
@@ -223,6 +224,9 @@ class Engine:
 
     def on_cached(self, cid: str, message: msg.Cached) -> None:
         project_data.on_cached(self, cid, message)
+
+    def on_device_data(self, cid: str, message: msg.DeviceData) -> None:
+        project_data.on_device_data(self, cid, message)
 
     # ================================================================ settings and state
     def _void_orders(self) -> None:

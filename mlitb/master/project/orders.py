@@ -43,7 +43,7 @@ def boundary(e, now: float) -> None:
         log.warning("project %s: no more rounds: %s", e.name, state)
         e.set_state(state, now)
         return
-    ready = [c for c in e.clients.values() if c.role == "trainer" and c.share.cached]
+    ready = [c for c in e.clients.values() if c.role == "trainer" and c.share.ready]
     chosen = [c for c in ready if c.orders.latency.schedulable(e.iteration)]
     if not chosen:
         chosen = ready  # only benched trainers have data: probe them rather than stall

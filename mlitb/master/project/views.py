@@ -39,7 +39,10 @@ def client_row(c: Client, held: int, now: float) -> dict:
         "vectors_per_s": round(s.vectors_per_s, 1),
         "vectors_processed": s.vectors_processed,
         "data_allocated": held,
-        "data_cached": len(c.share.cached) if c.role == "trainer" else sum(c.share.tracked.values()),
+        "data_cached": (len(c.share.cached) or c.share.device_items)
+        if c.role == "trainer"
+        else sum(c.share.tracked.values()),
+        **({"device_labels": dict(c.share.device_labels)} if c.share.device_items else {}),
         "lag_ms": None if o.latency.lag_ms is None else round(o.latency.lag_ms, 1),
         "benched": o.latency.benched,
         "working": o.scheduled is not None,
@@ -120,6 +123,7 @@ def summary(e, now: float) -> dict:
         "banned_count": len(n.banned),
         "aggregation": e.hyper.aggregation,
         "algorithm": e.hyper.algorithm,
+        "data_source": e.hyper.data_source,
         "dp": e.hyper.dp,
         **e.algorithm.view(),  # dp projects: epsilon spent, budget, noise, clip, rounds
         "compression": e.hyper.compression,

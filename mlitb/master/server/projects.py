@@ -42,6 +42,17 @@ log = logging.getLogger("mlitb.master")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def device_data(hyper: Hyper, train: list[int]) -> None:
+    """A device project takes no training set: its trainers bring their own data."""
+    if hyper.data_source == "device" and train:
+        raise ProjectError(
+            400,
+            f"train {train}: a project with data_source=device trains on its volunteers' own data, "
+            "never on the data server's; attach only test sets (--test)",
+            "device_data",
+        )
+
+
 class CreateProject(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -222,6 +233,7 @@ class ProjectManager:
         if problems:
             raise ProjectError(400, "spec: " + "; ".join(problems), "not_for_browsers")
         data_url = (req.data_url or self.data.public_url).rstrip("/")
+        device_data(hyper, req.train)
         infos = await self.data.datasets(data_url, req.train, req.test)
         labels = list(req.labels or model.labels or (infos[0]["label_names"] if infos else []))
         warnings: list[str] = []
@@ -357,6 +369,7 @@ class ProjectManager:
         e = runner.engine
         meta = self.meta_of(runner)
         warnings: list[str] = []
+        device_data(e.hyper, train)
         infos = await self.data.datasets(meta.data_url, train, test)
         sources = [check_source(e.spec, e.labels, info, meta.data_url, warnings) for info in infos]
         for source in sources:
@@ -390,6 +403,14 @@ class ProjectManager:
         runner.wake.set()
 
     def update_hyper(self, runner: ProjectRunner, changes: dict) -> Hyper:
+        old = runner.engine.hyper.data_source
+        if changes.get("data_source", old) != old:
+            raise ProjectError(
+                400,
+                f"hyper: data_source is chosen when a project is created (this one's is {old!r}): "
+                "create another project for data on devices",
+                "bad_hyper",
+            )
         try:
             hyper = runner.engine.hyper.updated(changes)
         except ValidationError as exc:

@@ -102,7 +102,9 @@ class ProjectRunner:
         except msg.ProtocolError as exc:
             self._refuse(conn, exc.code, exc.reason)
             return
-        if isinstance(message, msg.Cached):
+        if isinstance(message, msg.DeviceData):
+            self.engine.on_device_data(conn.id, message)
+        elif isinstance(message, msg.Cached):
             self.engine.on_cached(conn.id, message)
         elif isinstance(message, msg.TestResult):
             if conn.role != "tracker":

@@ -1,0 +1,164 @@
+"""Projects whose training data stays on the devices (`data_source=device`, issue 26):
+the worker's reader (the data server's rules on a folder or zip), and a real master with
+a native `mlitb worker --data` that learns MNIST from a local folder the master never sees."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import httpx
+import numpy as np
+import pytest
+from conftest import ROOT, make_zip, png_bytes
+from test_master_integration import (
+    HTTP_TIMEOUT,
+    MLITB,
+    MNIST_SPEC,
+    bearer,
+    brief,
+    create_project,
+    kill_all,
+    tail,
+    upload,
+    wait_for,
+)
+
+from mlitb.worker import device_data
+
+LABELS = [str(d) for d in range(10)]
+
+
+def image(seed: int) -> bytes:
+    return png_bytes(np.random.default_rng(seed).integers(0, 256, (28, 28), dtype=np.uint8))
+
+
+def write_folder(root, files: dict[str, bytes]):
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def test_a_device_folder_is_read_with_the_upload_rules(tmp_path):
+    files = {
+        "0/a.png": image(1),
+        "0/b.png": image(2),
+        "1/c.png": image(3),
+        "1/d.PNG": png_bytes(np.zeros((56, 40, 3), np.uint8)),  # colour, another size: resized
+        "0/notes.txt": b"not an image",
+        "0/bad.png": b"\x89PNG\r\n\x1a\n broken",
+        "cat/e.png": image(4),  # a label the project does not have
+        ".DS_Store": b"x",
+        "0/.hidden.png": image(5),
+        "loose.png": image(6),  # not inside a label folder
+    }
+    got = device_data.load(write_folder(tmp_path / "dev", files), (28, 28, 1), LABELS)
+    assert len(got) == 4 and got.pixels.shape == (4, 28, 28, 1) and got.pixels.dtype == np.uint8
+    assert got.per_label == {"0": 2, "1": 2} and sorted(got.labels.tolist()) == [0, 0, 1, 1]
+    assert got.unknown == {"cat": 1}
+    skipped = dict(got.skipped)
+    assert set(skipped) == {"0/notes.txt", "0/bad.png", "loose.png"}, got.skipped
+    assert "not inside a label folder" in skipped["loose.png"]
+    assert "cat (1)" in got.describe() and "files skipped" in got.describe()
+    # the same as a zip: the same items
+    zipped = make_zip(tmp_path / "dev.zip", files)
+    again = device_data.load(zipped, (28, 28, 1), LABELS)
+    assert again.per_label == got.per_label and np.array_equal(
+        np.sort(again.pixels, 0), np.sort(got.pixels, 0)
+    )
+
+
+def test_nothing_usable_says_why(tmp_path):
+    with pytest.raises(device_data.NoData, match="no such file or folder"):
+        device_data.load(tmp_path / "missing", (28, 28, 1), LABELS)
+    only_cats = write_folder(tmp_path / "cats", {"cat/a.png": image(1), "dog/b.png": image(2)})
+    with pytest.raises(device_data.NoData, match="label folders found: cat, dog"):
+        device_data.load(only_cats, (28, 28, 1), LABELS)
+    no_images = write_folder(tmp_path / "text", {"0/a.txt": b"hello", "1/b.txt": b"world"})
+    with pytest.raises(device_data.NoData, match="no usable image"):
+        device_data.load(no_images, (28, 28, 1), LABELS)
+    (tmp_path / "fake.zip").write_bytes(b"this is not a zip")
+    with pytest.raises(device_data.NoData, match="not a zip"):
+        device_data.load(tmp_path / "fake.zip", (28, 28, 1), LABELS)
+
+
+def mnist_folder(root, count: int):
+    from mlitb.data import mnist
+
+    images, labels = mnist.load("train", mnist.find_source(ROOT), count)
+    for i, (px, label) in enumerate(zip(images, labels, strict=True)):
+        path = root / str(int(label)) / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(px.reshape(28, 28)))
+    return root
+
+
+def worker(url: str, project: str, log, *extra: str) -> subprocess.Popen:
+    args = [MLITB, "worker", url, "--project", project, "--threads", "1", "--quiet", "--log-level", "info",
+            *extra]  # fmt: skip
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_a_native_worker_learns_from_its_own_folder_the_master_never_sees(master, mnist_zips, tmp_path):
+    _train, test = upload(master.data, mnist_zips)
+    hyper = {"data_source": "device", "algorithm": "local_sgd", "iteration_time": 2.0, "test_interval": 1}
+    token = create_project(master.url, "dev", [], [test], hyper=hyper, labels=LABELS, spec=MNIST_SPEC)
+    # a training set cannot be attached to it
+    resp = httpx.post(f"{master.url}/api/projects/dev/datasets", json={"train": [_train], "test": []},
+                      headers=bearer(token), timeout=HTTP_TIMEOUT)  # fmt: skip
+    assert resp.status_code == 400 and "data_source=device" in resp.text, resp.text
+    folder = mnist_folder(tmp_path / "mine", 1500)
+    proc = worker(master.url, "dev", tmp_path / "w.log", "--data", str(folder), "--name", "phone")
+    try:
+        s = wait_for(
+            master.url,
+            "dev",
+            lambda s: s["test_error"] is not None and s["test_error"] < 0.12 and s["iteration"] >= 3,
+            240,
+            "test error under 12 % from the device's own data",
+        )
+        assert proc.poll() is None, tail(tmp_path / "w.log")
+    finally:
+        kill_all([proc])
+    assert s["data_source"] == "device" and s["data_size"] == 0 and s["data_allocated"] == 0, brief(s)
+    (c,) = [c for c in s["clients"] if c["role"] == "trainer"]
+    assert c["data_cached"] == 1500 and c["data_allocated"] == 0 and sum(c["device_labels"].values()) == 1500
+    # what the trainer sent: results and small messages, never its 1,500 images (1.2 MB of pixels)
+    per_result = c["bytes_in"] / max(c["results"], 1)
+    assert per_result < 4 * 5994 + 8192, (c["bytes_in"], c["results"])
+    assert not s["verify"] and s["audits"] == 0
+
+
+@pytest.mark.slow
+def test_the_wrong_data_for_a_project_stops_the_worker_with_the_reason(master, mnist_zips, tmp_path):
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "srv", [train], [test], hyper={"algorithm": "local_sgd"})
+    create_project(
+        master.url, "dev", [], [test], hyper={"data_source": "device"}, labels=LABELS, spec=MNIST_SPEC
+    )
+    folder = mnist_folder(tmp_path / "mine", 20)
+    cats = write_folder(tmp_path / "cats", {"cat/a.png": image(1)})
+    cases = [
+        ("srv", ["--data", str(folder)], "is for projects whose data stays on the devices"),
+        ("dev", [], "run with --data DIR_OR_ZIP"),
+        ("dev", ["--data", str(cats)], "no items with a label of this project"),
+    ]
+    for project, extra, why in cases:
+        log = tmp_path / f"{project}-{len(extra)}.log"
+        proc = worker(master.url, project, log, *extra)
+        try:
+            rc = proc.wait(120)
+        finally:
+            kill_all([proc])
+        assert rc == 2 and why in tail(log), (project, extra, tail(log))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the last one joined, said nothing usable, left
+        s = httpx.get(f"{master.url}/api/projects/dev", timeout=HTTP_TIMEOUT).json()
+        if not [c for c in s["clients"] if c["role"] == "trainer"]:
+            break
+        time.sleep(0.25)
+    assert s["iteration"] == 0, brief(s)
