@@ -162,3 +162,24 @@ def test_the_wrong_data_for_a_project_stops_the_worker_with_the_reason(master, m
             break
         time.sleep(0.25)
     assert s["iteration"] == 0, brief(s)
+
+
+@pytest.mark.slow
+def test_a_privacy_budget_stops_a_device_project_at_budget_spent(master, mnist_zips, tmp_path):
+    """dp=central in a real master with a real worker: rounds run until the next would take
+    epsilon past dp_epsilon; then state budget_spent, with epsilon <= the budget, shown."""
+    _train, test = upload(master.data, mnist_zips)
+    hyper = {"data_source": "device", "dp": "central", "dp_noise": 8.0, "dp_clip": 1.0, "dp_sample_rate": 1.0,
+             "dp_epsilon": 1.0, "iteration_time": 1.0, "first_round_time": 0.5}  # fmt: skip
+    create_project(master.url, "private", [], [test], hyper=hyper, labels=LABELS, spec=MNIST_SPEC)
+    proc = worker(
+        master.url, "private", tmp_path / "w.log", "--data", str(mnist_folder(tmp_path / "mine", 50))
+    )
+    try:
+        s = wait_for(master.url, "private", lambda s: s["state"] == "budget_spent", 240, "budget_spent")
+    finally:
+        kill_all([proc])
+    assert s["dp"] == "central" and s["dp_epsilon"] == 1.0 and s["dp_noise"] == 8.0 and s["dp_clip"] == 1.0
+    # q = 1, z = 8: 3 rounds spend 0.866, a 4th would take it past 1.0 (RDP, delta 1e-5)
+    assert s["rounds"] == 3 and s["epsilon"] == pytest.approx(0.8657, abs=1e-3), brief(s)
+    assert s["iteration"] >= s["rounds"], brief(s)  # every round a step (one device, always drawn)
