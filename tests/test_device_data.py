@@ -183,3 +183,13 @@ def test_a_privacy_budget_stops_a_device_project_at_budget_spent(master, mnist_z
     # q = 1, z = 8: 3 rounds spend 0.866, a 4th would take it past 1.0 (RDP, delta 1e-5)
     assert s["rounds"] == 3 and s["epsilon"] == pytest.approx(0.8657, abs=1e-3), brief(s)
     assert s["iteration"] >= s["rounds"], brief(s)  # every round a step (one device, always drawn)
+    # the closure records the guarantee and says its training data cannot be re-checked
+    from mlitb.closure.closure import Closure
+
+    data = httpx.get(f"{master.url}/api/projects/private/closure", timeout=HTTP_TIMEOUT).content
+    record = Closure.from_bytes(data).manifest["privacy"]
+    assert record["data_source"] == "device" and "cannot re-check" in record["training_data"]
+    g = record["guarantee"]
+    assert g["epsilon"] == pytest.approx(s["epsilon"], abs=1e-3) and g["rounds"] == 3 and g["delta"] == 1e-5
+    assert g["runs"] == [[1.0, 8.0, 3]] and g["clip"] == 1.0 and g["budget"] == 1.0
+    assert g["accountant"] == "rdp" and g["accountant_library"].startswith("dp-accounting")

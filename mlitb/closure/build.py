@@ -136,12 +136,48 @@ def build_closure(
             "clients": int(sum(state.totals.get("contributors", {}).values())),
         },
         "data": {"train": train, "test": test},
+        "privacy": privacy_record(state.hyper, state.totals.get("privacy") or {}),
         "metrics": [{k: r.get(k) for k in METRIC_COLUMNS if k in r} for r in state.history],
         "claim": None,
     }
     closure = Closure(manifest, np.ascontiguousarray(state.params, np.float32), arrays, embedded)
     manifest["claim"] = _claim(closure, test, test_sets, state, device)
     return closure
+
+
+def privacy_record(hyper: dict, state: dict) -> dict:
+    """Where the training data was and, under differential privacy, the guarantee the
+    project's ledger gives (mlitb.master.privacy): every figure needed to check it."""
+    device = hyper.get("data_source", "server") == "device"
+    out: dict = {
+        "data_source": "device" if device else "server",
+        "training_data": "held on the volunteers' devices, never seen by the master: this closure "
+        "cannot re-check how the model was trained, only its test score"
+        if device
+        else "the data server's items listed under data.train (content hashes)",
+        "dp": hyper.get("dp", "off"),
+    }
+    ledger = state.get("ledger")
+    if ledger:  # a project that ran under dp at some point: its rounds count whatever it runs now
+        from mlitb.master.privacy import accountant
+
+        book = accountant.Ledger.from_json(ledger)
+        out["guarantee"] = {
+            "mechanism": "DP-FedAvg, central (the master clipped each update and added Gaussian noise)",
+            "neighbouring": "add or remove one device (all of its data)",
+            "epsilon": book.spent(),
+            "delta": book.delta,
+            "rounds": book.rounds,
+            "runs": book.runs,  # [sample rate q, noise multiplier z, rounds] in order
+            "clip": state.get("clip"),
+            "clip_rule": "fixed"
+            if hyper.get("dp_clip")
+            else f"adaptive, quantile {hyper.get('dp_clip_quantile')}",
+            "budget": hyper.get("dp_epsilon"),
+            "accountant": book.kind,
+            "accountant_library": accountant.library_version(),
+        }
+    return out
 
 
 def _claim(closure: Closure, tests: list[dict], test_sets: dict[int, TestSet], state: ProjectState, device):

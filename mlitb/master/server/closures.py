@@ -202,6 +202,13 @@ async def resume(
         "late": int(training.get("late_results", 0)),
         "contributors": dict(training.get("contributors", {})),
     }
+    guarantee = (m.get("privacy") or {}).get("guarantee")
+    if isinstance(guarantee, dict):  # the budget this model already spent goes on counting
+        totals["privacy"] = {
+            "ledger": {"delta": guarantee.get("delta"), "accountant": guarantee.get("accountant"),
+                       "runs": guarantee.get("runs", [])},
+            "clip": guarantee.get("clip"),
+        }  # fmt: skip
     runner, token = await manager.register(
         name,
         str(options.get("description") or m["project"].get("description", "")),
