@@ -16,10 +16,12 @@ algorithm (mlitb.master.learning.algorithms.Algorithm: blocked, cohort, stepped,
   round would bring the project to; past `dp_epsilon` the project goes to `budget_spent`
   and runs no more rounds until the owner raises the budget.
 
-A round whose draw is empty still counts in the ledger (its release, nothing, depends on
-the draw), and the next draw waits a round length, so an idle poll cannot spend the
-budget; while no trainer can take an order (none has data yet) nothing is drawn. The
-ledger and the learned clipping norm live in the project's persisted counters
+Every round is T long (`iteration_time`: no short first rounds, each costs a full
+round's budget). A round whose draw is empty still counts in the ledger (its release,
+nothing, depends on the draw), and the next draw waits a round length, so an idle poll
+cannot spend the budget (a population of a few devices needs a larger dp_sample_rate);
+while no trainer can take an order (none has data yet) nothing is drawn. The ledger
+and the learned clipping norm live in the project's persisted counters
 (`Counters.privacy`): a restart never forgets budget already spent.
 """
 
@@ -74,7 +76,11 @@ class CentralDP(Algorithm):
         return self.inner.work_fields(round_s)
 
     def round_time(self, iteration: int) -> float:
-        return self.inner.round_time(iteration)
+        # every round costs the same budget, so every round is T long: the inner algorithm's
+        # short first rounds (a ramp for one trainer's time to accuracy) would spend epsilon
+        # on half-second rounds, and an empty draw (nobody in the sample) would come again
+        # every half second
+        return self.hyper.iteration_time
 
     def carries(self, fields: dict) -> bool:
         return self.inner.carries(fields)
