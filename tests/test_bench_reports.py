@@ -189,3 +189,32 @@ def test_communication_break_even_audit_rate(bench):
                "local_sgd_int8/native": {"median": {**local, "error_end": 0.02, "verify": 1.0}}}  # fmt: skip
     g = cb.goals(results, [])[0]
     assert g["break_even_audit_rate"] == pytest.approx(r) and "at most 0.5%" in g["detail"]
+
+
+# ---------------------------------------------------------------------- privacy_bench
+def test_privacy_partition_is_label_skewed_and_disjoint(bench):
+    import numpy as np
+
+    pb = bench("privacy_bench")
+    labels = np.random.default_rng(0).integers(0, 10, 60_000)
+    index = pb.partition(labels, 6000, 10, 2, seed=1)
+    assert index.shape == (6000, 10) and len(np.unique(index)) > 59_900  # nearly every image, once
+    per_device = [len(set(labels[row].tolist())) for row in index]
+    assert max(per_device) <= 2 and np.mean(per_device) > 1.5
+
+
+@pytest.mark.slow
+def test_privacy_bench_runs_the_engine_and_reports(bench, tmp_path, capsys):
+    """A tiny population through the real Engine: the control learns, the dp run stops at
+    its epsilon, the table and the goals are printed and the JSON written."""
+    import json
+
+    pb = bench("privacy_bench")
+    out = tmp_path / "p.json"
+    assert pb.main(["--devices", "300", "--rounds", "8", "--q", "0.2", "--epsilons", "4", "--eval-every", "4",
+                    "--out", str(out)]) == 0  # fmt: skip
+    data = json.loads(out.read_text())
+    control, private = data["runs"]
+    assert control["name"] == "control" and control["rounds"] == 8 and control["test_error"] < 0.8
+    assert private["rounds"] == 8 and 3.0 < private["epsilon"] <= 4.0 and private["dp_noise"] > 0
+    assert data["goals"][0]["result"] in ("PASS", "FAIL") and "epsilon 4" in capsys.readouterr().out
