@@ -183,6 +183,10 @@ def test_a_privacy_budget_stops_a_device_project_at_budget_spent(master, mnist_z
     # q = 1, z = 8: 3 rounds spend 0.866, a 4th would take it past 1.0 (RDP, delta 1e-5)
     assert s["rounds"] == 3 and s["epsilon"] == pytest.approx(0.8657, abs=1e-3), brief(s)
     assert s["iteration"] >= s["rounds"], brief(s)  # every round a step (one device, always drawn)
+    shown = subprocess.run([MLITB, "project", "show", "private", "--server", master.url], capture_output=True,
+                           text=True, timeout=120).stdout  # fmt: skip
+    assert "private: budget_spent" in shown and "data on the devices:" in shown, shown
+    assert "privacy (dp=central): epsilon 0.866 spent, budget 1, delta 1e-05, 3 rounds" in shown, shown
     # the closure records the guarantee and says its training data cannot be re-checked
     from mlitb.closure.closure import Closure
 

@@ -342,7 +342,18 @@ def show(args) -> int:
         f"workers {p['workers']} (assigned {p['workers_assigned']}), trackers {p['trackers']}, "
         f"power {p['power']:.0f} vectors/s, {p['vectors_processed']} vectors processed"
     )
-    print(f"data {p['data_size']}: allocated {p['data_allocated']}, unallocated {p['data_unallocated']}")
+    if p.get("data_source") == "device":
+        held = sum(c["data_cached"] for c in p["clients"] if c["role"] == "trainer")
+        print(f"data on the devices: {held} items reported by its trainers, none on the data server")
+    else:
+        print(f"data {p['data_size']}: allocated {p['data_allocated']}, unallocated {p['data_unallocated']}")
+    if p.get("dp", "off") != "off":
+        budget = "no budget" if p.get("dp_epsilon") is None else f"budget {p['dp_epsilon']:g}"
+        print(
+            f"privacy (dp={p['dp']}): epsilon {p['epsilon']:.3f} spent, {budget}, delta {p['dp_delta']:g}, "
+            f"{p['rounds']} rounds; noise z {p['dp_noise']:.3g}, clip {p['dp_clip']:.3g}, "
+            f"sample rate {p['dp_sample_rate']:g}; {p['accountant']}"
+        )
     print(
         f"algorithm {p['algorithm']}, compression {p['compression']}, "
         f"received {_bytes(p['bytes_in'])}, sent {_bytes(p['bytes_out'])}, "
