@@ -146,3 +146,27 @@ def test_dp_settings_are_checked():
         Hyper(dp="central", dp_noise=1.0, max_staleness=1)
     h = Hyper().updated({"dp": "central", "dp_noise": 1.0})
     assert h.max_staleness == 0 and h.updated({"dp": "off"}).max_staleness == Hyper().max_staleness
+
+
+def test_a_poisoning_device_moves_a_dp_step_by_at_most_clip_over_the_cohort():
+    """The worst a volunteer of a device project can do (no audit can replay its data): any
+    update, any count. Under dp its update is clipped to C and weighs one of q x enrolled:
+    the step moves by at most C / (q x enrolled) from where the others put it; a NaN update
+    is refused; a claimed count of 40,000 weighs what 10 does."""
+    honest, clip = 20, 1.0
+    rng = np.random.default_rng(5)
+    updates = [rng.normal(0, 0.01, N).astype(np.float32) for _ in range(honest + 1)]
+    e = dp_engine(honest + 3, data_source="device", dp_noise=1e-6, dp_clip=clip, dp_sample_rate=1.0)
+    before = e.params.copy()
+    assert len(ordered(e, 1.0)) == honest + 3
+    for i in range(honest):
+        assert e.on_result(f"c{i}", delta(e.iteration, updates[i]), 1.2) is None
+    attack = np.full(N, -1e6, np.float32)  # as far as it can go, in one direction
+    assert e.on_result("c20", delta(e.iteration, attack), 1.2) is None  # accepted, and clipped
+    assert e.on_result("c21", delta(e.iteration, np.full(N, np.nan, np.float32)), 1.2) == "not_finite"
+    assert e.on_result("c22", delta(e.iteration, updates[honest], vectors=40_000), 1.2) is None
+    e.poll(2.5)
+    moved = before - e.params  # outer sgd lr 1: the noised mean of the clipped updates
+    others = (np.sum(updates, axis=0)) / (honest + 3)  # every honest one weighs 1, whatever its count
+    assert np.linalg.norm(moved - others) <= clip / (honest + 3) + 1e-4
+    assert np.linalg.norm(moved - others) > 0.9 * clip / (honest + 3)  # it did push, as far as C lets it
