@@ -197,3 +197,28 @@ def test_a_privacy_budget_stops_a_device_project_at_budget_spent(master, mnist_z
     assert g["epsilon"] == pytest.approx(s["epsilon"], abs=1e-3) and g["rounds"] == 3 and g["delta"] == 1e-5
     assert g["runs"] == [[1.0, 8.0, 3]] and g["clip"] == 1.0 and g["budget"] == 1.0
     assert g["accountant"] == "rdp" and g["accountant_library"].startswith("dp-accounting")
+
+
+@pytest.mark.slow
+def test_the_dashboard_shows_the_budget_and_why_there_is_no_test_error(master, mnist_zips, page, tmp_path):
+    """A dp device project without a test set: the page plots epsilon per step beside the
+    (empty) error chart, says what is spent and left, and why there is no test error."""
+    hyper = {"data_source": "device", "dp": "central", "dp_noise": 8.0, "dp_clip": 1.0, "dp_sample_rate": 1.0,
+             "dp_epsilon": 1.0, "iteration_time": 1.0}  # fmt: skip
+    create_project(master.url, "dpdash", [], [], hyper=hyper, labels=LABELS, spec=MNIST_SPEC)
+    proc = worker(
+        master.url, "dpdash", tmp_path / "w.log", "--data", str(mnist_folder(tmp_path / "mine", 30))
+    )
+    try:
+        wait_for(master.url, "dpdash", lambda s: s["state"] == "budget_spent", 240, "budget_spent")
+    finally:
+        kill_all([proc])
+    page.goto(f"{master.url}/#/p/dpdash")
+    page.wait_for_selector("#summary")
+    page.wait_for_function("window.mlitbPage && window.mlitbPage.privacy.points() === 3", timeout=30000)
+    assert page.is_visible("#privacy-chart") and "budget 1" in page.inner_text("#privacy-chart")
+    privacy = page.inner_text("dd[data-key='privacy']")
+    assert "epsilon 0.8657 spent, 0.1343 left of 1" in privacy and "3 rounds" in privacy, privacy
+    assert "No test error" in page.inner_text("#no-test-error")
+    assert "on the devices" in page.inner_text("dd[data-key='data']")
+    assert "budget_spent" in page.inner_text("dd[data-key='state']")

@@ -27,7 +27,7 @@ from .verify import label_map_for
 # The metric columns a closure keeps per iteration (the master's rows hold more).
 METRIC_COLUMNS = (
     "iteration", "t", "seconds", "workers", "workers_assigned", "vectors", "power", "train_loss",
-    "test_error", "test_loss", "learning_rate", "lag_ms_mean",
+    "test_error", "test_loss", "learning_rate", "lag_ms_mean", "epsilon",
 )  # fmt: skip
 
 

@@ -147,6 +147,10 @@ class Algorithm(ABC):
         """Fields for the project's summary."""
         return {}
 
+    def history_fields(self) -> dict:
+        """Fields for the history row of a step just taken (the dashboard's charts)."""
+        return {}
+
 
 class SyncSGD(Algorithm):
     name = "sync_sgd"

@@ -164,6 +164,9 @@ class CentralDP(Algorithm):
             "accountant": f"{self.ledger.kind} ({accountant.library_version()})",
         }
 
+    def history_fields(self) -> dict:
+        return {"epsilon": round(self.ledger.spent(), 4), "dp_clip": round(self.clip.norm, 6)}
+
     def _save(self) -> None:
         self.counters.privacy = {"ledger": self.ledger.to_json(), "clip": self.clip.norm}
 

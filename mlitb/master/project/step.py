@@ -123,6 +123,7 @@ def history_row(e, now: float, missing: int, reduce_ms: float | None) -> dict:
         "bytes_out": n.bytes_out,
         "learning_rate": e.optimizer.schedule.at(e.optimizer.t - 1),
         "test_error": None,
+        **e.algorithm.history_fields(),  # dp: epsilon spent after this step, the clipping norm
     }
 
 

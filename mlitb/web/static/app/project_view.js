@@ -78,6 +78,15 @@ export async function projectView(root, name) {
     error: chart("test error", "error", { log: true }), loss: chart("train loss", "loss", { log: true }),
     power: chart("power", "vectors/s"), lag: chart("latency", "ms"),
   };
+  // a dp project: the privacy budget spent, beside the error (the summary says what is left)
+  const privacy = chart(`privacy: epsilon spent${p.dp_epsilon != null ? ` (budget ${p.dp_epsilon})` : ""}`, "epsilon");
+  privacy.node.id = "privacy-chart";
+  if (!p.dp || p.dp === "off") privacy.node.hidden = true;
+  // a device project without a test set has no test error: say why where it would be
+  const noTest = p.data_source === "device" && !(p.datasets || []).some((d) => d.role === "test");
+  const noTestNote = noTest ? el("p", { class: "muted", id: "no-test-error" }, "No test error: this project's data stays on "
+    + "its volunteers' devices and it has no test set on the data server (attach one to see a test error); "
+    + "the train loss is the clients' own, aggregated.") : "";
   const trackerPoints = chart("this page's tracker: test error", "error");
   let tracker = null;
   const panel = trackerPanel(name, () => tracker, () => p, log, owner);
@@ -122,7 +131,8 @@ export async function projectView(root, name) {
     el("h2", {}, "Your workers"),
     el("table", {}, el("thead", {}, el("tr", {}, ["worker", "task", "status", "backend", "data allocated", "cached", "vectors/s", "vectors", "iteration"].map((t) => el("th", {}, t)))), workersBody),
     el("h2", {}, "Charts"),
-    el("div", { class: "charts" }, charts.error.node, charts.loss.node, charts.power.node, charts.lag.node, trackerPoints.node),
+    noTestNote,
+    el("div", { class: "charts" }, charts.error.node, privacy.node, charts.loss.node, charts.power.node, charts.lag.node, trackerPoints.node),
     el("h2", {}, "Tracker"), panel.node,
     el("h2", {}, "Add data"),
     el("div", { class: "toolbar" }, zipInput, kind, dataTokenField(), uploadBtn, progress),
@@ -151,13 +161,20 @@ export async function projectView(root, name) {
   function renderSummary() {
     const facts = [["state", p.state], ["iteration", p.iteration], ["workers", `${p.workers} (${p.workers_assigned} assigned)`],
       ["trackers", p.trackers], ["test error", fmt(p.test_error)], ["train loss", fmt(p.train_loss)],
-      ["data", `${fmt(p.data_size)} (${fmt(p.data_unallocated)} unallocated)`], ["power", `${fmt(p.power)} vectors/s`],
+      ["data", p.data_source === "device"
+        ? `on the devices: ${fmt(p.clients.filter((c) => c.role === "trainer").reduce((n, c) => n + (c.data_cached || 0), 0))} items reported, none on the data server`
+        : `${fmt(p.data_size)} (${fmt(p.data_unallocated)} unallocated)`], ["power", `${fmt(p.power)} vectors/s`],
       ["vectors processed", fmt(p.vectors_processed)], ["labels", (p.labels || []).join(", ")], ["parameters", fmt(p.num_params)],
       ["algorithm", `${p.algorithm}, compression ${p.compression}`], ["traffic", `${bytes(p.bytes_in)} in, ${bytes(p.bytes_out)} out`],
       ["late results", `${fmt(p.stale)} applied, ${fmt(p.late)} discarded`],
       ["aggregation", p.aggregation || "-"],
       ["screened results", `${fmt(p.rejected)} refused, ${fmt(p.clipped || 0)} clipped, ${fmt(p.refused_steps || 0)} steps refused`],
       ["verification", p.verify === false ? "off" : `${fmt(p.audits_passed || 0)} audits passed, ${fmt(p.audits_failed || 0)} failed, ${fmt((p.banned || []).length)} banned`]];
+    if (p.dp && p.dp !== "off") {
+      const left = p.dp_epsilon == null ? "no budget set" : `${fmt(Math.max(0, p.dp_epsilon - p.epsilon))} left of ${fmt(p.dp_epsilon)}`;
+      facts.push(["privacy", `epsilon ${fmt(p.epsilon)} spent, ${left} (delta ${p.dp_delta}), ${fmt(p.rounds)} rounds; `
+        + `noise z ${fmt(p.dp_noise)}, clip ${fmt(p.dp_clip)}, sample rate ${p.dp_sample_rate}; ${p.accountant}`]);
+    }
     summary.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k),
       el("dd", { "data-key": k.replace(/ /g, "-"), class: k === "state" ? `state-${v}` : "" }, String(v))]));
     // a relay's row opens to the clients under it (as the relay reports them)
@@ -187,6 +204,7 @@ export async function projectView(root, name) {
     charts.loss.push(r.iteration, r.train_loss); charts.power.push(r.iteration, r.power);
     charts.lag.push(r.iteration, r.lag_ms_mean);
     if (r.test_error !== null && r.test_error !== undefined) charts.error.push(r.iteration, r.test_error);
+    if (r.epsilon !== undefined) privacy.push(r.iteration, r.epsilon);
   }
   const history = await api("GET", `/api/projects/${encodeURIComponent(name)}/metrics`, undefined, name);
   history.rows.forEach(addRow);
@@ -227,6 +245,6 @@ export async function projectView(root, name) {
   }, 1000);
   const leave = () => handles.forEach((h) => h.stop());
   addEventListener("pagehide", leave);
-  window.mlitbPage = { handles, charts, trackerPoints, project: () => p };
+  window.mlitbPage = { handles, charts, privacy, trackerPoints, project: () => p };
   return () => { closed = true; clearInterval(timer); if (stream) stream.close(); leave(); removeEventListener("pagehide", leave); };
 }
