@@ -222,3 +222,41 @@ def test_the_dashboard_shows_the_budget_and_why_there_is_no_test_error(master, m
     assert "No test error" in page.inner_text("#no-test-error")
     assert "on the devices" in page.inner_text("dd[data-key='data']")
     assert "budget_spent" in page.inner_text("dd[data-key='state']")
+
+
+@pytest.mark.slow
+def test_a_browser_tab_trains_on_a_folder_it_never_uploads(master, mnist_zips, page, tmp_path):
+    """The volunteer page of a device project: a folder of MNIST PNGs given through its
+    picker is read in the page, trains, and the model improves; the master holds no item
+    and the tab sends only frames of the model's size; the data stays in IndexedDB for the
+    next visit until "Forget my data"."""
+    _train, test = upload(master.data, mnist_zips)
+    hyper = {"data_source": "device", "iteration_time": 2.0, "test_interval": 1, "test_sample": 0}
+    create_project(master.url, "tabdev", [], [test], hyper=hyper, labels=LABELS, spec=MNIST_SPEC)
+    folder = mnist_folder(tmp_path / "digits", 800)
+    (folder / "cat").mkdir()
+    (folder / "cat" / "x.png").write_bytes(image(1))  # a label the project lacks
+    (folder / "3" / "notes.txt").write_text("not an image")
+    page.goto(f"{master.url}/join/tabdev")
+    page.wait_for_selector("#device-data:not([hidden])", timeout=60000)
+    page.set_input_files("#data-folder", str(folder))
+    page.wait_for_function("document.getElementById('data-summary').textContent.includes('800 items used')",
+                           timeout=60000)  # fmt: skip
+    summary = page.inner_text("#data-summary")
+    assert "They stay on this device" in summary and "cat (1)" in summary, summary
+    assert "1 files skipped" in page.inner_text("#data-skipped-title")
+    s = wait_for(master.url, "tabdev", lambda s: s["test_error"] is not None and s["test_error"] < 0.5
+                 and s["iteration"] >= 3, 240, "test error under 50 % from the tab's own data")  # fmt: skip
+    assert s["data_size"] == 0 and s["data_allocated"] == 0, brief(s)
+    (c,) = [c for c in s["clients"] if c["role"] == "trainer"]
+    assert c["kind"] == "browser" and c["data_cached"] == 800 and c["data_allocated"] == 0
+    assert c["bytes_in"] / max(c["results"], 1) < 4 * 5994 + 8192, (c["bytes_in"], c["results"])  # no images
+    # the next visit finds the data kept in this browser; "Forget my data" removes it
+    page.reload()
+    page.wait_for_function("document.getElementById('data-summary').textContent.includes('earlier visit')",
+                           timeout=60000)  # fmt: skip
+    page.click("#data-forget")
+    page.wait_for_function("document.getElementById('data-summary').textContent.startsWith('Forgotten')")
+    page.reload()
+    page.wait_for_selector("#device-data:not([hidden])", timeout=60000)
+    assert "No data given yet" in page.inner_text("#data-summary")

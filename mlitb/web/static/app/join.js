@@ -4,6 +4,7 @@
 // to compute only while charging (where the Battery Status API exists) and to pause
 // while the tab is hidden (on by default). Pausing leaves the project (its data goes
 // back to the pool at once); resuming joins again. Closing the tab leaves cleanly.
+import * as DeviceData from "./device_data.js";
 import { showNotice } from "./notices.js";
 import { startWorker } from "./workers.js";
 
@@ -20,6 +21,8 @@ $("dashboard-link").href = `/#/p/${encodeURIComponent(project)}${key ? `?key=${e
 
 let handle = null;
 let stoppedByUser = false;
+let own = null; // this device's items for a device project (app/device_data.js), sent to each new worker
+let asked = null; // what the worker asked for: {shape, labels}
 let battery = null;
 let mine = { vectorsPerS: 0 };
 
@@ -32,6 +35,7 @@ function start() {
     tfjsflags: params.get("tfjsflags") || "",
     joinKey: key,
     name: "volunteer",
+    onNeedData: (m) => { asked = m; showDataSection(); if (own) handle.deviceData(own); else restore(); },
     onStatus: (s) => {
       mine = s;
       $("state").textContent = s.state;
@@ -53,6 +57,66 @@ function start() {
   });
   window.mlitbWorker = handle; // for tests and the curious
 }
+
+// ---------------------------------------------------------------- a device project's data
+function showDataSection() {
+  $("device-data").hidden = false;
+  $("data-labels").textContent = `This project's labels: ${asked.labels.join(", ")}; images are resized to `
+    + `${asked.shape[1]}x${asked.shape[0]} (${asked.shape[2] === 1 ? "grey" : "colour"}).`;
+}
+
+function describe(d) {
+  const counts = Object.entries(d.perLabel).map(([l, n]) => `${l}: ${n}`).join(", ");
+  const unknown = Object.entries(d.unknown || {});
+  $("data-summary").textContent = d.labels.length
+    ? `${d.labels.length} items used (${counts}). They stay on this device.`
+      + (unknown.length ? ` Left out, labels this project does not have: ${unknown.map(([l, n]) => `${l} (${n})`).join(", ")}.` : "")
+    : "No usable item: this device does not train. " + (unknown.length
+      ? `Label folders found: ${unknown.map(([l]) => l).join(", ")}; this project's are ${asked.labels.join(", ")}.`
+      : "Expected images inside one folder per label.");
+  $("data-skipped-box").hidden = !d.skippedCount;
+  $("data-skipped-title").textContent = `${d.skippedCount} files skipped`;
+  $("data-skipped").replaceChildren(...(d.skipped || []).map(([f, why]) => {
+    const li = document.createElement("li"); li.textContent = `${f}: ${why}`; return li;
+  }));
+  $("data-forget").disabled = false;
+}
+
+async function use(entries) {
+  if (!asked) return;
+  $("data-summary").textContent = "reading...";
+  const d = await DeviceData.readItems(entries, asked.labels, asked.shape,
+    (i, n) => { if (i % 200 === 0 || i === n) $("data-summary").textContent = `reading ${i} of ${n} files...`; });
+  own = d;
+  describe(d);
+  if (d.labels.length) await DeviceData.keep(project, d).catch(() => {}); // for the next visit
+  if (handle) handle.deviceData(d);
+}
+
+async function restore() {
+  const d = await DeviceData.recall(project);
+  if (!d || !asked || d.shape.join("x") !== asked.shape.join("x")) return;
+  own = d;
+  describe(d);
+  $("data-summary").textContent += " (kept in this browser from an earlier visit)";
+  if (handle) handle.deviceData(d);
+}
+
+$("data-folder").addEventListener("change", (e) => use(Array.from(e.target.files)));
+$("data-zip").addEventListener("change", async (e) => {
+  const file = e.target.files[0];
+  if (!file) return;
+  try { await use(await DeviceData.zipMembers(file)); }
+  catch (err) { $("data-summary").textContent = `${file.name}: ${err.message}`; }
+});
+$("data-forget").onclick = async () => {
+  own = null;
+  await DeviceData.forget(project).catch(() => {});
+  if (handle) handle.deviceData(null);
+  $("data-summary").textContent = "Forgotten: this browser keeps none of your images now. This device does not train until you give it data.";
+  $("data-skipped-box").hidden = true;
+  $("data-forget").disabled = true;
+};
 
 function pause(why) {
   if (handle) { handle.stop(); handle = null; }

@@ -12,7 +12,7 @@ let counter = 0;
 // worker script's query string (e.g. WEBGL_FORCE_F16_TEXTURES:true to see a phone's
 // float16-only WebGL on a desktop).
 export function startWorker({ project, role = "trainer", backend = "auto", capacity = undefined, name = "", joinKey = "",
-  batchSize = undefined, tfjsflags = "", onStatus = () => {}, onLog = () => {}, onTest = () => {} }) {
+  batchSize = undefined, tfjsflags = "", onStatus = () => {}, onLog = () => {}, onTest = () => {}, onNeedData = () => {} }) {
   const worker = new Worker(`/static/worker/worker.js${tfjsflags ? `?tfjsflags=${encodeURIComponent(tfjsflags)}` : ""}`);
   const id = ++counter;
   const pending = new Map();
@@ -22,12 +22,15 @@ export function startWorker({ project, role = "trainer", backend = "auto", capac
     if (m.type === "status") { handle.status = m; onStatus(m, handle); }
     else if (m.type === "log") onLog(m, handle);
     else if (m.type === "test") onTest(m, handle);
+    else if (m.type === "need_data") onNeedData(m, handle);
     else if (m.type === "prediction" && pending.has(m.id)) { pending.get(m.id)(m); pending.delete(m.id); }
   };
   worker.onerror = (e) => onLog({ level: "error", text: `worker failed: ${e.message}` }, handle);
   worker.postMessage({ cmd: "start", wsUrl: wsUrl(), httpBase: location.origin + "/", project, role, backend,
     capacity, name, joinKey, batchSize });
   handle.stop = () => { worker.postMessage({ cmd: "stop" }); setTimeout(() => worker.terminate(), 500); };
+  // a device project's items (app/device_data.js): to the worker only, never to a server
+  handle.deviceData = (data) => worker.postMessage({ cmd: "device_data", data });
   handle.classify = (pixels, shape) => new Promise((resolve) => {
     const rid = Math.random();
     pending.set(rid, resolve);

@@ -68,6 +68,9 @@ const S = {
   // the join-time backend check (engine/backends.js) and the spec it was made for
   backendCheck: null, checkedSpec: "", checking: false,
   notice: null, // why the master refused or removed this tab: {code, reason, detail}, for the page
+  // data_source=device: the items the page read from this device (app/device_data.js):
+  // {pixels, labels (project indices), perLabel, shape}; never sent, only their counts
+  dataSource: "server", device: null,
 };
 // the cache: dense arrays of the items allocated to this worker
 const C = { pixels: new Uint8Array(0), labels: new Int32Array(0), keys: [], index: new Map(), n: 0, item: 0 };
@@ -79,7 +82,8 @@ function status() {
     type: "status", state: S.state, backend: S.backend, clientId: S.clientId, iteration: S.iteration,
     projectState: S.projectState, cached: C.n, allocated: S.allocated, vectorsPerS: S.vectorsPerS,
     vectorsProcessed: S.vectorsProcessed, results: S.results, testError: S.testError, role: S.cfg && S.cfg.role,
-    labels: S.labels, backendCheck: S.backendCheck, notice: S.notice,
+    labels: S.labels, backendCheck: S.backendCheck, notice: S.notice, dataSource: S.dataSource,
+    inShape: S.engine ? S.engine.inShape : null,
   });
 }
 setInterval(status, 500);
@@ -259,6 +263,8 @@ async function onText(m) {
       S.allocated = 0;
       send({ type: "status", backend: S.backend });
       S.state = "joined";
+      S.dataSource = m.data_source || "server";
+      if (S.dataSource === "device" && S.cfg.role === "trainer") useDeviceData();
       break;
     }
     case "model": // a label was added: same data, one more output; parameters follow
@@ -393,6 +399,33 @@ async function fetchItems(base, dataset, ids, labelMap, grant, gen) {
       send({ type: "cached", dataset, ids: Array.from(b.ids) });
     }
   }
+}
+
+/** A device project: this device's items (from the page) fill the cache under local keys,
+ * and the master hears how many there are per label. None yet: the page asks for them. */
+function useDeviceData() {
+  if (S.dataSource !== "device" || !S.engine || !S.welcomed) return;
+  const d = S.device;
+  const [h, w, c] = S.engine.inShape;
+  C.n = 0; C.index.clear(); C.keys = [];
+  if (!d || d.labels.length === 0 || d.shape.join("x") !== [h, w, c].join("x")) {
+    S.allocated = 0;
+    S.state = "waiting for your data";
+    send({ type: "device_data", items: 0, per_label: {} });
+    post({ type: "need_data", shape: [h, w, c], labels: S.labels });
+    status();
+    return;
+  }
+  grow(d.labels.length);
+  C.pixels.set(d.pixels.subarray(0, d.labels.length * C.item), 0);
+  C.labels.set(d.labels, 0);
+  for (let i = 0; i < d.labels.length; i++) { C.keys[i] = i; C.index.set(i, i); }
+  C.n = d.labels.length;
+  S.allocated = C.n;
+  send({ type: "device_data", items: C.n, per_label: d.perLabel });
+  log(`training on ${C.n} items of this device (they stay here)`);
+  S.state = "joined";
+  status();
 }
 
 // ---------------------------------------------------------------- compute
@@ -777,6 +810,7 @@ self.onmessage = (e) => {
   const m = e.data;
   if (m.cmd === "start") start(m);
   else if (m.cmd === "classify") classify(m);
+  else if (m.cmd === "device_data") { S.device = m.data; useDeviceData(); }
   else if (m.cmd === "stop") {
     S.stopped = true;
     if (S.ws) { try { S.ws.send(JSON.stringify({ type: "leave", reason: "stopped in the page" })); } catch (e) {} S.ws.close(1000); }
