@@ -48,3 +48,41 @@ def test_tracker_classifies_a_camera_picture_and_adds_it_with_a_label(master, mn
         ).json()
         assert sources[0]["label"] == "3"
         browser.close()
+
+
+def test_a_device_project_volunteer_adds_labelled_camera_photos_that_stay_in_the_tab(master):
+    """data_source=device: photos from the (fake) camera, labelled on the volunteer page, are
+    this tab's training data; the master hears only their count."""
+    from conftest import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
+
+    spec = json.loads((ARTIFACTS.parent / "mlitb" / "examples" / "mnist.json").read_text())
+    body = {"name": "camdev", "spec": spec, "labels": [str(d) for d in range(10)], "start": True,
+            "hyper": {"data_source": "device"}}  # fmt: skip
+    r = httpx.post(f"{master.url}/api/projects", json=body)
+    assert r.status_code == 201, r.text
+    args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        context = browser.new_context()
+        context.grant_permissions(["camera"], origin=master.url)
+        page = context.new_page()
+        page.goto(f"{master.url}/join/camdev")
+        page.wait_for_selector("#device-data:not([hidden])", timeout=60000)
+        page.click("#data-camera")
+        page.wait_for_function("document.getElementById('data-video').videoWidth > 0", timeout=30000)
+        page.select_option("#data-photo-label", "3")
+        page.click("#data-snap")
+        page.wait_for_function("document.getElementById('data-summary').textContent.includes('1 items used')")
+        page.click("#data-snap")
+        page.wait_for_function(
+            "document.getElementById('data-summary').textContent.includes('2 items used (3: 2)')"
+        )
+
+        def reported() -> bool:
+            s = httpx.get(f"{master.url}/api/projects/camdev").json()
+            rows = [c for c in s["clients"] if c["role"] == "trainer"]
+            return bool(rows) and rows[0]["data_cached"] == 2 and rows[0].get("device_labels") == {"3": 2}
+
+        wait_for(reported, 30, "the tab's count of its photos at the master")
+        browser.close()

@@ -24,9 +24,9 @@ export function labelOf(path) {
   return { label: parts[parts.length - 2] };
 }
 
-/** Pixels (h*w*c uint8) of one image, as the data server would make them. */
+/** Pixels (h*w*c uint8) of one image (a Blob or an ImageBitmap), as the data server would make them. */
 export async function decode(blob, [h, w, c]) {
-  const bmp = await createImageBitmap(blob);
+  const bmp = blob instanceof ImageBitmap ? blob : await createImageBitmap(blob);
   try {
     if (bmp.width * bmp.height > MAX_IMAGE_PIXELS) {
       throw new Error(`image too large: ${bmp.width}x${bmp.height}, the limit is ${MAX_IMAGE_PIXELS} pixels`);

@@ -61,6 +61,9 @@ function start() {
 // ---------------------------------------------------------------- a device project's data
 function showDataSection() {
   $("device-data").hidden = false;
+  if ($("data-photo-label").options.length !== asked.labels.length) {
+    $("data-photo-label").replaceChildren(...asked.labels.map((l) => { const o = document.createElement("option"); o.value = o.textContent = l; return o; }));
+  }
   $("data-labels").textContent = `This project's labels: ${asked.labels.join(", ")}; images are resized to `
     + `${asked.shape[1]}x${asked.shape[0]} (${asked.shape[2] === 1 ? "grey" : "colour"}).`;
 }
@@ -109,6 +112,33 @@ $("data-zip").addEventListener("change", async (e) => {
   try { await use(await DeviceData.zipMembers(file)); }
   catch (err) { $("data-summary").textContent = `${file.name}: ${err.message}`; }
 });
+// photos from the camera, labelled here: added to what this device holds (and kept)
+$("data-camera").onclick = async () => {
+  if (!window.isSecureContext || !navigator.mediaDevices) {
+    $("data-summary").textContent = "The camera needs https (or this machine's own address): start the master with --tls.";
+    return;
+  }
+  try {
+    $("data-video").srcObject = await navigator.mediaDevices.getUserMedia({ video: true });
+    for (const id of ["data-video", "data-photo-label-box", "data-snap"]) $(id).hidden = false;
+  } catch (err) { $("data-summary").textContent = `camera unavailable: ${err.message}`; }
+};
+$("data-snap").onclick = async () => {
+  const video = $("data-video");
+  if (!asked || !video.videoWidth) return;
+  const px = await DeviceData.decode(await createImageBitmap(video), asked.shape);
+  const label = $("data-photo-label").value;
+  const prev = own || { pixels: new Uint8Array(0), labels: new Int32Array(0), perLabel: {}, skipped: [], skippedCount: 0, unknown: {}, shape: asked.shape };
+  const pixels = new Uint8Array(prev.pixels.length + px.length);
+  pixels.set(prev.pixels); pixels.set(px, prev.pixels.length);
+  const labels = Int32Array.from([...prev.labels, asked.labels.indexOf(label)]);
+  const perLabel = {};
+  for (const l of asked.labels) { const n = (prev.perLabel[l] || 0) + (l === label ? 1 : 0); if (n) perLabel[l] = n; }
+  own = { ...prev, pixels, labels, perLabel };
+  describe(own);
+  await DeviceData.keep(project, own).catch(() => {});
+  if (handle) handle.deviceData(own);
+};
 $("data-forget").onclick = async () => {
   own = null;
   await DeviceData.forget(project).catch(() => {});
