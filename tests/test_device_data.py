@@ -53,13 +53,15 @@ def test_a_device_folder_is_read_with_the_upload_rules(tmp_path):
         ".DS_Store": b"x",
         "0/.hidden.png": image(5),
         "loose.png": image(6),  # not inside a label folder
+        "1/huge.png": png_bytes(np.zeros((6000, 7000), np.uint8)),  # 42M pixels: over the 40M limit
     }
     got = device_data.load(write_folder(tmp_path / "dev", files), (28, 28, 1), LABELS)
     assert len(got) == 4 and got.pixels.shape == (4, 28, 28, 1) and got.pixels.dtype == np.uint8
     assert got.per_label == {"0": 2, "1": 2} and sorted(got.labels.tolist()) == [0, 0, 1, 1]
     assert got.unknown == {"cat": 1}
     skipped = dict(got.skipped)
-    assert set(skipped) == {"0/notes.txt", "0/bad.png", "loose.png"}, got.skipped
+    assert set(skipped) == {"0/notes.txt", "0/bad.png", "loose.png", "1/huge.png"}, got.skipped
+    assert "image too large" in skipped["1/huge.png"]
     assert "not inside a label folder" in skipped["loose.png"]
     assert "cat (1)" in got.describe() and "files skipped" in got.describe()
     # the same as a zip: the same items
