@@ -199,6 +199,12 @@ def test_a_privacy_budget_stops_a_device_project_at_budget_spent(master, mnist_z
     assert g["epsilon"] == pytest.approx(s["epsilon"], abs=1e-3) and g["rounds"] == 3 and g["delta"] == 1e-5
     assert g["runs"] == [[1.0, 8.0, 3]] and g["clip"] == 1.0 and g["budget"] == 1.0
     assert g["accountant"] == "rdp" and g["accountant_library"].startswith("dp-accounting")
+    saved = tmp_path / "private.mlitb"
+    saved.write_bytes(data)
+    inspect = subprocess.run([MLITB, "closure", "inspect", str(saved)], capture_output=True, text=True,
+                             timeout=120).stdout  # fmt: skip
+    assert "privacy   epsilon 0.8657 at delta 1e-05 after 3 rounds" in inspect, inspect
+    assert "cannot re-check" in inspect
 
 
 @pytest.mark.slow

@@ -146,6 +146,16 @@ def summary(closure: Closure, path: Path) -> str:
         for d in m["data"][role]:
             where = ", embedded" if d.get("embedded") else ""
             lines.append(f"{role:<9} {d['name']}: {d['items']:,} items, {d['content_hash']}{where}")
+    privacy = m.get("privacy") or {}
+    if privacy.get("data_source") == "device":
+        lines.append(f"data      {privacy['training_data']}")
+    g = privacy.get("guarantee")
+    if g:
+        lines.append(
+            f"privacy   epsilon {g['epsilon']:.4g} at delta {g['delta']:g} after {g['rounds']} rounds "
+            f"({g['mechanism']}; {g['neighbouring']}; clip {g.get('clip')}, {g.get('clip_rule')}; "
+            f"runs [q, z, rounds] {g['runs']}; {g['accountant']}, {g['accountant_library']})"
+        )
     rows = m.get("metrics", [])
     tested = [r for r in rows if r.get("test_error") is not None]
     if rows:
