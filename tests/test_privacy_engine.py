@@ -53,8 +53,8 @@ def test_each_round_orders_a_poisson_sample_of_the_enrolled_trainers():
     assert 0.15 < np.mean(sizes) / 40 < 0.35  # q = 0.25 of 40 enrolled
     assert len(set(sizes)) > 3  # a Poisson sample's size varies
     s = e.summary()
-    # an empty draw counts at once, a round with trainers at its step (the last: not yet)
-    assert s["dp"] == "central" and s["rounds"] == 40 - (sizes[-1] > 0) and s["epsilon"] > 0
+    # every draw is charged when it is made (the last one too, before its step)
+    assert s["dp"] == "central" and s["rounds"] == 40 and s["epsilon"] > 0
     assert s["dp_noise"] == 1.0 and s["dp_sample_rate"] == 0.25
 
 
@@ -170,3 +170,68 @@ def test_a_poisoning_device_moves_a_dp_step_by_at_most_clip_over_the_cohort():
     others = (np.sum(updates, axis=0)) / (honest + 3)  # every honest one weighs 1, whatever its count
     assert np.linalg.norm(moved - others) <= clip / (honest + 3) + 1e-4
     assert np.linalg.norm(moved - others) > 0.9 * clip / (honest + 3)  # it did push, as far as C lets it
+
+
+def test_a_drawn_round_that_ends_without_a_step_is_charged():
+    """Who was drawn decides whether a step comes (nobody answers, every result refused):
+    the draw is charged either way."""
+    e = dp_engine(4, dp_noise=1.0, dp_clip=1.0, dp_sample_rate=1.0)
+    assert len(ordered(e, 1.0)) == 4
+    assert e.summary()["rounds"] == 1
+    e.poll(5.0)  # the deadline: nobody answered, no step
+    assert e.iteration == 1 and len(e.history) == 0 and e.summary()["rounds"] >= 1
+
+
+def test_participation_stays_private_under_dp():
+    """The epsilon assumes nobody learns who was in a round: the public summary has no
+    per-trainer figures and the history no per-round counts, lags or train loss."""
+    e = dp_engine(3, dp_noise=1.0, dp_clip=1.0, dp_sample_rate=1.0)
+    picked = ordered(e, 1.0)
+    for cid in picked:
+        e.on_result(cid, delta(e.iteration, np.full(N, 1e-3)), 1.2)
+    e.poll(2.5)
+    s = e.summary()
+    for c in s["clients"]:
+        assert c["results"] is None and c["bytes_in"] is None and c["lag_ms"] is None and c["working"] is None
+        assert c["vectors_processed"] is None and c["data_cached"] is None, c
+    assert s["workers_assigned"] is None and s["power"] is None and s["vectors_processed"] is None
+    row = e.history[-1]
+    assert row["epsilon"] > 0 and row["train_loss"] is None and row["lags_ms"] is None
+    assert row["vectors"] is None and row["workers_assigned"] is None
+    plain = dp_engine(3, dp="off", dp_noise=None, dp_clip=None, max_staleness=0)
+    assert plain.summary()["vectors_processed"] == 0  # shown without dp
+
+
+def test_new_settings_mid_round_keep_the_round_as_drawn():
+    """A learning rate (or a new sample rate) set while a dp round is open: the step still
+    divides by that draw's cohort and the round is charged at the rate it was drawn at."""
+    e = dp_engine(2, dp_noise=1e-6, dp_clip=1.0, dp_sample_rate=1.0)
+    before = e.params.copy()
+    picked = ordered(e, 1.0)
+    change = np.zeros(N, np.float32)
+    change[0] = 0.5
+    for cid in picked:
+        e.on_result(cid, delta(e.iteration, change), 1.2)
+    e.update_hyper(e.hyper.updated({"learning_rate": 1.0, "dp_sample_rate": 0.5}))
+    e.poll(2.5)
+    assert abs(float(before[0] - e.params[0]) - 0.5) < 1e-3  # (0.5 + 0.5) / (1.0 x 2), not / 0
+    assert e.counters.privacy["ledger"]["runs"][0][:2] == [1.0, 1e-6]
+
+
+def test_adaptive_clipping_with_a_small_cohort_keeps_its_norm_and_blames_nobody():
+    """The default learned norm needs a cohort of more than 10 z for its count query; a
+    smaller one steps with the norm it has, no result refused."""
+    e = dp_engine(3, dp_noise=1.0, dp_sample_rate=1.0)  # adaptive: dp_clip None
+    picked = ordered(e, 1.0)
+    for cid in picked:
+        assert e.on_result(cid, delta(e.iteration, np.full(N, 1e-2)), 1.2) is None
+    e.poll(2.5)
+    assert e.iteration == 1 and len(e.history) == 1 and e.counters.rejected == 0
+    assert e.summary()["dp_clip"] == pytest.approx(0.1)
+
+
+def test_an_unreadable_ledger_stops_the_project_rather_than_starting_over():
+    bad = {"privacy": {"ledger": {"runs": [[0.5, float("nan"), 3]]}, "clip": -1.0}}
+    e = dp_engine(2, totals=bad, dp_noise=1.0, dp_clip=1.0, dp_sample_rate=1.0)
+    assert ordered(e, 1.0) == [] and e.state == "budget_spent"
+    assert e.counters.privacy == bad["privacy"]  # kept as stored, for someone to repair

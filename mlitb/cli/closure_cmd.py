@@ -159,10 +159,11 @@ def summary(closure: Closure, path: Path) -> str:
     rows = m.get("metrics", [])
     tested = [r for r in rows if r.get("test_error") is not None]
     if rows:
+        loss = rows[-1].get("train_loss")
         best = min(tested, key=lambda r: r["test_error"]) if tested else None
         lines.append(
             f"metrics   {len(rows)} iterations; "
-            f"last train loss {rows[-1].get('train_loss', float('nan')):.4g}"
+            f"last train loss {'not shown (dp)' if loss is None else format(loss, '.4g')}"
             + (
                 f"; best tracked test error {best['test_error']:.2%} at iteration {best['iteration']}"
                 if best

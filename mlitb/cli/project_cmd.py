@@ -340,11 +340,12 @@ def show(args) -> int:
     )
     print(
         f"workers {p['workers']} (assigned {p['workers_assigned']}), trackers {p['trackers']}, "
-        f"power {p['power']:.0f} vectors/s, {p['vectors_processed']} vectors processed"
+        f"power {_num(p['power'], 0)} vectors/s, {_num(p['vectors_processed'], 0)} vectors processed"
     )
     if p.get("data_source") == "device":
-        held = sum(c["data_cached"] for c in p["clients"] if c["role"] == "trainer")
-        print(f"data on the devices: {held} items reported by its trainers, none on the data server")
+        held = [c["data_cached"] for c in p["clients"] if c["role"] == "trainer"]
+        said = "not shown (dp)" if None in held else f"{sum(held)} items reported by its trainers"
+        print(f"data on the devices: {said}, none on the data server")
     else:
         print(f"data {p['data_size']}: allocated {p['data_allocated']}, unallocated {p['data_unallocated']}")
     if p.get("dp", "off") != "off":
@@ -388,8 +389,9 @@ def show(args) -> int:
         if c.get("test_error") is not None:
             busy += f" its test error {c['test_error']:.4f}"
         print(
-            f"  {c['id']} {c['kind']:<7} {c['role']:<8} {c['backend']:<12} {c['vectors_per_s']:>9.0f} vec/s "
-            f"alloc {c['data_allocated']:>6} cached {c['data_cached']:>6} lag {lag} "
+            f"  {c['id']} {c['kind']:<7} {c['role']:<8} {c['backend']:<12} "
+            f"{_num(c['vectors_per_s'], 0):>9} vec/s "
+            f"alloc {_num(c['data_allocated'], 0):>6} cached {_num(c['data_cached'], 0):>6} lag {lag} "
             f"in {_bytes(c['bytes_in'])} out {_bytes(c['bytes_out'])}{busy}"
         )
     return 0
@@ -405,7 +407,9 @@ def _rounded(hyper: dict) -> dict:
     return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in hyper.items()}
 
 
-def _bytes(n: int) -> str:
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -135,10 +135,17 @@ class Algorithm(ABC):
         """A state the project must go to instead of starting a round (None: go on)."""
         return None
 
-    def cohort(self, chosen: list, enrolled: int, now: float, round_s: float) -> list:
-        """Of the trainers that could get an order for this `round_s`-second round
-        (`enrolled`: admitted trainers in all), the ones that do."""
+    def cohort(self, chosen: list, now: float, round_s: float) -> list:
+        """Of the trainers that could get an order for this `round_s`-second round, the ones
+        that do."""
         return chosen
+
+    def adopt(self, old: Algorithm) -> None:  # noqa: B027 (a hook: nothing to carry by default)
+        """New settings replaced `old` mid-iteration: carry what the open round needs."""
+
+    # whether the public summary and history may show who took part in each round (a dp
+    # wrapper says no: the epsilon assumes its Poisson sample stays secret)
+    discloses_participation: ClassVar[bool] = True
 
     def stepped(self) -> None:  # noqa: B027 (a hook: nothing to do by default)
         """The step of the iteration was taken (after any retries): what it released counts."""

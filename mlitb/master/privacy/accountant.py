@@ -171,6 +171,9 @@ class Ledger:
             ledger = cls(float(data.get("delta", delta)), str(data.get("accountant", kind)), runs)
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"unreadable privacy ledger ({exc}): expected runs of [q, z, rounds]") from None
-        if ledger.kind not in ACCOUNTANTS or any(not 0 <= q <= 1 or n < 0 for q, _z, n in runs):
-            raise ValueError(f"unreadable privacy ledger: {data!r:.200}")
+        bad = any(not 0 <= q <= 1 or not (math.isfinite(z) and z > 0) or n < 0 for q, z, n in runs)
+        if ledger.kind not in ACCOUNTANTS or bad or not 0 < ledger.delta < 1:
+            raise ValueError(
+                f"unreadable privacy ledger (expected 0 <= q <= 1, z > 0, rounds >= 0): {data!r:.200}"
+            )
         return ledger

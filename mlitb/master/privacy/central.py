@@ -1,33 +1,38 @@
 """`dp=central`: DP-FedAvg (McMahan et al. 2018) around a learning algorithm, with the
 master trusted to add the noise (docs/security.md, "Privacy").
 
-It wraps the project's algorithm (local_sgd: its orders, round lengths and audits stay
-the inner algorithm's) and changes three things, through the hooks the Engine asks every
-algorithm (mlitb.master.learning.algorithms.Algorithm: blocked, cohort, stepped, view):
+It wraps the project's algorithm (local_sgd: its orders and audits stay the inner
+algorithm's) and changes what the Engine asks every algorithm through its hooks
+(mlitb.master.learning.algorithms.Algorithm: blocked, cohort, stepped, adopt, view,
+history_fields, discloses_participation):
 
-- who trains: each round's cohort is a Poisson sample of the enrolled trainers, each in
-  it with probability q = `dp_sample_rate`, drawn from the OS's entropy (a seeded draw
-  would let anyone who knows the seed know who was in the round);
+- who trains: each round's cohort is a Poisson sample of the trainers that can take an
+  order (admitted, with data, not benched), each in it with probability q =
+  `dp_sample_rate`, drawn from the OS's entropy (a seeded draw would let anyone who knows
+  the seed know who was in the round); every draw is charged in the ledger at once,
+  whether its round ends in a step or not (who was drawn decides that), and the next draw
+  waits a round: every round is T long (`iteration_time`), no short first rounds;
 - how results combine: each update is clipped to norm C (mechanism.clip) and added with
-  weight 1, whatever vector count it claims; the step is (sum + N(0, (z C)^2)) / (q x
-  enrolled), then the outer optimizer (mechanism.noisy_mean). The aggregation rule is not
-  used: a robust rule's output does not have the sum's sensitivity C;
+  weight 1, whatever vector count it claims; the step is (sum + N(0, (z C)^2)) / (q x the
+  trainers drawn from), then the outer optimizer (mechanism.noisy_mean). Neither the
+  aggregation rule nor the trust policy's norm screen acts (their thresholds come from
+  other devices' updates, which would break the sum's sensitivity C);
+- what is public: nothing that says who took part in a round (the summary's per-trainer
+  figures, the history's per-round counts, lags and train loss are None);
 - when to stop: before each round, the ledger (accountant.Ledger) says what epsilon the
   round would bring the project to; past `dp_epsilon` the project goes to `budget_spent`
   and runs no more rounds until the owner raises the budget.
 
-Every round is T long (`iteration_time`: no short first rounds, each costs a full
-round's budget). A round whose draw is empty still counts in the ledger (its release,
-nothing, depends on the draw), and the next draw waits a round length, so an idle poll
-cannot spend the budget (a population of a few devices needs a larger dp_sample_rate);
-while no trainer can take an order (none has data yet) nothing is drawn. The ledger
-and the learned clipping norm live in the project's persisted counters
-(`Counters.privacy`): a restart never forgets budget already spent.
+A settings change mid-round keeps the round as drawn (`adopt`). The ledger, the learned
+clipping norm and the steps taken under dp live in the project's persisted counters
+(`Counters.privacy`): a restart never forgets budget already spent, and a stored ledger
+that cannot be read stops the project rather than starting over.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 
 import numpy as np
@@ -53,21 +58,40 @@ class CentralDP(Algorithm):
         self.inner = inner
         self.counters = counters
         state = counters.privacy
-        self.ledger = accountant.Ledger.from_json(state.get("ledger"), hyper.dp_delta)
+        self.broken = ""  # why no round may run: a stored ledger that cannot be read
+        try:
+            self.ledger = accountant.Ledger.from_json(state.get("ledger"), hyper.dp_delta)
+        except ValueError as exc:  # never reset: that would spend the budget again
+            self.broken = str(exc)
+            self.ledger = accountant.Ledger(hyper.dp_delta)
+            log.error("dp: %s; the project runs no round until it is repaired", exc)
         self.ledger.delta = hyper.dp_delta  # a new delta re-reads the same rounds
+        self.ledger.kind = "rdp"  # the budget is enforced with RDP, whatever a stored ledger says
         adaptive = hyper.dp_clip is None
-        norm = float(state.get("clip") or ADAPTIVE_START) if adaptive else hyper.dp_clip
+        stored = state.get("clip")
+        ok = isinstance(stored, (int, float)) and math.isfinite(stored) and stored > 0
+        norm = (float(stored) if ok else ADAPTIVE_START) if adaptive else hyper.dp_clip
         self.clip = mechanism.AdaptiveClip(norm, hyper.dp_clip_quantile if adaptive else None)
         self.q = hyper.dp_sample_rate
         self.z = hyper.dp_noise or accountant.calibrate(
             hyper.dp_epsilon, hyper.dp_delta, self.q, hyper.dp_rounds
         )
+        self.steps = int(state.get("steps", 0))  # steps taken under dp (a closure compares)
         self.noise = np.random.default_rng(rng.getrandbits(128))  # SystemRandom's, unless a test seeds it
-        self.expected = 0.0  # q x enrolled trainers at the open round's draw
+        # the open round, fixed at its draw (a settings change mid-round does not alter it)
+        self.round_q, self.round_z = self.q, self.z
+        self.expected = 0.0  # q x the trainers the draw was made from
         self.updates = 0  # updates summed in the open round, and how many were within the norm
         self.unclipped = 0
+        self.counted = False  # whether the open round's count query ran (adaptive clipping)
         self.next_draw = -np.inf
         self._save()
+
+    def adopt(self, old: Algorithm) -> None:
+        """New settings mid-round: the open round stays the one drawn (its q, z, cohort size)."""
+        if isinstance(old, CentralDP):
+            for k in ("round_q", "round_z", "expected", "updates", "unclipped", "next_draw"):
+                setattr(self, k, getattr(old, k))
 
     # ---------------------------------------------------------------- the inner algorithm's
     def work_fields(self, round_s: float | None = None) -> dict:
@@ -120,34 +144,45 @@ class CentralDP(Algorithm):
         for s in acc.sums:  # the plain sum of every bucket: the rule is not used (module docstring)
             if s is not None:
                 np.add(total, s, out=total)
-        z_value = mechanism.value_noise(self.z, self.clip.count_sigma(self.expected))
-        mean = mechanism.noisy_mean(total, self.clip.norm, z_value, self.expected, self.noise)
+        sigma = self.clip.count_sigma(self.expected)
+        # the count query shares the round's budget only when the cohort is large enough
+        # (2 sigma > z: sigma is a twentieth of it); else this round keeps its norm
+        self.counted = sigma is not None and 2 * sigma > self.round_z * 1.0001
+        z_value = mechanism.value_noise(self.round_z, sigma if self.counted else None)
+        expected = self.expected or self.q * max(self.updates, 1)  # always drawn first; never 0
+        mean = mechanism.noisy_mean(total, self.clip.norm, z_value, expected, self.noise)
         optimizer.step(params, mean)
 
     # ---------------------------------------------------------------- the Engine's hooks
     def blocked(self) -> str | None:
+        if self.broken:
+            return BUDGET_SPENT
         budget = self.hyper.dp_epsilon
         if budget is not None and self.ledger.after(self.q, self.z) > budget:
             return BUDGET_SPENT
         return None
 
-    def cohort(self, chosen: list, enrolled: int, now: float, round_s: float) -> list:
+    def cohort(self, chosen: list, now: float, round_s: float) -> list:
+        """Poisson sampling of the trainers that can take an order; every draw is charged at
+        once, whether its round ends in a step or not (who was drawn decides that)."""
         if now < self.next_draw or not chosen:
             return []  # the last draw's round is not over (no second draw inside it), or nobody can train
         self.next_draw = now + round_s
-        self.expected = self.q * enrolled
+        self.round_q, self.round_z = self.q, self.z
+        self.expected = self.q * len(chosen)  # the population this draw was made from
         self.updates = self.unclipped = 0
+        self.counted = False
         picked = [c for c in chosen if self.noise.random() < self.q]
-        if not picked:  # an empty round: nothing released, but the draw counts
-            self.ledger.record(self.q, self.z)
-            self._save()
-            log.info("dp: no trainer drawn for this round (q %.3g of %d enrolled); the round counts",
-                     self.q, enrolled)  # fmt: skip
+        self.ledger.record(self.q, self.z)
+        self._save()
+        if not picked:
+            log.info("dp: no trainer drawn this round (q %.3g of %d); the round counts", self.q, len(chosen))
         return picked
 
     def stepped(self) -> None:
-        self.ledger.record(self.q, self.z)
-        self.clip.update(self.unclipped, self.updates, self.expected, self.noise)
+        self.steps += 1
+        if self.counted:
+            self.clip.update(self.unclipped, self.updates, self.expected, self.noise)
         self._save()
 
     def view(self) -> dict:
@@ -164,11 +199,23 @@ class CentralDP(Algorithm):
             "accountant": f"{self.ledger.kind} ({accountant.library_version()})",
         }
 
+    # who was in a round is what the Poisson sampling keeps secret (the epsilon assumes it):
+    # the public summary and history say nothing per round or per trainer about it
+    discloses_participation = False
+    HIDDEN = ("workers_assigned", "missing", "vectors", "power", "train_loss", "lag_ms_mean", "lag_ms_max",
+              "lag_ms_p90", "lags_ms", "seconds")  # fmt: skip
+
     def history_fields(self) -> dict:
-        return {"epsilon": round(self.ledger.spent(), 4), "dp_clip": round(self.clip.norm, 6)}
+        return {**dict.fromkeys(self.HIDDEN), "epsilon": round(self.ledger.spent(), 4),
+                "dp_clip": round(self.clip.norm, 6)}  # fmt: skip
 
     def _save(self) -> None:
-        self.counters.privacy = {"ledger": self.ledger.to_json(), "clip": self.clip.norm}
+        if not self.broken:  # an unreadable ledger stays as it was stored
+            self.counters.privacy = {
+                "ledger": self.ledger.to_json(),
+                "clip": self.clip.norm,
+                "steps": self.steps,
+            }
 
 
 def make_private(algorithm: Algorithm, hyper, counters, rng: random.Random) -> Algorithm:

@@ -243,10 +243,14 @@ class Engine:
         h = self.hyper
         return Accumulator(num_params, make_aggregator(h.aggregation, h.trim), h.bucket_size)
 
-    def _make_algorithm(self) -> Algorithm:
-        """The learning algorithm the settings name, as the privacy setting wraps it."""
+    def _make_algorithm(self, previous: Algorithm | None = None) -> Algorithm:
+        """The learning algorithm the settings name, as the privacy setting wraps it;
+        `previous`: the one it replaces mid-iteration (what the open round needs carries over)."""
         inner = make_algorithm(self.hyper, self.l1_mul, self.l2_mul)
-        return make_private(inner, self.hyper, self.counters, self.rng)
+        algorithm = make_private(inner, self.hyper, self.counters, self.rng)
+        if previous is not None:
+            algorithm.adopt(previous)
+        return algorithm
 
     def update_hyper(self, hyper: Hyper) -> None:
         settings.update_hyper(self, hyper)

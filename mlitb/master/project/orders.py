@@ -49,8 +49,7 @@ def boundary(e, now: float) -> None:
         chosen = ready  # only benched trainers have data: probe them rather than stall
     e.round_s = e.algorithm.round_time(e.iteration)
     chosen = e.trust.ration(chosen, now)
-    enrolled = sum(1 for c in e.clients.values() if c.role == "trainer" and c.admitted)
-    chosen = e.algorithm.cohort(chosen, enrolled, now, e.round_s)  # all of them, or a sample (dp)
+    chosen = e.algorithm.cohort(chosen, now, e.round_s)  # all of them, or a sample (dp)
     oldest = e.iteration - e.hyper.max_staleness
     for c in e.clients.values():
         c.orders.scheduled = None

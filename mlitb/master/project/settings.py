@@ -62,12 +62,12 @@ def update_hyper(e, hyper: Hyper) -> None:
         e.optimizer = hyper.make_optimizer(e.spec.num_params)
     else:
         e.optimizer.schedule = hyper.schedule()
-    e.algorithm = e._make_algorithm()
+    e.algorithm = e._make_algorithm(old_algorithm)
     # the rule applies from this iteration's step, the bucket size from the next plan
     e.acc.aggregator = make_aggregator(hyper.aggregation, hyper.trim)
     e.acc.bucket_size = hyper.bucket_size
-    if hyper.algorithm != old.algorithm:
-        e._void_orders()  # orders in flight asked for the other algorithm's results
+    if hyper.algorithm != old.algorithm or type(e.algorithm) is not type(old_algorithm):
+        e._void_orders()  # orders in flight asked for the other algorithm's results (or dp turned on/off)
     if e.algorithm.voids_audits(old_algorithm) or hyper.verify != old.verify:
         e.trust.forget(e.iteration + 1)  # orders in flight ran the old settings
         if hyper.verify != old.verify:

@@ -42,7 +42,6 @@ def client_row(c: Client, held: int, now: float) -> dict:
         "data_cached": (len(c.share.cached) or c.share.device_items)
         if c.role == "trainer"
         else sum(c.share.tracked.values()),
-        **({"device_labels": dict(c.share.device_labels)} if c.share.device_items else {}),
         "lag_ms": None if o.latency.lag_ms is None else round(o.latency.lag_ms, 1),
         "benched": o.latency.benched,
         "working": o.scheduled is not None,
@@ -80,6 +79,19 @@ def client_row(c: Client, held: int, now: float) -> dict:
     }
 
 
+# A trainer's figures that say when it took part, how much it holds or did: not shown when
+# the algorithm keeps participation secret (dp: the epsilon assumes nobody learns who was in
+# a round); the keys stay, as None
+PARTICIPATION = ("vectors_per_s", "vectors_processed", "data_allocated", "data_cached", "lag_ms", "benched",
+                 "working", "results", "rejected", "clipped", "verified", "proof_bytes", "audit_error",
+                 "auditing", "held_back", "late", "stale", "bytes_in", "bytes_out", "compute_s",
+                 "computing")  # fmt: skip
+
+
+def private_row(row: dict) -> dict:
+    return {**row, **dict.fromkeys(k for k in PARTICIPATION if k in row)} if row["role"] == "trainer" else row
+
+
 def summary(e, now: float) -> dict:
     """`e`: the Engine (its public state only)."""
     last = e.history[-1] if e.history else {}
@@ -89,6 +101,8 @@ def summary(e, now: float) -> dict:
         client_row(c, len(e.allocator.held.get(c.id, ())) if c.role == "trainer" else test_items, now)
         for c in e.clients.values()
     ]
+    if not e.algorithm.discloses_participation:
+        clients = [private_row(r) for r in clients]
     n = e.counters
     return {
         "id": e.project_id,
@@ -97,12 +111,12 @@ def summary(e, now: float) -> dict:
         "iteration": e.iteration,
         "workers": sum(1 for c in e.clients.values() if c.role == "trainer"),
         "trackers": sum(1 for c in e.clients.values() if c.role == "tracker"),
-        "workers_assigned": last.get("workers_assigned", 0),
+        "workers_assigned": last.get("workers_assigned", 0) if e.algorithm.discloses_participation else None,
         "data_size": e.allocator.registered,
         "data_allocated": e.allocator.allocated,
         "data_unallocated": len(e.allocator.pool),
-        "vectors_processed": n.vectors,
-        "power": last.get("power", 0.0),
+        "vectors_processed": n.vectors if e.algorithm.discloses_participation else None,
+        "power": last.get("power", 0.0) if e.algorithm.discloses_participation else None,
         "iteration_seconds": last.get("seconds"),
         "round_time": e.round_s,  # s of work the open iteration's orders ask (rounds grow to T)
         "test_error": test,

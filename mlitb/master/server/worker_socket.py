@@ -97,9 +97,12 @@ def worker_router(manager: ProjectManager) -> APIRouter:
                 reason = "a relay needs the project's owner token (mlitb relay --token, or the stored one)"
                 await refuse(ws, "forbidden", reason, msg.CLOSE_FORBIDDEN)
                 return
-            if runner.engine.hyper.data_source == "device":
-                reason = ("relays do not serve projects whose data stays on the devices (data_source=device) "
-                          "yet: their volunteers join the master directly")  # fmt: skip
+            h = runner.engine.hyper
+            if h.data_source == "device" or h.dp != "off":
+                # a relay sums its clients into one update: under dp one volunteer under it could
+                # move the sum by 2 x dp_clip while the ledger charges one
+                reason = ("relays do not serve projects whose data stays on the devices or that train "
+                          "with dp yet: their volunteers join the master directly")  # fmt: skip
                 await refuse(ws, "unsupported", reason, msg.CLOSE_VERSION)
                 return
         elif join.role == "trainer" and runner.engine.hyper.verify and not join.capabilities.get("proofs"):

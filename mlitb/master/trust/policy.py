@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlitb.master.trust.audits import ban_entry, banned_address
-from mlitb.master.trust.screening import NormScreen, ScreenVerdict, check_count
+from mlitb.master.trust.screening import NormScreen, ScreenVerdict, check_count, norm_per_vector
 from mlitb.master.trust.verification import AuditJob, Verdict
 from mlitb.protocol import frames
 
@@ -106,6 +106,11 @@ class Trust:
         in `seconds` at `rate` vectors/s, or a
         norm far beyond recent ones; the verdict says whether to clip it."""
         check_count(frame.vectors, seconds, rate)
+        if self.hyper.dp != "off":
+            # under dp the norm screen would make one device's data decide how much of
+            # another's counts (its threshold is the others' median): the sensitivity would
+            # no longer be dp_clip. The dp clip bounds every update instead.
+            return ScreenVerdict(norm_per_vector(frame.values, frame.vectors))
         return self.screen.judge(frame.kind, frame.values, frame.vectors)
 
     def refused(self, client, reason: str, detail: str, iteration: int) -> bool:

@@ -35,7 +35,11 @@ function start() {
     tfjsflags: params.get("tfjsflags") || "",
     joinKey: key,
     name: "volunteer",
-    onNeedData: (m) => { asked = m; showDataSection(); if (own) handle.deviceData(own); else restore(); },
+    onNeedData: async (m) => {
+      asked = m; showDataSection();
+      if (!(await onlyTab())) return;
+      if (own) handle.deviceData(own); else restore();
+    },
     onStatus: (s) => {
       mine = s;
       $("state").textContent = s.state;
@@ -59,6 +63,25 @@ function start() {
 }
 
 // ---------------------------------------------------------------- a device project's data
+// One tab per browser trains a device project on this browser's data: two would count the
+// same data twice in a round (docs/security.md). The lock is held while the page lives.
+let lock = null;
+async function onlyTab() {
+  if (lock !== null || !navigator.locks) return lock !== false;
+  lock = await new Promise((resolve) => {
+    navigator.locks.request(`mlitb-device-data:${project}`, { ifAvailable: true }, (held) => {
+      resolve(Boolean(held));
+      return held ? new Promise(() => {}) : undefined; // kept until the page goes
+    });
+  });
+  if (!lock) {
+    $("data-summary").textContent = "Another tab of this browser already trains this project on your data: "
+      + "this one does not (the same data twice would count twice).";
+    for (const id of ["data-folder", "data-zip", "data-camera"]) $(id).disabled = true;
+  }
+  return lock;
+}
+
 function showDataSection() {
   $("device-data").hidden = false;
   if ($("data-photo-label").options.length !== asked.labels.length) {
@@ -90,15 +113,18 @@ async function use(entries) {
   $("data-summary").textContent = "reading...";
   const d = await DeviceData.readItems(entries, asked.labels, asked.shape,
     (i, n) => { if (i % 200 === 0 || i === n) $("data-summary").textContent = `reading ${i} of ${n} files...`; });
-  own = d;
-  describe(d);
-  if (d.labels.length) await DeviceData.keep(project, d).catch(() => {}); // for the next visit
-  if (handle) handle.deviceData(d);
+  own = { ...d, projectLabels: asked.labels };
+  describe(own);
+  if (d.labels.length) await DeviceData.keep(project, own).catch(() => {}); // for the next visit
+  if (handle) handle.deviceData(own);
 }
 
 async function restore() {
   const d = await DeviceData.recall(project);
-  if (!d || !asked || d.shape.join("x") !== asked.shape.join("x")) return;
+  // kept for this project name with the same input and the same labels in the same order
+  // (the stored label indices follow that order), else not used
+  if (!d || !asked || d.shape.join("x") !== asked.shape.join("x")
+    || JSON.stringify(d.projectLabels) !== JSON.stringify(asked.labels)) return;
   own = d;
   describe(d);
   $("data-summary").textContent += " (kept in this browser from an earlier visit)";
@@ -134,7 +160,7 @@ $("data-snap").onclick = async () => {
   const labels = Int32Array.from([...prev.labels, asked.labels.indexOf(label)]);
   const perLabel = {};
   for (const l of asked.labels) { const n = (prev.perLabel[l] || 0) + (l === label ? 1 : 0); if (n) perLabel[l] = n; }
-  own = { ...prev, pixels, labels, perLabel };
+  own = { ...prev, pixels, labels, perLabel, projectLabels: asked.labels };
   describe(own);
   await DeviceData.keep(project, own).catch(() => {});
   if (handle) handle.deviceData(own);

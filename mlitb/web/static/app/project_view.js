@@ -159,7 +159,7 @@ export async function projectView(root, name) {
     return `${i ? n.toFixed(1) : n} ${units[i]}`;
   }
   function renderSummary() {
-    const facts = [["state", p.state], ["iteration", p.iteration], ["workers", `${p.workers} (${p.workers_assigned} assigned)`],
+    const facts = [["state", p.state], ["iteration", p.iteration], ["workers", `${p.workers} (${fmt(p.workers_assigned)} assigned)`],
       ["trackers", p.trackers], ["test error", fmt(p.test_error)], ["train loss", fmt(p.train_loss)],
       ["data", p.data_source === "device"
         ? `on the devices: ${fmt(p.clients.filter((c) => c.role === "trainer").reduce((n, c) => n + (c.data_cached || 0), 0))} items reported, none on the data server`
