@@ -200,6 +200,7 @@ def test_a_privacy_budget_stops_a_device_project_at_budget_spent(master, mnist_z
     g = record["guarantee"]
     assert g["epsilon"] == pytest.approx(s["epsilon"], abs=1e-3) and g["rounds"] == 3 and g["delta"] == 1e-5
     assert g["runs"] == [[1.0, 8.0, 3]] and g["clip"] == 1.0 and g["budget"] == 1.0
+    assert g["steps_with_dp"] == 3 and g["steps_without_dp"] == 0 and "caveat" not in g
     assert g["accountant"] == "rdp" and g["accountant_library"].startswith("dp-accounting")
     saved = tmp_path / "private.mlitb"
     saved.write_bytes(data)

@@ -136,7 +136,7 @@ def build_closure(
             "clients": int(sum(state.totals.get("contributors", {}).values())),
         },
         "data": {"train": train, "test": test},
-        "privacy": privacy_record(state.hyper, state.totals.get("privacy") or {}),
+        "privacy": privacy_record(state.hyper, state.totals.get("privacy") or {}, state.history),
         "metrics": [{k: r.get(k) for k in METRIC_COLUMNS if k in r} for r in state.history],
         "claim": None,
     }
@@ -145,9 +145,10 @@ def build_closure(
     return closure
 
 
-def privacy_record(hyper: dict, state: dict) -> dict:
+def privacy_record(hyper: dict, state: dict, history: list[dict] | None = None) -> dict:
     """Where the training data was and, under differential privacy, the guarantee the
-    project's ledger gives (mlitb.master.privacy): every figure needed to check it."""
+    project's ledger gives (mlitb.master.privacy): every figure needed to check it, and the
+    steps taken without dp (history rows without an epsilon), which it does not cover."""
     device = hyper.get("data_source", "server") == "device"
     out: dict = {
         "data_source": "device" if device else "server",
@@ -176,7 +177,14 @@ def privacy_record(hyper: dict, state: dict) -> dict:
             "budget": hyper.get("dp_epsilon"),
             "accountant": book.kind,
             "accountant_library": accountant.library_version(),
+            "steps_with_dp": int(state.get("steps", 0)),
+            "steps_without_dp": sum(1 for r in history or [] if "epsilon" not in r),
         }
+        if out["guarantee"]["steps_without_dp"]:
+            out["guarantee"]["caveat"] = (
+                "some steps were taken with dp off: the guarantee covers only the rounds in the ledger, "
+                "not what those steps released"
+            )
     return out
 
 

@@ -174,6 +174,10 @@ class Hyper(BaseModel):
             raise ValueError(
                 "dp=central needs the noise: set dp_noise (z), or dp_epsilon with dp_rounds to calibrate it"
             )
+        if self.dp_noise is None:  # refused here, with the reason, not when the project starts
+            from mlitb.master.privacy.accountant import calibrate
+
+            calibrate(self.dp_epsilon, self.dp_delta, self.dp_sample_rate, self.dp_rounds)
         if self.max_staleness:
             raise ValueError(
                 f"dp=central needs max_staleness=0 (got {self.max_staleness}): a late update added to "

@@ -88,6 +88,7 @@ def epsilon(q: float, z: float, rounds: int, delta: float, kind: str = "rdp") ->
     return _epsilon(((float(q), float(z), int(rounds)),), float(delta), kind)
 
 
+@functools.lru_cache(maxsize=256)
 def calibrate(budget: float, delta: float, q: float, rounds: int, kind: str = "rdp") -> float:
     """The smallest noise multiplier z whose `rounds` rounds at rate q stay within epsilon
     `budget` at `delta` (to 1e-3 relative); ValueError when even MAX_NOISE does not."""
