@@ -147,9 +147,12 @@ def run(name: str, hyper: dict, devices: Devices, spec, args, test: tuple, seed:
                 eps = e.summary()["epsilon"]
                 curve.append({"round": done, "epsilon": eps, "test_error": score(spec, e.params, *test)})
             rounds = done
+    now += T  # the last round drawn: its step (a budget spent stops any further draw)
+    e.poll(now)
     bar.close()
     s = e.summary()
-    return {"name": name, "rounds": rounds, "iterations": e.iteration, "epsilon": s["epsilon"],
+    return {"name": name, "rounds": rounds, "steps": len(e.history), "iterations": e.iteration,
+            "epsilon": s["epsilon"],
             "dp_noise": s["dp_noise"], "dp_clip": s["dp_clip"], "state": e.state,
             "refused": s["rejected"], "screen_clipped": s["clipped"],
             "test_error": score(spec, e.params, *test), "curve": curve}  # fmt: skip
