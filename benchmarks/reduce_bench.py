@@ -58,10 +58,11 @@ def main() -> int:
         t_fold = timed(fold, n)
         t_add = timed(lambda a32=a32, grad=grad: np.add(a32, grad, out=a32), n)
         params = rng.standard_normal(size).astype(np.float32)
-        opt = Hyper().make_optimizer(size)
+        opt = Hyper(algorithm="sync_sgd").make_optimizer(size)  # the paper's AdaGrad
 
         def step(acc=acc, params=params, opt=opt) -> None:
-            opt.step(params, mean_gradient(acc.total.astype(np.float32), max(acc.vectors, 1), params))
+            total, weight = acc.sum_and_weight()  # the plain weighted sum (the `mean` rule)
+            opt.step(params, mean_gradient(total.astype(np.float32), max(weight, 1), params))
 
         t_step = timed(step, max(3, n // 10))
         gb = 4 * size / 1e9
