@@ -158,6 +158,13 @@ def run(name: str, hyper: dict, devices: Devices, spec, args, test: tuple, seed:
             "test_error": score(spec, e.params, *test), "curve": curve}  # fmt: skip
 
 
+def save(args, runs: list, goals: list | None = None, partial: bool = False) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    data = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "goals": goals or [],
+            "partial": partial}  # fmt: skip
+    args.out.write_text(json.dumps(data, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=6000)
@@ -192,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_control:  # the same path, cohorts and equal weights; no clip, (almost) no noise
         control = {"dp": "central", "dp_sample_rate": args.q, "dp_noise": 1e-9, "dp_clip": 1e6}
         runs.append(run("control", {**base, **control}, devices, spec, args, test, args.seed))
+        save(args, runs, partial=True)
     for eps in [float(v) for v in args.epsilons.split(",") if v]:
         dp = {"dp": "central", "dp_sample_rate": args.q, "dp_epsilon": eps, "dp_rounds": args.rounds}
         if args.clip:
             dp["dp_clip"] = args.clip
         runs.append(run(f"epsilon {eps:g}", {**base, **dp}, devices, spec, args, test, args.seed))
+        save(args, runs, partial=True)  # a long run keeps what it has
     print(f"\nprivacy_bench: {args.devices} devices x {args.per_device} images (<= {args.classes} labels), "
           f"q {args.q}, {args.rounds} rounds, {args.local_epochs} local epochs (lr {args.local_lr}), "
           f"delta 1e-5; {time.monotonic() - started:.0f} s")  # fmt: skip
@@ -229,9 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     for g in goals:
         shown = "" if "value" not in g else f": {100 * g['value']:.2f} %"
         print(f"[{g['result']}] {g['goal']}{shown}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
-                                    "goals": goals}, indent=1))  # fmt: skip
+    save(args, runs, goals)
     print(f"JSON: {args.out}")
     return 0
 
