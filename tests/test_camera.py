@@ -3,6 +3,7 @@ camera flags, and a sync playwright session must not overlap another)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import httpx
@@ -12,22 +13,32 @@ from conftest import ARTIFACTS, wait_for
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def test_tracker_classifies_a_camera_picture_and_adds_it_with_a_label(master, mnist_zips):
-    """getUserMedia with Chromium's fake camera (two extra flags on top of the fixed ones)."""
+@contextlib.contextmanager
+def camera_page(master):
+    """A page of a Chromium with the fake camera (two extra flags on top of the fixed ones),
+    the camera allowed for the master's origin."""
     from conftest import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import sync_playwright
 
-    train = master.data.upload(mnist_zips["train"], "28x28x1", "train")["dataset"]
-    spec = json.loads((ARTIFACTS.parent / "mlitb" / "examples" / "mnist.json").read_text())
-    r = httpx.post(f"{master.url}/api/projects", json={"name": "cam", "spec": spec, "train": [train]})
-    assert r.status_code == 201, r.text
-    token = r.json()["owner_token"]
     args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
         context = browser.new_context()
         context.grant_permissions(["camera"], origin=master.url)
-        page = context.new_page()
+        try:
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def test_tracker_classifies_a_camera_picture_and_adds_it_with_a_label(master, mnist_zips):
+    """getUserMedia with Chromium's fake camera."""
+    train = master.data.upload(mnist_zips["train"], "28x28x1", "train")["dataset"]
+    spec = json.loads((ARTIFACTS.parent / "mlitb" / "examples" / "mnist.json").read_text())
+    r = httpx.post(f"{master.url}/api/projects", json={"name": "cam", "spec": spec, "train": [train]})
+    assert r.status_code == 201, r.text
+    token = r.json()["owner_token"]
+    with camera_page(master) as page:
         page.goto(master.url)
         page.evaluate(f"localStorage.setItem('mlitb.tokens', JSON.stringify({{cam: {json.dumps(token)}}}))")
         page.evaluate(f"localStorage.setItem('mlitb.dataToken', {json.dumps(master.data_token)})")
@@ -47,26 +58,17 @@ def test_tracker_classifies_a_camera_picture_and_adds_it_with_a_label(master, mn
             f"{master.url}/data/datasets/{train}/sources", params={"ids": f"{items}:{items + 1}"}
         ).json()
         assert sources[0]["label"] == "3"
-        browser.close()
 
 
 def test_a_device_project_volunteer_adds_labelled_camera_photos_that_stay_in_the_tab(master):
     """data_source=device: photos from the (fake) camera, labelled on the volunteer page, are
     this tab's training data; the master hears only their count."""
-    from conftest import CHROMIUM, CHROMIUM_ARGS
-    from playwright.sync_api import sync_playwright
-
     spec = json.loads((ARTIFACTS.parent / "mlitb" / "examples" / "mnist.json").read_text())
     body = {"name": "camdev", "spec": spec, "labels": [str(d) for d in range(10)], "start": True,
             "hyper": {"data_source": "device"}}  # fmt: skip
     r = httpx.post(f"{master.url}/api/projects", json=body)
     assert r.status_code == 201, r.text
-    args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        context = browser.new_context()
-        context.grant_permissions(["camera"], origin=master.url)
-        page = context.new_page()
+    with camera_page(master) as page:
         page.goto(f"{master.url}/join/camdev")
         page.wait_for_selector("#device-data:not([hidden])", timeout=60000)
         page.click("#data-camera")
@@ -85,4 +87,3 @@ def test_a_device_project_volunteer_adds_labelled_camera_photos_that_stay_in_the
             return bool(rows) and rows[0]["data_cached"] == 2
 
         wait_for(reported, 30, "the tab's count of its photos at the master")
-        browser.close()

@@ -152,30 +152,7 @@ class Leave(_Msg):
     reason: Annotated[str, Field(max_length=200)] = ""
 
 
-ClientMessage = Annotated[
-    Join
-    | Cached
-    | DeviceData
-    | Heartbeat
-    | TestResult
-    | Status
-    | Resync
-    | ProofMissing
-    | Subtree
-    | ChildBanned
-    | Leave,
-    Field(discriminator="type"),
-]
-_client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
-CLIENT_TYPES = (
-    "join", "cached", "device_data", "heartbeat", "test_result", "status", "resync", "proof_missing",
-    "subtree", "child_banned", "leave",
-)  # fmt: skip
-
-
-def parse_client_message(
-    text: str | bytes,
-) -> (
+AnyClientMessage = (
     Join
     | Cached
     | DeviceData
@@ -187,7 +164,16 @@ def parse_client_message(
     | Subtree
     | ChildBanned
     | Leave
-):
+)
+ClientMessage = Annotated[AnyClientMessage, Field(discriminator="type")]
+_client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
+CLIENT_TYPES = (
+    "join", "cached", "device_data", "heartbeat", "test_result", "status", "resync", "proof_missing",
+    "subtree", "child_banned", "leave",
+)  # fmt: skip
+
+
+def parse_client_message(text: str | bytes) -> AnyClientMessage:
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_TEXT_BYTES:
         raise ProtocolError("too_large", f"text message of {size} bytes, the limit is {MAX_TEXT_BYTES}")
