@@ -86,7 +86,8 @@ export async function projectView(root, name) {
   const noTest = p.data_source === "device" && !(p.datasets || []).some((d) => d.role === "test");
   const noTestNote = noTest ? el("p", { class: "muted", id: "no-test-error" }, "No test error: this project's data stays on "
     + "its volunteers' devices and it has no test set on the data server (attach one to see a test error); "
-    + "the train loss is the clients' own, aggregated.") : "";
+    + (p.dp && p.dp !== "off" ? "the train loss is not shown either: under dp it would say, unnoised, how the round's devices did."
+      : "the train loss is the clients' own, aggregated.")) : "";
   const trackerPoints = chart("this page's tracker: test error", "error");
   let tracker = null;
   const panel = trackerPanel(name, () => tracker, () => p, log, owner);
