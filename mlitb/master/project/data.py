@@ -155,15 +155,15 @@ def on_device_data(e, cid: str, message: msg.DeviceData) -> None:
         why = "this project trains on its data server's items; --data is for data_source=device projects"
         e.send(cid, msg.error("not_device_data", why))
         return
-    unknown = sorted(set(message.per_label) - set(e.labels))
-    if unknown:
-        e.send(cid, msg.error("unknown_labels", f"labels {unknown[:10]} are not this project's "
-                              f"({', '.join(e.labels[:20])}); their items do not count"))  # fmt: skip
     per_label = {k: v for k, v in message.per_label.items() if k in e.labels}
     # counted per label when it said per label (only the project's labels count); else its total
     items = min(message.items, sum(per_label.values())) if message.per_label else message.items
     if (items, per_label) == (client.share.device_items, client.share.device_labels):
-        return  # nothing new (a repeated report costs no checkpoint)
+        return  # nothing new: a repeated report costs no checkpoint and gets no second error
+    unknown = sorted(set(message.per_label) - set(e.labels))
+    if unknown:
+        e.send(cid, msg.error("unknown_labels", f"labels {unknown[:10]} are not this project's "
+                              f"({', '.join(e.labels[:20])}); their items do not count"))  # fmt: skip
     client.share.device_labels = per_label
     client.share.device_items = items
     log.info("project %s: %s holds %d items on its device", e.name, cid, items)
