@@ -24,9 +24,13 @@ export async function projectsView(root) {
     el("table", { id: "projects" }, el("thead", {}, el("tr", {}, COLUMNS.map(([, t]) => el("th", {}, t)))), body),
     el("p", {}, el("a", { href: "#/new" }, "New project")),
   );
+  // Only a banner this view put up is its to clear, and only while the view is shown: a
+  // refresh still in flight when the route changed must not wipe the next view's banner.
+  let failed = false;
   async function refresh() {
     try {
       const open = await api("GET", "/api/projects");
+      if (!root.isConnected) return;
       const rows = [...open, ...(await knownPrivate(new Set(open.map((p) => p.name))))];
       body.replaceChildren(...(rows.length ? rows.map((p) => el("tr", { "data-project": p.name },
         COLUMNS.map(([k]) => el("td", {}, k === "name"
@@ -34,8 +38,9 @@ export async function projectsView(root) {
             p.private ? " (private: join key)" : "")
           : k === "state" ? el("span", { class: `state-${p.state}` }, p.state) : fmt(p[k])))))
         : [el("tr", {}, el("td", { colspan: COLUMNS.length }, "no projects yet"))]));
-      banner("");
-    } catch (e) { banner(e.message); }
+      if (failed) banner("");
+      failed = false;
+    } catch (e) { if (root.isConnected) { banner(e.message); failed = true; } }
   }
   await refresh();
   const timer = setInterval(refresh, 2000);
