@@ -8,16 +8,20 @@ al. 2017 partition it). One sans-I/O Engine (mlitb.master.project.engine) runs a
 `data_source=device`, `dp=central` project with the demo's MNIST net: every device joins
 and reports its counts (`device_data`), the engine draws each round's Poisson cohort,
 clips, sums, adds the noise, steps and keeps the ledger (mlitb.master.privacy) exactly as
-in a server; only the devices are simulated: every device drawn runs `--local-epochs`
-epochs of plain SGD (lr `--local-lr`, its whole data as one batch) from the parameters
-the engine holds, all drawn devices at once in one process (torch.func.vmap over
-mlitb's own executor), and sends its change as a DELTA frame.
+in a server, with the project defaults of a dp project (mlitb.master.config DP_*_DEFAULTS:
+the outer step, the inner optimizer, the fixed local work). Only the devices are
+simulated: every device drawn does what a worker does with the order (`work_vectors`
+vectors in batches of `batch_size` with the order's inner SGD, from the parameters the
+engine holds; a device's 10 items are one batch, so 50 vectors are 5 full passes), all
+drawn devices at once in one process (torch.func.vmap over mlitb's own executor), and
+sends its change as a DELTA frame.
 
 Runs: a non-private control (the same path with no clip and no noise: dp_clip 1e6,
 dp_noise 1e-9, so the same Poisson cohorts and equal weights) and one run per target epsilon
 (`--epsilons`, default 1,2,4,8) with the noise the accountant calibrates for `--rounds`
-rounds at q = `--q` and delta 1e-5. Each run's parameters are scored on all 10,000 test
-images every `--eval-every` rounds and at the end. Prints a table, writes JSON
+rounds at q = `--q` (default: the project default dp_sample_rate) and delta 1e-5. Each
+run's parameters are scored on all 10,000 test images every `--eval-every` rounds and at
+the end. Prints a table, writes JSON
 (`--out`), and says whether each goal holds: test error <= 8 % at epsilon <= 2, <= 4 % at
 epsilon <= 8, the control <= 2 %.
 """
@@ -78,12 +82,12 @@ def partition(labels: np.ndarray, devices: int, per_device: int, classes: int, s
 class Devices:
     """Every device's data and their local training, vectorised over the devices drawn."""
 
-    def __init__(self, spec, x: np.ndarray, y: np.ndarray, index: np.ndarray, epochs: int, lr: float) -> None:
+    def __init__(self, spec, x: np.ndarray, y: np.ndarray, index: np.ndarray, steps: int, lr: float) -> None:
         self.net = TorchNet(spec, np.zeros(spec.num_params, np.float32))
         self.x = torch.from_numpy(x.astype(np.float32) / 255.0)  # (N, 28, 28, 1) NHWC
         self.y = torch.from_numpy(y.astype(np.int64))
         self.index = torch.from_numpy(index)
-        self.epochs, self.lr = epochs, lr
+        self.steps, self.lr = steps, lr  # full-batch inner SGD steps (momentum 0) per order
 
         def loss(p, xb, yb):
             probs = torch.func.functional_call(self.net, {"flat": p}, (xb,))
@@ -92,7 +96,7 @@ class Devices:
         self.grad = torch.func.vmap(torch.func.grad(loss))
 
     def updates(self, params: np.ndarray, devices: list[int], chunk: int = 256) -> np.ndarray:
-        """(len(devices), P): each device's change start - end after its local epochs."""
+        """(len(devices), P): each device's change start - end after its local steps."""
         out = []
         for at in range(0, len(devices), chunk):
             ids = torch.tensor(devices[at : at + chunk])
@@ -100,7 +104,7 @@ class Devices:
             xb, yb = self.x[rows], self.y[rows]
             p0 = torch.from_numpy(params).expand(len(ids), -1).clone()
             p = p0.clone()
-            for _ in range(self.epochs):
+            for _ in range(self.steps):
                 p = p - self.lr * self.grad(p, xb, yb)
             out.append((p0 - p).numpy())
         return np.concatenate(out) if out else np.zeros((0, params.size), np.float32)
@@ -136,7 +140,7 @@ def run(name: str, hyper: dict, devices: Devices, spec, args, test: tuple, seed:
         if orders:
             changes = devices.updates(e.params.copy(), [int(c[1:]) for c in orders])
             for cid, change in zip(orders, changes, strict=True):
-                data = frames.encode(frames.DELTA, 1, e.iteration, change, args.per_device, 1.0, 100.0, 10)
+                data = frames.encode(frames.DELTA, 1, e.iteration, change, e.hyper.work_vectors, 1.0, 100.0, 10)
                 e.on_result(cid, frames.decode(data), now + 1.0)
         now += T
         e.poll(now)  # the step, then the next draw (an empty draw is a round too)
@@ -170,15 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", type=int, default=6000)
     ap.add_argument("--per-device", type=int, default=10)
     ap.add_argument("--classes", type=int, default=2, help="labels per device at most")
-    ap.add_argument("--rounds", type=int, default=200)
-    ap.add_argument("--q", type=float, default=0.05, help="dp_sample_rate")
+    ap.add_argument("--rounds", type=int, default=100, help="dp_rounds (10 draws per device at q 0.1)")
+    ap.add_argument("--q", type=float, default=None, help="dp_sample_rate (default: the project default)")
     ap.add_argument("--epsilons", default="1,2,4,8")
     ap.add_argument("--no-control", action="store_true")
-    ap.add_argument("--local-epochs", type=int, default=5)
-    ap.add_argument("--local-lr", type=float, default=0.1)
     ap.add_argument("--clip", type=float, default=None, help="dp_clip (default: learned, the median norm)")
-    ap.add_argument("--server-lr", type=float, default=1.0, help="the master's outer sgd learning rate")
-    ap.add_argument("--server-momentum", type=float, default=0.9)
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "privacy_bench.json")
@@ -189,11 +189,19 @@ def main(argv: list[str] | None = None) -> int:
     xtr, ytr = mnist.load("train", src)
     xte, yte = mnist.load("test", src)
     index = partition(ytr, args.devices, args.per_device, args.classes, args.seed)
-    devices = Devices(spec, xtr.reshape(-1, 28, 28, 1), ytr, index, args.local_epochs, args.local_lr)
+    base = {"algorithm": "local_sgd", "data_source": "device", "test_interval": 0}  # no tracker here
+    d = Hyper(**base, dp="central", dp_noise=1.0)  # what a dp project is given by default
+    args.q = d.dp_sample_rate if args.q is None else args.q
+    if d.inner_optimizer != "sgd" or d.inner_momentum or d.batch_size < args.per_device or \
+            d.work_vectors % args.per_device:  # fmt: skip
+        raise SystemExit(
+            "privacy_bench simulates full-batch inner SGD without momentum over whole passes: the "
+            f"defaults changed ({d.inner_optimizer}, momentum {d.inner_momentum}, batch {d.batch_size}, "
+            f"work {d.work_vectors}): simulate them in Devices.updates"
+        )
+    steps = d.work_vectors // args.per_device
+    devices = Devices(spec, xtr.reshape(-1, 28, 28, 1), ytr, index, steps, d.inner_learning_rate)
     test = (xte.reshape(-1, 28, 28, 1), yte)
-    base = {"algorithm": "local_sgd", "data_source": "device", "iteration_time": T, "first_round_time": T,
-            "optimizer": "sgd", "learning_rate": args.server_lr, "momentum": args.server_momentum,
-            "max_staleness": 0, "overlap": False, "aggregation": "mean", "test_interval": 0}  # fmt: skip
     runs = []
     started = time.monotonic()
     if not args.no_control:  # the same path, cohorts and equal weights; no clip, (almost) no noise
@@ -207,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run(f"epsilon {eps:g}", {**base, **dp}, devices, spec, args, test, args.seed))
         save(args, runs, partial=True)  # a long run keeps what it has
     print(f"\nprivacy_bench: {args.devices} devices x {args.per_device} images (<= {args.classes} labels), "
-          f"q {args.q}, {args.rounds} rounds, {args.local_epochs} local epochs (lr {args.local_lr}), "
+          f"q {args.q}, {args.rounds} rounds, {steps} local steps of inner sgd (lr {d.inner_learning_rate}), "
+          f"outer {d.optimizer} lr {d.learning_rate} momentum {d.momentum}, "
           f"delta 1e-5; {time.monotonic() - started:.0f} s")  # fmt: skip
     print("| run | rounds | epsilon | z | clip | refused / screen-clipped | test error (10,000) |")
     print("|---|---:|---:|---:|---:|---:|---:|")

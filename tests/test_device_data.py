@@ -280,3 +280,36 @@ def test_a_browser_tab_trains_on_a_folder_it_never_uploads(master, mnist_zips, p
     page.reload()
     page.wait_for_selector("#device-data:not([hidden])", timeout=60000)
     assert "No data given yet" in page.inner_text("#data-summary")
+
+
+@pytest.mark.slow
+def test_the_new_project_page_makes_a_private_device_project(master, mnist_zips, page):
+    """The dashboard's new-project page: data on the devices and a privacy budget, picked in
+    the page, make the same project `mlitb project create --set ...` makes, with a private
+    project's own defaults (plain SGD on the devices, fixed work, server momentum)."""
+    _train, test = upload(master.data, mnist_zips)
+    page.goto(f"{master.url}/#/new")
+    page.wait_for_selector("#create[data-defaults='loaded']")
+    page.wait_for_selector("#spec-status.ok")
+    assert page.is_hidden("#dp-fields")
+    page.fill("#name", "pagedp")
+    page.select_option("#data-source", "device")
+    assert "type the labels" in page.inner_text("#data-source-note")
+    page.select_option("#dp", "central")
+    assert page.is_visible("#dp-fields") and page.input_value("#dp-sample-rate") == "0.1"
+    page.fill("#dp-epsilon", "2")
+    page.fill("#dp-rounds", "50")
+    page.fill("#labels", ",".join(LABELS))
+    page.select_option("#test-dataset", str(test))
+    page.click("#create")
+    page.wait_for_url("**/#/p/pagedp")
+    d = httpx.get(f"{master.url}/api/projects/pagedp", timeout=HTTP_TIMEOUT).json()
+    h = d["hyper"]
+    assert (h["data_source"], h["dp"], h["dp_epsilon"], h["dp_rounds"], h["dp_sample_rate"]) == (
+        "device", "central", 2.0, 50, 0.1)  # fmt: skip
+    own = (h["optimizer"], h["momentum"], h["inner_optimizer"], h["inner_learning_rate"], h["work_vectors"])
+    assert own == ("sgd", 0.9, "sgd", 0.1, 50)
+    assert h["verify"] is False and d["data_size"] == 0
+    assert [s["role"] for s in d["datasets"]] == ["test"]
+    page.wait_for_selector("dd[data-key='privacy']")
+    assert "2 left of 2" in page.inner_text("dd[data-key='privacy']")

@@ -148,6 +148,30 @@ def test_dp_settings_are_checked():
     assert h.max_staleness == 0 and h.updated({"dp": "off"}).max_staleness == Hyper().max_staleness
 
 
+def test_dp_projects_get_dp_fedavg_defaults_and_lose_them_with_dp():
+    """DP-FedAvg's own defaults (what privacy_bench measured): fixed local work of plain SGD,
+    server momentum; an owner's named optimizer stays; turning dp off gives the usual ones."""
+    plain = Hyper()
+    h = plain.updated({"dp": "central", "dp_noise": 1.0})
+    assert (h.optimizer, h.learning_rate, h.momentum) == ("sgd", 1.0, 0.9)
+    assert (h.inner_optimizer, h.inner_learning_rate, h.inner_momentum) == ("sgd", 0.1, 0.0)
+    assert h.work_vectors == 50 and h.max_staleness == 0
+    assert (
+        "overlap_ms"
+        not in Engine(
+            PID, "p", MODEL.spec, LABELS, MODEL.params.copy(), h.make_optimizer(N), h, state="running"
+        ).algorithm.work_fields()
+    )  # fixed work stays fixed
+    back = h.updated({"dp": "off"})
+    for field in ("optimizer", "learning_rate", "momentum", "inner_optimizer", "inner_learning_rate",
+                  "work_vectors", "max_staleness"):  # fmt: skip
+        assert getattr(back, field) == getattr(plain, field), field
+    own = Hyper(dp="central", dp_noise=1.0, optimizer="adam", learning_rate=0.01, inner_learning_rate=0.05)
+    assert (own.optimizer, own.learning_rate, own.inner_optimizer, own.inner_learning_rate) == (
+        "adam", 0.01, "sgd", 0.05)  # fmt: skip
+    assert Hyper(dp="central", dp_noise=1.0, inner_optimizer="adam").inner_learning_rate == 0.002
+
+
 def test_a_poisoning_device_moves_a_dp_step_by_at_most_clip_over_the_cohort():
     """The worst a volunteer of a device project can do (no audit can replay its data): any
     update, any count. Under dp its update is clipped to C and weighs one of q x enrolled:

@@ -65,6 +65,31 @@ export async function newProjectView(root) {
   const compression = el("select", { id: "compression" }, ["none", "float16", "int8"].map((o) => el("option", { value: o }, o)));
   const l2 = el("input", { id: "l2-decay", type: "number", value: 0, step: "any" });
   const capacity = el("input", { id: "capacity", type: "number", placeholder: "what memory holds", min: 1 });
+  // where the training data is, and client-level differential privacy (docs/security.md,
+  // "Device data and differential privacy"): a device project has no training set here
+  const dataSource = el("select", { id: "data-source" }, [["server", "uploaded to the data server"],
+    ["device", "stays on each volunteer's device"]].map(([v, t]) => el("option", { value: v }, t)));
+  const dp = el("select", { id: "dp" }, [["off", "off"], ["central", "central (DP-FedAvg, budgeted)"]]
+    .map(([v, t]) => el("option", { value: v }, t)));
+  const dpEpsilon = el("input", { id: "dp-epsilon", type: "number", value: 4, min: 0.01, step: "any" });
+  const dpRounds = el("input", { id: "dp-rounds", type: "number", value: 100, min: 1, step: 1 });
+  const dpRate = el("input", { id: "dp-sample-rate", type: "number", value: 0.1, min: 0.001, max: 1, step: "any" });
+  const dpFields = el("div", { class: "toolbar", id: "dp-fields", hidden: true },
+    el("label", {}, "privacy budget epsilon ", dpEpsilon), el("label", {}, "over rounds ", dpRounds),
+    el("label", {}, "share of devices per round ", dpRate),
+    el("span", { class: "small muted" }, "delta 1e-5; the master calibrates the noise and stops the project ",
+      "when the budget is spent (plain SGD steps on each device, server momentum: the defaults of a private project)"));
+  const dataNote = el("span", { id: "data-source-note", class: "small muted" });
+  const showData = () => {
+    const device = dataSource.value === "device";
+    train.disabled = device;
+    dataNote.textContent = device ? "no training set: each volunteer picks their own data on the join page; type the labels" : "";
+    dpFields.hidden = dp.value === "off";
+    if (dp.value !== "off") algorithm.value = "local_sgd"; // dp clips and noises parameter changes
+  };
+  const edited = new Set(); // fields the owner typed in: a default does not overwrite them
+  dataSource.addEventListener("change", showData);
+  dp.addEventListener("change", showData);
   const train = el("select", { id: "train-dataset" });
   const test = el("select", { id: "test-dataset" });
   const create = el("button", { class: "primary", id: "create" }, "Create project");
@@ -191,19 +216,24 @@ export async function newProjectView(root) {
   });
 
   create.addEventListener("click", async () => {
+    const device = dataSource.value === "device", priv = dp.value !== "off";
     const body = {
       name: name.value.trim(), spec: spec(), start: true, drop_last_layer: Boolean(modelFile && dropLast.checked),
       hyper: { algorithm: algorithm.value, iteration_time: Number(T.value), l2_decay: Number(l2.value),
         compression: compression.value,
-        ...(algorithm.value === "local_sgd" ? { inner_learning_rate: Number(innerLr.value) } : {}),
+        // a private project keeps its own inner defaults unless the owner typed one
+        ...(algorithm.value === "local_sgd" && (!priv || edited.has(innerLr)) ? { inner_learning_rate: Number(innerLr.value) } : {}),
+        ...(device ? { data_source: "device" } : {}),
+        ...(priv ? { dp: dp.value, dp_epsilon: Number(dpEpsilon.value), dp_rounds: Number(dpRounds.value),
+          dp_sample_rate: Number(dpRate.value) } : {}),
         ...(optimizer.value ? { optimizer: optimizer.value } : {}),
         ...(lr.value ? { learning_rate: Number(lr.value) } : {}),
         ...(capacity.value ? { capacity: Number(capacity.value) } : {}) },
-      train: train.value ? [Number(train.value)] : [], test: test.value ? [Number(test.value)] : [],
+      train: train.value && !device ? [Number(train.value)] : [], test: test.value ? [Number(test.value)] : [],
     };
     if (labels.value.trim()) body.labels = labels.value.split(",").map((s) => s.trim()).filter(Boolean);
     createMsg.textContent = "";
-    if (!body.train.length && !body.labels) {
+    if (!body.train.length && !body.labels && !(device && body.test.length)) {
       createMsg.textContent = "without a training set, type the labels (comma-separated), or pick or upload a training set";
       labels.focus();
       return;
@@ -227,6 +257,7 @@ export async function newProjectView(root) {
     } }, "Add layer")),
     status, expanded,
     el("h2", {}, "Data and hyperparameters"),
+    el("div", { class: "toolbar" }, el("label", {}, "training data ", dataSource), dataNote),
     el("div", { class: "toolbar" }, el("label", {}, "training set ", train), zipUpload("train", train)),
     el("div", { class: "toolbar" }, el("label", {}, "test set ", test), zipUpload("test", test)),
     el("p", { class: "small muted" }, "Zips hold one folder per label; a zip with train/ and test/ folders of label folders fills both sets."),
@@ -235,6 +266,7 @@ export async function newProjectView(root) {
       el("label", {}, "master's optimizer ", optimizer), el("label", {}, "learning rate ", lr),
       el("label", {}, "inner learning rate ", innerLr), el("label", {}, "compression ", compression),
       el("label", {}, "l2 decay ", l2), el("label", {}, "capacity per client ", capacity)),
+    el("div", { class: "toolbar" }, el("label", {}, "differential privacy ", dp)), dpFields,
     el("div", { class: "toolbar" }, create, createMsg),
   );
   root.append(
@@ -249,7 +281,7 @@ export async function newProjectView(root) {
   // the master's defaults, so the page and `mlitb project create` start from the same ones
   const info = await api("GET", "/api").catch(() => ({}));
   const defaults = info.hyper_defaults || {};
-  const filled = [[T, "iteration_time"], [innerLr, "inner_learning_rate"], [l2, "l2_decay"]];
+  const filled = [[T, "iteration_time"], [innerLr, "inner_learning_rate"], [l2, "l2_decay"], [dpRate, "dp_sample_rate"]];
   for (const [input, key] of filled) {
     if (defaults[key] !== undefined) input.value = defaults[key];
   }
@@ -257,7 +289,6 @@ export async function newProjectView(root) {
   if (defaults.compression) compression.value = defaults.compression;
   // a change of algorithm brings its own defaults (T: 30 s for local_sgd, 4 s for the
   // paper's loop) into the fields the owner has not edited
-  const edited = new Set();
   for (const [input] of filled) input.addEventListener("input", () => edited.add(input));
   algorithm.addEventListener("change", () => {
     const own = (info.hyper_by_algorithm || {})[algorithm.value] || {};
