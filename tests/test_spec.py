@@ -898,7 +898,7 @@ def test_error_loss_layer_not_last():
         index=1,
         layer_type="softmax",
         field="type",
-        expected="a loss layer (softmax, svm, regression) only last",
+        expected="a loss layer (softmax, seqsoftmax, svm, regression) only last",
         got="'softmax'",
     )
 
@@ -919,7 +919,7 @@ def test_error_last_layer_not_loss(last):
         index=1,
         layer_type=last["type"],
         field="type",
-        expected="the last layer to be softmax, svm or regression",
+        expected="the last layer to be softmax, seqsoftmax, svm or regression",
         got=repr(last["type"]),
     )
     assert "fix:" in msg

@@ -98,12 +98,12 @@ def test_dropout_training_drops_without_rescaling_and_prediction_scales():
     a = net.spec.layers[1]
     from mlitb.model.torch_executor import OPS
 
-    out = OPS["dropout"](a, x, None, None, net)
+    out = OPS["dropout"](a, x, {}, net)
     kept = out.numpy().ravel()
     assert set(np.unique(kept)) <= {0.0, 1.0}  # no 1/(1-p) rescaling
     assert 0.63 < kept.mean() < 0.77
     net.train(False)
-    assert np.allclose(OPS["dropout"](a, x, None, None, net).numpy(), 0.3)  # ConvNetJS: x * drop_prob
+    assert np.allclose(OPS["dropout"](a, x, {}, net).numpy(), 0.3)  # ConvNetJS: x * drop_prob
 
 
 def test_dropout_is_seeded():

@@ -20,6 +20,12 @@ from .jsonfloats import Floats, read_floats
 from .layout import segments
 from .spec import Spec, from_expanded
 
+# the layer types of ConvNetJS itself (the spec language's first thirteen)
+CONVNETJS_TYPES = frozenset(
+    {"input", "conv", "fc", "pool", "relu", "sigmoid", "tanh", "maxout", "dropout", "lrn", "softmax", "svm",
+     "regression"}
+)  # fmt: skip
+
 
 def is_convnetjs(data: object) -> bool:
     return (
@@ -41,7 +47,15 @@ def _vol(sx: int, sy: int, depth: int, w: np.ndarray) -> dict:
 
 
 def to_convnetjs(spec: Spec, params: np.ndarray, labels: list[str] | None = None) -> dict:
-    """The dict `jsonfloats.dumps` turns into a file ConvNetJS's `Net.fromJSON` loads."""
+    """The dict `jsonfloats.dumps` turns into a file ConvNetJS's `Net.fromJSON` loads.
+    A layer ConvNetJS does not have (batchnorm, attention, a residual block, ...) is
+    refused by name: FormatError."""
+    for i, layer in enumerate(spec.walk):
+        if layer.type not in CONVNETJS_TYPES:
+            raise FormatError(
+                f"layer {i} ({layer.type}) has no ConvNetJS form: ConvNetJS knows "
+                f"{', '.join(sorted(CONVNETJS_TYPES))}; export this model as mlitb JSON or ONNX instead"
+            )
     by_layer = {}
     for seg in segments(spec):
         by_layer.setdefault(seg.layer, {})[seg.name] = params[seg.offset : seg.stop]

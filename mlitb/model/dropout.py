@@ -34,7 +34,7 @@ UNSEEDED = (
 
 def in_spec(spec) -> bool:
     """Whether a Spec has a dropout layer (its rounds replay only with the proof's seed)."""
-    return any(layer.type == "dropout" for layer in spec.layers)
+    return any(layer.type == "dropout" for layer in spec.walk)
 
 
 def _imul(x, c: int):

@@ -17,7 +17,7 @@ class SpecError(ModelError):
 
     def __init__(
         self,
-        index: int | None,
+        index: int | str | None,  # "3.1": layer 1 of the block that is layer 3
         layer_type: str | None,
         field: str | None,
         expected: str,

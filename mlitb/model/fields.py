@@ -73,6 +73,12 @@ class FieldReader:
             raise self.error(name, f"a number < {below}", value)
         return value
 
+    def bool(self, name: str, default: object = _MISSING) -> bool:
+        value = self._get(name, default)
+        if not isinstance(value, bool):
+            raise self.error(name, "true or false", value)
+        return value
+
     def check_unknown(self, allowed: set[str]) -> None:
         """Refuse typos: a misspelt 'strid' would otherwise silently mean stride 1."""
         for key in self.raw:

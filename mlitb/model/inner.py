@@ -30,9 +30,12 @@ class InnerOptimizer:
         l2_mul: np.ndarray,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
+        state_rate: np.ndarray | None = None,
     ) -> None:
         """`dtype` float64 only for the master's second opinion on a replay (the same
-        float32 constants, the arithmetic in double: mlitb.master.trust.verification)."""
+        float32 constants, the arithmetic in double: mlitb.master.trust.verification).
+        `state_rate` (mlitb.model.layout.state_rates): elements that are state, not trained,
+        move by rate x their mean gradient (an exponential moving average), not by Adam."""
         self.cfg = {k: cfg.get(k) for k in INNER_KEYS}
         self.kind = cfg.get("optimizer", "adam")
         if self.kind not in ("adam", "sgd"):
@@ -46,6 +49,10 @@ class InnerOptimizer:
         self.l2 = float(cfg.get("l2_decay") or 0.0)
         self.l1_mul = torch.as_tensor(l1_mul, dtype=dtype, device=device)
         self.l2_mul = torch.as_tensor(l2_mul, dtype=dtype, device=device)
+        self.state = None  # (indices, rates) of the state elements
+        if state_rate is not None:
+            idx = torch.as_tensor(np.flatnonzero(state_rate), device=device)
+            self.state = (idx, torch.as_tensor(state_rate, dtype=dtype, device=device)[idx])
         self.t = 0  # steps taken
         zeros = lambda: torch.zeros(num_params, dtype=dtype, device=device)  # noqa: E731
         self.m = zeros() if self.kind == "adam" else None
@@ -60,6 +67,7 @@ class InnerOptimizer:
         gradient is refused (ValueError) before it touches p or the state."""
         if not torch.isfinite(summed_grad).all():
             raise ValueError("inner step refused: the batch gradient has NaN or Inf values")
+        kept = None if self.state is None else p[self.state[0]].clone()
         g = summed_grad.clone()
         if self.l1 or self.l2:  # the decay term first, then added: mean_gradient's rounding
             decay = torch.zeros_like(p)
@@ -88,6 +96,9 @@ class InnerOptimizer:
             m_hat = self.m / self._f(1 - float(np.float32(self.beta1)) ** t)
             v_hat = self.v / self._f(1 - float(np.float32(self.beta2)) ** t)
             p -= lr * m_hat / (torch.sqrt(v_hat) + self._f(self.eps))
+        if kept is not None:  # state: before - rate x (state - the batch's statistic)
+            idx, rate = self.state
+            p[idx] = kept - rate * g[idx]
         self.t += 1
 
     @staticmethod

@@ -38,9 +38,26 @@ class Layer:
     def parse(cls, r: FieldReader, in_shape: Shape, expanded: bool) -> Layer:
         raise NotImplementedError
 
+    # arrays of `param_shapes` that are state, not trained: no gradient step, no decay
+    # (batchnorm's running statistics; combined as docs/model.md, "State that is not trained")
+    buffers: ClassVar[frozenset[str]] = frozenset()
+
     def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """Parameter arrays in canonical order (see docs/model.md)."""
         return []
+
+    def param_init(self, name: str) -> tuple[str, float]:
+        """How array `name` starts: ("fan_in", 0): N(0, 1/fan_in), fan_in = the product of
+        its shape but the first axis (ConvNetJS); ("normal", std); ("const", value)."""
+        return ("fan_in", 0.0) if name == "filters" else ("const", 0.0)
+
+    def decay_muls(self, name: str) -> tuple[float, float]:
+        """(l1, l2) weight-decay multipliers of array `name`: ConvNetJS decays filters only."""
+        return (0.0, 0.0)
+
+    def children(self) -> tuple[Layer, ...]:
+        """Sub-layers (a residual block's), in order; they own their own arrays."""
+        return ()
 
     def to_json(self) -> dict:
         h, w, d = self.out_shape
@@ -79,6 +96,12 @@ class _Weighted(Layer):
             "l2_decay_mul": r.float("l2_decay_mul", 1.0, minimum=0.0),
             "bias_pref": r.float("bias_pref", 0.0),
         }
+
+    def param_init(self, name: str) -> tuple[str, float]:
+        return ("fan_in", 0.0) if name == "filters" else ("const", self.bias_pref)
+
+    def decay_muls(self, name: str) -> tuple[float, float]:
+        return (self.l1_decay_mul, self.l2_decay_mul) if name == "filters" else (0.0, 0.0)
 
     def to_json(self) -> dict:
         out = super().to_json()
@@ -348,6 +371,9 @@ class RegressionLayer(_LossLayer):
     type: ClassVar[str] = "regression"
 
 
+# Every layer type by its JSON name; mlitb.model.modern adds the layers of today's
+# models (normalisation, residual blocks, embeddings, attention) when it is imported,
+# which mlitb.model.spec does.
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.type: cls
     for cls in (

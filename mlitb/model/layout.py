@@ -8,7 +8,11 @@ addresses parameters through this one layout, documented in docs/model.md:
   ((sx*y)+x)*depth+d, one filter after another);
 * fc weights `[num_neurons, num_inputs]`, the input index being the HWC flattening
   ((sx*y)+x)*depth+d of the volume below;
-* biases `[out_depth]`.
+* biases `[out_depth]`;
+* the layers of today's models (mlitb.model.norm_layers, sequence_layers, residual):
+  their arrays as their `param_shapes` name them, a residual block's projection before
+  its sub-layers (`Spec.walk` order); batchnorm's running statistics are in the vector
+  too, as state that is not trained (`state_rates`).
 
 So the vector is exactly ConvNetJS's `getParamsAndGrads()` concatenated.
 """
@@ -27,8 +31,8 @@ from .spec import Spec
 class Segment:
     """One parameter array inside the flat vector."""
 
-    layer: int  # index into spec.layers
-    name: str  # "filters" or "biases"
+    layer: int  # index into spec.walk (every layer depth-first; spec.layers when no blocks)
+    name: str  # "filters", "biases", or a newer layer's array name ("gain", "qkv", ...)
     shape: tuple[int, ...]
     offset: int  # first element, in float32 elements
 
@@ -43,7 +47,7 @@ class Segment:
 
 def segments(spec: Spec) -> list[Segment]:
     out, offset = [], 0
-    for i, layer in enumerate(spec.layers):
+    for i, layer in enumerate(spec.walk):
         for name, shape in layer.param_shapes():
             seg = Segment(i, name, tuple(shape), offset)
             out.append(seg)
@@ -52,19 +56,34 @@ def segments(spec: Spec) -> list[Segment]:
 
 
 def decay_multipliers(spec: Spec) -> tuple[np.ndarray, np.ndarray]:
-    """Per-element (l1_mul, l2_mul), float32; biases get 0, as in ConvNetJS."""
+    """Per-element (l1_mul, l2_mul), float32; biases get 0, as in ConvNetJS (and norms'
+    gains, positions and state: Layer.decay_muls)."""
     l1 = np.zeros(spec.num_params, np.float32)
     l2 = np.zeros(spec.num_params, np.float32)
     for seg in segments(spec):
-        if seg.name == "filters":
-            layer = spec.layers[seg.layer]
-            l1[seg.offset : seg.stop] = layer.l1_decay_mul
-            l2[seg.offset : seg.stop] = layer.l2_decay_mul
+        l1[seg.offset : seg.stop], l2[seg.offset : seg.stop] = spec.walk[seg.layer].decay_muls(seg.name)
     return l1, l2
 
 
+def state_rates(spec: Spec) -> np.ndarray | None:
+    """Per element, float32: 0 for trained parameters; for state that is not trained
+    (batchnorm's running statistics) the share of a batch in it (the layer's momentum).
+    None when the spec has no such state. Such an element's "gradient" is n x (state -
+    the batch's statistic), and every optimizer steps it by exactly `rate x gradient / n`
+    (an exponential moving average), never by its own rule: docs/model.md, "State that
+    is not trained"."""
+    rates = None
+    for seg in segments(spec):
+        layer = spec.walk[seg.layer]
+        if seg.name in layer.buffers:
+            rates = np.zeros(spec.num_params, np.float32) if rates is None else rates
+            rates[seg.offset : seg.stop] = layer.momentum
+    return rates
+
+
 def init_params(spec: Spec, seed: int = 0) -> np.ndarray:
-    """ConvNetJS initialisation: weights N(0, sqrt(1/fan_in)), biases bias_pref.
+    """ConvNetJS initialisation: weights N(0, sqrt(1/fan_in)), biases bias_pref; newer
+    layers as their `param_init` says (norm gains 1, embeddings N(0, 0.02)).
 
     fan_in is one filter's size (sx*sy*in_depth) or an fc's num_inputs. Draws come
     from NumPy's PCG64 in layout order, so a seed gives the same vector everywhere.
@@ -73,9 +92,11 @@ def init_params(spec: Spec, seed: int = 0) -> np.ndarray:
     params = np.empty(spec.num_params, np.float32)
     for seg in segments(spec):
         view = params[seg.offset : seg.stop]
-        if seg.name == "filters":
-            fan_in = math.prod(seg.shape[1:])
-            view[:] = rng.standard_normal(seg.size) * math.sqrt(1.0 / fan_in)
+        rule, value = spec.walk[seg.layer].param_init(seg.name)
+        if rule == "fan_in":
+            view[:] = rng.standard_normal(seg.size) * math.sqrt(1.0 / math.prod(seg.shape[1:]))
+        elif rule == "normal":
+            view[:] = rng.standard_normal(seg.size) * value
         else:
-            view[:] = spec.layers[seg.layer].bias_pref
+            view[:] = value
     return params

@@ -80,14 +80,23 @@ class Model:
         return cls.from_json(data)
 
     # -- output ----------------------------------------------------------------
-    def to_json(self, format: str = "convnetjs") -> dict:
+    @property
+    def default_format(self) -> str:
+        """ConvNetJS's JSON while the model has only ConvNetJS's layers (the prototype's
+        and ConvNetJS's tools read it), else mlitb's own."""
+        known = convnetjs_format.CONVNETJS_TYPES
+        return "convnetjs" if all(layer.type in known for layer in self.spec.walk) else "mlitb"
+
+    def to_json(self, format: str | None = None) -> dict:
+        format = format or self.default_format
         if format == "convnetjs":
             return convnetjs_format.to_convnetjs(self.spec, self.params, self.labels)
         if format == "mlitb":
             return native_format.to_native(self.spec, self.params, self.labels)
         raise ValueError(f"unknown JSON format {format!r}; use 'convnetjs' or 'mlitb'")
 
-    def save(self, path: str | os.PathLike, format: str = "convnetjs") -> None:
+    def save(self, path: str | os.PathLike, format: str | None = None) -> None:
+        format = format or self.default_format
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
         if format == "onnx":

@@ -19,17 +19,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+from . import norm_layers, residual, sequence_layers
 from .errors import SpecError
 from .fields import FieldReader
 from .layers import LAYER_TYPES, Layer, Shape
+
+for _module in (norm_layers, sequence_layers, residual):  # today's layers beside ConvNetJS's
+    for _cls in vars(_module).values():
+        if isinstance(_cls, type) and issubclass(_cls, Layer) and _cls.type and not _cls.type.startswith("_"):
+            LAYER_TYPES.setdefault(_cls.type, _cls)
 
 # A hostile or mistaken spec must not make the server allocate gigabytes.
 MAX_PARAMS = 50_000_000
 MAX_ACTIVATIONS = 20_000_000  # values in one layer's output, per example
 MAX_LAYERS = 256
 
-_ACTIVATIONS = ("relu", "sigmoid", "tanh", "maxout")
+_ACTIVATIONS = ("relu", "sigmoid", "tanh", "maxout", "gelu")
 _SUGAR = {"activation", "drop_prob", "group_size", "num_classes", "bias_pref", "tensor"}
+# definitions that stand for other layers, expanded once their input shape is known
+_BLOCK_SUGAR = {"transformer": residual.TRANSFORMER_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -49,8 +57,27 @@ class Spec:
         return self.layers[-1].out_shape[2]
 
     @cached_property
+    def walk(self) -> tuple[Layer, ...]:
+        """Every layer depth-first, a block before its sub-layers: the order of the flat
+        parameter vector, and the index both executors give a layer (dropout keys)."""
+        out: list[Layer] = []
+
+        def visit(layers) -> None:
+            for layer in layers:
+                out.append(layer)
+                visit(layer.children())
+
+        visit(self.layers)
+        return tuple(out)
+
+    @cached_property
     def num_params(self) -> int:
-        return sum(math.prod(shape) for layer in self.layers for _, shape in layer.param_shapes())
+        return sum(math.prod(shape) for layer in self.walk for _, shape in layer.param_shapes())
+
+    @property
+    def positions(self) -> int:
+        """Targets per item: 1, or a sequence loss's positions (next-token prediction)."""
+        return getattr(self.layers[-1], "positions", 1)
 
     def to_json(self) -> list[dict]:
         """The expanded form; `Spec.from_json(spec.to_json()) == spec`."""
@@ -67,9 +94,15 @@ class Spec:
 
 def expand(defs: object, max_params: int = MAX_PARAMS) -> Spec:
     """Desugar and validate ConvNetJS `layer_defs`."""
-    items = _as_list(defs)
-    flat: list[tuple[int, dict]] = []  # (index of the user's definition, plain layer def)
-    for i, raw in enumerate(items):
+    return _build(_desugar(_as_list(defs)), expanded=False, max_params=max_params)
+
+
+def _desugar(items: Sequence, prefix: str = "") -> list[tuple[int | str, dict]]:
+    """(index of the user's definition, plain layer def) for each layer the definitions
+    stand for; a block's sub-layers are desugared too (indices "3.1")."""
+    flat: list[tuple[int | str, dict]] = []
+    for j, raw in enumerate(items):
+        i = f"{prefix}{j}" if prefix else j
         if not isinstance(raw, Mapping):
             raise SpecError(i, None, None, "a JSON object with a 'type'", raw)
         t = raw.get("type")
@@ -79,9 +112,17 @@ def expand(defs: object, max_params: int = MAX_PARAMS) -> Spec:
                 i, lt, "type", "every layer in the same form", raw["layer_type"],
                 "do not mix 'type' definitions and 'layer_type' (expanded) layers",
             )  # fmt: skip
+        if isinstance(t, str) and t in _BLOCK_SUGAR:
+            r = FieldReader(raw, i, t)
+            r.check_misspelt(set(_BLOCK_SUGAR[t]))
+            r.used |= set(_BLOCK_SUGAR[t])
+            r.check_unknown(set(_BLOCK_SUGAR[t]))
+            flat.append((i, dict(raw)))  # expanded by _build_block, which knows its input depth
+            continue
         if not isinstance(t, str) or t not in LAYER_TYPES:
+            known = [*LAYER_TYPES, *_BLOCK_SUGAR]
             raise SpecError(
-                i, None, "type", "one of " + ", ".join(LAYER_TYPES), t if t is not None else "nothing",
+                i, None, "type", "one of " + ", ".join(known), t if t is not None else "nothing",
                 "quadtransform is not supported" if t == "quadtransform" else None,
             )  # fmt: skip
         if i == 0 and t != "input":
@@ -90,12 +131,26 @@ def expand(defs: object, max_params: int = MAX_PARAMS) -> Spec:
         if raw.get("tensor"):
             raise SpecError(i, t, "tensor", "no 'tensor' (quadtransform is not supported)", True)
         d = {k: v for k, v in raw.items() if k not in _SUGAR and k != "type"}
-        if t in ("softmax", "svm"):  # checked here, so the error names the user's field
-            if "num_classes" not in raw:
+        if t in ("softmax", "svm", "seqsoftmax"):  # checked here, so the error names the user's field
+            if "num_classes" not in raw and t != "seqsoftmax":
                 raise SpecError(i, t, "num_classes", "the number of classes (an integer >= 2)",
                                 None, "add 'num_classes'")  # fmt: skip
-            n = FieldReader(raw, i, t).int("num_classes", minimum=2)
-            flat.append((i, {"type": "fc", "num_neurons": n}))
+            if "num_classes" in raw:
+                n = FieldReader(raw, i, t).int("num_classes", minimum=2)
+                # a sequence's classes come from a per-position linear map (a 1x1 conv)
+                sugar = (
+                    {"type": "conv", "sx": 1, "filters": n}
+                    if t == "seqsoftmax"
+                    else {"type": "fc", "num_neurons": n}
+                )
+                flat.append((i, sugar))
+        if t == "residual":
+            children = raw.get("layers")
+            if not isinstance(children, list) or not children:
+                raise SpecError(
+                    i, t, "layers", "a non-empty list of layer definitions (the block's f)", children
+                )
+            d["layers"] = _desugar(children, f"{i}.")
         if t == "regression":
             if "num_neurons" not in raw:
                 raise SpecError(i, t, "num_neurons", "the number of outputs (an integer >= 1)",
@@ -124,13 +179,13 @@ def expand(defs: object, max_params: int = MAX_PARAMS) -> Spec:
             raise SpecError(i, t, "group_size", "group_size only with activation 'maxout'", raw["group_size"])
         if "drop_prob" in raw and t != "dropout":
             flat.append((i, {"type": "dropout", "drop_prob": raw["drop_prob"]}))
-    return _build(flat, expanded=False, max_params=max_params)
+    return flat
 
 
 def _definition_fields(t: str) -> set[str]:
     """What a user's definition of type `t` may hold: the layer's fields and the sugar."""
     known = set(LAYER_TYPES[t].fields) | {"activation", "drop_prob", "group_size", "bias_pref"}
-    if t in ("softmax", "svm"):
+    if t in ("softmax", "svm", "seqsoftmax"):
         known.add("num_classes")
     if t == "regression":
         known.add("num_neurons")
@@ -168,24 +223,59 @@ def _as_list(defs: object) -> Sequence:
     return defs
 
 
-def _build(flat: list[tuple[int, dict]], expanded: bool, max_params: int) -> Spec:
+def _build(flat: list[tuple[int | str, dict]], expanded: bool, max_params: int) -> Spec:
+    layers = _build_layers(flat, (0, 0, 0), expanded, top=True)
+    spec = Spec(tuple(layers))
+    if len(spec.walk) > MAX_LAYERS:
+        raise SpecError(None, None, None, f"at most {MAX_LAYERS} layers after expansion", len(spec.walk))
+    if spec.num_params > max_params:
+        raise SpecError(None, None, None, f"at most {max_params} parameters", spec.num_params,
+                        "use fewer or smaller layers")  # fmt: skip
+    return spec
+
+
+def build_block(items: list, in_shape: Shape, expanded: bool, parent: int | str | None) -> list[Layer]:
+    """A residual block's sub-layers from `in_shape`: desugared (index, def) pairs, or
+    expanded layer dicts (indexed "parent.j")."""
+    if all(isinstance(x, tuple) and len(x) == 2 for x in items):
+        flat = list(items)
+    else:
+        flat = [(f"{parent}.{j}", x) for j, x in enumerate(items)]
+        for i, x in flat:
+            if not isinstance(x, Mapping) or ("layer_type" if expanded else "type") not in x:
+                form = "'layer_type'" if expanded else "'type'"
+                raise SpecError(i, None, None, f"a JSON object with a {form}", x)
+    return _build_layers(flat, in_shape, expanded, top=False)
+
+
+def _build_layers(flat: list[tuple[int | str, dict]], shape: Shape, expanded: bool, top: bool) -> list[Layer]:
     if len(flat) > MAX_LAYERS:
         raise SpecError(None, None, None, f"at most {MAX_LAYERS} layers after expansion", len(flat))
     layers: list[Layer] = []
-    shape: Shape = (0, 0, 0)
-    last = len(flat) - 1
-    for pos, (i, d) in enumerate(flat):
+    queue = list(flat)
+    while queue:
+        i, d = queue.pop(0)
         t = d.get("layer_type", d.get("type"))
+        if t in _BLOCK_SUGAR:  # now that the depth is known
+            queue[:0] = _desugar(residual.transformer_blocks(d, shape[2]), f"{i}.")
+            continue
+        if t not in LAYER_TYPES:
+            raise SpecError(i, None, "layer_type", "one of " + ", ".join(LAYER_TYPES), t)
         cls = LAYER_TYPES[t]
-        if pos == 0 and t != "input":
+        first, last = not layers, not queue
+        if not top and (t == "input" or cls.is_loss):
+            raise SpecError(i, t, "type", "no input or loss layer inside a block", t)
+        if top and first and t != "input":
             raise SpecError(i, t, "type", "the first layer to be 'input'", t)
-        if pos > 0 and t == "input":
+        if top and not first and t == "input":
             raise SpecError(i, t, "type", "'input' only as the first layer", t)
-        if cls.is_loss and pos != last:
-            raise SpecError(i, t, "type", "a loss layer (softmax, svm, regression) only last", t)
-        if pos == last and not cls.is_loss:
+        if top and cls.is_loss and not last:
+            raise SpecError(i, t, "type", "a loss layer (softmax, seqsoftmax, svm, regression) only last", t)
+        if top and last and not cls.is_loss:
             fix = 'end the spec with e.g. {"type": "softmax", "num_classes": 10}'
-            raise SpecError(i, t, "type", "the last layer to be softmax, svm or regression", t, fix)
+            raise SpecError(
+                i, t, "type", "the last layer to be softmax, seqsoftmax, svm or regression", t, fix
+            )
         r = FieldReader(d, i, t)
         r.check_misspelt(set(cls.fields))
         layer = cls.parse(r, shape, expanded)
@@ -200,11 +290,7 @@ def _build(flat: list[tuple[int, dict]], expanded: bool, max_params: int) -> Spe
             raise SpecError(i, t, None, f"at most {MAX_ACTIVATIONS} output values", h * w * c)
         layers.append(layer)
         shape = layer.out_shape
-    spec = Spec(tuple(layers))
-    if spec.num_params > max_params:
-        raise SpecError(None, None, None, f"at most {max_params} parameters", spec.num_params,
-                        "use fewer or smaller layers")  # fmt: skip
-    return spec
+    return layers
 
 
 def _check_declared_shape(r: FieldReader, layer: Layer) -> None:

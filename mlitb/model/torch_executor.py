@@ -9,6 +9,7 @@ Vols are stored) and fc/loss layers flatten in HWC order, like ConvNetJS.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -45,47 +46,120 @@ def _flatten_hwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
 
 
-def _conv(layer, x, w, b, net):
-    weight = w.permute(0, 3, 1, 2)  # [out, in, sy, sx]
-    return F.conv2d(x, weight, b, stride=layer.stride, padding=layer.pad)
+def _conv(layer, x, p, net):
+    weight = p["filters"].permute(0, 3, 1, 2)  # [out, in, sy, sx]
+    return F.conv2d(x, weight, p["biases"], stride=layer.stride, padding=layer.pad)
 
 
-def _fc(layer, x, w, b, net):
-    y = F.linear(_flatten_hwc(x), w, b)
+def _fc(layer, x, p, net):
+    y = F.linear(_flatten_hwc(x), p["filters"], p["biases"])
     return y.view(y.shape[0], -1, 1, 1)
 
 
-def _pool(layer, x, w, b, net):
+def _pool(layer, x, p, net):
     if layer.pad:  # padded positions never win the max, as in ConvNetJS
-        p = layer.pad
-        x = F.pad(x, (p, p, p, p), value=float("-inf"))
+        pad = layer.pad
+        x = F.pad(x, (pad, pad, pad, pad), value=float("-inf"))
     if net.pool_router is not None:  # verification's rerouting of near-tied windows (master/ties.py)
-        return net.pool_router(next(i for i, lay in enumerate(net.spec.layers) if lay is layer), layer, x)
+        return net.pool_router(net.index_of(layer), layer, x)
     return F.max_pool2d(x, (layer.sy, layer.sx), layer.stride)
 
 
-def _maxout(layer, x, w, b, net):
+def _maxout(layer, x, p, net):
     n, c, h, wd = x.shape
     g = layer.group_size
     groups = c // g
     return x[:, : groups * g].reshape(n, groups, g, h, wd).max(dim=2).values
 
 
-def _dropout(layer, x, w, b, net):
+def _dropout(layer, x, p, net):
     if net.training:  # drop with probability p, no rescaling (ConvNetJS)
         return x * net.dropout_keep(layer, x).to(x.dtype)
     return x * layer.drop_prob  # ConvNetJS's test-time scaling
 
 
-def _lrn(layer, x, w, b, net):
+def _lrn(layer, x, p, net):
     n2 = layer.n // 2
     sq = F.pad((x * x).unsqueeze(1), (0, 0, 0, 0, n2, n2))  # zero-pad the channel axis
     window = F.avg_pool3d(sq, (2 * n2 + 1, 1, 1), stride=1).squeeze(1) * (2 * n2 + 1)
     return x / (layer.k + layer.alpha / layer.n * window).pow(layer.beta)
 
 
-def _identity(layer, x, w, b, net):
+def _identity(layer, x, p, net):
     return x
+
+
+def _channel(v: torch.Tensor) -> torch.Tensor:
+    return v.view(1, -1, 1, 1)  # [D] -> broadcast over NCHW
+
+
+def _layernorm(layer, x, p, net):
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (layer.in_shape[2],), p["gain"], p["bias"], layer.eps)
+    return y.permute(0, 3, 1, 2)
+
+
+def _batchnorm(layer, x, p, net):
+    """Training: the batch's statistics, and the state's pull towards them (a loss term
+    whose gradient is n x (state - statistic): TorchNet.state_loss). Prediction: the
+    running statistics."""
+    if not net.training:
+        rm, rv = p["running_mean"].detach(), p["running_var"].detach().clamp_min(0)
+        return F.batch_norm(x, rm, rv, p["gain"], p["bias"], False, 0.0, layer.eps)
+    count = x.shape[0] * x.shape[2] * x.shape[3]  # values per channel in the batch
+    mean = x.mean((0, 2, 3))
+    var = ((x - _channel(mean)) ** 2).mean((0, 2, 3))  # biased: what normalises
+    y = (x - _channel(mean)) / _channel(torch.sqrt(var + layer.eps)) * _channel(p["gain"]) + _channel(
+        p["bias"]
+    )
+    unbiased = var * (count / (count - 1)) if count > 1 else var
+    pull = ((p["running_mean"] - mean.detach()) ** 2).sum() + (
+        (p["running_var"] - unbiased.detach()) ** 2
+    ).sum()
+    net.add_state_loss(0.5 * x.shape[0] * pull)
+    return y
+
+
+def _globalavgpool(layer, x, p, net):
+    return x.mean((2, 3), keepdim=True)
+
+
+def _embedding(layer, x, p, net):
+    n, _, h, w = x.shape
+    ids = x.reshape(n, h * w)
+    bad = lambda: ids.min() < 0 or ids.max() >= layer.vocab or (ids != ids.round()).any()  # noqa: E731
+    if not torch.jit.is_tracing() and ids.numel() and bad():  # a token id is an integer below the vocab
+        raise ValueError(f"token ids must be integers in [0, {layer.vocab}), got {ids.min()}..{ids.max()}")
+    out = F.embedding(ids.long(), p["weights"])  # [N, T, D]
+    return out.transpose(1, 2).reshape(n, -1, h, w)
+
+
+def _posembedding(layer, x, p, net):
+    _, d, h, w = x.shape
+    return x + p["weights"].t().reshape(1, d, h, w)
+
+
+def _attention(layer, x, p, net):
+    n, d, h, w = x.shape
+    t, heads = h * w, layer.heads
+    seq = x.flatten(2).transpose(1, 2)  # [N, T, D], positions in HWC order
+    q, k, v = F.linear(seq, p["qkv"], p["qkv_biases"]).split(d, dim=2)
+    split = lambda z: z.view(n, t, heads, d // heads).transpose(1, 2)  # noqa: E731  [N, heads, T, D/heads]
+    q, k, v = split(q), split(k), split(v)
+    att = q @ k.transpose(-2, -1) / math.sqrt(d // heads)  # [N, heads, T, T]
+    if layer.causal:
+        future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+        att = att.masked_fill(future, float("-inf"))
+    y = (att.softmax(-1) @ v).transpose(1, 2).reshape(n, t, d)
+    y = F.linear(y, p["out"], p["out_biases"])
+    return y.transpose(1, 2).reshape(n, d, h, w)
+
+
+def _residual(layer, x, p, net):
+    y = net.run(layer.layers, x)
+    if not layer.stride:
+        return y + x
+    weight = p["filters"].permute(0, 3, 1, 2)  # the 1x1 projection shortcut
+    return y + F.conv2d(x, weight, p["biases"], stride=layer.stride)
 
 
 OPS: dict[str, Callable] = {
@@ -93,13 +167,22 @@ OPS: dict[str, Callable] = {
     "conv": _conv,
     "fc": _fc,
     "pool": _pool,
-    "relu": lambda layer, x, w, b, net: F.relu(x),
-    "sigmoid": lambda layer, x, w, b, net: torch.sigmoid(x),
-    "tanh": lambda layer, x, w, b, net: torch.tanh(x),
+    "relu": lambda layer, x, p, net: F.relu(x),
+    "sigmoid": lambda layer, x, p, net: torch.sigmoid(x),
+    "tanh": lambda layer, x, p, net: torch.tanh(x),
+    "gelu": lambda layer, x, p, net: F.gelu(x),  # exact (erf)
     "maxout": _maxout,
     "dropout": _dropout,
     "lrn": _lrn,
+    "layernorm": _layernorm,
+    "batchnorm": _batchnorm,
+    "globalavgpool": _globalavgpool,
+    "embedding": _embedding,
+    "posembedding": _posembedding,
+    "attention": _attention,
+    "residual": _residual,
     "softmax": _identity,
+    "seqsoftmax": _identity,
     "svm": _identity,
     "regression": _identity,
 }
@@ -129,8 +212,8 @@ class TorchNet(torch.nn.Module):
         # training forward uses dropout_step, then it advances by one (dropout_at sets both)
         self.dropout_seed = int(seed) & masks.M32
         self.dropout_step = 0
-        self.has_dropout = any(layer.type == "dropout" for layer in spec.layers)
-        self._index = {id(layer): i for i, layer in enumerate(spec.layers)}
+        self.has_dropout = any(layer.type == "dropout" for layer in spec.walk)
+        self._index = {id(layer): i for i, layer in enumerate(spec.walk)}  # layout / dropout index
         self._row0 = 0  # the first example of the chunk forwarded (gradient's chunks)
         self._hashed: dict = {}  # (layer, shape, row0, device) -> lowbias32 of the canonical indices
         by_layer: dict[int, dict[str, Segment]] = {}
@@ -139,6 +222,16 @@ class TorchNet(torch.nn.Module):
         self._segs = by_layer
         self._l1_mul, self._l2_mul = decay_multipliers(spec)
         self.pool_router = None  # callable(layer index, layer, x) -> pooled x, else F.max_pool2d
+        # batchnorm's pull of its running statistics towards this batch's (a sum over its
+        # layers, built by a training forward; `loss` adds its gradient, not its value)
+        self.state_loss: torch.Tensor | None = None
+
+    def index_of(self, layer: Layer) -> int:
+        """`layer`'s index in spec.walk (the layout's and the dropout masks')."""
+        return self._index[id(layer)]
+
+    def add_state_loss(self, term: torch.Tensor) -> None:
+        self.state_loss = term if self.state_loss is None else self.state_loss + term
 
     # -- dropout ------------------------------------------------------------------
     def dropout_at(self, seed: int, step: int) -> None:
@@ -170,12 +263,12 @@ class TorchNet(torch.nn.Module):
     def get_params(self) -> np.ndarray:
         return self.flat.detach().cpu().numpy().astype(np.float32)
 
-    def _weights(self, i: int, layer: Layer):
+    def _arrays(self, i: int) -> dict[str, torch.Tensor]:
+        """Layer i's arrays as views of the flat vector, by name."""
         segs = self._segs.get(i)
         if not segs:
-            return None, None
-        w, b = segs["filters"], segs["biases"]
-        return self.flat[w.offset : w.stop].view(w.shape), self.flat[b.offset : b.stop]
+            return {}
+        return {name: self.flat[g.offset : g.stop].view(g.shape) for name, g in segs.items()}
 
     # -- forward ---------------------------------------------------------------
     def _tensor(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -187,17 +280,24 @@ class TorchNet(torch.nn.Module):
 
     def scores(self, x_nchw: torch.Tensor) -> torch.Tensor:
         """Activations entering the loss layer, flattened HWC: [N, outputs]."""
-        a = x_nchw
-        for i, layer in enumerate(self.spec.layers):
-            w, b = self._weights(i, layer)
-            a = OPS[layer.type](layer, a, w, b, self)
+        self.state_loss = None
+        a = self.run(self.spec.layers, x_nchw)
         if self.training and self.has_dropout:
             self.dropout_step = (self.dropout_step + 1) & masks.M32
         return _flatten_hwc(a)
 
+    def run(self, layers, a: torch.Tensor) -> torch.Tensor:
+        """`layers` in order on NCHW activations (the spec's, or a residual block's)."""
+        for layer in layers:
+            a = OPS[layer.type](layer, a, self._arrays(self._index[id(layer)]), self)
+        return a
+
     def forward(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities, svm scores or regression outputs: [N, outputs]."""
+        """Softmax probabilities, svm scores or regression outputs: [N, outputs]; a
+        sequence's per-position probabilities: [N, positions, classes]."""
         s = self.scores(self._tensor(x))
+        if self.spec.loss == "seqsoftmax":
+            return F.softmax(s.view(s.shape[0], self.spec.positions, -1), dim=2)
         return F.softmax(s, dim=1) if self.spec.loss == "softmax" else s
 
     def loss(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -205,9 +305,18 @@ class TorchNet(torch.nn.Module):
 
         softmax: -log p_y; svm: sum_i max(0, s_i - s_y + 1) over all i (so it includes
         the constant 1 of i = y, as ConvNetJS reports it); regression: 0.5 * |out - y|^2,
-        whose gradient out - y is ConvNetJS's (it reports 2 * |out - y|^2 as the loss).
+        whose gradient out - y is ConvNetJS's (it reports 2 * |out - y|^2 as the loss);
+        seqsoftmax: -log p of every position's target ([N, positions] class indices),
+        summed over positions too. In training, batchnorm's state pull joins the gradient
+        but not the value (x - x.detach() is exactly 0).
         """
         s = self.scores(self._tensor(x))
+        data = self._data_loss(s, y)
+        if self.state_loss is not None and self.training:
+            data = data + (self.state_loss - self.state_loss.detach())
+        return data
+
+    def _data_loss(self, s: torch.Tensor, y) -> torch.Tensor:
         kind = self.spec.loss
         if kind == "regression":
             target = torch.as_tensor(y, dtype=self.dtype_, device=self.device_)
@@ -215,11 +324,17 @@ class TorchNet(torch.nn.Module):
                 raise ValueError(f"regression targets must be {list(s.shape)}, got {list(target.shape)}")
             return 0.5 * ((s - target) ** 2).sum()
         labels = torch.as_tensor(y, dtype=torch.long, device=self.device_)
-        if labels.shape != (s.shape[0],):
+        if kind == "seqsoftmax":
+            t = self.spec.positions
+            if labels.shape != (s.shape[0], t):
+                raise ValueError(f"targets must be [{s.shape[0]}, {t}] token ids, got {list(labels.shape)}")
+            s = s.view(s.shape[0] * t, -1)
+            labels = labels.reshape(-1)
+        elif labels.shape != (s.shape[0],):
             raise ValueError(f"labels must be [{s.shape[0]}] class indices, got {list(labels.shape)}")
         if labels.numel() and (labels.min() < 0 or labels.max() >= s.shape[1]):
             raise ValueError(f"labels must be in [0, {s.shape[1]}), got {labels.min()}..{labels.max()}")
-        if kind == "softmax":
+        if kind in ("softmax", "seqsoftmax"):
             return F.cross_entropy(s, labels, reduction="sum")
         s_y = s.gather(1, labels[:, None])
         return F.relu(s - s_y + 1.0).sum()

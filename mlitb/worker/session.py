@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from mlitb.data.wire import fetch_blocks, project_labels
 from mlitb.model.inner import InnerOptimizer
-from mlitb.model.layout import decay_multipliers
+from mlitb.model.layout import decay_multipliers, state_rates
 from mlitb.model.spec import Spec
 from mlitb.model.torch_executor import TorchNet
 from mlitb.protocol import PROTOCOL_VERSION, codecs, frames, proofs
@@ -496,7 +496,14 @@ class Worker:
     def _inner_for(self, cfg: dict) -> InnerOptimizer:
         if self._inner is None or not self._inner.same(cfg):
             l1_mul, l2_mul = decay_multipliers(self._spec)
-            self._inner = InnerOptimizer(cfg, self._spec.num_params, l1_mul, l2_mul, self.net.device_)
+            self._inner = InnerOptimizer(
+                cfg,
+                self._spec.num_params,
+                l1_mul,
+                l2_mul,
+                self.net.device_,
+                state_rate=state_rates(self._spec),
+            )
         return self._inner
 
     def _encode(self, values: np.ndarray, kind: int, compression: str) -> tuple[int, bytes | None]:

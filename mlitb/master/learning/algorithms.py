@@ -55,9 +55,18 @@ class Algorithm(ABC):
     name: ClassVar[str]
     result_kinds: ClassVar[tuple[int, ...]]  # frame types a trainer may answer with
 
-    def __init__(self, hyper: Hyper, l1_mul: np.ndarray, l2_mul: np.ndarray) -> None:
+    # what `step` combines: gradients (state moves by its rate x the mean) or parameter
+    # changes (state moves by the mean change: the mean of the trainers' ends)
+    combines_gradients: ClassVar[bool] = False
+
+    def __init__(
+        self, hyper: Hyper, l1_mul: np.ndarray, l2_mul: np.ndarray, state_rate: np.ndarray | None = None
+    ) -> None:
+        """`state_rate`: mlitb.model.layout.state_rates of the spec (None: no state)."""
         self.hyper = hyper
         self.l1_mul, self.l2_mul = l1_mul, l2_mul
+        self.state_rate = state_rate
+        self._state = None if state_rate is None else np.flatnonzero(state_rate)
 
     def work_fields(self, round_s: float | None = None) -> dict:
         """Fields the work order of a `round_s`-second round (None: T) carries besides
@@ -68,6 +77,20 @@ class Algorithm(ABC):
         if self.hyper.work_vectors:
             fields["vectors"] = self.hyper.work_vectors
         return fields
+
+    def outer_step(self, params: np.ndarray, optimizer: Optimizer, combined: np.ndarray) -> None:
+        """The optimizer's step on the combined vector, for the trained parameters only:
+        state that is not trained (batchnorm's running statistics) moves by a fixed rule
+        whatever the optimizer (docs/model.md, "State that is not trained"), so momentum
+        or AdaGrad never acts on it."""
+        if self._state is None:
+            optimizer.step(params, combined)
+            return
+        idx = self._state
+        before = params[idx].copy()
+        optimizer.step(params, combined)
+        share = self.state_rate[idx] if self.combines_gradients else np.float32(1.0)
+        params[idx] = before - share * combined[idx].astype(np.float32)
 
     def check(self, frame: frames.Frame) -> None:
         if frame.kind not in self.result_kinds:
@@ -160,6 +183,7 @@ class Algorithm(ABC):
 
 
 class SyncSGD(Algorithm):
+    combines_gradients = True
     name = "sync_sgd"
     result_kinds = (frames.RESULT,)
 
@@ -180,7 +204,7 @@ class SyncSGD(Algorithm):
             self.l1_mul,
             self.l2_mul,
         )
-        optimizer.step(params, grad)
+        self.outer_step(params, optimizer, grad)
 
 
 class LocalSGD(Algorithm):
@@ -238,11 +262,13 @@ class LocalSGD(Algorithm):
     def step(self, acc: Accumulator, params: np.ndarray, optimizer: Optimizer) -> None:
         total, weight = acc.sum_and_weight()
         mean_change = (total / weight).astype(np.float32)
-        optimizer.step(params, mean_change)  # the outer step: the change acts as a gradient
+        self.outer_step(params, optimizer, mean_change)  # the outer step: the change acts as a gradient
 
 
 ALGORITHMS: dict[str, type[Algorithm]] = {a.name: a for a in (SyncSGD, LocalSGD)}
 
 
-def make_algorithm(hyper: Hyper, l1_mul: np.ndarray, l2_mul: np.ndarray) -> Algorithm:
-    return ALGORITHMS[hyper.algorithm](hyper, l1_mul, l2_mul)
+def make_algorithm(
+    hyper: Hyper, l1_mul: np.ndarray, l2_mul: np.ndarray, state_rate: np.ndarray | None = None
+) -> Algorithm:
+    return ALGORITHMS[hyper.algorithm](hyper, l1_mul, l2_mul, state_rate)

@@ -54,7 +54,7 @@ class CentralDP(Algorithm):
     result_kinds = (frames.DELTA,)  # parameter changes only: a protocol-1 gradient is not a round's update
 
     def __init__(self, inner: Algorithm, hyper, counters, rng: random.Random) -> None:
-        super().__init__(hyper, inner.l1_mul, inner.l2_mul)
+        super().__init__(hyper, inner.l1_mul, inner.l2_mul, inner.state_rate)
         self.inner = inner
         self.counters = counters
         state = counters.privacy
@@ -151,7 +151,7 @@ class CentralDP(Algorithm):
         z_value = mechanism.value_noise(self.round_z, sigma if self.counted else None)
         expected = self.expected or self.q * max(self.updates, 1)  # always drawn first; never 0
         mean = mechanism.noisy_mean(total, self.clip.norm, z_value, expected, self.noise)
-        optimizer.step(params, mean)
+        self.outer_step(params, optimizer, mean)
 
     # ---------------------------------------------------------------- the Engine's hooks
     def blocked(self) -> str | None:

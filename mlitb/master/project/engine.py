@@ -52,7 +52,7 @@ from mlitb.master.sched.allocation import Allocator
 from mlitb.master.trust.policy import AuditContext, Ban, Entry
 from mlitb.master.trust.verification import AuditJob, Verdict
 from mlitb.master.trust.verified import make_trust
-from mlitb.model.layout import decay_multipliers
+from mlitb.model.layout import decay_multipliers, state_rates
 from mlitb.model.spec import Spec
 from mlitb.optim import Optimizer
 from mlitb.protocol import frames
@@ -246,7 +246,7 @@ class Engine:
     def _make_algorithm(self, previous: Algorithm | None = None) -> Algorithm:
         """The learning algorithm the settings name, as the privacy setting wraps it;
         `previous`: the one it replaces mid-iteration (what the open round needs carries over)."""
-        inner = make_algorithm(self.hyper, self.l1_mul, self.l2_mul)
+        inner = make_algorithm(self.hyper, self.l1_mul, self.l2_mul, state_rates(self.spec))
         algorithm = make_private(inner, self.hyper, self.counters, self.rng)
         if previous is not None:
             algorithm.adopt(previous)

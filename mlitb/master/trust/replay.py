@@ -65,7 +65,10 @@ def _steps(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts: list
         net.flat.grad = None
         return {"g": got}
     names = expected_arrays(job)
-    opt = InnerOptimizer(job.inner, net.flat.numel(), l1_mul, l2_mul, torch.device("cpu"), dtype)
+    from mlitb.model.layout import state_rates
+
+    opt = InnerOptimizer(job.inner, net.flat.numel(), l1_mul, l2_mul, torch.device("cpu"), dtype,
+                         state_rates(net.spec))  # fmt: skip
     opt.t = ckpts[j]["t"]
     state = dict(zip(names, start, strict=True))
     if opt.m is not None:
