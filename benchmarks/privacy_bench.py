@@ -140,7 +140,8 @@ def run(name: str, hyper: dict, devices: Devices, spec, args, test: tuple, seed:
         if orders:
             changes = devices.updates(e.params.copy(), [int(c[1:]) for c in orders])
             for cid, change in zip(orders, changes, strict=True):
-                data = frames.encode(frames.DELTA, 1, e.iteration, change, e.hyper.work_vectors, 1.0, 100.0, 10)
+                work = e.hyper.work_vectors
+                data = frames.encode(frames.DELTA, 1, e.iteration, change, work, 1.0, 100.0, 10)
                 e.on_result(cid, frames.decode(data), now + 1.0)
         now += T
         e.poll(now)  # the step, then the next draw (an empty draw is a round too)

@@ -90,31 +90,33 @@ def test_specs_expand_check_shapes_and_round_trip():
         assert Spec.from_json(spec.to_json()) == spec
 
 
-@pytest.mark.parametrize(
-    ("defs", "words"),
-    [
-        ([LM[0], {"type": "embedding", "vocab": 11, "dim": 16}, {"type": "attention", "heads": 5}, LM[-1]],
-         ["layer 2 (attention), field 'heads'", "a divisor of the input depth 16", "use one of 1, 2, 4, 8, 16"]),
-        ([LM[0], {"type": "embedding", "vocab": 70_000, "dim": 8}, LM[-1]],
-         ["field 'vocab'", "at most 65,536 tokens", "got 70000"]),
-        ([{"type": "input", "out_sx": 4, "out_sy": 4, "out_depth": 3}, {"type": "embedding", "vocab": 10, "dim": 8},
-          RESNET[-1]],
-         ["layer 1 (embedding)", "one token id per position", '"out_sy": 1']),
-        ([RESNET[0], {"type": "residual", "layers": [{"type": "conv", "sx": 3, "filters": 4}]}, RESNET[-1]],
-         ["layer 1 (residual), field 'layers'", "a strided 1x1 projection", "got '6x6x4'"]),
-        ([RESNET[0], {"type": "residual", "layers": []}, RESNET[-1]], ["field 'layers'", "non-empty list"]),
-        ([RESNET[0], {"type": "residual", "layers": [{"type": "relu"}, {"type": "conv", "sx": 3, "filtres": 2}]},
-          RESNET[-1]], ["layer 1.1 (conv)", "did you mean 'filters'"]),
-        ([RESNET[0], {"type": "residual", "layers": [{"type": "softmax", "num_classes": 2}]}, RESNET[-1]],
-         ["no input or loss layer inside a block"]),
-        ([LM[0], LM[1], {"type": "transformer", "heads": 4, "mlp": 0}, LM[-1]], ["field 'mlp'", "1-16"]),
-        ([LM[0], LM[1], {"type": "transformer", "heads": 4, "casual": True}, LM[-1]], ["did you mean 'causal'"]),
-        ([LM[0], LM[1], {"type": "attention", "causal": "yes"}, LM[-1]], ["field 'causal'", "true or false"]),
-        ([RESNET[0], {"type": "batchnorm", "momentum": 0}, RESNET[-1]], ["field 'momentum'", "(0, 1)"]),
-        ([RESNET[0], {"type": "fc", "num_neurons": 1}, {"type": "seqsoftmax"}],
-         ["layer 2 (seqsoftmax)", "at least 2 classes per position"]),
-    ],
-)  # fmt: skip
+IMAGE3 = {"type": "input", "out_sx": 4, "out_sy": 4, "out_depth": 3}
+EMB = {"type": "embedding", "vocab": 11, "dim": 16}
+BAD_CONV = {"type": "conv", "sx": 3, "filtres": 2}
+BAD_SPECS = [
+    ([LM[0], EMB, {"type": "attention", "heads": 5}, LM[-1]],
+     ["layer 2 (attention), field 'heads'", "a divisor of the input depth 16", "use one of 1, 2, 4, 8, 16"]),
+    ([LM[0], {"type": "embedding", "vocab": 70_000, "dim": 8}, LM[-1]],
+     ["field 'vocab'", "at most 65,536 tokens", "got 70000"]),
+    ([IMAGE3, {"type": "embedding", "vocab": 10, "dim": 8}, RESNET[-1]],
+     ["layer 1 (embedding)", "one token id per position", '"out_sy": 1']),
+    ([RESNET[0], {"type": "residual", "layers": [{"type": "conv", "sx": 3, "filters": 4}]}, RESNET[-1]],
+     ["layer 1 (residual), field 'layers'", "a strided 1x1 projection", "got '6x6x4'"]),
+    ([RESNET[0], {"type": "residual", "layers": []}, RESNET[-1]], ["field 'layers'", "non-empty list"]),
+    ([RESNET[0], {"type": "residual", "layers": [{"type": "relu"}, BAD_CONV]}, RESNET[-1]],
+     ["layer 1.1 (conv)", "did you mean 'filters'"]),
+    ([RESNET[0], {"type": "residual", "layers": [{"type": "softmax", "num_classes": 2}]}, RESNET[-1]],
+     ["no input or loss layer inside a block"]),
+    ([LM[0], EMB, {"type": "transformer", "heads": 4, "mlp": 0}, LM[-1]], ["field 'mlp'", "1-16"]),
+    ([LM[0], EMB, {"type": "transformer", "heads": 4, "casual": True}, LM[-1]], ["did you mean 'causal'"]),
+    ([LM[0], EMB, {"type": "attention", "causal": "yes"}, LM[-1]], ["field 'causal'", "true or false"]),
+    ([RESNET[0], {"type": "batchnorm", "momentum": 0}, RESNET[-1]], ["field 'momentum'", "(0, 1)"]),
+    ([RESNET[0], {"type": "fc", "num_neurons": 1}, {"type": "seqsoftmax"}],
+     ["layer 2 (seqsoftmax)", "at least 2 classes per position"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("defs", "words"), BAD_SPECS)
 def test_bad_specs_say_what_and_where(defs, words):
     with pytest.raises(SpecError) as err:
         Spec.from_json(defs)
@@ -129,7 +131,6 @@ def test_layernorm_gelu_embedding_and_attention_match_torch_nn():
     p += np.random.default_rng(1).standard_normal(p.size).astype(np.float32) * 0.05  # gains, biases off 1, 0
     net = TorchNet(spec, p).eval()
     x, _ = tokens(5)
-    walk = spec.walk
     emb, pos, attn = (
         arrays(spec, p, 1),
         arrays(spec, p, 2),
