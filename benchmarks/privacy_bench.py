@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", type=int, default=6000)
     ap.add_argument("--per-device", type=int, default=10)
     ap.add_argument("--classes", type=int, default=2, help="labels per device at most")
-    ap.add_argument("--rounds", type=int, default=100, help="dp_rounds (10 draws per device at q 0.1)")
+    ap.add_argument("--rounds", type=int, default=200, help="dp_rounds (10 draws per device at q 0.05)")
     ap.add_argument("--q", type=float, default=None, help="dp_sample_rate (default: the project default)")
     ap.add_argument("--epsilons", default="1,2,4,8")
     ap.add_argument("--no-control", action="store_true")

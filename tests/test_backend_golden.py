@@ -27,7 +27,7 @@ from test_tfjs_golden import CASES, RTOL, close, make_case
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 BACKENDS = ["wasm", "webgl", "webgpu"]
-STATIC = ["vendor/tf.min.js", "vendor/tf-backend-wasm.min.js", "engine/tfjs_engine.js",
+STATIC = ["vendor/tf.min.js", "vendor/tf-backend-wasm.min.js", "engine/layout.js", "engine/tfjs_engine.js",
           "engine/wasm_kernels.js", "engine/inner.js", "engine/backends.js"]  # fmt: skip
 GOLDEN = [ROOT / "tests" / "js" / "tfjs_golden.js", ROOT / "tests" / "js" / "inner_golden.js"]
 

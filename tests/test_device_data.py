@@ -296,9 +296,10 @@ def test_the_new_project_page_makes_a_private_device_project(master, mnist_zips,
     page.select_option("#data-source", "device")
     assert "type the labels" in page.inner_text("#data-source-note")
     page.select_option("#dp", "central")
-    assert page.is_visible("#dp-fields") and page.input_value("#dp-sample-rate") == "0.1"
+    assert page.is_visible("#dp-fields") and page.input_value("#dp-sample-rate") == "0.05"
     page.fill("#dp-epsilon", "2")
     page.fill("#dp-rounds", "50")
+    page.fill("#dp-sample-rate", "0.1")
     page.fill("#labels", ",".join(LABELS))
     page.select_option("#test-dataset", str(test))
     page.click("#create")

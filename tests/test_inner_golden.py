@@ -24,7 +24,7 @@ import pytest
 from conftest import ROOT, run_node
 
 from mlitb.model.decay import mean_gradient
-from mlitb.model.layout import decay_multipliers, init_params
+from mlitb.model.layout import decay_multipliers, init_params, state_rates
 from mlitb.model.spec import Spec
 from mlitb.model.torch_executor import TorchNet
 from mlitb.optim import LRSchedule, make_optimizer
@@ -248,6 +248,90 @@ def test_local_round_tfjs_matches_pytorch(name):
     delta = f32(got["delta"])
     assert delta.shape == want.shape
     assert np.abs(want).max() > 1e-3  # the round moved the parameters
+    err = float(np.abs(delta - want).max()) / float(np.abs(want).max())
+    assert err <= 1e-4, err
+    assert abs(got["loss"] - loss) <= 1e-4 * max(1.0, abs(loss))
+
+
+# ------------------------------------------------- batchnorm's state, which is not trained
+BN_NET = [
+    {"type": "input", "out_sx": 6, "out_sy": 5, "out_depth": 2},
+    {"type": "conv", "sx": 3, "filters": 3, "pad": 1},
+    {"type": "batchnorm", "activation": "relu", "momentum": 0.2},
+    {
+        "type": "residual",
+        "layers": [{"type": "conv", "sx": 3, "filters": 3, "pad": 1}, {"type": "batchnorm"}],
+    },
+    {"type": "globalavgpool"},
+    {"type": "softmax", "num_classes": 3},
+]
+
+
+@pytest.mark.parametrize(
+    "inner", [CASES["adam defaults, l1+l2"], CASES["sgd momentum 0.9"]], ids=["adam", "sgd"]
+)
+def test_state_moves_by_its_own_rule_bit_for_bit(inner):
+    """Each step moves batchnorm's running statistics by state - rate x their mean gradient
+    (mlitb.model.layout.state_rates), not by Adam or momentum, in float32 as Python does."""
+    spec = Spec.from_json(BN_NET)
+    mul1, mul2 = decay_multipliers(spec)
+    rate = state_rates(spec)
+    idx = np.flatnonzero(rate)
+    rng = np.random.default_rng(3)
+    params = init_params(spec, 3) + rng.normal(0, 0.05, spec.num_params).astype(np.float32)
+    opt = python_optimizer(inner, spec.num_params)
+    p, steps, expected = params.copy(), [], []
+    for _ in range(STEPS):
+        n = int(rng.integers(1, 50))
+        grad = (rng.normal(0, 1, spec.num_params) * n).astype(np.float32)
+        g = mean_gradient(grad, n, p, inner.get("l1_decay", 0.0), inner.get("l2_decay", 0.0), mul1, mul2)
+        kept = p[idx].copy()
+        opt.step(p, g)
+        p[idx] = kept - rate[idx] * g[idx]  # float32 throughout
+        steps.append({"grad": b64(grad), "n": n})
+        expected.append(p.copy())
+    task = {"kind": "steps", "layers": spec.to_json(), "inner": inner, "params": b64(params), "steps": steps}
+    (got,) = run_node(SCRIPT, {"tasks": [task]})["results"]
+    assert "error" not in got, got.get("error")
+    assert np.array_equal(f32(got["mul_l1"]), mul1) and np.array_equal(f32(got["mul_l2"]), mul2)
+    for k, (want, text) in enumerate(zip(expected, got["params"], strict=True)):
+        have = f32(text)
+        assert np.array_equal(have.view(np.uint32), want.view(np.uint32)), f"step {k + 1}"
+
+
+def test_a_batchnorm_round_in_tfjs_is_a_native_workers_round():
+    """5 inner Adam steps of a residual batchnorm net: the TF.js engine with inner.js, and
+    PyTorch with the native worker's InnerOptimizer (mlitb.model.inner), give the same change,
+    the running statistics included."""
+    import torch
+
+    from mlitb.model.inner import InnerOptimizer
+
+    inner = ROUNDS["adam"]
+    spec = Spec.from_json(BN_NET)
+    rng = np.random.default_rng(5)
+    start = init_params(spec, 5) + rng.normal(0, 0.05, spec.num_params).astype(np.float32)
+    batches = [
+        (rng.random((n, *spec.input_shape), dtype=np.float32), rng.integers(0, 3, n)) for n in (8, 8, 6)
+    ]
+    net = TorchNet(spec, start.copy())
+    opt = InnerOptimizer(inner, spec.num_params, *decay_multipliers(spec), torch.device("cpu"),
+                         state_rate=state_rates(spec))  # fmt: skip
+    loss = 0.0
+    for x, y in batches:
+        net.flat.grad = None
+        batch = net.loss(x, y)
+        batch.backward()
+        opt.step(net.flat.data, net.flat.grad, len(y))
+        loss += float(batch)
+    want = start - net.get_params()
+    task = {"kind": "round", "layers": spec.to_json(), "inner": inner, "params": b64(start),
+            "batches": [{"x": b64(x), "y": y.tolist(), "n": len(y)} for x, y in batches]}  # fmt: skip
+    (got,) = run_node(SCRIPT, {"tasks": [task]})["results"]
+    assert "error" not in got, got.get("error")
+    delta = f32(got["delta"])
+    idx = np.flatnonzero(state_rates(spec))
+    assert np.abs(want[idx]).max() > 1e-3  # the running statistics moved
     err = float(np.abs(delta - want).max()) / float(np.abs(want).max())
     assert err <= 1e-4, err
     assert abs(got["loss"] - loss) <= 1e-4 * max(1.0, abs(loss))

@@ -21,7 +21,7 @@ from mlitb.master.learning.algorithms import make_algorithm
 from mlitb.model import Model
 from mlitb.model.errors import SpecError
 from mlitb.model.inner import InnerOptimizer
-from mlitb.model.layout import decay_multipliers, init_params, segments, state_rates
+from mlitb.model.layout import decay_multipliers, fixed_bias_layers, init_params, segments, state_rates
 from mlitb.model.spec import Spec
 from mlitb.model.torch_executor import TorchNet
 from mlitb.optim import make_optimizer
@@ -303,3 +303,36 @@ def test_convnetjs_export_refuses_todays_layers_by_name(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "layer 2 (batchnorm) has no ConvNetJS form" in r.stderr and "ONNX" in r.stderr
     assert not (tmp_path / "r.convnetjs").exists()
+
+
+def test_arrays_whose_exact_gradient_is_zero_stay_fixed():
+    """A conv's biases before a batchnorm and attention's key biases: the batch mean and the
+    softmax remove them, so their gradient is exactly 0 (not rounding noise that Adam would
+    turn into full steps, differently in each executor, failing honest audits)."""
+    for defs, zero in (
+        (
+            RESNET,
+            lambda spec, s: (
+                s.name == "biases" and any(spec.walk[s.layer] is f for f in fixed_bias_layers(spec))
+            ),
+        ),
+        (LM, lambda spec, s: s.name == "qkv_biases"),
+    ):
+        spec = Spec.from_json(defs)
+        net = TorchNet(spec, init_params(spec, 1))
+        x, y = (
+            tokens(4)
+            if defs is LM
+            else (np.random.default_rng(0).random((4, 8, 8, 1), np.float32), [0, 1, 2, 0])
+        )
+        grad = net.gradient(x, y)[0]
+        hit = [s for s in segments(spec) if zero(spec, s)]
+        assert hit
+        for s in hit:
+            g = grad[s.offset : s.stop]
+            if s.name == "qkv_biases":
+                d = s.size // 3
+                assert not g[d : 2 * d].any() and g[:d].any() and g[2 * d :].any()
+            else:
+                assert not g.any()
+    assert [layer.type for layer in fixed_bias_layers(Spec.from_json(RESNET))] == ["conv"] * 3

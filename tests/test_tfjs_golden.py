@@ -131,10 +131,55 @@ CASES: dict[str, list[dict]] = {
         {"type": "fc", "num_neurons": 5, "activation": "sigmoid"},
         HEADS["svm"],
     ],
+    # the layers of today's models (issue 27); "(train mode)": batch statistics and the
+    # running statistics' pull (batchnorm), else prediction mode
+    **{
+        f"batchnorm conv residual {mode}": [
+            inp(6, 6, 2),
+            {"type": "conv", "sx": 3, "filters": 4, "pad": 1},
+            {"type": "batchnorm", "activation": "relu"},
+            {
+                "type": "residual",
+                "layers": [
+                    {"type": "conv", "sx": 3, "filters": 6, "pad": 1, "stride": 2},
+                    {"type": "batchnorm", "activation": "gelu"},
+                    {"type": "conv", "sx": 3, "filters": 6, "pad": 1},
+                ],
+            },
+            {"type": "residual", "layers": [{"type": "batchnorm"}, {"type": "conv", "sx": 1, "filters": 6}]},
+            {"type": "globalavgpool"},
+            HEADS["softmax"],
+        ]
+        for mode in ("(test mode)", "(train mode)")
+    },
+    "layernorm gelu fc": [
+        inp(3, 3, 4),
+        {"type": "layernorm"},
+        {"type": "fc", "num_neurons": 7, "activation": "gelu"},
+        HEADS["svm"],
+    ],
+    **{
+        f"char transformer {kind}": [
+            inp(10, 1, 1),
+            {"type": "embedding", "vocab": 13, "dim": 8},
+            {"type": "posembedding"},
+            {"type": "transformer", "heads": heads, "causal": causal},
+            {"type": "layernorm"},
+            {"type": "seqsoftmax", "num_classes": 13},
+        ]
+        for kind, heads, causal in [("causal 2 heads", 2, True), ("bidirectional 1 head", 1, False)]
+    },
+    "attention over an image with dropout (train mode)": [
+        inp(3, 2, 4),
+        {"type": "attention", "heads": 4, "causal": False},
+        {"type": "residual", "layers": [{"type": "conv", "sx": 1, "filters": 4, "drop_prob": 0.3}]},
+        HEADS["softmax"],
+    ],
 }
 
 
-DROPOUT_TRAIN = {"dropout (train mode)": (12345, 3), "dropout conv volume (train mode)": (0xFFFFFFFF, 70000)}
+DROPOUT_TRAIN = {"dropout (train mode)": (12345, 3), "dropout conv volume (train mode)": (0xFFFFFFFF, 70000),
+                 "attention over an image with dropout (train mode)": (7, 9)}  # fmt: skip
 
 
 def b64(a: np.ndarray) -> str:
@@ -152,17 +197,23 @@ def make_case(name: str, defs: list[dict], seed: int) -> tuple[dict, dict]:
     params += rng.normal(0, 0.05, params.shape).astype(np.float32)  # non-zero biases too
     n = 5
     x = rng.random((n, *spec.input_shape), dtype=np.float32)
+    if spec.layers[1].type == "embedding":  # token ids
+        x = rng.integers(0, spec.layers[1].vocab, x.shape).astype(np.float32)
     if spec.loss == "regression":
         y = rng.normal(size=(n, spec.num_outputs)).astype(np.float32)
+        y_json = y.ravel().tolist()
+    elif spec.loss == "seqsoftmax":
+        y = rng.integers(0, spec.num_outputs, (n, spec.positions))
         y_json = y.ravel().tolist()
     else:
         y = rng.integers(0, spec.num_outputs, n)
         y_json = y.tolist()
     net = TorchNet(spec, params)
     seeded = DROPOUT_TRAIN.get(name)
+    train = bool(seeded) or name.endswith("(train mode)")
     if seeded:
         net.dropout_at(*seeded)
-    grad, _, loss = net.gradient(x, y, train=bool(seeded))
+    grad, _, loss = net.gradient(x, y, train=train)
     expected = {"loss": loss, "grad": grad, "predict": net.predict(x).ravel()}
     case = {
         "layers": spec.to_json(),
@@ -170,7 +221,7 @@ def make_case(name: str, defs: list[dict], seed: int) -> tuple[dict, dict]:
         "x": b64(x),
         "y": y_json,
         "n": n,
-        "train": bool(seeded),
+        "train": train,
     }
     if seeded:
         case["dropout"] = list(seeded)

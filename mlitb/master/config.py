@@ -122,7 +122,10 @@ class Hyper(BaseModel):
     # (None: calibrated so that dp_rounds rounds spend dp_epsilon); the accountant stops
     # the project in state `budget_spent` before a round would take epsilon past dp_epsilon
     dp: Literal["off", "central"] = "off"
-    dp_sample_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
+    # 0.05: at the same work on the devices, twice the rounds of half the cohort learn better
+    # (privacy_bench's non-private control: 1.73 % test error at q 0.05 x 200 rounds against
+    # 2.26 % at 0.1 x 100), and a smaller q amplifies privacy more (TFF's tutorial: 0.035)
+    dp_sample_rate: Annotated[float, Field(gt=0, le=1)] = 0.05
     dp_clip: Annotated[float, Field(gt=0, le=1e6)] | None = None
     dp_clip_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.5
     dp_noise: Annotated[float, Field(gt=0, le=1000)] | None = None

@@ -24,6 +24,16 @@ BROWSER_LAYERS = frozenset(
         "softmax",
         "svm",
         "regression",
+        # the layers of today's models (engine/layout.js lays out their arrays)
+        "gelu",
+        "layernorm",
+        "batchnorm",
+        "globalavgpool",
+        "embedding",
+        "posembedding",
+        "attention",
+        "residual",
+        "seqsoftmax",
     }
 )
 # A browser tab holds parameters, gradients and optimizer-free copies on the device; past
@@ -34,7 +44,7 @@ BROWSER_MAX_PARAMS = 25_000_000
 def browser_problems(spec: Spec) -> list[str]:
     problems = [
         f"layer {i} ({layer.type}) is not supported by the browser engine"
-        for i, layer in enumerate(spec.layers)
+        for i, layer in enumerate(spec.walk)
         if layer.type not in BROWSER_LAYERS
     ]
     if spec.num_params > BROWSER_MAX_PARAMS:

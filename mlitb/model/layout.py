@@ -19,6 +19,7 @@ So the vector is exactly ConvNetJS's `getParamsAndGrads()` concatenated.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -63,6 +64,23 @@ def decay_multipliers(spec: Spec) -> tuple[np.ndarray, np.ndarray]:
     for seg in segments(spec):
         l1[seg.offset : seg.stop], l2[seg.offset : seg.stop] = spec.walk[seg.layer].decay_muls(seg.name)
     return l1, l2
+
+
+def fixed_bias_layers(spec: Spec) -> list:
+    """conv and fc layers whose output goes straight into a batchnorm (the next layer of
+    the same list): their biases get no gradient in either executor (the batch mean removes
+    them; docs/model.md, "Arrays that stay fixed")."""
+    out = []
+
+    def scan(layers) -> None:
+        for a, b in itertools.pairwise(layers):
+            if a.type in ("conv", "fc") and b.type == "batchnorm":
+                out.append(a)
+        for layer in layers:
+            scan(layer.children())
+
+    scan(spec.layers)
+    return out
 
 
 def state_rates(spec: Spec) -> np.ndarray | None:

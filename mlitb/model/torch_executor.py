@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from . import dropout as masks
 from .decay import decay_gradient
 from .layers import Layer
-from .layout import Segment, decay_multipliers, segments
+from .layout import Segment, decay_multipliers, fixed_bias_layers, segments
 from .spec import Spec
 
 CHUNK = 1024  # examples per forward pass; bounds activation memory
@@ -48,11 +48,11 @@ def _flatten_hwc(x: torch.Tensor) -> torch.Tensor:
 
 def _conv(layer, x, p, net):
     weight = p["filters"].permute(0, 3, 1, 2)  # [out, in, sy, sx]
-    return F.conv2d(x, weight, p["biases"], stride=layer.stride, padding=layer.pad)
+    return F.conv2d(x, weight, net.biases(layer, p), stride=layer.stride, padding=layer.pad)
 
 
 def _fc(layer, x, p, net):
-    y = F.linear(_flatten_hwc(x), p["filters"], p["biases"])
+    y = F.linear(_flatten_hwc(x), p["filters"], net.biases(layer, p))
     return y.view(y.shape[0], -1, 1, 1)
 
 
@@ -142,7 +142,9 @@ def _attention(layer, x, p, net):
     n, d, h, w = x.shape
     t, heads = h * w, layer.heads
     seq = x.flatten(2).transpose(1, 2)  # [N, T, D], positions in HWC order
-    q, k, v = F.linear(seq, p["qkv"], p["qkv_biases"]).split(d, dim=2)
+    b = p["qkv_biases"]  # the key's bias adds q.b to every score of a row: softmax removes it,
+    b = torch.cat([b[:d], b[d : 2 * d].detach(), b[2 * d :]])  # so it stays fixed (docs/model.md)
+    q, k, v = F.linear(seq, p["qkv"], b).split(d, dim=2)
     split = lambda z: z.view(n, t, heads, d // heads).transpose(1, 2)  # noqa: E731  [N, heads, T, D/heads]
     q, k, v = split(q), split(k), split(v)
     att = q @ k.transpose(-2, -1) / math.sqrt(d // heads)  # [N, heads, T, T]
@@ -214,6 +216,7 @@ class TorchNet(torch.nn.Module):
         self.dropout_step = 0
         self.has_dropout = any(layer.type == "dropout" for layer in spec.walk)
         self._index = {id(layer): i for i, layer in enumerate(spec.walk)}  # layout / dropout index
+        self._fixed_biases = {id(layer) for layer in fixed_bias_layers(spec)}
         self._row0 = 0  # the first example of the chunk forwarded (gradient's chunks)
         self._hashed: dict = {}  # (layer, shape, row0, device) -> lowbias32 of the canonical indices
         by_layer: dict[int, dict[str, Segment]] = {}
@@ -225,6 +228,13 @@ class TorchNet(torch.nn.Module):
         # batchnorm's pull of its running statistics towards this batch's (a sum over its
         # layers, built by a training forward; `loss` adds its gradient, not its value)
         self.state_loss: torch.Tensor | None = None
+
+    def biases(self, layer: Layer, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A conv's or fc's biases; fixed (no gradient) where the layer feeds a batchnorm,
+        whose batch mean removes them: their exact gradient is 0, and the rounding noise
+        in its place would be turned into full steps by Adam, differently by each executor
+        (docs/model.md, "Arrays that stay fixed")."""
+        return p["biases"].detach() if id(layer) in self._fixed_biases else p["biases"]
 
     def index_of(self, layer: Layer) -> int:
         """`layer`'s index in spec.walk (the layout's and the dropout masks')."""

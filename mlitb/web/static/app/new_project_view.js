@@ -72,8 +72,8 @@ export async function newProjectView(root) {
   const dp = el("select", { id: "dp" }, [["off", "off"], ["central", "central (DP-FedAvg, budgeted)"]]
     .map(([v, t]) => el("option", { value: v }, t)));
   const dpEpsilon = el("input", { id: "dp-epsilon", type: "number", value: 4, min: 0.01, step: "any" });
-  const dpRounds = el("input", { id: "dp-rounds", type: "number", value: 100, min: 1, step: 1 });
-  const dpRate = el("input", { id: "dp-sample-rate", type: "number", value: 0.1, min: 0.001, max: 1, step: "any" });
+  const dpRounds = el("input", { id: "dp-rounds", type: "number", value: 200, min: 1, step: 1 });
+  const dpRate = el("input", { id: "dp-sample-rate", type: "number", value: 0.05, min: 0.001, max: 1, step: "any" });
   const dpFields = el("div", { class: "toolbar", id: "dp-fields", hidden: true },
     el("label", {}, "privacy budget epsilon ", dpEpsilon), el("label", {}, "over rounds ", dpRounds),
     el("label", {}, "share of devices per round ", dpRate),

@@ -3,7 +3,7 @@
 // Backends start as the volunteer's worker starts them (engine/backends.js).
 "use strict";
 self.window = self; // convnet-min.js publishes itself as window.convnetjs
-importScripts("../vendor/tf.min.js", "../vendor/tf-backend-wasm.min.js", "../engine/tfjs_engine.js",
+importScripts("../vendor/tf.min.js", "../vendor/tf-backend-wasm.min.js", "../engine/layout.js", "../engine/tfjs_engine.js",
   "../engine/wasm_kernels.js", "../engine/backends.js", "../vendor/convnet-min.js");
 
 async function timeLoop(fn, seconds) {

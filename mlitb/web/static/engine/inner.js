@@ -10,10 +10,12 @@
  * float32 operation (+, -, *, /, sqrt of float32 operands in double, then fround) is
  * exactly the float32 operation, which is what makes that possible.
  *
- *   MlitbInner.decayMultipliers(layers) -> {l1: Float32Array, l2: Float32Array}
+ *   MlitbInner.decayMultipliers(layers) -> {l1: Float32Array, l2: Float32Array, state}
  *       per-parameter decay multipliers of an expanded spec (mlitb.model.layout.
  *       decay_multipliers): conv/fc weights get the layer's l1_decay_mul/l2_decay_mul
- *       (1 when absent, as for expanded layers), biases 0.
+ *       (1 when absent, as for expanded layers), biases 0; `state`: batchnorm's running
+ *       statistics ({idx, rate} or null), which every step moves by state - rate x the
+ *       mean gradient whatever the optimizer (docs/model.md, "State that is not trained").
  *   MlitbInner.meanGradient(out, summed, n, params, l1, l2, mul) -> out
  *       (summed + decay) / n into `out` (mlitb.model.decay.mean_gradient).
  *   new MlitbInner.InnerOptimizer(cfg, numParams)      (`new` optional)
@@ -49,26 +51,11 @@
   };
   const UNIT = ["momentum", "beta1", "beta2"]; // must lie in [0, 1)
 
+  // the layout (engine/layout.js) gives the multipliers and batchnorm's state rates
+  const layout = () => (typeof module === "object" && module.exports ? require("./layout.js") : self.MlitbLayout);
+
   function decayMultipliers(layers) {
-    let n = 0;
-    const segs = [];
-    layers.forEach((L, i) => {
-      const t = L.layer_type;
-      if (t !== "conv" && t !== "fc") return;
-      const inputs = t === "conv"
-        ? L.sx * L.sy * (L.in_depth !== undefined ? L.in_depth : layers[i - 1].out_depth)
-        : L.num_inputs;
-      const w = L.out_depth * inputs;
-      segs.push([n, w, L.l1_decay_mul === undefined ? 1 : L.l1_decay_mul,
-        L.l2_decay_mul === undefined ? 1 : L.l2_decay_mul]);
-      n += w + L.out_depth; // weights, then biases (multiplier 0)
-    });
-    const l1 = new Float32Array(n), l2 = new Float32Array(n);
-    for (const [off, w, m1, m2] of segs) {
-      l1.fill(m1, off, off + w);
-      l2.fill(m2, off, off + w);
-    }
-    return { l1, l2 };
+    return layout().multipliers(layers);
   }
 
   /** (summed + l2*l2_mul*p + l1*l1_mul*sign(p)) / n, float32, as mlitb.model.decay.mean_gradient. */
@@ -179,6 +166,8 @@
         throw new Error(`inner ${c.optimizer}: gradient contains NaN or Inf; step refused`);
       }
     }
+    const st = mul && mul.state; // state that is not trained: kept, then moved by its own rule
+    const kept = st ? Float32Array.from(st.idx, (i) => p[i]) : null;
     const lr = this.lr();
     if (c.optimizer === "sgd") {
       // dx = momentum * v - lr * g; v = dx; p += dx (plain SGD when momentum is 0)
@@ -210,6 +199,7 @@
         p[i] = fround(p[i] - fround(fround(lr * mh) / fround(fround(Math.sqrt(vh)) + eps)));
       }
     }
+    if (st) for (let j = 0; j < st.idx.length; j++) p[st.idx[j]] = fround(kept[j] - fround(st.rate[j] * g[st.idx[j]]));
     this.t += 1;
     return p;
   };

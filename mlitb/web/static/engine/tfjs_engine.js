@@ -14,9 +14,12 @@
  *   engine.setDropout(seed, step)                     // masks of the next training gradient
  *       (each training gradient then advances step by one; engine.hasDropout says if any)
  *   await engine.gradient(x, y, n, train) -> {grad: Float32Array, loss: number, count: n}
- *       x: Float32Array N*H*W*C (NHWC, pixel/255); y: Int32Array N labels
- *       (Float32Array N*K targets for regression); sums, not means
- *   await engine.predict(x, n) -> Float32Array N*K (probabilities, or scores)
+ *       x: Float32Array N*H*W*C (NHWC, pixel/255; token ids for a language model);
+ *       y: Int32Array N labels (N*positions token ids for seqsoftmax; Float32Array N*K
+ *       targets for regression); sums, not means
+ *   await engine.predict(x, n) -> Float32Array N*K (probabilities, or scores;
+ *       N*positions*K for seqsoftmax)
+ *   engine.positions: targets per item (1, or a sequence's length)
  *   engine.dispose()
  * Results are read from the backend asynchronously (tensor.data(), never dataSync()):
  * TF.js's webgpu backend reads synchronously by drawing the buffer through two canvases,
@@ -31,60 +34,54 @@
 })(typeof self !== "undefined" ? self : this, function MlitbTfjsEngine(tf, layers) {
   "use strict";
   const SUPPORTED = ["input", "conv", "fc", "pool", "relu", "sigmoid", "tanh", "maxout",
-    "dropout", "lrn", "softmax", "svm", "regression"];
+    "dropout", "lrn", "softmax", "svm", "regression", "gelu", "layernorm", "batchnorm", "globalavgpool",
+    "embedding", "posembedding", "attention", "residual", "seqsoftmax"];
+  const Layout = typeof module === "object" && module.exports ? require("./layout.js") : self.MlitbLayout;
 
-  // ---- parameter segments, in layout order -------------------------------------
-  let offset = 0;
-  const plan = layers.map((L, i) => {
+  // ---- parameter segments, in layout order (engine/layout.js) -------------------
+  const check = (list, where) => list.forEach((L, i) => {
     if (!SUPPORTED.includes(L.layer_type)) {
-      throw new Error(`layer ${i}: type '${L.layer_type}' is not supported by the browser engine`);
+      throw new Error(`layer ${where}${i}: type '${L.layer_type}' is not supported by the browser engine`);
     }
-    const step = { L, type: L.layer_type };
-    if (L.layer_type === "conv") {
-      const prev = layers[i - 1];
-      const C = prev.out_depth;
-      step.w = { off: offset, shape: [L.out_depth, L.sy, L.sx, C] };
-      offset += L.out_depth * L.sy * L.sx * C;
-      step.b = { off: offset, shape: [L.out_depth] };
-      offset += L.out_depth;
-    } else if (L.layer_type === "fc") {
-      step.w = { off: offset, shape: [L.out_depth, L.num_inputs] };
-      offset += L.out_depth * L.num_inputs;
-      step.b = { off: offset, shape: [L.out_depth] };
-      offset += L.out_depth;
-    }
-    return step;
+    if (L.layer_type === "residual") check(L.layers || [], `${where}${i}.`);
   });
-  const numParams = offset;
+  check(layers, "");
+  const plan = Layout.walk(layers);
+  const numParams = plan.numParams;
   const inL = layers[0];
   const inShape = [inL.out_sy, inL.out_sx, inL.out_depth];
   const last = layers[layers.length - 1];
   const loss = last.layer_type;
-  const K = last.out_depth;
+  const K = last.out_depth; // classes (per position for seqsoftmax)
+  const positions = loss === "seqsoftmax" ? last.out_sy * last.out_sx : 1; // targets per item
   let P = tf.zeros([numParams]);
   // dropout masks: those of (seed, step) in the next training forward, then step + 1
-  const hasDropout = layers.some((L) => L.layer_type === "dropout");
+  const anyOf = (list, type) => list.some((L) => L.layer_type === type || (L.layers && anyOf(L.layers, type)));
+  const hasDropout = anyOf(layers, "dropout");
   const dropout = { seed: 0, step: 0 };
 
-  const piece = (P, seg) => tf.reshape(tf.slice(P, seg.off, seg.shape.reduce((a, b) => a * b, 1)), seg.shape);
+  const piece = (P, seg) => tf.reshape(tf.slice(P, seg.off, seg.size), seg.shape);
+  const arrays = (P, s) => Object.fromEntries(s.arrays.map((a) => [a.name, piece(P, a)]));
+  // the value with no gradient (PyTorch's detach): batchnorm's state pull must not reach x
+  const stopGradient = tf.customGrad((x) => ({ value: tf.clone(x), gradFunc: (dy) => tf.zerosLike(dy) }));
+  const SQRT1_2 = Math.SQRT1_2;
 
   // ---- forward: NHWC activations -> scores [N, K] -------------------------------
-  function scores(P, x, train) {
-    let a = x;
-    for (const [i, s] of plan.entries()) {
-      const L = s.L;
-      switch (s.type) {
-        case "input": case "softmax": case "svm": case "regression":
+  function run(P, steps, a, train, ctx) {
+    for (const s of steps) {
+      const L = s.L, p = arrays(P, s);
+      switch (L.layer_type) {
+        case "input": case "softmax": case "svm": case "regression": case "seqsoftmax":
           break;
         case "conv": {
-          const w = tf.transpose(piece(P, s.w), [1, 2, 3, 0]); // [sy, sx, C, F]
+          const w = tf.transpose(p.filters, [1, 2, 3, 0]); // [sy, sx, C, F]
           if (L.pad) a = tf.pad(a, [[0, 0], [L.pad, L.pad], [L.pad, L.pad], [0, 0]]);
-          a = tf.add(tf.conv2d(a, w, L.stride, "valid"), piece(P, s.b));
+          a = tf.add(tf.conv2d(a, w, L.stride, "valid"), s.fixedBiases ? stopGradient(p.biases) : p.biases);
           break;
         }
         case "fc": {
           const flat = tf.reshape(a, [a.shape[0], -1]); // NHWC flattens as HWC, like ConvNetJS
-          a = tf.add(tf.matMul(flat, piece(P, s.w), false, true), piece(P, s.b));
+          a = tf.add(tf.matMul(flat, p.filters, false, true), s.fixedBiases ? stopGradient(p.biases) : p.biases);
           a = tf.reshape(a, [a.shape[0], 1, 1, L.out_depth]);
           break;
         }
@@ -97,6 +94,7 @@
         case "relu": a = tf.relu(a); break;
         case "sigmoid": a = tf.sigmoid(a); break;
         case "tanh": a = tf.tanh(a); break;
+        case "gelu": a = tf.mul(tf.mul(0.5, a), tf.add(1, tf.erf(tf.mul(a, SQRT1_2)))); break; // exact
         case "maxout": {
           const [n, h, w, c] = a.shape;
           const g = L.group_size, groups = Math.floor(c / g);
@@ -105,7 +103,7 @@
           break;
         }
         case "dropout": // NHWC: the flat order is the canonical one (MlitbTfjsEngine.dropoutMask)
-          if (train) a = tf.mul(a, tf.tensor(MlitbTfjsEngine.dropoutMask(dropout.seed, dropout.step, i, a.size, L.drop_prob), a.shape));
+          if (train) a = tf.mul(a, tf.tensor(MlitbTfjsEngine.dropoutMask(dropout.seed, dropout.step, s.index, a.size, L.drop_prob), a.shape));
           else a = tf.mul(a, L.drop_prob); // ConvNetJS's test-time scaling
           break;
         case "lrn": {
@@ -118,15 +116,89 @@
           a = tf.div(a, tf.pow(tf.add(L.k, tf.mul(L.alpha / L.n, win)), L.beta));
           break;
         }
+        case "layernorm": { // per position over the depth (the last axis of NHWC)
+          const mean = tf.mean(a, 3, true);
+          const d = tf.sub(a, mean);
+          const inv = tf.rsqrt(tf.add(tf.mean(tf.square(d), 3, true), L.eps));
+          a = tf.add(tf.mul(tf.mul(d, inv), p.gain), p.bias);
+          break;
+        }
+        case "batchnorm": a = batchnorm(L, a, p, train, ctx); break;
+        case "globalavgpool": a = tf.mean(a, [1, 2], true); break;
+        case "embedding": { // one-hot x table: TF.js wasm has no gather gradient (UnsortedSegmentSum)
+          const [n, h, w] = a.shape;
+          const ids = tf.cast(tf.reshape(a, [n * h * w]), "int32");
+          a = tf.reshape(tf.matMul(tf.oneHot(ids, L.vocab), p.weights), [n, h, w, L.out_depth]);
+          break;
+        }
+        case "posembedding": a = tf.add(a, tf.reshape(p.weights, a.shape.slice(1))); break;
+        case "attention": a = attention(L, a, p); break;
+        case "residual": {
+          const f = run(P, s.children, a, train, ctx);
+          const x = L.stride
+            ? tf.add(tf.conv2d(a, tf.transpose(p.filters, [1, 2, 3, 0]), L.stride, "valid"), p.biases)
+            : a;
+          a = tf.add(f, x);
+          break;
+        }
       }
     }
+    return a;
+  }
+
+  /** Training: the batch's statistics, and the state's pull towards them (0.5 n |state -
+   * statistic|^2, its gradient only: mlitb.model.torch_executor._batchnorm). */
+  function batchnorm(L, a, p, train, ctx) {
+    if (!train) {
+      // the running statistics as constants (no gradient), a variance below 0 read as 0
+      const inv = tf.rsqrt(tf.add(tf.relu(stopGradient(p.running_var)), L.eps));
+      return tf.add(tf.mul(tf.mul(tf.sub(a, stopGradient(p.running_mean)), inv), p.gain), p.bias);
+    }
+    const [n, h, w] = a.shape;
+    const count = n * h * w;
+    const mean = tf.mean(a, [0, 1, 2]);
+    const d = tf.sub(a, mean);
+    const variance = tf.mean(tf.square(d), [0, 1, 2]);
+    const y = tf.add(tf.mul(tf.div(d, tf.sqrt(tf.add(variance, L.eps))), p.gain), p.bias);
+    const unbiased = count > 1 ? tf.mul(variance, count / (count - 1)) : variance;
+    const pull = tf.add(tf.sum(tf.square(tf.sub(p.running_mean, stopGradient(mean)))),
+      tf.sum(tf.square(tf.sub(p.running_var, stopGradient(unbiased)))));
+    const term = tf.mul(0.5 * n, pull);
+    ctx.state = ctx.state ? tf.add(ctx.state, term) : term;
+    return y;
+  }
+
+  /** Multi-head self-attention over the positions (HWC order), heads of D / heads. */
+  function attention(L, a, p) {
+    const [n, h, w, D] = a.shape;
+    const T = h * w, H = L.heads, dh = D / H;
+    // the key's bias stays fixed: softmax removes q.b from every score (torch_executor._attention)
+    const [bq, bk, bv] = tf.split(p.qkv_biases, 3);
+    const bias = tf.concat([bq, stopGradient(bk), bv]);
+    const qkv = tf.add(tf.matMul(tf.reshape(a, [n * T, D]), p.qkv, false, true), bias); // [N*T, 3D]
+    const heads = (z) => tf.transpose(tf.reshape(z, [n, T, H, dh]), [0, 2, 1, 3]); // [N, H, T, dh]
+    const [q, k, v] = tf.split(qkv, 3, 1).map(heads);
+    let att = tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)); // [N, H, T, T]
+    if (L.causal) att = tf.add(att, causalMask(T));
+    const y = tf.reshape(tf.transpose(tf.matMul(tf.softmax(att), v), [0, 2, 1, 3]), [n * T, D]);
+    return tf.reshape(tf.add(tf.matMul(y, p.out, false, true), p.out_biases), [n, h, w, D]);
+  }
+
+  function causalMask(T) { // -1e9 above the diagonal: exp() of it is exactly 0, as PyTorch's -inf
+    const m = new Float32Array(T * T);
+    for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) m[i * T + j] = -1e9;
+    return tf.tensor2d(m, [T, T]);
+  }
+
+  function scores(P, x, train, ctx = {}) {
+    const a = run(P, plan, x, train, ctx);
     return tf.reshape(a, [a.shape[0], -1]);
   }
 
   function lossOf(s, y) {
     if (loss === "regression") return tf.mul(0.5, tf.sum(tf.square(tf.sub(s, y))));
-    if (loss === "softmax") {
-      const logp = tf.logSoftmax(s);
+    if (loss === "softmax" || loss === "seqsoftmax") {
+      const logp = tf.logSoftmax(loss === "seqsoftmax" ? tf.reshape(s, [-1, K]) : s);
       return tf.neg(tf.sum(tf.mul(logp, tf.oneHot(y, K))));
     }
     // svm: sum_i max(0, s_i - s_y + 1) over all i (ConvNetJS's report, incl. i = y)
@@ -142,6 +214,7 @@
     numParams,
     inShape,
     numOutputs: K,
+    positions,
     loss,
     backend: () => tf.getBackend(),
     hasDropout,
@@ -162,7 +235,13 @@
       const out = tf.tidy(() => {
         const xt = input(x, n);
         const yt = loss === "regression" ? tf.tensor2d(y, [n, K]) : tf.tensor1d(y, "int32");
-        const { value, grads } = tf.valueAndGrads((p) => lossOf(scores(p, xt, train), yt))([P]);
+        const f = (p) => {
+          const ctx = {};
+          const data = lossOf(scores(p, xt, train, ctx), yt);
+          // batchnorm's state pull joins the gradient, not the value (S - S is exactly 0)
+          return ctx.state ? tf.add(data, tf.sub(ctx.state, stopGradient(ctx.state))) : data;
+        };
+        const { value, grads } = tf.valueAndGrads(f)([P]);
         return [value, grads[0]];
       });
       if (train && hasDropout) dropout.step = (dropout.step + 1) >>> 0;
@@ -177,6 +256,7 @@
     async predict(x, n) {
       const out = tf.tidy(() => {
         const s = scores(P, input(x, n), false);
+        if (loss === "seqsoftmax") return tf.softmax(tf.reshape(s, [-1, K]));
         return loss === "softmax" ? tf.softmax(s) : s;
       });
       try {

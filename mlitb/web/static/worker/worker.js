@@ -26,7 +26,7 @@
  */
 "use strict";
 importScripts("../vendor/tf.min.js", "../vendor/tf-backend-wasm.min.js",
-  "../engine/tfjs_engine.js", "../engine/wasm_kernels.js", "../engine/wire.js", "../engine/inner.js",
+  "../engine/layout.js", "../engine/tfjs_engine.js", "../engine/wasm_kernels.js", "../engine/wire.js", "../engine/inner.js",
   "../engine/proof.js", "../engine/backends.js");
 try {
   importScripts("../engine/codecs.js"); // optional: without it results go uncompressed
@@ -599,11 +599,9 @@ async function localRound(it, workMs, target, m, gen) {
     S.inner = new Inner.InnerOptimizer(cfg, n);
   }
   const opt = S.inner;
-  let mul = null;
-  if (opt.config.l1_decay || opt.config.l2_decay) {
-    if (!S.decayMul || S.decayMul.l1.length !== n) S.decayMul = Inner.decayMultipliers(S.spec);
-    mul = S.decayMul;
-  }
+  // decay multipliers, and batchnorm's state, which moves by its own rule (inner.js)
+  if (!S.decayMul || S.decayMul.l1.length !== n) S.decayMul = Inner.decayMultipliers(S.spec);
+  const mul = opt.config.l1_decay || opt.config.l2_decay || S.decayMul.state ? S.decayMul : null;
   const round = new Inner.LocalRound(S.engine, opt, S.params, mul); // S.params is never changed in place
   const carry = S.carry;
   S.carry = null;
@@ -652,7 +650,7 @@ async function overlapRound(mostMs, end, gen, after, most = 0) {
   const opt = S.inner;
   if (!opt || S.nextWork || !live(gen)) return;
   const it = S.iteration;
-  const mul = opt.config.l1_decay || opt.config.l2_decay ? S.decayMul : null;
+  const mul = opt.config.l1_decay || opt.config.l2_decay || (S.decayMul && S.decayMul.state) ? S.decayMul : null;
   const round = new Inner.LocalRound(S.engine, opt, end, mul);
   const proof = new Proof.ProofRecorder("local", Proof.localArrays(opt), opt.numParams, S.engine.hasDropout);
   const state = () => Proof.localState(round.params, opt);
