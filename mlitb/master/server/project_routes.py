@@ -21,6 +21,7 @@ from mlitb.master.server.model_specs import build_model
 from mlitb.master.server.projects import ProjectManager
 from mlitb.master.server.runner import ProjectRunner
 from mlitb.model.browser import browser_problems
+from mlitb.model.errors import FormatError
 from mlitb.model.jsonfloats import dumps as dumps_model
 
 ACTIONS = ("start", "pause", "restart", "reboot", "datasets")
@@ -156,11 +157,18 @@ def project_router(manager: ProjectManager) -> APIRouter:
         return {"project": name, "rows": [r for r in e.history if r["iteration"] >= since]}
 
     @router.get("/api/projects/{name}/model")
-    async def download_model(name: str, request: Request, format: str = "convnetjs"):
-        if format not in ("convnetjs", "mlitb"):
+    async def download_model(name: str, request: Request, format: str | None = None):
+        """The current model; by default ConvNetJS's JSON while the model has only its
+        layers, else mlitb's (Model.default_format)."""
+        if format not in (None, "convnetjs", "mlitb"):
             raise ProjectError(400, f"format: expected convnetjs or mlitb, got {format!r}", "bad_format")
         runner = reader(manager, request, name)
-        body = dumps_model(manager.model(runner).to_json(format))  # exact float32 text
+        model = manager.model(runner)
+        format = format or model.default_format
+        try:
+            body = dumps_model(model.to_json(format))  # exact float32 text
+        except FormatError as e:
+            raise ProjectError(400, f"format: {e}", "bad_format") from None
         filename = f"{name}-{runner.engine.iteration}.{format}.json"
         return Response(
             body,
