@@ -52,3 +52,26 @@ def test_a_residual_batchnorm_net_trains_and_every_audit_replays(master, mnist_z
     assert model.status_code == 200 and '"residual"' in model.text and '"running_var"' not in model.text
     refused = httpx.get(f"{master.url}/api/projects/resnet/model?format=convnetjs", timeout=HTTP_TIMEOUT)
     assert refused.status_code == 400 and "batchnorm" in refused.text and "ConvNetJS" in refused.text
+
+
+@pytest.mark.browser
+def test_a_browser_tab_trains_the_residual_net_and_passes_its_audits(master, mnist_zips, page):
+    """The same net in a volunteer's tab (TF.js wasm): it learns, its rounds replay on the
+    master's PyTorch within the tolerance, and the largest replay error is printed
+    (docs/security.md records it)."""
+    train, test = upload(master.data, mnist_zips)
+    hyper = {"iteration_time": 2.0, "test_interval": 1, "test_sample": 1000}
+    create_project(master.url, "tabres", [train], [test], hyper=hyper, spec=RESNET)
+    page.goto(f"{master.url}/join/tabres")
+
+    def audited(s):
+        tabs = [c for c in s["clients"] if c.get("kind") == "browser"]
+        return bool(s["banned_count"]) or (tabs and tabs[0]["verified"] >= 3 and s["test_error"] is not None)
+
+    s = wait_for(master.url, "tabres", audited, 400, "three audits of the tab")
+    assert s["banned_count"] == 0 and s["audits_failed"] == 0, brief(s)
+    (c,) = [c for c in s["clients"] if c.get("kind") == "browser"]
+    assert c["backend"] == "wasm" and c["audit_error"] < 0.01, c  # the default verify_tolerance
+    print(
+        f"residual batchnorm net, wasm vs PyTorch: {c['verified']} audits, largest error {c['audit_error']}"
+    )
