@@ -16,9 +16,9 @@ def build_app(
     local_url: str,
     external_data_url: str | None = None,
     data_token: str | None = None,
-    demo: bool = False,
+    demo: bool | str = False,
     demo_workers: int = 1,
-    demo_target: float = 0.07,
+    demo_target: float | None = None,
     limits: Limits = DEFAULT_LIMITS,
     public_url: str | None = None,
     announce: Callable[[str], None] | None = None,
@@ -45,12 +45,14 @@ def build_app(
         internal, public = f"{local_url}/data", "/data"
     hooks = []
     if demo:
-        from mlitb.demo import run_demo
+        from mlitb.demo import DEMOS, run_demo
+
+        which = DEMOS["mnist" if demo is True else demo]  # `demo`: True or a demo's name
 
         async def demo_hook(app: FastAPI) -> None:
             await run_demo(
                 app, local_url, internal, data_dir, demo_workers, data_token, demo_target,
-                public_url=public_url, say=announce, token_urls=token_urls,
+                public_url=public_url, say=announce, token_urls=token_urls, demo=which,
             )  # fmt: skip
 
         hooks.append(demo_hook)

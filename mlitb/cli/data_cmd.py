@@ -16,7 +16,9 @@ DEFAULT_SERVER = os.environ.get("MLITB_DATA_SERVER", "http://127.0.0.1:8000/data
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "data", help="datasets on a data server: upload, list, info, get, delete, release, fetch-mnist"
+        "data",
+        help="datasets on a data server: upload, list, info, get, delete, release, fetch-mnist, "
+        "fetch-fashion-mnist",
     )
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
@@ -88,6 +90,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--test-limit", type=int, help="only the first N test images")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=fetch_mnist)
+
+    q = dsub.add_parser(
+        "fetch-fashion-mnist",
+        help="make Fashion-MNIST zips from the Debian package dataset-fashion-mnist; upload with --upload",
+    )
+    server_args(q)
+    q.add_argument("--upload", action="store_true", help="also upload train and test sets to --server")
+    q.add_argument(
+        "--source", type=Path, help="folder with the IDX files (default: /usr/share/datasets/fashion-mnist)"
+    )
+    q.add_argument("--out", type=Path, default=Path("data/fashion-zips"), help="where the zips go")
+    q.add_argument("--train-limit", type=int, help="only the first N training images")
+    q.add_argument("--test-limit", type=int, help="only the first N test images")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=fetch_fashion_mnist)
 
 
 def _client(args):
@@ -273,19 +290,32 @@ def release_cmd(args: argparse.Namespace) -> int:
 
 
 def fetch_mnist(args: argparse.Namespace) -> int:
+    from mlitb.data import mnist
+
+    return _fetch_idx(args, mnist.load, mnist.find_source, "mnist", None)
+
+
+def fetch_fashion_mnist(args: argparse.Namespace) -> int:
+    from mlitb.data import fashion
+
+    return _fetch_idx(args, fashion.load, fashion.find_source, "fashion", fashion.CLASSES)
+
+
+def _fetch_idx(args: argparse.Namespace, load, find_source, prefix: str, names) -> int:
+    """IDX files -> zips of PNGs per label (and uploads): fetch-mnist, fetch-fashion-mnist."""
     from tqdm import tqdm
 
     from mlitb.data import mnist
 
     try:
-        source = args.source or mnist.find_source()
+        source = args.source or find_source()
         zips = {}
         for split, limit in (("train", args.train_limit), ("test", args.test_limit)):
-            images, labels = mnist.load(split, source, limit)
-            path = args.out / f"mnist-{split}{'-' + str(limit) if limit else ''}.zip"
+            images, labels = load(split, source, limit)
+            path = args.out / f"{prefix}-{split}{'-' + str(limit) if limit else ''}.zip"
             if not path.exists():
                 with tqdm(total=len(images), unit="img", desc=f"zip {split}", disable=args.json) as bar:
-                    mnist.write_zip(images, labels, path, f"mnist-{split}", bar.update)
+                    mnist.write_zip(images, labels, path, f"{prefix}-{split}", bar.update, names)
             zips[split] = path
     except (OSError, mnist.IDXError) as exc:
         return _fail(exc)
@@ -295,7 +325,7 @@ def fetch_mnist(args: argparse.Namespace) -> int:
             with _client(args) as client:
                 for split, path in zips.items():
                     kind = "test" if split == "test" else "train"
-                    report = _do_upload(client, path, "28x28x1", f"mnist-{split}", kind, None, args.json)
+                    report = _do_upload(client, path, "28x28x1", f"{prefix}-{split}", kind, None, args.json)
                     out[split] = {k: report[k] for k in ("dataset", "items", "labels", "content_hash")}
         except Exception as exc:
             return _fail(exc, args.server)

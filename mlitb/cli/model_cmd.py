@@ -6,14 +6,14 @@ import argparse
 import json
 import math
 import sys
-from importlib import resources
 from pathlib import Path
 
+from mlitb import examples
 from mlitb.closure import load_model
 from mlitb.model import Model, ModelError
 from mlitb.model.layers import Layer
 
-EXAMPLES = ("mnist",)
+EXAMPLES = examples.NAMES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = msub.add_parser("convert", help="convert a model file to another format")
     v.add_argument("input", help="mlitb, ConvNetJS or MLitB-prototype JSON (or a spec)")
     v.add_argument("output", help="file to write")
-    v.add_argument("--to", choices=("convnetjs", "mlitb", "onnx"), default="convnetjs")
+    v.add_argument("--to", choices=("convnetjs", "mlitb", "onnx"), default=None,
+                   help="the format (default: ConvNetJS while the model has only its layers, "
+                   "else mlitb)")  # fmt: skip
     v.set_defaults(func=cmd_convert)
 
     i = msub.add_parser("init", help="a new model from a spec, with seeded initial weights")
@@ -45,8 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _load(name: str) -> Model:
     if name in EXAMPLES and not Path(name).exists():
-        text = resources.files("mlitb.examples").joinpath(f"{name}.json").read_text()
-        return Model.from_json(json.loads(text))
+        return Model.from_json(examples.load(name))
     return load_model(name)  # a JSON model or a research closure
 
 
@@ -57,7 +58,7 @@ def _fail(exc: Exception) -> int:
 
 def _details(layer: Layer) -> str:
     j = layer.to_json()
-    skip = {"layer_type", "out_sx", "out_sy", "out_depth", "in_depth", "num_inputs"}
+    skip = {"layer_type", "out_sx", "out_sy", "out_depth", "in_depth", "num_inputs", "layers"}
     return " ".join(f"{k}={v}" for k, v in j.items() if k not in skip)
 
 
@@ -70,11 +71,17 @@ def cmd_check(args) -> int:
     if args.json:
         print(json.dumps({"layers": spec.to_json(), "num_params": spec.num_params}, indent=1))
         return 0
-    print(f"{'#':>3}  {'layer':<10} {'output (HxWxD)':<16} {'params':>10}  details")
-    for i, layer in enumerate(spec.layers):
-        n = sum(math.prod(s) for _, s in layer.param_shapes())
-        shape = "x".join(map(str, layer.out_shape))
-        print(f"{i:>3}  {layer.type:<10} {shape:<16} {n:>10}  {_details(layer)}")
+    print(f"{'#':>5}  {'layer':<13} {'output (HxWxD)':<16} {'params':>10}  details")
+
+    def show(layers, prefix: str) -> None:  # a block's sub-layers indented, numbered 3.0, 3.1, ...
+        for i, layer in enumerate(layers):
+            n = sum(math.prod(s) for _, s in layer.param_shapes())
+            shape = "x".join(map(str, layer.out_shape))
+            name = "  " * prefix.count(".") + layer.type
+            print(f"{prefix + str(i):>5}  {name:<13} {shape:<16} {n:>10}  {_details(layer)}")
+            show(layer.children(), f"{prefix}{i}.")
+
+    show(spec.layers, "")
     h, w, d = spec.input_shape
     print(f"input {h}x{w}x{d}, {spec.num_outputs} outputs ({spec.loss}), "
           f"{spec.num_params} parameters ({spec.num_params * 4 / 1024:.1f} KiB as float32)")  # fmt: skip

@@ -6,10 +6,10 @@ import argparse
 import json
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
+from mlitb import examples
 from mlitb import local_tokens as tokens
 
 DEFAULT_SERVER = os.environ.get("MLITB_SERVER", "http://127.0.0.1:8000")
@@ -93,11 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _spec(text: str) -> dict | list:
     path = Path(text)
-    if not path.exists() and not text.endswith(".json"):
-        try:
-            return json.loads(resources.files("mlitb.examples").joinpath(f"{text}.json").read_text())
-        except FileNotFoundError:
-            pass
+    if not path.exists() and text in examples.NAMES:
+        return examples.load(text)
     return json.loads(path.read_text())
 
 

@@ -79,8 +79,10 @@ def write_zip(
     path: Path,
     root: str,
     progress: Callable[[int], None] | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> Path:
-    """PNG per image in `root/<label>/<index>.png`; PNGs are stored, not deflated again."""
+    """PNG per image in `root/<label>/<index>.png` (`names[label]` as the folder, if
+    given); PNGs are stored, not deflated again."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # a name of its own: two processes building the same cached zip must not share one file
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
@@ -88,7 +90,8 @@ def write_zip(
         for i, (img, label) in enumerate(zip(images, labels, strict=True)):
             buf = io.BytesIO()
             Image.fromarray(img, "L").save(buf, "PNG", optimize=False)
-            info = zipfile.ZipInfo(f"{root}/{int(label)}/{i:05d}.png", date_time=(2015, 1, 1, 0, 0, 0))
+            folder = names[int(label)] if names else int(label)
+            info = zipfile.ZipInfo(f"{root}/{folder}/{i:05d}.png", date_time=(2015, 1, 1, 0, 0, 0))
             zf.writestr(info, buf.getvalue())
             if progress:
                 progress(1)
