@@ -37,13 +37,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = dsub.add_parser(
         "upload",
-        help="upload a zip (one folder per label) as a dataset",
+        help="upload a zip (one folder per label) as a dataset, or a text (--text)",
         description="Upload a zip with one folder per label (LABEL/x.png, at any depth). A zip with "
-        "train/ and test/ folders of label folders (the ImageFolder layout) makes both sets at once.",
+        "train/ and test/ folders of label folders (the ImageFolder layout) makes both sets at once. "
+        "With --text: a UTF-8 .txt file (or a zip of them) makes a training and a validation set for a "
+        "character-level language model.",
     )
-    q.add_argument("zip", type=Path)
+    q.add_argument(
+        "zip", type=Path, help="a zip of label folders, or with --text a .txt file or a zip of them"
+    )
     server_args(q)
-    q.add_argument("--shape", required=True, help="HEIGHTxWIDTHxCHANNELS, e.g. 28x28x1 (channels 1 or 3)")
+    q.add_argument("--shape", help="HEIGHTxWIDTHxCHANNELS, e.g. 28x28x1 (channels 1 or 3); not with --text")
+    q.add_argument(
+        "--text",
+        action="store_true",
+        help="a UTF-8 text for a character-level language model: makes a training set and a validation "
+        "set (the last tenth) of windows of --context + 1 characters, with the text's vocabulary",
+    )
+    q.add_argument("--context", type=int, default=64, help="with --text: tokens a model sees (default 64)")
     q.add_argument("--test", action="store_true", help="a test set (default: a training set)")
     q.add_argument("--name", help="dataset name (default: the zip's file name)")
     q.add_argument("--append", type=int, metavar="ID", help="append to dataset ID instead of creating one")
@@ -176,11 +187,22 @@ def upload(args: argparse.Namespace) -> int:
     if not args.zip.is_file():
         print(f"mlitb: {args.zip}: no such file", file=sys.stderr)
         return 1
+    if args.text and (args.shape or args.append is not None or args.test):
+        print("mlitb: --text makes both sets of a text with its own shape: no --shape, --append or --test",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if not args.text and not args.shape:
+        print("mlitb: --shape HEIGHTxWIDTHxCHANNELS is needed (e.g. 28x28x1), or --text for a text",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         with _client(args) as client:
             quiet = args.json or not sys.stderr.isatty()
-            kind = "test" if args.test else "train"
-            report = _do_upload(client, args.zip, args.shape, args.name, kind, args.append, quiet)
+            if args.text:
+                report = _do_upload_text(client, args.zip, args.context, args.name, quiet)
+            else:
+                kind = "test" if args.test else "train"
+                report = _do_upload(client, args.zip, args.shape, args.name, kind, args.append, quiet)
     except Exception as exc:
         if not isinstance(exc, (httpx.HTTPError, OSError)) and type(exc).__name__ != "DataServerError":
             raise
@@ -192,7 +214,25 @@ def upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _do_upload_text(client, path: Path, context: int, name: str | None, quiet: bool) -> dict:
+    from tqdm import tqdm
+
+    with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="send", disable=quiet) as bar:
+        return client.upload_text(path, context, name, on_sent=bar.update)
+
+
 def _print_report(r: dict) -> None:
+    if r.get("content") == "text":  # a text: its training and validation sets
+        train, valid = r["datasets"]
+        print(f"text of {r['characters']:,} characters ({', '.join(r['files'])}), vocabulary of "
+              f"{len(r['vocab'])} characters, context {r['context']}:")  # fmt: skip
+        for part in (train, valid):
+            print(f"dataset {part['dataset']} ({part['name']}, {part['kind']}): {part['items']} windows of "
+                  f"{part['context'] + 1} characters")  # fmt: skip
+        print("vocabulary: " + "".join(r["vocab"]).encode("unicode_escape").decode("ascii"))
+        if r["skipped_count"]:
+            print(f"skipped {r['skipped_count']} files: " + ", ".join(f["file"] for f in r["skipped"]))
+        return
     if "datasets" in r:  # an ImageFolder zip (train/ and test/): both sets were made
         split = r["split"]
         print(f"train/ and test/ folders: datasets {split['train']} (train) and {split['test']} (test)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mlitb.data.content_hash import content_hash
-from mlitb.model import Model
+from mlitb.model import Model, inputs
 
 from .errors import ClosureError
 
@@ -78,10 +78,9 @@ def score(model: Model, test: TestSet, label_map: list[int], device: str = "cpu"
             f"test set {test.name!r}: the label map covers {len(label_map)} labels, the set has "
             f"{len(test.label_names)}"
         )
-    if tuple(test.shape) != tuple(model.spec.input_shape):
-        raise ClosureError(
-            f"test set {test.name!r} holds {test.shape} items, the model takes {model.spec.input_shape}"
-        )
+    wanted = inputs.item_shape(model.spec)
+    if tuple(test.shape) != wanted:
+        raise ClosureError(f"test set {test.name!r} holds {test.shape} items, the model takes {wanted}")
     mapping = np.asarray(label_map, np.int64)
     targets = mapping[test.labels.astype(np.int64)]
     keep = np.flatnonzero(targets >= 0)
@@ -89,15 +88,12 @@ def score(model: Model, test: TestSet, label_map: list[int], device: str = "cpu"
     errors, loss_sum = 0, 0.0
     for start in range(0, len(keep), CHUNK):
         rows = keep[start : start + CHUNK]
-        x = test.pixels[rows].astype(np.float32) * np.float32(1 / 255)
-        out = net.predict(x)
-        y = targets[rows]
-        errors += int(np.sum(np.argmax(out, axis=1) != y))
-        if model.spec.loss == "softmax":
-            loss_sum += float(
-                -np.log(np.clip(out[np.arange(len(y)), y], 1e-12, None)).astype(np.float64).sum()
-            )
-    loss = loss_sum / len(keep) if model.spec.loss == "softmax" and len(keep) else None
+        x, y = inputs.to_batch(model.spec, test.pixels[rows], targets[rows])  # as workers scale it
+        error, chunk_loss = inputs.score(model.spec, net.predict(x), y)
+        errors += error * len(rows)
+        loss_sum += chunk_loss * len(rows)
+    errors = round(errors)  # a count of items (a language model's: the items' mean token error)
+    loss = loss_sum / len(keep) if model.spec.loss in ("softmax", "seqsoftmax") and len(keep) else None
     return Score(errors, len(keep), loss)
 
 

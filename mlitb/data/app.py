@@ -43,6 +43,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from mlitb import __version__
 
+from . import text as textsets
 from .auth import check_bearer, check_token_text, load_or_create_token
 from .errors import DataError, bad_request, too_large
 from .grants import GRANT_HEADER, grant_ok
@@ -231,6 +232,39 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
             return split_result_json((*train, parts["train"]), (*test, parts["test"]))
 
         return await _ingest(request, dims, progress, lambda d: store.create(name, kind, d), True, both)
+
+    @app.post("/datasets/text", status_code=201)
+    async def create_text_datasets(request: Request, name: str = "text", context: int = 64):
+        """A UTF-8 text (or a zip of .txt files) -> a training and a validation set of
+        windows of `context` + 1 character ids, with their vocabulary (mlitb.data.text)."""
+        check_writer(request)
+        upload = await _receive(request)
+        filename = request.headers.get("x-mlitb-filename") or "upload.txt"
+
+        def work() -> dict:
+            split = None
+            try:
+                text, files, skipped = textsets.read_upload(upload.body_path, limits, filename)
+                split = textsets.build(text, context, store.tmp_path, files, skipped)
+                train = store.create(f"{name} (train)", "train", split.train, split.vocab)
+                try:
+                    valid = store.create(f"{name} (validation)", "test", split.valid, split.vocab)
+                except BaseException:  # both sets or neither
+                    store.delete(train[0].id)
+                    raise
+                log.info("text datasets %s + %s: %s characters, vocabulary %s, context %s", train[0].id,
+                         valid[0].id, split.chars, len(split.vocab), context)  # fmt: skip
+                out = split_result_json((*train, split.train), (*valid, split.valid))
+                out.update(characters=split.chars, files=split.files)
+                return out
+            finally:
+                for d in (split.train, split.valid) if split else ():
+                    with contextlib.suppress(FileNotFoundError):
+                        d.pixels_path.unlink()
+                upload.cleanup()
+
+        async with ingest_slots:
+            return JSONResponse(await run_in_threadpool(work), status_code=201)
 
     @app.post("/datasets/{ds_id}/items", status_code=201)
     async def append_items(

@@ -128,6 +128,25 @@ class DataClient:
                     raise DataServerError(event["status"], event["detail"], event.get("error", ""))
         raise DataServerError(502, "the upload stream ended without a result")
 
+    def upload_text(
+        self,
+        path: Path | str,
+        context: int = 64,
+        name: str | None = None,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> dict:
+        """A UTF-8 text file (or a zip of .txt files) as a training and a validation set of
+        character windows (mlitb.data.text); returns the report of both."""
+        path = Path(path)
+        headers = {"Content-Type": "application/zip" if path.suffix.lower() == ".zip" else "text/plain",
+                   "Content-Length": str(path.stat().st_size), "X-Mlitb-Filename": path.name}  # fmt: skip
+        params = {"name": name or path.stem, "context": context}
+        resp = self.http.post(
+            "/datasets/text", params=params, content=_file_chunks(path, on_sent), headers=headers
+        )
+        _raise_for(resp)
+        return resp.json()
+
     def add_image(self, dataset: int, image: bytes, label: str, content_type: str = "image/png") -> dict:
         resp = self.http.post(
             f"/datasets/{dataset}/items",

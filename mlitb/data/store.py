@@ -92,6 +92,8 @@ class DatasetInfo:
     updated: float
     labels: list[str] = field(default_factory=list)  # index -> name
     label_counts: list[int] = field(default_factory=list)
+    # "images", or "text": items are windows of token ids, labels the vocabulary (text.py)
+    content: str = "images"
 
     @property
     def item_bytes(self) -> int:
@@ -112,6 +114,8 @@ class DatasetInfo:
             "content_hash": self.content_hash,
             "created": self.created,
             "updated": self.updated,
+            "content": self.content,
+            **({"context": self.shape[1] - 1, "vocab": self.labels} if self.content == "text" else {}),
         }
 
 
@@ -159,6 +163,9 @@ class DataStore:
         cols = {r[1] for r in self._db.execute("PRAGMA table_info(holds)")}
         if "private" not in cols:
             self._db.execute("ALTER TABLE holds ADD COLUMN private INTEGER NOT NULL DEFAULT 0")
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(datasets)")}
+        if "content" not in cols:
+            self._db.execute("ALTER TABLE datasets ADD COLUMN content TEXT NOT NULL DEFAULT 'images'")
 
     def _recover(self) -> None:
         """Cut files back to the committed item counts; drop folders of uncommitted datasets."""
@@ -204,8 +211,8 @@ class DataStore:
     def info(self, ds_id: int) -> DatasetInfo:
         with self._lock:
             row = self._db.execute(
-                "SELECT id, name, kind, height, width, channels, items, content_hash, created, updated "
-                "FROM datasets WHERE id=?",
+                "SELECT id, name, kind, height, width, channels, items, content_hash, created, updated, "
+                "content FROM datasets WHERE id=?",
                 (ds_id,),
             ).fetchone()
             if row is None:
@@ -224,6 +231,7 @@ class DataStore:
             updated=row[9],
             labels=[n for n, _ in labels],
             label_counts=[c for _, c in labels],
+            content=row[10],
         )
 
     def arrays(self, ds_id: int) -> Arrays:
@@ -251,8 +259,11 @@ class DataStore:
         return out
 
     # ----------------------------------------------------------------- writing
-    def create(self, name: str, kind: str, decoded: Decoded) -> tuple[DatasetInfo, int]:
-        """A new dataset holding `decoded`; returns its info and the first new id (0)."""
+    def create(
+        self, name: str, kind: str, decoded: Decoded, vocab: list[str] | None = None
+    ) -> tuple[DatasetInfo, int]:
+        """A new dataset holding `decoded`; returns its info and the first new id (0).
+        `vocab`: a text dataset's vocabulary, its label names in token order (text.py)."""
         if kind not in KINDS:
             raise bad_request(f"kind: expected 'train' or 'test', got {kind!r}", "bad_kind")
         name = _check_name(name)
@@ -263,8 +274,8 @@ class DataStore:
                 h, w, c = decoded.shape
                 cur = self._db.execute(
                     "INSERT INTO datasets (name, kind, height, width, channels, items, content_hash, "
-                    "created, updated) VALUES (?, ?, ?, ?, ?, 0, '', ?, ?)",
-                    (name, kind, h, w, c, now, now),
+                    "created, updated, content) VALUES (?, ?, ?, ?, ?, 0, '', ?, ?, ?)",
+                    (name, kind, h, w, c, now, now, "images" if vocab is None else "text"),
                 )
                 ds_id = int(cur.lastrowid)
                 folder = self._folder(ds_id)
@@ -272,7 +283,7 @@ class DataStore:
                 folder.mkdir()
                 (folder / "pixels.u8").touch()
                 (folder / "labels.u16").touch()
-                self._add_items(ds_id, [], 0, decoded, now)
+                self._add_items(ds_id, list(vocab or []), 0, decoded, now)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -286,6 +297,13 @@ class DataStore:
         """Add items to an existing dataset; new items get ids from the old count on."""
         with self._lock:
             info = self.info(ds_id)
+            if info.content == "text":
+                raise DataError(
+                    409,
+                    f"dataset {ds_id} is a text dataset (windows of one text and its vocabulary); "
+                    "fix: upload the longer text as a new text dataset",
+                    "text_append",
+                )
             if info.shape != decoded.shape:
                 raise DataError(
                     409,

@@ -3,7 +3,10 @@
 
 - mnist: the paper's MNIST convnet (two conv+pool stages, 5,994 parameters);
 - fashion: a small residual conv net with batch norm and global average pooling for
-  28x28x1 images (Fashion-MNIST), about 27,000 parameters.
+  28x28x1 images (Fashion-MNIST), about 27,000 parameters;
+- charlm: a character-level transformer (4 layers, 128 wide, 4 heads, context 64) for a
+  text dataset (`mlitb data upload FILE.txt --text`); a project fits its vocabulary to
+  the text's.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-NAMES = ("mnist", "fashion")
+NAMES = ("mnist", "fashion", "charlm")
 
 
 def load(name: str) -> dict:

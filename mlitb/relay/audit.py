@@ -23,7 +23,7 @@ import numpy as np
 from mlitb.data.wire import fetch_blocks
 from mlitb.master.trust.replay import run_replay
 from mlitb.master.trust.verification import AuditJob, Plan, Verdict, prepare, proof_items
-from mlitb.model import dropout
+from mlitb.model import dropout, inputs
 
 log = logging.getLogger("mlitb.relay")
 
@@ -142,9 +142,11 @@ class RelayAudits:
         if self.net is None:
             self.net = TorchNet(self.spec, job.start.copy(), device="cpu")  # a copy: it shares memory
 
-        def batch(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            x = np.stack([items[k][0] for k in keys.tolist()]).astype(np.float32) * np.float32(1 / 255)
-            return x, np.array([items[k][1] for k in keys.tolist()], np.int64)
+        def batch(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # as the worker's cache makes it
+            pixels = np.stack([items[k][0] for k in keys.tolist()])
+            return inputs.to_batch(
+                self.spec, pixels, np.array([items[k][1] for k in keys.tolist()], np.int64)
+            )
 
         verdict = run_replay(job, plan, self.net, batch, l1, l2, tolerance)
         return verdict, time.thread_time() - cpu0

@@ -2,7 +2,8 @@
 
 Items are kept as uint8 (N, H, W, C) plus the project's class index per item, in
 growing arrays; removal swaps the last item in, so arrays stay dense for sampling.
-Input scaling is the protocol's: x = pixel / 255 (float32 in [0, 1]).
+Batches are what mlitb.model.inputs makes of items: x = pixel / 255 (float32 in [0, 1])
+and the class, or a text window's token ids and their next tokens.
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ import threading
 
 import numpy as np
 
+from mlitb.model import inputs
+
 
 class ItemCache:
-    def __init__(self, shape: tuple[int, int, int]) -> None:
+    def __init__(self, shape: tuple[int, int, int], spec=None) -> None:
+        """`shape`: a stored item's (mlitb.model.inputs.item_shape of `spec`); `spec`: how
+        items become a batch (None: images)."""
         self.shape = shape
+        self.spec = spec
         self._pixels = np.zeros((0, *shape), np.uint8)
         self._labels = np.zeros(0, np.int64)
         self._keys = np.zeros(0, np.int64)
@@ -87,7 +93,8 @@ class ItemCache:
         self.n = 0
 
     def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(x float32 (B, H, W, C) in [0, 1], y int64 (B,)) for the given rows."""
+        """(x float32 (B, H, W, C) in [0, 1], y int64 (B,)) for the given rows (a text's:
+        x its token ids, y (B, T) the next tokens)."""
         x, y, _ = self.batch_keys(rows)
         return x, y
 
@@ -97,6 +104,8 @@ class ItemCache:
         with self._lock:
             rows = rows % max(self.n, 1)
             pixels, y, keys = self._pixels[rows], self._labels[rows], self._keys[rows]
+        if self.spec is not None:
+            return (*inputs.to_batch(self.spec, pixels, y), keys)
         x = pixels.astype(np.float32)
         x *= np.float32(1 / 255)
         return x, y, keys

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mlitb.model import inputs
 from mlitb.model.inner import InnerOptimizer
 from mlitb.model.torch_executor import TorchNet
 
@@ -206,9 +207,5 @@ def evaluate(
     if len(cache) == 0:
         return None
     x, y = cache.all() if rows is None else cache.batch(rows)
-    probs = net.predict(x)
-    error = float(np.mean(np.argmax(probs, axis=1) != y))
-    if net.spec.loss != "softmax":  # scores, not probabilities: no log-loss to report
-        return error, 0.0, len(y)
-    p = np.clip(probs[np.arange(len(y)), y], 1e-12, None)
-    return error, float(-np.mean(np.log(p))), len(y)
+    error, loss = inputs.score(net.spec, net.predict(x), y)  # svm / regression: no log-loss (0)
+    return error, loss, len(x)

@@ -37,6 +37,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from mlitb.data.wire import fetch_blocks, project_labels
+from mlitb.model import inputs
 from mlitb.model.inner import InnerOptimizer
 from mlitb.model.layout import decay_multipliers, state_rates
 from mlitb.model.spec import Spec
@@ -358,7 +359,7 @@ class Worker:
             self._reset_state()
             self._tracker = m.get("tracker") or {}
             self._next_eval = 0.0
-            self.cache = ItemCache(tuple(spec.input_shape))
+            self.cache = ItemCache(inputs.item_shape(spec), spec)
             self._allocated = set()  # keys allocated to this worker now
             self.stats.cached = self.stats.allocated = 0
             self._set_state("joined")

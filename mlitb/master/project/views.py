@@ -95,7 +95,8 @@ def private_row(row: dict) -> dict:
 def summary(e, now: float) -> dict:
     """`e`: the Engine (its public state only)."""
     last = e.history[-1] if e.history else {}
-    test = next((r["test_error"] for r in reversed(e.history) if r.get("test_error") is not None), None)
+    tested = next((r for r in reversed(e.history) if r.get("test_error") is not None), {})
+    test = tested.get("test_error")
     test_items = sum(s.items for s in e.sources.values() if s.role == "test")
     clients = [
         client_row(c, len(e.allocator.held.get(c.id, ())) if c.role == "trainer" else test_items, now)
@@ -120,6 +121,9 @@ def summary(e, now: float) -> dict:
         "iteration_seconds": last.get("seconds"),
         "round_time": e.round_s,  # s of work the open iteration's orders ask (rounds grow to T)
         "test_error": test,
+        # nats per token (per test item for a classifier) of the same score; a language
+        # model's figure of merit (its test_error: the share of next tokens mispredicted)
+        "test_loss": tested.get("test_loss") if e.spec.loss in ("softmax", "seqsoftmax") else None,
         "train_loss": last.get("train_loss"),
         "rejected": n.rejected,
         "late": n.late,

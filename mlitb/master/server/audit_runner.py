@@ -27,7 +27,7 @@ from mlitb.master.project.engine import Engine
 from mlitb.master.trust.replay import run_replay
 from mlitb.master.trust.replay_threads import ReplayThreads
 from mlitb.master.trust.verification import AuditJob, Plan, Verdict, prepare, proof_items
-from mlitb.model import dropout
+from mlitb.model import dropout, inputs
 from mlitb.model.layout import decay_multipliers
 
 log = logging.getLogger("mlitb.master")
@@ -145,9 +145,9 @@ class AuditRunner:
             mine.spec = spec
             mine.decay = decay_multipliers(spec)
 
-        def batch(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            x = np.stack([items[k][0] for k in keys.tolist()]).astype(np.float32) * np.float32(1 / 255)
-            return x, np.array([items[k][1] for k in keys.tolist()], np.int64)
+        def batch(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # as the worker's cache makes it
+            pixels = np.stack([items[k][0] for k in keys.tolist()])
+            return inputs.to_batch(spec, pixels, np.array([items[k][1] for k in keys.tolist()], np.int64))
 
         l1, l2 = mine.decay
         verdict = run_replay(job, plan, mine.net, batch, l1, l2, e.hyper.verify_tolerance)

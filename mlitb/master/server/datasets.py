@@ -22,6 +22,7 @@ from mlitb.data.grants import read_grant
 from mlitb.data.wire import BlockReader
 from mlitb.master.project.data import DataSource, label_map_for
 from mlitb.master.server.errors import ProjectError
+from mlitb.model import inputs
 from mlitb.model.spec import Spec
 
 log = logging.getLogger("mlitb.master")
@@ -37,12 +38,36 @@ def check_source(spec: Spec, labels: list[str], info: dict, data_url: str, warni
     refused if its items do not fit the model's input; labels that are not the project's
     are skipped, with a warning."""
     shape = tuple(info["shape"])
-    if shape != tuple(spec.input_shape):
+    text = info.get("content") == "text"
+    if inputs.is_sequence(spec) != text:
+        want = "a text dataset (mlitb data upload FILE.txt --text)" if not text else "an image dataset"
+        raise ProjectError(
+            400,
+            f"dataset {info['dataset']} holds {'text' if text else 'images'}, the model "
+            f"({'a language model, seqsoftmax' if not text else spec.loss}) trains on {want}",
+            "shape_mismatch",
+        )
+    if shape != inputs.item_shape(spec):
+        fix = (
+            f"upload the text with --context {spec.input_shape[1]}"
+            if text
+            else "upload the data with the model's shape"
+        )
         raise ProjectError(
             400,
             f"dataset {info['dataset']} holds {info['shape_text']} items, the model's input is "
-            f"{'x'.join(map(str, spec.input_shape))}; fix: upload the data with the model's shape",
+            f"{'x'.join(map(str, spec.input_shape))}"
+            + (f" (windows of {shape[1] - 1} tokens + 1)" if text else "")
+            + f"; fix: {fix}",
             "shape_mismatch",
+        )
+    if text and list(info["label_names"]) != list(labels):
+        raise ProjectError(
+            400,
+            f"dataset {info['dataset']}'s vocabulary ({len(info['label_names'])} characters) is not the "
+            f"project's labels ({len(labels)}): token ids would mean other characters; fix: use the "
+            "training and validation sets of one text upload, with labels from them",
+            "vocab_mismatch",
         )
     label_map = label_map_for(labels, info["label_names"])
     unknown = [n for n, i in zip(info["label_names"], label_map, strict=True) if i < 0]
@@ -52,6 +77,7 @@ def check_source(spec: Spec, labels: list[str], info: dict, data_url: str, warni
             "their items are skipped"
         )
     meta = {k: info[k] for k in ("name", "shape", "content_hash", "label_names", "labels", "kind")}
+    meta["content"] = info.get("content", "images")
     return DataSource(info["dataset"], data_url, info["items"], label_map, info["role"], meta)
 
 

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from mlitb.master.project.engine import Engine
+from mlitb.model import inputs
 
 log = logging.getLogger("mlitb.master")
 
@@ -98,14 +99,9 @@ class MasterEvaluator:
             self.net, self.net_spec = TorchNet(spec, params, device="cpu"), spec
         else:
             self.net.set_params(params)
-        x = self.sample.pixels.astype(np.float32) * np.float32(1 / 255)
-        y = self.sample.labels
-        probs = self.net.predict(x)
-        error = float(np.mean(np.argmax(probs, axis=1) != y))
-        loss = 0.0
-        if spec.loss == "softmax":
-            loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
-        return error, loss, len(y), time.thread_time() - cpu0
+        x, y = inputs.to_batch(spec, self.sample.pixels, self.sample.labels)
+        error, loss = inputs.score(spec, self.net.predict(x), y)  # per token for a language model
+        return error, loss, len(x), time.thread_time() - cpu0
 
     async def once(self) -> float:
         """Score the newest parameters if they changed; returns CPU seconds spent (0: nothing)."""

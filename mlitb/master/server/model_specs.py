@@ -26,6 +26,25 @@ def build_model(spec: list | dict, seed: int) -> Model:
         raise err from None
 
 
+def fit_vocabulary(spec: list | dict, model: Model, vocab: int, seed: int) -> Model | None:
+    """A language model written as layer definitions (fresh parameters) takes its text's
+    vocabulary: every embedding's `vocab` and the seqsoftmax's `num_classes` become
+    `vocab`, so `--spec charlm` fits any text. None when there is nothing to fit (a
+    trained model file keeps its vocabulary, and a mismatch is refused later)."""
+    if model.spec.loss != "seqsoftmax" or model.spec.num_outputs == vocab:
+        return None
+    defs = spec["layer_defs"] if isinstance(spec, dict) and "layer_defs" in spec else spec
+    if not isinstance(defs, list) or not all(isinstance(d, dict) and "type" in d for d in defs):
+        return None
+    fitted = [
+        {**d, "vocab": vocab} if d["type"] == "embedding"
+        else {**d, "num_classes": vocab} if d["type"] == "seqsoftmax" and "num_classes" in d
+        else d
+        for d in defs
+    ]  # fmt: skip
+    return build_model(fitted, seed)
+
+
 def drop_last_layer(model: Model, classes: int, seed: int) -> Model:
     """Keep every layer but the output fc + loss (their parameters are a prefix of the
     flat vector), then a fresh fc + softmax for `classes` labels (paper 6.1)."""

@@ -258,7 +258,8 @@ async function onText(m) {
       S.spec = m.spec;
       S.engine = MlitbTfjsEngine(tf, m.spec);
       const [h, w, c] = S.engine.inShape;
-      C.item = h * w * c;
+      // a language model's items are windows of its T inputs + 1 token (mlitb.model.inputs)
+      C.item = h * w * c + (S.engine.loss === "seqsoftmax" ? 1 : 0);
       C.n = 0; C.index.clear(); C.keys = [];
       S.allocated = 0;
       send({ type: "status", backend: S.backend });
@@ -433,9 +434,19 @@ const yieldNow = () => new Promise((r) => { const ch = new MessageChannel(); ch.
 let order = new Uint32Array(0), pos = 0;
 
 function batch(rows) {
+  const keys = new Array(rows.length); // item keys (dataset * 2^32 + id), for the round's proof
+  if (S.engine.loss === "seqsoftmax") { // token ids: x the window's first T, y its last T
+    const T = C.item - 1;
+    const x = new Float32Array(rows.length * T), y = new Int32Array(rows.length * T);
+    for (let i = 0; i < rows.length; i++) {
+      const ids = C.pixels.subarray(rows[i] * C.item, (rows[i] + 1) * C.item);
+      for (let j = 0; j < T; j++) { x[i * T + j] = ids[j]; y[i * T + j] = ids[j + 1]; }
+      keys[i] = C.keys[rows[i]];
+    }
+    return [x, y, keys];
+  }
   const x = new Float32Array(rows.length * C.item);
   const y = new Int32Array(rows.length);
-  const keys = new Array(rows.length); // item keys (dataset * 2^32 + id), for the round's proof
   for (let i = 0; i < rows.length; i++) {
     const r = rows[i];
     const px = C.pixels.subarray(r * C.item, (r + 1) * C.item);
@@ -573,9 +584,9 @@ async function gradientRound(it, workMs, target, m, gen) {
     // may have set others
     S.engine.setParams(start);
     masks(proof);
-    const r = await S.engine.gradient(x, y, y.length, true);
+    const r = await S.engine.gradient(x, y, keys.length, true);
     for (let i = 0; i < total.length; i++) total[i] += r.grad[i];
-    vectors += y.length;
+    vectors += keys.length;
     loss += r.loss;
     proof.step(keys, 0, () => [total]);
     lastBatch = performance.now() - tb;
@@ -626,7 +637,7 @@ async function localRound(it, workMs, target, m, gen) {
     const tb = performance.now();
     const [x, y, keys] = batch(nextRows(batchSize(B, target, round.vectors, most)));
     masks(proof);
-    await round.batch(x, y, y.length, true); // setParams(p), gradient, inner step
+    await round.batch(x, y, keys.length, true); // setParams(p), gradient, inner step
     proof.step(keys, opt.t, state);
     lastBatch = performance.now() - tb;
     if (stop(it, t0, workMs, lastBatch, target, round.vectors, most)) break;
@@ -663,7 +674,7 @@ async function overlapRound(mostMs, end, gen, after, most = 0) {
     const tb = performance.now();
     const [x, y, keys] = batch(nextRows(batchSize(B, 0, round.vectors, most)));
     masks(proof);
-    await round.batch(x, y, y.length, true);
+    await round.batch(x, y, keys.length, true);
     proof.step(keys, opt.t, state);
     lastBatch = performance.now() - tb;
     if (performance.now() - lastYield > 100) { await yieldNow(); lastYield = performance.now(); }
@@ -770,12 +781,15 @@ async function evaluate() {
       const rows = sample ? sample.subarray(s, s + 256) : new Uint32Array(Math.min(256, C.n - s)).map((_, i) => s + i);
       const [x, y] = batch(rows);
       engine.setParams(params);
-      const p = await engine.predict(x, y.length);
+      const p = await engine.predict(x, rows.length);
+      const per = y.length / rows.length; // targets per item: 1, or a window's T (mlitb.model.inputs.score)
       for (let i = 0; i < y.length; i++) {
         let best = 0;
         for (let k = 1; k < K; k++) if (p[i * K + k] > p[i * K + best]) best = k;
-        if (best !== y[i]) wrong++;
-        if (engine.loss === "softmax") lossSum -= Math.log(Math.max(p[i * K + y[i]], 1e-12));
+        if (best !== y[i]) wrong += 1 / per;
+        if (engine.loss === "softmax" || engine.loss === "seqsoftmax") {
+          lossSum -= Math.log(Math.max(p[i * K + y[i]], 1e-12)) / per;
+        }
       }
       await yieldNow();
     }

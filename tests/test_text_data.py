@@ -1,0 +1,154 @@
+"""Text for character-level language models (issue 27): `mlitb data upload FILE.txt --text`
+makes a training and a validation set of character windows with their vocabulary; a
+project with the built-in `charlm` spec takes the text's vocabulary and trains on it with
+native workers (verification on, every audit replays), and the master measures the
+validation loss in nats per character (`test_loss`). Bad text is refused with where and
+why."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from test_device_data import worker
+from test_master_integration import MLITB, brief, create_project, details, kill_all, tail, wait_for
+
+from mlitb import examples
+
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def text_file(tmp_path, chars: int = 120_000):
+    if not SHAKESPEARE.exists():
+        pytest.fail(f"the test corpus is missing: {SHAKESPEARE} (tiny Shakespeare, never committed here)")
+    path = tmp_path / "shakespeare.txt"
+    path.write_bytes(SHAKESPEARE.read_bytes()[:chars])
+    return path
+
+
+def upload(master, path, *extra) -> subprocess.CompletedProcess:
+    args = [MLITB, "data", "upload", str(path), "--text", "--server", f"{master.url}/data",
+            "--token", master.data_token, *extra]  # fmt: skip
+    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+
+def test_a_text_becomes_a_training_and_a_validation_set(master, tmp_path):
+    path = text_file(tmp_path)
+    done = upload(master, path, "--context", "32", "--name", "bard", "--json")
+    assert done.returncode == 0, done.stderr
+    r = json.loads(done.stdout)
+    train, valid = r["datasets"]
+    text = path.read_text()
+    assert r["characters"] == len(text) and r["vocab"] == sorted(set(text))
+    assert (train["name"], train["kind"], valid["name"], valid["kind"]) == (
+        "bard (train)", "train", "bard (validation)", "test")  # fmt: skip
+    assert train["shape"] == [1, 33, 1] and train["content"] == "text" and train["context"] == 32
+    cut = len(text) - len(text) // 10
+    assert train["items"] == (cut - 1) // 32 and valid["items"] == (len(text) - cut - 1) // 32
+    listed = json.loads(subprocess.run([MLITB, "data", "list", "--json", "--server", f"{master.url}/data"],
+                                       capture_output=True, text=True, timeout=60).stdout)  # fmt: skip
+    assert {d["dataset"]: d["items"] for d in listed} == {train["dataset"]: train["items"],
+                                                          valid["dataset"]: valid["items"]}  # fmt: skip
+    # the items are the windows: ids of the text's characters, overlapping by one
+    _ids, _labels, pixels = master.data.get_items(train["dataset"], "0:2")
+    vocab = r["vocab"]
+    assert "".join(vocab[i] for i in pixels[0].ravel()) == text[:33]
+    assert "".join(vocab[i] for i in pixels[1].ravel()) == text[32:65]
+    # the words of the CLI
+    said = upload(master, path, "--context", "32", "--name", "again")
+    assert (
+        said.returncode == 0
+        and "vocabulary of 6" in said.stdout
+        and "windows of 33 characters" in said.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "context", "words"),
+    [
+        (b"hello \xe9t\xe9 world", 4, ["not UTF-8", "byte 6 (line 1, column 7)", "0xe9", "iconv"]),
+        (b"", 4, ["empty"]),
+        (b"to be or not to be", 64, ["context 64 is longer than the text allows", "--context"]),
+        ("".join(chr(0x4E00 + i) for i in range(300)).encode() * 3, 4, ["300 different characters", "256"]),
+        (b"abcdefghij" * 100, 1, ["context: expected 2-4096"]),
+    ],
+)
+def test_bad_text_is_refused_with_where_and_why(master, tmp_path, body, context, words):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(body)
+    done = upload(master, path, "--context", str(context))
+    assert done.returncode != 0
+    for w in words:
+        assert w in done.stderr, done.stderr
+    assert json.loads(subprocess.run([MLITB, "data", "list", "--json", "--server", f"{master.url}/data"],
+                                     capture_output=True, text=True, timeout=60).stdout) == []  # fmt: skip
+
+
+def test_a_zip_of_texts_is_joined_in_name_order(master, tmp_path):
+    path = tmp_path / "texts.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("b.txt", "second part. " * 40)
+        zf.writestr("a.txt", "first part. " * 40)
+        zf.writestr("notes.md", "not text for the model")
+        zf.writestr(".hidden.txt", "ignored")
+    done = upload(master, path, "--context", "8", "--json")
+    assert done.returncode == 0, done.stderr
+    r = json.loads(done.stdout)
+    assert r["files"] == ["a.txt", "b.txt"] and r["characters"] == 12 * 40 + 13 * 40
+    assert r["skipped"] == [{"file": "notes.md", "reason": "not a .txt file"}]
+
+
+SMALL_LM = [
+    {"type": "input", "out_sx": 32, "out_sy": 1, "out_depth": 1},
+    {"type": "embedding", "vocab": 65, "dim": 32},
+    {"type": "posembedding"},
+    {"type": "transformer", "heads": 2, "causal": True},
+    {"type": "layernorm"},
+    {"type": "seqsoftmax", "num_classes": 65},
+]
+
+
+@pytest.mark.slow
+def test_a_character_model_trains_on_the_text_and_every_audit_replays(master, tmp_path):
+    done = upload(master, text_file(tmp_path), "--context", "32", "--json")
+    r = json.loads(done.stdout)
+    train, valid = r["split"]["train"], r["split"]["test"]
+    hyper = {"iteration_time": 2.0, "test_interval": 1, "test_sample": 200}
+    create_project(master.url, "bard", [train], [valid], spec=SMALL_LM, hyper=hyper)
+    d = details(master.url, "bard")
+    assert d["labels"] == r["vocab"]
+    procs = [worker(master.url, "bard", tmp_path / f"w{i}.log") for i in range(2)]
+    try:
+        learnt = lambda s: s["test_loss"] is not None and s["test_loss"] < 3.0 and s["audits_passed"] >= 3  # noqa: E731
+        s = wait_for(master.url, "bard", learnt, 400, "validation loss under 3 nats per character")
+        for i, p in enumerate(procs):
+            assert p.poll() is None, tail(tmp_path / f"w{i}.log")
+    finally:
+        kill_all(procs)
+    assert s["audits_failed"] == 0 and s["banned_count"] == 0, brief(s)
+    assert s["test_loss"] < np.log(len(r["vocab"])) - 1.0  # learnt more than the letters' frequencies
+    shown = json.loads(subprocess.run([MLITB, "project", "show", "bard", "--json", "--server", master.url],
+                                      capture_output=True, text=True, timeout=60).stdout)  # fmt: skip
+    assert shown["test_loss"] == pytest.approx(s["test_loss"], rel=0.5)
+
+
+def test_the_built_in_charlm_takes_the_texts_vocabulary(master, tmp_path):
+    done = upload(master, text_file(tmp_path, 5000), "--context", "64", "--json")
+    r = json.loads(done.stdout)
+    assert len(r["vocab"]) != 65  # a slice of the text lacks some characters
+    create_project(master.url, "lm", [r["split"]["train"]], [r["split"]["test"]],
+                   spec=examples.load("charlm")["layer_defs"], hyper={}, start=False)  # fmt: skip
+    d = details(master.url, "lm")
+    assert d["labels"] == r["vocab"] and d["spec"][1]["vocab"] == len(r["vocab"])
+    # the wrong kind of data, and the wrong context, are refused with the fix
+    import httpx
+
+    body = {"name": "lm2", "spec": examples.load("charlm")["layer_defs"], "train": [r["split"]["train"]],
+            "test": [], "hyper": {}}  # fmt: skip
+    body["spec"] = [{**body["spec"][0], "out_sx": 32}, *body["spec"][1:]]
+    resp = httpx.post(f"{master.url}/api/projects", json=body, timeout=60)
+    assert resp.status_code == 400 and "--context 32" in resp.text, resp.text
