@@ -152,3 +152,34 @@ def test_the_built_in_charlm_takes_the_texts_vocabulary(master, tmp_path):
     body["spec"] = [{**body["spec"][0], "out_sx": 32}, *body["spec"][1:]]
     resp = httpx.post(f"{master.url}/api/projects", json=body, timeout=60)
     assert resp.status_code == 400 and "--context 32" in resp.text, resp.text
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_a_browser_tab_trains_the_character_model_and_passes_its_audits(master, tmp_path, page):
+    done = upload(master, text_file(tmp_path), "--context", "32", "--json")
+    r = json.loads(done.stdout)
+    hyper = {"iteration_time": 2.0, "test_interval": 1, "test_sample": 200}
+    create_project(
+        master.url, "tabbard", [r["split"]["train"]], [r["split"]["test"]], spec=SMALL_LM, hyper=hyper
+    )
+    page.goto(f"{master.url}/join/tabbard")
+
+    def audited(s):
+        tabs = [c for c in s["clients"] if c.get("kind") == "browser"]
+        return bool(s["banned_count"]) or (tabs and tabs[0]["verified"] >= 3 and s["test_loss"] is not None)
+
+    s = wait_for(master.url, "tabbard", audited, 400, "three audits of the tab")
+    assert s["banned_count"] == 0 and s["audits_failed"] == 0, brief(s)
+    (c,) = [c for c in s["clients"] if c.get("kind") == "browser"]
+    assert c["backend"] == "wasm" and c["audit_error"] < 0.01, c
+    print(f"character transformer, wasm vs PyTorch: {c['verified']} audits, largest error {c['audit_error']}")
+    # the dashboard speaks of a language model's validation loss and vocabulary
+    board = page.context.new_page()
+    board.goto(f"{master.url}/#/p/tabbard")
+    board.wait_for_selector("dd[data-key='validation-loss']")
+    loss_shown = """document.querySelector("dd[data-key='validation-loss']").textContent.includes("nats")"""
+    board.wait_for_function(loss_shown)
+    assert "nats per token" in board.inner_text("dd[data-key='validation-loss']")
+    assert board.is_visible("dd[data-key='vocabulary']")
+    assert not board.locator("dd[data-key='test-error']").count()

@@ -161,11 +161,19 @@ export async function projectView(root, name) {
   }
   function renderSummary() {
     const facts = [["state", p.state], ["iteration", p.iteration], ["workers", `${p.workers} (${fmt(p.workers_assigned)} assigned)`],
-      ["trackers", p.trackers], ["test error", fmt(p.test_error)], ["train loss", fmt(p.train_loss)],
+      ["trackers", p.trackers],
+      // a language model: its validation loss per character, and the share of next characters missed
+      ...(p.spec && p.spec[p.spec.length - 1].layer_type === "seqsoftmax"
+        ? [["validation loss", p.test_loss == null ? "-" : `${fmt(p.test_loss)} nats per token`], ["next-token error", fmt(p.test_error)],
+          ["vocabulary", (p.labels || []).join("").replace(/\n/g, "\u21b5")]]
+        : [["test error", fmt(p.test_error)]]),
+      ["train loss", fmt(p.train_loss)],
       ["data", p.data_source === "device"
         ? `on the devices: ${fmt(p.clients.filter((c) => c.role === "trainer").reduce((n, c) => n + (c.data_cached || 0), 0))} items reported, none on the data server`
         : `${fmt(p.data_size)} (${fmt(p.data_unallocated)} unallocated)`], ["power", `${fmt(p.power)} vectors/s`],
-      ["vectors processed", fmt(p.vectors_processed)], ["labels", (p.labels || []).join(", ")], ["parameters", fmt(p.num_params)],
+      ["vectors processed", fmt(p.vectors_processed)],
+      ...(p.spec && p.spec[p.spec.length - 1].layer_type === "seqsoftmax" ? [] : [["labels", (p.labels || []).join(", ")]]),
+      ["parameters", fmt(p.num_params)],
       ["algorithm", `${p.algorithm}, compression ${p.compression}`], ["traffic", `${bytes(p.bytes_in)} in, ${bytes(p.bytes_out)} out`],
       ["late results", `${fmt(p.stale)} applied, ${fmt(p.late)} discarded`],
       ["aggregation", p.aggregation || "-"],

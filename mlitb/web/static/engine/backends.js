@@ -107,11 +107,12 @@
       return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
     };
     const params = new Float32Array(engine.numParams).map(() => (rand() - 0.5) * 0.2);
-    const x = new Float32Array(n * engine.inShape.reduce((a, b) => a * b, 1)).map(() => rand());
+    const V = engine.vocab; // token ids in [0, V) for a model that starts with an embedding
+    const x = new Float32Array(n * engine.inShape.reduce((a, b) => a * b, 1)).map(() => (V ? Math.floor(rand() * V) : rand()));
     const K = engine.numOutputs;
     const y = engine.loss === "regression"
       ? new Float32Array(n * K).map(() => rand() - 0.5)
-      : new Int32Array(n).map(() => Math.floor(rand() * K));
+      : new Int32Array(n * engine.positions).map(() => Math.floor(rand() * K));
     return { params, x, y, n };
   }
 

@@ -19,7 +19,8 @@
  *       targets for regression); sums, not means
  *   await engine.predict(x, n) -> Float32Array N*K (probabilities, or scores;
  *       N*positions*K for seqsoftmax)
- *   engine.positions: targets per item (1, or a sequence's length)
+ *   engine.positions: targets per item (1, or a sequence's length); engine.vocab: the
+ *       token ids a model starting with an embedding takes ([0, vocab); else 0)
  *   engine.dispose()
  * Results are read from the backend asynchronously (tensor.data(), never dataSync()):
  * TF.js's webgpu backend reads synchronously by drawing the buffer through two canvases,
@@ -215,6 +216,7 @@
     inShape,
     numOutputs: K,
     positions,
+    vocab: layers[1] && layers[1].layer_type === "embedding" ? layers[1].vocab : 0, // token ids in [0, vocab)
     loss,
     backend: () => tf.getBackend(),
     hasDropout,
