@@ -183,3 +183,45 @@ def test_a_browser_tab_trains_the_character_model_and_passes_its_audits(master, 
     assert "nats per token" in board.inner_text("dd[data-key='validation-loss']")
     assert board.is_visible("dd[data-key='vocabulary']")
     assert not board.locator("dd[data-key='test-error']").count()
+
+
+@pytest.mark.slow
+def test_a_language_models_closure_carries_its_layers_vocabulary_and_validation_loss(master, tmp_path):
+    """The closure of a text project: the new layers, the vocabulary (its labels), the claimed
+    validation loss recomputed by `closure verify` from the embedded validation set; the
+    model leaves as ONNX, and ConvNetJS is refused by name."""
+    done = upload(master, text_file(tmp_path, 40_000), "--context", "32", "--json")
+    r = json.loads(done.stdout)
+    hyper = {"iteration_time": 1.0, "test_interval": 1, "test_sample": 0}
+    create_project(
+        master.url, "verse", [r["split"]["train"]], [r["split"]["test"]], spec=SMALL_LM, hyper=hyper
+    )
+    proc = worker(master.url, "verse", tmp_path / "w.log")
+    try:
+        wait_for(
+            master.url, "verse", lambda s: s["test_loss"] is not None and s["iteration"] >= 3, 300, "a score"
+        )
+    finally:
+        kill_all([proc])
+    out = tmp_path / "verse.mlitb"
+    cli = lambda *a: subprocess.run([MLITB, *a], capture_output=True, text=True, timeout=300)  # noqa: E731
+    assert (
+        cli("closure", "export", "verse", "--server", master.url, "-o", str(out), "--embed-test").returncode
+        == 0
+    )
+    inspect = cli("closure", "inspect", str(out))
+    assert inspect.returncode == 0 and "seqsoftmax" in inspect.stdout, inspect.stdout + inspect.stderr
+    report = json.loads(cli("closure", "verify", str(out), "--json").stdout)
+    assert report["ok"], report
+    from mlitb.closure import load_model
+
+    model = load_model(out)
+    assert model.labels == r["vocab"] and model.spec.loss == "seqsoftmax"
+    onnx = cli("closure", "export-model", str(out), str(tmp_path / "verse.onnx"), "--to", "onnx")
+    assert onnx.returncode == 0, onnx.stderr
+    refused = cli("closure", "export-model", str(out), str(tmp_path / "verse.json"), "--to", "convnetjs")
+    assert (
+        refused.returncode != 0
+        and "has no ConvNetJS form" in refused.stderr
+        and "Traceback" not in refused.stderr
+    )
