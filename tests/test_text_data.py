@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import zipfile
 
 import numpy as np
@@ -183,6 +184,17 @@ def test_a_browser_tab_trains_the_character_model_and_passes_its_audits(master, 
     assert "nats per token" in board.inner_text("dd[data-key='validation-loss']")
     assert board.is_visible("dd[data-key='vocabulary']")
     assert not board.locator("dd[data-key='test-error']").count()
+    # the page's tracker writes on from a prompt, in the vocabulary's characters
+    board.click("#btn-add-tracker")
+    board.fill("#prompt", "ROMEO:")
+    board.fill("#generate-length", "40")
+    deadline = time.monotonic() + 120  # the tracker checks this device's backends first
+    while time.monotonic() < deadline and not board.inner_text("#generated").strip():
+        board.click("#btn-generate")
+        board.wait_for_timeout(1000)
+    written = board.inner_text("#generated")
+    assert written.startswith("ROMEO:") and len(written) == len("ROMEO:") + 40, written
+    assert set(written[len("ROMEO:") :]) <= set(r["vocab"])
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import math
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from mlitb import examples
 from mlitb.master.server.access import owner, reader
 from mlitb.master.server.bodies import json_body
 from mlitb.master.server.errors import ProjectError
@@ -117,6 +118,11 @@ def project_router(manager: ProjectManager) -> APIRouter:
         await runner.checkpoint(force=True)
         return {"project": runner.engine.summary(), "warnings": warnings}
 
+    @router.get("/api/examples")
+    async def list_examples() -> list[dict]:
+        """The built-in example models (mlitb.examples), for the layer editor to start from."""
+        return [{"name": n, **examples.load(n)} for n in examples.NAMES]
+
     @router.post("/api/spec/check")
     async def check_spec(request: Request) -> dict:
         """The layer editor's live view: expanded layers with shapes and parameter counts,
@@ -129,11 +135,16 @@ def project_router(manager: ProjectManager) -> APIRouter:
             return JSONResponse({"ok": False, "detail": exc.message, "layer": exc.layer}, status_code=400)
         spec = model.spec
         layers = []
-        for i, (layer, j) in enumerate(zip(spec.layers, spec.to_json(), strict=True)):
-            n = sum(math.prod(shape) for _, shape in layer.param_shapes())
-            layers.append(
-                {"index": i, "type": layer.type, "out_shape": list(layer.out_shape), "params": n, "json": j}
-            )
+
+        def listed(items, prefix: str) -> None:  # a block's sub-layers after it, indexed "4.0", "4.1", ...
+            for i, layer in enumerate(items):
+                n = sum(math.prod(shape) for _, shape in layer.param_shapes())
+                index = f"{prefix}{i}" if prefix else i
+                layers.append({"index": index, "type": layer.type, "out_shape": list(layer.out_shape),
+                               "params": n, "json": layer.to_json()})  # fmt: skip
+                listed(layer.children(), f"{index}.")
+
+        listed(spec.layers, "")
         return {
             "ok": True,
             "layers": layers,

@@ -7,7 +7,7 @@
 import { api, banner, bannerAfterRoute, dataTokenField, el, fmt, tokens, upload } from "./api.js";
 import { closureForm, isClosureFile } from "./closure_import.js";
 
-const ACTIVATIONS = ["", "relu", "sigmoid", "tanh", "maxout"];
+const ACTIVATIONS = ["", "relu", "gelu", "sigmoid", "tanh", "maxout"];
 export const LAYER_FIELDS = {
   input: { out_sx: 28, out_sy: 28, out_depth: 1 },
   conv: { sx: 5, filters: 8, stride: 1, pad: 2, activation: "relu" },
@@ -20,6 +20,16 @@ export const LAYER_FIELDS = {
   softmax: { num_classes: 10 },
   svm: { num_classes: 10 },
   regression: { num_neurons: 1 },
+  // the layers of today's models (docs/model.md); a residual block's f as JSON definitions
+  gelu: {}, globalavgpool: {},
+  batchnorm: { eps: "", momentum: "" },
+  layernorm: { eps: "" },
+  residual: { layers: '[{"type": "conv", "sx": 3, "pad": 1, "filters": 8}, {"type": "batchnorm", "activation": "relu"}]' },
+  embedding: { vocab: 65, dim: 64 },
+  posembedding: {},
+  attention: { heads: 4, causal: true },
+  transformer: { heads: 4, causal: true, mlp: 4 },
+  seqsoftmax: { num_classes: 65 },
 };
 const PAPER_NET = [
   { type: "input", out_sx: 28, out_sy: 28, out_depth: 1 },
@@ -30,16 +40,32 @@ const PAPER_NET = [
   { type: "softmax", num_classes: 10 },
 ];
 
+// a field's value as the spec language takes it: text for an activation, a boolean for
+// `causal`, JSON definitions for a block's `layers` (kept as typed when it does not parse:
+// the master's check then names it), a number otherwise
+function fieldValue(k, v) {
+  if (k === "activation") return v;
+  if (k === "causal") return v === true || v === "true";
+  if (k === "layers") {
+    if (typeof v !== "string") return v;
+    try { return JSON.parse(v); } catch (e) { return v; }
+  }
+  return Number(v);
+}
+
 function cleanDefs(layers) {
   return layers.map((l) => {
     const out = { type: l.type };
     for (const [k, v] of Object.entries(l)) {
       if (k === "type" || v === "" || v === null || v === undefined) continue;
-      out[k] = k === "activation" ? v : Number(v);
+      out[k] = fieldValue(k, v);
     }
     return out;
   });
 }
+
+// an example's definitions as the editor holds them (a block's layers as JSON text)
+const editable = (defs) => defs.map((d) => (d.layers ? { ...d, layers: JSON.stringify(d.layers) } : { ...d }));
 
 export async function newProjectView(root) {
   let layers = PAPER_NET.map((l) => ({ ...l }));
@@ -127,6 +153,35 @@ export async function newProjectView(root) {
     });
     return el("span", { class: "upload" }, el("label", {}, `or upload a ${kind} zip `, input), bar, msg);
   }
+  // a text (.txt, or a zip of them) becomes a training and a validation set of character
+  // windows, for a language model (`mlitb data upload FILE --text`); the context is the
+  // model's input length
+  function textUpload() {
+    const input = el("input", { type: "file", id: "text-file", accept: ".txt,text/plain,.zip,application/zip" });
+    const msg = el("span", { id: "text-upload-message", class: "small" });
+    input.addEventListener("change", async () => {
+      const f = input.files[0];
+      if (!f) return;
+      const context = lastCheck && lastCheck.loss === "seqsoftmax" ? lastCheck.input_shape[1] : 64;
+      msg.className = "small muted"; msg.textContent = `uploading ${f.name}...`;
+      try {
+        const zip = f.name.toLowerCase().endsWith(".zip");
+        const r = await upload(`/data/datasets/text?context=${context}&name=${encodeURIComponent(f.name.replace(/\.[^.]*$/, ""))}`,
+          f, zip ? "application/zip" : "text/plain", () => {});
+        for (const d of r.datasets) {
+          datasets.push({ dataset: d.dataset, name: d.name, kind: d.kind, items: d.items, shape_text: d.shape_text,
+            label_names: d.vocab });
+        }
+        fillDatasets();
+        train.value = String(r.split.train); test.value = String(r.split.test);
+        showLabels();
+        msg.className = "small ok";
+        msg.textContent = `${fmt(r.characters)} characters, a vocabulary of ${r.vocab.length}: training set ${r.split.train} `
+          + `(${fmt(r.datasets[0].items)} windows of ${context + 1}), validation set ${r.split.test} (${fmt(r.datasets[1].items)})`;
+      } catch (e) { msg.className = "small error"; msg.textContent = e.message; }
+    });
+    return el("span", { class: "upload" }, el("label", {}, "or upload a text (a language model's) ", input), msg);
+  }
   function fillDatasets() {
     const keep = [train.value, test.value];
     train.replaceChildren(el("option", { value: "" }, "none (add data later)"),
@@ -181,7 +236,9 @@ export async function newProjectView(root) {
       const fields = Object.keys(LAYER_FIELDS[layer.type]).map((k) => {
         const input = k === "activation"
           ? el("select", { "data-field": k }, ACTIVATIONS.map((a) => el("option", { value: a, selected: (layer[k] || "") === a }, a || "none")))
-          : el("input", { "data-field": k, value: layer[k] ?? "", size: 6, placeholder: "default" });
+          : k === "causal"
+            ? el("select", { "data-field": k }, ["true", "false"].map((a) => el("option", { value: a, selected: String(layer[k]) === a }, a)))
+            : el("input", { "data-field": k, value: layer[k] ?? "", size: k === "layers" ? 60 : 6, placeholder: "default" });
         input.addEventListener("change", () => { layer[k] = input.value; changed(); });
         return el("label", {}, `${k} `, input);
       });
@@ -249,7 +306,18 @@ export async function newProjectView(root) {
   datasets = await api("GET", "/data/datasets").catch(() => []);
   fillDatasets();
 
+  // start from a built-in example (GET /api/examples: mnist, fashion, charlm)
+  const examples = await api("GET", "/api/examples").catch(() => []);
+  const exampleSelect = el("select", { id: "example" }, el("option", { value: "" }, "the paper's MNIST net"),
+    ...examples.map((x) => el("option", { value: x.name, title: x.description }, `${x.name}: ${x.description.split(":")[0].split(" (")[0]}`)));
+  exampleSelect.addEventListener("change", () => {
+    const x = examples.find((e) => e.name === exampleSelect.value);
+    layers = editable(x ? x.layer_defs : PAPER_NET);
+    if (x && name.value === "mnist") name.value = x.name;
+    render(); changed();
+  });
   editor.append(
+    el("div", { class: "toolbar" }, el("label", {}, "start from ", exampleSelect)),
     list,
     el("div", { class: "toolbar" }, addType, el("button", { id: "add-layer", onclick: () => {
       const t = addType.value; const L = { type: t, ...LAYER_FIELDS[t] };
@@ -260,6 +328,7 @@ export async function newProjectView(root) {
     el("div", { class: "toolbar" }, el("label", {}, "training data ", dataSource), dataNote),
     el("div", { class: "toolbar" }, el("label", {}, "training set ", train), zipUpload("train", train)),
     el("div", { class: "toolbar" }, el("label", {}, "test set ", test), zipUpload("test", test)),
+    el("div", { class: "toolbar" }, textUpload()),
     el("p", { class: "small muted" }, "Zips hold one folder per label; a zip with train/ and test/ folders of label folders fills both sets."),
     el("div", { class: "toolbar" }, dataTokenField("new-data-token")), dataMsg,
     el("div", { class: "toolbar" }, el("label", {}, "algorithm ", algorithm), el("label", {}, "iteration time T (s) ", T),

@@ -1,6 +1,7 @@
 // The tracker's execution mode: classify a photo from a file or the camera, show the
 // top labels; clicking one adds the photo to the project's data with that label, and a
-// new label grows the model's output layer (owner).
+// new label grows the model's output layer (owner). A language model's tracker writes on
+// from a prompt instead.
 import { api, banner, el, upload } from "./api.js";
 
 // The data server's policy (mlitb/data/images.py): centre crop to the target aspect,
@@ -25,7 +26,31 @@ function toPixels(source, [h, w, c]) {
   return { pixels: out, canvas };
 }
 
+/** A language model's tracker: it writes on from a prompt the viewer types. */
+function textPanel(getTracker) {
+  const prompt = el("textarea", { id: "prompt", rows: 2, cols: 40, placeholder: "a prompt, e.g. ROMEO:" });
+  const length = el("input", { id: "generate-length", type: "number", value: 200, min: 1, max: 2000, size: 5 });
+  const temperature = el("input", { id: "temperature", type: "number", value: 0.8, min: 0, max: 2, step: 0.1, size: 4 });
+  const out = el("pre", { id: "generated", class: "generated" });
+  const go = el("button", { id: "btn-generate", onclick: async () => {
+    const tracker = getTracker();
+    if (!tracker) { banner("add a tracker first (Add tracker)"); return; }
+    go.disabled = true;
+    try {
+      const r = await tracker.generate(prompt.value, Number(length.value), Number(temperature.value));
+      if (r.error) { banner(r.error); return; }
+      out.replaceChildren(el("strong", {}, prompt.value), r.text);
+      if (r.unknown && r.unknown.length) banner(`left out of the prompt (not in the vocabulary): ${r.unknown.join(" ")}`, "ok");
+    } finally { go.disabled = false; }
+  } }, "Write on");
+  return { node: el("div", { id: "tracker-panel" },
+    el("div", { class: "toolbar" }, el("label", {}, "prompt ", prompt), el("label", {}, "characters ", length),
+      el("label", {}, "temperature ", temperature), go), out), refresh() {} };
+}
+
 export function trackerPanel(name, getTracker, getProject, log, owner) {
+  const spec = (getProject() || {}).spec || [];
+  if (spec.length && spec[spec.length - 1].layer_type === "seqsoftmax") return textPanel(getTracker);
   const file = el("input", { type: "file", id: "classify-file", accept: "image/*" });
   const video = el("video", { id: "camera", autoplay: true, playsinline: true, width: 160, hidden: true });
   const preview = el("div", { id: "preview" });

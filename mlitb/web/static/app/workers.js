@@ -36,5 +36,10 @@ export function startWorker({ project, role = "trainer", backend = "auto", capac
     pending.set(rid, resolve);
     worker.postMessage({ cmd: "classify", id: rid, pixels, shape });
   });
+  handle.generate = (prompt, length = 200, temperature = 0.8) => new Promise((resolve) => {
+    const rid = Math.random();
+    pending.set(rid, resolve);
+    worker.postMessage({ cmd: "generate", id: rid, prompt, length, temperature });
+  });
   return handle;
 }

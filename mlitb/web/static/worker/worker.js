@@ -6,6 +6,7 @@
  *
  * page -> worker: {cmd: "start", wsUrl, httpBase, project, role, capacity, backend, name,
  *                  joinKey, batchSize} | {cmd: "stop"} | {cmd: "classify", id, pixels, shape}
+ *                  | {cmd: "generate", id, prompt, length, temperature} (a language model writes on)
  * worker -> page: {type: "status", ...} | {type: "log", level, text} | {type: "test",
  *                  iteration, error} | {type: "prediction", id, probs, labels} | {type: "stopped"}
  *
@@ -818,10 +819,49 @@ async function classify(m) {
   post({ type: "prediction", id: m.id, probs: Array.from(p), labels: S.labels });
 }
 
+/** A language model writes on from `m.prompt`: `m.length` characters, each drawn from the
+ * model's next-token probabilities (at `m.temperature`; 0: the likeliest) at the last
+ * position of the window (the prompt's last T characters; a causal model's later positions
+ * do not change earlier ones, so a short window is padded on the right). Characters the
+ * vocabulary lacks are left out of the prompt, and said. */
+async function generate(m) {
+  if (!S.engine || !S.params || S.checking || S.engine.loss !== "seqsoftmax") {
+    post({ type: "prediction", id: m.id, error: S.engine && S.engine.loss !== "seqsoftmax" ? "not a language model" : "no model yet" });
+    return;
+  }
+  const vocab = S.labels, index = new Map(vocab.map((c, i) => [c, i]));
+  const chars = Array.from(String(m.prompt || ""));
+  const unknown = [...new Set(chars.filter((c) => !index.has(c)))];
+  const ids = chars.filter((c) => index.has(c)).map((c) => index.get(c));
+  if (!ids.length) ids.push(index.has("\n") ? index.get("\n") : 0);
+  const T = S.engine.inShape[1], K = S.engine.numOutputs;
+  const temperature = Math.max(0, Number(m.temperature ?? 0.8));
+  S.engine.setParams(S.params);
+  let out = "";
+  for (let step = 0; step < Math.min(Number(m.length) || 200, 2000); step++) {
+    const window = ids.slice(-T), x = new Float32Array(T);
+    window.forEach((t, i) => { x[i] = t; });
+    const p = await S.engine.predict(x, 1); // [T, K] probabilities
+    const at = (window.length - 1) * K;
+    let next = 0;
+    if (temperature === 0) {
+      for (let k = 1; k < K; k++) if (p[at + k] > p[at + next]) next = k;
+    } else { // p^(1/t), renormalised
+      const w = Array.from({ length: K }, (_, k) => Math.pow(p[at + k], 1 / temperature));
+      let r = Math.random() * w.reduce((a, b) => a + b, 0);
+      while (next < K - 1 && (r -= w[next]) > 0) next++;
+    }
+    ids.push(next);
+    out += vocab[next];
+  }
+  post({ type: "prediction", id: m.id, text: out, unknown });
+}
+
 self.onmessage = (e) => {
   const m = e.data;
   if (m.cmd === "start") start(m);
   else if (m.cmd === "classify") classify(m);
+  else if (m.cmd === "generate") generate(m);
   else if (m.cmd === "device_data") { S.device = m.data; useDeviceData(); }
   else if (m.cmd === "stop") {
     S.stopped = true;
