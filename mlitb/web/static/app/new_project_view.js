@@ -309,7 +309,8 @@ export async function newProjectView(root) {
   // start from a built-in example (GET /api/examples: mnist, fashion, charlm)
   const examples = await api("GET", "/api/examples").catch(() => []);
   const exampleSelect = el("select", { id: "example" }, el("option", { value: "" }, "the paper's MNIST net"),
-    ...examples.map((x) => el("option", { value: x.name, title: x.description }, `${x.name}: ${x.description.split(":")[0].split(" (")[0]}`)));
+    ...examples.map((x) => el("option", { value: x.name, title: x.description }, x.name)));
+  exampleSelect.style.maxWidth = "100%";
   exampleSelect.addEventListener("change", () => {
     const x = examples.find((e) => e.name === exampleSelect.value);
     layers = editable(x ? x.layer_defs : PAPER_NET);
