@@ -25,6 +25,8 @@ class FieldReader:
         self.layer_type = layer_type
         self.used: set[str] = {"type", "layer_type"}
         self.allowed: set[str] = set()  # known once check_misspelt ran: names a stray key
+        # (items, in_shape) -> layers: how a block builds its sub-layers (set by mlitb.model.spec)
+        self.build_block = None
 
     def error(self, field: str | None, expected: str, got: object = None, fix: str | None = None):
         return SpecError(self.index, self.layer_type, field, expected, got, fix)

@@ -25,13 +25,11 @@ class ResidualLayer(Layer):
 
     @classmethod
     def parse(cls, r, in_shape, expanded):
-        from .spec import build_block  # the spec's builder, for the sub-layers
-
         raw = r.raw.get("layers")
         r.used.add("layers")
         if not isinstance(raw, list) or not raw:
             raise r.error("layers", "a non-empty list of layers (the block's f)", raw)
-        children = build_block(raw, in_shape, expanded, r.index)
+        children = r.build_block(raw, in_shape)  # the spec's own builder (mlitb.model.spec)
         out = children[-1].out_shape
         stride = 0 if out == in_shape else _projection_stride(in_shape, out)
         if stride is None:

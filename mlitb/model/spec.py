@@ -277,6 +277,7 @@ def _build_layers(flat: list[tuple[int | str, dict]], shape: Shape, expanded: bo
                 i, t, "type", "the last layer to be softmax, seqsoftmax, svm or regression", t, fix
             )
         r = FieldReader(d, i, t)
+        r.build_block = lambda items, in_shape, where=i: build_block(items, in_shape, expanded, where)
         r.check_misspelt(set(cls.fields))
         layer = cls.parse(r, shape, expanded)
         r.check_unknown(set(cls.fields))
