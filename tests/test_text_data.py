@@ -205,7 +205,7 @@ def test_a_language_models_closure_carries_its_layers_vocabulary_and_validation_
     done = upload(master, text_file(tmp_path, 40_000), "--context", "32", "--json")
     r = json.loads(done.stdout)
     hyper = {"iteration_time": 1.0, "test_interval": 1, "test_sample": 0}
-    create_project(
+    token = create_project(
         master.url, "verse", [r["split"]["train"]], [r["split"]["test"]], spec=SMALL_LM, hyper=hyper
     )
     proc = worker(master.url, "verse", tmp_path / "w.log")
@@ -237,3 +237,12 @@ def test_a_language_models_closure_carries_its_layers_vocabulary_and_validation_
         and "has no ConvNetJS form" in refused.stderr
         and "Traceback" not in refused.stderr
     )
+    # the zoo lists it as what it is, verified
+    import httpx
+
+    auth = {"Authorization": f"Bearer {token}"}
+    published = httpx.post(f"{master.url}/api/projects/verse/publish", headers=auth, timeout=120)
+    assert published.status_code in (200, 201), published.text
+    (entry,) = httpx.get(f"{master.url}/api/zoo", timeout=60).json()
+    assert entry["task"] == f"character language model, context 32, vocabulary of {len(r['vocab'])}", entry
+    assert entry["verification"] == "verified", entry

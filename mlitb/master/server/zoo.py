@@ -73,6 +73,8 @@ class ZooEntry:
 
 def task_of(closure: Closure) -> str:
     spec = closure.spec
+    if spec.loss == "seqsoftmax":  # a language model: its context and vocabulary
+        return f"character language model, context {spec.positions}, vocabulary of {spec.num_outputs}"
     h, w, c = spec.input_shape
     kind = {"softmax": "classification", "svm": "classification", "regression": "regression"}.get(
         spec.loss, spec.loss
