@@ -136,6 +136,10 @@ def test_dashboard_end_to_end(master, mnist_zips, page, tmp_path):
             "window.mlitbPage && window.mlitbPage.trackerPoints.points() > 0", timeout=60000
         )
         assert page.locator(".chart canvas").count() >= 2
+        # and its confusion of labels: one row and one column per label, the diagonal the hits
+        page.wait_for_selector("table.confusion")
+        assert page.locator("table.confusion tbody tr").count() == 10
+        assert page.locator("table.confusion td.hit").count() >= 1
 
         # ---- classify a PNG through the file input: probabilities shown
         images, _ = mnist.load("test", mnist.find_source(), 1)

@@ -94,7 +94,7 @@ export async function projectView(root, name) {
   function addWorker(role) {
     const h = startWorker({ project: name, role, backend: backend.value, name: `page-${role}`,
       onLog: (m) => log(`${role} ${h.id}: ${m.text}`, m.level),
-      onTest: (m) => trackerPoints.push(m.iteration, m.error) });
+      onTest: (m) => { trackerPoints.push(m.iteration, m.error); panel.refresh(m); } });
     handles.push(h);
     if (role === "tracker") tracker = h;
     log(`${role} ${h.id} started`);

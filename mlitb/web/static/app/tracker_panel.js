@@ -123,9 +123,26 @@ export function trackerPanel(name, getTracker, getProject, log, owner) {
     } catch (e) { banner(e.message); }
   } }, "Add label");
 
+  // the tracker's last test score as a confusion table: rows the true label, columns the
+  // predicted one, the diagonal what it got right (a share of the row, shaded)
+  const confusion = el("div", { id: "confusion" });
+  function showConfusion(m) {
+    if (!m || !m.confusion) return;
+    const labels = m.labels || [], K = labels.length;
+    if (K * K !== m.confusion.length) return;
+    const row = (t) => m.confusion.slice(t * K, (t + 1) * K);
+    confusion.replaceChildren(el("p", { class: "small muted" }, `confusion of labels at iteration ${m.iteration} (rows: true, columns: predicted)`),
+      el("div", { class: "table-scroll" }, el("table", { class: "confusion" },
+        el("thead", {}, el("tr", {}, el("th", {}, ""), ...labels.map((l) => el("th", {}, l)))),
+        el("tbody", {}, ...labels.map((l, t) => {
+          const counts = row(t), n = counts.reduce((a, b) => a + b, 0) || 1;
+          return el("tr", {}, el("th", {}, l), ...counts.map((c, k) => el("td", {
+            class: k === t ? "hit" : c ? "miss" : "", style: c ? `opacity:${0.35 + 0.65 * c / n}` : "" }, c ? String(c) : "")));
+        })))));
+  }
   const node = el("div", { id: "tracker-panel" },
     el("div", { class: "toolbar" }, el("label", {}, "classify an image ", file), cameraBtn, snapBtn),
     video, preview, results,
-    el("div", { class: "toolbar" }, newLabel, addLabelBtn));
-  return { node, refresh() {} };
+    el("div", { class: "toolbar" }, newLabel, addLabelBtn), confusion);
+  return { node, refresh: showConfusion };
 }

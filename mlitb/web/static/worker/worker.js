@@ -775,6 +775,8 @@ async function evaluate() {
   try {
     let wrong = 0, lossSum = 0;
     const K = engine.numOutputs;
+    // a classifier's confusion: counts[true * K + predicted] (not kept for a language model)
+    const confusion = engine.loss === "softmax" || engine.loss === "svm" ? new Array(K * K).fill(0) : null;
     const sample = testRows();
     const count = sample ? sample.length : C.n;
     for (let s = 0; s < count; s += 256) {
@@ -788,6 +790,7 @@ async function evaluate() {
         let best = 0;
         for (let k = 1; k < K; k++) if (p[i * K + k] > p[i * K + best]) best = k;
         if (best !== y[i]) wrong += 1 / per;
+        if (confusion) confusion[y[i] * K + best] += 1;
         if (engine.loss === "softmax" || engine.loss === "seqsoftmax") {
           lossSum -= Math.log(Math.max(p[i * K + y[i]], 1e-12)) / per;
         }
@@ -797,7 +800,7 @@ async function evaluate() {
     if (gen !== S.gen) return;
     S.testError = wrong / count;
     send({ type: "test_result", iteration: it, error: S.testError, loss: lossSum / count, count });
-    post({ type: "test", iteration: it, error: S.testError });
+    post({ type: "test", iteration: it, error: S.testError, confusion, labels: S.labels });
     S.state = "tracking";
   } finally {
     S.busy = false;
