@@ -21,7 +21,7 @@ from mlitb.master.learning.algorithms import make_algorithm
 from mlitb.model import Model
 from mlitb.model.errors import SpecError
 from mlitb.model.inner import InnerOptimizer
-from mlitb.model.layout import decay_multipliers, fixed_bias_layers, init_params, segments, state_rates
+from mlitb.model.layout import decay_multipliers, fixed_arrays, init_params, segments, state_rates
 from mlitb.model.spec import Spec
 from mlitb.model.torch_executor import TorchNet
 from mlitb.optim import make_optimizer
@@ -312,9 +312,7 @@ def test_arrays_whose_exact_gradient_is_zero_stay_fixed():
     for defs, zero in (
         (
             RESNET,
-            lambda spec, s: (
-                s.name == "biases" and any(spec.walk[s.layer] is f for f in fixed_bias_layers(spec))
-            ),
+            lambda spec, s: any(spec.walk[s.layer] is f and s.name == n for f, n in fixed_arrays(spec)),
         ),
         (LM, lambda spec, s: s.name == "qkv_biases"),
     ):
@@ -335,4 +333,56 @@ def test_arrays_whose_exact_gradient_is_zero_stay_fixed():
                 assert not g[d : 2 * d].any() and g[:d].any() and g[2 * d :].any()
             else:
                 assert not g.any()
-    assert [layer.type for layer in fixed_bias_layers(Spec.from_json(RESNET))] == ["conv"] * 3
+    assert [(layer.type, n) for layer, n in fixed_arrays(Spec.from_json(RESNET))] == [("conv", "biases")] * 3
+    # through pooling, a block's sum and its projection, a batchnorm's bias: what the next batchnorm removes
+    deep = Spec.from_json([
+        RESNET[0],
+        {"type": "conv", "sx": 3, "filters": 4},
+        {"type": "pool", "sx": 2},
+        {"type": "batchnorm"},
+        {"type": "residual", "layers": [{"type": "conv", "sx": 1, "filters": 6, "stride": 2},
+                                        {"type": "relu"}, {"type": "conv", "sx": 1, "filters": 6}]},
+        {"type": "batchnorm"},
+        {"type": "relu"},
+        {"type": "batchnorm"},
+        RESNET[-1],
+    ])  # fmt: skip
+    found = [(layer.type, n) for layer, n in fixed_arrays(deep)]
+    assert found == [("conv", "biases"), ("residual", "biases"), ("conv", "biases")], found
+
+
+def test_what_a_review_found_stays_fixed(tmp_path):
+    """Attention's scores count against the memory limit; blocks nest 16 deep at most; the
+    transformer sugar takes no dropout (ConvNetJS's would predict with another network); a
+    large model's forward passes go in smaller chunks; a label grows the right layer of a
+    model with blocks."""
+    img = {"type": "input", "out_sx": 28, "out_sy": 28, "out_depth": 1}
+    with pytest.raises(SpecError, match="attention scores per example"):
+        Spec.from_json([img, {"type": "conv", "sx": 1, "filters": 64}, {"type": "attention", "heads": 64},
+                        {"type": "softmax", "num_classes": 2}])  # fmt: skip
+    deep: dict = {"type": "relu"}
+    for _ in range(40):
+        deep = {"type": "residual", "layers": [deep]}
+    with pytest.raises(SpecError, match="nested at most 16 deep"):
+        Spec.from_json([img, deep, {"type": "softmax", "num_classes": 2}])
+    with pytest.raises(SpecError, match="drop_prob"):
+        Spec.from_json([*LM[:3], {"type": "transformer", "heads": 4, "drop_prob": 0.1}, *LM[4:]])
+    big = Spec.from_json(
+        [img, {"type": "conv", "sx": 3, "pad": 1, "filters": 512}, {"type": "softmax", "num_classes": 2}]
+    )
+    assert (
+        TorchNet(big, init_params(big)).chunk
+        < 1024
+        <= TorchNet(Spec.from_json(RESNET), init_params(Spec.from_json(RESNET))).chunk
+    )
+    # a new label on a model with blocks: its output fc grows, every other array stays where it was
+    from mlitb.model.grow import grow_outputs
+
+    spec = Spec.from_json(RESNET)
+    params = init_params(spec, 1)
+    grown, new_params, _insert = grow_outputs(spec, params, seed=2)
+    assert grown.num_outputs == spec.num_outputs + 1
+    old = {(s.layer, s.name): params[s.offset : s.stop] for s in segments(spec)}
+    for s in segments(grown):
+        if spec.walk[s.layer].type != "fc":
+            assert np.array_equal(new_params[s.offset : s.stop], old[(s.layer, s.name)]), (s.layer, s.name)

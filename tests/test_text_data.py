@@ -246,3 +246,47 @@ def test_a_language_models_closure_carries_its_layers_vocabulary_and_validation_
     (entry,) = httpx.get(f"{master.url}/api/zoo", timeout=60).json()
     assert entry["task"] == f"character language model, context 32, vocabulary of {len(r['vocab'])}", entry
     assert entry["verification"] == "verified", entry
+
+
+def test_a_text_may_start_with_pk_and_size_limits_are_said(master, tmp_path, monkeypatch):
+    """The body's Content-Type, not its first bytes, says zip; a text over the size limit and
+    a text cut into too many windows are refused with the fix, before they fill memory."""
+    from mlitb.data import text as textsets
+    from mlitb.data.errors import DataError
+    from mlitb.data.limits import Limits
+
+    path = tmp_path / "pk.txt"
+    path.write_text("PKWARE wrote this. " * 100)
+    done = upload(master, path, "--context", "8", "--json")
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setattr(textsets, "MAX_TEXT_BYTES", 1000)
+    with pytest.raises(DataError, match="over the limit of 1,000") as err:
+        textsets.read_upload(path, Limits())
+    assert err.value.status == 413
+    monkeypatch.setattr(textsets, "MAX_WINDOWS", 10)
+    with pytest.raises(DataError, match="a longer --context"):
+        textsets.build("abcdefgh" * 100, 8, lambda suffix: tmp_path / f"x{suffix}", ["t.txt"], [])
+
+
+def test_an_embedding_that_misses_the_vocabulary_is_fitted_or_refused(master, tmp_path):
+    """A language model's embedding must take every token of its text: a fresh spec is fitted
+    (the dashboard sets only the head's num_classes), a trained model file is refused."""
+    import httpx
+
+    r = json.loads(upload(master, text_file(tmp_path, 5000), "--context", "16", "--json").stdout)
+    v = len(r["vocab"])
+    defs = [
+        {**SMALL_LM[0], "out_sx": 16},
+        {**SMALL_LM[1], "vocab": 65},
+        *SMALL_LM[2:5],
+        {**SMALL_LM[5], "num_classes": v},
+    ]
+    create_project(master.url, "fit", [r["split"]["train"]], [], spec=defs, hyper={}, start=False)
+    assert details(master.url, "fit")["spec"][1]["vocab"] == v
+    from mlitb.model import Model
+
+    trained = Model.from_spec([{**SMALL_LM[0], "out_sx": 16}, {**SMALL_LM[1], "vocab": 65}, *SMALL_LM[2:5],
+                               {**SMALL_LM[5], "num_classes": v}]).to_json("mlitb")  # fmt: skip
+    body = {"name": "nofit", "spec": trained, "train": [r["split"]["train"]], "test": [], "hyper": {}}
+    resp = httpx.post(f"{master.url}/api/projects", json=body, timeout=60)
+    assert resp.status_code == 400 and "embedding takes 65 tokens" in resp.text, resp.text

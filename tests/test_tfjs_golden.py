@@ -152,6 +152,23 @@ CASES: dict[str, list[dict]] = {
         ]
         for mode in ("(test mode)", "(train mode)")
     },
+    "biases a batchnorm removes, through pooling and a block's sum (train mode)": [
+        inp(6, 6, 1),
+        {"type": "conv", "sx": 3, "filters": 4},
+        {"type": "pool", "sx": 2},
+        {"type": "batchnorm"},
+        {
+            "type": "residual",
+            "layers": [
+                {"type": "conv", "sx": 1, "filters": 5, "stride": 2},
+                {"type": "relu"},
+                {"type": "conv", "sx": 1, "filters": 5},
+            ],
+        },
+        {"type": "batchnorm"},
+        {"type": "batchnorm"},
+        HEADS["softmax"],
+    ],
     "layernorm gelu fc": [
         inp(3, 3, 4),
         {"type": "layernorm"},
@@ -294,3 +311,15 @@ process.stdin.on("data", (c) => (input += c)).on("end", () => {
     js = run_node("process.stdout.write(JSON.stringify([0, 1, 2, 4294967295, 123456789].map("
                   "require('./mlitb/web/static/engine/tfjs_engine.js').lowbias32)))", None)  # fmt: skip
     assert js == [dropout.lowbias32(h) for h in hashes]
+
+
+def test_token_ids_outside_the_vocabulary_are_an_error_not_a_zero_row():
+    """TF.js's one-hot gives an all-zero row for an id past the vocabulary; the engine
+    refuses such ids as PyTorch's embedding does."""
+    spec = Spec.from_json(CASES["char transformer causal 2 heads"])
+    x = np.zeros((1, *spec.input_shape), np.float32)
+    x.ravel()[3] = 13  # vocab 13: ids 0..12
+    case = {"layers": spec.to_json(), "params": b64(init_params(spec)), "x": b64(x),
+            "y": [0] * spec.positions, "n": 1, "train": False}  # fmt: skip
+    out = run_node(SCRIPT, {"cases": [case]})["results"][0]
+    assert "token ids must be integers in [0, 13)" in out.get("error", ""), out

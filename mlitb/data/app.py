@@ -244,7 +244,10 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
         def work() -> dict:
             split = None
             try:
-                text, files, skipped = textsets.read_upload(upload.body_path, limits, filename)
+                zipped = request.headers.get("content-type", "").startswith(
+                    ("application/zip", "application/x-zip")
+                )
+                text, files, skipped = textsets.read_upload(upload.body_path, limits, filename, zipped)
                 split = textsets.build(text, context, store.tmp_path, files, skipped)
                 train = store.create(f"{name} (train)", "train", split.train, split.vocab)
                 try:

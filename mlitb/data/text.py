@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import bad_request, unprocessable
+from .errors import bad_request, too_large, unprocessable
 from .ingest import Decoded
 from .limits import Limits
 from .zipscan import (
@@ -38,6 +38,11 @@ from .zipscan import (
 
 MAX_VOCAB = 256  # token ids are stored as one byte
 MIN_CONTEXT, MAX_CONTEXT = 2, 4096
+# Decoding holds the text a few times over (bytes, str, code points, ids: ~14 bytes per
+# character at the peak), so a text is limited well below the zip limits; and the
+# windows' per-item rows (a source and a hash each) are limited too.
+MAX_TEXT_BYTES = 64 << 20
+MAX_WINDOWS = 2_000_000
 VALIDATION_SHARE = 10  # the last 1/10 of the text
 
 
@@ -51,17 +56,20 @@ class TextSplit:
     files: list[str]
 
 
-def read_upload(path: Path, limits: Limits, filename: str = "upload.txt") -> tuple[str, list[str], list]:
-    """(text, the files it came from, skipped (file, reason)) of a .txt body or a zip of them."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:2] != b"PK":
+def read_upload(
+    path: Path, limits: Limits, filename: str = "upload.txt", zipped: bool = False
+) -> tuple[str, list[str], list]:
+    """(text, the files it came from, skipped (file, reason)) of a .txt body, or of a zip of
+    them (`zipped`: the sender said application/zip; a text may well start with "PK")."""
+    if not zipped:
+        if path.stat().st_size > MAX_TEXT_BYTES:
+            raise _too_long(path.stat().st_size)
         return _decode(path.read_bytes(), filename), [filename], []
     check_central_directory(path, limits)
     zf = open_zip(path)
     with zf:
         scan_zip(zf, limits)  # the hostile-archive checks (sizes, bombs, names, links) first
-        texts, files, skipped = [], [], []
+        texts, files, skipped, total = [], [], [], 0
         for info in sorted(zf.infolist(), key=lambda i: _member_name(i)):
             name = _member_name(info)
             parts = [p for p in name.split("/") if p]
@@ -70,11 +78,22 @@ def read_upload(path: Path, limits: Limits, filename: str = "upload.txt") -> tup
             if not name.lower().endswith(".txt"):
                 skipped.append((name, "not a .txt file"))
                 continue
+            total += info.file_size  # declared; read_member never reads more
+            if total > MAX_TEXT_BYTES:
+                raise _too_long(total)
             texts.append(_decode(read_member(zf, info), name))
             files.append(name)
     if not files:
         raise unprocessable("the zip holds no .txt file; expected UTF-8 text files", "no_text")
     return "".join(texts), files, skipped
+
+
+def _too_long(size: int):
+    return too_large(
+        f"a text of {size:,} bytes is over the limit of {MAX_TEXT_BYTES:,} for a character-level "
+        "dataset; fix: upload a part of it",
+        "text_too_large",
+    )
 
 
 def _decode(data: bytes, name: str) -> str:
@@ -112,8 +131,15 @@ def build(text: str, context: int, tmp: Callable[[str], Path], files: list[str],
             "vocab_too_large",
         )
     ids = np.searchsorted(alphabet, codes).astype(np.uint8)
+    del codes
     cut = len(ids) - len(ids) // VALIDATION_SHARE
     need = context + 1
+    if len(ids) // context > MAX_WINDOWS:
+        raise unprocessable(
+            f"{len(ids):,} characters in windows of {context} make {len(ids) // context:,} items, over the "
+            f"limit of {MAX_WINDOWS:,}; fix: a longer --context (at least {len(ids) // MAX_WINDOWS + 1})",
+            "too_many_windows",
+        )
     if len(ids) - cut < need:
         raise unprocessable(
             f"context {context} is longer than the text allows: its last tenth, the validation set, has "

@@ -38,7 +38,8 @@ def grow_outputs(spec: Spec, params: np.ndarray, seed: int = 0) -> tuple[Spec, n
     loss = {k: v for k, v in loss.items() if v is not None}
     layers[-1] = loss
     new_spec = Spec.from_json(layers)
-    segs = {s.name: s for s in segments(spec) if s.layer == fc_index}
+    walk_index = len(spec.walk) - 2  # the fc's index among every layer (blocks' sub-layers count)
+    segs = {s.name: s for s in segments(spec) if s.layer == walk_index}
     w, b = segs["filters"], segs["biases"]
     rng = np.random.default_rng(seed)
     row = (rng.standard_normal(inputs) * math.sqrt(1.0 / inputs)).astype(np.float32)

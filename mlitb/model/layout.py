@@ -19,7 +19,6 @@ So the vector is exactly ConvNetJS's `getParamsAndGrads()` concatenated.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -66,20 +65,34 @@ def decay_multipliers(spec: Spec) -> tuple[np.ndarray, np.ndarray]:
     return l1, l2
 
 
-def fixed_bias_layers(spec: Spec) -> list:
-    """conv and fc layers whose output goes straight into a batchnorm (the next layer of
-    the same list): their biases get no gradient in either executor (the batch mean removes
-    them; docs/model.md, "Arrays that stay fixed")."""
-    out = []
+SHIFT_THROUGH = ("pool", "globalavgpool")  # a per-channel constant added before them comes out of them
 
-    def scan(layers) -> None:
-        for a, b in itertools.pairwise(layers):
-            if a.type in ("conv", "fc") and b.type == "batchnorm":
-                out.append(a)
-        for layer in layers:
-            scan(layer.children())
 
-    scan(spec.layers)
+def fixed_arrays(spec: Spec) -> list[tuple]:
+    """(layer, array name) of every per-channel bias a batchnorm removes: the batch mean
+    cancels a constant added to a channel, so such a bias has an exact gradient of 0 (and
+    rounding noise in its place, which Adam would turn into full steps, differently in each
+    executor). It is one whose output reaches a batchnorm through max or average pooling
+    only: a conv's or fc's biases, a batchnorm's bias, a residual block's projection biases,
+    and, when the block's sum goes on to a batchnorm, its last sub-layer's. Neither executor
+    gives them a gradient (docs/model.md, "Arrays that stay fixed")."""
+    out: list[tuple] = []
+
+    def scan(layers, tail_feeds_bn: bool) -> None:
+        for i, layer in enumerate(layers):
+            j = i + 1
+            while j < len(layers) and layers[j].type in SHIFT_THROUGH:
+                j += 1
+            feeds = layers[j].type == "batchnorm" if j < len(layers) else tail_feeds_bn
+            if feeds and layer.type in ("conv", "fc"):
+                out.append((layer, "biases"))
+            elif feeds and layer.type == "batchnorm":
+                out.append((layer, "bias"))
+            elif feeds and layer.type == "residual" and layer.stride:
+                out.append((layer, "biases"))
+            scan(layer.children(), feeds and layer.type == "residual")
+
+    scan(spec.layers, False)
     return out
 
 

@@ -74,7 +74,9 @@ def _hwd(shape: Shape) -> str:
     return "x".join(map(str, shape))
 
 
-TRANSFORMER_FIELDS = frozenset({"heads", "causal", "mlp", "drop_prob"})
+# no drop_prob: the spec's dropout is ConvNetJS's (prediction scales by drop_prob, not by
+# 1 - drop_prob), which inside a residual branch would predict with another network
+TRANSFORMER_FIELDS = frozenset({"heads", "causal", "mlp"})
 
 
 def transformer_blocks(d: dict, depth: int) -> list[dict]:
@@ -93,9 +95,6 @@ def transformer_blocks(d: dict, depth: int) -> list[dict]:
         {"type": "gelu"},
         {"type": "conv", "sx": 1, "filters": depth, "bias_pref": 0.0},
     ]
-    if "drop_prob" in d:  # dropout on each branch before the sum, as GPT-2
-        attention = {**attention, "drop_prob": d["drop_prob"]}
-        mlp_layers[-1] = {**mlp_layers[-1], "drop_prob": d["drop_prob"]}
     return [
         {"type": "residual", "layers": [{"type": "layernorm"}, attention]},
         {"type": "residual", "layers": mlp_layers},

@@ -18,6 +18,7 @@ from .layers import Layer, _LossLayer
 _SHAPE = frozenset({"out_depth", "out_sx", "out_sy"})
 MAX_VOCAB = 65_536  # token ids travel as uint16 (mlitb.data text items)
 EMBED_STD = 0.02  # N(0, 0.02), GPT-2's initialisation of both embedding tables
+MAX_SCORES = 4_000_000  # attention scores (heads x T x T) per example: 16 MB of float32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +99,12 @@ class AttentionLayer(Layer):
             raise r.error("heads", f"a divisor of the input depth {d} (each head gets depth / heads)", heads,
                           f"use one of {', '.join(map(str, divisors[:12]))}")  # fmt: skip
         mul = r.float("l2_decay_mul", 1.0, minimum=0.0)
+        t = in_shape[0] * in_shape[1]
+        if heads * t * t > MAX_SCORES:  # the heads x T x T scores of one example, like an output
+            raise r.error(
+                None, f"at most {MAX_SCORES:,} attention scores per example (heads x positions^2)",
+                f"{heads} x {t}^2 = {heads * t * t:,}", "attend over fewer positions, or fewer heads",
+            )  # fmt: skip
         return cls(in_shape=in_shape, out_shape=in_shape, heads=heads, causal=causal, l2_decay_mul=mul)
 
     @property

@@ -33,6 +33,7 @@ for _module in (norm_layers, sequence_layers, residual):  # today's layers besid
 MAX_PARAMS = 50_000_000
 MAX_ACTIVATIONS = 20_000_000  # values in one layer's output, per example
 MAX_LAYERS = 256
+MAX_DEPTH = 16  # blocks inside blocks, at most (a deeper spec is refused before recursion runs out)
 
 _ACTIVATIONS = ("relu", "sigmoid", "tanh", "maxout", "gelu")
 _SUGAR = {"activation", "drop_prob", "group_size", "num_classes", "bias_pref", "tensor"}
@@ -74,6 +75,20 @@ class Spec:
     def num_params(self) -> int:
         return sum(math.prod(shape) for layer in self.walk for _, shape in layer.param_shapes())
 
+    @cached_property
+    def values_per_example(self) -> int:
+        """Activation values one example holds through a forward pass (every layer's output,
+        and attention's scores and their softmax): what bounds how many examples a chunk
+        may hold (mlitb.model.torch_executor)."""
+        total = 0
+        for layer in self.walk:
+            h, w, d = layer.out_shape
+            total += h * w * d
+            if layer.type == "attention":
+                t = layer.in_shape[0] * layer.in_shape[1]
+                total += 2 * layer.heads * t * t
+        return total
+
     @property
     def positions(self) -> int:
         """Targets per item: 1, or a sequence loss's positions (next-token prediction)."""
@@ -100,6 +115,9 @@ def expand(defs: object, max_params: int = MAX_PARAMS) -> Spec:
 def _desugar(items: Sequence, prefix: str = "") -> list[tuple[int | str, dict]]:
     """(index of the user's definition, plain layer def) for each layer the definitions
     stand for; a block's sub-layers are desugared too (indices "3.1")."""
+    if prefix.count(".") > MAX_DEPTH:
+        raise SpecError(prefix.rstrip("."), "residual", "layers", f"blocks nested at most {MAX_DEPTH} deep",
+                        prefix.count("."))  # fmt: skip
     flat: list[tuple[int | str, dict]] = []
     for j, raw in enumerate(items):
         i = f"{prefix}{j}" if prefix else j
@@ -237,6 +255,9 @@ def _build(flat: list[tuple[int | str, dict]], expanded: bool, max_params: int) 
 def build_block(items: list, in_shape: Shape, expanded: bool, parent: int | str | None) -> list[Layer]:
     """A residual block's sub-layers from `in_shape`: desugared (index, def) pairs, or
     expanded layer dicts (indexed "parent.j")."""
+    if str(parent).count(".") >= MAX_DEPTH:
+        raise SpecError(parent, "residual", "layers", f"blocks nested at most {MAX_DEPTH} deep",
+                        str(parent).count(".") + 1)  # fmt: skip
     if all(isinstance(x, tuple) and len(x) == 2 for x in items):
         flat = list(items)
     else:

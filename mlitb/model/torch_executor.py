@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from . import dropout as masks
 from .decay import decay_gradient
 from .layers import Layer
-from .layout import Segment, decay_multipliers, fixed_bias_layers, segments
+from .layout import Segment, decay_multipliers, fixed_arrays, segments
 from .spec import Spec
 
-CHUNK = 1024  # examples per forward pass; bounds activation memory
+CHUNK = 1024  # examples per forward pass at most; bounds activation memory
+CHUNK_VALUES = 1 << 26  # activation values per chunk at most (256 MB of float32): larger models, fewer
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -48,11 +49,11 @@ def _flatten_hwc(x: torch.Tensor) -> torch.Tensor:
 
 def _conv(layer, x, p, net):
     weight = p["filters"].permute(0, 3, 1, 2)  # [out, in, sy, sx]
-    return F.conv2d(x, weight, net.biases(layer, p), stride=layer.stride, padding=layer.pad)
+    return F.conv2d(x, weight, net.fixed(layer, "biases", p), stride=layer.stride, padding=layer.pad)
 
 
 def _fc(layer, x, p, net):
-    y = F.linear(_flatten_hwc(x), p["filters"], net.biases(layer, p))
+    y = F.linear(_flatten_hwc(x), p["filters"], net.fixed(layer, "biases", p))
     return y.view(y.shape[0], -1, 1, 1)
 
 
@@ -104,13 +105,12 @@ def _batchnorm(layer, x, p, net):
     running statistics."""
     if not net.training:
         rm, rv = p["running_mean"].detach(), p["running_var"].detach().clamp_min(0)
-        return F.batch_norm(x, rm, rv, p["gain"], p["bias"], False, 0.0, layer.eps)
+        return F.batch_norm(x, rm, rv, p["gain"], net.fixed(layer, "bias", p), False, 0.0, layer.eps)
     count = x.shape[0] * x.shape[2] * x.shape[3]  # values per channel in the batch
     mean = x.mean((0, 2, 3))
     var = ((x - _channel(mean)) ** 2).mean((0, 2, 3))  # biased: what normalises
-    y = (x - _channel(mean)) / _channel(torch.sqrt(var + layer.eps)) * _channel(p["gain"]) + _channel(
-        p["bias"]
-    )
+    bias = _channel(net.fixed(layer, "bias", p))
+    y = (x - _channel(mean)) / _channel(torch.sqrt(var + layer.eps)) * _channel(p["gain"]) + bias
     unbiased = var * (count / (count - 1)) if count > 1 else var
     pull = ((p["running_mean"] - mean.detach()) ** 2).sum() + (
         (p["running_var"] - unbiased.detach()) ** 2
@@ -161,7 +161,7 @@ def _residual(layer, x, p, net):
     if not layer.stride:
         return y + x
     weight = p["filters"].permute(0, 3, 1, 2)  # the 1x1 projection shortcut
-    return y + F.conv2d(x, weight, p["biases"], stride=layer.stride)
+    return y + F.conv2d(x, weight, net.fixed(layer, "biases", p), stride=layer.stride)
 
 
 OPS: dict[str, Callable] = {
@@ -216,7 +216,10 @@ class TorchNet(torch.nn.Module):
         self.dropout_step = 0
         self.has_dropout = any(layer.type == "dropout" for layer in spec.walk)
         self._index = {id(layer): i for i, layer in enumerate(spec.walk)}  # layout / dropout index
-        self._fixed_biases = {id(layer) for layer in fixed_bias_layers(spec)}
+        self._fixed = {(id(layer), name) for layer, name in fixed_arrays(spec)}
+        # a batch norm net's gradient takes the whole batch at once (its statistics are the
+        # batch's, as in TF.js); other passes go in chunks (`chunk`)
+        self._batch_coupled = any(layer.type == "batchnorm" for layer in spec.walk)
         self._row0 = 0  # the first example of the chunk forwarded (gradient's chunks)
         self._hashed: dict = {}  # (layer, shape, row0, device) -> lowbias32 of the canonical indices
         by_layer: dict[int, dict[str, Segment]] = {}
@@ -229,12 +232,16 @@ class TorchNet(torch.nn.Module):
         # layers, built by a training forward; `loss` adds its gradient, not its value)
         self.state_loss: torch.Tensor | None = None
 
-    def biases(self, layer: Layer, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        """A conv's or fc's biases; fixed (no gradient) where the layer feeds a batchnorm,
-        whose batch mean removes them: their exact gradient is 0, and the rounding noise
-        in its place would be turned into full steps by Adam, differently by each executor
-        (docs/model.md, "Arrays that stay fixed")."""
-        return p["biases"].detach() if id(layer) in self._fixed_biases else p["biases"]
+    def fixed(self, layer: Layer, name: str, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Array `name` of `layer`, without a gradient where a batchnorm removes it (its
+        exact gradient is 0, and the rounding noise in its place would be turned into full
+        steps by Adam, differently by each executor: layout.fixed_arrays)."""
+        return p[name].detach() if (id(layer), name) in self._fixed else p[name]
+
+    @property
+    def chunk(self) -> int:
+        """Examples per forward pass: CHUNK, fewer for a model whose activations are large."""
+        return max(1, min(CHUNK, CHUNK_VALUES // max(self.spec.values_per_example, 1)))
 
     def index_of(self, layer: Layer) -> int:
         """`layer`'s index in spec.walk (the layout's and the dropout masks')."""
@@ -371,9 +378,10 @@ class TorchNet(torch.nn.Module):
         total = 0.0
         step = self.dropout_step  # one step: its chunks are one batch to the dropout masks
         try:
-            for start in range(0, n, CHUNK):
+            chunk = max(n, 1) if self._batch_coupled else self.chunk
+            for start in range(0, n, chunk):
                 self.dropout_step, self._row0 = step, start
-                loss = self.loss(x[start : start + CHUNK], y[start : start + CHUNK])
+                loss = self.loss(x[start : start + chunk], y[start : start + chunk])
                 loss.backward()
                 total += float(loss.detach())
         finally:
@@ -391,7 +399,7 @@ class TorchNet(torch.nn.Module):
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:
         self.train(False)
-        outs = [self.forward(x[i : i + CHUNK]).cpu().numpy() for i in range(0, len(x), CHUNK)]
+        outs = [self.forward(x[i : i + self.chunk]).cpu().numpy() for i in range(0, len(x), self.chunk)]
         if not outs:
             return np.zeros((0, self.spec.num_outputs), np.float32)
         return np.concatenate(outs).astype(np.float32)

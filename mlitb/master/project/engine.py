@@ -52,6 +52,7 @@ from mlitb.master.sched.allocation import Allocator
 from mlitb.master.trust.policy import AuditContext, Ban, Entry
 from mlitb.master.trust.verification import AuditJob, Verdict
 from mlitb.master.trust.verified import make_trust
+from mlitb.model import inputs
 from mlitb.model.layout import decay_multipliers, state_rates
 from mlitb.model.spec import Spec
 from mlitb.optim import Optimizer
@@ -175,7 +176,7 @@ class Engine:
         log.info("project %s: %s %s (%s, %s) joined", self.name, join.kind, join.role, cid, join.backend)
 
     def _capacity(self, c: Client) -> int:
-        return membership.capacity(c, self.hyper.capacity, tuple(self.spec.input_shape))
+        return membership.capacity(c, self.hyper.capacity, inputs.item_shape(self.spec))
 
     def _admit(self, c: Client) -> None:
         c.admitted = True

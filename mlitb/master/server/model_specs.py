@@ -31,7 +31,8 @@ def fit_vocabulary(spec: list | dict, model: Model, vocab: int, seed: int) -> Mo
     vocabulary: every embedding's `vocab` and the seqsoftmax's `num_classes` become
     `vocab`, so `--spec charlm` fits any text. None when there is nothing to fit (a
     trained model file keeps its vocabulary, and a mismatch is refused later)."""
-    if model.spec.loss != "seqsoftmax" or model.spec.num_outputs == vocab:
+    embeddings = [layer.vocab for layer in model.spec.walk if layer.type == "embedding"]
+    if model.spec.loss != "seqsoftmax" or all(v == vocab for v in [model.spec.num_outputs, *embeddings]):
         return None
     defs = spec["layer_defs"] if isinstance(spec, dict) and "layer_defs" in spec else spec
     if not isinstance(defs, list) or not all(isinstance(d, dict) and "type" in d for d in defs):

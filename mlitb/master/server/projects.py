@@ -258,6 +258,18 @@ class ProjectManager:
                 f"vocabulary: the spec's {model.spec.num_outputs} tokens became the text's {len(labels)}"
             )
             model = fitted
+        short = [
+            layer.vocab
+            for layer in model.spec.walk
+            if layer.type == "embedding" and layer.vocab != len(labels)
+        ]
+        if short and model.spec.loss == "seqsoftmax":  # a token id would miss its row (or have one unused)
+            raise ProjectError(
+                400,
+                f"the model's embedding takes {short[0]} tokens but the vocabulary has {len(labels)}; "
+                f"fix: set vocab to {len(labels)} in the embedding, or give matching labels",
+                "label_mismatch",
+            )
         if model.spec.num_outputs != len(labels):
             raise ProjectError(
                 400,

@@ -7,9 +7,9 @@
  * rates from it, so the three agree by construction.
  *
  *   MlitbLayout.walk(layers) -> [{L, index, inShape: [H, W, D], arrays: [{name, shape, off, size,
- *       l1, l2, rate}], children: [...], fixedBiases}]   (the top level; a block's sub-layers
- *       in .children; fixedBiases: a conv or fc that feeds a batchnorm, whose biases get no
- *       gradient: mlitb.model.layout.fixed_bias_layers)
+ *       l1, l2, rate}], children: [...], fixed: Set of array names}]   (the top level; a
+ *       block's sub-layers in .children; fixed: biases a batchnorm removes, which get no
+ *       gradient: mlitb.model.layout.fixed_arrays)
  *   MlitbLayout.segments(layers) -> {numParams, arrays: [...every array in layout order]}
  *   MlitbLayout.multipliers(layers) -> {l1: Float32Array, l2: Float32Array,
  *       state: {idx: Int32Array, rate: Float32Array} | null}
@@ -23,6 +23,7 @@
 })(typeof self !== "undefined" ? self : this, function () {
   "use strict";
   const dflt = (v, d) => (v === undefined || v === null ? d : v);
+  const SHIFT_THROUGH = ["pool", "globalavgpool"]; // a per-channel constant passes through them
 
   /** [[name, shape, l1, l2, rate]] of one expanded layer L on an input of shape [H, W, D]. */
   function arraysOf(L, [H, W, D]) {
@@ -48,17 +49,22 @@
 
   function walk(layers) {
     let off = 0, index = 0;
-    const visit = (list, shape) => list.map((L, i) => {
-      const step = { L, index: index++, inShape: shape, arrays: [], children: [] };
-      // a conv or fc that feeds a batchnorm keeps its biases fixed (layout.fixed_bias_layers)
-      const next = list[i + 1];
-      step.fixedBiases = (L.layer_type === "conv" || L.layer_type === "fc") && !!next && next.layer_type === "batchnorm";
+    // tailFeedsBn: the list is a residual block's whose sum goes on to a batchnorm
+    const visit = (list, shape, tailFeedsBn = false) => list.map((L, i) => {
+      const step = { L, index: index++, inShape: shape, arrays: [], children: [], fixed: new Set() };
+      // a per-channel bias a batchnorm removes (through pooling only) stays fixed (layout.fixed_arrays)
+      let j = i + 1;
+      while (j < list.length && SHIFT_THROUGH.includes(list[j].layer_type)) j++;
+      const feeds = j < list.length ? list[j].layer_type === "batchnorm" : tailFeedsBn;
+      if (feeds && (L.layer_type === "conv" || L.layer_type === "fc")) step.fixed.add("biases");
+      if (feeds && L.layer_type === "batchnorm") step.fixed.add("bias");
+      if (feeds && L.layer_type === "residual" && L.stride) step.fixed.add("biases");
       for (const [name, shp, l1, l2, rate] of arraysOf(L, shape)) {
         const size = shp.reduce((a, b) => a * b, 1);
         step.arrays.push({ name, shape: shp, off, size, l1, l2, rate });
         off += size;
       }
-      if (L.layer_type === "residual") step.children = visit(L.layers, shape);
+      if (L.layer_type === "residual") step.children = visit(L.layers, shape, feeds);
       shape = [L.out_sy, L.out_sx, L.out_depth];
       return step;
     });

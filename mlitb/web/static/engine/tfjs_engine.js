@@ -66,6 +66,8 @@
   // the value with no gradient (PyTorch's detach): batchnorm's state pull must not reach x
   const stopGradient = tf.customGrad((x) => ({ value: tf.clone(x), gradFunc: (dy) => tf.zerosLike(dy) }));
   const SQRT1_2 = Math.SQRT1_2;
+  // a bias a batchnorm removes, without a gradient (layout.js `fixed`; Python's TorchNet.fixed)
+  const fx = (s, p, name) => (s.fixed.has(name) ? stopGradient(p[name]) : p[name]);
 
   // ---- forward: NHWC activations -> scores [N, K] -------------------------------
   function run(P, steps, a, train, ctx) {
@@ -77,12 +79,12 @@
         case "conv": {
           const w = tf.transpose(p.filters, [1, 2, 3, 0]); // [sy, sx, C, F]
           if (L.pad) a = tf.pad(a, [[0, 0], [L.pad, L.pad], [L.pad, L.pad], [0, 0]]);
-          a = tf.add(tf.conv2d(a, w, L.stride, "valid"), s.fixedBiases ? stopGradient(p.biases) : p.biases);
+          a = tf.add(tf.conv2d(a, w, L.stride, "valid"), fx(s, p, "biases"));
           break;
         }
         case "fc": {
           const flat = tf.reshape(a, [a.shape[0], -1]); // NHWC flattens as HWC, like ConvNetJS
-          a = tf.add(tf.matMul(flat, p.filters, false, true), s.fixedBiases ? stopGradient(p.biases) : p.biases);
+          a = tf.add(tf.matMul(flat, p.filters, false, true), fx(s, p, "biases"));
           a = tf.reshape(a, [a.shape[0], 1, 1, L.out_depth]);
           break;
         }
@@ -124,7 +126,7 @@
           a = tf.add(tf.mul(tf.mul(d, inv), p.gain), p.bias);
           break;
         }
-        case "batchnorm": a = batchnorm(L, a, p, train, ctx); break;
+        case "batchnorm": a = batchnorm(L, a, { ...p, bias: fx(s, p, "bias") }, train, ctx); break;
         case "globalavgpool": a = tf.mean(a, [1, 2], true); break;
         case "embedding": { // one-hot x table: TF.js wasm has no gather gradient (UnsortedSegmentSum)
           const [n, h, w] = a.shape;
@@ -137,7 +139,7 @@
         case "residual": {
           const f = run(P, s.children, a, train, ctx);
           const x = L.stride
-            ? tf.add(tf.conv2d(a, tf.transpose(p.filters, [1, 2, 3, 0]), L.stride, "valid"), p.biases)
+            ? tf.add(tf.conv2d(a, tf.transpose(p.filters, [1, 2, 3, 0]), L.stride, "valid"), fx(s, p, "biases"))
             : a;
           a = tf.add(f, x);
           break;
@@ -207,7 +209,15 @@
     return tf.sum(tf.relu(tf.add(tf.sub(s, sy), 1)));
   }
 
+  const vocab = layers[1] && layers[1].layer_type === "embedding" ? layers[1].vocab : 0;
   function input(x, n) {
+    if (vocab) { // a token id is an integer below the vocabulary, or an error (never a wrong row)
+      for (let i = 0; i < x.length; i++) {
+        if (!(x[i] >= 0 && x[i] < vocab && Number.isInteger(x[i]))) {
+          throw new Error(`token ids must be integers in [0, ${vocab}), got ${x[i]}`);
+        }
+      }
+    }
     return tf.tensor4d(x, [n, inShape[0], inShape[1], inShape[2]]);
   }
 
@@ -216,7 +226,7 @@
     inShape,
     numOutputs: K,
     positions,
-    vocab: layers[1] && layers[1].layer_type === "embedding" ? layers[1].vocab : 0, // token ids in [0, vocab)
+    vocab, // token ids in [0, vocab) (0: not a model of tokens)
     loss,
     backend: () => tf.getBackend(),
     hasDropout,
