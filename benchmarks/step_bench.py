@@ -353,9 +353,10 @@ def contiguous_conv_weights():
     process, for the duration (the ablation fb-native-nchw; mlitb's code is unchanged)."""
     original = torch_executor.OPS["conv"]
 
-    def conv(layer, x, w, b, net):
-        weight = w.permute(0, 3, 1, 2).contiguous()
-        return F.conv2d(x.contiguous(), weight, b, stride=layer.stride, padding=layer.pad)
+    def conv(layer, x, p, net):
+        weight = p["filters"].permute(0, 3, 1, 2).contiguous()
+        bias = net.fixed(layer, "biases", p)
+        return F.conv2d(x.contiguous(), weight, bias, stride=layer.stride, padding=layer.pad)
 
     torch_executor.OPS["conv"] = conv
     try:
@@ -375,11 +376,9 @@ def relu_after_pool(net: TorchNet):
     moved = [i for i in moved if not layers[i + 1].pad]
     relus, pools = {id(layers[i]) for i in moved}, {id(layers[i + 1]) for i in moved}
     relu, pool = torch_executor.OPS["relu"], torch_executor.OPS["pool"]
-    torch_executor.OPS["relu"] = lambda layer, x, w, b, n: (
-        x if id(layer) in relus else relu(layer, x, w, b, n)
-    )
-    torch_executor.OPS["pool"] = lambda layer, x, w, b, n: (
-        F.relu(pool(layer, x, w, b, n)) if id(layer) in pools else pool(layer, x, w, b, n)
+    torch_executor.OPS["relu"] = lambda layer, x, p, n: x if id(layer) in relus else relu(layer, x, p, n)
+    torch_executor.OPS["pool"] = lambda layer, x, p, n: (
+        F.relu(pool(layer, x, p, n)) if id(layer) in pools else pool(layer, x, p, n)
     )
     try:
         yield

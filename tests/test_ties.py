@@ -75,7 +75,8 @@ STEPS = 6
 def _setup():
     model = Model.from_spec(SPEC, seed=5)
     net = TorchNet(model.spec, model.params.copy(), device="cpu")
-    w, _ = (t.detach().numpy().astype(np.float64) for t in net._weights(1, model.spec.layers[1]))
+    arrays = net._arrays(1)  # layer 1's arrays, by name
+    w = arrays["filters"].detach().numpy().astype(np.float64)
     w = w.reshape(2)  # filters [1, 1, 1, 2]
     rng = np.random.default_rng(0)
     x = np.full((4, 4, 2), -5.0 * np.sign(w))  # every pixel's output negative: relu gives 0

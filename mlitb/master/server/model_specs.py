@@ -26,6 +26,39 @@ def build_model(spec: list | dict, seed: int) -> Model:
         raise err from None
 
 
+def fit_language_model(
+    spec: list | dict, model: Model, labels: list[str], hyper, warnings: list[str]
+) -> Model:
+    """A language model at project creation: its vocabulary fitted to the labels (its text's
+    characters) where it is written as definitions, else checked; refused on device data."""
+    if model.spec.loss != "seqsoftmax":
+        return model
+    if hyper.data_source == "device":
+        raise ProjectError(
+            400,
+            "data_source=device: devices bring folders of images today, not text; a language model "
+            "trains on a text dataset (mlitb data upload FILE.txt --text)",
+            "device_data",
+        )
+    fitted = fit_vocabulary(spec, model, len(labels), hyper.seed)
+    if fitted is not None:
+        warnings.append(
+            f"vocabulary: the spec's {model.spec.num_outputs} tokens became the text's {len(labels)}"
+        )
+        model = fitted
+    short = [
+        layer.vocab for layer in model.spec.walk if layer.type == "embedding" and layer.vocab != len(labels)
+    ]
+    if short:  # a token id would miss its row (or a row would never be used)
+        raise ProjectError(
+            400,
+            f"the model's embedding takes {short[0]} tokens but the vocabulary has {len(labels)}; "
+            f"fix: set vocab to {len(labels)} in the embedding, or give matching labels",
+            "label_mismatch",
+        )
+    return model
+
+
 def fit_vocabulary(spec: list | dict, model: Model, vocab: int, seed: int) -> Model | None:
     """A language model written as layer definitions (fresh parameters) takes its text's
     vocabulary: every embedding's `vocab` and the seqsoftmax's `num_classes` become

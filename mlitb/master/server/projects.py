@@ -25,7 +25,7 @@ from mlitb.master.config import Hyper, hyper_error
 from mlitb.master.project.engine import DataSource, Engine
 from mlitb.master.server.datasets import DataServers, check_source
 from mlitb.master.server.errors import ProjectError
-from mlitb.master.server.model_specs import build_model, drop_last_layer, fit_vocabulary
+from mlitb.master.server.model_specs import build_model, drop_last_layer, fit_language_model
 from mlitb.master.server.project_meta import Project, ProjectMeta
 from mlitb.master.server.runner import ProjectRunner, engine_io
 from mlitb.master.server.store import MasterStore, token_hash
@@ -232,13 +232,6 @@ class ProjectManager:
         problems = browser_problems(model.spec)
         if problems:
             raise ProjectError(400, "spec: " + "; ".join(problems), "not_for_browsers")
-        if hyper.data_source == "device" and model.spec.loss == "seqsoftmax":
-            raise ProjectError(
-                400,
-                "data_source=device: devices bring folders of images today, not text; a language model "
-                "trains on a text dataset (mlitb data upload FILE.txt --text)",
-                "device_data",
-            )
         data_url = (req.data_url or self.data.public_url).rstrip("/")
         device_data(hyper, req.train)
         infos = await self.data.datasets(data_url, req.train, req.test)
@@ -252,24 +245,8 @@ class ProjectManager:
             )
         if len(set(labels)) != len(labels):
             raise ProjectError(400, f"labels: names must be unique, got {labels}", "bad_labels")
-        fitted = None if req.drop_last_layer else fit_vocabulary(req.spec, model, len(labels), hyper.seed)
-        if fitted is not None:
-            warnings.append(
-                f"vocabulary: the spec's {model.spec.num_outputs} tokens became the text's {len(labels)}"
-            )
-            model = fitted
-        short = [
-            layer.vocab
-            for layer in model.spec.walk
-            if layer.type == "embedding" and layer.vocab != len(labels)
-        ]
-        if short and model.spec.loss == "seqsoftmax":  # a token id would miss its row (or have one unused)
-            raise ProjectError(
-                400,
-                f"the model's embedding takes {short[0]} tokens but the vocabulary has {len(labels)}; "
-                f"fix: set vocab to {len(labels)} in the embedding, or give matching labels",
-                "label_mismatch",
-            )
+        if not req.drop_last_layer:  # a language model takes its text's vocabulary
+            model = fit_language_model(req.spec, model, labels, hyper, warnings)
         if model.spec.num_outputs != len(labels):
             raise ProjectError(
                 400,
