@@ -323,7 +323,7 @@ def test_a_batchnorm_round_in_tfjs_is_a_native_workers_round():
         batch = net.loss(x, y)
         batch.backward()
         opt.step(net.flat.data, net.flat.grad, len(y))
-        loss += float(batch)
+        loss += float(batch.detach())
     want = start - net.get_params()
     task = {"kind": "round", "layers": spec.to_json(), "inner": inner, "params": b64(start),
             "batches": [{"x": b64(x), "y": y.tolist(), "n": len(y)} for x, y in batches]}  # fmt: skip
