@@ -1,12 +1,15 @@
-"""Browser compute benchmark: forward+backward vectors/s of the paper's MNIST net, same
-batch (32), in one headless Chromium (DEVELOPERS.md flags, so no GPU, plus
+"""Browser compute benchmark: forward+backward vectors/s of one built-in model, same
+batch, in one headless Chromium (DEVELOPERS.md flags, so no GPU, plus
 --enable-unsafe-webgpu: WebGPU on SwiftShader, the CPU): TF.js per backend that
-starts (webgpu, webgl, wasm with mlitb's gradient kernels, cpu) and
-ConvNetJS (npm `convnetjs`, what the original MLitB ran), each in a Web Worker; and
-PyTorch native with 1 thread. Ratios against ConvNetJS. The target: the browser trainer
-at least 5x ConvNetJS.
+starts (webgpu, webgl, wasm with mlitb's gradient kernels, cpu) and, for the paper's
+MNIST net, ConvNetJS (npm `convnetjs`, what the original MLitB ran), each in a Web
+Worker; and PyTorch native with 1 thread. Ratios against ConvNetJS (MNIST: the target
+is the browser trainer at least 5x ConvNetJS) and against native.
 
-Prints a table and writes benchmarks/results/browser_bench.json. Run: `make bench-browser`.
+--model mnist (default), fashion (the residual batch-norm net, batch 32) or charlm (the
+character transformer, context 64, batch 12 windows as nanoGPT's CPU configuration;
+a vector is one window of 64 positions). Prints a table and writes
+benchmarks/results/browser_bench[-MODEL].json. Run: `make bench-browser`.
 """
 
 from __future__ import annotations
@@ -30,16 +33,27 @@ SECONDS = 4.0
 REPEATS = 3
 
 
-def main() -> int:
+BATCHES = {"mnist": BATCH, "fashion": BATCH, "charlm": 12}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     from conftest import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import sync_playwright
 
+    from mlitb import examples
     from mlitb.model import Model
     from mlitb.model.torch_executor import TorchNet
     from mlitb.server_runner import BackgroundServer
     from mlitb.serving import build_app
 
-    defs = json.loads((ROOT / "mlitb" / "examples" / "mnist.json").read_text())["layer_defs"]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=examples.NAMES, default="mnist")
+    args = ap.parse_args(argv)
+    batch = BATCHES[args.model]
+    results = RESULTS if args.model == "mnist" else RESULTS.with_name(f"browser_bench-{args.model}.json")
+    defs = examples.load(args.model)["layer_defs"]
     model = Model.from_spec(defs, seed=0)
     layers = model.spec.to_json()
     runs: dict[str, list[float]] = {}
@@ -53,8 +67,8 @@ def main() -> int:
         page = browser.new_page()
         page.goto(f"{server.url}/static/bench/bench.html")
         for r in range(REPEATS):
-            config = {"layers": layers, "defs": defs, "batch": BATCH, "seconds": SECONDS,
-                      "backends": ["webgpu", "webgl", "wasm", "cpu"]}  # fmt: skip
+            config = {"layers": layers, "defs": defs if args.model == "mnist" else None, "batch": batch,
+                      "seconds": SECONDS, "backends": ["webgpu", "webgl", "wasm", "cpu"]}  # fmt: skip
             page.reload()
             out = page.evaluate("(c) => window.runBench(c)", config)
             for k, v in out.items():
@@ -69,8 +83,13 @@ def main() -> int:
         browser.close()
     torch.set_num_threads(1)
     net = TorchNet(model.spec, model.params)
-    x = np.random.default_rng(0).random((BATCH, 28, 28, 1), dtype=np.float32)
-    y = np.random.default_rng(1).integers(0, 10, BATCH)
+    rng = np.random.default_rng(0)
+    if model.spec.loss == "seqsoftmax":  # token ids, a target per position
+        x = rng.integers(0, model.spec.num_outputs, (batch, *model.spec.input_shape)).astype(np.float32)
+        y = rng.integers(0, model.spec.num_outputs, (batch, model.spec.positions))
+    else:
+        x = rng.random((batch, *model.spec.input_shape), dtype=np.float32)
+        y = rng.integers(0, model.spec.num_outputs, batch)
     for _ in range(3):
         net.gradient(x, y)
     for _ in range(REPEATS):
@@ -78,23 +97,27 @@ def main() -> int:
         while time.perf_counter() - t0 < SECONDS:
             net.gradient(x, y)
             n += 1
-        runs.setdefault("pytorch-1-thread", []).append(n * BATCH / (time.perf_counter() - t0))
+        runs.setdefault("pytorch-1-thread", []).append(n * batch / (time.perf_counter() - t0))
 
-    base = statistics.median(runs["convnetjs"])
+    base = statistics.median(runs["convnetjs"]) if "convnetjs" in runs else None
+    native = statistics.median(runs["pytorch-1-thread"])
     rows = []
-    print(f"\n| engine (paper's MNIST net, batch {BATCH}) | vectors/s (median of {REPEATS}) | vs ConvNetJS |")
-    print("|---|---:|---:|")
+    head = f"engine ({args.model}, batch {batch}) | vectors/s (median of {REPEATS})"
+    print(f"\n| {head} | vs ConvNetJS | vs native 1 thread |")
+    print("|---|---:|---:|---:|")
     for k, v in runs.items():
         med = statistics.median(v)
-        rows.append({"engine": k, "vectors_per_s": med, "runs": v, "vs_convnetjs": med / base})
-        print(f"| {k} | {med:,.0f} | {med / base:.1f}x |")
+        vs_cjs = med / base if base else None
+        rows.append(
+            {"engine": k, "vectors_per_s": med, "runs": v, "vs_convnetjs": vs_cjs, "vs_native": med / native}
+        )
+        print(f"| {k} | {med:,.0f} | {f'{med / base:.1f}x' if base else '-'} | {med / native:.2f}x |")
     for k, e in errors.items():
-        print(f"| {k} | did not start: {e} | |")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps({"machine": platform.platform(), "batch": BATCH, "rows": rows, "errors": errors}, indent=1)
-    )
-    print(f"\nwrote {RESULTS}")
+        print(f"| {k} | did not start: {e} | | |")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"machine": platform.platform(), "model": args.model, "batch": batch,
+                                   "rows": rows, "errors": errors}, indent=1))  # fmt: skip
+    print(f"\nwrote {results}")
     return 0
 
 

@@ -20,8 +20,10 @@ async function tfjs(backend, layers, batch, seconds) {
     if (!s.ok) return { error: s.reason };
     const engine = MlitbTfjsEngine(tf, layers);
     engine.setParams(new Float32Array(engine.numParams).map(() => (Math.random() - 0.5) * 0.1));
-    const x = new Float32Array(batch * engine.inShape.reduce((a, b) => a * b)).map(() => Math.random());
-    const y = new Int32Array(batch).map(() => Math.floor(Math.random() * engine.numOutputs));
+    // token ids and a target per position for a language model, pixels and a label otherwise
+    const V = engine.vocab;
+    const x = new Float32Array(batch * engine.inShape.reduce((a, b) => a * b)).map(() => (V ? Math.floor(Math.random() * V) : Math.random()));
+    const y = new Int32Array(batch * engine.positions).map(() => Math.floor(Math.random() * engine.numOutputs));
     const r = await timeLoop(() => engine.gradient(x, y, batch, true), seconds);
     engine.dispose();
     return { vectors_per_s: (r.calls * batch) / r.seconds, calls: r.calls, device: s.device || "" };
@@ -55,6 +57,6 @@ self.onmessage = async (e) => {
     out[`tfjs-${b}`] = await tfjs(b, layers, batch, seconds);
     self.postMessage({ progress: b, result: out[`tfjs-${b}`] });
   }
-  out.convnetjs = convnetjsRun(defs, batch, seconds);
+  if (defs) out.convnetjs = convnetjsRun(defs, batch, seconds); // ConvNetJS only has ConvNetJS's layers
   self.postMessage({ done: out });
 };
