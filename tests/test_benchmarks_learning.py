@@ -147,10 +147,10 @@ def test_step_bench_ablations_compute_the_same_step():
 
 
 def test_observer_snapshots_are_the_parameters_as_of_each_tick(monkeypatch):
-    """mlitb's curve is sampled at the plain loop's instants: at each whole SNAPSHOT_EVERY, the
+    """mlitb's curve is sampled at the plain loop's instants: at each whole snapshot_every, the
     newest frame that had arrived (reported at the tick), once per iteration; no frame is
     dropped for arriving early in a second, and the newest frame always ends the curve."""
-    monkeypatch.setattr(lb, "SNAPSHOT_EVERY", 1.0)
+    monkeypatch.setattr(lb.TASK, "snapshot_every", 1.0)
     obs = lb.Observer("ws://unused", "p", keep={30})
     pre = np.zeros(2, np.float32)
     obs._record(-1.0, 0, pre)  # before t0: the starting point
