@@ -24,6 +24,7 @@ readers (the IDX reader; for text, nothing: the plain loop encodes the text itse
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -138,7 +139,7 @@ class ImageTask(Task):
     def plain_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(images float32 [N, 1, 28, 28] in [0, 1], labels int64 [N]): tensors in memory."""
         images, labels = self.load("train")
-        x = torch.from_numpy(np.ascontiguousarray(images).reshape(-1, 1, 28, 28)).float().div_(255)
+        x = torch.from_numpy(np.array(images, np.float32).reshape(-1, 1, 28, 28)).div_(255)
         return x, torch.from_numpy(labels.astype(np.int64))
 
     def batches(self, data, batch, gen):
@@ -242,11 +243,7 @@ class TextTask(Task):
 
     def encoded(self) -> tuple[list[str], np.ndarray, int]:
         """(vocabulary, ids uint8 of the whole text, where the validation part starts)."""
-        text = self.text_path().read_text(encoding="utf-8-sig")
-        vocab = sorted(set(text))
-        lookup = {c: i for i, c in enumerate(vocab)}
-        ids = np.fromiter((lookup[c] for c in text), np.uint8, len(text))
-        return vocab, ids, len(ids) - len(ids) // 10
+        return _encode(self.text_path())
 
     def layer_defs(self) -> list[dict]:
         """The example with the text's vocabulary (what project creation fits it to)."""
@@ -324,6 +321,19 @@ class TextTask(Task):
             raise RuntimeError(f"text upload refused: {resp.status_code} {resp.text[:300]}")
         split = resp.json()["split"]
         return split["train"], split["test"]
+
+
+@functools.lru_cache(maxsize=2)
+def _encode(path: Path) -> tuple[list[str], np.ndarray, int]:
+    """The text as it was uploaded (UTF-8, a BOM dropped, line ends kept), its characters
+    sorted as the vocabulary (at most 256: ids are bytes), the last tenth for validation."""
+    text = path.read_bytes().decode("utf-8-sig")
+    vocab = sorted(set(text))
+    if len(vocab) > 256:
+        raise ValueError(f"{path}: {len(vocab)} different characters, over the 256 a byte id holds")
+    lookup = {c: i for i, c in enumerate(vocab)}
+    ids = np.fromiter((lookup[c] for c in text), np.uint8, len(text))
+    return vocab, ids, len(ids) - len(ids) // 10
 
 
 class CausalSelfAttention(nn.Module):

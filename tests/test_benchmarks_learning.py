@@ -161,3 +161,128 @@ def test_observer_snapshots_are_the_parameters_as_of_each_tick(monkeypatch):
     # tick 1: it 1; 2: it 2; 3: it 4 (3 arrived at 2.04 but 4 is newer by 3.0); 4: it 30; 5, 6: none new;
     # 7: it 31; iteration 30 also at its own time (kept)
     assert got == [(0.0, 0), (1.0, 1), (2.0, 2), (3.0, 4), (3.6, 30), (4.0, 30), (7.0, 31)]
+
+
+# ---------------------------------------------------------------------- the tasks (issue 27)
+def test_plain_transformer_is_the_charlm_examples_size(tmp_path, monkeypatch):
+    """The hand-written nanoGPT-style module has exactly the `charlm` example's parameters
+    for the text's vocabulary (the example without weight tying, biases everywhere)."""
+    import learning_tasks as lt
+
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be: that is the question.\n" * 40)
+    monkeypatch.setenv("MLITB_BENCH_TEXT", str(text))
+    task = lt.TASKS["charlm"]
+    spec = Spec.from_json(task.layer_defs())
+    model = task.plain_model(0)
+    assert sum(p.numel() for p in model.parameters()) == spec.num_params
+    ids = torch.zeros(2, 64, dtype=torch.int64)
+    assert model(ids).shape == (2, 64, len(task.class_names()))
+
+
+def test_text_task_scores_the_windows_mlitb_serves(tmp_path, monkeypatch):
+    """The plain loop encodes the text itself; its vocabulary, training part and
+    validation windows are exactly what mlitb's data server makes of the same upload (a
+    BOM dropped, CRLF kept, characters sorted by code point)."""
+    import learning_tasks as lt
+
+    from mlitb.data import text as textsets
+
+    body = "\ufeffFirst Citizen:\r\nBefore we proceed any further, hear me speak. Éé\n" * 30
+    path = tmp_path / "t.txt"
+    path.write_bytes(body.encode("utf-8"))
+    monkeypatch.setenv("MLITB_BENCH_TEXT", str(path))
+    task = lt.TASKS["charlm"]
+    files = iter(tmp_path / f"part{i}" for i in range(2))
+    split = textsets.build(body.lstrip("\ufeff"), 64, lambda suffix: next(files), ["t.txt"], [])
+    assert task.class_names() == split.vocab
+    windows, targets = task.eval_data()
+    served = np.frombuffer(split.valid.pixels_path.read_bytes(), np.uint8).reshape(-1, 65)
+    np.testing.assert_array_equal(windows, served)
+    np.testing.assert_array_equal(targets, served[:, 1:])
+    train = np.frombuffer(split.train.pixels_path.read_bytes(), np.uint8).reshape(-1, 65)
+    part = task.plain_data().numpy()
+    np.testing.assert_array_equal(train[:, :-1].reshape(-1), part[: train.shape[0] * 64])
+
+
+def test_text_task_plain_loop_trains_on_random_windows(tmp_path, monkeypatch):
+    import learning_tasks as lt
+
+    path = tmp_path / "t.txt"
+    path.write_text("abcabcabd" * 200)
+    monkeypatch.setenv("MLITB_BENCH_TEXT", str(path))
+    monkeypatch.setattr(lb, "TASK", lt.TASKS["charlm"])
+    monkeypatch.setattr(lt.TASKS["charlm"], "snapshot_every", 0.2)
+    out = lb.run_plain(4, 2e-3, 0.5, 0, 0, lb.TASK.plain_data(), lb.EarlyStop(None, 1.6))
+    assert out["steps"] > 0 and out["vectors"] == 4 * out["steps"]
+    first, last = out["snapshots"][0][2], out["snapshots"][-1][2]
+    assert set(first) == set(lb.plain_model(0).state_dict())
+    before, after = (lb.TASK.score(_predictor(s), "plain", lb.TASK.eval_data()) for s in (first, last))
+    assert after < before  # nats per character fall
+
+
+def _predictor(state):
+    import learning_bench as lb
+
+    model = lb.plain_model(0).eval()
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+
+    def predict(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return predict
+
+
+def test_label_order_maps_a_projects_sorted_labels_to_the_datas_classes(monkeypatch):
+    """A Fashion-MNIST project's labels are the zip's folder names in the data server's
+    order (sorted); mlitb's snapshots are scored with its outputs put back in the data's
+    class order, so a model that is right is scored right."""
+    import learning_tasks as lt
+
+    from mlitb.data import fashion
+
+    monkeypatch.setattr(lb, "TASK", lt.TASKS["fashion"])
+    labels = sorted(fashion.CLASSES)
+    order = lb.label_order(labels)
+    assert [fashion.CLASSES[k] for k in order] == labels
+    assert lb.label_order(list(fashion.CLASSES)) is None
+    with pytest.raises(RuntimeError, match="not the task's classes"):
+        lb.label_order([*labels[:-1], "hat"])
+    # a perfect model in the project's order: every test image right once mapped back
+    ys = np.array([3, 0, 9, 9, 5])
+    data = (np.zeros((5, 28, 28, 1), np.uint8), ys)
+    project_index = {name: j for j, name in enumerate(labels)}
+    onehot = np.eye(10, dtype=np.float32)[[project_index[fashion.CLASSES[y]] for y in ys]]
+    columns = np.argsort(order)
+    assert lb.TASK.score(lambda x: onehot[: len(x)][..., columns], "mlitb", data) == 0.0
+    assert lb.TASK.score(lambda x: onehot[: len(x)], "mlitb", data) > 0.5  # unmapped: wrong
+
+
+def test_goals_for_a_loss_task_use_its_thresholds_and_target(monkeypatch):
+    import learning_tasks as lt
+
+    monkeypatch.setattr(lb, "TASK", lt.TASKS["charlm"])
+    args = lb.parse_args(["--task", "charlm", "--only", "plain-torch"])
+    monkeypatch.setattr(lb, "TASK", lt.TASKS["charlm"])  # parse_args set it; the fixture restores it
+    alg = lb.default_algorithm()
+
+    def result(kind, times, best, batch=None):
+        runs = [{"repeat": i, "t_2": a, "t_1.75": b} for i, (a, b) in enumerate(times)]
+        median = {k: lb.med_time([r[k] for r in runs]) for k in ("t_2", "t_1.75")}
+        r = {"kind": kind, "runs": runs, "median": {**median, "best_error": best}}
+        return {**r, "batch": batch, "lr": 1e-3} if batch else r
+
+    results = {
+        "plain-torch": result("plain", [(60.0, 120.0)], 1.62, batch=12),
+        f"mlitb-{alg}-1w": result("mlitb", [(70.0, 150.0)], 1.59),
+        f"mlitb-{alg}-2w": result("mlitb", [(65.0, 140.0)], 1.63),
+    }
+    goals = {g["goal"][:2]: g for g in lb.goals_timed(results, 300, args)}
+    assert goals["0:"]["result"] == "FAIL" and "1.630" in goals["0:"]["detail"]  # 2 workers above 1.6
+    assert goals["1a"]["result"] == "PASS" and "to 2 is within" in goals["1a"]["goal"]
+    assert goals["1b"]["result"] == "PASS" and goals["1b"]["ratio"] == pytest.approx(1.25)
+    assert goals["2a"]["result"] == "PASS" and goals["2b"]["result"] == "PASS"
+    points = [{"t_1.6": None, "t_1.75": 90.0, "t_2": 50.0, "best_error": 1.7},
+              {"t_1.6": None, "t_1.75": 80.0, "t_2": 60.0, "best_error": 1.7}]  # fmt: skip
+    assert min(points, key=lb.sweep_key) is points[1]
