@@ -6,7 +6,8 @@
   caller's `finally` or the atexit hook ends them).
 * `start_master`: `mlitb serve --port 0` with a fresh state dir; waits for its URL.
 * `wait_until`: poll a condition with a deadline (no fixed sleeps).
-* `mnist_zip` / `upload_zip`: the real MNIST upload zips, built once and cached.
+* `mnist_zip` / `idx_zip` / `upload_zip`: upload zips of IDX images (real MNIST,
+  Fashion-MNIST), built once and cached.
 * `data_auth`: the header that lets a benchmark write to the data server it started.
 * `one_thread_env`: the environment that keeps a subprocess at one BLAS/OpenMP thread.
 """
@@ -184,16 +185,24 @@ def wait_http(url: str, timeout: float = 120.0, check=None) -> None:
 # ---------------------------------------------------------------------- MNIST zips
 def mnist_zip(split: str) -> Path:
     """The upload zip of real MNIST `split` ('train' or 'test'), built once under the cache dir."""
+    from mlitb.data import mnist
+
+    return idx_zip("mnist", split, lambda s: mnist.load(s, mnist.find_source(ROOT)))
+
+
+def idx_zip(prefix: str, split: str, load: Callable, names: tuple[str, ...] | None = None) -> Path:
+    """The upload zip (a folder per label: `names[label]`, else the label's digits) of the
+    IDX images `load(split)` returns, built once as PREFIX-SPLIT.zip under the cache dir."""
     from tqdm import tqdm
 
     from mlitb.data import mnist
 
-    path = cache_dir() / f"mnist-{split}.zip"
+    path = cache_dir() / f"{prefix}-{split}.zip"
     if path.exists():
         return path
-    images, labels = mnist.load(split, mnist.find_source(ROOT))
+    images, labels = load(split)
     with tqdm(total=len(images), desc=f"building {path.name} (once)", unit="img", leave=False) as bar:
-        mnist.write_zip(images, labels, path, f"mnist-{split}", progress=bar.update)
+        mnist.write_zip(images, labels, path, f"{prefix}-{split}", progress=bar.update, names=names)
     return path
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bench_util import ROOT, cache_dir, data_auth, mnist_zip, torch_nn_model, upload_zip
+from bench_util import ROOT, data_auth, idx_zip, mnist_zip, torch_nn_model, upload_zip
 
 EVAL_BATCH = 1000  # images per forward when scoring
 TEXT_EVAL_BATCH = 128  # windows per forward when scoring
@@ -168,18 +168,13 @@ class ImageTask(Task):
         return wrong / len(ys)
 
     def zip(self, split: str) -> Path:
+        """The upload zip of `split`, built once (cached): MNIST's, or one with a folder
+        per Fashion-MNIST class name."""
         if self.name == "mnist":
             return mnist_zip(split)
-        from tqdm import tqdm
+        from mlitb.data import fashion
 
-        from mlitb.data import fashion, mnist
-
-        path = cache_dir() / f"fashion-{split}.zip"
-        if not path.exists():
-            images, labels = self.load(split)
-            with tqdm(total=len(images), desc=f"building {path.name} (once)", unit="img", leave=False) as bar:
-                mnist.write_zip(images, labels, path, f"fashion-{split}", bar.update, fashion.CLASSES)
-        return path
+        return idx_zip(self.name, split, self.load, fashion.CLASSES)
 
     def prepare(self) -> None:
         self.zip("train"), self.zip("test")
