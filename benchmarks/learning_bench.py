@@ -1121,9 +1121,13 @@ def main(argv: list[str] | None = None) -> int:
     seed = int(args.sets.get("seed", 0))
     need_mlitb = any(c["kind"] == "mlitb" for c in args.configs)
     need_plain = any(c["kind"] == "plain" for c in args.configs)
-    if need_mlitb:
-        TASK.prepare()  # upload zips built once (cached), the text found
-    train_data = TASK.plain_data() if need_plain else None
+    try:
+        if need_mlitb:
+            TASK.prepare()  # upload zips built once (cached), the text found
+        train_data = TASK.plain_data() if need_plain else None
+    except (FileNotFoundError, ValueError) as exc:  # data absent or unusable: one line, no traceback
+        print(f"learning_bench --task {TASK.name}: {exc}", file=sys.stderr)
+        return 2
 
     results = {c["name"]: {**c, "runs": []} for c in args.configs}
     eval_pool = make_pool(max(1, args.eval_procs))
