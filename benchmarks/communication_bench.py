@@ -150,10 +150,13 @@ def base_configs(local_t: float | None) -> dict[str, dict]:
 
 
 def effective_hyper(hyper: dict) -> dict:
-    """The hyperparameters the master will run `hyper` with (its defaults filled in)."""
+    """The hyperparameters the master will run `hyper` with (its defaults filled in, the
+    round length among them for the demo model's size)."""
     from mlitb.master.config import Hyper
+    from mlitb.model.spec import Spec
 
-    return Hyper.model_validate(hyper).model_dump()
+    num_params = Spec.from_json(demo_spec_json()["layer_defs"]).num_params
+    return Hyper.model_validate(hyper, context={"num_params": num_params}).model_dump()
 
 
 # ---------------------------------------------------------------------- summaries

@@ -783,9 +783,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     from pydantic import ValidationError
 
     from mlitb.master.config import Hyper, hyper_error
+    from mlitb.model.spec import Spec
 
     try:
-        effective = Hyper.model_validate({**({"iteration_time": args.T} if args.T else {}), **args.sets})
+        num_params = Spec.from_json(json.loads(SPEC_PATH.read_text())["layer_defs"]).num_params
+        named = {**({"iteration_time": args.T} if args.T else {}), **args.sets}
+        effective = Hyper.model_validate(named, context={"num_params": num_params})
     except ValidationError as exc:
         ap.error(hyper_error(exc))
     args.T_run = effective.iteration_time

@@ -64,8 +64,9 @@ DEMOS = {
 HYPER = {
     # The project defaults (mlitb.master.config.Hyper), named here only for the reader:
     # local_sgd, inner Adam (lr 2e-3, batches of 32) on each trainer, plain averaging of
-    # their ends, rounds from 0.5 s growing to 30 s; verification on. The demo shows what
-    # a new project does, so it sets nothing else (benchmarks/learning_bench.py measures it).
+    # their ends, rounds from 0.5 s growing to T (4 s for these small nets:
+    # config.round_default); verification on. The demo shows what a new project does, so it
+    # sets nothing else (benchmarks/learning_bench.py measures it).
     "algorithm": "local_sgd",
 }
 

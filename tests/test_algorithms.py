@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from test_engine import sends
 
-from mlitb.master.config import Hyper
+from mlitb.master.config import ROUND_TRAFFIC, Hyper, round_default
 from mlitb.master.learning.algorithms import ALGORITHMS, staleness_weight
 from mlitb.master.project.broadcast import FULL_EVERY
 from mlitb.master.project.data import DataSource, memory_capacity
@@ -427,6 +427,30 @@ def test_each_algorithm_has_its_own_default_round_length():
     assert h.updated({"algorithm": "local_sgd"}).iteration_time == 30.0  # switching: its own
     assert h.updated({"algorithm": "local_sgd", "iteration_time": 5}).iteration_time == 5.0
     assert h.updated({"learning_rate": 0.1}).iteration_time == 2.0  # otherwise kept
+
+
+def test_local_sgd_round_length_follows_the_model_size():
+    # a trainer's traffic per round (change up, parameters down: 2 x params x 4 bytes) over
+    # at most ROUND_TRAFFIC bytes/s, between the paper's 4 s and 30 s, in whole seconds
+    assert ROUND_TRAFFIC == 200_000
+    assert round_default("local_sgd", 5_994) == 4.0  # the MNIST net: 48 kB a round
+    assert round_default("local_sgd", 27_090) == 4.0  # fashion: 217 kB
+    assert round_default("local_sgd", 300_000) == 12.0  # 2.4 MB
+    assert round_default("local_sgd", 300_000, "float16") == 6.0  # half the bytes on the wire
+    assert round_default("local_sgd", 300_000, "int8") == 4.0  # 3 s: never under the paper's round
+    assert round_default("local_sgd", 818_241) == 30.0  # charlm: 6.5 MB, 33 s, capped at 30
+    assert round_default("local_sgd") == 30.0  # size not known: the most
+    assert round_default("sync_sgd", 818_241) == 4.0  # the paper's loop: its own, whatever the size
+    sized = {"num_params": 300_000}
+    assert Hyper.model_validate({}, context=sized).iteration_time == 12.0
+    assert Hyper.model_validate({"compression": "int8"}, context=sized).iteration_time == 4.0
+    assert Hyper.model_validate({"iteration_time": 7}, context=sized).iteration_time == 7.0  # named: kept
+    assert Hyper.model_validate({"algorithm": "sync_sgd"}, context=sized).iteration_time == 4.0
+    h = Hyper(algorithm="sync_sgd", iteration_time=2)
+    assert h.updated({"algorithm": "local_sgd"}, 300_000).iteration_time == 12.0  # switching: this model's
+    assert h.updated({"algorithm": "local_sgd"}).iteration_time == 30.0
+    kept = Hyper.model_validate({}, context=sized)
+    assert kept.updated({"compression": "int8"}, 300_000).iteration_time == 12.0  # a set T stays
 
 
 def test_local_sgd_rounds_start_short_and_grow_to_t():

@@ -1280,3 +1280,43 @@ def test_a_worker_faster_than_max_vectors_per_s_stops_there_and_is_not_banned(ma
     assert c["results"] >= 3 and c["rejected"] == 0, c
     # the whole run: at most the cap per second of work and overlap (2 T per iteration)
     assert s["vectors_processed"] <= 300 * 2 * 1.0 * (s["iteration"] + 1), brief(s)
+
+
+def test_a_projects_round_length_follows_its_models_size(master):
+    """Unnamed, local_sgd's T is the model's (config.round_default): short for a small net,
+    whose rounds cost little to move, 30 s for a large one; a named T is kept; a switch of
+    algorithm takes the new one's T for this model; the layer editor shows it beforehand."""
+
+    def spec(width: int) -> list[dict]:  # 1,024 inputs -> `width` -> 2 classes
+        return [
+            {"type": "input", "out_sx": 32, "out_sy": 32, "out_depth": 1},
+            {"type": "fc", "num_neurons": width, "activation": "relu"},
+            {"type": "softmax", "num_classes": 2},
+        ]
+
+    tokens = {}
+
+    def create(name: str, width: int, **hyper) -> dict:
+        body = {"name": name, "spec": spec(width), "labels": ["a", "b"], "hyper": hyper}
+        r = httpx.post(f"{master.url}/api/projects", json=body, timeout=HTTP_TIMEOUT)
+        assert r.status_code == 201, r.text
+        tokens[name] = r.json()["owner_token"]
+        return details(master.url, name)
+
+    def switch(name: str, algorithm: str) -> float:
+        r = httpx.patch(f"{master.url}/api/projects/{name}/hyper", json={"algorithm": algorithm},
+                        headers=bearer(tokens[name]), timeout=HTTP_TIMEOUT)  # fmt: skip
+        assert r.status_code == 200, r.text
+        return r.json()["hyper"]["iteration_time"]
+
+    small = create("small", 8)  # 8,218 parameters: 66 kB a round
+    assert (small["num_params"], small["hyper"]["iteration_time"]) == (8218, 4.0)
+    mid = create("mid", 256)  # 262,914: 2.1 MB a round at 200 kB/s
+    assert (mid["num_params"], mid["hyper"]["iteration_time"]) == (262914, 11.0)
+    assert create("named", 256, iteration_time=7)["hyper"]["iteration_time"] == 7.0
+    assert create("int8", 256, compression="int8")["hyper"]["iteration_time"] == 4.0
+    big = create("big", 1024)  # 1,051,650: 8.4 MB, past 30 s
+    assert big["hyper"]["iteration_time"] == 30.0
+    assert switch("mid", "sync_sgd") == 4.0 and switch("mid", "local_sgd") == 11.0  # not 30: its size
+    check = httpx.post(f"{master.url}/api/spec/check", json={"spec": {"layer_defs": spec(256)}}).json()
+    assert check["round_time"] == {"sync_sgd": 4.0, "local_sgd": 11.0}

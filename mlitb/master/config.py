@@ -5,9 +5,10 @@ iteration boundary); out-of-range values are refused with the allowed range.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from mlitb.optim import OPTIMIZERS, LRSchedule, Optimizer, make_optimizer
 
@@ -44,7 +45,27 @@ OPTIMIZER_FIELDS = ("optimizer", "learning_rate", "momentum", "ro", "eps", "beta
 # so its T stays a few seconds; a local_sgd round sends one change whatever it computed, so
 # long rounds move few bytes per training vector (its rounds start short and grow to T:
 # `first_round_time`, `round_growth`). Reset like the optimizer when `algorithm` changes.
+# local_sgd's is the most; a model of known size gets round_default's (below).
 ROUND_DEFAULTS: dict[str, float] = {"sync_sgd": 4.0, "local_sgd": 30.0}
+# local_sgd's T follows the model: long enough that a trainer's traffic (its change up and
+# the parameters down, once per round) averages at most ROUND_TRAFFIC bytes/s, never shorter
+# than the paper's round (ROUND_DEFAULTS["sync_sgd"]: never more messages than sync_sgd) nor
+# longer than 30 s. Why: a round is also how long the master's model stands still, and a small
+# model costs little to move: Fashion-MNIST's 28k-parameter net learned 1.7x slower in wall
+# time than a plain loop with 30-s rounds and 1.07x with 5-s ones, while the 818k-parameter
+# character transformer (6.5 MB a round) keeps 30 s (docs/performance.md, "Today's models").
+ROUND_TRAFFIC = 200_000  # bytes/s per trainer, up and down together (1.6 Mbit/s)
+VALUE_BYTES = {"none": 4, "float16": 2, "int8": 1}  # per parameter on the wire, by `compression`
+
+
+def round_default(algorithm: str, num_params: int | None = None, compression: str = "none") -> float:
+    """T (s) for `algorithm` when none is named; `num_params` None: the model is not known
+    yet (the most a local_sgd round lasts)."""
+    longest = ROUND_DEFAULTS[algorithm]
+    if algorithm != "local_sgd" or num_params is None:
+        return longest
+    seconds = 2 * num_params * VALUE_BYTES.get(compression, 4) / ROUND_TRAFFIC
+    return float(min(longest, max(ROUND_DEFAULTS["sync_sgd"], math.ceil(seconds))))
 
 
 class Hyper(BaseModel):
@@ -151,9 +172,10 @@ class Hyper(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _algorithm_defaults(cls, data):
+    def _algorithm_defaults(cls, data, info: ValidationInfo):
         """An unnamed optimizer and round length are the algorithm's defaults (OPTIMIZER_DEFAULTS,
-        ROUND_DEFAULTS); under dp=central, dp's own come first (DP_*_DEFAULTS)."""
+        round_default: validate with context={"num_params": n} for the model's own T); under
+        dp=central, dp's own come first (DP_*_DEFAULTS)."""
         if isinstance(data, dict):
             algorithm = data.get("algorithm", DEFAULT_ALGORITHM)
             if data.get("dp", "off") != "off" and algorithm == "local_sgd":
@@ -162,7 +184,9 @@ class Hyper(BaseModel):
                 defaults = OPTIMIZER_DEFAULTS.get(algorithm, {})
                 data = {**{k: v for k, v in defaults.items() if k not in data}, **data}
             if "iteration_time" not in data and algorithm in ROUND_DEFAULTS:
-                data = {**data, "iteration_time": ROUND_DEFAULTS[algorithm]}
+                num_params = (info.context or {}).get("num_params")
+                T = round_default(algorithm, num_params, data.get("compression", "none"))
+                data = {**data, "iteration_time": T}
             if data.get("data_source") == "device" and "verify" not in data:
                 data = {**data, "verify": False}  # nothing to replay an audit on
         return data
@@ -204,7 +228,8 @@ class Hyper(BaseModel):
         """Hyperparameters saved before algorithms existed ran the paper's loop."""
         return cls.model_validate({"algorithm": "sync_sgd", **data})
 
-    def updated(self, changes: dict) -> Hyper:
+    def updated(self, changes: dict, num_params: int | None = None) -> Hyper:
+        """These settings with `changes`; `num_params`: the model's, for a new algorithm's T."""
         current = self.model_dump()
         if changes.get("algorithm", self.algorithm) != self.algorithm and "optimizer" not in changes:
             for k in OPTIMIZER_FIELDS:  # switching algorithm: its own default optimizer,
@@ -217,7 +242,7 @@ class Hyper(BaseModel):
                     current.pop(k, None)
         if changes.get("data_source", self.data_source) != self.data_source and "verify" not in changes:
             current.pop("verify", None)  # device data: off; server data: the default
-        return Hyper.model_validate({**current, **changes})
+        return Hyper.model_validate({**current, **changes}, context={"num_params": num_params})
 
 
 _DP_FIELDS = (*DP_INNER_DEFAULTS, *DP_WORK_DEFAULTS)

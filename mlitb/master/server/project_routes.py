@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from mlitb import examples
+from mlitb.master.config import ROUND_DEFAULTS, round_default
 from mlitb.master.server.access import owner, reader
 from mlitb.master.server.bodies import json_body
 from mlitb.master.server.errors import ProjectError
@@ -154,6 +155,8 @@ def project_router(manager: ProjectManager) -> APIRouter:
             "loss": spec.loss,
             "labels": model.labels,
             "browser_problems": browser_problems(spec),
+            # T a local_sgd project of this model gets when none is named (config.round_default)
+            "round_time": {a: round_default(a, spec.num_params) for a in ROUND_DEFAULTS},
         }
 
     @router.delete("/api/projects/{name}/datasets/{dataset}")

@@ -256,6 +256,8 @@ class ProjectManager:
                 "label_mismatch",
             )
         sources = [check_source(model.spec, labels, info, data_url, warnings) for info in infos]
+        if "iteration_time" not in req.hyper:  # the round length this model's size calls for
+            hyper = Hyper.model_validate(req.hyper, context={"num_params": model.spec.num_params})
         optimizer = hyper.make_optimizer(model.spec.num_params)
         runner, token = await self.register(
             req.name, req.description, model, labels, hyper, optimizer, req.join_key, data_url, sources
@@ -414,7 +416,7 @@ class ProjectManager:
                 "bad_hyper",
             )
         try:
-            hyper = runner.engine.hyper.updated(changes)
+            hyper = runner.engine.hyper.updated(changes, runner.engine.spec.num_params)
         except ValidationError as exc:
             raise ProjectError(400, f"hyper: {hyper_error(exc)}", "bad_hyper") from None
         runner.engine.update_hyper(hyper)

@@ -79,7 +79,15 @@ export async function newProjectView(root) {
   const name = el("input", { id: "name", value: "mnist", required: true });
   const labels = el("input", { id: "labels", placeholder: "from the training set", size: 40 });
   // the values until the master's defaults arrive (GET /api, below): the project defaults
-  const T = el("input", { id: "iteration-time", type: "number", value: 30, min: 1, max: 300, step: 0.5 });
+  // T empty: the master picks it from the model's size (local_sgd: 4-30 s; the placeholder
+  // shows this model's, from /api/spec/check); a typed value is sent as it is
+  const T = el("input", { id: "iteration-time", type: "number", value: "", min: 1, max: 300, step: 0.5,
+    placeholder: "from the model's size" });
+  let roundTimes = {}; // algorithm -> T for the model in the editor (/api/spec/check)
+  const showAutoT = () => {
+    const t = roundTimes[algorithm.value];
+    T.placeholder = t === undefined ? "from the model's size" : `auto: ${t} s for this model`;
+  };
   // local_sgd (inner Adam steps on each client, their ends averaged on the master) learns
   // fastest (benchmarks/learning_bench.py); sync_sgd is the paper's loop.
   const algorithm = el("select", { id: "algorithm" }, [["local_sgd", "local_sgd (local steps)"],
@@ -221,6 +229,8 @@ export async function newProjectView(root) {
         return;
       }
       status.className = "ok";
+      roundTimes = out.round_time || {};
+      showAutoT();
       status.textContent = `${fmt(out.num_params)} parameters, input ${out.input_shape.join("x")}, ` +
         `${out.num_outputs} outputs (${out.loss})` + (out.browser_problems.length ? ` - ${out.browser_problems.join("; ")}` : "");
       expanded.replaceChildren(el("table", { class: "expanded" },
@@ -276,7 +286,8 @@ export async function newProjectView(root) {
     const device = dataSource.value === "device", priv = dp.value !== "off";
     const body = {
       name: name.value.trim(), spec: spec(), start: true, drop_last_layer: Boolean(modelFile && dropLast.checked),
-      hyper: { algorithm: algorithm.value, iteration_time: Number(T.value), l2_decay: Number(l2.value),
+      hyper: { algorithm: algorithm.value, l2_decay: Number(l2.value),
+        ...(T.value !== "" ? { iteration_time: Number(T.value) } : {}),
         compression: compression.value,
         // a private project keeps its own inner defaults unless the owner typed one
         ...(algorithm.value === "local_sgd" && (!priv || edited.has(innerLr)) ? { inner_learning_rate: Number(innerLr.value) } : {}),
@@ -351,16 +362,17 @@ export async function newProjectView(root) {
   // the master's defaults, so the page and `mlitb project create` start from the same ones
   const info = await api("GET", "/api").catch(() => ({}));
   const defaults = info.hyper_defaults || {};
-  const filled = [[T, "iteration_time"], [innerLr, "inner_learning_rate"], [l2, "l2_decay"], [dpRate, "dp_sample_rate"]];
+  const filled = [[innerLr, "inner_learning_rate"], [l2, "l2_decay"], [dpRate, "dp_sample_rate"]];
   for (const [input, key] of filled) {
     if (defaults[key] !== undefined) input.value = defaults[key];
   }
   if (defaults.algorithm) algorithm.value = defaults.algorithm;
   if (defaults.compression) compression.value = defaults.compression;
-  // a change of algorithm brings its own defaults (T: 30 s for local_sgd, 4 s for the
-  // paper's loop) into the fields the owner has not edited
-  for (const [input] of filled) input.addEventListener("input", () => edited.add(input));
+  // a change of algorithm brings its own defaults into the fields the owner has not edited
+  // (T stays empty: each algorithm's own for this model, shown as the placeholder)
+  for (const [input] of [...filled, [T]]) input.addEventListener("input", () => edited.add(input));
   algorithm.addEventListener("change", () => {
+    showAutoT();
     const own = (info.hyper_by_algorithm || {})[algorithm.value] || {};
     for (const [input, key] of filled) if (!edited.has(input) && own[key] !== undefined) input.value = own[key];
   });
