@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from urllib.parse import quote
 
 DATA_PREFIX = "data-server "
+VOLUNTEER = "volunteer key"  # this machine's volunteer key (volunteer_key)
 
 
 def config_path() -> Path:
@@ -72,6 +74,18 @@ def signin_link(public_url: str, code: str) -> str:
     write token, where the CLI handed it to the master), never a token: a browser keeps
     every address it opened in its history (mlitb.master.server.signin_codes)."""
     return f"{public_url.rstrip('/')}/#/signin-code/{quote(code, safe='')}"
+
+
+def volunteer_key() -> str:
+    """This machine's volunteer key (made once, kept with the tokens): native workers send
+    it in their join, and the master counts their credit under a hash of it, so credit
+    from this machine adds up across runs and projects (mlitb.master.project.credit)."""
+    key = load_all().get(VOLUNTEER)
+    if isinstance(key, str) and 16 <= len(key) <= 100:
+        return key
+    key = secrets.token_urlsafe(24)
+    _save({VOLUNTEER: key})
+    return key
 
 
 def get_token(server: str, project: str) -> str | None:

@@ -967,6 +967,16 @@ def test_master_killed_and_restarted_resumes(tmp_path, mnist_big):
                 k: old[k] for k in ("iteration", "vectors", "train_loss", "data_size")
             }
         assert after["vectors_processed"] == sum(r["vectors"] for r in rows_after)
+        # the volunteer's credit came back with the same checkpoint: every applied vector
+        # was this one trainer's (its key from the config), costed at the model's multiply-adds
+        credit = httpx.get(f"{url}/api/projects/resume/credit", timeout=HTTP_TIMEOUT).json()
+        (row,) = credit["rows"]
+        assert row["vectors"] == after["vectors_processed"] > 0 and row["share"] == 1.0, credit
+        assert row["macs"] == row["vectors"] * credit["macs_per_vector"] and credit["macs_per_vector"] > 1e6
+        assert (row["name"], row["kind"], row["threads"], row["forfeited"]) == ("t0", "native", 1, "")
+        cli = subprocess.run([MLITB, "project", "credit", "resume", "--server", url, "--json"],
+                             capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+        assert json.loads(cli.stdout) == credit["rows"], cli.stderr
 
         # The same trainer process reconnects by itself and training goes on.
         s = wait_for(
@@ -978,7 +988,10 @@ def test_master_killed_and_restarted_resumes(tmp_path, mnist_big):
         )
         assert trainer.poll() is None, tail(tmp_path / "trainer.log")
         assert [c["name"] for c in s["clients"]] == ["t0"]
+        assert [c["volunteer"] for c in s["clients"]] == [row["volunteer"]]  # the same volunteer again
         assert not allocation_problems(s), brief(s)
+        again = httpx.get(f"{url}/api/projects/resume/credit", timeout=HTTP_TIMEOUT).json()["rows"]
+        assert [r["volunteer"] for r in again] == [row["volunteer"]] and again[0]["vectors"] > row["vectors"]
     finally:
         kill_all(procs)
 

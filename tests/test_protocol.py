@@ -239,6 +239,8 @@ def test_join_defaults_and_full_form():
         "join_key": "k",
         "capabilities": {"webgpu": True},
         "owner_token": "",
+        "volunteer": "k3y-0f-a-v0lunteer_x",
+        "threads": 4,
     }
     assert parse_client_message(json.dumps(full)).model_dump() == full
 

@@ -142,6 +142,10 @@ def summary(closure: Closure, path: Path) -> str:
         + (", ".join(f"{n} {k}" for k, n in tr.get("contributors", {}).items()) or "none recorded"),
         "hyper     " + " ".join(f"{k}={v}" for k, v in sorted(tr["hyper"].items()) if v is not None),
     ]
+    for v in (tr.get("credit") or {}).get("volunteers", [])[:10]:
+        gone = f" (forfeited: {v['forfeited']})" if v.get("forfeited") else ""
+        who = v["name"] or v["volunteer"]
+        lines.append(f"credit    {who}: {v['credit']:.3f} GMAC, {v['share']:.1%}{gone}")
     for role in ("train", "test"):
         for d in m["data"][role]:
             where = ", embedded" if d.get("embedded") else ""

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from mlitb import examples
 from mlitb import local_tokens as tokens
+from mlitb.cli import credit_cmd
 
 DEFAULT_SERVER = os.environ.get("MLITB_SERVER", "http://127.0.0.1:8000")
 ACTIONS = ("start", "pause", "restart", "reboot")
@@ -51,6 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(q)
     q.add_argument("--key", default=os.environ.get("MLITB_JOIN_KEY", ""), help=KEY_HELP)
     q.set_defaults(func=show)
+
+    q = psub.add_parser("credit", help="its volunteers by credit: applied work in multiply-adds, share")
+    q.add_argument("name")
+    common(q)
+    q.add_argument("--key", default=os.environ.get("MLITB_JOIN_KEY", ""), help=KEY_HELP)
+    q.set_defaults(func=credit_cmd.credit)
 
     for action in ACTIONS:
         q = psub.add_parser(action, help=f"{action} a project (owner)")

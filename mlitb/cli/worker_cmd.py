@@ -40,7 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train on this device's own data (a folder with one sub-folder per label, or a zip of "
         "one), for projects with data_source=device: the items never leave this machine",
     )
-    p.add_argument("--name", default="", help="a name shown in the master's client list")
+    p.add_argument(
+        "--name", default="", help="a name shown in the master's client list and its contributors (credit)"
+    )
+    p.add_argument(
+        "--anonymous",
+        action="store_true",
+        help="no volunteer key: credit counts for this connection only (default: this machine's key, "
+        "kept beside the owner tokens, so credit adds up across runs)",
+    )
     p.add_argument("--join-key", default="")
     p.add_argument("--quiet", action="store_true", help="no progress line and no status lines")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -51,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from mlitb import local_tokens as tokens
     from mlitb.worker.session import FatalError, Worker
 
     logging.basicConfig(
@@ -100,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         args.batch_size,
         on_update=show,
         data=args.data,
+        volunteer="" if args.anonymous else tokens.volunteer_key(),
     )
 
     async def main() -> None:

@@ -11,7 +11,7 @@ twice gives the same bytes.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,6 +48,13 @@ class ProjectState:
     sources: list[dict]  # dataset, role, items, label_map, info {name, shape, content_hash, ...}
     history: list[dict]
     data_url: str = ""
+    # its volunteers by credit (mlitb.master.project.credit.Ledger.table); none for a dp
+    # project, whose closure must not say who took part
+    credit: list[dict] = field(default_factory=list)
+    macs_per_vector: int = 0
+
+
+CREDIT_FIELDS = ("volunteer", "name", "kind", "credit", "share", "vectors", "forfeited")  # per volunteer
 
 
 def iso(t: float) -> str:
@@ -134,6 +141,11 @@ def build_closure(
             "late_results": int(state.totals.get("late", 0)),
             "contributors": dict(sorted(state.totals.get("contributors", {}).items())),
             "clients": int(sum(state.totals.get("contributors", {}).values())),
+            "credit": {
+                "unit": "GMAC: 1e9 multiply-adds of applied training work (forward + backward)",
+                "macs_per_vector": state.macs_per_vector,
+                "volunteers": [{k: r[k] for k in CREDIT_FIELDS} for r in state.credit],
+            },
         },
         "data": {"train": train, "test": test},
         "privacy": privacy_record(state.hyper, state.totals.get("privacy") or {}, state.history),

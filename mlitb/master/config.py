@@ -129,6 +129,10 @@ class Hyper(BaseModel):
     verify_trust: Annotated[int, Field(ge=0, le=1000)] = 3
     verify_tolerance: Annotated[float, Field(gt=0, le=1)] = 0.01  # relative error of a replayed segment
     compression: Literal["none", "float16", "int8"] = "none"  # results and parameter changes on the wire
+    # the TF.js backend browsers compute with: `auto` (each device its fastest correct one,
+    # measured at join and remembered), or the owner's pin (used where it computes correctly,
+    # else the fastest correct one, saying why); read by browsers when they join
+    browser_backend: Literal["auto", "wasm", "webgl", "webgpu", "cpu"] = "auto"
     test_interval: Annotated[float, Field(ge=0, le=3600)] = 5.0  # s between a tracker's evaluations
     test_sample: Annotated[int, Field(ge=0, le=10_000_000)] = 2000  # test items a tracker scores; 0 = all
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0

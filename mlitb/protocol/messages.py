@@ -52,6 +52,10 @@ class Join(_Msg):
     capabilities: dict[str, Any] = Field(default_factory=dict)
     # a relay (kind "relay") joins with the project's owner token: the owner vouches for it
     owner_token: Annotated[str, Field(max_length=200)] = ""
+    # the volunteer's secret key (kept by the browser or the native worker's config): its
+    # credit is counted under a hash of it (mlitb.master.project.credit); "": this socket only
+    volunteer: Annotated[str, Field(pattern=r"^([A-Za-z0-9_-]{16,100})?$")] = ""
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None  # compute threads it uses
 
 
 class Cached(_Msg):
@@ -94,6 +98,7 @@ class Status(_Msg):
 
     type: Literal["status"]
     backend: Annotated[str, Field(max_length=40)]
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
 
 
 class Resync(_Msg):

@@ -173,6 +173,7 @@ class Worker:
         seed: int | None = None,
         on_update: Callable[[WorkerStats], None] | None = None,
         data: str | Path | None = None,
+        volunteer: str = "",
     ) -> None:
         self.url = url
         self.project = project
@@ -183,6 +184,7 @@ class Worker:
         self.memory_mb = default_memory_mb() if capacity is None else None
         self.name = name
         self.join_key = join_key
+        self.volunteer = volunteer  # its volunteer key: credit counts under a hash of it
         self.batch_size = batch_size
         self.stats = WorkerStats()
         self.on_update = on_update or (lambda s: None)
@@ -289,6 +291,8 @@ class Worker:
                         "name": self.name,
                         "join_key": self.join_key,
                         "capabilities": {"proofs": 2},  # audits: commit, then reveal (protocol.proofs)
+                        **({"volunteer": self.volunteer} if self.volunteer else {}),
+                        "threads": torch.get_num_threads(),
                     }
                 )
             )

@@ -100,6 +100,7 @@ class Accumulator:
             np.add(total, values.astype(np.float64) * scale, out=total)
         self.weights[b] += vectors if weight is None else weight
         self.members[b].append(client)
+        self.by_client[client] = self.by_client.get(client, 0) + vectors
         self.weight += vectors if weight is None else weight
         self.vectors += vectors
         self.loss += loss
@@ -142,6 +143,7 @@ class Accumulator:
         clients = self.members[b]
         self.weight -= self.weights[b]
         self.results -= len(clients)
+        self.vectors -= sum(self.by_client.pop(c, 0) for c in set(clients))
         self.sums[b], self.weights[b], self.members[b] = None, 0.0, []
         return clients
 
@@ -167,4 +169,5 @@ class Accumulator:
         self.loss = 0.0
         self.results = 0
         self.where: dict[str, int] = {}
+        self.by_client: dict[str, int] = {}  # vectors of the results in the sums, per client
         self._resize(self.planned)

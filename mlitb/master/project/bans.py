@@ -46,6 +46,7 @@ def apply_bans(e, now: float) -> None:
                     client.address if client is not None else "gone", ban.reason)  # fmt: skip
         iteration = ban.job.iteration if ban.job is not None else e.iteration
         e.trust.list_ban(client, cid, iteration, ban.reason, now + e.epoch)
+        e.credit.forfeit(cid, ban.reason, now + e.epoch)  # its volunteer's credit here is gone
         e.changed()
         if client is None:
             continue  # it left before the verdict: listed, nothing to close

@@ -96,6 +96,8 @@ class Client:
     stats: Stats = field(default_factory=Stats)
     trust: TrustRecord = field(default_factory=TrustRecord)
     relay: RelayInfo = field(default_factory=RelayInfo)
+    volunteer: str = ""  # whose credit its applied work is (mlitb.master.project.credit)
+    threads: int | None = None  # the compute threads it says it uses (its word: shown only)
 
     @property
     def sent_at(self) -> float:  # its last order (mlitb.master.trust.holds.ration reads it)

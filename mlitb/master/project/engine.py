@@ -45,6 +45,7 @@ from mlitb.master.project import step as steps
 from mlitb.master.project.broadcast import Broadcaster
 from mlitb.master.project.clients import Client, Share
 from mlitb.master.project.counters import Counters
+from mlitb.master.project.credit import Ledger, volunteer_id
 from mlitb.master.project.data import Data, DataSource
 from mlitb.master.project.effects import Changed, Effect, Send
 from mlitb.master.project.views import summary
@@ -53,6 +54,7 @@ from mlitb.master.trust.policy import AuditContext, Ban, Entry
 from mlitb.master.trust.verification import AuditJob, Verdict
 from mlitb.master.trust.verified import make_trust
 from mlitb.model import inputs
+from mlitb.model.cost import multiply_adds
 from mlitb.model.layout import decay_multipliers, state_rates
 from mlitb.model.spec import Spec
 from mlitb.optim import Optimizer
@@ -80,12 +82,14 @@ class Engine:
         history: list[dict] | None = None,
         totals: dict | None = None,
         rng: random.Random | None = None,
+        credit: list[dict] | None = None,
         epoch: float = 0.0,
         timer: Callable[[], float] | None = None,
     ) -> None:
         """`rng`: audits' draws (default SystemRandom); `epoch`: wall-clock seconds at
         monotonic 0, for the times in history rows and bans; `timer`: a clock to measure
-        the step's cost with (history's reduce_ms; None: not measured)."""
+        the step's cost with (history's reduce_ms; None: not measured); `credit`: the
+        volunteers' stored rows (mlitb.master.project.credit)."""
         self.project_id = project_id
         self.name = name
         self.spec = spec
@@ -103,6 +107,7 @@ class Engine:
         self.clients: dict[str, Client] = {}
         self.history: list[dict] = history or []
         self.counters = Counters.from_totals(totals)
+        self.credit = Ledger.stored(multiply_adds(spec), credit)
         self.allocator = Allocator(hyper.seed)
         self.data = Data(self.effects)
         self.l1_mul, self.l2_mul = decay_multipliers(spec)
@@ -156,14 +161,19 @@ class Engine:
         share = Share(capacity=join.capacity, memory_mb=join.memory_mb)
         client = Client(cid, join.role, join.kind, join.backend, join.name, now, share, protocol, address)
         client.trust.proofs = bool(join.capabilities.get("proofs"))
+        client.volunteer = volunteer_id(join.volunteer) if join.volunteer else f"anon-{cid}"
+        client.threads = join.threads
         self.trust.joined(client)
         self.clients[cid] = client
+        self.credit.seen(cid, client.volunteer, join.name, join.kind, join.backend, join.threads,
+                         now + self.epoch, steps.last_test_error(self))  # fmt: skip
         extra = None
         if protocol >= 2:
             tracker = {"period_ms": round(self.hyper.test_interval * 1000), "sample": self.hyper.test_sample}
             extra = {"algorithm": self.hyper.algorithm, "compression": self.hyper.compression,
                      "capacity": self._capacity(client), "tracker": tracker,
-                     "data_source": self.hyper.data_source}  # fmt: skip
+                     "data_source": self.hyper.data_source,
+                     "browser_backend": self.hyper.browser_backend}  # fmt: skip
         project = {"id": self.project_id, "name": self.name}
         self.send(cid, msg.welcome(cid, project, self.spec.to_json(), self.labels, self.spec.num_params,
                                    self.iteration, self.state, self.hyper.iteration_ms, 0, 0,
@@ -228,6 +238,15 @@ class Engine:
 
     def on_device_data(self, cid: str, message: msg.DeviceData) -> None:
         project_data.on_device_data(self, cid, message)
+
+    def on_status(self, cid: str, message: msg.Status) -> None:
+        """What a worker learned after joining: its backend and threads (its word, shown)."""
+        client = self.clients.get(cid)
+        if client is None:
+            return
+        client.backend = message.backend
+        client.threads = message.threads if message.threads is not None else client.threads
+        self.credit.status(client.volunteer, client.backend, client.threads)
 
     # ================================================================ settings and state
     def _void_orders(self) -> None:

@@ -12,6 +12,7 @@ from mlitb.master.learning.aggregation import make_aggregator
 from mlitb.master.project import membership
 from mlitb.master.project.data import label_map_for
 from mlitb.master.trust.verified import make_trust
+from mlitb.model.cost import multiply_adds
 from mlitb.model.grow import grow_outputs
 from mlitb.model.layout import decay_multipliers
 from mlitb.optim import Optimizer
@@ -94,6 +95,7 @@ def grow_label(e, label: str, now: float) -> None:
     for name, array in e.optimizer.state.items():
         optimizer.state[name] = insert(array)
     e.spec, e.params, e.optimizer = spec, params, optimizer
+    e.credit.macs_per_vector = multiply_adds(spec)  # one more output: a vector costs a little more
     e.labels.append(label)
     e.l1_mul, e.l2_mul = decay_multipliers(spec)
     e.algorithm = e._make_algorithm()

@@ -141,7 +141,17 @@ def reduce(e, now: float) -> bool:
     if len(e.history) > HISTORY_LIMIT:
         del e.history[: len(e.history) - HISTORY_LIMIT]
     e.counters.vectors += e.acc.vectors
+    for cid, vectors in e.acc.by_client.items():  # applied: its volunteer's credit
+        e.credit.earn(cid, vectors, now + e.epoch)
     return True
+
+
+def last_test_error(e) -> float | None:
+    """The project's latest test error (the master's own score), None before the first."""
+    for row in reversed(e.history[-200:]):
+        if row.get("test_error") is not None:
+            return row["test_error"]
+    return None
 
 
 def row_of(e, iteration: int) -> dict | None:

@@ -4,8 +4,11 @@ dashboard, metrics, `mlitb project show --json`) and bans as anyone may read the
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from mlitb.master.project.clients import Client
+from mlitb.master.project.credit import GMAC, KEY_PATTERN, volunteer_id
+from mlitb.master.project.step import last_test_error
 
 
 def public_ban(entry: dict) -> dict:
@@ -36,6 +39,8 @@ def client_row(c: Client, held: int, now: float) -> dict:
         "kind": c.kind,
         "role": c.role,
         "backend": c.backend,
+        "threads": c.threads,
+        "volunteer": c.volunteer,
         "vectors_per_s": round(s.vectors_per_s, 1),
         "vectors_processed": s.vectors_processed,
         "data_allocated": held,
@@ -149,4 +154,23 @@ def summary(e, now: float) -> dict:
         "bytes_out": n.bytes_out,
         "contributors": dict(n.contributors),
         "clients": clients,
+    }
+
+
+def credit_view(e, key: str = "", shown: bool = True) -> dict:
+    """GET /api/projects/{name}/credit: every volunteer's row by credit when `shown`, and
+    the row of the volunteer holding `key` (the volunteer page's "your contribution")."""
+    table = e.credit.table()
+    mine = volunteer_id(key) if re.fullmatch(KEY_PATTERN, key or "") else None
+    tested = last_test_error(e)
+    return {
+        "project": e.name,
+        "unit": "GMAC",  # credit: 1e9 multiply-adds of applied training work
+        "macs_per_vector": e.credit.macs_per_vector,
+        "test_error": tested,
+        "volunteers": len(table),
+        "total": sum(r["macs"] for r in table) / GMAC,
+        "shown": shown,
+        "rows": table if shown else [],
+        "you": next((r for r in table if r["volunteer"] == mine), None),
     }

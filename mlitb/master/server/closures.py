@@ -59,6 +59,8 @@ def snapshot(runner: ProjectRunner, meta: ProjectMeta) -> ProjectState:
         ],
         history=[dict(r) for r in e.history],
         data_url=meta.data_url,
+        credit=e.credit.table() if e.algorithm.discloses_participation else [],
+        macs_per_vector=e.credit.macs_per_vector,
     )
 
 

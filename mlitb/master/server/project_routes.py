@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse, Response
 
 from mlitb import examples
 from mlitb.master.config import ROUND_DEFAULTS, round_default
-from mlitb.master.server.access import owner, reader
+from mlitb.master.project.views import credit_view
+from mlitb.master.server.access import bearer_token, owner, reader
 from mlitb.master.server.bodies import json_body
 from mlitb.master.server.errors import ProjectError
 from mlitb.master.server.model_specs import build_model
@@ -164,6 +165,16 @@ def project_router(manager: ProjectManager) -> APIRouter:
         runner = owner(manager, request, name)
         await manager.detach(runner, dataset)
         return {"detached": dataset}
+
+    @router.get("/api/projects/{name}/credit")
+    async def project_credit(name: str, request: Request) -> dict:
+        """The volunteers by credit (mlitb.master.project.credit); `you`: the row of the
+        volunteer whose key is in the header X-Volunteer-Key. A dp project's table (who
+        took part, and how much) is the owner's only: anyone else gets their own row."""
+        runner = reader(manager, request, name)
+        shown = runner.engine.algorithm.discloses_participation
+        shown = shown or manager.is_owner(runner, bearer_token(request))
+        return credit_view(runner.engine, request.headers.get("x-volunteer-key", ""), shown)
 
     @router.get("/api/projects/{name}/metrics")
     async def project_metrics(name: str, request: Request, since: int = 0) -> dict:

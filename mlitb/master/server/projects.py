@@ -113,6 +113,7 @@ class ProjectManager:
                 rec.state,
                 rec.history,
                 rec.totals,
+                credit=rec.credit,
                 **engine_io(),
             )
             for s in rec.sources:

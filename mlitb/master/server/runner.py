@@ -115,9 +115,7 @@ class ProjectRunner:
             self.engine.on_test_result(conn.id, message)
             self.notify()
         elif isinstance(message, msg.Status):
-            client = self.engine.clients.get(conn.id)
-            if client is not None:
-                client.backend = message.backend
+            self.engine.on_status(conn.id, message)
         elif isinstance(message, msg.Resync):
             refused = self.engine.resync(conn.id)
             if refused is not None:
@@ -250,6 +248,7 @@ class ProjectRunner:
             optimizer=e.optimizer.state_bytes(),
             rows=rows,
             clear_history=self.clear_history,
+            credit=e.credit.take_dirty(),
         )
         self.clear_history = False
         self.saved_iteration = e.iteration

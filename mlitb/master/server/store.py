@@ -72,6 +72,12 @@ CREATE TABLE IF NOT EXISTS signin_codes (  -- one-time owner sign-in codes (sign
     created REAL NOT NULL,
     expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS credit (  -- volunteers' credit (mlitb.master.project.credit)
+    project INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    volunteer TEXT NOT NULL,       -- the public id (a hash of the volunteer's key)
+    row TEXT NOT NULL,             -- JSON: name, macs, vectors, first/last seen, forfeited
+    PRIMARY KEY (project, volunteer)
+) WITHOUT ROWID;
 """
 
 
@@ -98,6 +104,7 @@ class ProjectRecord:
     optimizer: bytes
     sources: list[dict]
     history: list[dict]
+    credit: list[dict]
 
 
 class MasterStore:
@@ -187,7 +194,10 @@ class MasterStore:
         optimizer: bytes,
         rows: list[dict],
         clear_history: bool = False,
+        credit: list[dict] = (),
     ) -> None:
+        """One transaction: parameters, settings, totals, new history `rows` and the
+        volunteers' `credit` rows that changed (so credit never runs ahead of the model)."""
         now = time.time()
 
         def tx(db):
@@ -205,6 +215,11 @@ class MasterStore:
                 "INSERT INTO metrics VALUES (?, ?, ?) "
                 "ON CONFLICT (project, iteration) DO UPDATE SET row=excluded.row",
                 ((pid, r["iteration"], json.dumps(r)) for r in rows),
+            )
+            db.executemany(
+                "INSERT INTO credit VALUES (?, ?, ?) "
+                "ON CONFLICT (project, volunteer) DO UPDATE SET row=excluded.row",
+                ((pid, r["volunteer"], json.dumps(r)) for r in credit),
             )
 
         self._tx(tx)
@@ -312,6 +327,9 @@ class MasterStore:
                     "SELECT row FROM metrics WHERE project=? ORDER BY iteration", (pid,)
                 )
             ]
+            credit = [
+                json.loads(r[0]) for r in self._db.execute("SELECT row FROM credit WHERE project=?", (pid,))
+            ]
         return ProjectRecord(
             id=p[0],
             name=p[1],
@@ -330,4 +348,5 @@ class MasterStore:
             optimizer=optimizer,
             sources=sources,
             history=history,
+            credit=credit,
         )
