@@ -6,6 +6,7 @@
 // back to the pool at once); resuming joins again. Closing the tab leaves cleanly.
 import * as DeviceData from "./device_data.js";
 import { showNotice } from "./notices.js";
+import { coresHere, coresOffered, coresUsable, displayName, myCredit, setCoresOffered, setDisplayName, volunteerKey } from "./volunteer.js";
 import { startWorker } from "./workers.js";
 
 const project = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
@@ -34,7 +35,9 @@ function start() {
     backend: params.get("backend") || "auto",
     tfjsflags: params.get("tfjsflags") || "",
     joinKey: key,
-    name: "volunteer",
+    name: displayName(),
+    volunteer: volunteerKey(),
+    threads: coresOffered(),
     onNeedData: async (m) => {
       asked = m; showDataSection();
       if (!(await onlyTab())) return;
@@ -44,6 +47,8 @@ function start() {
       mine = s;
       $("state").textContent = s.state;
       $("backend").textContent = s.backend || "-";
+      $("threads").textContent = s.threads ? `${s.threads} thread${s.threads > 1 ? "s" : ""}`
+        : (s.backend === "wasm" || s.backend === "cpu" ? "1 thread" : "-");
       $("backend-why").textContent = s.backendCheck ? s.backendCheck.text : "";
       showNotice($("notice"), s.notice);
       const refused = Boolean(s.notice && s.notice.code !== 4429); // 4429: full, it keeps trying
@@ -216,6 +221,40 @@ async function refresh() {
     $("share").textContent = `${(100 * share).toFixed(1)} % of the project's power`;
   } catch (e) { /* the worker's own log says when the master is unreachable */ }
 }
+// your contribution: this browser's row of the project's credit (the master's counts)
+const pct = (x) => `${(100 * x).toFixed(2)} %`;
+async function refreshCredit() {
+  try {
+    const c = await myCredit(project, key);
+    if (!c) return;
+    const you = c.you;
+    $("credit-volunteers").textContent = c.volunteers;
+    if (!you) { $("credit").textContent = "none yet: credit counts once the project applies this browser's work"; return; }
+    $("credit").textContent = you.forfeited ? `forfeited (${you.forfeited})` : `${you.credit.toFixed(3)} GMAC (${you.vectors.toLocaleString()} vectors)`;
+    $("credit-share").textContent = pct(you.share);
+    $("credit-rank").textContent = you.rank;
+    const then = you.error_at_join, now = c.test_error;
+    $("credit-effect").textContent = now == null ? "the project's test error is not measured yet"
+      : `test error ${then == null ? "not yet measured" : pct(then)} when you joined, ${pct(now)} now`;
+  } catch (e) { /* shown again at the next refresh */ }
+}
+// cores: half of this device's by default (and at most: wasm's cap); a change starts a new worker (wasm's thread pool
+// is fixed when its backend starts). Threads need cross-origin isolation (the master's pages are).
+$("cores-here").textContent = `${coresUsable()} usable (${coresHere()} logical cores; TF.js's wasm runs at most half)`
+  + (self.crossOriginIsolated ? "" : "; this page is not cross-origin isolated: 1 thread");
+$("cores").max = coresUsable();
+$("cores").value = coresOffered();
+$("cores").addEventListener("change", () => {
+  $("cores").value = setCoresOffered($("cores").value);
+  if (handle) { handle.stop(); handle = null; decide(); }
+});
+$("volunteer-name").value = displayName();
+$("volunteer-name").addEventListener("change", () => {
+  $("volunteer-name").value = setDisplayName($("volunteer-name").value);
+  if (handle) { handle.stop(); handle = null; decide(); } // joins again with the new name
+});
 decide();
 refresh();
+refreshCredit();
 setInterval(refresh, 3000);
+setInterval(refreshCredit, 3000);

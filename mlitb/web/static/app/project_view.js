@@ -19,6 +19,7 @@ export async function projectView(root, name) {
   const summary = el("dl", { class: "facts", id: "summary" });
   const workersBody = el("tbody", { id: "your-workers" });
   const clientsBody = el("tbody", { id: "clients" });
+  const contributorsBody = el("tbody", {});
   const expanded = new Set(); // relays whose clients are shown
   const bannedBody = el("tbody", { id: "banned-clients" });
 
@@ -143,8 +144,13 @@ export async function projectView(root, name) {
     local ? el("p", { class: "muted", id: "lan-hint" }, "This link only works on this machine. For phones on the same network, "
       + "start the server with `make run HOST=0.0.0.0` (or `mlitb serve --host 0.0.0.0`, `--public-url URL`); "
       + "the camera needs https: add `--tls`.") : "",
+    el("h3", {}, "Contributors"),
+    el("p", { class: "hint", id: "contributors-note" }, "Credit: the applied work of each volunteer in billions of "
+      + "multiply-adds (GMAC), from the master's own counts; a ban forfeits it."),
+    el("table", { id: "contributors" }, el("thead", {}, el("tr", {}, ["rank", "name", "volunteer", "credit (GMAC)", "share",
+      "vectors", "backend", "first seen", "last seen"].map((t) => el("th", {}, t)))), contributorsBody),
     el("h2", {}, "All clients"),
-    el("table", {}, el("thead", {}, el("tr", {}, ["id", "name", "kind", "role", "backend", "vectors/s", "vectors", "allocated", "cached", "lag ms", "in", "out", "computing", "refused / clipped / verified", "test error (its own)"].map((t) => el("th", {}, t)))), clientsBody),
+    el("table", {}, el("thead", {}, el("tr", {}, ["id", "name", "kind", "role", "backend (threads)", "vectors/s", "vectors", "allocated", "cached", "lag ms", "in", "out", "computing", "refused / clipped / verified", "test error (its own)"].map((t) => el("th", {}, t)))), clientsBody),
     el("h3", {}, "Banned"), el("p", { class: "hint" }, "Clients whose results failed verification by recomputation (docs/security.md)."),
     el("table", { id: "banned" }, el("thead", {}, el("tr", {}, ["id", "name", "kind", "address", "iteration", "reason"].map((t) => el("th", {}, t)))), bannedBody),
     el("h2", {}, "Model"), el("p", {}, "Download: ", downloads), closurePanel(name, owner, log, p.join_key).node,
@@ -193,7 +199,7 @@ export async function projectView(root, name) {
       ...(c.relay_url ? [" ", el("a", { href: `${c.relay_url}/join/${encodeURIComponent(name)}`, class: "relay-link",
         title: "the volunteer page at this relay", rel: "noopener" }, "volunteer link")] : []));
     clientsBody.replaceChildren(...p.clients.flatMap((c) => [el("tr", { "data-kind": c.kind, "data-role": c.role },
-      [c.id, c.kind === "relay" ? relayName(c) : c.name, c.kind, c.role, c.backend, fmt(c.vectors_per_s), fmt(c.vectors_processed), fmt(c.data_allocated), fmt(c.data_cached), fmt(c.lag_ms),
+      [c.id, c.kind === "relay" ? relayName(c) : c.name, c.kind, c.role, c.threads ? `${c.backend} (${c.threads})` : c.backend, fmt(c.vectors_per_s), fmt(c.vectors_processed), fmt(c.data_allocated), fmt(c.data_cached), fmt(c.lag_ms),
         bytes(c.bytes_in), bytes(c.bytes_out), c.computing == null ? "-" : `${Math.round(100 * c.computing)} %`,
         `${fmt(c.rejected || 0)} / ${fmt(c.clipped || 0)} / ${fmt(c.verified || 0)}${c.probation ? " (probation)" : ""}${c.suspect ? " (suspect)" : ""}`,
         c.test_error == null ? "-" : fmt(c.test_error)]
@@ -252,8 +258,22 @@ export async function projectView(root, name) {
     renderSummary();
     panel.refresh();
   }, 1000);
+  // contributors: the project's credit table (names are text, never markup: el() sets textContent)
+  const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "-");
+  async function renderCredit() {
+    try {
+      const c = await api("GET", `/api/projects/${encodeURIComponent(name)}/credit`, undefined, name);
+      if (!c.shown) { document.getElementById("contributors-note").textContent = `${fmt(c.volunteers)} volunteers: a dp project's contributors are for its owner to see.`; }
+      contributorsBody.replaceChildren(...c.rows.slice(0, 200).map((r) => el("tr", { class: r.forfeited ? "banned" : "" },
+        [r.rank, r.name || "-", r.volunteer, r.forfeited ? `forfeited (${r.forfeited})` : r.credit.toFixed(3), `${(100 * r.share).toFixed(1)} %`,
+          fmt(r.vectors), r.threads ? `${r.backend || "-"} (${r.threads})` : (r.backend || "-"), when(r.first_seen), when(r.last_seen)]
+          .map((v) => el("td", {}, String(v))))));
+    } catch (e) { /* the stream reports a lost master */ }
+  }
+  renderCredit();
+  const creditTimer = setInterval(renderCredit, 5000);
   const leave = () => handles.forEach((h) => h.stop());
   addEventListener("pagehide", leave);
   window.mlitbPage = { handles, charts, privacy, trackerPoints, project: () => p };
-  return () => { closed = true; clearInterval(timer); if (stream) stream.close(); leave(); removeEventListener("pagehide", leave); };
+  return () => { closed = true; clearInterval(timer); clearInterval(creditTimer); if (stream) stream.close(); leave(); removeEventListener("pagehide", leave); };
 }

@@ -80,7 +80,7 @@ const post = (m) => self.postMessage(m);
 const log = (text, level = "info") => post({ type: "log", level, text });
 function status() {
   post({
-    type: "status", state: S.state, backend: S.backend, clientId: S.clientId, iteration: S.iteration,
+    type: "status", state: S.state, backend: S.backend, threads: threadsInUse(), specKey: S.specKey, clientId: S.clientId, iteration: S.iteration,
     projectState: S.projectState, cached: C.n, allocated: S.allocated, vectorsPerS: S.vectorsPerS,
     vectorsProcessed: S.vectorsProcessed, results: S.results, testError: S.testError, role: S.cfg && S.cfg.role,
     labels: S.labels, backendCheck: S.backendCheck, notice: S.notice, dataSource: S.dataSource,
@@ -96,17 +96,39 @@ setInterval(status, 500);
  * backend; the fastest correct one is used (the page's choice, if it is correct). Done
  * before the first result of a model is sent, again when the model changes.
  */
-async function ensureBackend(spec) {
+/** FNV-1a of a model's spec: the key a device remembers its fastest backend under. */
+function specKey(key) {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193) >>> 0;
+  return h.toString(16).padStart(8, "0");
+}
+
+/** Which backend to try first: the project owner's pin, else the page's choice, else what
+ * this device measured fastest for this model before (the page remembers it), else none
+ * (every backend checked and timed). A choice that computes wrongly is never used. */
+function preferred(key, pinned) {
+  if (pinned && pinned !== "auto") return { prefer: pinned, why: "pinned by the project's owner" };
+  if (S.cfg.backend && S.cfg.backend !== "auto") return { prefer: S.cfg.backend, why: "" }; // check() says "asked for by the page"
+  const known = (S.cfg.remembered || {})[specKey(key)];
+  if (known && known.chosen) return { prefer: known.chosen, why: "this device's fastest for this model (remembered)" };
+  return { prefer: "auto", why: "" };
+}
+
+async function ensureBackend(spec, pinned = "auto") {
   const key = JSON.stringify(spec);
-  if (S.backend && S.checkedSpec === key) return;
+  if (S.backend && S.checkedSpec === key && S.pinned === pinned) return;
   const before = S.state;
   S.state = "checking this device's backends";
   S.checking = true; // no round, evaluation or classification meanwhile: backends switch under them
+  S.pinned = pinned;
   status();
   try {
+    const choice = preferred(key, pinned);
     const c = await Backends.check(tf, MlitbTfjsEngine, spec, {
-      prefer: S.cfg.backend, batchSize: S.cfg.batchSize || 32, log,
+      prefer: choice.prefer, batchSize: S.cfg.batchSize || 32, log,
     });
+    if (choice.why && c.chosen === choice.prefer) c.why = choice.why;
+    S.specKey = specKey(key);
     S.backend = c.chosen;
     S.backendCheck = { chosen: c.chosen, why: c.why, ms: Math.round(c.ms), text: Backends.describe(c), results: c.results };
     log(`computing with TF.js ${S.backendCheck.text} (checked in ${(c.ms / 1000).toFixed(1)} s)`);
@@ -127,6 +149,10 @@ async function ensureBackend(spec) {
 function start(cfg) {
   S.cfg = cfg;
   S.stopped = false;
+  // the cores the volunteer gives (app/volunteer.js): wasm's thread pool, fixed when the
+  // backend starts (threads need cross-origin isolation: without it wasm runs one)
+  const threads = Math.floor(Number(cfg.threads) || 0);
+  if (threads > 0 && tf.wasm && tf.wasm.setThreadsCount) tf.wasm.setThreadsCount(threads);
   S.urls = [{ wsUrl: cfg.wsUrl, httpBase: cfg.httpBase }];
   S.urlIndex = 0;
   S.failsInRow = 0;
@@ -166,6 +192,8 @@ function connect() {
       backend: S.backend || "starting", capacity: 3000, name: S.cfg.name || "",
       join_key: S.cfg.joinKey || "", capabilities: { userAgent: self.navigator.userAgent, proofs: self.MlitbCodecs ? 2 : 1 },
     };
+    // the volunteer's key (app/volunteer.js): the master counts credit under a hash of it
+    if (/^[A-Za-z0-9_-]{16,100}$/.test(S.cfg.volunteer || "")) join.volunteer = S.cfg.volunteer;
     if (Number(S.cfg.capacity) > 0) join.capacity = Math.floor(Number(S.cfg.capacity));
     else if (V2) {
       // memory-based: the master turns memory_mb into an item cap once it knows the item size
@@ -217,6 +245,15 @@ setInterval(() => {
 
 const send = (obj) => { if (S.ws && S.ws.readyState === 1) S.ws.send(JSON.stringify(obj)); };
 
+/** Compute threads of the backend in use (shown on the dashboard): wasm's thread pool
+ * (1 without cross-origin isolation), 1 for cpu, 0 (not said) for a GPU backend. */
+function threadsInUse() {
+  try {
+    if (S.backend === "wasm" && tf.wasm && tf.wasm.getThreadsCount) return tf.wasm.getThreadsCount();
+  } catch (e) { /* not started */ }
+  return S.backend === "cpu" ? 1 : 0;
+}
+
 /** The cache's memory budget: ~1/8 of the device's memory, at most 400 MB. */
 function memoryMb() {
   const gb = Number(self.navigator.deviceMemory) || 2;
@@ -253,7 +290,7 @@ async function onText(m) {
       resetLearner();
       setTracker(m.tracker);
       const conn = S.conn;
-      await ensureBackend(m.spec);
+      await ensureBackend(m.spec, m.browser_backend || "auto");
       if (conn !== S.conn || S.stopped) break; // closed meanwhile: this welcome is void
       if (S.engine) S.engine.dispose();
       S.spec = m.spec;
@@ -263,7 +300,7 @@ async function onText(m) {
       C.item = h * w * c + (S.engine.loss === "seqsoftmax" ? 1 : 0);
       C.n = 0; C.index.clear(); C.keys = [];
       S.allocated = 0;
-      send({ type: "status", backend: S.backend });
+      send({ type: "status", backend: S.backend, ...(threadsInUse() ? { threads: threadsInUse() } : {}) });
       S.state = "joined";
       S.dataSource = m.data_source || "server";
       if (S.dataSource === "device" && S.cfg.role === "trainer") useDeviceData();
@@ -272,7 +309,7 @@ async function onText(m) {
     case "model": // a label was added: same data, one more output; parameters follow
       S.gen++;
       S.nextWork = null; // an order for the old model is void
-      await ensureBackend(m.spec);
+      await ensureBackend(m.spec, S.pinned || "auto");
       if (S.engine) S.engine.dispose();
       S.spec = m.spec;
       S.labels = m.labels;
@@ -523,6 +560,10 @@ async function work(m) {
   S.state = "training";
   const gen = S.gen;
   try {
+    if (S.failBackend) { // the diagnostic command fail_backend (tests of the fallback below)
+      S.failBackend = false;
+      throw new Error("the backend failed (simulated by the page's fail_backend command)");
+    }
     const r = mode === "local" ? await localRound(it, workMs, target, m, gen) : await gradientRound(it, workMs, target, m, gen);
     if (gen !== S.gen || r.vectors === 0) return; // void: a welcome, a lost connection or a new model came meanwhile
     // newer parameters arrived meanwhile: protocol 2 sends the (partial) result anyway, the
@@ -541,6 +582,9 @@ async function work(m) {
   } catch (e) {
     if (mode === "local") S.inner = null; // start the next round afresh
     log(`training failed: ${e.message || e}`, "error");
+    // a GPU backend that fails mid-round (a lost context, a driver reset): this round's work
+    // is dropped, and the worker goes on with wasm, saying so
+    if (gen === S.gen && S.backend !== "wasm" && S.backend !== "cpu") await fallBack(`${S.backend} failed mid-round: ${e.message || e}`);
   } finally {
     S.busy = false;
     if (!S.stopped) S.state = "waiting"; // a refusal's state stays on the page
@@ -548,6 +592,22 @@ async function work(m) {
     S.nextWork = null;
     if (next && next.iteration === S.iteration) work(next);
   }
+}
+
+/** Leave a failed backend for wasm (cpu if wasm does not start): a new engine for the same
+ * model, the inner optimizer afresh; the page, the master and the remembered choice follow. */
+async function fallBack(reason) {
+  const from = S.backend;
+  let to = "wasm";
+  if (!(await Backends.start(tf, "wasm")).ok) { to = "cpu"; await Backends.start(tf, "cpu"); }
+  S.backend = to;
+  S.inner = null;
+  if (S.engine) S.engine.dispose();
+  S.engine = MlitbTfjsEngine(tf, S.spec);
+  S.backendCheck = { chosen: to, why: `fell back: ${reason}`, ms: 0, text: `${to} (fell back from ${from}: ${reason})`, results: [] };
+  log(`computing with TF.js ${to} from now on: ${reason}`, "warn");
+  send({ type: "status", backend: S.backend, ...(threadsInUse() ? { threads: threadsInUse() } : {}) });
+  status();
 }
 
 // Batches until the next one would overrun workMs, or (target > 0) exactly target vectors.
@@ -866,6 +926,7 @@ self.onmessage = (e) => {
   else if (m.cmd === "classify") classify(m);
   else if (m.cmd === "generate") generate(m);
   else if (m.cmd === "device_data") { S.device = m.data; useDeviceData(); }
+  else if (m.cmd === "fail_backend") S.failBackend = true; // diagnostics: the next round fails
   else if (m.cmd === "stop") {
     S.stopped = true;
     if (S.ws) { try { S.ws.send(JSON.stringify({ type: "leave", reason: "stopped in the page" })); } catch (e) {} S.ws.close(1000); }

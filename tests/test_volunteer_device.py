@@ -1,0 +1,92 @@
+"""All the cores a volunteer offers (issue 28): the volunteer page is cross-origin
+isolated, so TF.js's wasm backend runs its threaded build with as many threads as the
+volunteer gives (half of the device's by default, remembered in the browser); the
+master's client list shows them."""
+
+from __future__ import annotations
+
+import httpx
+from conftest import wait_for
+from test_learning_integration import FC_SPEC
+from test_master_integration import FAST_HYPER, create_project, upload
+
+
+def browser_rows(url: str, project: str) -> list[tuple]:
+    clients = httpx.get(f"{url}/api/projects/{project}", timeout=30).json()["clients"]
+    return [(c["backend"], c["threads"]) for c in clients if c["kind"] == "browser"]
+
+
+def test_the_volunteer_page_runs_wasm_with_the_cores_it_is_given(master, mnist_zips, page):
+    """TF.js 4.22's wasm runs at most half the logical cores (its thread pool's cap, whatever
+    setThreadsCount asks): the control offers 1 to that many, half by default, remembered."""
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "cores", [train], [test], spec=FC_SPEC)
+    page.goto(f"{master.url}/join/cores?backend=wasm")
+    assert page.evaluate("self.crossOriginIsolated") is True  # SharedArrayBuffer: wasm threads
+    usable = max(1, page.evaluate("navigator.hardwareConcurrency") // 2)
+    assert (page.input_value("#cores"), page.get_attribute("#cores", "max")) == (str(usable), str(usable))
+    wait_for(lambda: browser_rows(master.url, "cores") == [("wasm", usable)],
+             180, f"the tab to train on wasm with {usable} thread(s)", page)  # fmt: skip
+    worker = next(w for w in page.workers if w.url.endswith("/worker/worker.js"))
+    assert worker.evaluate("self.crossOriginIsolated") is True
+    assert worker.evaluate("tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT')") is True  # the threaded build
+    page.wait_for_function(f"document.querySelector('#threads').innerText.startsWith('{usable} thread')",
+                           timeout=60_000)  # fmt: skip
+    page.fill("#cores", "999")  # more than wasm runs here: capped, and remembered
+    page.dispatch_event("#cores", "change")
+    assert page.input_value("#cores") == str(usable)
+    page.fill("#cores", "0")
+    page.dispatch_event("#cores", "change")
+    assert page.input_value("#cores") == "1"
+    page.reload()
+    page.wait_for_selector("#cores")
+    assert (
+        page.input_value("#cores") == "1"
+        and page.evaluate("localStorage.getItem('mlitb.volunteer.cores')") == "1"
+    )
+    wait_for(lambda: browser_rows(master.url, "cores") == [("wasm", 1)], 180, "the tab with 1 thread", page)
+
+
+def test_the_fastest_backend_is_remembered_per_model_and_the_owner_can_pin_one(master, mnist_zips, page):
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "auto", [train], [test], spec=FC_SPEC)
+    page.goto(f"{master.url}/join/auto")
+    wait_for(lambda: [b for b, _ in browser_rows(master.url, "auto")] not in ([], ["starting"]), 180,
+             "the tab's backend check", page)  # fmt: skip
+    (chosen,) = [b for b, _ in browser_rows(master.url, "auto")]
+    kept = page.evaluate("JSON.parse(localStorage.getItem('mlitb.device.backends') || '{}')")
+    assert [v["chosen"] for v in kept.values()] == [chosen], kept  # one model, its fastest backend
+    page.reload()  # the next visit starts from it: checked for correctness, not timed against the others
+    page.wait_for_function("document.querySelector('#backend-why').innerText.includes('remembered')",
+                           timeout=180_000)  # fmt: skip
+    assert page.inner_text("#backend") == chosen
+    # the owner pins TF.js's cpu backend (the reference: correct everywhere) for a project
+    create_project(
+        master.url, "pinned", [train], [test], spec=FC_SPEC, hyper={**FAST_HYPER, "browser_backend": "cpu"}
+    )
+    page.goto(f"{master.url}/join/pinned")
+    wait_for(lambda: browser_rows(master.url, "pinned") == [("cpu", 1)], 180, "the pinned backend", page)
+    pinned_why = "document.querySelector('#backend-why').innerText.includes('pinned by the project')"
+    page.wait_for_function(pinned_why, timeout=60_000)
+
+
+def test_a_backend_that_fails_mid_round_falls_back_to_wasm_and_says_so(master, mnist_zips, webgpu_page):
+    train, test = upload(master.data, mnist_zips)
+    create_project(master.url, "lost-gpu", [train], [test], spec=FC_SPEC)
+    webgpu_page.goto(f"{master.url}/join/lost-gpu?backend=webgpu")
+    wait_for(lambda: [b for b, _ in browser_rows(master.url, "lost-gpu")] == ["webgpu"], 240,
+             "the tab to compute with webgpu", webgpu_page)  # fmt: skip
+    webgpu_page.evaluate("window.mlitbWorker.failBackend()")  # its next round fails, as a lost GPU would
+    wait_for(lambda: [b for b, _ in browser_rows(master.url, "lost-gpu")] == ["wasm"], 240,
+             "the tab to go on with wasm", webgpu_page)  # fmt: skip
+    webgpu_page.wait_for_function("document.querySelector('#backend-why').innerText.includes('fell back')",
+                                  timeout=60_000)  # fmt: skip
+    assert "webgpu failed mid-round" in webgpu_page.inner_text("#log")
+
+    # and it keeps training there: results go on being applied
+    def results() -> int:
+        clients = httpx.get(f"{master.url}/api/projects/lost-gpu", timeout=30).json()["clients"]
+        return next(c for c in clients if c["kind"] == "browser")["results"]
+
+    before = results()
+    wait_for(lambda: results() > before, 180, "results from wasm", webgpu_page)
