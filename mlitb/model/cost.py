@@ -4,12 +4,13 @@ Volunteer credit (mlitb.master.project.credit) is accepted vectors x this cost, 
 vector of a 818k-parameter transformer window counts for what it took to compute (about
 165 M multiply-adds), not the same as a 28x28 image through a 6k-parameter net (2 M).
 
-Counted, not estimated by hand per layer: PyTorch's FlopCounterMode counts the floating
-point operations of the matrix products and convolutions (forward, gradient of the input
-and of the weights) that the native executor runs for one example; a multiply-add is two
-of them. Element-wise work (activations, normalisation, softmax) is not counted, as in
-the usual FLOP counts of models (it is a small part and memory-bound). The count depends
-only on the spec, so it is the same number on every master for the same model.
+Counted, not estimated by hand per layer: PyTorch's FLOP formulas (the registry behind
+torch.utils.flop_counter) count the floating point operations of the matrix products and
+convolutions (forward, gradient of the input and of the weights) that the native executor
+runs for one example; a multiply-add is two of them. Element-wise work (activations,
+normalisation, softmax) is not counted, as in the usual FLOP counts of models (it is a
+small part and memory-bound). The count depends only on the spec, so it is the same number
+on every master for the same model.
 """
 
 from __future__ import annotations
@@ -28,10 +29,31 @@ def multiply_adds(spec: Spec) -> int:
     return _counted(json.dumps(spec.to_json(), sort_keys=True))
 
 
+def _counter():
+    """A dispatch mode that adds up PyTorch's FLOP formulas (torch.utils.flop_counter's
+    registry) of the ops it sees. Not FlopCounterMode itself: that one installs global
+    module hooks (its module tracker), which a master's audit replays running in other
+    threads at the same moment would run into; a dispatch mode is the calling thread's only."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Counter(TorchDispatchMode):
+        flops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.flops += formula(*args, **kwargs, out_val=out)
+            return out
+
+    return Counter()
+
+
 @functools.lru_cache(maxsize=64)
 def _counted(spec_json: str) -> int:
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from .torch_executor import TorchNet
 
@@ -43,6 +65,6 @@ def _counted(spec_json: str) -> int:
         y = np.zeros((n, spec.num_outputs), np.float32)
     with torch.no_grad():
         net = TorchNet(spec, init_params(spec, 0))
-    with FlopCounterMode(display=False) as counter:
+    with _counter() as counter:
         net.gradient(x, y)
-    return max(1, round(counter.get_total_flops() / 2 / n))
+    return max(1, round(counter.flops / 2 / n))
