@@ -53,9 +53,16 @@ def test_resume_a_closure_from_the_new_project_page(master, mnist_zips, page, tm
         wait_for(lambda: details(master, "fc")["iteration"] >= 2, 60, "two iterations of fc")
     r = httpx.post(f"{master.url}/api/projects/fc/pause", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200, r.text
-    time.sleep(1.5)  # let an iteration in flight when the worker left end
-    iteration = details(master, "fc")["iteration"]
-    assert iteration >= 2
+    # the iteration in flight when the worker left ends at its deadline: wait until the
+    # paused project's iteration holds still (a loaded machine may take a while)
+    iteration, deadline = details(master, "fc")["iteration"], time.monotonic() + 60
+    while True:
+        time.sleep(1.0)
+        now = details(master, "fc")["iteration"]
+        if now == iteration or time.monotonic() > deadline:
+            break
+        iteration = now
+    assert iteration >= 2 and now == iteration, (iteration, now)
 
     r = httpx.get(f"{master.url}/api/projects/fc/closure", timeout=120)
     assert r.status_code == 200, r.text
