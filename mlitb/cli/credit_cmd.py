@@ -8,10 +8,9 @@ import json
 import time
 
 
-def credit(args) -> int:
-    from mlitb.cli.project_cmd import _request  # (imported here: project_cmd registers this command)
-
-    out = _request(args, "GET", f"/api/projects/{args.name}/credit", reader=args.name).json()
+def credit(args, request) -> int:
+    """`request`: project_cmd's call to the master (it registers this command)."""
+    out = request(args, "GET", f"/api/projects/{args.name}/credit", reader=args.name).json()
     if args.json:
         print(json.dumps(out["rows"]))
         return 0

@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("name")
     common(q)
     q.add_argument("--key", default=os.environ.get("MLITB_JOIN_KEY", ""), help=KEY_HELP)
-    q.set_defaults(func=credit_cmd.credit)
+    q.set_defaults(func=lambda args: credit_cmd.credit(args, _request))
 
     for action in ACTIONS:
         q = psub.add_parser(action, help=f"{action} a project (owner)")
