@@ -47,9 +47,26 @@ def _flatten_hwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
 
 
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias, stride: int, pad: int) -> torch.Tensor:
+    """F.conv2d (x NCHW, weight [out, in, sy, sx]), except a 1x1 kernel with a stride above
+    1: the places it reads (every stride-th row and column) times the weights as one
+    matrix. PyTorch 2.13's oneDNN gets that case's weight gradient wrong on AVX2 CPUs (60-80 %
+    off on 2 threads, and on 1 thread it writes past its buffers: the heap corruption that
+    aborted whole test runs), and residual blocks' projections are exactly that case."""
+    if weight.shape[2:] != (1, 1) or stride == 1:
+        return F.conv2d(x, weight, bias, stride=stride, padding=pad)
+    if pad:
+        x = F.pad(x, (pad, pad, pad, pad))
+    picked = x[:, :, ::stride, ::stride].permute(0, 2, 3, 1)  # [N, H', W', in]
+    y = torch.matmul(picked, weight.reshape(weight.shape[0], -1).t())  # [N, H', W', out]
+    if bias is not None:
+        y = y + bias
+    return y.permute(0, 3, 1, 2)
+
+
 def _conv(layer, x, p, net):
     weight = p["filters"].permute(0, 3, 1, 2)  # [out, in, sy, sx]
-    return F.conv2d(x, weight, net.fixed(layer, "biases", p), stride=layer.stride, padding=layer.pad)
+    return conv2d(x, weight, net.fixed(layer, "biases", p), layer.stride, layer.pad)
 
 
 def _fc(layer, x, p, net):
@@ -61,9 +78,15 @@ def _pool(layer, x, p, net):
     if layer.pad:  # padded positions never win the max, as in ConvNetJS
         pad = layer.pad
         x = F.pad(x, (pad, pad, pad, pad), value=float("-inf"))
-    if net.pool_router is not None:  # verification's rerouting of near-tied windows (master/ties.py)
-        return net.pool_router(net.index_of(layer), layer, x)
+    if net.router is not None:  # verification's rerouting of near-tied windows (master/trust/ties.py)
+        return net.router(net.index_of(layer), layer, x)
     return F.max_pool2d(x, (layer.sy, layer.sx), layer.stride)
+
+
+def _relu(layer, x, p, net):
+    if net.router is not None:  # verification's flips of near-0 inputs (master/trust/ties.py)
+        return net.router.relu(net.index_of(layer), x)
+    return F.relu(x)
 
 
 def _maxout(layer, x, p, net):
@@ -161,7 +184,7 @@ def _residual(layer, x, p, net):
     if not layer.stride:
         return y + x
     weight = p["filters"].permute(0, 3, 1, 2)  # the 1x1 projection shortcut
-    return y + F.conv2d(x, weight, net.fixed(layer, "biases", p), stride=layer.stride)
+    return y + conv2d(x, weight, net.fixed(layer, "biases", p), layer.stride, 0)
 
 
 OPS: dict[str, Callable] = {
@@ -169,7 +192,7 @@ OPS: dict[str, Callable] = {
     "conv": _conv,
     "fc": _fc,
     "pool": _pool,
-    "relu": lambda layer, x, p, net: F.relu(x),
+    "relu": _relu,
     "sigmoid": lambda layer, x, p, net: torch.sigmoid(x),
     "tanh": lambda layer, x, p, net: torch.tanh(x),
     "gelu": lambda layer, x, p, net: F.gelu(x),  # exact (erf)
@@ -227,7 +250,9 @@ class TorchNet(torch.nn.Module):
             by_layer.setdefault(seg.layer, {})[seg.name] = seg
         self._segs = by_layer
         self._l1_mul, self._l2_mul = decay_multipliers(spec)
-        self.pool_router = None  # callable(layer index, layer, x) -> pooled x, else F.max_pool2d
+        # verification's near ties (mlitb.master.trust.ties.Router): router(layer index, layer,
+        # x) -> max-pooled x and router.relu(layer index, x) -> x's ReLU; None: PyTorch's own
+        self.router = None
         # batchnorm's pull of its running statistics towards this batch's (a sum over its
         # layers, built by a training forward; `loss` adds its gradient, not its value)
         self.state_loss: torch.Tensor | None = None
