@@ -1,8 +1,8 @@
 // A local round (and a gradient round) in node with the browser's own engine, inner
 // optimizer and proof recorder (mlitb/web/static/engine/{tfjs_engine,inner,proof}.js, TF.js
-// cpu), so that tests/test_verification.py can check the JS proof frame with the master's
+// cpu, or wasm with mlitb's own kernels), so that tests/test_verification.py can check the JS proof frame with the master's
 // PyTorch replay.
-// stdin: {"tasks": [{"mode": "local" | "gradient", "layers", "inner", "params" (b64 f32),
+// stdin: {"backend": "cpu" (default) | "wasm", "tasks": [{"mode": "local" | "gradient", "layers", "inner", "params" (b64 f32),
 //                    "batches": [{"x" (b64 f32), "y", "keys"}], "max_spaced" (optional)}]}
 // stdout: {"results": [{"proof" (b64 frame), "values" (b64 f32: the result), "vectors",
 //                       "commit" (b64: the version-2 commit), "reveal" (b64: the reveal of
@@ -63,8 +63,12 @@ async function run(t) {
 (async () => {
   let input = "";
   for await (const chunk of process.stdin) input += chunk;
-  const { tasks } = JSON.parse(input);
-  if (!(await tf.setBackend("cpu")) || tf.getBackend() !== "cpu") throw new Error("no cpu backend");
+  const { tasks, backend = "cpu" } = JSON.parse(input);
+  if (backend === "wasm") {
+    require("@tensorflow/tfjs-backend-wasm");
+    require("../../mlitb/web/static/engine/wasm_kernels.js")(tf);
+  }
+  if (!(await tf.setBackend(backend)) || tf.getBackend() !== backend) throw new Error(`no ${backend} backend`);
   const results = [];
   for (const t of tasks) {
     try {

@@ -4,8 +4,9 @@ checkpoint over the master's copy of the items and must land on the next one (do
 
 A segment that misses `tolerance` gets a second opinion: the same segment in float64, whose
 distance from the master's own float32 replay is what float32 rounding alone does there; a
-claim within SPREAD_FACTOR times that passes. Last, near-tied max-pool windows routed the
-other way (mlitb.master.trust.ties). CPU work: the audit runner calls `run_replay` in a thread.
+claim within SPREAD_FACTOR times that passes. Last, near ties taken the other way: max-pool
+windows whose top two nearly agree, ReLU inputs next to 0 (mlitb.master.trust.ties).
+CPU work: the audit runner calls `run_replay` in a thread.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ SPREAD_FACTOR = 8.0  # honest replay error / the master's own float32-vs-float64
 def _run_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts: list[dict],
                  values: np.ndarray, j: int, items, l1_mul, l2_mul, router=None) -> dict:  # fmt: skip
     """Segment j replayed on `net` from its claimed start checkpoint, in `net`'s dtype:
-    the state at its end, by array name (as expected_arrays). `router`: a ties.PoolRouter
-    for the max-pools (else PyTorch's own)."""
-    net.pool_router = router
+    the state at its end, by array name (as expected_arrays). `router`: a ties.Router for
+    the max-pools and ReLUs (else PyTorch's own)."""
+    net.router = router
     try:
         return _steps(job, net, batches, keys, ckpts, values, j, items, l1_mul, l2_mul, router)
     finally:
-        net.pool_router = None
+        net.router = None
 
 
 def _steps(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckpts: list[dict],
@@ -156,7 +157,7 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
     if max(errs) <= allowed:
         return max(errs)
 
-    # Third: an executor may have routed a near-tied max-pool window the other way (ties.py).
+    # Third: an executor may have taken a near tie the other way: a max-pool window, a ReLU (ties.py).
     def rerouted(router) -> float:
         end = _run_segment(job, net, batches, keys, ckpts, values, j, items, l1_mul, l2_mul, router)
         e = max(relative_error(end[n], values[j + 1, i], scales[i]) for i, n in enumerate(names))
@@ -164,14 +165,19 @@ def replay_segment(job: AuditJob, net, batches: list[int], keys: np.ndarray, ckp
 
     best, flips, why = ties.search(rerouted, allowed)
     if best <= allowed:
-        log.info("segment %d (steps %d-%d) replays within %.2g after rerouting %d near-tied max-pool "
-                 "window(s) (%.3g before)", j, a, b, best, flips, max(errs))  # fmt: skip
+        log.info("segment %d (steps %d-%d) replays within %.2g after taking %d near tie(s) (max-pool "
+                 "windows, ReLU inputs) the other way (%.3g before)", j, a, b, best, flips,
+                 max(errs))  # fmt: skip
         return best
     i = int(np.argmax(errs))
     raise ProofInvalid(
         f"segment {j} (steps {a}-{b}) does not replay: {names[i]} off by {errs[i]:.3g} (relative; "
         f"tolerance {tolerance:g}, and float32 rounding alone moves this segment {spread:.2g}; "
-        + (f"{why})" if why else f"{best:.3g} at best with near-tied max-pool windows rerouted)")
+        + (
+            f"{why})"
+            if why
+            else f"{best:.3g} at best with near-tied max-pool windows and ReLU inputs taken the other way)"
+        )
     )
 
 

@@ -68,6 +68,12 @@
   const SQRT1_2 = Math.SQRT1_2;
   // a bias a batchnorm removes, without a gradient (layout.js `fixed`; Python's TorchNet.fixed)
   const fx = (s, p, name) => (s.fixed.has(name) ? stopGradient(p[name]) : p[name]);
+  // A per-channel vector [C] as [N, 1, 1, C], to add to or multiply with [N, H, W, C]: its
+  // gradient is then summed in two stages (H x W, then N), not in one sum over N x H x W.
+  // TF.js wasm sums a reduction one float32 after another, and one sum over 6,272 places
+  // (a batch of 32 at 14 x 14) put gradients and batch statistics ~1e-5 off PyTorch's:
+  // enough to send a ReLU input near 0 the other way (mlitb.master.trust.ties).
+  const perExample = (v, n) => tf.broadcastTo(tf.reshape(v, [1, 1, 1, -1]), [n, 1, 1, v.size]);
 
   // ---- forward: NHWC activations -> scores [N, K] -------------------------------
   function run(P, steps, a, train, ctx) {
@@ -79,7 +85,7 @@
         case "conv": {
           const w = tf.transpose(p.filters, [1, 2, 3, 0]); // [sy, sx, C, F]
           if (L.pad) a = tf.pad(a, [[0, 0], [L.pad, L.pad], [L.pad, L.pad], [0, 0]]);
-          a = tf.add(tf.conv2d(a, w, L.stride, "valid"), fx(s, p, "biases"));
+          a = tf.add(tf.conv2d(a, w, L.stride, "valid"), perExample(fx(s, p, "biases"), a.shape[0]));
           break;
         }
         case "fc": {
@@ -123,7 +129,8 @@
           const mean = tf.mean(a, 3, true);
           const d = tf.sub(a, mean);
           const inv = tf.rsqrt(tf.add(tf.mean(tf.square(d), 3, true), L.eps));
-          a = tf.add(tf.mul(tf.mul(d, inv), p.gain), p.bias);
+          const n = a.shape[0];
+          a = tf.add(tf.mul(tf.mul(d, inv), perExample(p.gain, n)), perExample(p.bias, n));
           break;
         }
         case "batchnorm": a = batchnorm(L, a, { ...p, bias: fx(s, p, "bias") }, train, ctx); break;
@@ -139,7 +146,8 @@
         case "residual": {
           const f = run(P, s.children, a, train, ctx);
           const x = L.stride
-            ? tf.add(tf.conv2d(a, tf.transpose(p.filters, [1, 2, 3, 0]), L.stride, "valid"), fx(s, p, "biases"))
+            ? tf.add(tf.conv2d(a, tf.transpose(p.filters, [1, 2, 3, 0]), L.stride, "valid"),
+              perExample(fx(s, p, "biases"), a.shape[0]))
             : a;
           a = tf.add(f, x);
           break;
@@ -157,12 +165,16 @@
       const inv = tf.rsqrt(tf.add(tf.relu(stopGradient(p.running_var)), L.eps));
       return tf.add(tf.mul(tf.mul(tf.sub(a, stopGradient(p.running_mean)), inv), p.gain), p.bias);
     }
-    const [n, h, w] = a.shape;
+    const [n, h, w, c] = a.shape;
     const count = n * h * w;
-    const mean = tf.mean(a, [0, 1, 2]);
-    const d = tf.sub(a, mean);
-    const variance = tf.mean(tf.square(d), [0, 1, 2]);
-    const y = tf.add(tf.mul(tf.div(d, tf.sqrt(tf.add(variance, L.eps))), p.gain), p.bias);
+    // means over N x H x W in two stages (each example's H x W, then the N examples), and
+    // everything per channel spread back in two stages: `perExample` says why
+    const mean2 = (t) => tf.reshape(tf.mean(tf.mean(t, [1, 2], true), 0), [c]);
+    const mean = mean2(a);
+    const d = tf.sub(a, perExample(mean, n));
+    const variance = mean2(tf.square(d));
+    const scale = tf.div(p.gain, tf.sqrt(tf.add(variance, L.eps))); // [C]
+    const y = tf.add(tf.mul(d, perExample(scale, n)), perExample(p.bias, n));
     const unbiased = count > 1 ? tf.mul(variance, count / (count - 1)) : variance;
     const pull = tf.add(tf.sum(tf.square(tf.sub(p.running_mean, stopGradient(mean)))),
       tf.sum(tf.square(tf.sub(p.running_var, stopGradient(unbiased)))));
