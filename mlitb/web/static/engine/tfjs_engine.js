@@ -61,8 +61,16 @@
   const hasDropout = anyOf(layers, "dropout");
   const dropout = { seed: 0, step: 0 };
 
-  const piece = (P, seg) => tf.reshape(tf.slice(P, seg.off, seg.size), seg.shape);
-  const arrays = (P, s) => Object.fromEntries(s.arrays.map((a) => [a.name, piece(P, a)]));
+  // Every array of the flat vector P as its own tensor, cut by one split in layout order:
+  // the gradient of a split is one concat, where a slice per array cost a zero-padded
+  // copy of the whole vector and an add per array (2 x 70 of them for the MNIST net).
+  const segs = Layout.segments(layers).arrays; // layout order, contiguous from 0
+  function cut(P) {
+    if (!segs.length) return new Map();
+    const parts = segs.length === 1 ? [P] : tf.split(P, segs.map((g) => g.size));
+    return new Map(segs.map((g, i) => [g.off, tf.reshape(parts[i], g.shape)]));
+  }
+  const arrays = (parts, s) => Object.fromEntries(s.arrays.map((a) => [a.name, parts.get(a.off)]));
   // the value with no gradient (PyTorch's detach): batchnorm's state pull must not reach x
   const stopGradient = tf.customGrad((x) => ({ value: tf.clone(x), gradFunc: (dy) => tf.zerosLike(dy) }));
   const SQRT1_2 = Math.SQRT1_2;
@@ -73,12 +81,14 @@
   // TF.js wasm sums a reduction one float32 after another, and one sum over 6,272 places
   // (a batch of 32 at 14 x 14) put gradients and batch statistics ~1e-5 off PyTorch's:
   // enough to send a ReLU input near 0 the other way (mlitb.master.trust.ties).
-  const perExample = (v, n) => tf.broadcastTo(tf.reshape(v, [1, 1, 1, -1]), [n, 1, 1, v.size]);
+  // (A product with ones, not tf.broadcastTo: that is a Tile, whose gradient is a slice and
+  // an add per example.)
+  const perExample = (v, n) => tf.mul(tf.ones([n, 1, 1, 1]), tf.reshape(v, [1, 1, 1, -1]));
 
   // ---- forward: NHWC activations -> scores [N, K] -------------------------------
-  function run(P, steps, a, train, ctx) {
+  function run(parts, steps, a, train, ctx) {
     for (const s of steps) {
-      const L = s.L, p = arrays(P, s);
+      const L = s.L, p = arrays(parts, s);
       switch (L.layer_type) {
         case "input": case "softmax": case "svm": case "regression": case "seqsoftmax":
           break;
@@ -144,7 +154,7 @@
         case "posembedding": a = tf.add(a, tf.reshape(p.weights, a.shape.slice(1))); break;
         case "attention": a = attention(L, a, p); break;
         case "residual": {
-          const f = run(P, s.children, a, train, ctx);
+          const f = run(parts, s.children, a, train, ctx);
           const x = L.stride
             ? tf.add(tf.conv2d(a, tf.transpose(p.filters, [1, 2, 3, 0]), L.stride, "valid"),
               perExample(fx(s, p, "biases"), a.shape[0]))
@@ -206,7 +216,7 @@
   }
 
   function scores(P, x, train, ctx = {}) {
-    const a = run(P, plan, x, train, ctx);
+    const a = run(cut(P), plan, x, train, ctx);
     return tf.reshape(a, [a.shape[0], -1]);
   }
 
