@@ -1,6 +1,7 @@
 // Browser compute benchmark (benchmarks/browser_bench.py drives it): forward+backward
-// vectors/s of one net, same batch, per TF.js backend and for ConvNetJS, in a Web Worker.
-// Backends start as the volunteer's worker starts them (engine/backends.js).
+// vectors/s of one net, same batch, per TF.js backend and for ConvNetJS, in a Web Worker;
+// mode "wasm-threads": wasm with a given pool size; mode "pick": the backend a volunteer's
+// tab would pick. Backends start as the volunteer's worker starts them (engine/backends.js).
 "use strict";
 self.window = self; // convnet-min.js publishes itself as window.convnetjs
 importScripts("../vendor/tf.min.js", "../vendor/tf-backend-wasm.min.js", "../engine/layout.js", "../engine/tfjs_engine.js",
@@ -50,8 +51,39 @@ function convnetjsRun(defs, batch, seconds) {
   return { vectors_per_s: (n * batch) / ((performance.now() - t0) / 1000), calls: n };
 }
 
+/** wasm alone with `threads` in its pool (a fresh worker: the pool is fixed at start).
+ * `cores`: the logical cores this worker reports (navigator.hardwareConcurrency), set
+ * before wasm starts: TF.js 4.22's pool takes at most half of them, so a 2-core machine
+ * must report 4 for a 2-thread measurement (the benchmark says so when it does). */
+async function wasmThreads(layers, batch, seconds, threads, cores) {
+  if (cores) Object.defineProperty(self.navigator, "hardwareConcurrency", { value: cores, configurable: true });
+  tf.wasm.setThreadsCount(threads);
+  const r = await tfjs("wasm", layers, batch, seconds);
+  if (!r.error) r.threads = tf.wasm.getThreadsCount();
+  return r;
+}
+
+/** What a volunteer's tab picks: the worker's own check (worker/worker.js), defaults. */
+async function pick(layers, batch) {
+  const c = await MlitbBackends.check(tf, MlitbTfjsEngine, layers, { batchSize: batch });
+  return { chosen: c.chosen, why: c.why, ms: c.ms, text: MlitbBackends.describe(c) };
+}
+
 self.onmessage = async (e) => {
-  const { layers, defs, batch, seconds, backends } = e.data;
+  const { layers, defs, batch, seconds, backends, mode } = e.data;
+  if (mode === "wasm-threads") {
+    const r = await wasmThreads(layers, batch, seconds, e.data.threads, e.data.cores);
+    self.postMessage({ done: { [`tfjs-wasm-${e.data.threads}t`]: r } });
+    return;
+  }
+  if (mode === "pick") {
+    try {
+      self.postMessage({ done: { pick: await pick(layers, batch) } });
+    } catch (err) {
+      self.postMessage({ done: { pick: { error: String(err.message || err) } } });
+    }
+    return;
+  }
   const out = {};
   for (const b of backends) {
     out[`tfjs-${b}`] = await tfjs(b, layers, batch, seconds);
