@@ -238,9 +238,9 @@ async function refreshCredit() {
       : `test error ${then == null ? "not yet measured" : pct(then)} when you joined, ${pct(now)} now`;
   } catch (e) { /* shown again at the next refresh */ }
 }
-// cores: half of this device's by default (and at most: wasm's cap); a change starts a new worker (wasm's thread pool
+// cores: half of this device's by default, all of them at most; a change starts a new worker (wasm's thread pool
 // is fixed when its backend starts). Threads need cross-origin isolation (the master's pages are).
-$("cores-here").textContent = `${coresUsable()} usable (${coresHere()} logical cores; TF.js's wasm runs at most half)`
+$("cores-here").textContent = `${coresHere()} logical cores (half by default: the rest keep the device responsive)`
   + (self.crossOriginIsolated ? "" : "; this page is not cross-origin isolated: 1 thread");
 $("cores").max = coresUsable();
 $("cores").value = coresOffered();

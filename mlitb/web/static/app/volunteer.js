@@ -50,17 +50,17 @@ export function coresHere() {
   return Math.max(1, Math.floor(Number(navigator.hardwareConcurrency) || 2));
 }
 
-/** The most threads TF.js's wasm backend runs here: half the logical cores (its thread
- * pool's own cap in 4.22, whatever setThreadsCount asks: tfjs issues #6081, #8513). */
+/** The most threads a volunteer can give: every logical core (the worker lifts TF.js
+ * wasm's own cap of half of them: worker/worker.js). */
 export function coresUsable() {
-  return Math.max(1, Math.floor(coresHere() / 2));
+  return coresHere();
 }
 
 /** The cores the volunteer gives to training: its choice (kept), else half of them. */
 export function coresOffered() {
   let n = 0;
   try { n = Math.floor(Number(localStorage.getItem(CORES)) || 0); } catch (e) { /* not kept */ }
-  return Math.min(coresUsable(), n > 0 ? n : coresUsable());
+  return Math.min(coresUsable(), n > 0 ? n : Math.max(1, Math.floor(coresHere() / 2)));
 }
 
 export function setCoresOffered(n) {
