@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, run_node
+from test_modern_models_e2e import RESNET
 
 from mlitb.model.layout import init_params
 from mlitb.model.spec import Spec
@@ -327,22 +328,7 @@ def test_token_ids_outside_the_vocabulary_are_an_error_not_a_zero_row():
 
 
 # the residual batch-norm net of tests/test_modern_models_e2e.py, at a volunteer's batch size
-BN_NET = [
-    inp(28, 28, 1),
-    {"type": "conv", "sx": 3, "pad": 1, "filters": 8, "stride": 2},
-    {"type": "batchnorm", "activation": "relu"},
-    {"type": "residual", "layers": [
-        {"type": "conv", "sx": 3, "pad": 1, "filters": 12, "stride": 2},
-        {"type": "batchnorm", "activation": "gelu"},
-        {"type": "conv", "sx": 3, "pad": 1, "filters": 12},
-        {"type": "batchnorm"},
-    ]},
-    {"type": "relu"},
-    {"type": "attention", "heads": 2},
-    {"type": "layernorm"},
-    {"type": "globalavgpool"},
-    {"type": "softmax", "num_classes": 10},
-]  # fmt: skip
+BN_NET = RESNET
 
 
 def test_wasm_sums_a_whole_batchs_statistics_in_stages():
