@@ -64,6 +64,9 @@ const S = {
   // it stops at its next batch and sends nothing, so no half-old result or proof goes out
   gen: 0,
   conn: 0, // +1 on each welcome and lost connection: allocations of an older one are void
+  // the keys allocated to this tab now, changed as each allocation arrives (removals at
+  // once): a fetch that was asked before a removal must not put its items back in the cache
+  owned: new Set(),
   // tracker schedule (welcome's `tracker`): {periodMs, sample} or null = every parameters frame
   tracker: null, lastEvalEnd: -Infinity, lastEvalMs: 0, evalTimer: null, sample: null,
   // the join-time backend check (engine/backends.js) and the spec it was made for
@@ -313,6 +316,7 @@ async function onText(m) {
       C.item = h * w * c + (S.engine.loss === "seqsoftmax" ? 1 : 0);
       C.n = 0; C.index.clear(); C.keys = [];
       S.allocated = 0;
+      S.owned = new Set();
       send({ type: "status", backend: S.backend, ...(threadsInUse() ? { threads: threadsInUse() } : {}) });
       S.state = "joined";
       S.dataSource = m.data_source || "server";
@@ -331,8 +335,23 @@ async function onText(m) {
       log(`the model grew to ${m.labels.length} labels`);
       break;
     case "allocation": {
+      // Removals apply at once, not after the fetches queued before them: the next round
+      // must not train on items the master gave another trainer (its audit checks every
+      // key: a tab whose removal waited behind a download was banned for "47 item keys this
+      // trainer was never given" in a mixed fleet, 2026-12-07). Additions are fetched in order.
       const gen = S.conn; // an allocation belongs to its connection: a welcome voids it (the cache started over)
-      allocations = allocations.then(() => allocation(m, gen)).catch((e) => log(`data: ${e.message || e}`, "error"));
+      for (const g of m.remove || []) {
+        const keys = Wire.textToIds(g.ids).map((i) => g.dataset * 4294967296 + i);
+        S.allocated -= keys.length;
+        for (const k of keys) S.owned.delete(k);
+        removeKeys(keys);
+      }
+      for (const g of m.add || []) {
+        const ids = Wire.textToIds(g.ids);
+        S.allocated += ids.length;
+        for (const i of ids) S.owned.add(g.dataset * 4294967296 + i);
+      }
+      allocations = allocations.then(() => fetchAdded(m, gen)).catch((e) => log(`data: ${e.message || e}`, "error"));
       break;
     }
     case "work": work(m); break;
@@ -401,16 +420,11 @@ function removeKeys(keys) {
   }
 }
 
-async function allocation(m, gen) {
+/** An allocation's added ids, fetched (its removals applied when it arrived). */
+async function fetchAdded(m, gen) {
   if (gen !== S.conn) return;
-  for (const g of m.remove || []) {
-    const ids = Wire.textToIds(g.ids);
-    S.allocated -= ids.length;
-    removeKeys(ids.map((i) => g.dataset * 4294967296 + i));
-  }
   for (const g of m.add || []) {
     const ids = Wire.textToIds(g.ids);
-    S.allocated += ids.length;
     // fetched in a random order: a dataset's ids run label by label (one upload sub-folder
     // per label) and the first rounds train on what has arrived (in id order: one or two digits)
     for (let i = ids.length - 1; i > 0; i--) {
@@ -441,7 +455,8 @@ async function fetchItems(base, dataset, ids, labelMap, grant, gen) {
       for (let i = 0; i < b.n; i++) {
         const key = dataset * 4294967296 + b.ids[i];
         const label = b.labels[i] < labelMap.length ? labelMap[b.labels[i]] : -1;
-        if (C.index.has(key) || label < 0) continue;
+        // only what is still allocated: a later allocation may have taken it away meanwhile
+        if (C.index.has(key) || label < 0 || !S.owned.has(key)) continue;
         C.pixels.set(b.pixels.subarray(i * C.item, (i + 1) * C.item), C.n * C.item);
         C.labels[C.n] = label;
         C.keys[C.n] = key;
