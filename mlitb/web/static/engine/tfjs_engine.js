@@ -2,7 +2,7 @@
  * The browser executor: runs an mlitb model spec (expanded ConvNetJS layers) with
  * TensorFlow.js from the flat float32 parameter vector (docs/model.md, "Layout").
  *
- * The whole vector is ONE tensor P; every layer's weights are slices of it, reshaped
+ * The whole vector is ONE tensor P; every layer's weights are pieces of it (one split), reshaped
  * to the flat layout's own order ([F, sy, sx, C] conv filters, [N, in] fc weights)
  * and transposed inside the graph. So the gradient with respect to P is already the
  * flat gradient: one download per batch, no re-packing. Semantics follow
