@@ -63,7 +63,11 @@ def test_the_fastest_backend_is_remembered_per_model_and_the_owner_can_pin_one(m
     wait_for(lambda: [b for b, _ in browser_rows(master.url, "auto")] not in ([], ["starting"]), 180,
              "the tab's backend check", page)  # fmt: skip
     (chosen,) = [b for b, _ in browser_rows(master.url, "auto")]
-    kept = page.evaluate("JSON.parse(localStorage.getItem('mlitb.device.backends') || '{}')")
+    # the page keeps the check when the worker's next status message reaches it: on a loaded
+    # machine that may come after the master's row already shows the backend
+    read_kept = "JSON.parse(localStorage.getItem('mlitb.device.backends') || '{}')"
+    wait_for(lambda: page.evaluate(read_kept), 120, "the page to remember the check", page)
+    kept = page.evaluate(read_kept)
     assert [v["chosen"] for v in kept.values()] == [chosen], kept  # one model, its fastest backend
     page.reload()  # the next visit starts from it: checked for correctness, not timed against the others
     page.wait_for_function("document.querySelector('#backend-why').innerText.includes('remembered')",
