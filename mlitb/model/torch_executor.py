@@ -57,7 +57,9 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias, stride: int, pad: int) -
         return F.conv2d(x, weight, bias, stride=stride, padding=pad)
     if pad:
         x = F.pad(x, (pad, pad, pad, pad))
-    picked = x[:, :, ::stride, ::stride].permute(0, 2, 3, 1)  # [N, H', W', in]
+    # picked in NHWC order (as oneDNN keeps the activations): its gradient comes back in that
+    # order too, and a ReLU's backward on mixed orders is 15x slower than on one
+    picked = x.permute(0, 2, 3, 1)[:, ::stride, ::stride]  # [N, H', W', in]
     y = torch.matmul(picked, weight.reshape(weight.shape[0], -1).t())  # [N, H', W', out]
     if bias is not None:
         y = y + bias
@@ -113,10 +115,6 @@ def _identity(layer, x, p, net):
     return x
 
 
-def _channel(v: torch.Tensor) -> torch.Tensor:
-    return v.view(1, -1, 1, 1)  # [D] -> broadcast over NCHW
-
-
 def _layernorm(layer, x, p, net):
     y = F.layer_norm(x.permute(0, 2, 3, 1), (layer.in_shape[2],), p["gain"], p["bias"], layer.eps)
     return y.permute(0, 3, 1, 2)
@@ -125,25 +123,26 @@ def _layernorm(layer, x, p, net):
 def _batchnorm(layer, x, p, net):
     """Training: the batch's statistics, and the state's pull towards them (a loss term
     whose gradient is n x (state - statistic): TorchNet.state_loss). Prediction: the
-    running statistics."""
+    running statistics. Both through F.batch_norm (one fused kernel each way: the same
+    function as normalising by hand, 1.4x faster for the whole fashion net on a CPU)."""
+    bias = net.fixed(layer, "bias", p)
     if not net.training:
         rm, rv = p["running_mean"].detach(), p["running_var"].detach().clamp_min(0)
-        return F.batch_norm(x, rm, rv, p["gain"], net.fixed(layer, "bias", p), False, 0.0, layer.eps)
-    count = x.shape[0] * x.shape[2] * x.shape[3]  # values per channel in the batch
-    mean = x.mean((0, 2, 3))
-    var = ((x - _channel(mean)) ** 2).mean((0, 2, 3))  # biased: what normalises
-    bias = _channel(net.fixed(layer, "bias", p))
-    y = (x - _channel(mean)) / _channel(torch.sqrt(var + layer.eps)) * _channel(p["gain"]) + bias
-    unbiased = var * (count / (count - 1)) if count > 1 else var
-    pull = ((p["running_mean"] - mean.detach()) ** 2).sum() + (
-        (p["running_var"] - unbiased.detach()) ** 2
-    ).sum()
+        return F.batch_norm(x, rm, rv, p["gain"], bias, False, 0.0, layer.eps)
+    # normalised by the biased variance; also returns the batch's mean and 1 / sqrt(var + eps)
+    # (torch.var_mean would take 3x as long as the whole batch norm)
+    y, mean, invstd = torch.ops.aten.native_batch_norm(x, p["gain"], bias, None, None, True, 0.0, layer.eps)
+    with torch.no_grad():
+        count = x.shape[0] * x.shape[2] * x.shape[3]  # values per channel in the batch
+        var = (invstd.pow(-2) - layer.eps).clamp_min(0)  # biased, to ~1e-7 of var + eps
+        var = var * (count / (count - 1)) if count > 1 else var  # unbiased: the running one's
+    pull = ((p["running_mean"] - mean) ** 2).sum() + ((p["running_var"] - var) ** 2).sum()
     net.add_state_loss(0.5 * x.shape[0] * pull)
     return y
 
 
 def _globalavgpool(layer, x, p, net):
-    return x.mean((2, 3), keepdim=True)
+    return x.permute(0, 2, 3, 1).mean((1, 2), keepdim=True).permute(0, 3, 1, 2)  # gradient NHWC too
 
 
 def _embedding(layer, x, p, net):
