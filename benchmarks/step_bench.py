@@ -2,7 +2,9 @@
 step written with torch.nn and torch.optim (issue 25, item 2).
 
 The demo MNIST net (mlitb/examples/mnist.json, 5,994 parameters), real MNIST training
-images held in memory, one torch thread, at the batch sizes --batches (default 32 and 64,
+images held in memory (`--model fashion`: the fashion example, 27,090 parameters, on
+Fashion-MNIST, against learning_bench's FashionNet, with the project defaults' inner
+Adam), one torch thread, at the batch sizes --batches (default 32 and 64,
 the sizes a PyTorch user picks, and 20, the demo project's). Variants, each sample one
 round of --steps steps (learning goes on across samples):
 
@@ -79,7 +81,7 @@ from mlitb.master.config import Hyper
 from mlitb.master.learning.algorithms import LocalSGD
 from mlitb.model import torch_executor
 from mlitb.model.inner import InnerOptimizer
-from mlitb.model.layout import decay_multipliers, init_params
+from mlitb.model.layout import decay_multipliers, init_params, state_rates
 from mlitb.model.spec import Spec
 from mlitb.model.torch_executor import TorchNet
 from mlitb.worker.cache import ItemCache
@@ -112,8 +114,26 @@ LAYOUT_OPS = {
 }  # fmt: skip
 
 
-def demo_layer_defs() -> list[dict]:
-    return json.loads(resources.files("mlitb.examples").joinpath("mnist.json").read_text())["layer_defs"]
+def demo_layer_defs(model: str = "mnist") -> list[dict]:
+    return json.loads(resources.files("mlitb.examples").joinpath(f"{model}.json").read_text())["layer_defs"]
+
+
+def plain_model(model: str, defs: list[dict]) -> torch.nn.Module:
+    """The idiomatic net: the MNIST spec as torch.nn.Sequential, the fashion example as
+    learning_bench's FashionNet (the same architecture written by hand)."""
+    if model == "fashion":
+        from learning_tasks import FashionNet
+
+        return FashionNet()
+    return torch_nn_model(defs)
+
+
+def load_images(model: str) -> tuple[np.ndarray, np.ndarray]:
+    if model == "fashion":
+        from mlitb.data import fashion
+
+        return fashion.load("train")
+    return mnist.load("train", mnist.find_source(ROOT))
 
 
 def category(name: str) -> str:
@@ -141,17 +161,19 @@ def category(name: str) -> str:
 class Setup:
     """Everything one batch size needs, built once; the variants step it in turn."""
 
-    def __init__(self, batch: int, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
+    def __init__(self, batch: int, images: np.ndarray, labels: np.ndarray, seed: int, model: str = "mnist"):
         self.batch = batch
-        defs = demo_layer_defs()
+        defs = demo_layer_defs(model)
         self.spec = Spec.from_json(defs)
         # the idiomatic loop
         self.x_all = torch.from_numpy(images.reshape(-1, 1, 28, 28).copy()).float().div_(255)
         self.y_all = torch.from_numpy(labels.astype(np.int64))
         torch.manual_seed(seed)
-        self.model = torch_nn_model(defs).train()
+        self.model = plain_model(model, defs).train()
         # the inner settings of the demo project's orders, at this batch size
-        order = LocalSGD(Hyper.model_validate(dict(HYPER)), *decay_multipliers(self.spec)).work_fields()
+        # (fashion: the project defaults, what `--spec fashion` gets)
+        hyper = Hyper.model_validate(dict(HYPER) if model == "mnist" else {})
+        order = LocalSGD(hyper, *decay_multipliers(self.spec)).work_fields()
         self.inner_cfg = {**order["inner"], "batch_size": batch}
         self.adam = torch.optim.Adam(self.model.parameters(), lr=float(self.inner_cfg["learning_rate"]))
         self.loss_fn = torch.nn.CrossEntropyLoss()
@@ -159,14 +181,15 @@ class Setup:
         self.order = torch.randperm(len(self.y_all), generator=self.gen)
         self.pos = 0
         torch.manual_seed(seed)
-        self.model_cl = torch_nn_model(defs).train().to(memory_format=torch.channels_last)
+        self.model_cl = plain_model(model, defs).train().to(memory_format=torch.channels_last)
         # the native worker
         self.cache = ItemCache((28, 28, 1))
         keys = np.arange(len(labels), dtype=np.int64)
         self.cache.add(keys, images.reshape(-1, 28, 28, 1), labels.astype(np.int64))
         self.net = TorchNet(self.spec, init_params(self.spec, seed), seed=seed)
         l1_mul, l2_mul = decay_multipliers(self.spec)
-        self.opt = InnerOptimizer(self.inner_cfg, self.spec.num_params, l1_mul, l2_mul, self.net.device_)
+        self.opt = InnerOptimizer(self.inner_cfg, self.spec.num_params, l1_mul, l2_mul, self.net.device_,
+                                  state_rate=state_rates(self.spec))  # fmt: skip
         self.sampler = Sampler(seed)
 
     # -- the idiomatic loop --------------------------------------------------------
@@ -433,6 +456,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="steps of fb-native and fb-torch-nn under torch.profiler (default 100; --quick 30; 0: none)",
     )
+    ap.add_argument(
+        "--model", choices=("mnist", "fashion"), default="mnist",
+        help="mnist (the demo net, default) or fashion (the residual batch-norm example against FashionNet)",
+    )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0, help="init and shuffle seed (default 0)")
     ap.add_argument("--out", type=Path, default=RESULTS / "step_bench.json", help="JSON results")
     ap.add_argument("--quick", action="store_true", help="60 steps per sample, 3 repeats, 30 profiled steps")
@@ -464,12 +491,12 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
     load_before = load1()
     print(f"1-minute load average before: {load_before:.2f} ({os.cpu_count()} cores, 1 torch thread)")
-    images, labels = mnist.load("train", mnist.find_source(ROOT))
+    images, labels = load_images(args.model)
     results: dict = {}
     inner_order: dict = {}
     started = time.time()
     for batch in args.batch_list:
-        setup = Setup(batch, images, labels, args.seed)
+        setup = Setup(batch, images, labels, args.seed, args.model)
         inner_order = setup.inner_cfg
         for v in args.variant_list:  # warm-up: one short round each (allocator, oneDNN primitives)
             setup.run(v, max(5, args.steps // 5))
@@ -542,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch_threads": torch.get_num_threads(),
         },
         "settings": {
+            "model": args.model,
             "batches": args.batch_list,
             "steps": args.steps,
             "repeats": args.repeats,

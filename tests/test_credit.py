@@ -188,3 +188,35 @@ def test_credit_comes_from_the_masters_counts_not_from_what_a_client_says():
     row = rows(e)[volunteer_id(KEY_A)]
     assert (row["vectors"], row["macs"]) == (40, 40 * 96)
     assert e.summary()["clients"][0]["vectors_per_s"] < 1e6
+
+
+def test_a_relays_applied_work_is_credited_to_the_volunteers_under_it():
+    """A relay computes nothing: what the master applies of its result is split among the
+    volunteers its `contributions` name (largest remainders: the vectors add up); one of
+    them banned at the relay forfeits its credit here."""
+    e = engine(algorithm="local_sgd")
+    keyed(e, "A", KEY_A, name="direct")
+    keyed(e, "R", "r" * 20, name="site relay", kind="relay")
+    sends(e)
+    start(e, ())
+    under_1, under_2 = volunteer_id("u" * 20), volunteer_id("w" * 20)
+    said = [{"volunteer": under_1, "vectors": 2, "kind": "browser", "backend": "wasm", "name": "tab",
+             "threads": 4},
+            {"volunteer": under_2, "vectors": 1, "kind": "native", "backend": "torch-cpu"}]  # fmt: skip
+    e.on_contributions("R", msg.parse_client_message(msg.dumps(msg.contributions(e.iteration, said))))
+    step(e, {"A": 10, "R": 20})
+    r = rows(e)
+    assert (r[under_1]["vectors"], r[under_2]["vectors"]) == (13, 7)  # 20 x 2/3 and 1/3, rounded
+    assert (r[under_1]["kind"], r[under_1]["backend"], r[under_1]["threads"], r[under_1]["name"]) == (
+        "browser", "wasm", 4, "tab")  # fmt: skip
+    assert r[volunteer_id("r" * 20)]["macs"] == 0 and r[volunteer_id(KEY_A)]["vectors"] == 10
+    assert sum(x["share"] for x in e.credit.table()) == pytest.approx(1.0)
+    # a worker cannot say whose work its result is
+    e.on_contributions("A", msg.parse_client_message(msg.dumps(msg.contributions(e.iteration, said))))
+    assert e.clients["A"].relay.contributions == {}
+    # banned at the relay: its credit here is gone
+    e.on_child_banned(
+        "R", msg.ChildBanned(type="child_banned", name="tab", reason="lied", volunteer=under_1), 1.0
+    )
+    r = rows(e)
+    assert r[under_1]["macs"] == 0 and r[under_1]["forfeited"] == "lied" and r[under_2]["vectors"] == 7

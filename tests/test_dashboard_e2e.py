@@ -67,10 +67,13 @@ def test_dashboard_end_to_end(master, mnist_zips, page, tmp_path):
     page.fill("#labels", ",".join(str(i) for i in range(10)))
     page.fill("#iteration-time", "1")
     page.select_option("#algorithm", "local_sgd")  # the default: inner Adam steps in both executors
+    page.select_option("#browser-backend", "wasm")  # the owner's pin for volunteers' tabs
     page.click("#create")
     page.wait_for_url("**/#/p/e2e")
     page.wait_for_selector("#summary")
     assert summary(master, "e2e")["state"] == "running"
+    hyper = httpx.get(f"{master.url}/api/projects/e2e", timeout=30).json()["hyper"]
+    assert hyper["browser_backend"] == "wasm"
 
     # ---- add data in the page: without the data write token the upload is refused and the
     # banner says where the token goes; a wrong one is refused as wrong

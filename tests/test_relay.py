@@ -109,6 +109,14 @@ def test_a_relay_with_three_workers_learns_like_three_direct_workers(master, mni
         assert relay_status["rejected"] == 0 and relay_status["results_up"] >= ITERATIONS - 2, relay_status
         held = sorted(c["cached"] for c in relay_status["children"])
         assert sum(held) == 6000 and held[-1] - held[0] <= 1, held  # water-filled like the master does
+        # credit goes to the volunteers under the relay (its `contributions`), none to the relay
+        credit = httpx.get(f"{master.url}/api/projects/viarelay/credit", timeout=HTTP_TIMEOUT).json()["rows"]
+        kinds = {r["kind"]: r for r in credit}
+        assert kinds["relay"]["credit"] == 0 and kinds["native"]["credit"] > 0, credit
+        assert kinds["native"]["name"] in ("r0", "r1", "r2") and kinds["native"]["backend"] == "torch-cpu", (
+            credit
+        )
+        assert sum(r["share"] for r in credit) == pytest.approx(1.0), credit
 
         # killing the relay returns all of its data to the master's pool at once
         relay.kill()

@@ -514,3 +514,47 @@ def test_a_childs_commit_gets_a_reveal_request_and_its_reveal_is_queued_for_the_
     assert not isinstance(plan, Verdict), plan.detail
     r.child_bytes("c1", rec.reveal(3, 1, asks["c1"]), now=10.2)  # a reveal for another iteration: a ban
     assert "c1" not in r.children and r.closing[-1][1] == msg.CLOSE_BANNED
+
+
+def test_each_result_goes_up_with_whose_vectors_it_holds_for_their_credit():
+    """The relay's `contributions` (just before each result frame): each child's vectors
+    under its volunteer's public id (a child without a key: its connection's own id); a
+    relay under this one has its own rows scaled to its result; a ban says whose credit
+    goes."""
+    from mlitb.master.project.credit import volunteer_id
+
+    r = relay(children=1)  # c0: no volunteer key
+    key = "k" * 20
+    join = {"type": "join", "protocol": 2, "project": "p", "kind": "browser", "capacity": 100, "name": "tab",
+            "capabilities": {"proofs": 1}, "volunteer": key, "threads": 2, "backend": "wasm"}  # fmt: skip
+    assert r.child_join("c1", msg.parse_client_message(msg.dumps(join)), "10.0.0.9") is None
+    inner = {"type": "join", "protocol": 2, "project": "p", "kind": "relay", "capacity": 100,
+             "owner_token": "owner-token", "capabilities": {"proofs": 1}}  # fmt: skip
+    assert r.child_join("c2", msg.parse_client_message(msg.dumps(inner)), "10.0.0.8") is None
+    below = [{"volunteer": "v" + "1" * 16, "vectors": 2, "kind": "native", "backend": "torch-cpu"},
+             {"volunteer": "v" + "2" * 16, "vectors": 1, "kind": "browser", "backend": "webgl"}]  # fmt: skip
+    r.child_text("c2", msg.parse_client_message(msg.dumps(msg.contributions(0, below))), 0.5)
+    for cid in ("c1", "c2"):
+        r.children[cid].cached = {1}
+    r.drain()
+    order(r, 0, now=1.0)
+    r.child_bytes("c0", delta(0, np.full(N, 1.0), 4), now=11.0)
+    r.child_bytes("c1", delta(0, np.full(N, 1.0), 5), now=11.0)
+    r.child_bytes("c2", delta(0, np.full(N, 1.0), 10), now=11.0)  # its children's 2 : 1
+    out = ups(r)
+    (i,) = [k for k, p in enumerate(out) if isinstance(p, bytes)]
+    said = out[i - 1]  # just before the result
+    assert said["type"] == "contributions" and said["iteration"] == 0
+    parsed = msg.parse_client_message(msg.dumps(said))  # the master accepts it
+    got = {row.volunteer: (row.vectors, row.kind, row.backend) for row in parsed.rows}
+    assert got == {
+        "anon-site-c0": (4, "native", "unknown"),
+        volunteer_id(key): (5, "browser", "wasm"),
+        "v" + "1" * 16: (7, "native", "torch-cpu"),  # 10 x 2/3, rounded to add up
+        "v" + "2" * 16: (3, "browser", "webgl"),
+    }
+    assert sum(v for v, _, _ in got.values()) == frames.decode(out[i]).vectors == 19
+    assert next(row for row in parsed.rows if row.volunteer == volunteer_id(key)).threads == 2
+    r.ban("c1", "segment 0 does not replay")
+    (banned,) = [p for p in ups(r) if isinstance(p, dict) and p["type"] == "child_banned"]
+    assert msg.parse_client_message(msg.dumps(banned)).volunteer == volunteer_id(key)

@@ -83,6 +83,37 @@ def test_the_fastest_backend_is_remembered_per_model_and_the_owner_can_pin_one(m
     page.wait_for_function(pinned_why, timeout=60_000)
 
 
+def test_a_pin_set_while_tabs_train_reaches_them_at_once(master, mnist_zips, page):
+    """The owner pins (and unpins) while a tab trains: the master tells connected tabs
+    (a `settings` message), the tab switches at its next batch and goes on training."""
+    train, test = upload(master.data, mnist_zips)
+    token = create_project(master.url, "repin", [train], [test], spec=FC_SPEC)
+    page.goto(f"{master.url}/join/repin?backend=wasm")
+    backends = lambda: [b for b, _ in browser_rows(master.url, "repin")]  # noqa: E731
+    wait_for(lambda: backends() == ["wasm"], 180, "the tab on wasm", page)
+
+    def results() -> int:
+        clients = httpx.get(f"{master.url}/api/projects/repin", timeout=30).json()["clients"]
+        return next(c for c in clients if c["kind"] == "browser")["results"]
+
+    def pin(backend: str) -> None:
+        resp = httpx.patch(f"{master.url}/api/projects/repin/hyper", json={"browser_backend": backend},
+                           headers={"Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
+        assert resp.status_code == 200, resp.text
+
+    pinned_text = "document.querySelector('#backend-why').innerText.includes('pinned by the project')"
+    pin("cpu")
+    wait_for(lambda: browser_rows(master.url, "repin") == [("cpu", 1)], 180, "the tab to switch to cpu", page)
+    page.wait_for_function(pinned_text, timeout=60_000)
+    before = results()
+    wait_for(lambda: results() > before, 180, "results computed on cpu", page)
+    pin("auto")  # back to the device's own choice: the page asked for wasm
+    wait_for(lambda: backends() == ["wasm"], 180, "wasm again", page)
+    before = results()
+    wait_for(lambda: results() > before, 180, "results computed on wasm again", page)
+    assert not httpx.get(f"{master.url}/api/projects/repin", timeout=30).json().get("banned")
+
+
 def test_a_backend_that_fails_mid_round_falls_back_to_wasm_and_says_so(master, mnist_zips, webgpu_page):
     train, test = upload(master.data, mnist_zips)
     create_project(master.url, "lost-gpu", [train], [test], spec=FC_SPEC)

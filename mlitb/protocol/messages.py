@@ -140,6 +140,11 @@ class Subtree(_Msg):
     url: Annotated[str, Field(max_length=300)] = ""
 
 
+# whose work a relay's result holds: a volunteer's public id (mlitb.master.project.credit
+# volunteer_id), or the anonymous id of one connection under the relay
+CONTRIBUTOR = r"^(v[0-9a-f]{16}|anon-[A-Za-z0-9_.:-]{1,80})$"
+
+
 class ChildBanned(_Msg):
     """Relays only: a client under the relay failed an audit there and was banned; the
     master lists it in the project's bans (with the relay's name)."""
@@ -150,6 +155,28 @@ class ChildBanned(_Msg):
     kind: Literal["native", "browser", "relay"] = "native"
     reason: Annotated[str, Field(max_length=300)] = ""
     iteration: Annotated[int, Field(ge=0)] = 0
+    volunteer: Annotated[str, Field(pattern=CONTRIBUTOR)] | None = None  # its credit is forfeit
+
+
+class Contribution(_Msg):
+    """One volunteer's vectors in a relay's result (its word about its own children)."""
+
+    volunteer: Annotated[str, Field(pattern=CONTRIBUTOR)]
+    vectors: Annotated[int, Field(ge=0, le=1_000_000_000)]
+    name: Annotated[str, Field(max_length=100)] = ""
+    kind: Literal["native", "browser"] = "native"
+    backend: Annotated[str, Field(max_length=40)] = "unknown"
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+
+
+class Contributions(_Msg):
+    """v2, relays only, just before each result frame: whose work the result of
+    `iteration` holds, by volunteer (the clients under relays under it included). The
+    master splits the credit of what it applies of that result in these proportions."""
+
+    type: Literal["contributions"]
+    iteration: Annotated[int, Field(ge=0)]
+    rows: Annotated[list[Contribution], Field(max_length=1024)]
 
 
 class Leave(_Msg):
@@ -168,13 +195,14 @@ AnyClientMessage = (
     | ProofMissing
     | Subtree
     | ChildBanned
+    | Contributions
     | Leave
 )
 ClientMessage = Annotated[AnyClientMessage, Field(discriminator="type")]
 _client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
 CLIENT_TYPES = (
     "join", "cached", "device_data", "heartbeat", "test_result", "status", "resync", "proof_missing",
-    "subtree", "child_banned", "leave",
+    "subtree", "child_banned", "contributions", "leave",
 )  # fmt: skip
 
 
@@ -254,6 +282,17 @@ def model(spec_layers: list, labels: list[str], num_params: int, iteration: int)
         "num_params": num_params,
         "iteration": iteration,
     }
+
+
+def contributions(iteration: int, rows: list[dict]) -> dict:
+    """Relay -> master (a relay is the master's client): see Contributions."""
+    return {"type": "contributions", "iteration": iteration, "rows": rows}
+
+
+def settings(browser_backend: str) -> dict:
+    """Project settings a connected browser applies at once (the welcome carries them for
+    tabs that join later): the TF.js backend the owner pinned, or "auto"."""
+    return {"type": "settings", "browser_backend": browser_backend}
 
 
 def work(iteration: int, work_ms: int, fields: dict | None = None) -> dict:

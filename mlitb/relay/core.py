@@ -42,6 +42,7 @@ bit); a child that joins or asks `resync` gets the whole view.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from mlitb.master.config import Hyper
 from mlitb.master.learning.accumulator import Accumulator, Rejected
 from mlitb.master.learning.aggregation import make_aggregator
 from mlitb.master.project.counters import Counters
+from mlitb.master.project.credit import volunteer_id
 from mlitb.master.project.orders import GRACE_FRACTION as MASTER_GRACE_FRACTION
 from mlitb.master.project.orders import MIN_GRACE_S as MASTER_MIN_GRACE_S
 from mlitb.master.sched.allocation import Allocator, by_dataset, id_groups, make_key, split_key
@@ -89,6 +91,11 @@ HOLD_MARGIN_FRACTION = 0.1
 KEEP_PARAMS = 4  # iterations of parameters kept for audits (a round in flight, a late proof)
 
 
+def anonymous(relay: str, cid: str) -> str:
+    """The credit id of a child without a volunteer key: this connection's only."""
+    return "anon-" + re.sub(r"[^A-Za-z0-9_.:-]", "_", f"{relay[:40]}-{cid}")[:80]
+
+
 @dataclass
 class Child:
     id: str
@@ -96,6 +103,9 @@ class Child:
     kind: str
     backend: str
     capacity: int
+    volunteer: str = ""  # whose credit its work is: a public volunteer id, or anon-RELAY-CHILD
+    threads: int | None = None
+    contributions: list = field(default_factory=list)  # a relay under this one: its last rows
     latency: Latency = field(default_factory=Latency)
     cached: set[int] = field(default_factory=set)
     ordered: int | None = None  # the iteration of its open work order
@@ -410,8 +420,10 @@ class Relay:
         record = TrustRecord(proofs=bool(join.capabilities.get("proofs")),
                              suspect=self.auditor.banned_address(address))  # fmt: skip
         child = Child(
-            cid, join.name, join.kind, join.backend, cap, address=address, trust=record, joined=self.now
-        )
+            cid, join.name, join.kind, join.backend, cap, address=address, trust=record, joined=self.now,
+            volunteer=volunteer_id(join.volunteer) if join.volunteer else anonymous(self.name, cid),
+            threads=join.threads,
+        )  # fmt: skip
         self.children[cid] = child
         extra = {k: self.welcome[k] for k in ("algorithm", "compression", "tracker") if k in self.welcome}
         w = self.welcome
@@ -465,7 +477,9 @@ class Relay:
         elif isinstance(message, msg.Resync):
             self._send_view(cid)
         elif isinstance(message, msg.Status):
-            child.backend = message.backend
+            child.backend, child.threads = message.backend, message.threads or child.threads
+        elif isinstance(message, msg.Contributions) and child.kind == "relay":  # its next result's
+            child.contributions = list(message.rows)
         elif isinstance(message, msg.Heartbeat):
             self.send(cid, msg.heartbeat(message.t))
         elif isinstance(message, msg.Subtree) and child.kind == "relay":  # a relay under this one
@@ -685,7 +699,8 @@ class Relay:
                     s.members.pop(other, None)
         self.send(UP, {"type": "child_banned", "name": child.name if child else "",
                        "address": child.address if child else "", "kind": child.kind if child else "native",
-                       "reason": reason[:300], "iteration": iteration})  # fmt: skip
+                       "reason": reason[:300], "iteration": iteration,
+                       **({"volunteer": child.volunteer} if child else {})})  # fmt: skip
         if child is None:
             return  # it left before the verdict: reported, nothing to close
         project = self.welcome["project"]["name"] if self.welcome else ""
@@ -796,6 +811,7 @@ class Relay:
             self.feedback = codecs.ErrorFeedback(values.size, dtype)
         payload = self.feedback.encode(values)
         project = int(self.welcome["project"]["id"])
+        self.send(UP, msg.contributions(s.iteration, self._contributions(s.members)))
         self.send(
             UP,
             frames.encode_result(
@@ -812,6 +828,29 @@ class Relay:
             ),
         )
         self.counters["results_up"] += 1
+
+    def _contributions(self, members: dict) -> list[dict]:
+        """Whose vectors the sum holds, by volunteer: a child's own, or a relay child's
+        rows scaled to the vectors of its result (largest remainders: they add up)."""
+        rows: dict[str, dict] = {}
+        for cid, member in members.items():
+            child, vectors = self.children.get(cid), int(member[0])
+            if child is None:
+                continue
+            below = child.contributions if child.kind == "relay" else []
+            mine = [(r.model_dump(), r.vectors) for r in below] if below else [
+                ({"volunteer": child.volunteer, "name": child.name[:100], "backend": child.backend[:40],
+                  "kind": child.kind if child.kind in ("native", "browser") else "native",
+                  **({"threads": child.threads} if child.threads else {})}, vectors)]  # fmt: skip
+            total = sum(w for _, w in mine) or 1
+            exact = [vectors * w / total for _, w in mine]
+            parts = [int(x) for x in exact]
+            for i in sorted(range(len(mine)), key=lambda i: parts[i] - exact[i])[: vectors - sum(parts)]:
+                parts[i] += 1
+            for (row, _), part in zip(mine, parts, strict=True):
+                kept = rows.setdefault(row["volunteer"], {**row, "vectors": 0})
+                kept["vectors"] += part
+        return list(rows.values())[:1024]
 
     def _send_view(self, cid: str) -> None:
         if self.view is not None:

@@ -27,6 +27,8 @@ def child_banned(e, cid: str, message: msg.ChildBanned, now: float) -> None:
                                 now + e.epoch)  # fmt: skip
     entry["relay"] = relay.name or cid
     entry["relay_address"] = message.address  # on the relay's network: suspect there, not here
+    if message.volunteer:  # its credit here is gone, as a direct client's
+        e.credit.forfeit_volunteer(message.volunteer, message.reason, now + e.epoch)
     e.changed()
     log.warning("project %s: relay %s banned %s: %s", e.name, cid, message.name, message.reason)
 

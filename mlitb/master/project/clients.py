@@ -78,6 +78,15 @@ class RelayInfo:
     clients: int = 0
     children: list[dict] = field(default_factory=list)
     url: str = ""  # its volunteers' address (http(s) only)
+    # iteration -> whose vectors its result of that iteration holds (protocol Contribution
+    # rows, its `contributions`), the last few iterations only
+    contributions: dict[int, list] = field(default_factory=dict)
+
+    def rows_for(self, iteration: int) -> list | None:
+        """The rows of `iteration`'s result, else the newest (a late result's own went)."""
+        if not self.contributions:
+            return None
+        return self.contributions.get(iteration) or self.contributions[max(self.contributions)]
 
 
 @dataclass

@@ -9,7 +9,11 @@ Credit = vectors of results that went into a step x the model's multiply-adds pe
 * a ban forfeits the banned volunteer's credit in the project (and what it would earn
   after); bans of a volunteer's other tabs count the same, it is one volunteer;
 * credit is linear in work, so one device split into many identities earns what it
-  earns as one (each identity is screened and audited on its own).
+  earns as one (each identity is screened and audited on its own);
+* the work of clients under a relay reaches the master as the relay's results: the relay
+  (which holds the owner token, so is the owner's) says whose vectors each holds
+  (`contributions`), and the credit of what the master applied is split in those
+  proportions among those volunteers.
 
 A volunteer is a key the browser (localStorage) or native worker (its config folder)
 keeps secret and sends in its join; the public id is a hash of it, so knowing someone's
@@ -111,6 +115,41 @@ class Ledger:
             v.results += 1
             v.macs += vectors * self.macs_per_vector
         self.dirty.add(v.volunteer)
+
+    def earn_split(self, cid: str, vectors: int, rows: list, now: float, error: float | None) -> None:
+        """`vectors` of relay `cid`'s results went into a step; `rows` (protocol
+        Contribution) say whose work they were: each volunteer earns its proportion
+        (largest remainders, so the vectors add up exactly). The relay's own row earns
+        nothing (a relay computes nothing); a volunteer under it that is new gets a row."""
+        total = sum(r.vectors for r in rows)
+        if vectors <= 0 or total <= 0:
+            return self.earn(cid, vectors, now)
+        if (relay := self.rows.get(self.owners.get(cid, ""))) is not None:
+            relay.last_seen = now
+            self.dirty.add(relay.volunteer)
+        exact = [vectors * r.vectors / total for r in rows]
+        parts = [int(x) for x in exact]
+        for i in sorted(range(len(rows)), key=lambda i: parts[i] - exact[i])[: vectors - sum(parts)]:
+            parts[i] += 1
+        for r, part in zip(rows, parts, strict=True):
+            v = self.rows.get(r.volunteer)
+            if v is None:
+                v = self.rows[r.volunteer] = Volunteer(r.volunteer, first_seen=now, error_at_join=error)
+            v.name = clean_name(r.name) or v.name
+            v.kind, v.backend, v.threads, v.last_seen = r.kind, r.backend, r.threads, now
+            if part > 0 and not v.forfeited:
+                v.vectors += part
+                v.results += 1
+                v.macs += part * self.macs_per_vector
+            self.dirty.add(v.volunteer)
+
+    def forfeit_volunteer(self, volunteer: str, reason: str, now: float) -> None:
+        """A volunteer under a relay was banned there: as `forfeit`."""
+        v = self.rows.get(volunteer)
+        if v is None:
+            v = self.rows[volunteer] = Volunteer(volunteer, first_seen=now)
+        v.forfeited, v.macs, v.last_seen = reason or "banned", 0, now
+        self.dirty.add(volunteer)
 
     def forfeit(self, cid: str, reason: str, now: float) -> str | None:
         """Client `cid` was banned: its volunteer's credit here is gone, for good."""

@@ -65,6 +65,7 @@ log = logging.getLogger("mlitb.master")
 
 IDLE_POLL_S = 0.25  # how often an idle project looks again for trainers with data
 AUDIT_POLL_S = 0.1  # how often a step held for verdicts looks again
+CONTRIBUTIONS_KEPT = 8  # iterations of a relay's `contributions` kept (results up to that late)
 
 
 class Engine:
@@ -387,6 +388,15 @@ class Engine:
         if c.admitted and c.role == "trainer":
             c.share.limit = self._capacity(c)
         self.changed()
+
+    def on_contributions(self, cid: str, message: msg.Contributions) -> None:
+        """Whose work a relay's next result holds (credit: mlitb.master.project.credit)."""
+        if (c := self.clients.get(cid)) is None or c.kind != "relay":
+            return
+        kept = c.relay.contributions
+        kept[message.iteration] = list(message.rows)
+        while len(kept) > CONTRIBUTIONS_KEPT:
+            del kept[min(kept)]
 
     def on_child_banned(self, cid: str, message: msg.ChildBanned, now: float = 0.0) -> None:
         bans.child_banned(self, cid, message, now)

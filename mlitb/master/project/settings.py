@@ -78,6 +78,10 @@ def update_hyper(e, hyper: Hyper) -> None:
     e.trust.settings_changed(hyper, e.algorithm.norm_settings() != old_algorithm.norm_settings())
     if hyper.compression != old.compression:
         e._broadcast(full=True)
+    if hyper.browser_backend != old.browser_backend:  # tabs already training switch now
+        for c in e.clients.values():
+            if c.kind == "browser" and c.protocol >= 2:
+                e.send(c.id, msg.settings(hyper.browser_backend))
     cap = membership.probation_items(e.clients, e.allocator)
     for c in e.clients.values():
         if c.id in e.allocator.capacity:

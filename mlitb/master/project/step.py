@@ -141,8 +141,14 @@ def reduce(e, now: float) -> bool:
     if len(e.history) > HISTORY_LIMIT:
         del e.history[: len(e.history) - HISTORY_LIMIT]
     e.counters.vectors += e.acc.vectors
+    error = last_test_error(e)
     for cid, vectors in e.acc.by_client.items():  # applied: its volunteer's credit
-        e.credit.earn(cid, vectors, now + e.epoch)
+        c = e.clients.get(cid)
+        rows = c.relay.rows_for(e.iteration) if c is not None and c.kind == "relay" else None
+        if rows:  # a relay's: its volunteers' credit, in the proportions it reported
+            e.credit.earn_split(cid, vectors, rows, now + e.epoch, error)
+        else:
+            e.credit.earn(cid, vectors, now + e.epoch)
     return True
 
 

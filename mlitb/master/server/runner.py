@@ -128,6 +128,11 @@ class ProjectRunner:
                 self._refuse(conn, "not_a_relay", "subtree is for relays; this client joined as a worker")
                 return
             self.engine.on_subtree(conn.id, message)
+        elif isinstance(message, msg.Contributions):
+            if conn.kind != "relay":
+                self._refuse(conn, "not_a_relay", "contributions are for relays; this client is a worker")
+                return
+            self.engine.on_contributions(conn.id, message)
         elif isinstance(message, msg.ChildBanned):
             if conn.kind != "relay":
                 self._refuse(conn, "not_a_relay", "child_banned is for relays; this client is a worker")

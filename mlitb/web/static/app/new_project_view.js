@@ -97,6 +97,9 @@ export async function newProjectView(root) {
   const lr = el("input", { id: "learning-rate", type: "number", placeholder: "default", step: "any" });
   const innerLr = el("input", { id: "inner-learning-rate", type: "number", value: 0.002, step: "any" });
   const compression = el("select", { id: "compression" }, ["none", "float16", "int8"].map((o) => el("option", { value: o }, o)));
+  // the TF.js backend volunteers' tabs compute with: each device's fastest correct one, or a pin
+  const browserBackend = el("select", { id: "browser-backend", title: "auto: each device's fastest correct backend, measured when a tab joins" },
+    ["auto", "wasm", "webgpu", "webgl", "cpu"].map((o) => el("option", { value: o }, o)));
   const l2 = el("input", { id: "l2-decay", type: "number", value: 0, step: "any" });
   const capacity = el("input", { id: "capacity", type: "number", placeholder: "what memory holds", min: 1 });
   // where the training data is, and client-level differential privacy (docs/security.md,
@@ -289,6 +292,7 @@ export async function newProjectView(root) {
       hyper: { algorithm: algorithm.value, l2_decay: Number(l2.value),
         ...(T.value !== "" ? { iteration_time: Number(T.value) } : {}),
         compression: compression.value,
+        ...(browserBackend.value !== "auto" ? { browser_backend: browserBackend.value } : {}),
         // a private project keeps its own inner defaults unless the owner typed one
         ...(algorithm.value === "local_sgd" && (!priv || edited.has(innerLr)) ? { inner_learning_rate: Number(innerLr.value) } : {}),
         ...(device ? { data_source: "device" } : {}),
@@ -346,6 +350,7 @@ export async function newProjectView(root) {
     el("div", { class: "toolbar" }, el("label", {}, "algorithm ", algorithm), el("label", {}, "iteration time T (s) ", T),
       el("label", {}, "master's optimizer ", optimizer), el("label", {}, "learning rate ", lr),
       el("label", {}, "inner learning rate ", innerLr), el("label", {}, "compression ", compression),
+      el("label", {}, "browser backend ", browserBackend),
       el("label", {}, "l2 decay ", l2), el("label", {}, "capacity per client ", capacity)),
     el("div", { class: "toolbar" }, el("label", {}, "differential privacy ", dp)), dpFields,
     el("div", { class: "toolbar" }, create, createMsg),

@@ -59,8 +59,8 @@ export async function projectView(root, name) {
   const hyperForm = el("div", { class: "toolbar", id: "hyper" });
   function renderHyper() {
     const keys = ["algorithm", "optimizer", "learning_rate", "inner_optimizer", "inner_learning_rate", "compression",
-      "max_staleness", "l1_decay", "l2_decay", "iteration_time", "capacity", "batch_size"];
-    const words = new Set(["algorithm", "optimizer", "inner_optimizer", "compression"]); // the rest are numbers
+      "max_staleness", "l1_decay", "l2_decay", "iteration_time", "capacity", "batch_size", "browser_backend"];
+    const words = new Set(["algorithm", "optimizer", "inner_optimizer", "compression", "browser_backend"]); // the rest are numbers
     hyperForm.replaceChildren(...keys.map((k) => el("label", {}, `${k} `, el("input", { "data-key": k, value: p.hyper[k], size: 8, disabled: !owner }))),
       el("button", { id: "btn-hyper", disabled: !owner, onclick: async () => {
         const changes = {};

@@ -277,6 +277,11 @@ function memoryMb() {
 }
 
 /** Forget learner state bound to a model: inner optimizer, decay multipliers, error feedback. */
+/** Resolves once no round is computing (S.gen++ before: the round stops at its next batch). */
+async function roundStopped() {
+  while (S.busy) await new Promise((resolve) => setTimeout(resolve, 20));
+}
+
 function resetLearner() {
   S.inner = null;
   S.carry = null;
@@ -333,6 +338,22 @@ async function onText(m) {
       S.engine = MlitbTfjsEngine(tf, m.spec);
       resetLearner();
       log(`the model grew to ${m.labels.length} labels`);
+      break;
+    case "settings": // the owner pinned a backend (or unpinned it) while this tab trains
+      if (S.spec && (m.browser_backend || "auto") !== (S.pinned || "auto")) {
+        S.gen++;
+        S.nextWork = null; // the round under way computed on the backend being replaced
+        await roundStopped(); // it stops at its next batch: no backend switches under it
+        const from = S.backend;
+        await ensureBackend(S.spec, m.browser_backend || "auto");
+        if (S.backend !== from) {
+          if (S.engine) S.engine.dispose();
+          S.engine = MlitbTfjsEngine(tf, S.spec);
+          S.inner = null; // its state lived on the old backend; proofs of past rounds stay
+          send({ type: "status", backend: S.backend, ...(threadsInUse() ? { threads: threadsInUse() } : {}) });
+        }
+        log(`the project's backend setting is now ${m.browser_backend || "auto"}: computing with ${S.backend}`);
+      }
       break;
     case "allocation": {
       // Removals apply at once, not after the fetches queued before them: the next round
