@@ -199,6 +199,29 @@ VALID = {
         "kind": "native",
         "reason": "the result sent is not the round's",
         "iteration": 41,
+        "volunteer": "v0123456789abcdef",
+    },
+    "contributions": {
+        "type": "contributions",
+        "iteration": 41,
+        "rows": [
+            {
+                "volunteer": "v0123456789abcdef",
+                "vectors": 700,
+                "name": "tab",
+                "kind": "browser",
+                "backend": "wasm",
+                "threads": 4,
+            },
+            {
+                "volunteer": "anon-site-c3",
+                "vectors": 0,
+                "name": "",
+                "kind": "native",
+                "backend": "torch-cpu",
+                "threads": None,
+            },
+        ],
     },
     "leave": {"type": "leave", "reason": "bye"},
 }
@@ -290,7 +313,7 @@ def test_unknown_type(raw):
     assert (
         "unknown message type" in reason
         and "join, cached, device_data, heartbeat, test_result, status, resync, proof_missing, subtree, "
-        "child_banned, leave"
+        "child_banned, contributions, leave"
         in reason
     )
 
@@ -313,6 +336,9 @@ def test_too_large_counts_utf8_bytes_not_characters():
 
 def test_deeply_nested_json_is_a_protocol_error():
     _refused("[" * 100_000 + "]" * 100_000, "bad_json")
+
+
+ROW = {"volunteer": "v" + "0" * 16, "vectors": 1}
 
 
 @pytest.mark.parametrize(
@@ -340,8 +366,17 @@ def test_deeply_nested_json_is_a_protocol_error():
         ({"type": "test_result", "iteration": 1, "error": 0.1, "count": 0}, "test_result: count:"),
         ({"type": "test_result", "iteration": 1, "error": 0.1}, "test_result: count: Field required"),
         ({"type": "leave", "reason": "r" * 201}, "leave: reason:"),
+        # a relay's word on whose work its result holds: ids, not keys or markup; bounded
+        ({"type": "contributions", "iteration": 1, "rows": [{"volunteer": "<b>x</b>", "vectors": 1}]},
+         "contributions: rows.0.volunteer:"),
+        ({"type": "contributions", "iteration": 1, "rows": [{"volunteer": "v" + "0" * 16, "vectors": -1}]},
+         "contributions: rows.0.vectors:"),
+        ({"type": "contributions", "iteration": 1, "rows": [ROW] * 1025},
+         "contributions: rows:"),
+        ({"type": "contributions", "iteration": 1, "rows": [{"volunteer": "anon-" + "a" * 81, "vectors": 1}]},
+         "contributions: rows.0.volunteer:"),
     ],
-)
+)  # fmt: skip
 def test_bad_fields_name_the_field(raw, where):
     assert _refused(json.dumps(raw), "bad_message").startswith(where)
 
