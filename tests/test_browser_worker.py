@@ -135,8 +135,8 @@ def test_a_browser_tab_keeps_computing_over_a_slow_link_with_overlap(master, mni
         first = wait_for(lambda: (s := summary()) and browser(s) and browser(s)[0]["results"] >= 3 and s,
                          180, "3 results from the tab", page)  # fmt: skip
         t0, c0, it0 = time.monotonic(), browser(first)[0]["compute_s"], first["iteration"]
-        more = lambda: (s := summary())["iteration"] >= it0 + 6 and s  # noqa: E731
-        last = wait_for(more, 120, "6 more iterations", page)
+        more = lambda: (s := summary())["iteration"] >= it0 + 12 and s  # noqa: E731
+        last = wait_for(more, 240, "12 more iterations", page)
         share = (browser(last)[0]["compute_s"] - c0) / (time.monotonic() - t0)
     finally:
         page.close()
@@ -145,7 +145,9 @@ def test_a_browser_tab_keeps_computing_over_a_slow_link_with_overlap(master, mni
     assert c["protocol"] == 2 and c["rejected"] == 0, c
     # rounds with an overlap shift are audited too, and pass
     assert c["verified"] >= 3 and not last["banned"] and last["audits_failed"] == 0, c
-    assert share >= 0.85, (share, c)  # without overlap: about 0.7 (see test_learning_integration)
+    # without overlap at most 0.7 (0.6 s of lag in every 2-s round; test_learning_integration);
+    # with it about 0.9 (0.85 once on a loaded machine over 6 rounds, so 12 rounds here)
+    assert share >= 0.8, (share, c)
 
 
 def test_a_webgl_tab_passes_its_audits_within_the_tolerance(master, mnist_zips, page):

@@ -39,7 +39,7 @@ from mlitb.master.learning.accumulator import Accumulator, Rejected
 from mlitb.master.learning.aggregation import make_aggregator
 from mlitb.master.learning.algorithms import Algorithm, make_algorithm, staleness_weight
 from mlitb.master.privacy.central import make_private
-from mlitb.master.project import bans, intake, membership, orders, settings
+from mlitb.master.project import bans, intake, membership, orders, relays, settings
 from mlitb.master.project import data as project_data
 from mlitb.master.project import step as steps
 from mlitb.master.project.broadcast import Broadcaster
@@ -65,7 +65,6 @@ log = logging.getLogger("mlitb.master")
 
 IDLE_POLL_S = 0.25  # how often an idle project looks again for trainers with data
 AUDIT_POLL_S = 0.1  # how often a step held for verdicts looks again
-CONTRIBUTIONS_KEPT = 8  # iterations of a relay's `contributions` kept (results up to that late)
 
 
 class Engine:
@@ -376,27 +375,10 @@ class Engine:
         self.changed()
 
     def on_subtree(self, cid: str, message: msg.Subtree) -> None:
-        """A relay's subtree changed: its capacity (applied at the next boundary's
-        rebalance) and the clients under it (its count ceiling, the dashboard's rows)."""
-        if (c := self.clients.get(cid)) is None:
-            return
-        c.share.capacity = message.capacity
-        c.relay.clients = message.clients
-        c.relay.children = [child.model_dump() for child in message.children]
-        url = message.url.strip()
-        c.relay.url = url if url.startswith(("http://", "https://")) and " " not in url else ""
-        if c.admitted and c.role == "trainer":
-            c.share.limit = self._capacity(c)
-        self.changed()
+        relays.subtree(self, cid, message)
 
     def on_contributions(self, cid: str, message: msg.Contributions) -> None:
-        """Whose work a relay's next result holds (credit: mlitb.master.project.credit)."""
-        if (c := self.clients.get(cid)) is None or c.kind != "relay":
-            return
-        kept = c.relay.contributions
-        kept[message.iteration] = list(message.rows)
-        while len(kept) > CONTRIBUTIONS_KEPT:
-            del kept[min(kept)]
+        relays.contributions(self, cid, message)
 
     def on_child_banned(self, cid: str, message: msg.ChildBanned, now: float = 0.0) -> None:
         bans.child_banned(self, cid, message, now)
