@@ -54,7 +54,7 @@ from mlitb.master.config import Hyper
 from mlitb.master.learning.accumulator import Accumulator, Rejected
 from mlitb.master.learning.aggregation import make_aggregator
 from mlitb.master.project.counters import Counters
-from mlitb.master.project.credit import volunteer_id
+from mlitb.master.project.credit import split_whole, volunteer_id
 from mlitb.master.project.orders import GRACE_FRACTION as MASTER_GRACE_FRACTION
 from mlitb.master.project.orders import MIN_GRACE_S as MASTER_MIN_GRACE_S
 from mlitb.master.sched.allocation import Allocator, by_dataset, id_groups, make_key, split_key
@@ -842,12 +842,7 @@ class Relay:
                 ({"volunteer": child.volunteer, "name": child.name[:100], "backend": child.backend[:40],
                   "kind": child.kind if child.kind in ("native", "browser") else "native",
                   **({"threads": child.threads} if child.threads else {})}, vectors)]  # fmt: skip
-            total = sum(w for _, w in mine) or 1
-            exact = [vectors * w / total for _, w in mine]
-            parts = [int(x) for x in exact]
-            for i in sorted(range(len(mine)), key=lambda i: parts[i] - exact[i])[: vectors - sum(parts)]:
-                parts[i] += 1
-            for (row, _), part in zip(mine, parts, strict=True):
+            for (row, _), part in zip(mine, split_whole(vectors, [w for _, w in mine]), strict=True):
                 kept = rows.setdefault(row["volunteer"], {**row, "vectors": 0})
                 kept["vectors"] += part
         return list(rows.values())[:1024]

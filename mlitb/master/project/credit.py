@@ -40,6 +40,19 @@ def volunteer_id(key: str) -> str:
     return "v" + hashlib.sha256(b"mlitb volunteer\0" + key.encode()).hexdigest()[:16]
 
 
+def split_whole(total: int, weights: list[int]) -> list[int]:
+    """`total` in whole parts proportional to `weights` (largest remainders): they add up
+    to `total` exactly, so splitting credit never creates or loses a vector."""
+    whole = sum(weights)
+    if whole <= 0:
+        return [0] * len(weights)
+    exact = [total * w / whole for w in weights]
+    parts = [int(x) for x in exact]
+    for i in sorted(range(len(weights)), key=lambda i: parts[i] - exact[i])[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
 def clean_name(name: str) -> str:
     """A display name as shown: control and format characters (bidi overrides, zero
     width) dropped, whitespace runs made one space, at most NAME_CHARS characters. Pages
@@ -127,11 +140,7 @@ class Ledger:
         if (relay := self.rows.get(self.owners.get(cid, ""))) is not None:
             relay.last_seen = now
             self.dirty.add(relay.volunteer)
-        exact = [vectors * r.vectors / total for r in rows]
-        parts = [int(x) for x in exact]
-        for i in sorted(range(len(rows)), key=lambda i: parts[i] - exact[i])[: vectors - sum(parts)]:
-            parts[i] += 1
-        for r, part in zip(rows, parts, strict=True):
+        for r, part in zip(rows, split_whole(vectors, [r.vectors for r in rows]), strict=True):
             v = self.rows.get(r.volunteer)
             if v is None:
                 v = self.rows[r.volunteer] = Volunteer(r.volunteer, first_seen=now, error_at_join=error)
