@@ -57,8 +57,10 @@ flat vectors with mlitb's executor, the plain loop's with its own torch.nn model
 nothing evaluates while training runs, except the optional early-stop check below) ->
 time to 7 %, 2 % and 1.5 % test error (first snapshot at or below), best and final
 error, vectors/s. A run lasts --duration seconds or until 1.5 % is reached: that check
-evaluates the newest snapshot in one extra process at nice 19 (it only takes CPU the
-training leaves idle; --no-early-stop turns it off).
+evaluates the newest snapshot in one extra process at idle priority (its own session at
+autogroup nice 19 and SCHED_IDLE, bench_util.become_idle: it only takes CPU the training
+leaves idle; before session 32 it was plain nice 19, which autogroup scheduling ignores
+across sessions, and it took half a core from 2-worker runs; --no-early-stop turns it off).
 
 Runs are interleaved (for each repeat, every configuration in order); the table shows
 medians over repeats (a threshold never reached counts as infinite: ">Ds").
@@ -124,6 +126,7 @@ import torch
 from bench_util import (
     THREAD_VARS,
     Procs,
+    become_idle,
     install_signal_handlers,
     one_thread_env,
     start_master,
@@ -170,11 +173,12 @@ def thr_key(thr: float) -> str:
 _EVAL: dict = {}
 
 
-def _eval_init(task: str, nice: int = 0) -> None:
-    """Evaluator process: one torch thread, the task's test data held in memory."""
+def _eval_init(task: str, idle: bool = False) -> None:
+    """Evaluator process: one torch thread, the task's test data held in memory; `idle`:
+    the early-stop checker, which runs beside the measured run (bench_util.become_idle)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts us down
-    if nice:
-        os.nice(nice)
+    if idle:
+        become_idle()
     torch.set_num_threads(1)
     set_task(task)
     spec = task_spec()
@@ -215,14 +219,14 @@ def label_order(labels: list[str]) -> np.ndarray | None:
     return None if np.array_equal(order, np.arange(len(names))) else order
 
 
-def make_pool(procs: int, nice: int = 0) -> ProcessPoolExecutor:
+def make_pool(procs: int, idle: bool = False) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
-        procs, mp_context=get_context("spawn"), initializer=_eval_init, initargs=(TASK.name, nice)
+        procs, mp_context=get_context("spawn"), initializer=_eval_init, initargs=(TASK.name, idle)
     )
 
 
 class EarlyStop:
-    """Checks the newest snapshot against the stop target in a nice-19 process, one at a
+    """Checks the newest snapshot against the stop target in an idle-priority process, one at a
     time; `hit` becomes True once a checked snapshot is at or below the target."""
 
     def __init__(self, pool: ProcessPoolExecutor | None, target: float) -> None:
@@ -1034,7 +1038,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--no-early-stop",
         action="store_true",
-        help="always run --duration (no nice-19 check for the last threshold during runs)",
+        help="always run --duration (no idle-priority check for the last threshold during runs)",
     )
     ap.add_argument(
         "--eval-procs", type=int, default=2, help="processes evaluating snapshots after a run (default 2)"
@@ -1131,7 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {c["name"]: {**c, "runs": []} for c in args.configs}
     eval_pool = make_pool(max(1, args.eval_procs))
-    stop_pool = None if (args.no_early_stop or args.figure5) else make_pool(1, nice=19)
+    stop_pool = None if (args.no_early_stop or args.figure5) else make_pool(1, idle=True)
     stop = EarlyStop(stop_pool, TASK.stop)
     interrupted = False
     started = time.time()
