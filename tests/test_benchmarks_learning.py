@@ -286,3 +286,29 @@ def test_goals_for_a_loss_task_use_its_thresholds_and_target(monkeypatch):
     points = [{"t_1.6": None, "t_1.75": 90.0, "t_2": 50.0, "best_error": 1.7},
               {"t_1.6": None, "t_1.75": 80.0, "t_2": 60.0, "best_error": 1.7}]  # fmt: skip
     assert min(points, key=lb.sweep_key) is points[1]
+
+
+def test_the_early_stop_checker_takes_only_idle_cpu():
+    """The checker runs beside the measured run: it must not take a core from it. Under
+    Linux's autogroup scheduling nice alone ranks tasks only within a session, so a nice-19
+    checker took half a core from a 2-worker run (docs/performance.md, session 32):
+    become_idle moves it to its own session at autogroup nice 19 and SCHED_IDLE."""
+    import subprocess
+
+    probe = (
+        "import os, sys; sys.path.insert(0, sys.argv[1]); import bench_util; "
+        "how = bench_util.become_idle(); "
+        "auto = open('/proc/self/autogroup').read().split()[-1] "
+        "if os.path.exists('/proc/self/autogroup') else '-'; "
+        "print(how, '|', os.getsid(0) == os.getpid(), os.nice(0), auto, "
+        "os.sched_getscheduler(0) == getattr(os, 'SCHED_IDLE', -1))"
+    )
+    bench_dir = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    out = subprocess.run([sys.executable, "-c", probe, bench_dir], capture_output=True, text=True, check=True)
+    how, facts = out.stdout.strip().split(" | ")
+    own_session, nice, autogroup_nice, sched_idle = facts.split()
+    assert own_session == "True" and nice == "19", out.stdout
+    assert (sched_idle == "True") == ("SCHED_IDLE" in how), out.stdout  # says what it did
+    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if enabled.exists() and enabled.read_text().strip() == "1":  # the case that cost half a core
+        assert autogroup_nice == "19" and "autogroup nice 19" in how, out.stdout
