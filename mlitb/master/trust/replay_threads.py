@@ -10,8 +10,9 @@ bounds it). Under Linux's autogroup scheduling (/proc/sys/kernel/sched_autogroup
 on by default) nice ranks threads only within one session: against trainers started from
 another terminal or by a service manager, the master's session as a whole gets an equal
 share, and only AUDIT_SHARE bounds the replays (measured in session 32 with the learning
-benchmark's own checker process, bench_util.become_idle). A proof that holds the step (an unverified trainer's result) is replayed at
-normal priority: starving it would leave the result out and cost the trainer its round.
+benchmark's own checker process, bench_util.become_idle). A proof that holds the step
+(an unverified trainer's result) is replayed at normal priority: starving it would leave
+the result out and cost the trainer its round.
 Each thread keeps its own executor net (a TorchNet is not shared between threads).
 """
 
