@@ -187,6 +187,37 @@ def test_the_longest_gap_bounds_both_recorders_and_is_reached():
         assert gap <= proofs.longest_gap(steps, 10, 3), (steps, gap)
 
 
+def test_a_large_models_native_recorder_keeps_short_segments_within_its_bounds():
+    """A version-2 recorder sends only the checkpoints the master asks for, so its bound
+    is memory and the commit's int8 chain, not a whole proof's 64 MiB: charlm (818,241
+    parameters; p, m, v) keeps 16 spaced checkpoints instead of 2 (each replayed segment
+    an eighth of a round's steps, not half), never fewer than a whole proof's recorder,
+    and every gap stays within what the master accepts."""
+    from mlitb.worker.proof import ProofRecorder
+
+    charlm = 818_241
+    assert proofs.spaced_limit(charlm, 3, proofs.SPACED_RECORDED) == 2
+    assert ProofRecorder("local", ("p", "m", "v"), charlm).max_spaced == 16
+    for n in (10, 27_090, 818_241, 3_000_000, 50_000_000):
+        for arrays in (1, 2, 3):
+            kept = proofs.spaced_kept(n, arrays)
+            assert proofs.spaced_limit(n, arrays, proofs.SPACED_RECORDED) <= kept <= proofs.SPACED_RECORDED
+            if kept > 2:  # within the memory and the commit's chain (4 forced ones beside)
+                assert (kept + 4) * 4 * arrays * n <= proofs.RECORD_BYTES
+                assert (kept + 4) * n <= proofs.COMMIT_BYTES
+    state = [torch.zeros(1)] * 3
+    for steps in range(0, 600, 7):
+        rec = ProofRecorder("local", ("p", "m", "v"), charlm)
+        rec.checkpoint(0, state, True)
+        for _ in range(steps):
+            rec.step(np.zeros(1, np.int64), 0, lambda: state)
+        rec.checkpoint(0, state, True)
+        points = sorted(rec.points)
+        gap = max((b - a for a, b in itertools.pairwise(points)), default=0)
+        assert gap <= proofs.longest_gap(steps, charlm, 3), steps
+        assert len(points) <= 16 + 2
+
+
 def test_a_proof_with_too_few_checkpoints_is_refused():
     """Long segments are where rounding alone moves a replay most (late in training):
     a proof that leaves a longer gap than the recorders do is refused before any replay,

@@ -50,14 +50,33 @@ SPACED_FEWEST = 8  # spaced checkpoints the master assumes at least (recorders b
 # and a short segment replays closer, cheaper and with fewer keys revealed; the commit
 # sends each as an int8 change (about num_params bytes)
 SPACED_RECORDED = 32
-MAX_PROOF_BYTES = 64 << 20  # fewer spaced checkpoints for large models (at least 2)
+# A whole (version-1) proof carries every checkpoint: fewer spaced checkpoints for large
+# models (at least 2). The master's `longest_gap` still assumes it of every recorder.
+MAX_PROOF_BYTES = 64 << 20
+# A version-2 recorder sends only what the master asks for, so its bounds are the memory
+# its kept checkpoints take (every array, float32) and the commit's int8 chain (about
+# num_params bytes a checkpoint). For charlm (818k parameters, p, m, v: 9.8 MB a
+# checkpoint) the whole-proof bound kept 2, so each replayed segment was half a round
+# and one audit cost the master a round of compute; these keep 16.
+RECORD_BYTES = 256 << 20
+COMMIT_BYTES = 16 << 20
 
 
 def spaced_limit(num_params: int, arrays: int, most: int = SPACED_FEWEST) -> int:
-    """Spaced checkpoints a recorder keeps for a model of `num_params` and `arrays`
-    arrays per checkpoint: `most`, fewer when 64 MiB would not hold them, at least 2."""
+    """Spaced checkpoints a whole-proof recorder keeps for a model of `num_params` and
+    `arrays` arrays per checkpoint: `most`, fewer when 64 MiB would not hold them, at
+    least 2."""
     per_checkpoint = 4 * arrays * max(num_params, 1)
     return max(2, min(most, MAX_PROOF_BYTES // per_checkpoint - 4))
+
+
+def spaced_kept(num_params: int, arrays: int, most: int = SPACED_RECORDED, memory: int = RECORD_BYTES) -> int:
+    """Spaced checkpoints a version-2 (commit, reveal) recorder keeps: `most`, fewer when
+    `memory` bytes would not hold them or the commit's chain would pass COMMIT_BYTES, and
+    never fewer than `spaced_limit` (so never a longer segment than a whole proof's)."""
+    n = max(num_params, 1)
+    fit = min(memory // (4 * arrays * n), COMMIT_BYTES // n) - 4  # 4: the forced ones
+    return max(spaced_limit(n, arrays, most), min(most, fit))
 
 
 def longest_gap(steps: int, num_params: int, arrays: int) -> int:

@@ -2,8 +2,9 @@
 proofs, docs/security.md): the keys of every batch, in order, and checkpoints of the
 state (the running gradient sum, or parameters + inner optimizer moments) every K steps.
 
-Memory is bounded: at most MAX_SPACED checkpoints every K steps are kept; when there
-would be more, every other one is dropped and K doubles. Checkpoints at the start, at
+Memory is bounded: at most `max_spaced` checkpoints every K steps are kept (32, fewer
+for large models: mlitb.protocol.proofs.spaced_kept); when there would be more, every
+other one is dropped and K doubles. Checkpoints at the start, at
 the overlap shift and at the end are always kept. A snapshot is a copy of the state
 (torch tensors on the worker's device), taken only at kept step boundaries.
 """
@@ -27,7 +28,8 @@ class ProofRecorder:
         # (mlitb.model.dropout): stated in the proof, so that the master replays them
         self.dropout_seed = secrets.randbits(32) if dropout else None
         self.arrays = arrays  # ("g",) or ("p", "m", "v") / ("p",) / ("p", "v")
-        self.max_spaced = proofs.spaced_limit(num_params, len(arrays), MAX_SPACED)
+        # a commit sends one int8 chain, a reveal only the asked-for checkpoints (proofs.spaced_kept)
+        self.max_spaced = proofs.spaced_kept(num_params, len(arrays), MAX_SPACED)
         self.batches: list[int] = []
         self.keys: list[np.ndarray] = []
         self.every = 1  # K

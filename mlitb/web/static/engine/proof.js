@@ -6,7 +6,8 @@
  * mlitb/protocol/proofs.py (docs/protocol.md, "Audits").
  *
  * Memory is bounded: at most maxSpaced checkpoints every K steps (32, fewer for large
- * models: 64 MiB in all); when there would be more, every other one goes and K doubles.
+ * models: 64 MiB in all, a tab's share; the native recorder allows 256 MiB,
+ * mlitb.protocol.proofs.spaced_kept); when there would be more, every other one goes and K doubles.
  * Checkpoints at the start, at the overlap shift and at the end are always kept.
  *
  *   new MlitbProof.ProofRecorder(mode, arrays, numParams, dropout = false)
