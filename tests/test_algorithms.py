@@ -453,6 +453,23 @@ def test_local_sgd_round_length_follows_the_model_size():
     assert kept.updated({"compression": "int8"}, 300_000).iteration_time == 12.0  # a set T stays
 
 
+def test_a_language_model_gets_its_own_batch_and_inner_lr_when_none_is_named():
+    """A vector of a language model is a window of tokens with a loss at every position:
+    nanoGPT's CPU batch (12 windows) and Adam at 1e-3 learned charlm soonest in the plain
+    loop's sweep and in mlitb (config.SEQUENCE_DEFAULTS); an image model keeps 32 and 2e-3,
+    named values win, and dp's own inner settings come before the model's."""
+    lm = {"num_params": 818_241, "loss": "seqsoftmax"}
+    h = Hyper.model_validate({}, context=lm)
+    assert (h.batch_size, h.inner_learning_rate, h.iteration_time) == (12, 1e-3, 30.0)
+    image = Hyper.model_validate({}, context={"num_params": 27_090, "loss": "softmax"})
+    assert (image.batch_size, image.inner_learning_rate) == (32, 0.002) == (Hyper().batch_size, 0.002)
+    named = Hyper.model_validate({"batch_size": 64, "inner_learning_rate": 5e-4}, context=lm)
+    assert (named.batch_size, named.inner_learning_rate) == (64, 5e-4)
+    dp = Hyper.model_validate({"dp": "central", "dp_noise": 1.0}, context=lm)
+    assert (dp.batch_size, dp.inner_optimizer, dp.inner_learning_rate) == (12, "sgd", 0.1)
+    assert h.updated({"algorithm": "sync_sgd"}, 818_241).batch_size == 12  # kept across a switch
+
+
 def test_local_sgd_rounds_start_short_and_grow_to_t():
     alg = ALGORITHMS["local_sgd"](Hyper(), np.ones(N, np.float32), np.ones(N, np.float32))
     rounds = [alg.round_time(k) for k in range(40)]

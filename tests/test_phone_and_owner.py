@@ -203,6 +203,18 @@ def test_new_project_in_one_page_with_its_data_uploaded_there(master, mnist_zips
     assert page.get_attribute("#iteration-time", "placeholder") == f"auto: {sync_t:g} s for this model"
     page.select_option("#algorithm", defaults["algorithm"])
     assert page.input_value("#iteration-time") == ""
+    # a language model's own inner lr (config.SEQUENCE_DEFAULTS) replaces the field's default,
+    # and switching algorithm keeps it; back to the MNIST net, the image default returns
+    page.select_option("#example", "charlm")
+    page.wait_for_function("document.querySelector('#inner-learning-rate').value === '0.001'")
+    page.select_option("#algorithm", "sync_sgd")
+    page.select_option("#algorithm", defaults["algorithm"])
+    assert page.input_value("#inner-learning-rate") == "0.001"
+    page.select_option("#example", "")
+    page.wait_for_function(
+        f"Number(document.querySelector('#inner-learning-rate').value) === {defaults['inner_learning_rate']}"
+    )
+    page.wait_for_function("document.querySelector('#iteration-time').placeholder.startsWith('auto: 4 s')")
     # no data and no labels: the reason shows next to the button
     page.fill("#name", "onepage")
     page.click("#create")

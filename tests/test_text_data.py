@@ -170,9 +170,15 @@ def test_the_built_in_charlm_takes_the_texts_vocabulary(master, tmp_path):
                    spec=examples.load("charlm")["layer_defs"], hyper={}, start=False)  # fmt: skip
     d = details(master.url, "lm")
     assert d["labels"] == r["vocab"] and d["spec"][1]["vocab"] == len(r["vocab"])
-    # the wrong kind of data, and the wrong context, are refused with the fix
+    # a language model's own defaults (config.SEQUENCE_DEFAULTS), and the editor's view of them
+    assert (d["hyper"]["batch_size"], d["hyper"]["inner_learning_rate"]) == (12, 1e-3), d["hyper"]
     import httpx
 
+    check = httpx.post(f"{master.url}/api/spec/check", json={"spec": examples.load("charlm")["layer_defs"]})
+    assert check.json()["hyper_defaults"] == {"batch_size": 12, "inner_learning_rate": 1e-3}
+    check = httpx.post(f"{master.url}/api/spec/check", json={"spec": examples.load("fashion")["layer_defs"]})
+    assert check.json()["hyper_defaults"] == {"batch_size": 32, "inner_learning_rate": 0.002}
+    # the wrong kind of data, and the wrong context, are refused with the fix
     body = {"name": "lm2", "spec": examples.load("charlm")["layer_defs"], "train": [r["split"]["train"]],
             "test": [], "hyper": {}}  # fmt: skip
     body["spec"] = [{**body["spec"][0], "out_sx": 32}, *body["spec"][1:]]

@@ -58,6 +58,21 @@ ROUND_TRAFFIC = 200_000  # bytes/s per trainer, up and down together (1.6 Mbit/s
 VALUE_BYTES = {"none": 4, "float16": 2, "int8": 1}  # per parameter on the wire, by `compression`
 
 
+# A language model (loss `seqsoftmax`: a vector is a window of `context` tokens with a loss
+# at every position) gets these when they are not named: nanoGPT's CPU configuration's 12
+# windows a step and Adam at 1e-3. Measured on charlm (docs/performance.md, "Today's
+# models"): the plain PyTorch loop's sweep reached 2.0 nats soonest at batch 12, lr 1e-3
+# (60 s, against 90 s at 32 windows with either lr), and mlitb's 1 worker took 180 s to 2.0
+# at 12 windows against 240 s at the image defaults (32, 2e-3) on the same machine.
+SEQUENCE_DEFAULTS: dict = {"batch_size": 12, "inner_learning_rate": 1e-3}
+
+
+def model_defaults(loss: str | None) -> dict:
+    """The settings a project of a model with this loss layer gets when they are not
+    named, where they differ from Hyper's own (validate with context={"loss": ...})."""
+    return dict(SEQUENCE_DEFAULTS) if loss == "seqsoftmax" else {}
+
+
 def round_default(algorithm: str, num_params: int | None = None, compression: str = "none") -> float:
     """T (s) for `algorithm` when none is named; `num_params` None: the model is not known
     yet (the most a local_sgd round lasts)."""
@@ -89,7 +104,8 @@ class Hyper(BaseModel):
     beta2: Annotated[float, Field(ge=0, lt=1)] | None = None
     # local_sgd: the clients' inner optimizer (its state stays on the client across rounds)
     inner_optimizer: Literal["adam", "sgd"] = "adam"
-    inner_learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.002  # measured: 2e-3 beats 1e-3 at batch 32
+    # measured: 2e-3 beats 1e-3 at batch 32 (images); a language model's: SEQUENCE_DEFAULTS
+    inner_learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.002
     inner_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # inner sgd only
     # local_sgd: a client keeps taking inner steps while its result travels up and the next
     # parameters travel down, and folds that work into its next result (never idle)
@@ -107,7 +123,8 @@ class Hyper(BaseModel):
     # Most ids one client holds; a client's own memory (join `memory_mb`) caps it further,
     # so by default a small fleet holds all of a small dataset.
     capacity: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000_000
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 32  # per gradient (sync) / inner step (local)
+    # per gradient (sync) / inner step (local); a language model's: SEQUENCE_DEFAULTS
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
     work_vectors: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # >0: fixed work per order, not time
     max_staleness: Annotated[int, Field(ge=0, le=16)] = 2  # late results within s iterations count
     # How an iteration's results combine (mlitb.master.learning.aggregation): a robust rule by
@@ -179,11 +196,14 @@ class Hyper(BaseModel):
     def _algorithm_defaults(cls, data, info: ValidationInfo):
         """An unnamed optimizer and round length are the algorithm's defaults (OPTIMIZER_DEFAULTS,
         round_default: validate with context={"num_params": n} for the model's own T); under
-        dp=central, dp's own come first (DP_*_DEFAULTS)."""
+        dp=central, dp's own come first (DP_*_DEFAULTS); then the model's (model_defaults:
+        context={"loss": the spec's loss layer})."""
         if isinstance(data, dict):
             algorithm = data.get("algorithm", DEFAULT_ALGORITHM)
             if data.get("dp", "off") != "off" and algorithm == "local_sgd":
                 data = _dp_defaults(data)  # before the algorithm's own: they name an optimizer
+            model = model_defaults((info.context or {}).get("loss"))
+            data = {**{k: v for k, v in model.items() if k not in data}, **data}
             if "optimizer" not in data:
                 defaults = OPTIMIZER_DEFAULTS.get(algorithm, {})
                 data = {**{k: v for k, v in defaults.items() if k not in data}, **data}

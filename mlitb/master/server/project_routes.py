@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from mlitb import examples
-from mlitb.master.config import ROUND_DEFAULTS, round_default
+from mlitb.master.config import ROUND_DEFAULTS, Hyper, round_default
 from mlitb.master.project.views import credit_view
 from mlitb.master.server.access import bearer_token, owner, reader
 from mlitb.master.server.bodies import json_body
@@ -147,6 +147,7 @@ def project_router(manager: ProjectManager) -> APIRouter:
                 listed(layer.children(), f"{index}.")
 
         listed(spec.layers, "")
+        base = Hyper.model_validate({}, context={"num_params": spec.num_params, "loss": spec.loss})
         return {
             "ok": True,
             "layers": layers,
@@ -158,6 +159,8 @@ def project_router(manager: ProjectManager) -> APIRouter:
             "browser_problems": browser_problems(spec),
             # T a local_sgd project of this model gets when none is named (config.round_default)
             "round_time": {a: round_default(a, spec.num_params) for a in ROUND_DEFAULTS},
+            # what a project of this model gets when they are not named (config.model_defaults)
+            "hyper_defaults": {k: getattr(base, k) for k in ("batch_size", "inner_learning_rate")},
         }
 
     @router.delete("/api/projects/{name}/datasets/{dataset}")

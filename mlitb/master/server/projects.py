@@ -257,8 +257,9 @@ class ProjectManager:
                 "label_mismatch",
             )
         sources = [check_source(model.spec, labels, info, data_url, warnings) for info in infos]
-        if "iteration_time" not in req.hyper:  # the round length this model's size calls for
-            hyper = Hyper.model_validate(req.hyper, context={"num_params": model.spec.num_params})
+        # the defaults this model calls for: T from its size, a language model's batch and lr
+        context = {"num_params": model.spec.num_params, "loss": model.spec.loss}
+        hyper = Hyper.model_validate(req.hyper, context=context)
         optimizer = hyper.make_optimizer(model.spec.num_params)
         runner, token = await self.register(
             req.name, req.description, model, labels, hyper, optimizer, req.join_key, data_url, sources

@@ -84,6 +84,7 @@ export async function newProjectView(root) {
   const T = el("input", { id: "iteration-time", type: "number", value: "", min: 1, max: 300, step: 0.5,
     placeholder: "from the model's size" });
   let roundTimes = {}; // algorithm -> T for the model in the editor (/api/spec/check)
+  let modelDefaults = {}; // batch_size, inner_learning_rate for that model (/api/spec/check)
   const showAutoT = () => {
     const t = roundTimes[algorithm.value];
     T.placeholder = t === undefined ? "from the model's size" : `auto: ${t} s for this model`;
@@ -234,6 +235,11 @@ export async function newProjectView(root) {
       status.className = "ok";
       roundTimes = out.round_time || {};
       showAutoT();
+      // this model's own inner lr (a language model's differs: config.model_defaults), unless typed
+      modelDefaults = out.hyper_defaults || {};
+      if (modelDefaults.inner_learning_rate !== undefined && !edited.has(innerLr)) {
+        innerLr.value = modelDefaults.inner_learning_rate;
+      }
       status.textContent = `${fmt(out.num_params)} parameters, input ${out.input_shape.join("x")}, ` +
         `${out.num_outputs} outputs (${out.loss})` + (out.browser_problems.length ? ` - ${out.browser_problems.join("; ")}` : "");
       expanded.replaceChildren(el("table", { class: "expanded" },
@@ -378,7 +384,7 @@ export async function newProjectView(root) {
   for (const [input] of [...filled, [T]]) input.addEventListener("input", () => edited.add(input));
   algorithm.addEventListener("change", () => {
     showAutoT();
-    const own = (info.hyper_by_algorithm || {})[algorithm.value] || {};
+    const own = { ...((info.hyper_by_algorithm || {})[algorithm.value] || {}), ...modelDefaults };
     for (const [input, key] of filled) if (!edited.has(input) && own[key] !== undefined) input.value = own[key];
   });
   create.dataset.defaults = "loaded"; // tests wait for this before reading the fields
