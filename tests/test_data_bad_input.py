@@ -764,6 +764,46 @@ def test_store_recovers_from_an_interrupted_append(tmp_path, extra_pixels, extra
         store.close()
 
 
+def test_a_pair_of_datasets_is_created_whole_or_not_at_all_across_a_kill_9(tmp_path):
+    """A text's training and validation sets (and an ImageFolder zip's train and test) are
+    one transaction (DataStore.create_all): a process killed with SIGKILL after the first
+    set's files and rows are written, before the commit, leaves neither set, and the store
+    opens and creates again."""
+    root = tmp_path / "data"
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(ROOT / "tests")!r})
+from pathlib import Path
+from test_data_bad_input import _decoded
+from mlitb.data.store import DataStore
+store = DataStore({str(root)!r})
+real, calls = store._add_items, []
+def add_then_die(ds_id, *args):
+    real(ds_id, *args)
+    calls.append(ds_id)
+    if len(calls) == 2:  # the validation set is written too; the commit never comes
+        os.kill(os.getpid(), signal.SIGKILL)
+store._add_items = add_then_die
+tmp = Path({str(tmp_path)!r})
+store.create_all([("t (train)", "train", _decoded(tmp, 7, 1)[0], None),
+                  ("t (validation)", "test", _decoded(tmp, 3, 2)[0], None)])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    store = DataStore(root)
+    try:
+        assert store.list() == []
+        assert list((root / "datasets").iterdir()) == []  # the half-made folders went on open
+        decoded, pixels = _decoded(tmp_path, 5, seed=3)
+        test_set = _decoded(tmp_path, 2, seed=4)[0]
+        pair = [("u (train)", "train", decoded, None), ("u (test)", "test", test_set, None)]
+        (a, _), (b, _) = store.create_all(pair)
+        assert (a.items, b.items, a.kind, b.kind) == (5, 2, "train", "test")
+        assert np.array_equal(store.arrays(a.id).pixels, pixels)
+    finally:
+        store.close()
+
+
 # --------------------------------------------------------------------------- CLI
 
 

@@ -222,13 +222,11 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
         if kind not in ("train", "test"):
             raise bad_request(f"kind: expected 'train' or 'test', got {kind!r}", "bad_kind")
 
-        def both(parts: dict) -> dict:  # an ImageFolder zip: one dataset per split
-            train = store.create(f"{name} (train)", "train", parts["train"])
-            try:
-                test = store.create(f"{name} (test)", "test", parts["test"])
-            except BaseException:  # both sets or neither
-                store.delete(train[0].id)
-                raise
+        def both(parts: dict) -> dict:  # an ImageFolder zip: one dataset per split, both or neither
+            train, test = store.create_all(
+                [(f"{name} (train)", "train", parts["train"], None),
+                 (f"{name} (test)", "test", parts["test"], None)]
+            )  # fmt: skip
             return split_result_json((*train, parts["train"]), (*test, parts["test"]))
 
         return await _ingest(request, dims, progress, lambda d: store.create(name, kind, d), True, both)
@@ -249,12 +247,10 @@ def create_app(data_dir: Path | str, limits: Limits = DEFAULT_LIMITS, token: str
                 )
                 text, files, skipped = textsets.read_upload(upload.body_path, limits, filename, zipped)
                 split = textsets.build(text, context, store.tmp_path, files, skipped)
-                train = store.create(f"{name} (train)", "train", split.train, split.vocab)
-                try:
-                    valid = store.create(f"{name} (validation)", "test", split.valid, split.vocab)
-                except BaseException:  # both sets or neither
-                    store.delete(train[0].id)
-                    raise
+                train, valid = store.create_all(  # both sets or neither
+                    [(f"{name} (train)", "train", split.train, split.vocab),
+                     (f"{name} (validation)", "test", split.valid, split.vocab)]
+                )  # fmt: skip
                 log.info("text datasets %s + %s: %s characters, vocabulary %s, context %s", train[0].id,
                          valid[0].id, split.chars, len(split.vocab), context)  # fmt: skip
                 out = split_result_json((*train, split.train), (*valid, split.valid))

@@ -264,34 +264,47 @@ class DataStore:
     ) -> tuple[DatasetInfo, int]:
         """A new dataset holding `decoded`; returns its info and the first new id (0).
         `vocab`: a text dataset's vocabulary, its label names in token order (text.py)."""
-        if kind not in KINDS:
-            raise bad_request(f"kind: expected 'train' or 'test', got {kind!r}", "bad_kind")
-        name = _check_name(name)
+        return self.create_all([(name, kind, decoded, vocab)])[0]
+
+    def create_all(
+        self, sets: list[tuple[str, str, Decoded, list[str] | None]]
+    ) -> list[tuple[DatasetInfo, int]]:
+        """Several new datasets, (name, kind, decoded, vocab) each, in one transaction: all
+        of them or none, even across a kill -9 (a text's training and validation sets, an
+        ImageFolder zip's train and test: a training set must never outlive its pair)."""
+        for name, kind, _, _ in sets:
+            if kind not in KINDS:
+                raise bad_request(f"kind: expected 'train' or 'test', got {kind!r}", "bad_kind")
+            _check_name(name)
+        made: list[int] = []
         with self._lock:
             now = time.time()
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                h, w, c = decoded.shape
-                cur = self._db.execute(
-                    "INSERT INTO datasets (name, kind, height, width, channels, items, content_hash, "
-                    "created, updated, content) VALUES (?, ?, ?, ?, ?, 0, '', ?, ?, ?)",
-                    (name, kind, h, w, c, now, now, "images" if vocab is None else "text"),
-                )
-                ds_id = int(cur.lastrowid)
-                folder = self._folder(ds_id)
-                shutil.rmtree(folder, ignore_errors=True)
-                folder.mkdir()
-                (folder / "pixels.u8").touch()
-                (folder / "labels.u16").touch()
-                self._add_items(ds_id, list(vocab or []), 0, decoded, now)
+                for name, kind, decoded, vocab in sets:
+                    h, w, c = decoded.shape
+                    cur = self._db.execute(
+                        "INSERT INTO datasets (name, kind, height, width, channels, items, content_hash, "
+                        "created, updated, content) VALUES (?, ?, ?, ?, ?, 0, '', ?, ?, ?)",
+                        (_check_name(name), kind, h, w, c, now, now, "images" if vocab is None else "text"),
+                    )
+                    ds_id = int(cur.lastrowid)
+                    made.append(ds_id)
+                    folder = self._folder(ds_id)
+                    shutil.rmtree(folder, ignore_errors=True)
+                    folder.mkdir()
+                    (folder / "pixels.u8").touch()
+                    (folder / "labels.u16").touch()
+                    self._add_items(ds_id, list(vocab or []), 0, decoded, now)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
-                if "ds_id" in locals():
+                for ds_id in made:
                     shutil.rmtree(self._folder(ds_id), ignore_errors=True)
                 raise
-            self._arrays.pop(ds_id, None)
-            return self.info(ds_id), 0
+            for ds_id in made:
+                self._arrays.pop(ds_id, None)
+            return [(self.info(ds_id), 0) for ds_id in made]
 
     def append(self, ds_id: int, decoded: Decoded) -> tuple[DatasetInfo, int]:
         """Add items to an existing dataset; new items get ids from the old count on."""
