@@ -7,7 +7,6 @@ import os
 import sys
 
 from mlitb import __version__
-from mlitb.malloc_tuning import return_large_blocks
 
 from . import (
     closure_cmd,
@@ -56,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return_large_blocks()  # a worker's and the master's big buffers go back to the OS (malloc_tuning)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit

@@ -24,10 +24,8 @@ class FleetWorker:
         import ray
         import torch
 
-        from mlitb.malloc_tuning import return_large_blocks
         from mlitb.worker.session import Worker
 
-        return_large_blocks()  # the actor's process: as the CLI worker's (mlitb.malloc_tuning)
         self.fleet, self.index, self.spec = fleet, index, spec
         self.name = f"{fleet}-{index}"
         registry = ray.get_actor(REGISTRY, namespace=NAMESPACE)
