@@ -272,10 +272,10 @@ class DataStore:
         """Several new datasets, (name, kind, decoded, vocab) each, in one transaction: all
         of them or none, even across a kill -9 (a text's training and validation sets, an
         ImageFolder zip's train and test: a training set must never outlive its pair)."""
-        for name, kind, _, _ in sets:
+        for _, kind, _, _ in sets:
             if kind not in KINDS:
                 raise bad_request(f"kind: expected 'train' or 'test', got {kind!r}", "bad_kind")
-            _check_name(name)
+        sets = [(_check_name(name), kind, decoded, vocab) for name, kind, decoded, vocab in sets]
         made: list[int] = []
         with self._lock:
             now = time.time()
@@ -286,7 +286,7 @@ class DataStore:
                     cur = self._db.execute(
                         "INSERT INTO datasets (name, kind, height, width, channels, items, content_hash, "
                         "created, updated, content) VALUES (?, ?, ?, ?, ?, 0, '', ?, ?, ?)",
-                        (_check_name(name), kind, h, w, c, now, now, "images" if vocab is None else "text"),
+                        (name, kind, h, w, c, now, now, "images" if vocab is None else "text"),
                     )
                     ds_id = int(cur.lastrowid)
                     made.append(ds_id)
