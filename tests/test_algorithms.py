@@ -456,13 +456,15 @@ def test_local_sgd_round_length_follows_the_model_size():
 def test_a_language_model_gets_its_own_batch_and_inner_lr_when_none_is_named():
     """A vector of a language model is a window of tokens with a loss at every position:
     nanoGPT's CPU batch (12 windows) and Adam at 1e-3 learned charlm soonest in the plain
-    loop's sweep and in mlitb (config.SEQUENCE_DEFAULTS); an image model keeps 32 and 2e-3,
+    loop's sweep and in mlitb (config.SEQUENCE_DEFAULTS; and 512 windows to score, not 2,000
+    items: a charlm window costs the master ~4.4 ms); an image model keeps 32 and 2e-3,
     named values win, and dp's own inner settings come before the model's."""
     lm = {"num_params": 818_241, "loss": "seqsoftmax"}
     h = Hyper.model_validate({}, context=lm)
-    assert (h.batch_size, h.inner_learning_rate, h.iteration_time) == (12, 1e-3, 30.0)
+    assert (h.batch_size, h.inner_learning_rate, h.iteration_time, h.test_sample) == (12, 1e-3, 30.0, 512)
     image = Hyper.model_validate({}, context={"num_params": 27_090, "loss": "softmax"})
     assert (image.batch_size, image.inner_learning_rate) == (32, 0.002) == (Hyper().batch_size, 0.002)
+    assert image.test_sample == Hyper().test_sample == 2000
     named = Hyper.model_validate({"batch_size": 64, "inner_learning_rate": 5e-4}, context=lm)
     assert (named.batch_size, named.inner_learning_rate) == (64, 5e-4)
     dp = Hyper.model_validate({"dp": "central", "dp_noise": 1.0}, context=lm)

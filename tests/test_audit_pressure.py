@@ -15,6 +15,7 @@ from test_engine import N, T, cache_all, make_engine, of, result, sends
 from mlitb.master.project.engine import AUDIT_POLL_S, IDLE_POLL_S
 from mlitb.master.trust import audits, holds
 from mlitb.master.trust.verification import Verdict
+from mlitb.protocol import frames
 from mlitb.protocol import messages as msg
 
 
@@ -77,6 +78,32 @@ def test_the_wait_for_verdicts_is_bounded_when_verified_results_are_in():
     assert np.all(step < 0)  # only the +0.1 gradient: a descent step, not the -50 one's ascent
     e.finish_audit(job, Verdict(True, "replayed"))  # passes late: counted for trust, not applied
     assert e.clients["new"].trust.audits_passed == 1 and e.acc.results == 0
+
+
+def test_in_local_sgds_short_first_rounds_the_wait_for_a_verdict_is_a_share_of_t():
+    """A 0.5-s first round: 0.3 of it is less than any verdict takes, and a second
+    newcomer's results were dropped round after round; the wait is bounded by T's share,
+    as in full rounds (trainers keep computing meanwhile: overlap)."""
+    lsgd = {"algorithm": "local_sgd", "iteration_time": 10.0, "first_round_time": 0.5, "round_growth": 0.25}
+    e = engine_with({"old": "10.0.0.1", "new": "10.0.0.2"}, trusted={"old"}, **lsgd)
+    assert boundary(e, 0.0) == ["new", "old"] and e.round_s == 0.5
+    e.on_result("old", result(0, grad(0.01), 4, kind=frames.DELTA), 0.5)
+    e.on_result("new", result(0, grad(0.03), 4, kind=frames.DELTA), 0.6)
+    assert "new" in e.trust.holds.results
+    assert e.poll(0.6) == AUDIT_POLL_S
+    assert e.poll(0.6 + 4 * holds.HOLD_SHARE * e.round_s) == AUDIT_POLL_S  # a verdict takes longer
+    e.finish_audit(e.clients["new"].trust.audit, Verdict(True, "replayed"))
+    e.poll(1.5)
+    assert e.iteration == 1 and e.history[-1]["workers_assigned"] == 2 and e.counters.held_back == 0
+    # no verdict: the step goes after HOLD_SHARE of T, not later
+    e2 = engine_with({"old": "10.0.0.1", "new": "10.0.0.2"}, trusted={"old"}, **lsgd)
+    boundary(e2, 0.0)
+    e2.on_result("old", result(0, grad(0.01), 4, kind=frames.DELTA), 0.5)
+    e2.on_result("new", result(0, grad(0.03), 4, kind=frames.DELTA), 0.6)
+    assert e2.poll(0.6) == AUDIT_POLL_S
+    assert e2.poll(0.6 + holds.HOLD_SHARE * 10.0 - 0.01) == AUDIT_POLL_S
+    e2.poll(0.6 + holds.HOLD_SHARE * 10.0 + 0.01)
+    assert e2.iteration == 1 and e2.history[-1]["workers_assigned"] == 1 and e2.counters.held_back == 1
 
 
 def test_a_lone_newcomer_waits_longer_but_not_forever():

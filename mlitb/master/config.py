@@ -64,7 +64,11 @@ VALUE_BYTES = {"none": 4, "float16": 2, "int8": 1}  # per parameter on the wire,
 # models"): the plain PyTorch loop's sweep reached 2.0 nats soonest at batch 12, lr 1e-3
 # (60 s, against 90 s at 32 windows with either lr), and mlitb's 1 worker took 180 s to 2.0
 # at 12 windows against 240 s at the image defaults (32, 2e-3) on the same machine.
-SEQUENCE_DEFAULTS: dict = {"batch_size": 12, "inner_learning_rate": 1e-3}
+# Its test sample is 512 windows (32,768 scored tokens at context 64: more scored outputs
+# than 2,000 images give): scoring 2,000 charlm windows takes the master about 9 s of CPU, so
+# within its 5 % share a figure came every ~180 s, and the first one took a core from the
+# trainers for those 9 s; 512 take about 2.3 s (this 2-core VM, one torch thread).
+SEQUENCE_DEFAULTS: dict = {"batch_size": 12, "inner_learning_rate": 1e-3, "test_sample": 512}
 
 
 def model_defaults(loss: str | None) -> dict:

@@ -291,7 +291,7 @@ class Engine:
         if self.working:
             if now < self.deadline and self.outstanding > 0:
                 return self.deadline - now
-            if self.trust.step_waits(now, self.acc.results > 0, self.round_s):
+            if self.trust.step_waits(now, self.acc.results > 0):
                 return AUDIT_POLL_S  # held results: their verdicts before the step
             stepped = steps.reduce(self, now)
             self._next_iteration(stepped)

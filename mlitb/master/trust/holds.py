@@ -21,9 +21,12 @@ their verdicts, filled the replay queue, and pushed a trusted liar's audits out 
 - a trainer whose audit is still open or queued gets no order until that audit is
   checked (its next result could not be audited, and would not be applied);
 - once every result is in, the step waits for held results' verdicts at most HOLD_SHARE
-  of the iteration time when verified results are in the step (the honest loop is
+  of the iteration time T when verified results are in the step (the honest loop is
   stretched by at most that), or AUDIT_HOLD_S when held results are all it has (a lone
-  newcomer: nobody to keep waiting).
+  newcomer: nobody to keep waiting). T, also in local_sgd's short first rounds: trainers
+  keep computing while the step waits (overlap), and a share of a 0.5-s round is shorter
+  than any verdict takes: a newcomer's first results were dropped whenever another
+  trainer's were already in.
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ def audit_slots(iteration_time: float, replay_s: float) -> int:
 
 
 def hold_limit(iteration_time: float, verified_in_step: bool) -> float:
-    """Seconds the step waits for held results' verdicts once everything else is in."""
+    """Seconds the step waits for held results' verdicts once everything else is in
+    (`iteration_time`: the project's T, not the open round's)."""
     return min(AUDIT_HOLD_S, HOLD_SHARE * iteration_time) if verified_in_step else AUDIT_HOLD_S
 
 

@@ -100,9 +100,12 @@ class Verified(Trust):
         return [c for c in chosen if not unverified(c, trust) or c.id in ids]
 
     # ------------------------------------------------------------------ the step
-    def step_waits(self, now: float, verified_in: bool, round_s: float | None = None) -> bool:
-        seconds = self.hyper.iteration_time if round_s is None else round_s
-        return self.holds.waiting(now, seconds, verified_in)
+    def step_waits(self, now: float, verified_in: bool) -> bool:
+        # the wait by T, not by the open round (as the slots): with overlap nobody idles
+        # while the step waits, and in local_sgd's short first rounds (0.5 s, 0.6 s, ...) a
+        # share of the round is less than any verdict takes, so a second newcomer's first
+        # results were dropped (charlm, 2 workers: 4 results in the first 8 s)
+        return self.holds.waiting(now, self.hyper.iteration_time, verified_in)
 
     def step_closing(self, why: str) -> None:
         for cid in self.holds.results:
