@@ -8,7 +8,7 @@ The engine (mlitb.master.project.engine) calls these hooks and never looks insid
   accepted(client, frame, verdict, ...)  a result counts: maybe an audit request
   admit(cid, job, frame, weight, entry)  True: held outside the step until its verdict
   ration(chosen, now)                    which of the trainers to order get an order
-  step_waits(now, verified_in)  whether the step waits for verdicts
+  step_waits(now, verified_in)           whether the step waits for verdicts
   step_taken(dropped) / step_failed()    the screen learns the norms of a step that held
   pin(gone), taken_back(gone)            a refused step's culprits; a ban's bucket
   on_proof / on_proof_missing / tick     audits answered, declined, overdue
