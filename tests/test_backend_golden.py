@@ -28,7 +28,8 @@ from test_tfjs_golden import CASES, RTOL, close, make_case
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 BACKENDS = ["wasm", "webgl", "webgpu"]
 STATIC = ["vendor/tf.min.js", "vendor/tf-backend-wasm.min.js", "engine/layout.js", "engine/tfjs_engine.js",
-          "engine/wasm_kernels.js", "engine/inner.js", "engine/backends.js"]  # fmt: skip
+          "engine/wasm_kernels_bin.js", "engine/wasm_kernels.js", "engine/inner.js",
+          "engine/backends.js"]  # fmt: skip
 GOLDEN = [ROOT / "tests" / "js" / "tfjs_golden.js", ROOT / "tests" / "js" / "inner_golden.js"]
 
 # A Web Worker made from a Blob: the engine's own files from the server, the golden

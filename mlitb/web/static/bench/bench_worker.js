@@ -5,7 +5,7 @@
 "use strict";
 self.window = self; // convnet-min.js publishes itself as window.convnetjs
 importScripts("../vendor/tf.min.js", "../vendor/tf-backend-wasm.min.js", "../engine/layout.js", "../engine/tfjs_engine.js",
-  "../engine/wasm_kernels.js", "../engine/backends.js", "../vendor/convnet-min.js");
+  "../engine/wasm_kernels_bin.js", "../engine/wasm_kernels.js", "../engine/backends.js", "../vendor/convnet-min.js");
 
 async function timeLoop(fn, seconds) {
   await fn(); await fn(); // warm-up: shader compilation, wasm start-up

@@ -94,8 +94,10 @@
           break;
         case "conv": {
           const w = tf.transpose(p.filters, [1, 2, 3, 0]); // [sy, sx, C, F]
-          if (L.pad) a = tf.pad(a, [[0, 0], [L.pad, L.pad], [L.pad, L.pad], [0, 0]]);
-          a = tf.add(tf.conv2d(a, w, L.stride, "valid"), perExample(fx(s, p, "biases"), a.shape[0]));
+          // zero padding inside the convolution (explicit, ConvNetJS's pad on every side): no
+          // padded copy of the activations forward and no slice of its gradient backward
+          const pad = L.pad ? [[0, 0], [L.pad, L.pad], [L.pad, L.pad], [0, 0]] : "valid";
+          a = tf.add(tf.conv2d(a, w, L.stride, pad), perExample(fx(s, p, "biases"), a.shape[0]));
           break;
         }
         case "fc": {

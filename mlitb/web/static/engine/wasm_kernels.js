@@ -1,17 +1,24 @@
 /*
- * Gradient kernels the TF.js wasm backend (4.22) lacks or runs slowly, composed from its
- * own fast kernels (XNNPACK Conv2D, Transpose, Reverse, PadV2, Slice, Reshape):
- *   Conv2DBackpropFilter  - missing in tfjs-backend-wasm 4.22: a conv net cannot train;
- *   Conv2DBackpropInput   - present but a slow plain loop;
+ * Gradient kernels the TF.js wasm backend (4.22) lacks, gets wrong or runs slowly:
+ *   Conv2DBackpropFilter  - missing in tfjs-backend-wasm 4.22: a conv net cannot train.
+ *                           Ours: mlitb's own WebAssembly SIMD kernel (wasm_kernels_bin.js,
+ *                           built from mlitb/web/wasm_kernels.c), a product of matrices
+ *                           over the batch's positions with 4 x 8 blocks in registers;
+ *   Conv2DBackpropInput   - present but a slow plain loop. Ours: a convolution (XNNPACK) of
+ *                           the dilated, padded dy with the reversed filter;
  *   MaxPoolGrad           - present but wrong: a window whose values are all negative
  *                           sends its gradient to the window's first element (its max
- *                           starts at 0), found by mlitb's golden vectors. Ours is a plain
- *                           loop over the heap with the first maximum winning, as PyTorch.
- * The mlitb engine pads explicitly and convolves with 'valid' padding, any stride, no
- * dilation - exactly what these support; other attributes raise a clear error.
- *   dW = transpose( conv2d( x^T[C,H,W,N], dy^T[OH,OW,N,F], dilation = stride ) )[:KH,:KW]
- *   dX = conv2d( pad(dilate(dy, stride), K-1), reverse(W)^T[KH,KW,F,C] )
- * Measured here: ~1,500 vectors/s for the paper's MNIST net against 26 on the cpu backend.
+ *                           starts at 0), found by mlitb's golden vectors. Ours: the
+ *                           WebAssembly kernel, first maximum winning, as PyTorch.
+ * Convolutions may be padded ('valid', 'same', a number or explicit [[0,0],[t,b],[l,r],[0,0]]),
+ * any stride, no dilation (other attributes raise a clear error).
+ *   dW = x^T dy over (n, oy, ox): the kernel reads x zero-padded, copied into its memory
+ *   dX = conv2d( pad(dilate(dy, stride), K-1-padding), reverse(W)^T[KH,KW,F,C] )
+ * The WebAssembly kernels have their own memory: inputs are copied in and results out
+ * (~0.1 ms a step for the paper's MNIST net). One thread: the filter gradient in WASM SIMD
+ * on one thread is faster here than the dilated-convolution form on a pool of two.
+ * Measured (node, one thread, the paper's MNIST net, batch 32; docs/performance.md): the
+ * filter gradients 4.8 -> 2.4 ms a step, max-pool's gradient 3.3 -> 0.5 ms.
  */
 (function (root, factory) {
   if (typeof module === "object" && module.exports) module.exports = factory;
@@ -25,50 +32,98 @@
     return kernel.kernelFunc;
   };
 
+  // ---- the WebAssembly module: its own memory, arrays placed one after another ----------
+  const inNode = typeof module === "object" && module.exports;
+  const b64 = inNode ? require("./wasm_kernels_bin.js") : self.MlitbWasmKernelsBinary;
+  if (typeof b64 !== "string") throw new Error("engine/wasm_kernels_bin.js must load before wasm_kernels.js");
+  const bytes = inNode ? Buffer.from(b64, "base64") : Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+  const own = new WebAssembly.Instance(new WebAssembly.Module(bytes), {}).exports;
+  const memory = own.memory;
+  const base = (own.__heap_base.value + 15) & ~15;
+  // byte offsets of arrays of these float counts, 16-byte aligned (SIMD loads), each with
+  // 16 floats of slack; the memory grows as needed (views taken after this call)
+  function place(counts) {
+    let at = base;
+    const offsets = counts.map((n) => { const o = at; at += (((n + 3) & ~3) + 16) * 4; return o; });
+    if (at > memory.buffer.byteLength) memory.grow(Math.ceil((at - memory.buffer.byteLength) / 65536));
+    return offsets;
+  }
+  const up4 = (n) => (n + 3) & ~3;
+
+  function convInfo(xShape, filterShape, attrs) {
+    const dil = attrs.dilations;
+    const dilOk = dil === undefined || dil === 1 || (Array.isArray(dil) && dil.every((d) => d === 1));
+    if (!dilOk || (attrs.dataFormat && attrs.dataFormat !== "NHWC")) {
+      throw new Error(`mlitb wasm conv gradient supports NHWC and no dilation; got ${JSON.stringify(attrs)}`);
+    }
+    return tf.backend_util.computeConv2DInfo(xShape, filterShape, attrs.strides, 1, attrs.pad,
+      attrs.dimRoundingMode, false, "channelsLast");
+  }
+
+  function backpropFilter({ inputs, backend, attrs }) {
+    const { x, dy } = inputs;
+    const info = convInfo(x.shape, attrs.filterShape, attrs);
+    const [KH, KW, C, F] = attrs.filterShape;
+    const [N, H, W] = x.shape;
+    const { top, left } = info.padInfo;
+    const { outHeight: OH, outWidth: OW, strideHeight: sh, strideWidth: sw } = info;
+    // x as the kernel reads it: padded, only as far as the windows reach
+    const Hp = (OH - 1) * sh + KH, Wp = (OW - 1) * sw + KW;
+    const Fp = up4(F), R = KH * KW * C, R4 = up4(R);
+    const out = backend.makeOutput([KH, KW, C, F], "float32");
+    const [px, pg, poff, pdw] = place([N * Hp * Wp * C, N * OH * OW * Fp, R4, R4 * Fp]);
+    const heap = new Float32Array(memory.buffer);
+    const xs = backend.typedArrayFromHeap(x);
+    const X = px >> 2;
+    if (top === 0 && left === 0 && Hp === H && Wp === W) heap.set(xs, X);
+    else {
+      heap.fill(0, X, X + N * Hp * Wp * C);
+      const y0 = Math.max(0, top), y1 = Math.min(Hp, top + H); // padded rows holding x's rows
+      const c0 = Math.max(0, left), c1 = Math.min(Wp, left + W);
+      for (let n = 0; n < N; n++) {
+        for (let y = y0; y < y1; y++) {
+          const src = ((n * H + y - top) * W + c0 - left) * C;
+          heap.set(xs.subarray(src, src + (c1 - c0) * C), X + ((n * Hp + y) * Wp + c0) * C);
+        }
+      }
+    }
+    const g = backend.typedArrayFromHeap(dy), G = pg >> 2;
+    if (Fp === F) heap.set(g, G);
+    else {
+      heap.fill(0, G, G + N * OH * OW * Fp);
+      for (let i = 0; i < N * OH * OW; i++) heap.set(g.subarray(i * F, i * F + F), G + i * Fp);
+    }
+    const offsets = new Int32Array(memory.buffer, poff, R4);
+    for (let r = 0; r < R4; r++) {
+      const c = r % C, kw = Math.floor(r / C) % KW, kh = Math.floor(r / (C * KW));
+      offsets[r] = r < R ? (kh * Wp + kw) * C + c : 0;
+    }
+    heap.fill(0, pdw >> 2, (pdw >> 2) + R4 * Fp);
+    own.filter_grad(px, pg, poff, pdw, N, Hp, Wp, C, OH, OW, Fp, R4, sh, sw);
+    const dw = new Float32Array(memory.buffer, pdw, R * Fp); // memory.buffer: the same after the call
+    const o = backend.typedArrayFromHeap(out);
+    if (Fp === F) o.set(dw);
+    else for (let r = 0; r < R; r++) o.set(dw.subarray(r * Fp, r * Fp + F), r * F);
+    return out;
+  }
+
   function run(backend, temps, name, inputs, attrs) {
     const out = k(name)({ inputs, backend, attrs });
     temps.push(out);
     return out;
   }
 
-  function check(attrs) {
-    const pad = attrs.pad;
-    const dil = attrs.dilations;
-    const dilOk = dil === undefined || dil === 1 || (Array.isArray(dil) && dil.every((d) => d === 1));
-    if (pad !== "valid" || !dilOk || (attrs.dataFormat && attrs.dataFormat !== "NHWC")) {
-      throw new Error(`mlitb wasm conv gradient supports pad 'valid', NHWC, no dilation; got ${JSON.stringify(attrs)}`);
-    }
-    return Array.isArray(attrs.strides) ? attrs.strides : [attrs.strides, attrs.strides];
-  }
-
-  function backpropFilter({ inputs, backend, attrs }) {
-    const { x, dy } = inputs;
-    const [sh, sw] = check(attrs);
-    const [KH, KW, C, F] = attrs.filterShape;
-    const temps = [];
-    try {
-      const xT = run(backend, temps, "Transpose", { x }, { perm: [3, 1, 2, 0] });
-      const dyT = run(backend, temps, "Transpose", { x: dy }, { perm: [1, 2, 0, 3] });
-      const r = run(backend, temps, "Conv2D", { x: xT, filter: dyT },
-        { strides: [1, 1], pad: "valid", dataFormat: "NHWC", dilations: [sh, sw] });
-      const rs = run(backend, temps, "Slice", { x: r }, { begin: [0, 0, 0, 0], size: [C, KH, KW, F] });
-      const out = k("Transpose")({ inputs: { x: rs }, backend, attrs: { perm: [1, 2, 0, 3] } });
-      return out;
-    } finally {
-      for (const t of temps) backend.disposeData(t.dataId);
-    }
-  }
-
   function backpropInput({ inputs, backend, attrs }) {
     const { dy, filter } = inputs;
-    const [sh, sw] = check(attrs);
     const [N, H, W, C] = attrs.inputShape;
+    const info = convInfo(attrs.inputShape, filter.shape, attrs);
     const [KH, KW, , F] = filter.shape;
-    const [, OH, OW] = dy.shape;
+    const { outHeight: OH, outWidth: OW, strideHeight: sh, strideWidth: sw } = info;
+    const { top, left } = info.padInfo;
     const temps = [];
     try {
       let d = dy;
-      if (sh > 1 || sw > 1) {
+      if (sh > 1 || sw > 1) { // dilate: stride - 1 zeros between dy's rows and columns
         const r6 = run(backend, temps, "Reshape", { x: d }, { shape: [N, OH, 1, OW, 1, F] });
         const p6 = run(backend, temps, "PadV2", { x: r6 },
           { paddings: [[0, 0], [0, 0], [0, sh - 1], [0, 0], [0, sw - 1], [0, 0]], constantValue: 0 });
@@ -76,16 +131,22 @@
         d = run(backend, temps, "Slice", { x: r4 },
           { begin: [0, 0, 0, 0], size: [N, (OH - 1) * sh + 1, (OW - 1) * sw + 1, F] });
       }
+      // dX[y] = sum over kh of dilated dy[y + top - kh] * W[kh]: a 'valid' convolution with the
+      // reversed filter once dy's row y + top - (KH-1) lands at row y, i.e. KH-1-top rows of
+      // zeros above it and enough below to give H rows. A padding wider than the filter
+      // (never from mlitb's specs) cannot be a negative pad: the rows are cropped after.
       const dh = (OH - 1) * sh + 1, dw = (OW - 1) * sw + 1;
-      const padded = run(backend, temps, "PadV2", { x: d }, {
-        paddings: [[0, 0], [KH - 1, H - dh], [KW - 1, W - dw], [0, 0]], constantValue: 0,
-      });
+      const pt = KH - 1 - top, pl = KW - 1 - left;
+      const pb = H + KH - 1 - pt - dh, pr = W + KW - 1 - pl - dw;
+      const paddings = [[0, 0], [Math.max(0, pt), Math.max(0, pb)], [Math.max(0, pl), Math.max(0, pr)], [0, 0]];
+      const padded = run(backend, temps, "PadV2", { x: d }, { paddings, constantValue: 0 });
       const rev = run(backend, temps, "Reverse", { x: filter }, { dims: [0, 1] });
       const wT = run(backend, temps, "Transpose", { x: rev }, { perm: [0, 1, 3, 2] });
-      return k("Conv2D")({
-        inputs: { x: padded, filter: wT }, backend,
-        attrs: { strides: [1, 1], pad: "valid", dataFormat: "NHWC", dilations: [1, 1] },
-      });
+      const conv = { strides: [1, 1], pad: "valid", dataFormat: "NHWC", dilations: [1, 1] };
+      if (Math.min(pt, pb, pl, pr) >= 0) return k("Conv2D")({ inputs: { x: padded, filter: wT }, backend, attrs: conv });
+      const full = run(backend, temps, "Conv2D", { x: padded, filter: wT }, conv);
+      const begin = [0, Math.max(0, -pt), Math.max(0, -pl), 0];
+      return k("Slice")({ inputs: { x: full }, backend, attrs: { begin, size: [N, H, W, C] } });
     } finally {
       for (const t of temps) backend.disposeData(t.dataId);
     }
@@ -95,46 +156,41 @@
     const { dy, input } = inputs;
     const info = tf.backend_util.computePool2DInfo(input.shape, attrs.filterSize, attrs.strides, 1,
       attrs.pad, attrs.dimRoundingMode);
-    const out = backend.makeOutput(input.shape, "float32");
-    // views after makeOutput: growing the wasm heap detaches older views
-    const x = backend.typedArrayFromHeap(input);
-    const g = backend.typedArrayFromHeap(dy);
-    const dx = backend.typedArrayFromHeap(out);
-    dx.fill(0);
     const { batchSize: N, inHeight: H, inWidth: W, inChannels: C, outHeight: OH, outWidth: OW } = info;
-    const { strideHeight: sh, strideWidth: sw, filterHeight: fh, filterWidth: fw } = info;
-    const top = info.padInfo.top, left = info.padInfo.left;
-    for (let n = 0; n < N; n++) {
-      for (let oy = 0; oy < OH; oy++) {
-        const y0 = oy * sh - top;
-        for (let ox = 0; ox < OW; ox++) {
-          const x0 = ox * sw - left;
-          for (let c = 0; c < C; c++) {
-            let best = -Infinity, at = -1;
-            for (let ky = 0; ky < fh; ky++) {
-              const y = y0 + ky;
-              if (y < 0 || y >= H) continue;
-              for (let kx = 0; kx < fw; kx++) {
-                const xx = x0 + kx;
-                if (xx < 0 || xx >= W) continue;
-                const i = ((n * H + y) * W + xx) * C + c;
-                if (x[i] > best || at < 0) { best = x[i]; at = i; }
-              }
-            }
-            if (at >= 0) dx[at] += g[((n * OH + oy) * OW + ox) * C + c];
-          }
-        }
-      }
-    }
+    const out = backend.makeOutput(input.shape, "float32");
+    const nx = N * H * W * C;
+    const [px, pg, pdx] = place([nx, N * OH * OW * C, nx]);
+    const heap = new Float32Array(memory.buffer);
+    heap.set(backend.typedArrayFromHeap(input), px >> 2);
+    heap.set(backend.typedArrayFromHeap(dy), pg >> 2);
+    own.maxpool_grad(px, pg, pdx, N, H, W, C, OH, OW, info.filterHeight, info.filterWidth,
+      info.strideHeight, info.strideWidth, info.padInfo.top, info.padInfo.left);
+    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, pdx, nx));
     return out;
   }
 
-  const names = ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad"];
+  // Identity (every tensor the tape saves for the backward pass is cloned) and a Cast to the
+  // same dtype copy the whole tensor on TF.js wasm; tensors are immutable, so they share
+  // the data and count one more reference, as wasm's own Reshape does (and TF.js cpu's
+  // Identity). ~1.5 ms of a 19-ms step of the MNIST net.
+  const share = (fallback) => (args) => {
+    const { x } = args.inputs;
+    if (x.dtype === "string" || (args.attrs && args.attrs.dtype && args.attrs.dtype !== x.dtype)) {
+      return fallback(args);
+    }
+    args.backend.incRef(x.dataId);
+    return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+  };
+  const identity = share(k("Identity")), cast = share(k("Cast"));
+
+  const names = ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "Identity", "Cast"];
   for (const name of names) {
     if (tf.getKernel(name, B)) tf.unregisterKernel(name, B);
   }
   tf.registerKernel({ kernelName: "Conv2DBackpropFilter", backendName: B, kernelFunc: backpropFilter });
   tf.registerKernel({ kernelName: "Conv2DBackpropInput", backendName: B, kernelFunc: backpropInput });
   tf.registerKernel({ kernelName: "MaxPoolGrad", backendName: B, kernelFunc: maxPoolGrad });
+  tf.registerKernel({ kernelName: "Identity", backendName: B, kernelFunc: identity });
+  tf.registerKernel({ kernelName: "Cast", backendName: B, kernelFunc: cast });
   return names;
 });

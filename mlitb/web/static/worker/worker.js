@@ -27,7 +27,7 @@
  */
 "use strict";
 importScripts("../vendor/tf.min.js", "../vendor/tf-backend-wasm.min.js",
-  "../engine/layout.js", "../engine/tfjs_engine.js", "../engine/wasm_kernels.js", "../engine/wire.js", "../engine/inner.js",
+  "../engine/layout.js", "../engine/tfjs_engine.js", "../engine/wasm_kernels_bin.js", "../engine/wasm_kernels.js", "../engine/wire.js", "../engine/inner.js",
   "../engine/proof.js", "../engine/backends.js");
 try {
   importScripts("../engine/codecs.js"); // optional: without it results go uncompressed

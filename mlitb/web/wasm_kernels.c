@@ -1,0 +1,142 @@
+/*
+ * mlitb's own WebAssembly SIMD kernels for TF.js's wasm backend: the two gradients where
+ * it is slowest on small conv nets (engine/wasm_kernels.js registers them; why and what
+ * they replace is written there). Built by `python -m mlitb.web.wasm_build` into
+ * engine/wasm_kernels_bin.js (zig cc, wasm32, SIMD128, no libc; the test suite checks
+ * that the committed module is this file's build).
+ *
+ * Every array lives in this module's own memory: the JavaScript side copies the inputs in
+ * (zero-padded as each kernel wants them) and the result out. Layouts are NHWC, f32.
+ */
+#include <wasm_simd128.h>
+
+#define EXPORT(name) __attribute__((export_name(#name)))
+typedef float f32;
+
+#define MAC(acc, a, b) acc = wasm_f32x4_add(acc, wasm_f32x4_mul(a, b))
+#define ADD_TO(ptr, acc) wasm_v128_store(ptr, wasm_f32x4_add(wasm_v128_load(ptr), acc))
+
+/*
+ * Filter gradient of a convolution (strides sh, sw; no dilation), as one product of matrices:
+ *   dw[r, f] = sum over positions p = (n, oy, ox) of x[n, oy*sh + kh, ox*sw + kw, c] * dy[p, f]
+ * with r = (kh, kw, c) a row of the [KH, KW, C, F] filter.
+ *   x:   [N, H, W, C], padded already (the convolution's own zero padding included)
+ *   dy:  [N, OH, OW, Fp], Fp = F rounded up to 4 (zero columns past F)
+ *   off: R4 ints, row r's element relative to a position's corner, (kh * W + kw) * C + c;
+ *        R = KH * KW * C rounded up to 4 with offsets 0 (scratch rows)
+ *   dw:  [R4, Fp], zeroed by the caller; the caller keeps rows < R and columns < F
+ * A block of 4 rows x 8 columns is 8 accumulators (4 x 4 when Fp is not a multiple of 8).
+ * Summed in two stages, each image's positions first, then the images: one float32
+ * accumulator over 6,272 products (a batch of 32 at 14 x 14) drifts ~1e-5 from PyTorch's
+ * blocked sums.
+ */
+EXPORT(filter_grad)
+void filter_grad(const f32 *x, const f32 *dy, const int *off, f32 *dw, int N, int H, int W, int C, int OH,
+                 int OW, int Fp, int R4, int sh, int sw) {
+  const int step = sw * C;  // floats from one output position's corner to the next
+  for (int n = 0; n < N; n++) {  // an image at a time: its x and dy stay in the caches
+    for (int rb = 0; rb < R4; rb += 4) {
+      const int o0 = off[rb], o1 = off[rb + 1], o2 = off[rb + 2], o3 = off[rb + 3];
+      int fb = 0;
+      for (; fb + 8 <= Fp; fb += 8) {
+        v128_t a00 = wasm_f32x4_splat(0), a01 = a00, a10 = a00, a11 = a00;
+        v128_t a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+        for (int oy = 0; oy < OH; oy++) {
+          const f32 *p = x + ((n * H + oy * sh) * W) * C;
+          const f32 *g = dy + ((n * OH + oy) * OW) * Fp + fb;
+          for (int ox = 0; ox < OW; ox++, p += step, g += Fp) {
+            const v128_t g0 = wasm_v128_load(g), g1 = wasm_v128_load(g + 4);
+            const v128_t s0 = wasm_v128_load32_splat(p + o0), s1 = wasm_v128_load32_splat(p + o1);
+            const v128_t s2 = wasm_v128_load32_splat(p + o2), s3 = wasm_v128_load32_splat(p + o3);
+            MAC(a00, s0, g0); MAC(a01, s0, g1);
+            MAC(a10, s1, g0); MAC(a11, s1, g1);
+            MAC(a20, s2, g0); MAC(a21, s2, g1);
+            MAC(a30, s3, g0); MAC(a31, s3, g1);
+          }
+        }
+        f32 *d = dw + rb * Fp + fb;
+        ADD_TO(d, a00); ADD_TO(d + 4, a01);
+        ADD_TO(d + Fp, a10); ADD_TO(d + Fp + 4, a11);
+        ADD_TO(d + 2 * Fp, a20); ADD_TO(d + 2 * Fp + 4, a21);
+        ADD_TO(d + 3 * Fp, a30); ADD_TO(d + 3 * Fp + 4, a31);
+      }
+      for (; fb < Fp; fb += 4) {
+        v128_t a0 = wasm_f32x4_splat(0), a1 = a0, a2 = a0, a3 = a0;
+        for (int oy = 0; oy < OH; oy++) {
+          const f32 *p = x + ((n * H + oy * sh) * W) * C;
+          const f32 *g = dy + ((n * OH + oy) * OW) * Fp + fb;
+          for (int ox = 0; ox < OW; ox++, p += step, g += Fp) {
+            const v128_t g0 = wasm_v128_load(g);
+            MAC(a0, wasm_v128_load32_splat(p + o0), g0);
+            MAC(a1, wasm_v128_load32_splat(p + o1), g0);
+            MAC(a2, wasm_v128_load32_splat(p + o2), g0);
+            MAC(a3, wasm_v128_load32_splat(p + o3), g0);
+          }
+        }
+        f32 *d = dw + rb * Fp + fb;
+        ADD_TO(d, a0); ADD_TO(d + Fp, a1); ADD_TO(d + 2 * Fp, a2); ADD_TO(d + 3 * Fp, a3);
+      }
+    }
+  }
+}
+
+/*
+ * Max-pool gradient: dx[window's first maximum] += dy[window], for each window and
+ * channel (PyTorch's rule, which TF.js wasm 4.22's own kernel breaks: a window of only
+ * negative values sent its gradient to its first element).
+ *   x: [N, H, W, C]; dy: [N, OH, OW, C]; dx: [N, H, W, C], zeroed here
+ *   windows fh x fw every sh, sw; top / left: padding rows / columns (never the maximum)
+ * With C a multiple of 4, four channels go at once (a lane's maximum moves only on a
+ * strictly greater value, so the first of equal maxima wins, as in the scalar loop).
+ */
+EXPORT(maxpool_grad)
+void maxpool_grad(const f32 *x, const f32 *dy, f32 *dx, int N, int H, int W, int C, int OH, int OW, int fh,
+                  int fw, int sh, int sw, int top, int left) {
+  __builtin_memset(dx, 0, (unsigned long)N * H * W * C * sizeof(f32));
+  const v128_t lanes = wasm_i32x4_make(0, 1, 2, 3);
+  for (int n = 0; n < N; n++)
+    for (int oy = 0; oy < OH; oy++) {
+      int y0 = oy * sh - top, y1 = y0 + fh;
+      if (y0 < 0) y0 = 0;
+      if (y1 > H) y1 = H;
+      for (int ox = 0; ox < OW; ox++) {
+        int x0 = ox * sw - left, x1 = x0 + fw;
+        if (x0 < 0) x0 = 0;
+        if (x1 > W) x1 = W;
+        if (y0 >= y1 || x0 >= x1) continue;
+        const f32 *g = dy + ((n * OH + oy) * OW + ox) * C;
+        int c = 0;
+        if ((C & 3) == 0)
+          for (; c < C; c += 4) {
+            const int i0 = ((n * H + y0) * W + x0) * C + c;
+            v128_t best = wasm_v128_load(x + i0);
+            v128_t at = wasm_i32x4_add(wasm_i32x4_splat(i0), lanes);
+            for (int y = y0; y < y1; y++)
+              for (int xx = x0; xx < x1; xx++) {
+                const int i = ((n * H + y) * W + xx) * C + c;
+                const v128_t v = wasm_v128_load(x + i);
+                const v128_t more = wasm_f32x4_gt(v, best);
+                best = wasm_v128_bitselect(v, best, more);
+                at = wasm_v128_bitselect(wasm_i32x4_add(wasm_i32x4_splat(i), lanes), at, more);
+              }
+            dx[wasm_i32x4_extract_lane(at, 0)] += g[c];
+            dx[wasm_i32x4_extract_lane(at, 1)] += g[c + 1];
+            dx[wasm_i32x4_extract_lane(at, 2)] += g[c + 2];
+            dx[wasm_i32x4_extract_lane(at, 3)] += g[c + 3];
+          }
+        for (; c < C; c++) {
+          int at = ((n * H + y0) * W + x0) * C + c;
+          f32 best = x[at];
+          for (int y = y0; y < y1; y++)
+            for (int xx = x0; xx < x1; xx++) {
+              const int i = ((n * H + y) * W + xx) * C + c;
+              if (x[i] > best) {
+                best = x[i];
+                at = i;
+              }
+            }
+          dx[at] += g[c];
+        }
+      }
+    }
+}

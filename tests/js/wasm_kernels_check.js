@@ -1,0 +1,33 @@
+// mlitb's own wasm kernels (engine/wasm_kernels.js) through TF.js's own gradients, in node:
+// tests/test_wasm_kernels.py holds them to PyTorch.
+// stdin: {"cases": [{"op": "conv", "x", "xShape", "w", "wShape", "r", "stride", "pad"} |
+//                   {"op": "pool", "x", "xShape", "r", "size", "stride"}]}   (arrays: b64 f32)
+//   loss = sum(op(x) * r); r is cut to op(x)'s size
+// stdout: {"results": [{"dx", "dw" (conv), "shape" (op(x)'s)}], "tensors": left over}
+const tf = require("@tensorflow/tfjs");
+require("@tensorflow/tfjs-backend-wasm");
+require("../../mlitb/web/static/engine/wasm_kernels.js")(tf);
+const f32 = (b64) => {
+  const buf = Buffer.from(b64, "base64");
+  return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length));
+};
+const b64 = (arr) => Buffer.from(arr.buffer, arr.byteOffset, arr.byteLength).toString("base64");
+(async () => {
+  let input = "";
+  for await (const chunk of process.stdin) input += chunk;
+  const { cases } = JSON.parse(input);
+  if (!(await tf.setBackend("wasm"))) throw new Error("no wasm backend");
+  const results = cases.map((c) => tf.tidy(() => {
+    const x = tf.tensor(f32(c.x), c.xShape), r = f32(c.r);
+    const dot = (y) => tf.sum(tf.mul(y, tf.tensor(r.subarray(0, y.size), y.shape)));
+    if (c.op === "pool") {
+      const y = tf.maxPool(x, c.size, c.stride, "valid");
+      return { dx: b64(tf.grad((x) => dot(tf.maxPool(x, c.size, c.stride, "valid")))(x).dataSync()), shape: y.shape };
+    }
+    const w = tf.tensor(f32(c.w), c.wShape);
+    const conv = (x, w) => tf.conv2d(x, w, c.stride, c.pad);
+    const [dx, dw] = tf.grads((x, w) => dot(conv(x, w)))([x, w]);
+    return { dx: b64(dx.dataSync()), dw: b64(dw.dataSync()), shape: conv(x, w).shape };
+  }));
+  process.stdout.write(JSON.stringify({ results, tensors: tf.memory().numTensors }));
+})();
