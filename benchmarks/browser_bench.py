@@ -78,6 +78,27 @@ def main(argv: list[str] | None = None) -> int:
     picks: list[dict] = []
     threads_got: dict[str, set] = {}
     cores_here = 0
+    # native PyTorch, one thread, the same batch: timed in every repeat beside the browser's
+    # engines (interleaved: this VM's speed drifts by tens of percent within an hour)
+    torch.set_num_threads(1)
+    net = TorchNet(model.spec, model.params)
+    rng = np.random.default_rng(0)
+    if model.spec.loss == "seqsoftmax":  # token ids, a target per position
+        x = rng.integers(0, model.spec.num_outputs, (batch, *model.spec.input_shape)).astype(np.float32)
+        y = rng.integers(0, model.spec.num_outputs, (batch, model.spec.positions))
+    else:
+        x = rng.random((batch, *model.spec.input_shape), dtype=np.float32)
+        y = rng.integers(0, model.spec.num_outputs, batch)
+    for _ in range(3):
+        net.gradient(x, y)
+
+    def native_vectors_per_s() -> float:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < args.seconds:
+            net.gradient(x, y)
+            n += 1
+        return n * batch / (time.perf_counter() - t0)
+
     with (
         tempfile.TemporaryDirectory() as tmp,
         BackgroundServer(factory=lambda url: build_app(tmp, url)) as server,
@@ -97,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.update(
                     run_page(page, url, {**base, "mode": "wasm-threads", "threads": t, "cores": cores})
                 )
+            out["pytorch-1-thread"] = {"vectors_per_s": native_vectors_per_s()}
             chosen = run_page(page, url, {**base, "mode": "pick"})["pick"]
             picks.append(chosen)
             for k, v in out.items():
@@ -112,23 +134,6 @@ def main(argv: list[str] | None = None) -> int:
                 + f"; a volunteer's tab picks {chosen.get('chosen', chosen.get('error'))}"
             )
         browser.close()
-    torch.set_num_threads(1)
-    net = TorchNet(model.spec, model.params)
-    rng = np.random.default_rng(0)
-    if model.spec.loss == "seqsoftmax":  # token ids, a target per position
-        x = rng.integers(0, model.spec.num_outputs, (batch, *model.spec.input_shape)).astype(np.float32)
-        y = rng.integers(0, model.spec.num_outputs, (batch, model.spec.positions))
-    else:
-        x = rng.random((batch, *model.spec.input_shape), dtype=np.float32)
-        y = rng.integers(0, model.spec.num_outputs, batch)
-    for _ in range(3):
-        net.gradient(x, y)
-    for _ in range(args.repeats):
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < args.seconds:
-            net.gradient(x, y)
-            n += 1
-        runs.setdefault("pytorch-1-thread", []).append(n * batch / (time.perf_counter() - t0))
 
     med = {k: statistics.median(v) for k, v in runs.items()}
     native = med["pytorch-1-thread"]

@@ -1,8 +1,9 @@
 """mlitb's own WebAssembly kernels for TF.js wasm (engine/wasm_kernels.js, built from
 mlitb/web/wasm_kernels.c): the convolution gradients and max-pool's gradient against
 PyTorch in float64, over paddings (none, symmetric, uneven, wider than the filter),
-strides, channel counts that are and are not multiples of 4, windows of only negative
-values and ties; and the committed module is the build of its C source.
+strides (a strided convolution's input gradient is a kernel of its own), channel counts
+that are and are not multiples of 4, windows of only negative values and ties; and the
+committed module is the build of its C source.
 
 The golden-vector tests (test_tfjs_golden.py, test_backend_golden.py) hold whole models
 to PyTorch through the same kernels; these reach the shapes those models never make.
@@ -43,10 +44,15 @@ CONVS = [
     (2, 5, 5, 2, 3, 3, 4, 1, 4),
     (4, 8, 8, 16, 3, 3, 16, 2, 1),
     (1, 6, 6, 1, 3, 3, 1, 1, 0),
+    (2, 10, 10, 3, 3, 3, 5, 2, 0),  # stride 2: the last row and column in no window
+    (2, 8, 8, 6, 1, 1, 5, 2, 0),  # a residual block's 1x1 projection, stride 2
+    (32, 28, 28, 16, 3, 3, 24, 2, 1),  # the fashion net's first stride-2 layer
 ]
 
 
-def test_conv_gradients_equal_pytorch(rng):
+@pytest.mark.parametrize("pool", [1, 2], ids=["ours on one thread", "XNNPACK's on a pool"])
+def test_conv_gradients_equal_pytorch(rng, pool):
+    """Both filter-gradient kernels: ours (one thread) and the dilated convolution (a pool)."""
     cases, refs = [], []
     for N, H, W, C, KH, KW, F, s, pad in CONVS:
         t, b, left, right = (pad,) * 4 if isinstance(pad, int) else pad
@@ -63,13 +69,16 @@ def test_conv_gradients_equal_pytorch(rng):
         tf_pad = [[0, 0], [t, b], [left, right], [0, 0]]
         cases.append({"op": "conv", "x": b64(x), "xShape": list(x.shape), "w": b64(w),
                       "wShape": list(w.shape), "r": b64(r), "stride": s, "pad": tf_pad})  # fmt: skip
-    out = run_node(SCRIPT, {"cases": cases})
+    out = run_node(SCRIPT, {"cases": cases, "pool": pool})
     assert out["tensors"] == 0, "the kernels left tensors behind"
     for case, got, (dx, dw, shape) in zip(CONVS, out["results"], refs, strict=True):
         assert got["shape"] == shape, case
         for name, ref, mine in (("dx", dx, f32(got["dx"])), ("dw", dw, f32(got["dw"]))):
             err = np.abs(mine - ref.ravel()).max() / np.abs(ref).max()
-            assert err < 2e-6, f"{case} {name}: {err:.1e} off float64"
+            # ours sums each image's positions, then the images; the dilated convolution
+            # sums all 25,088 of the MNIST net's first layer in one float32 (2.6e-6 seen)
+            limit = 2e-6 if pool == 1 or name == "dx" else 1e-5
+            assert err < limit, f"{case} {name}: {err:.1e} off float64"
 
 
 # (N, H, W, C, size, stride, values): windows overlapping, not, all negative, tied

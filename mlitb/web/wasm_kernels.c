@@ -1,6 +1,6 @@
 /*
- * mlitb's own WebAssembly SIMD kernels for TF.js's wasm backend: the two gradients where
- * it is slowest on small conv nets (engine/wasm_kernels.js registers them; why and what
+ * mlitb's own WebAssembly SIMD kernels for TF.js's wasm backend: the gradients where it is
+ * slowest on small conv nets (engine/wasm_kernels.js registers them; why and what
  * they replace is written there). Built by `python -m mlitb.web.wasm_build` into
  * engine/wasm_kernels_bin.js (zig cc, wasm32, SIMD128, no libc; the test suite checks
  * that the committed module is this file's build).
@@ -78,6 +78,49 @@ void filter_grad(const f32 *x, const f32 *dy, const int *off, f32 *dw, int N, in
       }
     }
   }
+}
+
+/*
+ * Input gradient of a strided convolution (stride > 1; no dilation), scattered:
+ *   dx[n, oy*sh + kh, ox*sw + kw, 0:Cp] += w[kh, kw, 0:F, 0:Cp]^T . dy[n, oy, ox, 0:F]
+ * Every product is a useful one (the dilated-dy convolution multiplies sh * sw times as
+ * many, mostly by the zeros between dy's rows and columns).
+ *   dy: [N, OH, OW, F];  w: [KH, KW, F, Cp], Cp = C rounded up to 4 (zero columns past C)
+ *   dx: [N, Hp, Wp, Cp], Hp = (OH - 1) * sh + KH, Wp likewise: the padded input as far as
+ *       the windows reach, zeroed by the caller (who crops the padding off)
+ * 8 (or 4) channels of dx in registers, summed over F.
+ */
+EXPORT(input_grad)
+void input_grad(const f32 *dy, const f32 *w, f32 *dx, int N, int OH, int OW, int F, int Hp, int Wp, int Cp,
+                int KH, int KW, int sh, int sw) {
+  for (int n = 0; n < N; n++)
+    for (int oy = 0; oy < OH; oy++)
+      for (int ox = 0; ox < OW; ox++) {
+        const f32 *g = dy + ((n * OH + oy) * OW + ox) * F;
+        for (int kh = 0; kh < KH; kh++)
+          for (int kw = 0; kw < KW; kw++) {
+            f32 *t = dx + ((n * Hp + oy * sh + kh) * Wp + ox * sw + kw) * Cp;
+            const f32 *wk = w + (kh * KW + kw) * F * Cp;
+            int cb = 0;
+            for (; cb + 8 <= Cp; cb += 8) {
+              v128_t a0 = wasm_v128_load(t + cb), a1 = wasm_v128_load(t + cb + 4);
+              const f32 *q = wk + cb;
+              for (int f = 0; f < F; f++, q += Cp) {
+                const v128_t s = wasm_v128_load32_splat(g + f);
+                MAC(a0, s, wasm_v128_load(q));
+                MAC(a1, s, wasm_v128_load(q + 4));
+              }
+              wasm_v128_store(t + cb, a0);
+              wasm_v128_store(t + cb + 4, a1);
+            }
+            for (; cb < Cp; cb += 4) {
+              v128_t a0 = wasm_v128_load(t + cb);
+              const f32 *q = wk + cb;
+              for (int f = 0; f < F; f++, q += Cp) MAC(a0, wasm_v128_load32_splat(g + f), wasm_v128_load(q));
+              wasm_v128_store(t + cb, a0);
+            }
+          }
+      }
 }
 
 /*

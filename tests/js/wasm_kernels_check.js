@@ -1,6 +1,6 @@
 // mlitb's own wasm kernels (engine/wasm_kernels.js) through TF.js's own gradients, in node:
 // tests/test_wasm_kernels.py holds them to PyTorch.
-// stdin: {"cases": [{"op": "conv", "x", "xShape", "w", "wShape", "r", "stride", "pad"} |
+// stdin: {"pool": threads the kernels are told TF.js's pool has (default 1), "cases": [{"op": "conv", "x", "xShape", "w", "wShape", "r", "stride", "pad"} |
 //                   {"op": "pool", "x", "xShape", "r", "size", "stride"}]}   (arrays: b64 f32)
 //   loss = sum(op(x) * r); r is cut to op(x)'s size
 // stdout: {"results": [{"dx", "dw" (conv), "shape" (op(x)'s)}], "tensors": left over}
@@ -15,7 +15,8 @@ const b64 = (arr) => Buffer.from(arr.buffer, arr.byteOffset, arr.byteLength).toS
 (async () => {
   let input = "";
   for await (const chunk of process.stdin) input += chunk;
-  const { cases } = JSON.parse(input);
+  const { cases, pool = 1 } = JSON.parse(input);
+  if (pool > 1) tf.wasm = { ...(tf.wasm || {}), getThreadsCount: () => pool }; // node runs one thread
   if (!(await tf.setBackend("wasm"))) throw new Error("no wasm backend");
   const results = cases.map((c) => tf.tidy(() => {
     const x = tf.tensor(f32(c.x), c.xShape), r = f32(c.r);

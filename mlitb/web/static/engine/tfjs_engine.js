@@ -85,10 +85,35 @@
   // an add per example.)
   const perExample = (v, n) => tf.mul(tf.ones([n, 1, 1, 1]), tf.reshape(v, [1, 1, 1, -1]));
 
+  // A convolution and its bias as one op, on wasm, where the broadcast Add of the bias over
+  // the activations cost as much as a small convolution: the forward is TF.js's fused
+  // convolution (XNNPACK adds the bias inside its product), the backward the two
+  // convolution gradients and the bias's summed in perExample's two stages (each example's
+  // positions, then the examples). `needDx` is false where the input is the data (no
+  // parameters before it): its gradient is never used, and a custom gradient cannot know
+  // that (TF.js prunes it for a plain conv2d), so zeros stand in.
+  function convBias(a, w, b, strides, pad, needDx) {
+    return tf.customGrad((x, w, b, save) => {
+      save([x, w]);
+      const gradFunc = (dy, [x, w]) => [
+        needDx
+          ? tf.engine().runKernel("Conv2DBackpropInput", { dy, filter: w },
+            { strides, pad, dataFormat: "NHWC", inputShape: x.shape })
+          : tf.zerosLike(x),
+        tf.engine().runKernel("Conv2DBackpropFilter", { x, dy },
+          { strides, pad, dataFormat: "NHWC", filterShape: w.shape }),
+        tf.sum(tf.sum(dy, [1, 2]), 0),
+      ];
+      return { value: tf.fused.conv2d({ x, filter: w, bias: b, strides, pad }), gradFunc };
+    })(a, w, b);
+  }
+
   // ---- forward: NHWC activations -> scores [N, K] -------------------------------
   function run(parts, steps, a, train, ctx) {
     for (const s of steps) {
       const L = s.L, p = arrays(parts, s);
+      const upstream = ctx.seenParams === true; // parameters before this step (convBias's needDx)
+      if (s.arrays.length) ctx.seenParams = true;
       switch (L.layer_type) {
         case "input": case "softmax": case "svm": case "regression": case "seqsoftmax":
           break;
@@ -97,7 +122,9 @@
           // zero padding inside the convolution (explicit, ConvNetJS's pad on every side): no
           // padded copy of the activations forward and no slice of its gradient backward
           const pad = L.pad ? [[0, 0], [L.pad, L.pad], [L.pad, L.pad], [0, 0]] : "valid";
-          a = tf.add(tf.conv2d(a, w, L.stride, pad), perExample(fx(s, p, "biases"), a.shape[0]));
+          const b = fx(s, p, "biases");
+          if (tf.getBackend() === "wasm") a = convBias(a, w, b, L.stride, pad, upstream);
+          else a = tf.add(tf.conv2d(a, w, L.stride, pad), perExample(b, a.shape[0]));
           break;
         }
         case "fc": {

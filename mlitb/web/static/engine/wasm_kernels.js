@@ -13,10 +13,11 @@
  * Convolutions may be padded ('valid', 'same', a number or explicit [[0,0],[t,b],[l,r],[0,0]]),
  * any stride, no dilation (other attributes raise a clear error).
  *   dW = x^T dy over (n, oy, ox): the kernel reads x zero-padded, copied into its memory
- *   dX = conv2d( pad(dilate(dy, stride), K-1-padding), reverse(W)^T[KH,KW,F,C] )
+ *   dX = conv2d( dilate(dy, stride), reverse(W)^T[KH,KW,F,C], padding K-1-padding )
  * The WebAssembly kernels have their own memory: inputs are copied in and results out
- * (~0.1 ms a step for the paper's MNIST net). One thread: the filter gradient in WASM SIMD
- * on one thread is faster here than the dilated-convolution form on a pool of two.
+ * (~0.1 ms a step for the paper's MNIST net). They run on one thread: with a pool of
+ * threads (a volunteer giving more than one core) the filter gradient is the dilated
+ * convolution of XNNPACK, which runs on every thread of the pool.
  * Measured (node, one thread, the paper's MNIST net, batch 32; docs/performance.md): the
  * filter gradients 4.8 -> 2.4 ms a step, max-pool's gradient 3.3 -> 0.5 ms.
  */
@@ -60,9 +61,41 @@
       attrs.dimRoundingMode, false, "channelsLast");
   }
 
-  function backpropFilter({ inputs, backend, attrs }) {
+  // TF.js's wasm thread pool (1 without SharedArrayBuffer, or as the volunteer chose)
+  const poolSize = () => (tf.wasm && tf.wasm.getThreadsCount ? tf.wasm.getThreadsCount() : 1);
+
+  // The filter gradient as a convolution that XNNPACK runs on the whole pool:
+  //   dW = transpose( conv2d( x^T[C,H,W,N], dy^T[OH,OW,N,F], dilation = stride ) )[:KH,:KW]
+  // Slower than ours on one thread (the MNIST net: 4.8 against 2.4 ms a step), but ours
+  // runs on one thread only: with a pool, this one keeps every thread busy.
+  function backpropFilterOnPool({ inputs, backend, attrs }, info) {
+    const { dy } = inputs;
+    const [KH, KW, C, F] = attrs.filterShape;
+    const { top, bottom, left, right } = info.padInfo;
+    const temps = [];
+    try {
+      let x = inputs.x;
+      if (top || bottom || left || right) {
+        x = run(backend, temps, "PadV2", { x }, {
+          paddings: [[0, 0], [top, bottom], [left, right], [0, 0]], constantValue: 0,
+        });
+      }
+      const xT = run(backend, temps, "Transpose", { x }, { perm: [3, 1, 2, 0] });
+      const dyT = run(backend, temps, "Transpose", { x: dy }, { perm: [1, 2, 0, 3] });
+      const r = run(backend, temps, "Conv2D", { x: xT, filter: dyT },
+        { strides: [1, 1], pad: "valid", dataFormat: "NHWC", dilations: [info.strideHeight, info.strideWidth] });
+      const rs = run(backend, temps, "Slice", { x: r }, { begin: [0, 0, 0, 0], size: [C, KH, KW, F] });
+      return k("Transpose")({ inputs: { x: rs }, backend, attrs: { perm: [1, 2, 0, 3] } });
+    } finally {
+      for (const t of temps) backend.disposeData(t.dataId);
+    }
+  }
+
+  function backpropFilter(args) {
+    const { inputs, backend, attrs } = args;
     const { x, dy } = inputs;
     const info = convInfo(x.shape, attrs.filterShape, attrs);
+    if (poolSize() > 2) return backpropFilterOnPool(args, info);
     const [KH, KW, C, F] = attrs.filterShape;
     const [N, H, W] = x.shape;
     const { top, left } = info.padInfo;
@@ -113,13 +146,53 @@
     return out;
   }
 
-  function backpropInput({ inputs, backend, attrs }) {
+  // Stride > 1: ours, scattering each dy position through the filter into the padded dx
+  // (the dilated-dy convolution below multiplies sh * sw times as many products, mostly
+  // zeros, and TF.js wasm's 6-D pad that dilates is slow: the residual net's stride-2
+  // layers took 10 ms each a step)
+  function backpropInputStrided({ inputs, backend, attrs }, info) {
+    const { dy, filter } = inputs;
+    const [N, H, W, C] = attrs.inputShape;
+    const [KH, KW, , F] = filter.shape;
+    const { outHeight: OH, outWidth: OW, strideHeight: sh, strideWidth: sw } = info;
+    const { top, left } = info.padInfo;
+    const Hp = (OH - 1) * sh + KH, Wp = (OW - 1) * sw + KW, Cp = up4(C);
+    const out = backend.makeOutput([N, H, W, C], "float32");
+    const [pg, pw, pdx] = place([N * OH * OW * F, KH * KW * F * Cp, N * Hp * Wp * Cp]);
+    const heap = new Float32Array(memory.buffer);
+    heap.set(backend.typedArrayFromHeap(dy), pg >> 2);
+    const w = backend.typedArrayFromHeap(filter); // [KH, KW, C, F] -> [KH, KW, F, Cp]
+    const Wt = pw >> 2;
+    heap.fill(0, Wt, Wt + KH * KW * F * Cp);
+    for (let kk = 0; kk < KH * KW; kk++) {
+      for (let c = 0; c < C; c++) for (let f = 0; f < F; f++) heap[Wt + (kk * F + f) * Cp + c] = w[(kk * C + c) * F + f];
+    }
+    const D = pdx >> 2;
+    heap.fill(0, D, D + N * Hp * Wp * Cp);
+    own.input_grad(pg, pw, pdx, N, OH, OW, F, Hp, Wp, Cp, KH, KW, sh, sw);
+    // dx[n, y, x] = padded[n, y + top, x + left]; rows and columns past the last window: 0
+    const o = backend.typedArrayFromHeap(out);
+    o.fill(0);
+    const x0 = Math.max(0, -left), x1 = Math.min(W, Wp - left);
+    for (let n = 0; n < N; n++) {
+      for (let y = Math.max(0, -top); y < Math.min(H, Hp - top); y++) {
+        const src = D + ((n * Hp + y + top) * Wp + x0 + left) * Cp, dst = ((n * H + y) * W + x0) * C;
+        if (Cp === C) o.set(heap.subarray(src, src + (x1 - x0) * C), dst); // a row at once
+        else for (let x = 0; x < x1 - x0; x++) o.set(heap.subarray(src + x * Cp, src + x * Cp + C), dst + x * C);
+      }
+    }
+    return out;
+  }
+
+  function backpropInput(args) {
+    const { inputs, backend, attrs } = args;
     const { dy, filter } = inputs;
     const [N, H, W, C] = attrs.inputShape;
     const info = convInfo(attrs.inputShape, filter.shape, attrs);
     const [KH, KW, , F] = filter.shape;
     const { outHeight: OH, outWidth: OW, strideHeight: sh, strideWidth: sw } = info;
     const { top, left } = info.padInfo;
+    if (sh > 1 || sw > 1) return backpropInputStrided(args, info);
     const temps = [];
     try {
       let d = dy;
@@ -139,11 +212,14 @@
       const pt = KH - 1 - top, pl = KW - 1 - left;
       const pb = H + KH - 1 - pt - dh, pr = W + KW - 1 - pl - dw;
       const paddings = [[0, 0], [Math.max(0, pt), Math.max(0, pb)], [Math.max(0, pl), Math.max(0, pr)], [0, 0]];
-      const padded = run(backend, temps, "PadV2", { x: d }, { paddings, constantValue: 0 });
       const rev = run(backend, temps, "Reverse", { x: filter }, { dims: [0, 1] });
       const wT = run(backend, temps, "Transpose", { x: rev }, { perm: [0, 1, 3, 2] });
+      if (Math.min(pt, pb, pl, pr) >= 0) { // XNNPACK pads as it reads: no padded copy of dy
+        return k("Conv2D")({ inputs: { x: d, filter: wT }, backend,
+          attrs: { strides: [1, 1], pad: paddings, dataFormat: "NHWC", dilations: [1, 1] } });
+      }
+      const padded = run(backend, temps, "PadV2", { x: d }, { paddings, constantValue: 0 });
       const conv = { strides: [1, 1], pad: "valid", dataFormat: "NHWC", dilations: [1, 1] };
-      if (Math.min(pt, pb, pl, pr) >= 0) return k("Conv2D")({ inputs: { x: padded, filter: wT }, backend, attrs: conv });
       const full = run(backend, temps, "Conv2D", { x: padded, filter: wT }, conv);
       const begin = [0, Math.max(0, -pt), Math.max(0, -pl), 0];
       return k("Slice")({ inputs: { x: full }, backend, attrs: { begin, size: [N, H, W, C] } });
