@@ -4,8 +4,9 @@
  *                           Ours: mlitb's own WebAssembly SIMD kernel (wasm_kernels_bin.js,
  *                           built from mlitb/web/wasm_kernels.c), a product of matrices
  *                           over the batch's positions with 4 x 8 blocks in registers;
- *   Conv2DBackpropInput   - present but a slow plain loop. Ours: a convolution (XNNPACK) of
- *                           the dilated, padded dy with the reversed filter;
+ *   Conv2DBackpropInput   - present but a slow plain loop. Ours: stride 1, a convolution
+ *                           (XNNPACK) of dy with the reversed filter; strided, our own
+ *                           WebAssembly kernel scattering dy through the filter;
  *   MaxPoolGrad           - present but wrong: a window whose values are all negative
  *                           sends its gradient to the window's first element (its max
  *                           starts at 0), found by mlitb's golden vectors. Ours: the
@@ -13,7 +14,7 @@
  * Convolutions may be padded ('valid', 'same', a number or explicit [[0,0],[t,b],[l,r],[0,0]]),
  * any stride, no dilation (other attributes raise a clear error).
  *   dW = x^T dy over (n, oy, ox): the kernel reads x zero-padded, copied into its memory
- *   dX = conv2d( dilate(dy, stride), reverse(W)^T[KH,KW,F,C], padding K-1-padding )
+ *   dX = conv2d( dy, reverse(W)^T[KH,KW,F,C], padding K-1-padding ) for stride 1; strided: ours
  * The WebAssembly kernels have their own memory: inputs are copied in and results out
  * (~0.1 ms a step for the paper's MNIST net). They run on one thread: with a pool of
  * threads (a volunteer giving more than one core) the filter gradient is the dilated
@@ -184,41 +185,32 @@
     return out;
   }
 
+  // Stride 1: a convolution (XNNPACK) of dy with the reversed, transposed filter
   function backpropInput(args) {
     const { inputs, backend, attrs } = args;
     const { dy, filter } = inputs;
     const [N, H, W, C] = attrs.inputShape;
     const info = convInfo(attrs.inputShape, filter.shape, attrs);
-    const [KH, KW, , F] = filter.shape;
-    const { outHeight: OH, outWidth: OW, strideHeight: sh, strideWidth: sw } = info;
+    if (info.strideHeight > 1 || info.strideWidth > 1) return backpropInputStrided(args, info);
+    const [KH, KW] = filter.shape;
+    const { outHeight: OH, outWidth: OW } = info;
     const { top, left } = info.padInfo;
-    if (sh > 1 || sw > 1) return backpropInputStrided(args, info);
     const temps = [];
     try {
-      let d = dy;
-      if (sh > 1 || sw > 1) { // dilate: stride - 1 zeros between dy's rows and columns
-        const r6 = run(backend, temps, "Reshape", { x: d }, { shape: [N, OH, 1, OW, 1, F] });
-        const p6 = run(backend, temps, "PadV2", { x: r6 },
-          { paddings: [[0, 0], [0, 0], [0, sh - 1], [0, 0], [0, sw - 1], [0, 0]], constantValue: 0 });
-        const r4 = run(backend, temps, "Reshape", { x: p6 }, { shape: [N, OH * sh, OW * sw, F] });
-        d = run(backend, temps, "Slice", { x: r4 },
-          { begin: [0, 0, 0, 0], size: [N, (OH - 1) * sh + 1, (OW - 1) * sw + 1, F] });
-      }
-      // dX[y] = sum over kh of dilated dy[y + top - kh] * W[kh]: a 'valid' convolution with the
+      // dX[y] = sum over kh of dy[y + top - kh] * W[kh]: a 'valid' convolution with the
       // reversed filter once dy's row y + top - (KH-1) lands at row y, i.e. KH-1-top rows of
       // zeros above it and enough below to give H rows. A padding wider than the filter
       // (never from mlitb's specs) cannot be a negative pad: the rows are cropped after.
-      const dh = (OH - 1) * sh + 1, dw = (OW - 1) * sw + 1;
       const pt = KH - 1 - top, pl = KW - 1 - left;
-      const pb = H + KH - 1 - pt - dh, pr = W + KW - 1 - pl - dw;
+      const pb = H + KH - 1 - pt - OH, pr = W + KW - 1 - pl - OW;
       const paddings = [[0, 0], [Math.max(0, pt), Math.max(0, pb)], [Math.max(0, pl), Math.max(0, pr)], [0, 0]];
       const rev = run(backend, temps, "Reverse", { x: filter }, { dims: [0, 1] });
       const wT = run(backend, temps, "Transpose", { x: rev }, { perm: [0, 1, 3, 2] });
       if (Math.min(pt, pb, pl, pr) >= 0) { // XNNPACK pads as it reads: no padded copy of dy
-        return k("Conv2D")({ inputs: { x: d, filter: wT }, backend,
+        return k("Conv2D")({ inputs: { x: dy, filter: wT }, backend,
           attrs: { strides: [1, 1], pad: paddings, dataFormat: "NHWC", dilations: [1, 1] } });
       }
-      const padded = run(backend, temps, "PadV2", { x: d }, { paddings, constantValue: 0 });
+      const padded = run(backend, temps, "PadV2", { x: dy }, { paddings, constantValue: 0 });
       const conv = { strides: [1, 1], pad: "valid", dataFormat: "NHWC", dilations: [1, 1] };
       const full = run(backend, temps, "Conv2D", { x: padded, filter: wT }, conv);
       const begin = [0, Math.max(0, -pt), Math.max(0, -pl), 0];
