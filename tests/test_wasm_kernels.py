@@ -113,6 +113,90 @@ def test_max_pool_gradient_is_pytorchs_first_maximum(rng):
         np.testing.assert_allclose(f32(got["dx"]), ref.ravel(), rtol=1e-6, atol=1e-6, err_msg=str(case))
 
 
+# (a's shape, b's shape, transpose a, transpose b): single products (XNNPACK after a
+# transpose), batched ones (ours), one matrix shared by a batch, sizes not multiples of 4
+MATMULS = [
+    ((768, 128), (384, 128), False, True),  # charlm's qkv projection
+    ((768, 384), (768, 128), True, False),  # and its filter gradient
+    ((7, 5), (5, 3), False, False),
+    ((5, 7), (3, 5), True, True),
+    ((1, 6, 9), (1, 9, 4), False, False),
+    ((12, 4, 64, 32), (12, 4, 64, 32), False, True),  # attention's scores
+    ((12, 4, 64, 64), (12, 4, 64, 32), True, False),  # and a value's gradient
+    ((3, 2, 7, 5), (3, 2, 7, 6), True, False),
+    ((4, 9, 3), (4, 5, 3), False, True),
+    ((5, 6, 7), (7, 10), False, False),  # one b for every a
+    ((6, 7), (3, 7, 5), False, False),  # one a for every b
+    ((2, 5, 7), (2, 5, 11), True, False),  # M = 7, N = 11: rows and columns past the blocks
+    ((2, 9, 1), (2, 9, 1), True, False),  # a 1 x 1 result
+]
+
+
+@pytest.mark.parametrize("pool", [1, 2], ids=["one thread", "a pool"])
+def test_products_of_matrices_equal_pytorch(rng, pool):
+    """BatchMatMul on wasm: forward and both gradients (which are products transposed
+    again) against PyTorch in float64."""
+    cases, refs = [], []
+    for sa, sb, ta, tb in MATMULS:
+        a = rng.standard_normal(sa).astype(np.float32)
+        b = rng.standard_normal(sb).astype(np.float32)
+        at = torch.tensor(a, dtype=torch.float64, requires_grad=True)
+        bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+        y = (at.transpose(-1, -2) if ta else at) @ (bt.transpose(-1, -2) if tb else bt)
+        r = rng.standard_normal(y.numel()).astype(np.float32)
+        (y * torch.tensor(r, dtype=torch.float64).reshape(y.shape)).sum().backward()
+        refs.append((y.detach().numpy(), at.grad.numpy(), bt.grad.numpy()))
+        # TF.js has no gradient for a broadcast product (core's, whatever the kernel): y only
+        grad = len(sa) == len(sb)
+        cases.append({"op": "matmul", "x": b64(a), "xShape": list(sa), "w": b64(b), "wShape": list(sb),
+                      "ta": ta, "tb": tb, "r": b64(r), "grad": grad})  # fmt: skip
+    out = run_node(SCRIPT, {"cases": cases, "pool": pool})
+    assert out["tensors"] == 0, "the kernels left tensors behind"
+    for case, got, (y, da, db) in zip(MATMULS, out["results"], refs, strict=True):
+        assert got["shape"] == list(y.shape), case
+        pairs = [("y", y, got["y"])] + ([("da", da, got["dx"]), ("db", db, got["dw"])] if "dx" in got else [])
+        assert ("dx" in got) == (len(case[0]) == len(case[1])), case
+        for name, ref, mine in pairs:
+            err = np.abs(f32(mine) - ref.ravel()).max() / np.abs(ref).max()
+            assert err < 2e-6, f"{case} {name}: {err:.1e} off float64"
+
+
+SLICES = [  # (shape, dtype, begin, size): contiguous runs and not, every rank
+    ((818,), "float32", [17], [500]),
+    ((6, 7), "float32", [1, 2], [4, 3]),
+    ((6, 7), "int32", [2, 0], [3, 7]),
+    ((3, 4, 5), "float32", [0, 1, 2], [3, 2, 3]),
+    ((2, 3, 4, 5), "bool", [1, 0, 1, 0], [1, 3, 2, 5]),
+    ((2, 3, 4, 5, 2), "float32", [0, 1, 1, 2, 0], [2, 2, 3, 2, 2]),
+    ((4, 4), "float32", [1, 1], [0, 2]),
+]
+SPLITS = [((818,), "float32", [100, 18, 700], 0), ((768, 384), "float32", [128, 128, 128], 1),
+          ((6, 5, 4), "int32", [2, 4], 0), ((3, 8, 2), "float32", [1, 5, 2], 1)]  # fmt: skip
+
+
+def test_slices_and_splits_are_numpys(rng):
+    """Slice and SplitV on wasm read their input in place (TF.js's copy the whole of it)."""
+    cases, refs = [], []
+    for shape, dtype, begin, size in SLICES:
+        x = rng.integers(-3, 4, shape).astype(np.float32)
+        cases.append({"op": "slice", "x": b64(x), "xShape": list(shape), "dtype": dtype, "begin": begin,
+                      "size": size, "r": b64(x)})  # fmt: skip
+        ref = x.astype(dtype)[tuple(slice(b, b + s) for b, s in zip(begin, size, strict=True))]
+        refs.append([ref])
+    for shape, dtype, sizes, axis in SPLITS:
+        x = rng.integers(-3, 4, shape).astype(np.float32)
+        cases.append({"op": "split", "x": b64(x), "xShape": list(shape), "dtype": dtype, "sizes": sizes,
+                      "axis": axis, "r": b64(x)})  # fmt: skip
+        refs.append(np.split(x.astype(dtype), np.cumsum(sizes)[:-1], axis=axis))
+    out = run_node(SCRIPT, {"cases": cases})
+    assert out["tensors"] == 0, "the kernels left tensors behind"
+    for case, got, ref in zip(SLICES + SPLITS, out["results"], refs, strict=True):
+        assert got["shapes"] == [list(p.shape) for p in ref], case
+        assert got["dtypes"] == [case[1]] * len(ref), case
+        for mine, part in zip(got["parts"], ref, strict=True):
+            np.testing.assert_array_equal(f32(mine), part.astype(np.float32).ravel(), err_msg=str(case))
+
+
 def test_the_committed_module_is_the_build_of_its_source():
     """engine/wasm_kernels_bin.js is what `python -m mlitb.web.wasm_build` makes of
     mlitb/web/wasm_kernels.c with the pinned zig (a dev extra): nobody ships a binary

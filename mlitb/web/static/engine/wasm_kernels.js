@@ -11,6 +11,10 @@
  *                           sends its gradient to the window's first element (its max
  *                           starts at 0), found by mlitb's golden vectors. Ours: the
  *                           WebAssembly kernel, first maximum winning, as PyTorch.
+ *   BatchMatMul           - XNNPACK only for one untransposed product, else a plain loop
+ *                           10x slower. Ours: a single product transposed first, then
+ *                           XNNPACK; a batched one (attention's heads) our own kernel;
+ *   Slice, SplitV         - each copied its whole input first (readSync). Ours: in place.
  * Convolutions may be padded ('valid', 'same', a number or explicit [[0,0],[t,b],[l,r],[0,0]]),
  * any stride, no dilation (other attributes raise a clear error).
  *   dW = x^T dy over (n, oy, ox): the kernel reads x zero-padded, copied into its memory
@@ -192,11 +196,20 @@
     const [N, H, W, C] = attrs.inputShape;
     const info = convInfo(attrs.inputShape, filter.shape, attrs);
     if (info.strideHeight > 1 || info.strideWidth > 1) return backpropInputStrided(args, info);
-    const [KH, KW] = filter.shape;
+    const [KH, KW, , F] = filter.shape;
     const { outHeight: OH, outWidth: OW } = info;
     const { top, left } = info.padInfo;
     const temps = [];
     try {
+      if (KH === 1 && KW === 1 && top === 0 && left === 0 && OH === H && OW === W) {
+        // a 1 x 1 convolution (a transformer's MLP) is a product of matrices, dX = dy W^T:
+        // XNNPACK's matrix product (batchMatMul below) runs it 1.5-2x faster than as a conv
+        const dy2 = { dataId: dy.dataId, shape: [N * H * W, F], dtype: "float32" };
+        const w2 = { dataId: filter.dataId, shape: [C, F], dtype: "float32" };
+        const dx = batchMatMul({ inputs: { a: dy2, b: w2 }, backend, attrs: { transposeA: false, transposeB: true } });
+        dx.shape = [N, H, W, C];
+        return dx;
+      }
       // dX[y] = sum over kh of dy[y + top - kh] * W[kh]: a 'valid' convolution with the
       // reversed filter once dy's row y + top - (KH-1) lands at row y, i.e. KH-1-top rows of
       // zeros above it and enough below to give H rows. A padding wider than the filter
@@ -237,6 +250,101 @@
     return out;
   }
 
+  // ---- products of matrices ------------------------------------------------------------
+  // TF.js wasm's BatchMatMul is XNNPACK (on the whole pool) only for one untransposed
+  // product; a transposed or batched one is a plain loop, 0.4-0.8 G multiply-adds a second
+  // against 5-8 here (the charlm transformer's attention: 2/3 of its step). So a single
+  // transposed product is transposed first (TF.js's Transpose, ~0.3 ms for [768, 384]) and
+  // goes to XNNPACK; a batched one (attention's heads) is our WebAssembly kernel.
+  const batchMatMulTf = k("BatchMatMul");
+  // its wasm function is bound by its setup when the backend starts: ours keeps that setup
+  const batchMatMulSetup = tf.getKernel("BatchMatMul", B).setupFunc;
+  function batchMatMul(args) {
+    const { inputs: { a, b }, backend, attrs } = args;
+    const { transposeA: ta, transposeB: tb } = attrs;
+    const ra = a.shape.length, rb = b.shape.length;
+    const batchA = tf.util.sizeFromShape(a.shape.slice(0, -2)), batchB = tf.util.sizeFromShape(b.shape.slice(0, -2));
+    if (a.dtype !== "float32" || b.dtype !== "float32") return batchMatMulTf(args);
+    if (batchA === 1 && batchB === 1) {
+      if (!ta && !tb) return batchMatMulTf(args);
+      const temps = [];
+      try {
+        const flip = (t, r) => run(backend, temps, "Transpose", { x: t }, { perm: [...Array(r - 2).keys(), r - 1, r - 2] });
+        return batchMatMulTf({ inputs: { a: ta ? flip(a, ra) : a, b: tb ? flip(b, rb) : b }, backend,
+          attrs: { ...attrs, transposeA: false, transposeB: false } });
+      } finally {
+        for (const t of temps) backend.disposeData(t.dataId);
+      }
+    }
+    // batched: the same batch on both sides or one matrix for all (else TF.js broadcasts)
+    const sameBatch = ra === rb && a.shape.slice(0, -2).every((d, i) => d === b.shape[i]);
+    if (!sameBatch && batchA !== 1 && batchB !== 1) return batchMatMulTf(args);
+    const M = ta ? a.shape[ra - 1] : a.shape[ra - 2], K = ta ? a.shape[ra - 2] : a.shape[ra - 1];
+    const N = tb ? b.shape[rb - 2] : b.shape[rb - 1], Np = up4(N);
+    const batch = Math.max(batchA, batchB);
+    const outShape = (batchA >= batchB ? a : b).shape.slice(0, -2).concat([M, N]);
+    const out = backend.makeOutput(outShape, "float32");
+    const [pa, pb, pc, pp] = place([batchA * M * K, batchB * K * N, batch * M * Np, K * Np]);
+    const heap = new Float32Array(memory.buffer);
+    heap.set(backend.typedArrayFromHeap(a), pa >> 2);
+    heap.set(backend.typedArrayFromHeap(b), pb >> 2);
+    own.matmul(pa, pb, pc, pp, batch, M, K, N, Np, ta ? 1 : 0, tb ? 1 : 0,
+      batchA === 1 ? 0 : M * K, batchB === 1 ? 0 : K * N);
+    const c = new Float32Array(memory.buffer, pc, batch * M * Np), o = backend.typedArrayFromHeap(out);
+    if (Np === N) o.set(c);
+    else for (let r = 0; r < batch * M; r++) o.set(c.subarray(r * Np, r * Np + N), r * N);
+    return out;
+  }
+
+  // ---- slices -----------------------------------------------------------------------------
+  // TF.js wasm's Slice (and SplitV, which slices) reads its input with readSync, a copy of
+  // the whole tensor: the engine cuts each step's flat parameter vector into its arrays, so
+  // the charlm transformer's 818,241 floats were copied 54 times a step (75 ms). Ours reads
+  // the input where it lies and copies only the slice, a run of its last axis at a time.
+  const sliceTf = k("Slice");
+  function sliceOf(x, begin, size, backend) {
+    const out = backend.makeOutput(size, x.dtype); // before the views: it may grow the heap
+    const src = backend.typedArrayFromHeap(x), dst = backend.typedArrayFromHeap(out);
+    const r = x.shape.length, n = tf.util.sizeFromShape(size);
+    if (n === 0) return out;
+    const strides = tf.util.computeStrides(x.shape);
+    if (r === 0 || tf.slice_util.isSliceContinous(x.shape, begin, size)) {
+      const at = r === 0 ? 0 : tf.slice_util.computeFlatOffset(begin, strides);
+      dst.set(src.subarray(at, at + n));
+      return out;
+    }
+    const inner = size[r - 1], idx = new Array(r - 1).fill(0);
+    for (let o = 0; o < n; o += inner) {
+      let at = begin[r - 1];
+      for (let d = 0; d < r - 1; d++) at += (begin[d] + idx[d]) * strides[d];
+      dst.set(src.subarray(at, at + inner), o);
+      for (let d = r - 2; d >= 0 && ++idx[d] === size[d]; d--) idx[d] = 0;
+    }
+    return out;
+  }
+  const numeric = (x) => x.dtype === "float32" || x.dtype === "int32" || x.dtype === "bool";
+  function slice(args) {
+    const { inputs: { x }, attrs, backend } = args;
+    if (!numeric(x)) return sliceTf(args);
+    const [begin, size] = tf.slice_util.parseSliceParams(x, attrs.begin, attrs.size);
+    return sliceOf(x, begin, size, backend);
+  }
+  const splitVTf = k("SplitV");
+  function splitV(args) {
+    const { inputs: { x }, attrs, backend } = args;
+    if (!numeric(x)) return splitVTf(args);
+    const axis = tf.util.parseAxisParam(attrs.axis, x.shape)[0];
+    const sizes = tf.backend_util.prepareSplitSize(x, attrs.numOrSizeSplits, axis);
+    const begin = new Array(x.shape.length).fill(0);
+    return sizes.map((s) => {
+      const size = x.shape.slice();
+      size[axis] = s;
+      const out = sliceOf(x, begin.slice(), size, backend);
+      begin[axis] += s;
+      return out;
+    });
+  }
+
   // Identity (every tensor the tape saves for the backward pass is cloned) and a Cast to the
   // same dtype copy the whole tensor on TF.js wasm; tensors are immutable, so they share
   // the data and count one more reference, as wasm's own Reshape does (and TF.js cpu's
@@ -251,7 +359,8 @@
   };
   const identity = share(k("Identity")), cast = share(k("Cast"));
 
-  const names = ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "Identity", "Cast"];
+  const names = ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "Identity", "Cast",
+    "BatchMatMul", "Slice", "SplitV"];
   for (const name of names) {
     if (tf.getKernel(name, B)) tf.unregisterKernel(name, B);
   }
@@ -260,5 +369,8 @@
   tf.registerKernel({ kernelName: "MaxPoolGrad", backendName: B, kernelFunc: maxPoolGrad });
   tf.registerKernel({ kernelName: "Identity", backendName: B, kernelFunc: identity });
   tf.registerKernel({ kernelName: "Cast", backendName: B, kernelFunc: cast });
+  tf.registerKernel({ kernelName: "BatchMatMul", backendName: B, kernelFunc: batchMatMul, setupFunc: batchMatMulSetup });
+  tf.registerKernel({ kernelName: "Slice", backendName: B, kernelFunc: slice });
+  tf.registerKernel({ kernelName: "SplitV", backendName: B, kernelFunc: splitV });
   return names;
 });
