@@ -262,3 +262,131 @@ void matmul(const f32 *a, const f32 *b, f32 *c, f32 *pack, int batch, int M, int
     }
   }
 }
+
+/*
+ * Batch norm in training, per channel c over the N x P values of a batch (P = H x W):
+ *   x: [N, P, C];  stats: [2, C], the batch's mean and biased variance (bn_stats)
+ * Every per-channel sum is summed in two stages, each image's P positions and then the N
+ * images, as engine/tfjs_engine.js's `perExample` does for the other ops: one float32 sum
+ * over N x P put statistics ~1e-5 off PyTorch's (the replay tolerance's concern).
+ */
+
+/* acc[0:C] = sum over p < P of row p of x ([P, C]), minus sub[c] and squared when sub */
+static void position_sums(const f32 *x, const f32 *sub, f32 *acc, int P, int C) {
+  int c = 0;
+  for (; c + 4 <= C; c += 4) {
+    v128_t s = wasm_f32x4_splat(0);
+    const f32 *p = x + c;
+    if (sub) {
+      const v128_t m = wasm_v128_load(sub + c);
+      for (int i = 0; i < P; i++, p += C) {
+        const v128_t d = wasm_f32x4_sub(wasm_v128_load(p), m);
+        MAC(s, d, d);
+      }
+    } else
+      for (int i = 0; i < P; i++, p += C) s = wasm_f32x4_add(s, wasm_v128_load(p));
+    wasm_v128_store(acc + c, s);
+  }
+  for (; c < C; c++) {
+    f32 s = 0;
+    for (int i = 0; i < P; i++) {
+      const f32 v = sub ? x[i * C + c] - sub[c] : x[i * C + c];
+      s += sub ? v * v : v;
+    }
+    acc[c] = s;
+  }
+}
+
+/* stats = [mean, biased variance] per channel, each a mean of the images' means */
+EXPORT(bn_stats)
+void bn_stats(const f32 *x, f32 *stats, f32 *acc, int N, int P, int C) {
+  f32 *mean = stats, *var = stats + C;
+  for (int c = 0; c < C; c++) mean[c] = var[c] = 0;
+  for (int n = 0; n < N; n++) {
+    position_sums(x + (long)n * P * C, 0, acc, P, C);
+    for (int c = 0; c < C; c++) mean[c] += acc[c] / P;
+  }
+  for (int c = 0; c < C; c++) mean[c] /= N;
+  for (int n = 0; n < N; n++) {
+    position_sums(x + (long)n * P * C, mean, acc, P, C);
+    for (int c = 0; c < C; c++) var[c] += acc[c] / P;
+  }
+  for (int c = 0; c < C; c++) var[c] /= N;
+}
+
+/* y = (x - mean) * scale + bias, coef = [mean, scale, bias] ([3, C]); M = N x P rows */
+EXPORT(bn_apply)
+void bn_apply(const f32 *x, const f32 *coef, f32 *y, int M, int C) {
+  const f32 *mean = coef, *scale = coef + C, *bias = coef + 2 * C;
+  for (int i = 0; i < M; i++, x += C, y += C) {
+    int c = 0;
+    for (; c + 4 <= C; c += 4) {
+      const v128_t d = wasm_f32x4_sub(wasm_v128_load(x + c), wasm_v128_load(mean + c));
+      wasm_v128_store(y + c, wasm_f32x4_add(wasm_f32x4_mul(d, wasm_v128_load(scale + c)), wasm_v128_load(bias + c)));
+    }
+    for (; c < C; c++) y[c] = (x[c] - mean[c]) * scale[c] + bias[c];
+  }
+}
+
+/*
+ * The gradients of y = (x - mean) * inv * gain + bias with the batch's mean and
+ * inv = 1 / sqrt(var + eps) (both functions of x):
+ *   dbias = sum dy;  dgain = sum dy * xhat, xhat = (x - mean) * inv
+ *   dx = gain * inv * (dy - dbias / M - xhat * dgain / M),  M = N x P
+ *   coef = [mean, inv, gain] ([3, C]);  sums: [2, C] out, dbias then dgain;  acc: 2C scratch
+ */
+EXPORT(bn_grad)
+void bn_grad(const f32 *x, const f32 *dy, const f32 *coef, f32 *dx, f32 *sums, f32 *acc, int N, int P, int C) {
+  const f32 *mean = coef, *inv = coef + C, *gain = coef + 2 * C;
+  f32 *sdy = sums, *sdx = sums + C, *a0 = acc, *a1 = acc + C;
+  for (int c = 0; c < C; c++) sdy[c] = sdx[c] = 0;
+  for (int n = 0; n < N; n++) {
+    const f32 *xn = x + (long)n * P * C, *gn = dy + (long)n * P * C;
+    int c = 0;
+    for (; c + 4 <= C; c += 4) {
+      const v128_t m = wasm_v128_load(mean + c), iv = wasm_v128_load(inv + c);
+      v128_t s0 = wasm_f32x4_splat(0), s1 = s0;
+      for (int i = 0; i < P; i++) {
+        const v128_t g = wasm_v128_load(gn + i * C + c);
+        const v128_t h = wasm_f32x4_mul(wasm_f32x4_sub(wasm_v128_load(xn + i * C + c), m), iv);
+        s0 = wasm_f32x4_add(s0, g);
+        MAC(s1, g, h);
+      }
+      wasm_v128_store(a0 + c, s0);
+      wasm_v128_store(a1 + c, s1);
+    }
+    for (; c < C; c++) {
+      f32 s0 = 0, s1 = 0;
+      for (int i = 0; i < P; i++) {
+        const f32 g = gn[i * C + c];
+        s0 += g;
+        s1 += g * ((xn[i * C + c] - mean[c]) * inv[c]);
+      }
+      a0[c] = s0;
+      a1[c] = s1;
+    }
+    for (c = 0; c < C; c++) {
+      sdy[c] += a0[c];
+      sdx[c] += a1[c];
+    }
+  }
+  const long M = (long)N * P;
+  for (int c = 0; c < C; c++) {  // a0: dbias / M; a1: dgain / M
+    a0[c] = sdy[c] / M;
+    a1[c] = sdx[c] / M;
+  }
+  for (long i = 0; i < M; i++, x += C, dy += C, dx += C) {
+    int c = 0;
+    for (; c + 4 <= C; c += 4) {
+      const v128_t h = wasm_f32x4_mul(wasm_f32x4_sub(wasm_v128_load(x + c), wasm_v128_load(mean + c)),
+                                      wasm_v128_load(inv + c));
+      const v128_t t = wasm_f32x4_sub(wasm_f32x4_sub(wasm_v128_load(dy + c), wasm_v128_load(a0 + c)),
+                                      wasm_f32x4_mul(h, wasm_v128_load(a1 + c)));
+      wasm_v128_store(dx + c, wasm_f32x4_mul(wasm_f32x4_mul(wasm_v128_load(gain + c), wasm_v128_load(inv + c)), t));
+    }
+    for (; c < C; c++) {
+      const f32 h = (x[c] - mean[c]) * inv[c];
+      dx[c] = gain[c] * inv[c] * (dy[c] - a0[c] - h * a1[c]);
+    }
+  }
+}

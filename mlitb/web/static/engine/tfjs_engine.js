@@ -206,6 +206,7 @@
     }
     const [n, h, w, c] = a.shape;
     const count = n * h * w;
+    if (tf.getBackend() === "wasm" && tf.getKernel("MlitbBatchNorm", "wasm")) return batchnormWasm(L, a, p, ctx, count);
     // means over N x H x W in two stages (each example's H x W, then the N examples), and
     // everything per channel spread back in two stages: `perExample` says why
     const mean2 = (t) => tf.reshape(tf.mean(tf.mean(t, [1, 2], true), 0), [c]);
@@ -218,6 +219,31 @@
     const pull = tf.add(tf.sum(tf.square(tf.sub(p.running_mean, stopGradient(mean)))),
       tf.sum(tf.square(tf.sub(p.running_var, stopGradient(unbiased)))));
     const term = tf.mul(0.5 * n, pull);
+    ctx.state = ctx.state ? tf.add(ctx.state, term) : term;
+    return y;
+  }
+
+  /** The same on wasm as three kernels of mlitb's own (engine/wasm_kernels.js): the batch's
+   * statistics, read from an alias of `a` that the tape does not follow (they are a function
+   * of `a`, but bnGrad's dx already holds their part of the gradient, and the pull takes none),
+   * then y and its gradients as one op. */
+  function batchnormWasm(L, a, p, ctx, count) {
+    const alias = tf.engine().makeTensorFromDataId(a.dataId, a.shape, a.dtype);
+    tf.backend().incRef(a.dataId); // the alias holds a reference of its own (its dispose drops one)
+    const stats = tf.engine().runKernel("MlitbBatchNormStats", { x: alias }); // [2, C]: mean, biased var
+    const eps = L.eps;
+    const y = tf.customGrad((x, gain, bias, st, save) => {
+      save([x, gain, st]);
+      const gradFunc = (dy, [x, gain, st]) => {
+        const [dx, dgain, dbias] = tf.engine().runKernel("MlitbBatchNormGrad", { x, dy, stats: st, gain }, { eps });
+        return [dx, dgain, dbias, tf.zerosLike(st)];
+      };
+      return { value: tf.engine().runKernel("MlitbBatchNorm", { x, stats: st, gain, bias }, { eps }), gradFunc };
+    })(a, p.gain, p.bias, stats);
+    const [mean, variance] = tf.unstack(stats);
+    const unbiased = count > 1 ? tf.mul(variance, count / (count - 1)) : variance;
+    const pull = tf.add(tf.sum(tf.square(tf.sub(p.running_mean, mean))), tf.sum(tf.square(tf.sub(p.running_var, unbiased))));
+    const term = tf.mul(0.5 * a.shape[0], pull);
     ctx.state = ctx.state ? tf.add(ctx.state, term) : term;
     return y;
   }

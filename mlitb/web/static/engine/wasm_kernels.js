@@ -345,6 +345,62 @@
     });
   }
 
+  // ---- batch norm in training (engine/tfjs_engine.js `batchnorm` on wasm) -------------------
+  // Three kernels of mlitb's own names where TF.js ran ~30 (sums, means, broadcasts; their
+  // gradients): the fashion net's seven batch norms were a third of its step. x: [N, H, W, C].
+  function bnStats({ inputs: { x }, backend }) {
+    const C = x.shape[x.shape.length - 1], P = x.shape.slice(1, -1).reduce((a, b) => a * b, 1), N = x.shape[0];
+    const out = backend.makeOutput([2, C], "float32");
+    const [px, ps, pa] = place([N * P * C, 2 * C, C]);
+    new Float32Array(memory.buffer).set(backend.typedArrayFromHeap(x), px >> 2);
+    own.bn_stats(px, ps, pa, N, P, C);
+    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, ps, 2 * C));
+    return out;
+  }
+  // [mean, 1 / sqrt(var + eps)] from bnStats's [mean, var], as float32 (PyTorch's invstd)
+  function invStd(stats, C, eps) {
+    const inv = new Float32Array(C);
+    for (let c = 0; c < C; c++) inv[c] = 1 / Math.fround(Math.sqrt(Math.fround(stats[C + c] + eps)));
+    return inv;
+  }
+  function bnApply({ inputs: { x, stats, gain, bias }, backend, attrs }) {
+    const C = x.shape[x.shape.length - 1], n = tf.util.sizeFromShape(x.shape);
+    const out = backend.makeOutput(x.shape, "float32");
+    const st = backend.typedArrayFromHeap(stats), g = backend.typedArrayFromHeap(gain);
+    const inv = invStd(st, C, attrs.eps);
+    const [px, pc, py] = place([n, 3 * C, n]);
+    const heap = new Float32Array(memory.buffer);
+    heap.set(backend.typedArrayFromHeap(x), px >> 2);
+    const coef = pc >> 2;
+    heap.set(st.subarray(0, C), coef);
+    for (let c = 0; c < C; c++) heap[coef + C + c] = g[c] * inv[c];
+    heap.set(backend.typedArrayFromHeap(bias), coef + 2 * C);
+    own.bn_apply(px, pc, py, n / C, C);
+    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, py, n));
+    return out;
+  }
+  function bnGrad({ inputs: { x, dy, stats, gain }, backend, attrs }) {
+    const C = x.shape[x.shape.length - 1], n = tf.util.sizeFromShape(x.shape);
+    const N = x.shape[0], P = n / (N * C);
+    const dx = backend.makeOutput(x.shape, "float32");
+    const dgain = backend.makeOutput([C], "float32"), dbias = backend.makeOutput([C], "float32");
+    const st = backend.typedArrayFromHeap(stats);
+    const inv = invStd(st, C, attrs.eps);
+    const [px, pg, pc, pdx, ps, pa] = place([n, n, 3 * C, n, 2 * C, 2 * C]);
+    const heap = new Float32Array(memory.buffer);
+    heap.set(backend.typedArrayFromHeap(x), px >> 2);
+    heap.set(backend.typedArrayFromHeap(dy), pg >> 2);
+    heap.set(st.subarray(0, C), pc >> 2);
+    heap.set(inv, (pc >> 2) + C);
+    heap.set(backend.typedArrayFromHeap(gain), (pc >> 2) + 2 * C);
+    own.bn_grad(px, pg, pc, pdx, ps, pa, N, P, C);
+    backend.typedArrayFromHeap(dx).set(new Float32Array(memory.buffer, pdx, n));
+    const sums = new Float32Array(memory.buffer, ps, 2 * C);
+    backend.typedArrayFromHeap(dbias).set(sums.subarray(0, C));
+    backend.typedArrayFromHeap(dgain).set(sums.subarray(C, 2 * C));
+    return [dx, dgain, dbias];
+  }
+
   // Identity (every tensor the tape saves for the backward pass is cloned) and a Cast to the
   // same dtype copy the whole tensor on TF.js wasm; tensors are immutable, so they share
   // the data and count one more reference, as wasm's own Reshape does (and TF.js cpu's
@@ -360,7 +416,7 @@
   const identity = share(k("Identity")), cast = share(k("Cast"));
 
   const names = ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "Identity", "Cast",
-    "BatchMatMul", "Slice", "SplitV"];
+    "BatchMatMul", "Slice", "SplitV", "MlitbBatchNormStats", "MlitbBatchNorm", "MlitbBatchNormGrad"];
   for (const name of names) {
     if (tf.getKernel(name, B)) tf.unregisterKernel(name, B);
   }
@@ -372,5 +428,8 @@
   tf.registerKernel({ kernelName: "BatchMatMul", backendName: B, kernelFunc: batchMatMul, setupFunc: batchMatMulSetup });
   tf.registerKernel({ kernelName: "Slice", backendName: B, kernelFunc: slice });
   tf.registerKernel({ kernelName: "SplitV", backendName: B, kernelFunc: splitV });
+  tf.registerKernel({ kernelName: "MlitbBatchNormStats", backendName: B, kernelFunc: bnStats });
+  tf.registerKernel({ kernelName: "MlitbBatchNorm", backendName: B, kernelFunc: bnApply });
+  tf.registerKernel({ kernelName: "MlitbBatchNormGrad", backendName: B, kernelFunc: bnGrad });
   return names;
 });
