@@ -161,6 +161,33 @@ def test_products_of_matrices_equal_pytorch(rng, pool):
             assert err < 2e-6, f"{case} {name}: {err:.1e} off float64"
 
 
+def test_gelu_and_its_gradient_are_exact_to_float32(rng):
+    """The exact (erf) GELU on wasm, our own erfc and exp: within a few float32 ulps of
+    float64 from the far left tail (where 1 + erf cancels) through 0 to large values."""
+    x = np.concatenate([np.linspace(-14, 14, 4001), rng.standard_normal(3000) * 3, [0.0, -0.0, 1e-30, -1e-8]])
+    x = x.astype(np.float32)
+    r = rng.standard_normal(x.size).astype(np.float32)
+    case = {"op": "gelu", "x": b64(x), "xShape": [x.size], "r": b64(r)}
+    got = run_node(SCRIPT, {"cases": [case, {**case, "x": b64(x[:7]), "xShape": [7]}]})  # 7: not 4s
+    assert got["tensors"] == 0
+    # float64 through erfc (torch's gelu, 0.5 x (1 + erf), cancels to 0 below x = -8.5
+    # even in float64; in float32 below -5.9)
+    xt = torch.tensor(x, dtype=torch.float64)
+    cdf = 0.5 * torch.special.erfc(-xt / np.sqrt(2))
+    pdf = torch.exp(-0.5 * xt * xt) / np.sqrt(2 * np.pi)
+    rt = torch.tensor(r, dtype=torch.float64)
+    y, dx = (xt * cdf).numpy(), ((cdf + xt * pdf) * rt).numpy()
+    # the scale of each: y itself; dx's two terms (they cancel near x = -0.75, where the
+    # gradient crosses 0); floored at 1e-9 (x < -6: there the exponent -x^2/2 alone is a float32
+    # with ~1e-6 of relative rounding; PyTorch's float32 GELU gives 0 from x = -5.9)
+    scales = (np.abs(y), ((cdf + (xt * pdf).abs()) * rt.abs()).numpy())
+    for name, ref, mine, scale in (("y", y, f32(got["results"][0]["y"]), scales[0]),
+                                   ("dx", dx, f32(got["results"][0]["dx"]), scales[1])):  # fmt: skip
+        err = np.abs(mine - ref) / np.maximum(scale, 1e-9)
+        assert (err < 4e-6).all(), f"{name}: x={x[err >= 4e-6][:5]} off by {err[err >= 4e-6][:5]}"
+    np.testing.assert_array_equal(f32(got["results"][1]["y"]), f32(got["results"][0]["y"])[:7])
+
+
 SLICES = [  # (shape, dtype, begin, size): contiguous runs and not, every rank
     ((818,), "float32", [17], [500]),
     ((6, 7), "float32", [1, 2], [4, 3]),

@@ -3,6 +3,7 @@
 // stdin: {"pool": threads the kernels are told TF.js's pool has (default 1), "cases": [{"op": "conv", "x", "xShape", "w", "wShape", "r", "stride", "pad"} |
 //                   {"op": "pool", "x", "xShape", "r", "size", "stride"} |
 //                   {"op": "matmul", "x", "xShape", "w", "wShape", "ta", "tb", "r", "grad" (false: y only)} |
+//                   {"op": "gelu", "x", "xShape", "r"} (y, and dx for dy = r) |
 //                   {"op": "slice", "x", "xShape", "dtype", "begin", "size"} |
 //                   {"op": "split", "x", "xShape", "dtype", "sizes", "axis"}]}   (arrays: b64 f32)
 //   loss = sum(op(x) * r); r is cut to op(x)'s size
@@ -28,6 +29,11 @@ const b64 = (arr) => Buffer.from(arr.buffer, arr.byteOffset, arr.byteLength).toS
     if (c.op === "pool") {
       const y = tf.maxPool(x, c.size, c.stride, "valid");
       return { dx: b64(tf.grad((x) => dot(tf.maxPool(x, c.size, c.stride, "valid")))(x).dataSync()), shape: y.shape };
+    }
+    if (c.op === "gelu") { // mlitb's kernels (engine/tfjs_engine.js uses them on wasm)
+      const y = tf.engine().runKernel("MlitbGelu", { x });
+      const dx = tf.engine().runKernel("MlitbGeluGrad", { x, dy: tf.tensor(r.subarray(0, x.size), x.shape) });
+      return { y: b64(y.dataSync()), dx: b64(dx.dataSync()), shape: y.shape };
     }
     if (c.op === "slice" || c.op === "split") {
       // (TF.js wasm's Cast of float32 to bool keeps the value's low byte: notEqual is 0 / 1)

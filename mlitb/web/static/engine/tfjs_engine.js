@@ -142,7 +142,10 @@
         case "relu": a = tf.relu(a); break;
         case "sigmoid": a = tf.sigmoid(a); break;
         case "tanh": a = tf.tanh(a); break;
-        case "gelu": a = tf.mul(tf.mul(0.5, a), tf.add(1, tf.erf(tf.mul(a, SQRT1_2)))); break; // exact
+        case "gelu": // exact; on wasm two kernels of mlitb's own (engine/wasm_kernels.js)
+          if (tf.getBackend() === "wasm" && tf.getKernel("MlitbGelu", "wasm")) a = geluWasm(a);
+          else a = tf.mul(tf.mul(0.5, a), tf.add(1, tf.erf(tf.mul(a, SQRT1_2))));
+          break;
         case "maxout": {
           const [n, h, w, c] = a.shape;
           const g = L.group_size, groups = Math.floor(c / g);
@@ -222,6 +225,12 @@
     ctx.state = ctx.state ? tf.add(ctx.state, term) : term;
     return y;
   }
+
+  const geluWasm = tf.customGrad((x, save) => {
+    save([x]);
+    const gradFunc = (dy, [x]) => tf.engine().runKernel("MlitbGeluGrad", { x, dy });
+    return { value: tf.engine().runKernel("MlitbGelu", { x }), gradFunc };
+  });
 
   /** The same on wasm as three kernels of mlitb's own (engine/wasm_kernels.js): the batch's
    * statistics, read from an alias of `a` that the tape does not follow (they are a function

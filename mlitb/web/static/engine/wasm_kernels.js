@@ -15,6 +15,8 @@
  *                           10x slower. Ours: a single product transposed first, then
  *                           XNNPACK; a batched one (attention's heads) our own kernel;
  *   Slice, SplitV         - each copied its whole input first (readSync). Ours: in place.
+ *   (batch norm, GELU)    - mlitb's own kernel names (MlitbBatchNorm*, MlitbGelu*), which
+ *                           engine/tfjs_engine.js calls on wasm where TF.js ran ~30 and ~12 ops.
  * Convolutions may be padded ('valid', 'same', a number or explicit [[0,0],[t,b],[l,r],[0,0]]),
  * any stride, no dilation (other attributes raise a clear error).
  *   dW = x^T dy over (n, oy, ox): the kernel reads x zero-padded, copied into its memory
@@ -401,6 +403,28 @@
     return [dx, dgain, dbias];
   }
 
+  // ---- GELU, exact (engine/tfjs_engine.js `gelu` on wasm): 2 kernels where TF.js ran ~12 -----
+  function gelu({ inputs: { x }, backend }) {
+    const n = tf.util.sizeFromShape(x.shape);
+    const out = backend.makeOutput(x.shape, "float32");
+    const [px, py] = place([n, n]);
+    new Float32Array(memory.buffer).set(backend.typedArrayFromHeap(x), px >> 2);
+    own.gelu(px, py, up4(n));
+    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, py, n));
+    return out;
+  }
+  function geluGrad({ inputs: { x, dy }, backend }) {
+    const n = tf.util.sizeFromShape(x.shape);
+    const out = backend.makeOutput(x.shape, "float32");
+    const [px, pg, pd] = place([n, n, n]);
+    const heap = new Float32Array(memory.buffer);
+    heap.set(backend.typedArrayFromHeap(x), px >> 2);
+    heap.set(backend.typedArrayFromHeap(dy), pg >> 2);
+    own.gelu_grad(px, pg, pd, up4(n));
+    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, pd, n));
+    return out;
+  }
+
   // Identity (every tensor the tape saves for the backward pass is cloned) and a Cast to the
   // same dtype copy the whole tensor on TF.js wasm; tensors are immutable, so they share
   // the data and count one more reference, as wasm's own Reshape does (and TF.js cpu's
@@ -416,7 +440,8 @@
   const identity = share(k("Identity")), cast = share(k("Cast"));
 
   const names = ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "Identity", "Cast",
-    "BatchMatMul", "Slice", "SplitV", "MlitbBatchNormStats", "MlitbBatchNorm", "MlitbBatchNormGrad"];
+    "BatchMatMul", "Slice", "SplitV", "MlitbBatchNormStats", "MlitbBatchNorm", "MlitbBatchNormGrad",
+    "MlitbGelu", "MlitbGeluGrad"];
   for (const name of names) {
     if (tf.getKernel(name, B)) tf.unregisterKernel(name, B);
   }
@@ -431,5 +456,7 @@
   tf.registerKernel({ kernelName: "MlitbBatchNormStats", backendName: B, kernelFunc: bnStats });
   tf.registerKernel({ kernelName: "MlitbBatchNorm", backendName: B, kernelFunc: bnApply });
   tf.registerKernel({ kernelName: "MlitbBatchNormGrad", backendName: B, kernelFunc: bnGrad });
+  tf.registerKernel({ kernelName: "MlitbGelu", backendName: B, kernelFunc: gelu });
+  tf.registerKernel({ kernelName: "MlitbGeluGrad", backendName: B, kernelFunc: geluGrad });
   return names;
 });
