@@ -177,6 +177,15 @@ CASES: dict[str, list[dict]] = {
         {"type": "fc", "num_neurons": 7, "activation": "gelu"},
         HEADS["svm"],
     ],
+    # depths that are not multiples of 4 (wasm's own kernels go 4 lanes at a time, then the rest)
+    "layernorm batchnorm gelu over 7 and 5 channels (train mode)": [
+        inp(3, 2, 7),
+        {"type": "layernorm"},
+        {"type": "conv", "sx": 1, "filters": 5, "activation": "gelu"},
+        {"type": "batchnorm"},
+        {"type": "layernorm"},
+        HEADS["softmax"],
+    ],
     **{
         f"char transformer {kind}": [
             inp(10, 1, 1),

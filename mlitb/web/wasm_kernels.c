@@ -458,3 +458,100 @@ void gelu_grad(const f32 *x, const f32 *dy, f32 *dx, int n) {
     wasm_v128_store(dx + i, wasm_f32x4_mul(wasm_v128_load(dy + i), d));
   }
 }
+
+/*
+ * Layer norm over the last axis (D floats a row; R = N x P rows, P rows an example):
+ *   y = (x - mean) * inv * gain + bias,  mean and inv = 1 / sqrt(var + eps) of the row
+ * and its gradients, with xhat = (x - mean) * inv and g = dy * gain:
+ *   dx = inv * (g - mean(g) - xhat * mean(g * xhat)) per row
+ *   dgain = sum over rows of dy * xhat, dbias = sum of dy: each example's rows, then the examples
+ * A row's sums go 4 lanes at a time (D a multiple of 4 then), then across the lanes.
+ */
+static inline f32 lanes_sum(v128_t v) {
+  return wasm_f32x4_extract_lane(v, 0) + wasm_f32x4_extract_lane(v, 1) + wasm_f32x4_extract_lane(v, 2) +
+         wasm_f32x4_extract_lane(v, 3);
+}
+
+/* mean and inv of one row */
+static void row_stats(const f32 *x, int D, f32 eps, f32 *mean, f32 *inv) {
+  v128_t s = wasm_f32x4_splat(0);
+  int c = 0;
+  f32 tail = 0;
+  for (; c + 4 <= D; c += 4) s = wasm_f32x4_add(s, wasm_v128_load(x + c));
+  for (; c < D; c++) tail += x[c];
+  const f32 m = (lanes_sum(s) + tail) / D;
+  const v128_t mv = wasm_f32x4_splat(m);
+  s = wasm_f32x4_splat(0);
+  tail = 0;
+  for (c = 0; c + 4 <= D; c += 4) {
+    const v128_t d = wasm_f32x4_sub(wasm_v128_load(x + c), mv);
+    MAC(s, d, d);
+  }
+  for (; c < D; c++) tail += (x[c] - m) * (x[c] - m);
+  *mean = m;
+  *inv = 1.0f / __builtin_sqrtf((lanes_sum(s) + tail) / D + eps);
+}
+
+EXPORT(ln_forward)
+void ln_forward(const f32 *x, const f32 *gain, const f32 *bias, f32 *y, int R, int D, f32 eps) {
+  for (int r = 0; r < R; r++, x += D, y += D) {
+    f32 m, iv;
+    row_stats(x, D, eps, &m, &iv);
+    const v128_t mv = wasm_f32x4_splat(m), ivv = wasm_f32x4_splat(iv);
+    int c = 0;
+    for (; c + 4 <= D; c += 4) {
+      const v128_t h = wasm_f32x4_mul(wasm_f32x4_sub(wasm_v128_load(x + c), mv), ivv);
+      wasm_v128_store(y + c, wasm_f32x4_add(wasm_f32x4_mul(h, wasm_v128_load(gain + c)), wasm_v128_load(bias + c)));
+    }
+    for (; c < D; c++) y[c] = (x[c] - m) * iv * gain[c] + bias[c];
+  }
+}
+
+/* sums: [2, D] out (dgain, dbias); acc: 2D scratch */
+EXPORT(ln_grad)
+void ln_grad(const f32 *x, const f32 *dy, const f32 *gain, f32 *dx, f32 *sums, f32 *acc, int N, int P, int D,
+             f32 eps) {
+  f32 *dgain = sums, *dbias = sums + D, *ag = acc, *ab = acc + D;
+  for (int c = 0; c < D; c++) dgain[c] = dbias[c] = 0;
+  for (int n = 0; n < N; n++) {
+    for (int c = 0; c < D; c++) ag[c] = ab[c] = 0;
+    for (int p = 0; p < P; p++, x += D, dy += D, dx += D) {
+      f32 m, iv;
+      row_stats(x, D, eps, &m, &iv);
+      const v128_t mv = wasm_f32x4_splat(m), ivv = wasm_f32x4_splat(iv);
+      v128_t sg = wasm_f32x4_splat(0), sgh = sg;  // sums of g and g * xhat over the row
+      f32 tg = 0, tgh = 0;
+      int c = 0;
+      for (; c + 4 <= D; c += 4) {
+        const v128_t h = wasm_f32x4_mul(wasm_f32x4_sub(wasm_v128_load(x + c), mv), ivv);
+        const v128_t d = wasm_v128_load(dy + c), g = wasm_f32x4_mul(d, wasm_v128_load(gain + c));
+        sg = wasm_f32x4_add(sg, g);
+        MAC(sgh, g, h);
+        wasm_v128_store(ag + c, wasm_f32x4_add(wasm_v128_load(ag + c), wasm_f32x4_mul(d, h)));
+        wasm_v128_store(ab + c, wasm_f32x4_add(wasm_v128_load(ab + c), d));
+      }
+      for (; c < D; c++) {
+        const f32 h = (x[c] - m) * iv, g = dy[c] * gain[c];
+        tg += g;
+        tgh += g * h;
+        ag[c] += dy[c] * h;
+        ab[c] += dy[c];
+      }
+      const v128_t mg = wasm_f32x4_splat((lanes_sum(sg) + tg) / D), mgh = wasm_f32x4_splat((lanes_sum(sgh) + tgh) / D);
+      for (c = 0; c + 4 <= D; c += 4) {
+        const v128_t h = wasm_f32x4_mul(wasm_f32x4_sub(wasm_v128_load(x + c), mv), ivv);
+        const v128_t g = wasm_f32x4_mul(wasm_v128_load(dy + c), wasm_v128_load(gain + c));
+        wasm_v128_store(dx + c, wasm_f32x4_mul(ivv, wasm_f32x4_sub(wasm_f32x4_sub(g, mg), wasm_f32x4_mul(h, mgh))));
+      }
+      const f32 mgs = (lanes_sum(sg) + tg) / D, mghs = (lanes_sum(sgh) + tgh) / D;
+      for (; c < D; c++) {
+        const f32 h = (x[c] - m) * iv, g = dy[c] * gain[c];
+        dx[c] = iv * (g - mgs - h * mghs);
+      }
+    }
+    for (int c = 0; c < D; c++) {
+      dgain[c] += ag[c];
+      dbias[c] += ab[c];
+    }
+  }
+}

@@ -168,6 +168,10 @@
           break;
         }
         case "layernorm": { // per position over the depth (the last axis of NHWC)
+          if (tf.getBackend() === "wasm" && tf.getKernel("MlitbLayerNorm", "wasm")) {
+            a = layernormWasm(a, p.gain, p.bias, L.eps);
+            break;
+          }
           const mean = tf.mean(a, 3, true);
           const d = tf.sub(a, mean);
           const inv = tf.rsqrt(tf.add(tf.mean(tf.square(d), 3, true), L.eps));
@@ -226,6 +230,12 @@
     return y;
   }
 
+  const layernormWasm = (a, gain, bias, eps) => tf.customGrad((x, gain, bias, save) => {
+    save([x, gain]);
+    const gradFunc = (dy, [x, gain]) => tf.engine().runKernel("MlitbLayerNormGrad", { x, dy, gain }, { eps });
+    return { value: tf.engine().runKernel("MlitbLayerNorm", { x, gain, bias }, { eps }), gradFunc };
+  })(a, gain, bias);
+  // GELU and layer norm on wasm: kernels of mlitb's own (engine/wasm_kernels.js), one op each way
   const geluWasm = tf.customGrad((x, save) => {
     save([x]);
     const gradFunc = (dy, [x]) => tf.engine().runKernel("MlitbGeluGrad", { x, dy });

@@ -15,8 +15,9 @@
  *                           10x slower. Ours: a single product transposed first, then
  *                           XNNPACK; a batched one (attention's heads) our own kernel;
  *   Slice, SplitV         - each copied its whole input first (readSync). Ours: in place.
- *   (batch norm, GELU)    - mlitb's own kernel names (MlitbBatchNorm*, MlitbGelu*), which
- *                           engine/tfjs_engine.js calls on wasm where TF.js ran ~30 and ~12 ops.
+ *   (batch norm, GELU,    - mlitb's own kernel names (MlitbBatchNorm*, MlitbGelu*,
+ *    layer norm)            MlitbLayerNorm*), which engine/tfjs_engine.js calls on wasm
+ *                           where TF.js ran ~30, ~12 and ~20 ops and their gradients.
  * Convolutions may be padded ('valid', 'same', a number or explicit [[0,0],[t,b],[l,r],[0,0]]),
  * any stride, no dilation (other attributes raise a clear error).
  *   dW = x^T dy over (n, oy, ox): the kernel reads x zero-padded, copied into its memory
@@ -403,6 +404,36 @@
     return [dx, dgain, dbias];
   }
 
+  // ---- layer norm over the last axis (engine/tfjs_engine.js `layernorm` on wasm) ------------
+  function lnForward({ inputs: { x, gain, bias }, backend, attrs }) {
+    const D = x.shape[x.shape.length - 1], n = tf.util.sizeFromShape(x.shape);
+    const out = backend.makeOutput(x.shape, "float32");
+    const [px, pg, pb, py] = place([n, D, D, n]);
+    const heap = new Float32Array(memory.buffer);
+    heap.set(backend.typedArrayFromHeap(x), px >> 2);
+    heap.set(backend.typedArrayFromHeap(gain), pg >> 2);
+    heap.set(backend.typedArrayFromHeap(bias), pb >> 2);
+    own.ln_forward(px, pg, pb, py, n / D, D, attrs.eps);
+    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, py, n));
+    return out;
+  }
+  function lnGrad({ inputs: { x, dy, gain }, backend, attrs }) {
+    const D = x.shape[x.shape.length - 1], n = tf.util.sizeFromShape(x.shape), N = x.shape[0];
+    const dx = backend.makeOutput(x.shape, "float32");
+    const dgain = backend.makeOutput([D], "float32"), dbias = backend.makeOutput([D], "float32");
+    const [px, pg, pw, pdx, ps, pa] = place([n, n, D, n, 2 * D, 2 * D]);
+    const heap = new Float32Array(memory.buffer);
+    heap.set(backend.typedArrayFromHeap(x), px >> 2);
+    heap.set(backend.typedArrayFromHeap(dy), pg >> 2);
+    heap.set(backend.typedArrayFromHeap(gain), pw >> 2);
+    own.ln_grad(px, pg, pw, pdx, ps, pa, N, n / (N * D), D, attrs.eps);
+    backend.typedArrayFromHeap(dx).set(new Float32Array(memory.buffer, pdx, n));
+    const sums = new Float32Array(memory.buffer, ps, 2 * D);
+    backend.typedArrayFromHeap(dgain).set(sums.subarray(0, D));
+    backend.typedArrayFromHeap(dbias).set(sums.subarray(D, 2 * D));
+    return [dx, dgain, dbias];
+  }
+
   // ---- GELU, exact (engine/tfjs_engine.js `gelu` on wasm): 2 kernels where TF.js ran ~12 -----
   function gelu({ inputs: { x }, backend }) {
     const n = tf.util.sizeFromShape(x.shape);
@@ -441,7 +472,7 @@
 
   const names = ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "Identity", "Cast",
     "BatchMatMul", "Slice", "SplitV", "MlitbBatchNormStats", "MlitbBatchNorm", "MlitbBatchNormGrad",
-    "MlitbGelu", "MlitbGeluGrad"];
+    "MlitbGelu", "MlitbGeluGrad", "MlitbLayerNorm", "MlitbLayerNormGrad"];
   for (const name of names) {
     if (tf.getKernel(name, B)) tf.unregisterKernel(name, B);
   }
@@ -458,5 +489,7 @@
   tf.registerKernel({ kernelName: "MlitbBatchNormGrad", backendName: B, kernelFunc: bnGrad });
   tf.registerKernel({ kernelName: "MlitbGelu", backendName: B, kernelFunc: gelu });
   tf.registerKernel({ kernelName: "MlitbGeluGrad", backendName: B, kernelFunc: geluGrad });
+  tf.registerKernel({ kernelName: "MlitbLayerNorm", backendName: B, kernelFunc: lnForward });
+  tf.registerKernel({ kernelName: "MlitbLayerNormGrad", backendName: B, kernelFunc: lnGrad });
   return names;
 });
