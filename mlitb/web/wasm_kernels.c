@@ -555,3 +555,14 @@ void ln_grad(const f32 *x, const f32 *dy, const f32 *gain, f32 *dx, f32 *sums, f
     }
   }
 }
+
+/* out[c] = sum over the N images of (sum over its P positions of x[n, p, c]): a bias's
+ * gradient in the two stages of the rest (TF.js wasm's sum over H and W transposed first) */
+EXPORT(channel_sums)
+void channel_sums(const f32 *x, f32 *out, f32 *acc, int N, int P, int C) {
+  for (int c = 0; c < C; c++) out[c] = 0;
+  for (int n = 0; n < N; n++) {
+    position_sums(x + (long)n * P * C, 0, acc, P, C);
+    for (int c = 0; c < C; c++) out[c] += acc[c];
+  }
+}

@@ -102,7 +102,8 @@
           : tf.zerosLike(x),
         tf.engine().runKernel("Conv2DBackpropFilter", { x, dy },
           { strides, pad, dataFormat: "NHWC", filterShape: w.shape }),
-        tf.sum(tf.sum(dy, [1, 2]), 0),
+        tf.getKernel("MlitbChannelSums", "wasm") ? tf.engine().runKernel("MlitbChannelSums", { x: dy })
+          : tf.sum(tf.sum(dy, [1, 2]), 0),
       ];
       return { value: tf.fused.conv2d({ x, filter: w, bias: b, strides, pad }), gradFunc };
     })(a, w, b);

@@ -16,8 +16,9 @@
  *                           XNNPACK; a batched one (attention's heads) our own kernel;
  *   Slice, SplitV         - each copied its whole input first (readSync). Ours: in place.
  *   (batch norm, GELU,    - mlitb's own kernel names (MlitbBatchNorm*, MlitbGelu*,
- *    layer norm)            MlitbLayerNorm*), which engine/tfjs_engine.js calls on wasm
- *                           where TF.js ran ~30, ~12 and ~20 ops and their gradients.
+ *    layer norm, a bias's   MlitbLayerNorm*, MlitbChannelSums), which engine/tfjs_engine.js
+ *    gradient)              calls on wasm where TF.js ran ~30, ~12 and ~20 ops and their
+ *                           gradients, and a transpose before a sum over H and W.
  * Convolutions may be padded ('valid', 'same', a number or explicit [[0,0],[t,b],[l,r],[0,0]]),
  * any stride, no dilation (other attributes raise a clear error).
  *   dW = x^T dy over (n, oy, ox): the kernel reads x zero-padded, copied into its memory
@@ -404,6 +405,17 @@
     return [dx, dgain, dbias];
   }
 
+  // a bias's gradient: per channel, each image's positions summed, then the images (x: [N, ..., C])
+  function channelSums({ inputs: { x }, backend }) {
+    const C = x.shape[x.shape.length - 1], n = tf.util.sizeFromShape(x.shape), N = x.shape[0];
+    const out = backend.makeOutput([C], "float32");
+    const [px, po, pa] = place([n, C, C]);
+    new Float32Array(memory.buffer).set(backend.typedArrayFromHeap(x), px >> 2);
+    own.channel_sums(px, po, pa, N, n / (N * C), C);
+    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, po, C));
+    return out;
+  }
+
   // ---- layer norm over the last axis (engine/tfjs_engine.js `layernorm` on wasm) ------------
   function lnForward({ inputs: { x, gain, bias }, backend, attrs }) {
     const D = x.shape[x.shape.length - 1], n = tf.util.sizeFromShape(x.shape);
@@ -472,7 +484,8 @@
 
   const names = ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "Identity", "Cast",
     "BatchMatMul", "Slice", "SplitV", "MlitbBatchNormStats", "MlitbBatchNorm", "MlitbBatchNormGrad",
-    "MlitbGelu", "MlitbGeluGrad", "MlitbLayerNorm", "MlitbLayerNormGrad"];
+    "MlitbGelu", "MlitbGeluGrad", "MlitbLayerNorm", "MlitbLayerNormGrad",
+    "MlitbChannelSums"];
   for (const name of names) {
     if (tf.getKernel(name, B)) tf.unregisterKernel(name, B);
   }
@@ -491,5 +504,6 @@
   tf.registerKernel({ kernelName: "MlitbGeluGrad", backendName: B, kernelFunc: geluGrad });
   tf.registerKernel({ kernelName: "MlitbLayerNorm", backendName: B, kernelFunc: lnForward });
   tf.registerKernel({ kernelName: "MlitbLayerNormGrad", backendName: B, kernelFunc: lnGrad });
+  tf.registerKernel({ kernelName: "MlitbChannelSums", backendName: B, kernelFunc: channelSums });
   return names;
 });
