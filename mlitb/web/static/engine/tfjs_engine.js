@@ -231,12 +231,12 @@
     return y;
   }
 
+  // GELU and layer norm on wasm: kernels of mlitb's own (engine/wasm_kernels.js), one op each way
   const layernormWasm = (a, gain, bias, eps) => tf.customGrad((x, gain, bias, save) => {
     save([x, gain]);
     const gradFunc = (dy, [x, gain]) => tf.engine().runKernel("MlitbLayerNormGrad", { x, dy, gain }, { eps });
     return { value: tf.engine().runKernel("MlitbLayerNorm", { x, gain, bias }, { eps }), gradFunc };
   })(a, gain, bias);
-  // GELU and layer norm on wasm: kernels of mlitb's own (engine/wasm_kernels.js), one op each way
   const geluWasm = tf.customGrad((x, save) => {
     save([x]);
     const gradFunc = (dy, [x]) => tf.engine().runKernel("MlitbGeluGrad", { x, dy });
