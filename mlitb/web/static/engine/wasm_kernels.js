@@ -288,13 +288,9 @@
     const batch = Math.max(batchA, batchB);
     const outShape = (batchA >= batchB ? a : b).shape.slice(0, -2).concat([M, N]);
     const out = backend.makeOutput(outShape, "float32");
-    const [pa, pb, pc, pp] = place([batchA * M * K, batchB * K * N, batch * M * Np, K * Np]);
-    const heap = new Float32Array(memory.buffer);
-    heap.set(backend.typedArrayFromHeap(a), pa >> 2);
-    heap.set(backend.typedArrayFromHeap(b), pb >> 2);
-    own.matmul(pa, pb, pc, pp, batch, M, K, N, Np, ta ? 1 : 0, tb ? 1 : 0,
-      batchA === 1 ? 0 : M * K, batchB === 1 ? 0 : K * N);
-    const c = new Float32Array(memory.buffer, pc, batch * M * Np), o = backend.typedArrayFromHeap(out);
+    const [c] = ownCall(backend, [a, b], [batch * M * Np, K * Np], (pa, pb, pc, pp) => own.matmul(pa, pb, pc, pp,
+      batch, M, K, N, Np, ta ? 1 : 0, tb ? 1 : 0, batchA === 1 ? 0 : M * K, batchB === 1 ? 0 : K * N));
+    const o = backend.typedArrayFromHeap(out);
     if (Np === N) o.set(c);
     else for (let r = 0; r < batch * M; r++) o.set(c.subarray(r * Np, r * Np + N), r * N);
     return out;
